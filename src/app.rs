@@ -1,0 +1,113 @@
+//! Runs a parsed command line. The one place where errors become exit codes
+//! and messages for the user.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, LogFormat};
+use crate::manifest::{self, Manifest, ManifestError};
+
+/// Exit codes of the contract.
+pub mod code {
+    /// Clean stop.
+    pub const OK: u8 = 0;
+    /// Runtime failure.
+    pub const FAILURE: u8 = 1;
+    /// Invalid manifest or usage.
+    pub const USAGE: u8 = 2;
+    /// Stopped cleanly, but the final backup failed.
+    pub const BACKUP_FAILED: u8 = 3;
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors
+            // to stderr with exit 2 — the contract's code for usage errors.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { code::USAGE } else { code::OK });
+        }
+    };
+    init_tracing(cli.log_format);
+    ExitCode::from(run(cli))
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STACKCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+}
+
+/// Run a command; returns the exit code.
+pub fn run(cli: Cli) -> u8 {
+    let container = crate::env::container_env();
+    let load = || manifest::load(&cli.file, &container);
+    match &cli.command {
+        Command::Check => match load() {
+            Ok(m) => {
+                print!("{}", crate::check::render(&m));
+                println!("\n`{}` is valid", cli.file.display());
+                code::OK
+            }
+            Err(e) => manifest_failed(&e),
+        },
+        Command::Up(_) => match load() {
+            Ok(m) => crate::up::run(m, container, cli.log_format),
+            Err(e) => manifest_failed(&e),
+        },
+        Command::Routes(args) => with_manifest(load(), |m| crate::client::routes(m, args)),
+        Command::Status(args) => with_manifest(load(), |m| crate::client::status(m, args)),
+        Command::Backup | Command::Restore(_) | Command::Snapshots => {
+            eprintln!(
+                "error: `{}` needs persistence, which this build does not include yet",
+                command_name(&cli.command)
+            );
+            code::FAILURE
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Up(_) => "up",
+        Command::Check => "check",
+        Command::Backup => "backup",
+        Command::Restore(_) => "restore",
+        Command::Snapshots => "snapshots",
+        Command::Routes(_) => "routes",
+        Command::Status(_) => "status",
+    }
+}
+
+fn with_manifest(
+    m: Result<Manifest, ManifestError>,
+    f: impl FnOnce(&Manifest) -> anyhow::Result<()>,
+) -> u8 {
+    match m {
+        Ok(m) => match f(&m) {
+            Ok(()) => code::OK,
+            Err(e) => {
+                let text = crate::check::mask(&format!("{e:#}"), &m.secret_values());
+                eprintln!("error: {text}");
+                code::FAILURE
+            }
+        },
+        Err(e) => manifest_failed(&e),
+    }
+}
+
+fn manifest_failed(e: &ManifestError) -> u8 {
+    // Problem messages are masked where they are made (see manifest::read).
+    eprintln!("error: {e}");
+    code::USAGE
+}

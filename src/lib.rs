@@ -1,0 +1,24 @@
+//! stackctl: one binary that makes a container match its `stack.yaml`.
+//!
+//! # Layout
+//!
+//! - [`cli`]: command-line definitions (clap) only.
+//! - [`manifest`]: `stack.yaml` → validated [`manifest::Manifest`] (pure).
+//! - [`env`]: resolution of env aliases, defaults and secrets (pure).
+//! - [`check`]: the `check` command's plan rendering, secrets masked.
+//! - [`supervisor`]: the PID-1 process supervisor behind `up`.
+//! - [`status`]: the live state shared by supervisor, gateway and `status`.
+//! - [`shutdown`]: the one cancellation signal every task watches.
+//! - [`app`]: runs a parsed command line; maps errors to exit codes.
+
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod env;
+pub mod manifest;
+pub mod shutdown;
+pub mod status;
+pub mod supervisor;
+pub mod up;
+pub mod gateway;
+pub mod client;

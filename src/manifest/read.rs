@@ -1,0 +1,1473 @@
+//! From the position-aware YAML tree to the validated [`Manifest`].
+//!
+//! The reader walks the tree once, collecting every problem (unknown key
+//! with the nearest valid one, wrong type, bad duration, unknown dependency,
+//! cycle…) with its line and column, so a user fixes a broken manifest in
+//! one round instead of one error at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::manifest::error::{nearest, ManifestError, Problem};
+use crate::manifest::interp::interpolate;
+use crate::manifest::model::*;
+use crate::manifest::units::{parse_duration, parse_size};
+use crate::manifest::yaml::{self, Key, Node, Pos, Value};
+
+/// The container's environment, as stackctl saw it at start.
+pub type ContainerEnv = BTreeMap<String, String>;
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "env",
+    "services",
+    "gateway",
+    "persist",
+    "shutdown_timeout",
+];
+const ENV_KEYS: &[&str] = &["from", "default", "required", "secret", "description"];
+const SERVICE_KEYS: &[&str] = &[
+    "command",
+    "working_dir",
+    "environment",
+    "env_file",
+    "depends_on",
+    "readiness",
+    "liveness",
+    "restart",
+    "backoff",
+    "max_restarts",
+    "stop_signal",
+    "stop_timeout",
+    "enabled",
+    "optional",
+    "logs",
+    "description",
+];
+const PROBE_KEYS: &[&str] = &[
+    "http",
+    "tcp",
+    "exec",
+    "file",
+    "log",
+    "interval",
+    "timeout",
+    "failures",
+    "initial_delay",
+];
+const PROBE_CHECKS: &[&str] = &["http", "tcp", "exec", "file", "log"];
+const GATEWAY_KEYS: &[&str] = &[
+    "listen",
+    "default_backend",
+    "routes",
+    "admin",
+    "allow_backends",
+    "trusted_proxies",
+    "state_file",
+    "timeouts",
+    "max_body",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "id",
+    "priority",
+    "action",
+    "backend",
+    "strip_prefix",
+    "set_headers",
+    "redirect_to",
+    "redirect_to_prefix",
+    "redirect_code",
+    "match",
+    "prefix",
+];
+const MATCH_KEYS: &[&str] = &[
+    "path_prefix",
+    "path_equal",
+    "host",
+    "method",
+    "referer_substr",
+    "referer_regex",
+    "headers",
+];
+const PERSIST_KEYS: &[&str] = &[
+    "remote",
+    "token",
+    "branch",
+    "workdir",
+    "interval",
+    "debounce",
+    "paths",
+    "exclude",
+    "history",
+    "large_files",
+    "readiness_file",
+];
+
+/// Read and validate the manifest at `file`.
+pub fn load(file: &Path, container: &ContainerEnv) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, file, container)
+}
+
+/// Validate manifest `text` as if read from `file` (relative paths resolve
+/// against `file`'s directory).
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    container: &ContainerEnv,
+) -> Result<Manifest, ManifestError> {
+    let invalid = |problems| ManifestError::Invalid {
+        file: file.to_path_buf(),
+        problems,
+    };
+    let root = yaml::parse(text).map_err(|e| {
+        invalid(vec![Problem {
+            pos: e.pos,
+            key: String::new(),
+            message: format!("YAML syntax error: {}", e.message),
+            hint: None,
+        }])
+    })?;
+    let dir = absolute_dir(file);
+    let mut r = Reader {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        container,
+        declared: BTreeMap::new(),
+        secrets: Vec::new(),
+        dir,
+    };
+    let manifest = r.manifest(&root, file);
+    if r.problems.is_empty() {
+        let mut m = manifest;
+        m.warnings = r.warnings;
+        Ok(m)
+    } else {
+        let mut problems = r.problems;
+        problems.sort_by_key(|p| (p.pos.line, p.pos.col));
+        Err(invalid(problems))
+    }
+}
+
+fn absolute_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+struct Reader<'e> {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    container: &'e ContainerEnv,
+    /// Resolved values of declared env entries (they shadow container variables).
+    declared: BTreeMap<String, String>,
+    /// Names of secret entries and their aliases.
+    secrets: Vec<String>,
+    dir: PathBuf,
+}
+
+/// A mapping being read: its entries and its dotted path.
+struct Fields<'n> {
+    path: String,
+    pos: Pos,
+    entries: &'n [(Key, Node)],
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+static EMPTY: &[(Key, Node)] = &[];
+
+impl Reader<'_> {
+    fn problem(&mut self, pos: Pos, key: &str, message: impl Into<String>, hint: Option<String>) {
+        // A message may quote a value that came from a secret (`interval:
+        // ${API_KEYS}`); errors must never show one.
+        let message = crate::check::mask(&message.into(), &self.secret_values());
+        self.problems.push(Problem {
+            pos,
+            key: key.to_string(),
+            message,
+            hint,
+        });
+    }
+
+    fn warn(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        let message = crate::check::mask(&message.into(), &self.secret_values());
+        self.warnings.push(Problem {
+            pos,
+            key: key.to_string(),
+            message,
+            hint: None,
+        });
+    }
+
+    fn secret_values(&self) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter_map(|n| self.lookup(n))
+            .collect()
+    }
+
+    /// A mapping with only `known` keys; null counts as an empty mapping.
+    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+        let entries = match &node.value {
+            Value::Map(entries) => entries.as_slice(),
+            Value::Null => EMPTY,
+            _ => {
+                self.problem(
+                    node.pos,
+                    path,
+                    format!("expected a mapping, found {}", node.kind()),
+                    None,
+                );
+                return None;
+            }
+        };
+        let f = Fields {
+            path: path.to_string(),
+            pos: node.pos,
+            entries,
+        };
+        for (k, _) in entries {
+            if !known.contains(&k.name.as_str()) {
+                let hint = match nearest(&k.name, known) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("valid keys: {}", known.join(", ")),
+                };
+                let key = f.key(&k.name);
+                self.problem(k.pos, &key, "unknown key", Some(hint));
+            }
+        }
+        Some(f)
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.declared
+            .get(name)
+            .or_else(|| self.container.get(name))
+            .cloned()
+    }
+
+    /// A scalar's text, interpolated. `None` for null (and for errors,
+    /// which are recorded).
+    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
+        match &node.value {
+            Value::Null => None,
+            Value::Scalar { text, .. } => {
+                let mut used = Vec::new();
+                let result = interpolate(text, &|n| self.lookup(n), &mut used);
+                match result {
+                    Ok(v) => Some((v, used)),
+                    Err(e) => {
+                        self.problem(node.pos, key, e, None);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    node.pos,
+                    key,
+                    format!("expected a string, found {}", node.kind()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
+        self.text_used(node, key).map(|(v, _)| v)
+    }
+
+    fn opt_text(&mut self, f: &Fields, name: &str) -> Option<String> {
+        let node = f.get(name)?;
+        self.text(node, &f.key(name))
+    }
+
+    fn parsed<T>(
+        &mut self,
+        f: &Fields,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let node = f.get(name)?;
+        let key = f.key(name);
+        let text = self.text(node, &key)?;
+        match parse(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(node.pos, &key, e, None);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, f: &Fields, name: &str, default: Duration) -> Duration {
+        self.parsed(f, name, parse_duration).unwrap_or(default)
+    }
+
+    fn size(&mut self, f: &Fields, name: &str, default: u64) -> u64 {
+        self.parsed(f, name, parse_size).unwrap_or(default)
+    }
+
+    fn flag(&mut self, f: &Fields, name: &str, default: bool) -> bool {
+        self.parsed(f, name, parse_bool).unwrap_or(default)
+    }
+
+    fn number<T: FromStr>(&mut self, f: &Fields, name: &str, default: T) -> T {
+        self.parsed(f, name, |t| {
+            t.trim()
+                .parse::<T>()
+                .map_err(|_| format!("expected a whole number, found `{t}`"))
+        })
+        .unwrap_or(default)
+    }
+
+    fn path(&self, base: &Path, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    }
+
+    /// A string or a list of strings.
+    fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.text(n, &format!("{key}[{i}]")))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => self.text(node, key).into_iter().collect(),
+        }
+    }
+
+    /// A command: a string split like a shell (without one), or a list.
+    fn command(&mut self, node: &Node, key: &str) -> Option<Vec<String>> {
+        let (argv, used) = match &node.value {
+            Value::Seq(items) => {
+                let mut argv = Vec::new();
+                let mut used = Vec::new();
+                for (i, n) in items.iter().enumerate() {
+                    let (v, u) = self.text_used(n, &format!("{key}[{i}]"))?;
+                    argv.push(v);
+                    used.extend(u);
+                }
+                (argv, used)
+            }
+            _ => {
+                let (line, used) = self.text_used(node, key)?;
+                match shell_words::split(&line) {
+                    Ok(argv) => (argv, used),
+                    Err(e) => {
+                        self.problem(node.pos, key, format!("cannot split the command: {e}"), None);
+                        return None;
+                    }
+                }
+            }
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            self.problem(
+                node.pos,
+                key,
+                "the command is empty",
+                Some("give the program to run, e.g. `python3 -m http.server 9001`".into()),
+            );
+            return None;
+        }
+        if let Some(secret) = used.iter().find(|u| self.secrets.contains(u)) {
+            // Arguments are visible to every process through /proc/PID/cmdline.
+            let msg = format!(
+                "puts secret `{secret}` on a command line, where every process can read it; pass it through `environment:` instead"
+            );
+            self.warn(node.pos, key, msg);
+        }
+        Some(argv)
+    }
+
+    fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
+        let top = self
+            .fields(root, "", TOP_KEYS)
+            .unwrap_or(Fields {
+                path: String::new(),
+                pos: root.pos,
+                entries: EMPTY,
+            });
+        let version = match top.get("version") {
+            None => 1,
+            Some(n) => {
+                let v = self.number(&top, "version", 1u32);
+                if v != 1 {
+                    self.problem(
+                        n.pos,
+                        "version",
+                        format!("unsupported version `{v}`"),
+                        Some("this stackctl reads `version: 1`".into()),
+                    );
+                }
+                v
+            }
+        };
+        let name = self.opt_text(&top, "name").unwrap_or_else(|| {
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "stack".into())
+        });
+        let env = match top.get("env") {
+            Some(n) => self.env(n),
+            None => Vec::new(),
+        };
+        let services = match top.get("services") {
+            Some(n) => self.services(n),
+            None => Vec::new(),
+        };
+        let shutdown_timeout = self.duration(&top, "shutdown_timeout", Duration::from_secs(9));
+        let persist = top.get("persist").and_then(|n| self.persist(n));
+        let gateway = top
+            .get("gateway")
+            .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+        Manifest {
+            file: file.to_path_buf(),
+            dir: self.dir.clone(),
+            version,
+            name,
+            env,
+            services,
+            gateway,
+            persist,
+            shutdown_timeout,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn env(&mut self, node: &Node) -> Vec<EnvVar> {
+        let Some(section) = self.fields_any(node, "env") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in section.entries {
+            let key = format!("env.{}", k.name);
+            if !valid_var_name(&k.name) {
+                self.problem(
+                    k.pos,
+                    &key,
+                    "not a valid variable name",
+                    Some("use letters, digits and `_`, not starting with a digit".into()),
+                );
+                continue;
+            }
+            let mut decl = EnvVar {
+                name: k.name.clone(),
+                candidates: Vec::new(),
+                value: None,
+                source: EnvSource::Unset,
+                secret: false,
+                required: false,
+                description: None,
+            };
+            let mut default = None;
+            match &v.value {
+                // `NAME: value` is shorthand for `NAME: { default: value }`.
+                Value::Scalar { .. } => default = self.text(v, &key),
+                Value::Null => {}
+                _ => {
+                    let Some(f) = self.fields(v, &key, ENV_KEYS) else {
+                        continue;
+                    };
+                    if let Some(from) = f.get("from") {
+                        decl.candidates = self.text_list(from, &f.key("from"));
+                        for c in &decl.candidates {
+                            if !valid_var_name(c) {
+                                self.problem(from.pos, &f.key("from"), format!("`{c}` is not a valid variable name"), None);
+                            }
+                        }
+                    }
+                    default = self.opt_text(&f, "default");
+                    decl.secret = self.flag(&f, "secret", false);
+                    decl.required = self.flag(&f, "required", false);
+                    decl.description = self.opt_text(&f, "description");
+                }
+            }
+            // The entry's own name is always a candidate, after the listed
+            // ones unless the list places it.
+            if !decl.candidates.contains(&decl.name) {
+                decl.candidates.push(decl.name.clone());
+            }
+            match crate::env::pick(&decl.candidates, self.container) {
+                Some((name, value)) => {
+                    decl.value = Some(value);
+                    decl.source = EnvSource::Variable(name);
+                }
+                None if default.is_some() => {
+                    decl.value = default;
+                    decl.source = EnvSource::Default;
+                }
+                None => {}
+            }
+            if decl.required && decl.value.as_deref().unwrap_or("").is_empty() {
+                let names = decl
+                    .candidates
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                self.problem(
+                    k.pos,
+                    &key,
+                    "is required but not set",
+                    Some(format!("set {names} in the container's environment")),
+                );
+            }
+            if decl.secret {
+                self.secrets.extend(decl.candidates.iter().cloned());
+            }
+            if let Some(v) = &decl.value {
+                self.declared.insert(decl.name.clone(), v.clone());
+            }
+            out.push(decl);
+        }
+        out
+    }
+
+    /// A mapping whose keys are names chosen by the user.
+    fn fields_any<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+        match &node.value {
+            Value::Map(entries) => Some(Fields {
+                path: path.to_string(),
+                pos: node.pos,
+                entries,
+            }),
+            Value::Null => Some(Fields {
+                path: path.to_string(),
+                pos: node.pos,
+                entries: EMPTY,
+            }),
+            _ => {
+                self.problem(node.pos, path, format!("expected a mapping, found {}", node.kind()), None);
+                None
+            }
+        }
+    }
+
+    fn services(&mut self, node: &Node) -> Vec<Service> {
+        let Some(section) = self.fields_any(node, "services") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut dep_pos: Vec<Vec<Pos>> = Vec::new();
+        for (k, v) in section.entries {
+            let key = format!("services.{}", k.name);
+            if !valid_service_name(&k.name) {
+                self.problem(
+                    k.pos,
+                    &key,
+                    "not a valid service name",
+                    Some("use letters, digits, `-` and `_`".into()),
+                );
+                continue;
+            }
+            if let Some((svc, pos)) = self.service(&k.name, k.pos, v, &key) {
+                out.push(svc);
+                dep_pos.push(pos);
+            }
+        }
+        self.check_dependencies(&out, &dep_pos);
+        out
+    }
+
+    fn service(
+        &mut self,
+        name: &str,
+        pos: Pos,
+        node: &Node,
+        key: &str,
+    ) -> Option<(Service, Vec<Pos>)> {
+        let f = self.fields(node, key, SERVICE_KEYS)?;
+        let command = match f.get("command") {
+            Some(n) => self.command(n, &f.key("command")),
+            None => {
+                self.problem(
+                    pos,
+                    key,
+                    "`command` is missing",
+                    Some("every service needs a program to run".into()),
+                );
+                None
+            }
+        };
+        let working_dir = match self.opt_text(&f, "working_dir") {
+            Some(t) => self.path(&self.dir.clone(), &t),
+            None => self.dir.clone(),
+        };
+        let environment = match f.get("environment") {
+            Some(n) => self.environment(n, &f.key("environment")),
+            None => Vec::new(),
+        };
+        let env_files = match f.get("env_file") {
+            Some(n) => self
+                .text_list(n, &f.key("env_file"))
+                .iter()
+                .map(|t| self.path(&self.dir.clone(), t))
+                .collect(),
+            None => Vec::new(),
+        };
+        let (depends_on, dep_pos) = match f.get("depends_on") {
+            Some(n) => self.depends_on(n, &f.key("depends_on")),
+            None => (Vec::new(), Vec::new()),
+        };
+        let readiness = f
+            .get("readiness")
+            .and_then(|n| self.probe(n, &f.key("readiness"), &working_dir, Duration::from_secs(1), 1));
+        let liveness = f
+            .get("liveness")
+            .and_then(|n| self.probe(n, &f.key("liveness"), &working_dir, Duration::from_secs(10), 3));
+        if let Some(Probe { check: ProbeCheck::Log(_), .. }) = &liveness {
+            if let Some(n) = f.get("liveness") {
+                self.problem(
+                    n.pos,
+                    &f.key("liveness"),
+                    "a `log` check can only be a readiness probe",
+                    Some("use http, tcp, exec or file for liveness".into()),
+                );
+            }
+        }
+        let restart = self
+            .parsed(&f, "restart", |t| match t {
+                "always" | "unless-stopped" => Ok(RestartPolicy::Always),
+                "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
+                "no" | "never" | "false" => Ok(RestartPolicy::No),
+                other => Err(format!(
+                    "unknown restart policy `{other}` (use always, on-failure or no)"
+                )),
+            })
+            .unwrap_or(RestartPolicy::OnFailure);
+        let backoff = match f.get("backoff") {
+            Some(n) => {
+                let key = f.key("backoff");
+                let b = self.fields(n, &key, &["initial", "max"]);
+                let mut backoff = Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(60),
+                };
+                if let Some(b) = b {
+                    backoff.initial = self.duration(&b, "initial", backoff.initial);
+                    backoff.max = self.duration(&b, "max", backoff.max);
+                    if backoff.max < backoff.initial {
+                        self.problem(n.pos, &key, "`max` is shorter than `initial`", None);
+                    }
+                }
+                backoff
+            }
+            None => Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+        };
+        let mut max_restarts = MaxRestarts {
+            count: 10,
+            within: Duration::from_secs(300),
+        };
+        if let Some(n) = f.get("max_restarts") {
+            let key = f.key("max_restarts");
+            if let Value::Scalar { .. } = n.value {
+                max_restarts.count = self.number(&f, "max_restarts", 10);
+            } else if let Some(m) = self.fields(n, &key, &["count", "within"]) {
+                max_restarts.count = self.number(&m, "count", 10);
+                max_restarts.within = self.duration(&m, "within", max_restarts.within);
+            }
+        }
+        let stop_signal = self
+            .parsed(&f, "stop_signal", parse_signal)
+            .unwrap_or(libc::SIGTERM);
+        let stop_timeout = self.duration(&f, "stop_timeout", Duration::from_secs(5));
+        let enabled = match f.get("enabled") {
+            Some(n) => self.text(n, &f.key("enabled")).is_some_and(|t| truthy(&t)),
+            None => true,
+        };
+        let optional = self.flag(&f, "optional", false);
+        let logs = f.get("logs").and_then(|n| {
+            let key = f.key("logs");
+            let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
+            let Some(file) = self.opt_text(&l, "file") else {
+                self.problem(n.pos, &key, "`file` is missing", None);
+                return None;
+            };
+            Some(LogFile {
+                file: self.path(&self.dir.clone(), &file),
+                max_size: self.size(&l, "max_size", 10 << 20),
+                keep: self.number(&l, "keep", 3),
+            })
+        });
+        Some((
+            Service {
+                name: name.to_string(),
+                pos,
+                command: command.unwrap_or_default(),
+                working_dir,
+                environment,
+                env_files,
+                depends_on,
+                readiness,
+                liveness,
+                restart,
+                backoff,
+                max_restarts,
+                stop_signal,
+                stop_timeout,
+                enabled,
+                optional,
+                logs,
+            },
+            dep_pos,
+        ))
+    }
+
+    fn environment(&mut self, node: &Node, key: &str) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        match &node.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let ekey = format!("{key}.{}", k.name);
+                    if !valid_var_name(&k.name) {
+                        self.problem(k.pos, &ekey, "not a valid variable name", None);
+                        continue;
+                    }
+                    let value = match &v.value {
+                        Value::Null => None,
+                        _ => Some(self.text(v, &ekey).unwrap_or_default()),
+                    };
+                    out.push((k.name.clone(), value));
+                }
+            }
+            Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    let ekey = format!("{key}[{i}]");
+                    let Some(item) = self.text(n, &ekey) else {
+                        continue;
+                    };
+                    let (name, value) = match item.split_once('=') {
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (item.clone(), None),
+                    };
+                    if !valid_var_name(&name) {
+                        self.problem(n.pos, &ekey, format!("`{name}` is not a valid variable name"), Some("write `NAME=value` or `NAME`".into()));
+                        continue;
+                    }
+                    out.push((name, value));
+                }
+            }
+            Value::Null => {}
+            Value::Scalar { .. } => {
+                self.problem(node.pos, key, "expected a mapping or a list of `NAME=value`", None);
+            }
+        }
+        out
+    }
+
+    fn depends_on(&mut self, node: &Node, key: &str) -> (Vec<Dependency>, Vec<Pos>) {
+        let mut deps = Vec::new();
+        let mut pos = Vec::new();
+        match &node.value {
+            Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    if let Some(name) = self.text(n, &format!("{key}[{i}]")) {
+                        deps.push(Dependency {
+                            service: name,
+                            condition: Condition::Started,
+                        });
+                        pos.push(n.pos);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let dkey = format!("{key}.{}", k.name);
+                    // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
+                    let cond_node = match &v.value {
+                        Value::Map(_) => self
+                            .fields(v, &dkey, &["condition"])
+                            .and_then(|f| f.get("condition")),
+                        _ => Some(v),
+                    };
+                    let condition = match cond_node {
+                        None => Some(Condition::Started),
+                        Some(c) => self.text(c, &dkey).and_then(|t| match parse_condition(&t) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                self.problem(c.pos, &dkey, e, None);
+                                None
+                            }
+                        }),
+                    };
+                    if let Some(condition) = condition {
+                        deps.push(Dependency {
+                            service: k.name.clone(),
+                            condition,
+                        });
+                        pos.push(k.pos);
+                    }
+                }
+            }
+            Value::Null => {}
+            Value::Scalar { .. } => {
+                if let Some(name) = self.text(node, key) {
+                    deps.push(Dependency {
+                        service: name,
+                        condition: Condition::Started,
+                    });
+                    pos.push(node.pos);
+                }
+            }
+        }
+        (deps, pos)
+    }
+
+    fn probe(
+        &mut self,
+        node: &Node,
+        key: &str,
+        working_dir: &Path,
+        interval: Duration,
+        failures: u32,
+    ) -> Option<Probe> {
+        let f = self.fields(node, key, PROBE_KEYS)?;
+        let present: Vec<&str> = PROBE_CHECKS
+            .iter()
+            .copied()
+            .filter(|c| f.get(c).is_some())
+            .collect();
+        if present.len() != 1 {
+            let message = if present.is_empty() {
+                "no check given".to_string()
+            } else {
+                format!("several checks given ({})", present.join(", "))
+            };
+            self.problem(
+                node.pos,
+                key,
+                message,
+                Some("give exactly one of http, tcp, exec, file, log".into()),
+            );
+            return None;
+        }
+        let kind = present[0];
+        let cnode = f.get(kind)?;
+        let ckey = f.key(kind);
+        let check = match kind {
+            "exec" => ProbeCheck::Exec(self.command(cnode, &ckey)?),
+            "http" => {
+                let url = self.text(cnode, &ckey)?;
+                if !url.starts_with("http://") {
+                    self.problem(
+                        cnode.pos,
+                        &ckey,
+                        format!("`{url}` is not an http:// URL"),
+                        Some("probes speak plain HTTP, e.g. `http://127.0.0.1:8000/health`".into()),
+                    );
+                    return None;
+                }
+                ProbeCheck::Http(url)
+            }
+            "tcp" => {
+                let addr = self.text(cnode, &ckey)?;
+                if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    self.problem(
+                        cnode.pos,
+                        &ckey,
+                        format!("`{addr}` is not HOST:PORT"),
+                        Some("e.g. `127.0.0.1:6099`".into()),
+                    );
+                    return None;
+                }
+                ProbeCheck::Tcp(addr)
+            }
+            "file" => {
+                let p = self.text(cnode, &ckey)?;
+                ProbeCheck::File(self.path(working_dir, &p))
+            }
+            _ => {
+                let t = self.text(cnode, &ckey)?;
+                if t.is_empty() {
+                    self.problem(cnode.pos, &ckey, "the text to wait for is empty", None);
+                    return None;
+                }
+                ProbeCheck::Log(t)
+            }
+        };
+        let interval = self.duration(&f, "interval", interval);
+        if interval.is_zero() {
+            self.problem(f.pos, key, "`interval` must be above zero", None);
+        }
+        Some(Probe {
+            check,
+            interval,
+            timeout: self.duration(&f, "timeout", Duration::from_secs(2)),
+            failures: self.number(&f, "failures", failures).max(1),
+            initial_delay: self.duration(&f, "initial_delay", Duration::ZERO),
+        })
+    }
+
+    fn check_dependencies(&mut self, services: &[Service], dep_pos: &[Vec<Pos>]) {
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        for (si, s) in services.iter().enumerate() {
+            for (di, d) in s.depends_on.iter().enumerate() {
+                let pos = dep_pos[si][di];
+                let key = format!("services.{}.depends_on", s.name);
+                match services.iter().find(|o| o.name == d.service) {
+                    None => {
+                        let hint = nearest(&d.service, &names)
+                            .map(|n| format!("did you mean `{n}`?"))
+                            .unwrap_or_else(|| format!("services are: {}", names.join(", ")));
+                        self.problem(pos, &key, format!("unknown service `{}`", d.service), Some(hint));
+                    }
+                    Some(o) if o.name == s.name => {
+                        self.problem(pos, &key, "a service cannot depend on itself", None);
+                    }
+                    Some(o) if s.enabled && !o.enabled => {
+                        self.problem(
+                            pos,
+                            &key,
+                            format!("depends on `{}`, which is disabled by its `enabled:`", o.name),
+                            Some(format!("enable `{}` or disable `{}` too", o.name, s.name)),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(cycle) = crate::manifest::read::find_cycle(services) {
+            let first = &services[cycle[0]];
+            let path: Vec<&str> = cycle.iter().map(|&i| services[i].name.as_str()).collect();
+            self.problem(
+                first.pos,
+                &format!("services.{}.depends_on", first.name),
+                format!("dependency cycle: {} → {}", path.join(" → "), path[0]),
+                Some("remove one of these dependencies".into()),
+            );
+        }
+    }
+
+    fn persist(&mut self, node: &Node) -> Option<Persist> {
+        let f = self.fields(node, "persist", PERSIST_KEYS)?;
+        let remote = self.opt_text(&f, "remote").unwrap_or_default();
+        let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
+        let branch = self
+            .opt_text(&f, "branch")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "main".into());
+        let workdir = match self.opt_text(&f, "workdir").filter(|w| !w.is_empty()) {
+            Some(w) => self.path(&self.dir.clone(), &w),
+            None => self.dir.join(".stackctl"),
+        };
+        let mut paths = Vec::new();
+        match f.get("paths") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                for (i, n) in items.iter().enumerate() {
+                    let pkey = format!("persist.paths[{i}]");
+                    let (p, exclude) = match &n.value {
+                        Value::Map(_) => {
+                            let Some(pf) = self.fields(n, &pkey, &["path", "exclude"]) else {
+                                continue;
+                            };
+                            let Some(p) = self.opt_text(&pf, "path") else {
+                                self.problem(n.pos, &pkey, "`path` is missing", None);
+                                continue;
+                            };
+                            let ex = pf
+                                .get("exclude")
+                                .map(|e| self.text_list(e, &pf.key("exclude")))
+                                .unwrap_or_default();
+                            (p, ex)
+                        }
+                        _ => match self.text(n, &pkey) {
+                            Some(p) => (p, Vec::new()),
+                            None => continue,
+                        },
+                    };
+                    let path = normalize(&self.path(&self.dir.clone(), &p));
+                    if path == Path::new("/") {
+                        self.problem(n.pos, &pkey, "cannot persist the whole filesystem `/`", None);
+                        continue;
+                    }
+                    if let Some(other) = paths
+                        .iter()
+                        .find(|o: &&PersistPath| path.starts_with(&o.path) || o.path.starts_with(&path))
+                    {
+                        let msg = format!("overlaps `{}`", other.path.display());
+                        self.problem(n.pos, &pkey, msg, Some("list each directory once; use `exclude` for parts to skip".into()));
+                        continue;
+                    }
+                    paths.push(PersistPath { path, exclude });
+                }
+            }
+            Some(n) => self.problem(n.pos, "persist.paths", format!("expected a list, found {}", n.kind()), None),
+            None => {}
+        }
+        if paths.is_empty() {
+            self.problem(
+                f.pos,
+                "persist.paths",
+                "no paths to persist",
+                Some("list the data directories, e.g. `paths: [/home/user/AstrBot/data]`".into()),
+            );
+        }
+        let exclude = f
+            .get("exclude")
+            .map(|e| self.text_list(e, "persist.exclude"))
+            .unwrap_or_default();
+        let keep = match f.get("history") {
+            Some(h) => match self.fields(h, "persist.history", &["keep"]) {
+                Some(hf) => self.number(&hf, "keep", 50u32).max(1),
+                None => 50,
+            },
+            None => 50,
+        };
+        let github = looks_like_github(&remote);
+        let mut large_files = LargeFiles {
+            threshold: 50 << 20,
+            store: if github {
+                BlobStore::GithubRelease
+            } else {
+                BlobStore::None
+            },
+            tag: "blobs".into(),
+            url: None,
+        };
+        if let Some(lf) = f.get("large_files") {
+            if let Some(l) = self.fields(lf, "persist.large_files", &["threshold", "store", "tag", "url"]) {
+                large_files.threshold = self.size(&l, "threshold", large_files.threshold);
+                if let Some(store) = {
+                    let dir = self.dir.clone();
+                    self.parsed(&l, "store", |t| parse_store(t, &dir))
+                } {
+                    large_files.store = store;
+                }
+                if let Some(tag) = self.opt_text(&l, "tag").filter(|t| !t.is_empty()) {
+                    large_files.tag = tag;
+                }
+                large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
+                    self.problem(
+                        lf.pos,
+                        "persist.large_files.store",
+                        "`github-release` needs a GitHub remote (owner/repo or a github.com URL)",
+                        Some("use `lfs`, `dir:PATH` or `none` with this remote".into()),
+                    );
+                }
+            }
+        }
+        let readiness_file = self
+            .opt_text(&f, "readiness_file")
+            .filter(|t| !t.is_empty())
+            .map(|t| self.path(&self.dir.clone(), &t));
+        let interval = self.duration(&f, "interval", Duration::from_secs(180));
+        let debounce = self.duration(&f, "debounce", Duration::from_secs(10));
+        if remote.is_empty() {
+            // A Space without credentials still runs; it just keeps nothing.
+            self.warn(
+                f.pos,
+                "persist.remote",
+                "is empty: persistence is off and data is lost when the container stops (set the repository variable, e.g. `GITHUB_REPO`)",
+            );
+            return None;
+        }
+        Some(Persist {
+            remote,
+            token,
+            branch,
+            workdir,
+            interval,
+            debounce,
+            paths,
+            exclude,
+            keep,
+            large_files,
+            readiness_file,
+        })
+    }
+
+    fn gateway(&mut self, node: &Node, name: &str, persist: Option<&Persist>) -> Option<Gateway> {
+        let f = self.fields(node, "gateway", GATEWAY_KEYS)?;
+        let listen = self
+            .parsed(&f, "listen", parse_listen)
+            .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
+        let default_backend = self.opt_text(&f, "default_backend").filter(|b| !b.is_empty());
+        let mut routes = Vec::new();
+        let mut route_pos = Vec::new();
+        match f.get("routes") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                for (i, n) in items.iter().enumerate() {
+                    if let Some(v) = self.route(n, &format!("gateway.routes[{i}]")) {
+                        routes.push(v);
+                        route_pos.push(n.pos);
+                    }
+                }
+            }
+            Some(Node { value: Value::Null, .. }) | None => {}
+            Some(n) => self.problem(n.pos, "gateway.routes", format!("expected a list, found {}", n.kind()), None),
+        }
+        let mut admin_password = None;
+        let mut password_file = None;
+        if let Some(a) = f.get("admin") {
+            if let Some(af) = self.fields(a, "gateway.admin", &["password", "password_file"]) {
+                admin_password = self.opt_text(&af, "password").filter(|p| !p.is_empty());
+                password_file = self
+                    .opt_text(&af, "password_file")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| self.path(&self.dir.clone(), &p));
+            }
+        }
+        let password_file = password_file.unwrap_or_else(|| {
+            let home = self
+                .container
+                .get("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| self.dir.clone());
+            home.join(".config/stackctl").join(format!("{name}.admin-password"))
+        });
+        if let Some(p) = persist.and_then(|p| p.paths.iter().find(|pp| password_file.starts_with(&pp.path))) {
+            self.problem(
+                f.get("admin").map(|a| a.pos).unwrap_or(f.pos),
+                "gateway.admin.password_file",
+                format!("`{}` is inside the persisted path `{}`: the plaintext password would be pushed", password_file.display(), p.path.display()),
+                Some("put the password file outside every persisted path".into()),
+            );
+        }
+        let nets = |r: &mut Self, key: &str, default: Vec<IpNet>| -> Vec<IpNet> {
+            let Some(n) = f.get(key) else { return default };
+            let k = f.key(key);
+            let mut out = Vec::new();
+            for t in r.text_list(n, &k) {
+                match parse_net(&t) {
+                    Ok(net) => out.push(net),
+                    Err(e) => r.problem(n.pos, &k, e, None),
+                }
+            }
+            out
+        };
+        let allow_backends = nets(
+            self,
+            "allow_backends",
+            vec![
+                "127.0.0.0/8".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+        );
+        let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
+        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+            Some(s) => self.path(&self.dir.clone(), &s),
+            None => match persist {
+                Some(p) => p.workdir.join("state/gateway.json"),
+                None => self.dir.join(".stackctl/gateway.json"),
+            },
+        };
+        let mut timeouts = GatewayTimeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(600),
+            pool_idle: Duration::from_secs(4),
+        };
+        if let Some(t) = f.get("timeouts") {
+            if let Some(tf) = self.fields(t, "gateway.timeouts", &["connect", "response", "pool_idle"]) {
+                timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
+                timeouts.response = self.duration(&tf, "response", timeouts.response);
+                timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
+            }
+        }
+        let max_body = self.size(&f, "max_body", 1 << 30);
+        Some(Gateway {
+            listen,
+            default_backend,
+            routes,
+            route_pos,
+            admin: Admin {
+                password: admin_password,
+                password_file,
+            },
+            allow_backends,
+            trusted_proxies,
+            state_file,
+            timeouts,
+            max_body,
+        })
+    }
+
+    /// A route in the manifest's form → the admin API's JSON rule.
+    fn route(&mut self, node: &Node, key: &str) -> Option<serde_json::Value> {
+        use serde_json::{json, Map, Value as J};
+        let f = self.fields(node, key, ROUTE_KEYS)?;
+        let mut rule = Map::new();
+        for name in ["id", "action", "backend", "redirect_to", "redirect_to_prefix"] {
+            if let Some(t) = self.opt_text(&f, name) {
+                rule.insert(name.into(), J::String(t));
+            }
+        }
+        if f.get("priority").is_some() {
+            rule.insert("priority".into(), json!(self.number(&f, "priority", 0i64)));
+        }
+        if f.get("redirect_code").is_some() {
+            rule.insert("redirect_code".into(), json!(self.number(&f, "redirect_code", 302u16)));
+        }
+        if f.get("strip_prefix").is_some() {
+            rule.insert("strip_prefix".into(), json!(self.flag(&f, "strip_prefix", false)));
+        }
+        if let Some(h) = f.get("set_headers") {
+            if let Some(hf) = self.fields_any(h, &f.key("set_headers")) {
+                let mut m = Map::new();
+                for (k, v) in hf.entries {
+                    let t = self.text(v, &hf.key(&k.name)).unwrap_or_default();
+                    m.insert(k.name.clone(), J::String(t));
+                }
+                rule.insert("set_headers".into(), J::Object(m));
+            }
+        }
+        let mut matcher = Map::new();
+        if let Some(m) = f.get("match") {
+            if let Some(mf) = self.fields(m, &f.key("match"), MATCH_KEYS) {
+                for name in MATCH_KEYS.iter().filter(|k| **k != "headers") {
+                    if let Some(t) = self.opt_text(&mf, name) {
+                        matcher.insert(name.to_string(), J::String(t));
+                    }
+                }
+                if let Some(hs) = mf.get("headers") {
+                    let hkey = mf.key("headers");
+                    let mut list = Vec::new();
+                    if let Value::Seq(items) = &hs.value {
+                        for (i, h) in items.iter().enumerate() {
+                            let ikey = format!("{hkey}[{i}]");
+                            if let Some(hf) = self.fields(h, &ikey, &["name", "contains", "regex"]) {
+                                let mut o = Map::new();
+                                for n in ["name", "contains", "regex"] {
+                                    if let Some(t) = self.opt_text(&hf, n) {
+                                        o.insert(n.into(), J::String(t));
+                                    }
+                                }
+                                list.push(J::Object(o));
+                            }
+                        }
+                    } else {
+                        self.problem(hs.pos, &hkey, format!("expected a list, found {}", hs.kind()), None);
+                    }
+                    matcher.insert("headers".into(), J::Array(list));
+                }
+            }
+        }
+        if let Some(p) = self.opt_text(&f, "prefix") {
+            if matcher.contains_key("path_prefix") {
+                let pos = f.get("prefix").map(|n| n.pos).unwrap_or(f.pos);
+                self.problem(pos, &f.key("prefix"), "given twice (as `prefix` and `match.path_prefix`)", Some("keep one".into()));
+            }
+            matcher.insert("path_prefix".into(), J::String(p));
+        }
+        rule.insert("match".into(), J::Object(matcher));
+        Some(J::Object(rule))
+    }
+}
+
+/// Find a dependency cycle; returns the services on it, in order.
+pub(crate) fn find_cycle(services: &[Service]) -> Option<Vec<usize>> {
+    // Colours: 0 unvisited, 1 on the stack, 2 done.
+    fn visit(i: usize, services: &[Service], colour: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        colour[i] = 1;
+        stack.push(i);
+        for d in &services[i].depends_on {
+            let Some(j) = services.iter().position(|s| s.name == d.service) else {
+                continue;
+            };
+            if j == i {
+                continue; // reported as self-dependency
+            }
+            if colour[j] == 1 {
+                let start = stack.iter().position(|&s| s == j).unwrap_or(0);
+                return Some(stack[start..].to_vec());
+            }
+            if colour[j] == 0 {
+                if let Some(c) = visit(j, services, colour, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        colour[i] = 2;
+        None
+    }
+    let mut colour = vec![0u8; services.len()];
+    for i in 0..services.len() {
+        if colour[i] == 0 {
+            if let Some(c) = visit(i, services, &mut colour, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+fn valid_var_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_service_name(n: &str) -> bool {
+    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `enabled:` semantics: empty, `false`, `0`, `no`, `off` switch off.
+pub fn truthy(t: &str) -> bool {
+    !matches!(
+        t.trim().to_ascii_lowercase().as_str(),
+        "" | "false" | "0" | "no" | "off"
+    )
+}
+
+fn parse_bool(t: &str) -> Result<bool, String> {
+    match t.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, found `{t}`")),
+    }
+}
+
+fn parse_condition(t: &str) -> Result<Condition, String> {
+    match t {
+        "started" | "service_started" => Ok(Condition::Started),
+        "healthy" | "service_healthy" => Ok(Condition::Healthy),
+        "completed_successfully" | "service_completed_successfully" => {
+            Ok(Condition::CompletedSuccessfully)
+        }
+        other => Err(format!(
+            "unknown condition `{other}` (use started, healthy or completed_successfully)"
+        )),
+    }
+}
+
+/// `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(t: &str) -> Result<i32, String> {
+    let t = t.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| format!("`{t}` is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|s| s as i32)
+        .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
+}
+
+/// `0.0.0.0:7860`, `[::]:7860`, `:7860` or `7860`.
+fn parse_listen(t: &str) -> Result<std::net::SocketAddr, String> {
+    let t = t.trim();
+    if let Ok(a) = t.parse() {
+        return Ok(a);
+    }
+    let port = t.strip_prefix(':').unwrap_or(t);
+    port.parse::<u16>()
+        .map(|p| ([0, 0, 0, 0], p).into())
+        .map_err(|_| format!("`{t}` is not an address like `0.0.0.0:7860` or a port"))
+}
+
+fn parse_net(t: &str) -> Result<IpNet, String> {
+    let t = t.trim();
+    if let Ok(n) = t.parse::<IpNet>() {
+        return Ok(n);
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{t}` is not an IP address or network like `127.0.0.0/8`"))
+}
+
+fn parse_store(t: &str, dir: &Path) -> Result<BlobStore, String> {
+    match t {
+        "github-release" => Ok(BlobStore::GithubRelease),
+        "lfs" => Ok(BlobStore::Lfs),
+        "none" | "" => Ok(BlobStore::None),
+        _ => match t.strip_prefix("dir:") {
+            Some(p) if !p.is_empty() => {
+                let p = Path::new(p);
+                Ok(BlobStore::Dir(if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    dir.join(p)
+                }))
+            }
+            _ => Err(format!(
+                "unknown store `{t}` (use github-release, lfs, dir:PATH or none)"
+            )),
+        },
+    }
+}
+
+/// `owner/repo` or a github.com URL.
+pub fn looks_like_github(remote: &str) -> bool {
+    let r = remote.trim();
+    if r.contains("github.com") {
+        return true;
+    }
+    let parts: Vec<&str> = r.split('/').collect();
+    parts.len() == 2
+        && !r.starts_with('.')
+        && !r.contains(':')
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        })
+}
+
+/// Remove `.` and `..` components without touching the filesystem.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
