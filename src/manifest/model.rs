@@ -46,10 +46,12 @@ impl Manifest {
     /// Every secret value in the stack (declared secret env entries, the
     /// admin password, the persistence token), for masking output.
     pub fn secret_values(&self) -> Vec<String> {
+        // A default written in the manifest is no secret (and masking a
+        // common default like `[]` would garble unrelated output).
         let mut out: Vec<String> = self
             .env
             .iter()
-            .filter(|e| e.secret)
+            .filter(|e| e.secret && matches!(e.source, EnvSource::Variable(_)))
             .filter_map(|e| e.value.clone())
             .collect();
         if let Some(g) = &self.gateway {

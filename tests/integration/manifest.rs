@@ -198,7 +198,7 @@ fn a_secret_never_appears_in_an_error() {
 #[test]
 fn the_quickstart_and_the_real_stack_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["examples/quickstart/stack.yaml"] {
+    for f in ["examples/quickstart/stack.yaml", "stack.yaml"] {
         let s = Stack::new("");
         let out = std::process::Command::new(crate::harness::bin())
             .arg("-f")
