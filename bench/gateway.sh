@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Gateway benchmark (not a timed test): stackctl's gateway against a direct
+# connection and against nginx `proxy_pass` with upstream keep-alive.
+#
+#   bash bench/gateway.sh            # ROUNDS=5 DURATION=5 CONNS=64 by default
+#
+# Setup: a tiny static backend (nginx, `return 200`), wrk as the load; the
+# proxy under test is pinned to the first half of the CPUs, wrk and the
+# backend to the rest; nginx gets as many workers as stackctl gets threads
+# (tokio uses one per CPU it may run on). Runs are interleaved
+# (direct, nginx, stackctl, direct, …) and medians are printed, with
+# R = proxied req/s ÷ direct req/s. Also: idle RSS of `stackctl up` and of
+# nginx, RSS growth of stackctl through a 200 MB upload and download, and an
+# SSE run (one event every 20 ms) showing per-event delay and whether any
+# events were coalesced into one read.
+#
+# Needs root or sudo for apt-get if wrk/nginx are missing (Debian packages).
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/stackctl-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+    echo "installing wrk and nginx (Debian packages)…" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null 2>&1 \
+        || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+(cd "$here" && cargo build --release --quiet)
+STACKCTL="$here/target/release/stackctl"
+
+ncpu=$(nproc)
+half=$(( ncpu / 2 )); [ "$half" -ge 1 ] || half=1
+if [ "$ncpu" -ge 2 ]; then
+    PROXY_CPUS="0-$((half - 1))"; LOAD_CPUS="$half-$((ncpu - 1))"
+else
+    PROXY_CPUS=0; LOAD_CPUS=0
+fi
+WORKERS=$half
+# Background processes are started with `taskset … &` directly (never via
+# a shell function), so that $! is the process itself and cleanup kills it.
+pin_load() { taskset -c "$LOAD_CPUS" "$@"; }
+
+BACKEND=18181; NGINX_PROXY=18182; GATEWAY=18180; SSE_BACKEND=18183
+
+# ---- backend: nginx returning a tiny body, plus a 200 MB file ----------------
+head -c $((200 * 1024 * 1024)) /dev/zero > "$work/big.bin"
+chmod 644 "$work/big.bin"; chmod 755 "$work"
+mkdir -p "$work/backend" "$work/proxy"
+cat > "$work/backend/nginx.conf" <<EOF
+worker_processes $half;
+daemon off;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/backend/body;
+    server {
+        listen 127.0.0.1:$BACKEND;
+        client_max_body_size 0;
+        location = /big.bin { root $work; }
+        location = /upload { return 200 "ok\n"; }
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+taskset -c "$LOAD_CPUS" "$NGINX" -p "$work/backend" -c "$work/backend/nginx.conf" 2>/dev/null &
+pids+=($!)
+
+# ---- nginx as the proxy under comparison ----------------------------------------
+cat > "$work/proxy/nginx.conf" <<EOF
+worker_processes $WORKERS;
+daemon off;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $work/proxy/body;
+    proxy_temp_path $work/proxy/tmp;
+    upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
+    upstream sse { server 127.0.0.1:$SSE_BACKEND; keepalive 16; }
+    server {
+        listen 127.0.0.1:$NGINX_PROXY;
+        client_max_body_size 0;
+        location /sse {
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+taskset -c "$PROXY_CPUS" "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" 2>/dev/null &
+pids+=($!)
+
+# ---- stackctl up with only a gateway ------------------------------------------------
+cat > "$work/stack.yaml" <<EOF
+version: 1
+name: bench
+gateway:
+  listen: 127.0.0.1:$GATEWAY
+  default_backend: http://127.0.0.1:$BACKEND
+  routes:
+    - { id: sse, prefix: /sse, backend: "http://127.0.0.1:$SSE_BACKEND" }
+  admin:
+    password: bench-password-123
+    password_file: $work/admin-password
+  state_file: $work/state/gateway.json
+EOF
+RUST_LOG=warn taskset -c "$PROXY_CPUS" "$STACKCTL" -f "$work/stack.yaml" up >"$work/stackctl.log" 2>&1 &
+STACKCTL_PID=$!
+pids+=($STACKCTL_PID)
+
+# ---- SSE backend and client (python3, standard library only) ------------------------
+cat > "$work/sse.py" <<'EOF'
+import asyncio, re, socket, statistics, sys, time
+
+async def handle(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    for _ in range(int(sys.argv[3])):
+        ev = b"data: %d\n\n" % time.time_ns()
+        writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
+        await writer.drain()
+        await asyncio.sleep(0.02)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+def client(port, n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(b"GET /sse HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
+    delays, coalesced, seen, buf = [], 0, 0, b""
+    while seen < n:
+        chunk = s.recv(65536)
+        now = time.time_ns()
+        if not chunk:
+            break
+        buf += chunk
+        events = re.findall(rb"data: (\d+)\n\n", buf)
+        buf = buf[buf.rfind(b"\n\n") + 2:] if events else buf
+        if len(events) > 1:
+            coalesced += len(events) - 1
+        for e in events:
+            delays.append((now - int(e)) / 1000.0)
+        seen += len(events)
+    delays.sort()
+    p = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
+    print(f"{len(delays)} {p(0.5):.0f} {p(0.99):.0f} {coalesced}")
+
+if sys.argv[1] == "serve":
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+else:
+    client(int(sys.argv[2]), int(sys.argv[3]))
+EOF
+taskset -c "$LOAD_CPUS" python3 "$work/sse.py" serve "$SSE_BACKEND" 200 &
+pids+=($!)
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        if curl -s -o /dev/null "http://127.0.0.1:$1/" 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "port $1 did not come up" >&2; cat "$work/stackctl.log" >&2; exit 1
+}
+wait_port $BACKEND; wait_port $NGINX_PROXY; wait_port $GATEWAY
+sleep 1
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+nginx_rss_kb() {
+    local master; master=$(cat "$work/proxy/nginx.pid")
+    local total; total=$(rss_kb "$master")
+    for c in $(pgrep -P "$master"); do total=$((total + $(rss_kb "$c"))); done
+    echo "$total"
+}
+IDLE_STACKCTL=$(rss_kb $STACKCTL_PID)
+IDLE_NGINX=$(nginx_rss_kb)
+
+# ---- throughput and latency, interleaved -----------------------------------------------
+run_wrk() { # port -> "req/s p50_us p99_us"
+    pin_load wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" 2>/dev/null | awk '
+        function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
+        /Requests\/sec/ { rps = $2 }
+        /^ +50%/ { p50 = us($2) }
+        /^ +99%/ { p99 = us($2) }
+        END { printf "%.0f %.0f %.0f\n", rps, p50, p99 }'
+}
+declare -A results
+for name in direct nginx stackctl; do results[$name]=""; done
+for r in $(seq 1 "$ROUNDS"); do
+    for name in direct nginx stackctl; do
+        case $name in direct) port=$BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
+        results[$name]+="$(run_wrk $port)"$'\n'
+    done
+    echo "round $r/$ROUNDS done" >&2
+done
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}' | median; }
+
+DIRECT=$(col direct 1)
+echo
+echo "== HTTP/1.1 keep-alive, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds, medians"
+echo "   (proxy on CPUs $PROXY_CPUS with $WORKERS worker(s); wrk and backend on CPUs $LOAD_CPUS)"
+printf '%-10s %12s %8s %10s %10s\n' path "req/s" R "p50 (us)" "p99 (us)"
+for name in direct nginx stackctl; do
+    rps=$(col $name 1)
+    printf '%-10s %12.0f %8.3f %10.0f %10.0f\n' "$name" "$rps" "$(awk -v a="$rps" -v b="$DIRECT" 'BEGIN { printf "%.3f", a / b }')" "$(col $name 2)" "$(col $name 3)"
+done
+
+echo
+echo "== idle RSS"
+echo "stackctl up (gateway only): $((IDLE_STACKCTL / 1024)) MiB ($IDLE_STACKCTL KiB)"
+echo "nginx proxy (master + $WORKERS worker(s)): $((IDLE_NGINX / 1024)) MiB ($IDLE_NGINX KiB)"
+
+# ---- 200 MB through the gateway ---------------------------------------------------------
+before=$(rss_kb $STACKCTL_PID)
+curl -s -o /dev/null -X POST -H 'Content-Type: application/octet-stream' --data-binary @"$work/big.bin" "http://127.0.0.1:$GATEWAY/upload"
+after_up=$(hwm_kb $STACKCTL_PID)
+curl -s -o /dev/null "http://127.0.0.1:$GATEWAY/big.bin"
+after_down=$(hwm_kb $STACKCTL_PID)
+echo
+echo "== 200 MB through stackctl: RSS before $((before / 1024)) MiB, peak after upload $((after_up / 1024)) MiB, peak after download $((after_down / 1024)) MiB"
+echo "   (peak includes the wrk runs above; growth = peak - idle = $(( (after_down - IDLE_STACKCTL) / 1024 )) MiB)"
+
+# ---- SSE --------------------------------------------------------------------------------
+echo
+echo "== SSE: 200 events, one every 20 ms; delay from the backend's send to the client's read"
+printf '%-10s %8s %12s %12s %10s\n' path events "p50 (us)" "p99 (us)" coalesced
+for name in direct nginx stackctl; do
+    case $name in direct) port=$SSE_BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
+    read -r n p50 p99 co < <(pin_load python3 "$work/sse.py" client "$port" 200)
+    printf '%-10s %8s %12s %12s %10s\n' "$name" "$n" "$p50" "$p99" "$co"
+done

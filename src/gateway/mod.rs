@@ -1,0 +1,559 @@
+//! The gateway: one public HTTP port that routes requests by rule to the
+//! services (reverse proxy, WebSocket, SSE), with a password-protected admin
+//! API and page to change routes at run time.
+//!
+//! # Layout
+//!
+//! - [`rules`]: the wire rule model and its validation (pure).
+//! - [`router`]: path normalisation and matching (pure).
+//! - [`headers`]: hop-by-hop, X-Forwarded-*, `set_headers` (pure).
+//! - [`proxy`]: forwarding, pooling, upgrades (I/O).
+//! - [`admin`]: the `/admin/` endpoints.
+//! - [`auth`]: Argon2id password checks and the failure rate limit.
+//! - [`state`]: the state file (route table + password hash), atomic writes.
+//! - [`error`]: the one mapping of failures to HTTP statuses.
+//! - [`ui`]: the admin page's static files.
+//!
+//! # Which routes win at start
+//!
+//! The state file keeps the live table (admin edits) together with a
+//! fingerprint of the manifest routes it was seeded from. At start:
+//!
+//! - no table in the state file → the manifest's `routes:` and
+//!   `default_backend` seed it;
+//! - a table whose fingerprint matches the manifest's current routes → the
+//!   state file wins: live edits survive restarts;
+//! - the manifest's routes changed since (someone edited `stack.yaml`) → the
+//!   manifest wins and replaces the live table (logged), because an edited
+//!   file is the newer intent.
+//!
+//! The admin password follows the same rule: a configured
+//! `admin.password` seeds the hash; a password changed through the API
+//! stays until the configured one changes. With no password configured and
+//! none stored, one is generated, printed once on stderr and written (0600)
+//! to `admin.password_file` for `stackctl routes`.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod router;
+pub mod rules;
+pub mod state;
+pub mod ui;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use ipnet::IpNet;
+use tokio::net::TcpListener;
+
+use crate::manifest::yaml::Pos;
+use crate::shutdown::{CancellationToken, TaskTracker};
+use crate::status::{Phase, StatusBoard};
+
+use crate::gateway::auth::{Auth, AuthError, LimitConfig};
+use crate::gateway::body::Body;
+use crate::gateway::error::HttpError;
+use crate::gateway::proxy::{ForwardError, Tunnels, Upstream, UpstreamConfig};
+use crate::gateway::router::{normalize_path, Decision, RequestHead, Router};
+use crate::gateway::rules::Backend;
+use crate::gateway::state::{State, StateError};
+
+pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table};
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `serve` waits for open requests after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the gateway could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A manifest route is invalid.
+    #[error("gateway route{}: {source}", .pos.map(|p| format!(" at line {}, column {}", p.line, p.col)).unwrap_or_default())]
+    Routes {
+        /// Where the route was written.
+        pos: Option<Pos>,
+        /// What is wrong.
+        source: RuleError,
+    },
+    /// The state file could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The password could not be hashed, or the stored hash is corrupt.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// The gateway, built from the manifest; run it with [`Gateway::serve`].
+#[derive(Debug)]
+pub struct Gateway {
+    shared: Shared,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: ArcSwap<Router>,
+    pub(crate) status: StatusBoard,
+    pub(crate) auth: Auth,
+    upstream: Upstream,
+    policy: RwLock<BackendPolicy>,
+    trusted: Vec<IpNet>,
+    pub(crate) state_path: PathBuf,
+    /// The state as last written; its lock also serialises admin writers.
+    pub(crate) state: tokio::sync::Mutex<State>,
+    pub(crate) password_file: PathBuf,
+    listen: RwLock<SocketAddr>,
+    /// Backend port → service whose probes target it (for "starting" 503s).
+    service_ports: HashMap<u16, String>,
+    /// Restore has been seen finished (it never un-finishes).
+    restored: AtomicBool,
+    tunnels: Tunnels,
+}
+
+/// Fingerprint of the manifest's routes and default backend.
+fn manifest_fingerprint(cfg: &crate::manifest::Gateway) -> String {
+    let v = serde_json::json!({
+        "default_backend": cfg.default_backend,
+        "routes": cfg.routes,
+    });
+    format!("{:016x}", router::fnv1a(v.to_string().as_bytes()))
+}
+
+/// Backend port → service name, from each service's readiness (or
+/// liveness) probe target: `http:` URL or `tcp:` address. Simple and
+/// enough for one container, where every backend is a local port.
+pub fn service_ports(services: &[crate::manifest::Service]) -> HashMap<u16, String> {
+    use crate::manifest::ProbeCheck;
+    let mut out = HashMap::new();
+    for s in services {
+        for probe in [&s.readiness, &s.liveness].into_iter().flatten() {
+            let port = match &probe.check {
+                ProbeCheck::Http(url) => url
+                    .split_once("://")
+                    .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+                    .and_then(|auth| rules::parse_backend(&format!("http://{auth}")).ok())
+                    .map(|b| b.addr.port()),
+                ProbeCheck::Tcp(addr) => addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()),
+                _ => None,
+            };
+            if let Some(port) = port {
+                out.entry(port).or_insert_with(|| s.name.clone());
+            }
+        }
+    }
+    out
+}
+
+impl Gateway {
+    /// Build the gateway: validate the manifest routes, load or create the
+    /// state file (route table + Argon2id password hash), and generate a
+    /// password if none is configured or stored (printed once, written 0600
+    /// to `admin.password_file`). See the module docs for precedence.
+    pub fn new(
+        cfg: &crate::manifest::Gateway,
+        status: StatusBoard,
+    ) -> Result<Gateway, GatewayError> {
+        let policy = BackendPolicy::new(&cfg.allow_backends, cfg.listen);
+        let manifest_table = validate_table(
+            cfg.default_backend.as_deref().unwrap_or(""),
+            &cfg.routes,
+            &policy,
+        )
+        .map_err(|source| GatewayError::Routes {
+            pos: source
+                .rule_index()
+                .and_then(|i| cfg.route_pos.get(i).copied()),
+            source,
+        })?;
+        let fingerprint = manifest_fingerprint(cfg);
+        let loaded = state::load(&cfg.state_file)?;
+        let mut st = loaded.clone().unwrap_or(State {
+            version: 1,
+            ..State::default()
+        });
+
+        let table = match (&st.table, &st.manifest_routes) {
+            (Some(live), Some(fp)) if *fp == fingerprint => {
+                match rules::validate_typed(live, &policy) {
+                    Ok(t) => {
+                        tracing::info!(file = %cfg.state_file.display(), rules = t.rules.len(), "gateway: live route table restored from the state file");
+                        t
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %cfg.state_file.display(), error = %e, "gateway: the saved route table is no longer valid; using the manifest's routes");
+                        manifest_table
+                    }
+                }
+            }
+            (Some(_), _) => {
+                tracing::info!(file = %cfg.state_file.display(), "gateway: the manifest's routes changed; they replace the live route table");
+                manifest_table
+            }
+            (None, _) => manifest_table,
+        };
+        st.table = Some(table.clone());
+        st.manifest_routes = Some(fingerprint);
+
+        let phc = settle_password(cfg, &mut st)?;
+        if loaded.as_ref() != Some(&st) {
+            state::save(&cfg.state_file, &st)?;
+        }
+
+        let router =
+            Router::new(table).map_err(|source| GatewayError::Routes { pos: None, source })?;
+        let shared = Shared {
+            router: ArcSwap::from_pointee(router),
+            status,
+            auth: Auth::new(phc, LimitConfig::default()),
+            upstream: Upstream::new(UpstreamConfig {
+                connect: cfg.timeouts.connect,
+                response: cfg.timeouts.response,
+                pool_idle: cfg.timeouts.pool_idle,
+                max_body: cfg.max_body,
+            }),
+            policy: RwLock::new(policy),
+            trusted: cfg.trusted_proxies.clone(),
+            state_path: cfg.state_file.clone(),
+            state: tokio::sync::Mutex::new(st),
+            password_file: cfg.admin.password_file.clone(),
+            listen: RwLock::new(cfg.listen),
+            service_ports: HashMap::new(),
+            restored: AtomicBool::new(false),
+            tunnels: Tunnels {
+                tracker: TaskTracker::new(),
+                stop: CancellationToken::new(),
+            },
+        };
+        Ok(Gateway { shared })
+    }
+
+    /// Map backend ports to services (see [`service_ports`]) so a request to
+    /// a service that is still starting gets a 503 "starting", not a 502.
+    pub fn with_services(mut self, services: &[crate::manifest::Service]) -> Self {
+        self.shared.service_ports = service_ports(services);
+        self
+    }
+
+    /// Replace the admin failure rate limits (tests use small ones).
+    pub fn with_rate_limits(mut self, limits: LimitConfig) -> Self {
+        let phc = self.shared.auth.hash();
+        self.shared.auth = Auth::new(phc, limits);
+        self
+    }
+
+    /// The live route table.
+    pub fn table(&self) -> Table {
+        self.shared.router.load().table().clone()
+    }
+
+    /// Serve on `listener` until `shutdown` is cancelled, then stop
+    /// accepting, let open requests finish (at most [`DRAIN_TIMEOUT`]),
+    /// close WebSocket tunnels, and return.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        let shared = Arc::new(self.shared);
+        if let Ok(addr) = listener.local_addr() {
+            shared.set_listen(addr);
+        }
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let tracker = shared.tunnels.tracker.clone();
+        let stop = shared.tunnels.stop.clone();
+        tracing::info!(listen = %shared.listen(), rules = shared.router.load().rule_count(), "gateway: listening");
+
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => match r {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause
+                        // instead of spinning, keep serving.
+                        tracing::warn!(error = %e, "gateway: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            let builder = builder.clone();
+            let stop = stop.clone();
+            tracker.spawn(async move {
+                let svc = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
+                });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+                        }
+                    }
+                    () = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        if let Err(e) = conn.await {
+                            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error while draining");
+                        }
+                    }
+                }
+            });
+        }
+        drop(listener);
+        stop.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = tracker.len(),
+                "gateway: requests still open after the drain timeout; dropping them"
+            );
+        }
+        tracing::info!("gateway: stopped");
+    }
+}
+
+/// Decide the password hash at start (see the module docs) and return it.
+fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
+    if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
+        if pw.chars().count() < auth::MIN_PASSWORD_LEN {
+            tracing::warn!(
+                min = auth::MIN_PASSWORD_LEN,
+                "gateway: the configured admin password is short; use a longer one"
+            );
+        }
+        let unchanged = st
+            .configured_password_hash
+            .as_deref()
+            .is_some_and(|h| auth::verify_password(h, pw));
+        if let (true, Some(current)) = (unchanged, &st.password_hash) {
+            auth::check_hash(current)?;
+            return Ok(current.clone());
+        }
+        let phc = auth::hash_password(pw)?;
+        st.password_hash = Some(phc.clone());
+        st.configured_password_hash = Some(phc.clone());
+        return Ok(phc);
+    }
+    if let Some(current) = &st.password_hash {
+        auth::check_hash(current)?;
+        if !cfg.admin.password_file.exists() {
+            tracing::info!(state_file = %cfg.state_file.display(), "gateway: the admin password was set earlier (its hash is in the state file); if it is lost, set `gateway.admin.password` to replace it");
+        }
+        return Ok(current.clone());
+    }
+    let pw = auth::generate_password();
+    let phc = auth::hash_password(&pw)?;
+    st.password_hash = Some(phc.clone());
+    st.configured_password_hash = None;
+    state::write_atomic(&cfg.admin.password_file, format!("{pw}\n").as_bytes())?;
+    // Printed once, on stderr and not through the log pipeline, so it does
+    // not end up in shipped logs; the file keeps it for `stackctl routes`.
+    eprintln!(
+        "stackctl: generated admin password (shown once): {pw}\n\
+         stackctl: also written to {} (mode 0600); change it with `stackctl routes password` or set `gateway.admin.password`",
+        cfg.admin.password_file.display()
+    );
+    tracing::info!(file = %cfg.admin.password_file.display(), "gateway: generated an admin password");
+    Ok(phc)
+}
+
+impl Shared {
+    pub(crate) fn policy(&self) -> BackendPolicy {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn listen(&self) -> SocketAddr {
+        match self.listen.read() {
+            Ok(l) => *l,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    fn set_listen(&self, addr: SocketAddr) {
+        if let Ok(mut l) = self.listen.write() {
+            *l = addr;
+        }
+        // The real port (the manifest may say :0) is the one rules must
+        // never point at.
+        if let Ok(mut p) = self.policy.write() {
+            p.own_listen = Some(addr);
+        }
+    }
+
+    fn is_restored(&self) -> bool {
+        if self.restored.load(Ordering::Relaxed) {
+            return true;
+        }
+        let r = self.status.update(|s| s.restored);
+        if r {
+            self.restored.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Answer one request.
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let fwd = headers::forwarded(
+            req.headers(),
+            req.uri().authority().map(|a| a.as_str()),
+            peer.ip(),
+            self.listen().port(),
+            &self.trusted,
+        );
+        let path = match normalize_path(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => return HttpError::from(e).response(req.headers()),
+        };
+        let router = self.router.load_full();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()));
+        let decision = router.route(&RequestHead {
+            method: req.method().as_str(),
+            path: &path,
+            query: req.uri().query(),
+            host,
+            headers: req.headers(),
+        });
+        let method = req.method().clone();
+        let (resp, rule) = match decision {
+            Decision::Admin => return admin::handle(self, req, &path, fwd.client_ip).await,
+            Decision::NoRoute => (HttpError::NoRoute.response(req.headers()), None),
+            Decision::Redirect {
+                rule_id,
+                location,
+                status,
+            } => {
+                let mut r = Response::new(body::empty());
+                *r.status_mut() = status;
+                match HeaderValue::from_str(&location) {
+                    Ok(v) => {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    Err(_) => {
+                        return HttpError::BadRequest("cannot build the redirect location".into())
+                            .response(req.headers())
+                    }
+                }
+                (r, Some(rule_id))
+            }
+            Decision::Proxy(target) => {
+                if !self.is_restored() {
+                    let progress = self.status.snapshot().restore_progress;
+                    (
+                        HttpError::Restoring(progress).response(req.headers()),
+                        target.rule_id,
+                    )
+                } else {
+                    let accept = accept_only(req.headers());
+                    match self
+                        .upstream
+                        .forward(req, &target, &fwd, &self.tunnels)
+                        .await
+                    {
+                        Ok(r) => (r, target.rule_id),
+                        Err(f) => {
+                            let e = self.failure(f, target.backend);
+                            tracing::warn!(backend = %target.backend, rule = target.rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
+                            (e.response(&accept), target.rule_id)
+                        }
+                    }
+                }
+            }
+        };
+        tracing::debug!(
+            client = %fwd.client_ip,
+            %method,
+            path,
+            rule = rule.unwrap_or("default"),
+            status = resp.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "gateway: request"
+        );
+        resp
+    }
+
+    /// Turn a forwarding failure into the client's answer, using the
+    /// backend's service state: a service still starting gets 503.
+    fn failure(&self, f: ForwardError, backend: &Backend) -> HttpError {
+        let b = backend.to_string();
+        match f {
+            ForwardError::TooLarge(n) => HttpError::BodyTooLarge(n),
+            ForwardError::Timeout(d) => HttpError::Timeout {
+                backend: b,
+                secs: d.as_secs(),
+            },
+            ForwardError::Broken => HttpError::BadGateway { backend: b },
+            ForwardError::Connect => {
+                let Some(service) = self.service_ports.get(&backend.addr.port()) else {
+                    return HttpError::BadGateway { backend: b };
+                };
+                let phase = self
+                    .status
+                    .snapshot()
+                    .services
+                    .get(service)
+                    .map(|s| s.phase);
+                match phase {
+                    Some(Phase::Waiting | Phase::Starting | Phase::Backoff) => {
+                        HttpError::Starting {
+                            service: service.clone(),
+                        }
+                    }
+                    Some(
+                        p @ (Phase::Failed
+                        | Phase::Exited
+                        | Phase::Stopped
+                        | Phase::Stopping
+                        | Phase::Disabled),
+                    ) => HttpError::ServiceDown {
+                        service: service.clone(),
+                        backend: b,
+                        phase: format!("{p:?}").to_lowercase(),
+                    },
+                    Some(Phase::Ready) | None => HttpError::BadGateway { backend: b },
+                }
+            }
+        }
+    }
+}
+
+fn accept_only(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    if let Some(a) = h.get(header::ACCEPT) {
+        out.insert(header::ACCEPT, a.clone());
+    }
+    out
+}
