@@ -28,7 +28,11 @@ pub fn main() -> ExitCode {
             // clap prints help/version to stdout with exit 0, usage errors
             // to stderr with exit 2 — the contract's code for usage errors.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { code::USAGE } else { code::OK });
+            return ExitCode::from(if e.use_stderr() {
+                code::USAGE
+            } else {
+                code::OK
+            });
         }
     };
     init_tracing(cli.log_format);
@@ -41,6 +45,8 @@ fn init_tracing(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never in `docker logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),

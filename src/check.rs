@@ -23,7 +23,13 @@ pub fn mask(text: &str, secrets: &[String]) -> String {
 /// Render the plan of a valid manifest.
 pub fn render(m: &Manifest) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "stack `{}` from {} (version {})", m.name, m.file.display(), m.version);
+    let _ = writeln!(
+        o,
+        "stack `{}` from {} (version {})",
+        m.name,
+        m.file.display(),
+        m.version
+    );
 
     if !m.env.is_empty() {
         let _ = writeln!(o, "\nenv:");
@@ -57,7 +63,13 @@ pub fn render(m: &Manifest) -> String {
     let width = m.services.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for (i, wave) in m.start_waves().iter().enumerate() {
         for s in wave {
-            let _ = writeln!(o, "  {}. {:width$}  {}", i + 1, s.name, shell_words::join(&s.command));
+            let _ = writeln!(
+                o,
+                "  {}. {:width$}  {}",
+                i + 1,
+                s.name,
+                shell_words::join(&s.command)
+            );
             let mut facts = vec![format!(
                 "restart {}",
                 match s.restart {
@@ -115,7 +127,9 @@ pub fn render(m: &Manifest) -> String {
             let _ = writeln!(
                 o,
                 "  default backend {}",
-                g.default_backend.as_deref().unwrap_or("(none: unmatched requests get 404)")
+                g.default_backend
+                    .as_deref()
+                    .unwrap_or("(none: unmatched requests get 404)")
             );
             let _ = writeln!(o, "  routes          {} in the manifest", g.routes.len());
             for r in &g.routes {
@@ -127,7 +141,10 @@ pub fn render(m: &Manifest) -> String {
                 if g.admin.password.is_some() {
                     format!("{MASK} (from the manifest)")
                 } else {
-                    format!("generated at first start into {}", g.admin.password_file.display())
+                    format!(
+                        "generated at first start into {}",
+                        g.admin.password_file.display()
+                    )
                 }
             );
             let _ = writeln!(o, "  state file      {}", g.state_file.display());
@@ -190,7 +207,13 @@ pub fn render(m: &Manifest) -> String {
     if !m.warnings.is_empty() {
         let _ = writeln!(o, "\nwarnings:");
         for w in &m.warnings {
-            let _ = writeln!(o, "  {}:{}:{}: {w}", m.file.display(), w.pos.line, w.pos.col);
+            let _ = writeln!(
+                o,
+                "  {}:{}:{}: {w}",
+                m.file.display(),
+                w.pos.line,
+                w.pos.col
+            );
         }
     }
     mask(&o, &m.secret_values())

@@ -91,10 +91,15 @@ pub struct RestoreArgs {
 pub struct AdminArgs {
     /// The admin password (else $STACKCTL_ADMIN_PASSWORD, else the password
     /// file `up` wrote).
-    #[arg(long, env = "STACKCTL_ADMIN_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "STACKCTL_ADMIN_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
     pub password: Option<String>,
     /// The gateway's address, if not the manifest's `gateway.listen`.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     pub url: Option<String>,
 }
 

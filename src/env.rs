@@ -185,7 +185,12 @@ services:
 
     #[test]
     fn secrets_and_their_aliases_are_withheld() {
-        let c = env(&[("github_secret", "s3cr3t"), ("GITHUB_PAT", "p"), ("PATH", "/bin"), ("STACKCTL_ADMIN_PASSWORD", "pw")]);
+        let c = env(&[
+            ("github_secret", "s3cr3t"),
+            ("GITHUB_PAT", "p"),
+            ("PATH", "/bin"),
+            ("STACKCTL_ADMIN_PASSWORD", "pw"),
+        ]);
         let e = svc_env(&c, "plain");
         assert!(!e.contains_key("github_secret"));
         assert!(!e.contains_key("GITHUB_PAT"));
@@ -200,7 +205,10 @@ services:
         let e = svc_env(&c, "asks");
         assert_eq!(e["GITHUB_TOKEN"], "s3cr3t");
         assert_eq!(e["EXTRA"], "1");
-        assert!(!e.contains_key("github_secret"), "only the name it asked for");
+        assert!(
+            !e.contains_key("github_secret"),
+            "only the name it asked for"
+        );
     }
 
     #[test]

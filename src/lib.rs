@@ -7,6 +7,9 @@
 //! - [`env`]: resolution of env aliases, defaults and secrets (pure).
 //! - [`check`]: the `check` command's plan rendering, secrets masked.
 //! - [`supervisor`]: the PID-1 process supervisor behind `up`.
+//! - [`gateway`]: the reverse proxy on the public port, its admin API and page.
+//! - [`client`]: `stackctl routes` and `status`, talking to a running gateway.
+//! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
@@ -14,11 +17,11 @@
 pub mod app;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod env;
+pub mod gateway;
 pub mod manifest;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod up;
-pub mod gateway;
-pub mod client;

@@ -57,13 +57,15 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
     // keeps answering "stopping" instead of refusing connections.
     let gateway_stop = CancellationToken::new();
     let gateway_task = match &manifest.gateway {
-        Some(cfg) => match start_gateway(cfg, status.clone(), gateway_stop.clone()).await {
-            Ok(task) => Some(task),
-            Err(msg) => {
-                error!("{msg}");
-                return code::FAILURE;
+        Some(cfg) => {
+            match start_gateway(&manifest, cfg, status.clone(), gateway_stop.clone()).await {
+                Ok(task) => Some(task),
+                Err(msg) => {
+                    error!("{msg}");
+                    return code::FAILURE;
+                }
             }
-        },
+        }
         None => None,
     };
 
@@ -103,6 +105,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
 }
 
 async fn start_gateway(
+    manifest: &Manifest,
     cfg: &crate::manifest::Gateway,
     status: StatusBoard,
     stop: CancellationToken,
@@ -110,8 +113,11 @@ async fn start_gateway(
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e} (is another process using the port? change `gateway.listen`)", cfg.listen))?;
-    let gateway = crate::gateway::Gateway::new(cfg, status).map_err(|e| format!("{e}"))?;
-    info!(listen = %cfg.listen, "gateway listening");
+    // Knowing which service owns a backend port lets the gateway answer
+    // 503 "starting" instead of 502 while that service comes up.
+    let gateway = crate::gateway::Gateway::new(cfg, status)
+        .map_err(|e| format!("{e}"))?
+        .with_services(&manifest.services);
     Ok(tokio::spawn(gateway.serve(listener, stop)))
 }
 
@@ -119,7 +125,10 @@ async fn start_gateway(
 fn spawn_signal_watch(shutdown: CancellationToken, force: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             error!("cannot install signal handlers; stop with SIGKILL");
             return;
         };

@@ -58,7 +58,12 @@ fn render(file: &std::path::Path, problems: &[Problem]) -> String {
         if n == 1 { "" } else { "s" }
     ));
     for p in problems {
-        out.push_str(&format!("\n  {}:{}:{}: {p}", file.display(), p.pos.line, p.pos.col));
+        out.push_str(&format!(
+            "\n  {}:{}:{}: {p}",
+            file.display(),
+            p.pos.line,
+            p.pos.col
+        ));
     }
     out
 }

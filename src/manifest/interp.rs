@@ -23,8 +23,8 @@ pub fn interpolate(
             out.push('$');
             rest = tail;
         } else if let Some(body_start) = after.strip_prefix('{') {
-            let end = matching_brace(body_start)
-                .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+            let end =
+                matching_brace(body_start).ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
             let body = &body_start[..end];
             out.push_str(&expand(body, lookup, used)?);
             rest = &body_start[end + 1..];
@@ -142,12 +142,17 @@ mod tests {
 
     #[test]
     fn required_and_malformed_are_errors() {
-        assert_eq!(run("${UNSET:?set it}").unwrap_err(), "`UNSET` must be set: set it");
+        assert_eq!(
+            run("${UNSET:?set it}").unwrap_err(),
+            "`UNSET` must be set: set it"
+        );
         assert_eq!(run("${EMPTY:?}").unwrap_err(), "`EMPTY` must be set");
         assert!(run("${EMPTY?}").is_ok());
         assert!(run("${SET").unwrap_err().contains("unclosed"));
         assert!(run("${}").unwrap_err().contains("variable name"));
-        assert!(run("${SET/x}").unwrap_err().contains("unsupported operator"));
+        assert!(run("${SET/x}")
+            .unwrap_err()
+            .contains("unsupported operator"));
     }
 
     #[test]

@@ -228,10 +228,7 @@ impl Reader<'_> {
     }
 
     fn secret_values(&self) -> Vec<String> {
-        self.secrets
-            .iter()
-            .filter_map(|n| self.lookup(n))
-            .collect()
+        self.secrets.iter().filter_map(|n| self.lookup(n)).collect()
     }
 
     /// A mapping with only `known` keys; null counts as an empty mapping.
@@ -390,7 +387,12 @@ impl Reader<'_> {
                 match shell_words::split(&line) {
                     Ok(argv) => (argv, used),
                     Err(e) => {
-                        self.problem(node.pos, key, format!("cannot split the command: {e}"), None);
+                        self.problem(
+                            node.pos,
+                            key,
+                            format!("cannot split the command: {e}"),
+                            None,
+                        );
                         return None;
                     }
                 }
@@ -416,13 +418,11 @@ impl Reader<'_> {
     }
 
     fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
-        let top = self
-            .fields(root, "", TOP_KEYS)
-            .unwrap_or(Fields {
-                path: String::new(),
-                pos: root.pos,
-                entries: EMPTY,
-            });
+        let top = self.fields(root, "", TOP_KEYS).unwrap_or(Fields {
+            path: String::new(),
+            pos: root.pos,
+            entries: EMPTY,
+        });
         let version = match top.get("version") {
             None => 1,
             Some(n) => {
@@ -509,7 +509,12 @@ impl Reader<'_> {
                         decl.candidates = self.text_list(from, &f.key("from"));
                         for c in &decl.candidates {
                             if !valid_var_name(c) {
-                                self.problem(from.pos, &f.key("from"), format!("`{c}` is not a valid variable name"), None);
+                                self.problem(
+                                    from.pos,
+                                    &f.key("from"),
+                                    format!("`{c}` is not a valid variable name"),
+                                    None,
+                                );
                             }
                         }
                     }
@@ -574,7 +579,12 @@ impl Reader<'_> {
                 entries: EMPTY,
             }),
             _ => {
-                self.problem(node.pos, path, format!("expected a mapping, found {}", node.kind()), None);
+                self.problem(
+                    node.pos,
+                    path,
+                    format!("expected a mapping, found {}", node.kind()),
+                    None,
+                );
                 None
             }
         }
@@ -646,13 +656,29 @@ impl Reader<'_> {
             Some(n) => self.depends_on(n, &f.key("depends_on")),
             None => (Vec::new(), Vec::new()),
         };
-        let readiness = f
-            .get("readiness")
-            .and_then(|n| self.probe(n, &f.key("readiness"), &working_dir, Duration::from_secs(1), 1));
-        let liveness = f
-            .get("liveness")
-            .and_then(|n| self.probe(n, &f.key("liveness"), &working_dir, Duration::from_secs(10), 3));
-        if let Some(Probe { check: ProbeCheck::Log(_), .. }) = &liveness {
+        let readiness = f.get("readiness").and_then(|n| {
+            self.probe(
+                n,
+                &f.key("readiness"),
+                &working_dir,
+                Duration::from_secs(1),
+                1,
+            )
+        });
+        let liveness = f.get("liveness").and_then(|n| {
+            self.probe(
+                n,
+                &f.key("liveness"),
+                &working_dir,
+                Duration::from_secs(10),
+                3,
+            )
+        });
+        if let Some(Probe {
+            check: ProbeCheck::Log(_),
+            ..
+        }) = &liveness
+        {
             if let Some(n) = f.get("liveness") {
                 self.problem(
                     n.pos,
@@ -781,7 +807,12 @@ impl Reader<'_> {
                         None => (item.clone(), None),
                     };
                     if !valid_var_name(&name) {
-                        self.problem(n.pos, &ekey, format!("`{name}` is not a valid variable name"), Some("write `NAME=value` or `NAME`".into()));
+                        self.problem(
+                            n.pos,
+                            &ekey,
+                            format!("`{name}` is not a valid variable name"),
+                            Some("write `NAME=value` or `NAME`".into()),
+                        );
                         continue;
                     }
                     out.push((name, value));
@@ -789,7 +820,12 @@ impl Reader<'_> {
             }
             Value::Null => {}
             Value::Scalar { .. } => {
-                self.problem(node.pos, key, "expected a mapping or a list of `NAME=value`", None);
+                self.problem(
+                    node.pos,
+                    key,
+                    "expected a mapping or a list of `NAME=value`",
+                    None,
+                );
             }
         }
         out
@@ -901,7 +937,11 @@ impl Reader<'_> {
             }
             "tcp" => {
                 let addr = self.text(cnode, &ckey)?;
-                if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                if addr
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
                     self.problem(
                         cnode.pos,
                         &ckey,
@@ -949,7 +989,12 @@ impl Reader<'_> {
                         let hint = nearest(&d.service, &names)
                             .map(|n| format!("did you mean `{n}`?"))
                             .unwrap_or_else(|| format!("services are: {}", names.join(", ")));
-                        self.problem(pos, &key, format!("unknown service `{}`", d.service), Some(hint));
+                        self.problem(
+                            pos,
+                            &key,
+                            format!("unknown service `{}`", d.service),
+                            Some(hint),
+                        );
                     }
                     Some(o) if o.name == s.name => {
                         self.problem(pos, &key, "a service cannot depend on itself", None);
@@ -958,7 +1003,10 @@ impl Reader<'_> {
                         self.problem(
                             pos,
                             &key,
-                            format!("depends on `{}`, which is disabled by its `enabled:`", o.name),
+                            format!(
+                                "depends on `{}`, which is disabled by its `enabled:`",
+                                o.name
+                            ),
                             Some(format!("enable `{}` or disable `{}` too", o.name, s.name)),
                         );
                     }
@@ -1020,21 +1068,37 @@ impl Reader<'_> {
                     };
                     let path = normalize(&self.path(&self.dir.clone(), &p));
                     if path == Path::new("/") {
-                        self.problem(n.pos, &pkey, "cannot persist the whole filesystem `/`", None);
+                        self.problem(
+                            n.pos,
+                            &pkey,
+                            "cannot persist the whole filesystem `/`",
+                            None,
+                        );
                         continue;
                     }
-                    if let Some(other) = paths
-                        .iter()
-                        .find(|o: &&PersistPath| path.starts_with(&o.path) || o.path.starts_with(&path))
-                    {
+                    if let Some(other) = paths.iter().find(|o: &&PersistPath| {
+                        path.starts_with(&o.path) || o.path.starts_with(&path)
+                    }) {
                         let msg = format!("overlaps `{}`", other.path.display());
-                        self.problem(n.pos, &pkey, msg, Some("list each directory once; use `exclude` for parts to skip".into()));
+                        self.problem(
+                            n.pos,
+                            &pkey,
+                            msg,
+                            Some(
+                                "list each directory once; use `exclude` for parts to skip".into(),
+                            ),
+                        );
                         continue;
                     }
                     paths.push(PersistPath { path, exclude });
                 }
             }
-            Some(n) => self.problem(n.pos, "persist.paths", format!("expected a list, found {}", n.kind()), None),
+            Some(n) => self.problem(
+                n.pos,
+                "persist.paths",
+                format!("expected a list, found {}", n.kind()),
+                None,
+            ),
             None => {}
         }
         if paths.is_empty() {
@@ -1068,7 +1132,11 @@ impl Reader<'_> {
             url: None,
         };
         if let Some(lf) = f.get("large_files") {
-            if let Some(l) = self.fields(lf, "persist.large_files", &["threshold", "store", "tag", "url"]) {
+            if let Some(l) = self.fields(
+                lf,
+                "persist.large_files",
+                &["threshold", "store", "tag", "url"],
+            ) {
                 large_files.threshold = self.size(&l, "threshold", large_files.threshold);
                 if let Some(store) = {
                     let dir = self.dir.clone();
@@ -1125,7 +1193,9 @@ impl Reader<'_> {
         let listen = self
             .parsed(&f, "listen", parse_listen)
             .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
-        let default_backend = self.opt_text(&f, "default_backend").filter(|b| !b.is_empty());
+        let default_backend = self
+            .opt_text(&f, "default_backend")
+            .filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
         match f.get("routes") {
@@ -1140,8 +1210,16 @@ impl Reader<'_> {
                     }
                 }
             }
-            Some(Node { value: Value::Null, .. }) | None => {}
-            Some(n) => self.problem(n.pos, "gateway.routes", format!("expected a list, found {}", n.kind()), None),
+            Some(Node {
+                value: Value::Null, ..
+            })
+            | None => {}
+            Some(n) => self.problem(
+                n.pos,
+                "gateway.routes",
+                format!("expected a list, found {}", n.kind()),
+                None,
+            ),
         }
         let mut admin_password = None;
         let mut password_file = None;
@@ -1161,9 +1239,14 @@ impl Reader<'_> {
                 .filter(|h| !h.is_empty())
                 .map(PathBuf::from)
                 .unwrap_or_else(|| self.dir.clone());
-            home.join(".config/stackctl").join(format!("{name}.admin-password"))
+            home.join(".config/stackctl")
+                .join(format!("{name}.admin-password"))
         });
-        if let Some(p) = persist.and_then(|p| p.paths.iter().find(|pp| password_file.starts_with(&pp.path))) {
+        if let Some(p) = persist.and_then(|p| {
+            p.paths
+                .iter()
+                .find(|pp| password_file.starts_with(&pp.path))
+        }) {
             self.problem(
                 f.get("admin").map(|a| a.pos).unwrap_or(f.pos),
                 "gateway.admin.password_file",
@@ -1205,13 +1288,36 @@ impl Reader<'_> {
             pool_idle: Duration::from_secs(4),
         };
         if let Some(t) = f.get("timeouts") {
-            if let Some(tf) = self.fields(t, "gateway.timeouts", &["connect", "response", "pool_idle"]) {
+            if let Some(tf) =
+                self.fields(t, "gateway.timeouts", &["connect", "response", "pool_idle"])
+            {
                 timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
                 timeouts.response = self.duration(&tf, "response", timeouts.response);
                 timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);
+        // The same validator as the admin API, so `check` rejects what a
+        // live edit would.
+        let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);
+        let table = crate::gateway::rules::validate_table(
+            default_backend.as_deref().unwrap_or(""),
+            &routes,
+            &policy,
+        );
+        if let Err(e) = table {
+            let (pos, key) = match e.rule_index() {
+                Some(i) => (
+                    route_pos.get(i).copied().unwrap_or(f.pos),
+                    format!("gateway.routes[{i}]"),
+                ),
+                None => (
+                    f.get("default_backend").map(|n| n.pos).unwrap_or(f.pos),
+                    "gateway".to_string(),
+                ),
+            };
+            self.problem(pos, &key, e.to_string(), None);
+        }
         Some(Gateway {
             listen,
             default_backend,
@@ -1234,7 +1340,13 @@ impl Reader<'_> {
         use serde_json::{json, Map, Value as J};
         let f = self.fields(node, key, ROUTE_KEYS)?;
         let mut rule = Map::new();
-        for name in ["id", "action", "backend", "redirect_to", "redirect_to_prefix"] {
+        for name in [
+            "id",
+            "action",
+            "backend",
+            "redirect_to",
+            "redirect_to_prefix",
+        ] {
             if let Some(t) = self.opt_text(&f, name) {
                 rule.insert(name.into(), J::String(t));
             }
@@ -1243,10 +1355,16 @@ impl Reader<'_> {
             rule.insert("priority".into(), json!(self.number(&f, "priority", 0i64)));
         }
         if f.get("redirect_code").is_some() {
-            rule.insert("redirect_code".into(), json!(self.number(&f, "redirect_code", 302u16)));
+            rule.insert(
+                "redirect_code".into(),
+                json!(self.number(&f, "redirect_code", 302u16)),
+            );
         }
         if f.get("strip_prefix").is_some() {
-            rule.insert("strip_prefix".into(), json!(self.flag(&f, "strip_prefix", false)));
+            rule.insert(
+                "strip_prefix".into(),
+                json!(self.flag(&f, "strip_prefix", false)),
+            );
         }
         if let Some(h) = f.get("set_headers") {
             if let Some(hf) = self.fields_any(h, &f.key("set_headers")) {
@@ -1272,7 +1390,8 @@ impl Reader<'_> {
                     if let Value::Seq(items) = &hs.value {
                         for (i, h) in items.iter().enumerate() {
                             let ikey = format!("{hkey}[{i}]");
-                            if let Some(hf) = self.fields(h, &ikey, &["name", "contains", "regex"]) {
+                            if let Some(hf) = self.fields(h, &ikey, &["name", "contains", "regex"])
+                            {
                                 let mut o = Map::new();
                                 for n in ["name", "contains", "regex"] {
                                     if let Some(t) = self.opt_text(&hf, n) {
@@ -1283,7 +1402,12 @@ impl Reader<'_> {
                             }
                         }
                     } else {
-                        self.problem(hs.pos, &hkey, format!("expected a list, found {}", hs.kind()), None);
+                        self.problem(
+                            hs.pos,
+                            &hkey,
+                            format!("expected a list, found {}", hs.kind()),
+                            None,
+                        );
                     }
                     matcher.insert("headers".into(), J::Array(list));
                 }
@@ -1292,7 +1416,12 @@ impl Reader<'_> {
         if let Some(p) = self.opt_text(&f, "prefix") {
             if matcher.contains_key("path_prefix") {
                 let pos = f.get("prefix").map(|n| n.pos).unwrap_or(f.pos);
-                self.problem(pos, &f.key("prefix"), "given twice (as `prefix` and `match.path_prefix`)", Some("keep one".into()));
+                self.problem(
+                    pos,
+                    &f.key("prefix"),
+                    "given twice (as `prefix` and `match.path_prefix`)",
+                    Some("keep one".into()),
+                );
             }
             matcher.insert("path_prefix".into(), J::String(p));
         }
@@ -1304,7 +1433,12 @@ impl Reader<'_> {
 /// Find a dependency cycle; returns the services on it, in order.
 pub(crate) fn find_cycle(services: &[Service]) -> Option<Vec<usize>> {
     // Colours: 0 unvisited, 1 on the stack, 2 done.
-    fn visit(i: usize, services: &[Service], colour: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        services: &[Service],
+        colour: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         colour[i] = 1;
         stack.push(i);
         for d in &services[i].depends_on {
@@ -1346,7 +1480,9 @@ fn valid_var_name(n: &str) -> bool {
 }
 
 fn valid_service_name(n: &str) -> bool {
-    !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `enabled:` semantics: empty, `false`, `0`, `no`, `off` switch off.

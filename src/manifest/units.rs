@@ -19,7 +19,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("`{text}` is not a duration (like `500ms`, `10s`, `1m30s`)"));
+            return Err(format!(
+                "`{text}` is not a duration (like `500ms`, `10s`, `1m30s`)"
+            ));
         }
         let number: f64 = rest[..digits]
             .parse()
@@ -36,8 +38,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" | "min" => 60.0,
             "h" => 3600.0,
             "d" => 86400.0,
-            "" => return Err(format!("`{text}`: a unit is missing after `{number}` (ms, s, m, h, d)")),
-            other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m, h or d)")),
+            "" => {
+                return Err(format!(
+                    "`{text}`: a unit is missing after `{number}` (ms, s, m, h, d)"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+                ))
+            }
         };
         total += Duration::from_secs_f64(number * scale);
     }
@@ -119,13 +129,19 @@ mod tests {
             ("1.5s", 1_500),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                parse_duration(text).unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn bad_durations_say_why() {
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration("10x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("").is_err());
     }
@@ -136,7 +152,9 @@ mod tests {
         assert_eq!(parse_size("52428800").unwrap(), 52_428_800);
         assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
         assert_eq!(parse_size("10M").unwrap(), 10 << 20);
-        assert!(parse_size("5 parsecs").unwrap_err().contains("unknown size unit"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
     }
 
     #[test]

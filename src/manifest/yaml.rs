@@ -145,12 +145,12 @@ impl Loader<'_> {
         let (node, anchor) = match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 let quoted = !matches!(style, TScalarStyle::Plain);
-                let value = if !quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")
-                {
-                    Value::Null
-                } else {
-                    Value::Scalar { text, quoted }
-                };
+                let value =
+                    if !quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                        Value::Null
+                    } else {
+                        Value::Scalar { text, quoted }
+                    };
                 (Node { pos, value }, anchor)
             }
             Event::SequenceStart(anchor, _) => {

@@ -182,7 +182,9 @@ impl Stack {
         let mut c = match wrapper {
             Some(w) => {
                 let mut c = Command::new(w[0]);
-                c.args(&w[1..]).arg(inner.get_program()).args(inner.get_args());
+                c.args(&w[1..])
+                    .arg(inner.get_program())
+                    .args(inner.get_args());
                 for (k, v) in inner.get_envs() {
                     match v {
                         Some(v) => c.env(k, v),
@@ -345,7 +347,9 @@ impl Running {
                 return found[n - 1].clone();
             }
             if Instant::now() > deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for line #{n} containing {text:?}"));
+                self.fail(&format!(
+                    "timed out after {timeout:?} waiting for line #{n} containing {text:?}"
+                ));
             }
             if self.status.is_none() {
                 if let Ok(Some(_)) = self.child.try_wait() {

@@ -32,7 +32,10 @@ fn unknown_key_suggests_the_nearest() {
 
 #[test]
 fn unknown_top_level_key_lists_valid_ones() {
-    rejects("servises: {}\n", "1:1: `servises`: unknown key (did you mean `services`?)");
+    rejects(
+        "servises: {}\n",
+        "1:1: `servises`: unknown key (did you mean `services`?)",
+    );
 }
 
 #[test]
@@ -85,7 +88,10 @@ fn unknown_condition_is_rejected() {
 
 #[test]
 fn missing_command_is_reported() {
-    rejects("services:\n  web:\n    restart: always\n", "2:3: `services.web`: `command` is missing");
+    rejects(
+        "services:\n  web:\n    restart: always\n",
+        "2:3: `services.web`: `command` is missing",
+    );
 }
 
 #[test]
@@ -130,7 +136,9 @@ fn overlapping_persist_paths_are_rejected() {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let s = Stack::new("services:\n  a: { command: x, restrat: no }\n  b: { command: x, depends_on: [zz] }\n");
+    let s = Stack::new(
+        "services:\n  a: { command: x, restrat: no }\n  b: { command: x, depends_on: [zz] }\n",
+    );
     let out = s.run(&["check"]);
     out.code(2)
         .stderr_has("(2 problems)")
@@ -181,7 +189,8 @@ persist:
         .stdout_has("remote          me/data (branch main)")
         .stdout_has("is valid");
     assert!(
-        !out.stdout.contains("ghp_verysecretvalue123") && !out.stderr.contains("ghp_verysecretvalue123"),
+        !out.stdout.contains("ghp_verysecretvalue123")
+            && !out.stderr.contains("ghp_verysecretvalue123"),
         "secret leaked:\n{out}"
     );
 }
@@ -191,7 +200,8 @@ fn a_secret_never_appears_in_an_error() {
     let s = Stack::new("env:\n  KEY: { secret: true }\nservices:\n  web: { command: x, stop_timeout: \"${KEY}\" }\n")
         .env("KEY", "hunter2hunter2");
     let out = s.run(&["check"]);
-    out.code(2).stderr_has("`services.web.stop_timeout`: `********`");
+    out.code(2)
+        .stderr_has("`services.web.stop_timeout`: `********`");
     assert!(!out.stderr.contains("hunter2"), "{out}");
 }
 
@@ -214,4 +224,12 @@ fn the_quickstart_and_the_real_stack_are_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn invalid_route_names_the_rule_and_field() {
+    rejects(
+        "gateway:\n  routes:\n    - { id: ok, prefix: /a/, backend: http://127.0.0.1:1 }\n    - { id: bad, prefix: /b/, backend: http://10.1.2.3:80 }\n",
+        "4:7: `gateway.routes[1]`: rules[1] (`bad`): `backend`",
+    );
 }
