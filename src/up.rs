@@ -19,10 +19,16 @@ use crate::supervisor::{self, Outcome, Reaper};
 
 /// Run the stack until a signal stops it or a service gives up.
 pub fn run(manifest: Manifest, _container: ContainerEnv, log_format: LogFormat) -> u8 {
-    // Two workers: the gateway scales with them; the supervisor needs
-    // almost nothing. More threads would only add memory on a 2-vCPU Space.
+    // One worker per core, like nginx's `worker_processes auto`: the gateway
+    // scales with them, the supervisor needs almost nothing.
+    // STACKCTL_WORKERS overrides it (benchmarks pin equal worker counts).
+    let workers = std::env::var("STACKCTL_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .thread_name("stackctl")
         .enable_all()
         .build()
