@@ -1,0 +1,9 @@
+//! All integration tests, in one test target so the binary is built once.
+//! Each module runs the real `stackctl` binary against temp dirs.
+
+mod harness;
+
+mod admin_ui;
+mod gateway;
+mod manifest;
+mod supervisor;
