@@ -6,4 +6,5 @@ mod harness;
 mod admin_ui;
 mod gateway;
 mod manifest;
+mod persist;
 mod supervisor;

@@ -1,0 +1,1172 @@
+//! Persistence: the data directories that must survive a wiped disk, kept in
+//! a git repository.
+//!
+//! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
+//! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
+//! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
+//! - [`snapshot`]: build a tree from the live files (SQLite via the backup API) and commit it.
+//! - [`remote`]: fetch and push with git2; token only through the credentials callback.
+//! - [`restore`]: write a snapshot back in place, refusing anything that escapes the paths.
+//! - [`schedule`]: when to snapshot (debounce, ceiling, periodic scan), pure.
+//!
+//! [`Persister`] ties them together for `up` and the CLI. It enforces the
+//! restore gate: nothing is snapshotted or pushed until a restore completed or
+//! the remote was confirmed empty, so a fresh container never overwrites a
+//! good backup with empty data.
+//!
+//! Workdir layout: `repo.git/` (bare repository, objects only, no remote or
+//! token in its config), `tmp/` (SQLite copies), `stat-cache.json`,
+//! `instance-id` (this writer's id in the lease), `lock` (flock: one process
+//! per workdir).
+
+pub mod commands;
+pub mod history;
+pub mod lifecycle;
+pub mod lease;
+pub mod plan;
+pub mod remote;
+pub mod restore;
+pub mod schedule;
+pub mod snapshot;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use git2::{Oid, Repository};
+use nix::fcntl::{Flock, FlockArg};
+
+use plan::{PathRules, PlanError, StatCache};
+use remote::{Depth, Remote, RemoteError, RemoteHead};
+use restore::RestoreError;
+use snapshot::SnapshotError;
+
+/// Errors of the persistence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// The `persist:` section cannot be used as it is.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Talking to the remote failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// Taking a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// Restoring failed.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// The restore gate is closed.
+    #[error("refusing to snapshot or push before the restore finished (or the remote was confirmed empty): a fresh container must not overwrite a good backup; run the restore first")]
+    NotRestored,
+    /// The workdir is unusable.
+    #[error("cannot use workdir `{path}`: {message}; check `persist.workdir` is writable")]
+    Workdir {
+        /// The workdir path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// `--at` matched no snapshot.
+    #[error("no snapshot matches `{0}`: give a commit id from `stackctl snapshots`, or a date like `2026-01-31 12:00`")]
+    NoSuchSnapshot(String),
+    /// `--path` names something outside `persist.paths`.
+    #[error("`{0}` is not a persisted path or below one: see `persist.paths`")]
+    NotPersisted(PathBuf),
+    /// Local data changed after the last snapshot; restoring would lose it.
+    #[error("local data changed after the last snapshot `{snapshot}`: restoring would overwrite it; run `stackctl backup` first, or pass `--force`")]
+    LocalNewer {
+        /// The last snapshot this workdir knows.
+        snapshot: String,
+    },
+    /// Another instance holds the write lease on the repository.
+    #[error("another stackctl (`{holder}`) holds the write lease on the repository; snapshots stay queued here and are pushed once it stops or its lease expires (in {expires_in}s without a heartbeat)")]
+    LeaseHeld {
+        /// The holder's instance id.
+        holder: String,
+        /// Seconds until the lease can be taken over.
+        expires_in: i64,
+    },
+    /// Another process holds the workdir.
+    #[error("workdir `{0}` is in use by another stackctl process: ask the running `stackctl up` (e.g. `stackctl backup`), or give this one its own `persist.workdir`")]
+    WorkdirBusy(PathBuf),
+    /// The remote kept moving while we pushed.
+    #[error("the remote branch kept moving during {0} push attempts (another writer?); will retry at the next snapshot")]
+    Contended(u32),
+    /// A git operation in the workdir failed.
+    #[error("git error in the workdir: {0}")]
+    Git(String),
+    /// Writing the readiness file failed.
+    #[error("cannot write readiness file `{path}`: {source}")]
+    Readiness {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl PersistError {
+    /// Is trying again later likely to help (remote unreachable, lease held)?
+    /// `up` keeps retrying the restore on these, with backoff, until shutdown.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PersistError::Remote(e) => e.is_retryable(),
+            PersistError::LeaseHeld { .. } | PersistError::Contended(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<git2::Error> for PersistError {
+    fn from(e: git2::Error) -> Self {
+        PersistError::Git(e.message().to_string())
+    }
+}
+
+/// Default write-lease TTL: a holder silent this long is taken over.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(120);
+
+/// One persisted path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathConfig {
+    /// Absolute path of a directory or file.
+    pub path: PathBuf,
+    /// Excludes for this path only.
+    pub exclude: Vec<String>,
+}
+
+/// What the persistence layer needs from `persist:` (plus tuning for tests).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `owner/repo`, a git URL, or a local path / `file://` URL.
+    pub remote: String,
+    /// Token for HTTPS (secret).
+    pub token: Option<String>,
+    /// Branch holding the snapshots.
+    pub branch: String,
+    /// Where git objects and state live (not a mirror of the data).
+    pub workdir: PathBuf,
+    /// Persisted paths.
+    pub paths: Vec<PathConfig>,
+    /// Global exclude globs.
+    pub exclude: Vec<String>,
+    /// Files at or above this size are skipped (0: no limit).
+    pub threshold: u64,
+    /// Snapshots kept in the branch (`history.keep`; 0: keep all).
+    pub keep: u32,
+    /// This instance's id in the write lease (empty: one generated and kept
+    /// in the workdir, `hostname-pid-random`).
+    pub instance: String,
+    /// A lease not renewed for this long may be taken over (zero: no lease).
+    pub lease_ttl: Duration,
+    /// Written once restore finished (the original's READINESS_FILE).
+    pub readiness_file: Option<PathBuf>,
+    /// Attempts for each remote operation.
+    pub retries: u32,
+    /// First retry delay (doubles up to `retry_max`).
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl From<&crate::manifest::Persist> for Config {
+    fn from(p: &crate::manifest::Persist) -> Self {
+        Config {
+            remote: p.remote.clone(),
+            token: p.token.clone(),
+            branch: p.branch.clone(),
+            workdir: p.workdir.clone(),
+            paths: p
+                .paths
+                .iter()
+                .map(|x| PathConfig {
+                    path: x.path.clone(),
+                    exclude: x.exclude.clone(),
+                })
+                .collect(),
+            exclude: p.exclude.clone(),
+            threshold: p.large_files.threshold,
+            keep: p.keep,
+            instance: String::new(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            readiness_file: p.readiness_file.clone(),
+            retries: 5,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where the restore gate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreState {
+    /// No restore yet: snapshots and pushes are refused.
+    Pending,
+    /// Restored from this commit.
+    Restored(Oid),
+    /// The remote has no such branch: nothing to restore, pushing is safe.
+    ConfirmedEmpty,
+    /// Local data was newer than this snapshot (which the workdir knows it
+    /// grew from) and was kept (`keep_newer_local`).
+    KeptLocal(Oid),
+}
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Only plan; write nothing (the gate stays as it is).
+    pub dry_run: bool,
+    /// An older snapshot: a commit id (or unique prefix), or a UTC date
+    /// (`2026-01-31`, `2026-01-31 12:00[:00]`) for the newest snapshot at or before it.
+    pub at: Option<String>,
+    /// Restore only these paths (each a persisted path or below one); empty: all.
+    pub paths: Vec<PathBuf>,
+    /// Overwrite local data changed since the last snapshot.
+    pub force: bool,
+    /// Instead of refusing over newer local data, keep it and open the gate
+    /// (what `up` wants on a machine whose disk survived).
+    pub keep_newer_local: bool,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// The gate after the restore.
+    pub state: RestoreState,
+    /// Files, bytes, dirs, symlinks written; side files removed.
+    pub applied: restore::Applied,
+    /// Persisted paths the snapshot does not hold.
+    pub absent: Vec<PathBuf>,
+    /// Planned operations, all of them.
+    pub ops: Vec<restore::Op>,
+    /// Paths whose content, type or mode on disk differs from the snapshot
+    /// (what `--dry-run` lists; after a real restore, what was changed).
+    pub changes: Vec<PathBuf>,
+}
+
+/// What a snapshot (and push) did.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotReport {
+    /// The new local commit; `None` when nothing changed. (After a squash,
+    /// its replayed id: the branch head.)
+    pub commit: Option<Oid>,
+    /// The commit the remote branch now points at, when a push happened.
+    pub pushed: Option<Oid>,
+    /// Local snapshots were re-parented on a remote head moved by someone else.
+    pub reparented: bool,
+    /// Older snapshots squashed away after the push (`history.keep`).
+    pub squashed: usize,
+    /// Files in the snapshot.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files actually read (cache misses).
+    pub read: u64,
+    /// SQLite databases copied with the backup API.
+    pub sqlite: u64,
+    /// Skipped files at or above the threshold (path, size).
+    pub too_large: Vec<(PathBuf, u64)>,
+}
+
+/// The persistence state shown by `stackctl status` and `/admin/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PersistStatus {
+    /// `pending`, `restored <commit>` or `confirmed empty`.
+    pub restore: String,
+    /// Newest local snapshot (commit id).
+    pub last_snapshot: Option<String>,
+    /// Its time, seconds since the epoch.
+    pub last_snapshot_time: Option<i64>,
+    /// Newest snapshot known to be on the remote.
+    pub last_push: Option<String>,
+    /// Local snapshots not yet pushed.
+    pub pending: usize,
+    /// The last operation's error (token scrubbed), `None` after a success.
+    pub last_error: Option<String>,
+}
+
+/// One snapshot in the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Commit id (hex).
+    pub id: String,
+    /// Commit time, seconds since the epoch.
+    pub time: i64,
+    /// Files, when stackctl wrote the snapshot.
+    pub files: Option<u64>,
+    /// Bytes, when stackctl wrote the snapshot.
+    pub bytes: Option<u64>,
+    /// First line of the message.
+    pub message: String,
+}
+
+/// The persistence engine for one `persist:` section.
+pub struct Persister {
+    cfg: Config,
+    rules: Vec<PathRules>,
+    remote: Remote,
+    // git2::Repository is Send but not Sync; one operation at a time anyway.
+    repo: Mutex<Repository>,
+    cache: Mutex<StatCache>,
+    state: Mutex<RestoreState>,
+    status: Mutex<PersistStatus>,
+    /// This instance's id in the write lease.
+    instance: String,
+    /// Our last lease commit and when it was pushed.
+    lease: Mutex<Option<(Oid, std::time::Instant)>>,
+    /// Held for the persister's life: one process per workdir.
+    _workdir_lock: Flock<fs::File>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (refs are CAS-updated).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Persister {
+    /// Open from the manifest's `persist:` section.
+    pub fn open(p: &crate::manifest::Persist) -> Result<Self, PersistError> {
+        Self::with_config(Config::from(p))
+    }
+
+    /// Open with an explicit configuration: validates paths and globs,
+    /// creates the workdir repository (and a local bare remote if absent).
+    pub fn with_config(cfg: Config) -> Result<Self, PersistError> {
+        let roots: Vec<PathBuf> = cfg.paths.iter().map(|p| p.path.clone()).collect();
+        plan::check_disjoint(&roots)?;
+        let mut internal = vec![cfg.workdir.clone()];
+        internal.extend(cfg.readiness_file.clone());
+        let rules = cfg
+            .paths
+            .iter()
+            .map(|p| {
+                // A path inside the workdir (the gateway's state directory)
+                // is persisted on purpose: only the rest of the workdir is
+                // internal to it.
+                let internal: Vec<PathBuf> = internal
+                    .iter()
+                    .filter(|i| !p.path.starts_with(i))
+                    .cloned()
+                    .collect();
+                PathRules::new(&p.path, &p.exclude, &cfg.exclude, &internal)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = remote::resolve_url(&cfg.remote)?;
+        let remote = Remote::new(url, cfg.token.clone(), &cfg.branch);
+        remote.ensure_local()?;
+        let wd = |e: &dyn std::fmt::Display| PersistError::Workdir {
+            path: cfg.workdir.clone(),
+            message: e.to_string(),
+        };
+        fs::create_dir_all(&cfg.workdir).map_err(|e| wd(&e))?;
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(cfg.workdir.join("lock"))
+            .map_err(|e| wd(&e))?;
+        let workdir_lock =
+            Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                if errno == nix::errno::Errno::EWOULDBLOCK {
+                    PersistError::WorkdirBusy(cfg.workdir.clone())
+                } else {
+                    wd(&errno)
+                }
+            })?;
+        let git_dir = cfg.workdir.join("repo.git");
+        // We hold the workdir lock, so any git lock file left there is from a
+        // process that died mid-write (kill -9): it would block every later
+        // ref update.
+        remove_stale_git_locks(&git_dir);
+        let repo = match Repository::open_bare(&git_dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(&git_dir).map_err(|e| wd(&e.message()))?,
+        };
+        let instance = if cfg.instance.is_empty() {
+            // Kept in the workdir: a process restarted on the same workdir is
+            // the same writer and need not wait for its own lease to expire.
+            let path = cfg.workdir.join("instance-id");
+            match fs::read_to_string(&path) {
+                Ok(id) if !id.trim().is_empty() => id.trim().to_string(),
+                _ => {
+                    let id = default_instance_id();
+                    fs::write(&path, format!("{id}\n")).map_err(|e| wd(&e))?;
+                    id
+                }
+            }
+        } else {
+            cfg.instance.clone()
+        };
+        let cache = fs::read(cfg.workdir.join("stat-cache.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Ok(Self {
+            cfg,
+            rules,
+            remote,
+            repo: Mutex::new(repo),
+            cache: Mutex::new(cache),
+            state: Mutex::new(RestoreState::Pending),
+            status: Mutex::new(PersistStatus::default()),
+            instance,
+            lease: Mutex::new(None),
+            _workdir_lock: workdir_lock,
+        })
+    }
+
+    /// Where the restore gate stands.
+    pub fn restore_state(&self) -> RestoreState {
+        *lock(&self.state)
+    }
+
+    /// The remote URL (never with credentials).
+    pub fn remote_url(&self) -> &str {
+        self.remote.url()
+    }
+
+    fn retry<T>(&self, op: impl FnMut() -> Result<T, RemoteError>) -> Result<T, RemoteError> {
+        remote::with_retries(
+            self.cfg.retries,
+            self.cfg.retry_initial,
+            self.cfg.retry_max,
+            op,
+        )
+    }
+
+    /// Fetch the branch and write its files in place. An absent branch is
+    /// "confirmed empty". Opens the gate on success (not on a dry run).
+    pub fn restore(&self, opts: &RestoreOptions) -> Result<RestoreReport, PersistError> {
+        let repo = lock(&self.repo);
+        let depth = if opts.at.is_some() {
+            Depth::Full
+        } else {
+            self.fetch_depth()
+        };
+        let head = self.retry(|| self.remote.fetch(&repo, depth))?;
+        let head = match head {
+            RemoteHead::Missing if opts.at.is_some() => {
+                return Err(PersistError::NoSuchSnapshot(
+                    opts.at.clone().unwrap_or_default(),
+                ))
+            }
+            RemoteHead::Missing => {
+                if !opts.dry_run {
+                    *lock(&self.state) = RestoreState::ConfirmedEmpty;
+                    self.write_readiness()?;
+                }
+                tracing::info!(remote = %self.remote.url(), "persist remote has no snapshot yet: nothing to restore");
+                return Ok(RestoreReport {
+                    state: RestoreState::ConfirmedEmpty,
+                    applied: restore::Applied::default(),
+                    absent: self.cfg.paths.iter().map(|p| p.path.clone()).collect(),
+                    ops: Vec::new(),
+                    changes: Vec::new(),
+                });
+            }
+            RemoteHead::At(oid) => oid,
+        };
+        let target = match &opts.at {
+            Some(at) => resolve_at(&repo, head, at)?,
+            None => head,
+        };
+        if !opts.force && !opts.dry_run {
+            match self.refuse_newer_local_data(&repo) {
+                Err(PersistError::LocalNewer { snapshot }) if opts.keep_newer_local => {
+                    // The local data grew from a snapshot this workdir knows:
+                    // it is the newest state; keep it and push it next.
+                    let known = Oid::from_str(&snapshot)?;
+                    *lock(&self.state) = RestoreState::KeptLocal(known);
+                    self.write_readiness()?;
+                    tracing::warn!(snapshot = %known, "local data is newer than the last snapshot: kept, not restored");
+                    return Ok(RestoreReport {
+                        state: RestoreState::KeptLocal(known),
+                        applied: restore::Applied::default(),
+                        absent: Vec::new(),
+                        ops: Vec::new(),
+                        changes: Vec::new(),
+                    });
+                }
+                other => other?,
+            }
+        }
+        let tree = repo.find_commit(target)?.tree()?;
+        let paths = self.restore_paths(&opts.paths)?;
+        let plan = restore::plan(&repo, &tree, &paths)?;
+        if !plan.refused.is_empty() {
+            return Err(RestoreError::Unsafe(plan.refused).into());
+        }
+        let changes = restore::changes(&plan);
+        let applied = if opts.dry_run {
+            restore::Applied::default()
+        } else {
+            restore::apply(&repo, &plan)?
+        };
+        if !opts.dry_run {
+            // Later snapshots build on the remote head, even after restoring
+            // an older snapshot: history is never rewritten.
+            repo.reference(&self.remote.branch_ref(), head, true, "stackctl restore")?;
+            *lock(&self.state) = RestoreState::Restored(target);
+            self.write_readiness()?;
+            tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes, "persist restore finished");
+        }
+        Ok(RestoreReport {
+            state: RestoreState::Restored(target),
+            applied,
+            absent: plan.absent,
+            ops: plan.ops,
+            changes,
+        })
+    }
+
+    /// (absolute path, tree path) to restore: all persisted paths, or the
+    /// requested ones, each of which must be a persisted path or below one.
+    fn restore_paths(&self, wanted: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, PersistError> {
+        if wanted.is_empty() {
+            return Ok(self
+                .rules
+                .iter()
+                .map(|r| (r.root.clone(), r.tree.clone()))
+                .collect());
+        }
+        wanted
+            .iter()
+            .map(|w| {
+                if !self.rules.iter().any(|r| w.starts_with(&r.root)) {
+                    return Err(PersistError::NotPersisted(w.clone()));
+                }
+                Ok((w.clone(), plan::tree_path(w)?))
+            })
+            .collect()
+    }
+
+    /// Refuse when the live data holds changes made after the last snapshot
+    /// this workdir knows: the live tree differs from it *and* some file is
+    /// newer than it. (Data that was wiped or never snapshotted is fine.)
+    fn refuse_newer_local_data(&self, repo: &Repository) -> Result<(), PersistError> {
+        let Some(known) = ref_oid(repo, &self.remote.branch_ref())? else {
+            return Ok(());
+        };
+        let known = repo.find_commit(known)?;
+        let mut cache = lock(&self.cache);
+        let tmp = self.cfg.workdir.join("tmp");
+        let built = snapshot::TreeBuilder::new(repo, self.cfg.threshold, &tmp, &mut cache)
+            .build(&self.rules)?;
+        if built.tree == Some(known.tree_id()) {
+            return Ok(());
+        }
+        let newest = snapshot::newest_mtime(&self.rules)?;
+        // Commit times have one-second resolution: the same second counts as newer.
+        if newest.is_some_and(|t| t >= known.time().seconds()) {
+            return Err(PersistError::LocalNewer {
+                snapshot: known.id().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write_readiness(&self) -> Result<(), PersistError> {
+        let Some(path) = &self.cfg.readiness_file else {
+            return Ok(());
+        };
+        let err = |source| PersistError::Readiness {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(err)?;
+        }
+        fs::write(path, b"restored\n").map_err(err)
+    }
+
+    /// Take a snapshot into the workdir repository (no push). `None` commit
+    /// when nothing changed.
+    pub fn snapshot(&self) -> Result<SnapshotReport, PersistError> {
+        if self.restore_state() == RestoreState::Pending {
+            return Err(PersistError::NotRestored);
+        }
+        let repo = lock(&self.repo);
+        let result = self.snapshot_locked(&repo);
+        self.record(&repo, result.as_ref().err());
+        result
+    }
+
+    fn snapshot_locked(&self, repo: &Repository) -> Result<SnapshotReport, PersistError> {
+        let mut cache = lock(&self.cache);
+        let tmp = self.cfg.workdir.join("tmp");
+        let built = snapshot::TreeBuilder::new(repo, self.cfg.threshold, &tmp, &mut cache)
+            .build(&self.rules)?;
+        for (path, size) in &built.too_large {
+            tracing::warn!(path = %path.display(), size, threshold = self.cfg.threshold,
+                "file at or above `large_files.threshold` skipped: it is not backed up");
+        }
+        self.save_cache(&cache);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let tree = built
+            .tree
+            .ok_or_else(|| PersistError::Git("tree missing".into()))?;
+        let commit = snapshot::commit_if_changed(
+            repo,
+            &self.remote.branch_ref(),
+            tree,
+            &snapshot::message(now, &built),
+        )?;
+        Ok(SnapshotReport {
+            commit,
+            pushed: None,
+            reparented: false,
+            squashed: 0,
+            files: built.files,
+            bytes: built.bytes,
+            read: built.read,
+            sqlite: built.sqlite,
+            too_large: built.too_large,
+        })
+    }
+
+    fn save_cache(&self, cache: &StatCache) {
+        let path = self.cfg.workdir.join("stat-cache.json");
+        let tmp = self.cfg.workdir.join("stat-cache.json.tmp");
+        let ok = serde_json::to_vec(cache)
+            .ok()
+            .is_some_and(|b| fs::write(&tmp, b).is_ok() && fs::rename(&tmp, &path).is_ok());
+        if !ok {
+            // The cache only saves reads: losing it is harmless.
+            tracing::debug!(path = %path.display(), "could not save the persist stat cache");
+        }
+    }
+
+    /// Snapshot, then push every local snapshot not yet on the remote.
+    /// A local snapshot that could not be pushed stays queued: the next
+    /// call (or [`Persister::push`]) pushes it, in order.
+    pub fn snapshot_and_push(&self) -> Result<SnapshotReport, PersistError> {
+        if self.restore_state() == RestoreState::Pending {
+            return Err(PersistError::NotRestored);
+        }
+        let repo = lock(&self.repo);
+        let result = self.snapshot_locked(&repo).and_then(|mut report| {
+            let (pushed, reparented) = self.push_locked(&repo)?;
+            report.pushed = pushed;
+            report.reparented = reparented;
+            if pushed.is_some() {
+                // A failed squash loses nothing: the snapshot is pushed, and
+                // the next push tries again.
+                match self.squash_locked(&repo) {
+                    Ok(Some((head, n))) => {
+                        // The newest snapshot was replayed: it has a new id.
+                        report.squashed = n;
+                        report.pushed = Some(head);
+                        report.commit = report.commit.map(|_| head);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "persist history squash failed; will retry after the next push"),
+                }
+            }
+            Ok(report)
+        });
+        self.record(&repo, result.as_ref().err());
+        result
+    }
+
+    /// Update [`PersistStatus`] after an operation.
+    fn record(&self, repo: &Repository, error: Option<&PersistError>) {
+        let mut st = lock(&self.status);
+        st.last_error = error.map(|e| self.remote.scrub(&e.to_string()));
+        if let Ok(Some(local)) = ref_oid(repo, &self.remote.branch_ref()) {
+            if let Ok(c) = repo.find_commit(local) {
+                st.last_snapshot = Some(c.id().to_string());
+                st.last_snapshot_time = Some(c.time().seconds());
+            }
+            let remote = ref_oid(repo, &self.remote.tracking_ref()).ok().flatten();
+            st.pending = ahead(repo, local, remote);
+            if remote == Some(local) {
+                st.last_push = Some(local.to_string());
+            }
+        }
+    }
+
+    /// Last snapshot, last push, queued snapshots, last error: for `status`.
+    pub fn status(&self) -> PersistStatus {
+        let mut st = lock(&self.status).clone();
+        st.restore = match self.restore_state() {
+            RestoreState::Pending => "pending".into(),
+            RestoreState::Restored(o) => format!("restored {o}"),
+            RestoreState::ConfirmedEmpty => "confirmed empty".into(),
+            RestoreState::KeptLocal(o) => format!("kept local data newer than {o}"),
+        };
+        st
+    }
+
+    /// Push local snapshots (queued while the remote was down, in order).
+    pub fn push(&self) -> Result<Option<Oid>, PersistError> {
+        if self.restore_state() == RestoreState::Pending {
+            return Err(PersistError::NotRestored);
+        }
+        let repo = lock(&self.repo);
+        let result = self.push_locked(&repo).map(|(pushed, _)| pushed);
+        self.record(&repo, result.as_ref().err());
+        result
+    }
+
+    fn push_locked(&self, repo: &Repository) -> Result<(Option<Oid>, bool), PersistError> {
+        const ROUNDS: u32 = 3;
+        let mut reparented = false;
+        for _ in 0..ROUNDS {
+            let Some(local) = ref_oid(repo, &self.remote.branch_ref())? else {
+                return Ok((None, reparented));
+            };
+            let remote_head = self.retry(|| self.remote.head(repo))?;
+            if let RemoteHead::At(h) = remote_head {
+                if h == local {
+                    repo.reference(&self.remote.tracking_ref(), h, true, "stackctl push")?;
+                    return Ok((None, reparented));
+                }
+                if !is_ancestor(repo, h, local)? {
+                    // Someone else moved the branch: put our snapshots on top
+                    // of theirs. Our snapshots are those after the last remote
+                    // head we knew (read before the fetch moves it): in a
+                    // shallow workdir, `h`'s history may not reach them.
+                    let known = ref_oid(repo, &self.remote.tracking_ref())?;
+                    self.retry(|| self.remote.fetch(repo, self.fetch_depth()))?;
+                    reparent(repo, &self.remote.branch_ref(), known, h)?;
+                    reparented = true;
+                    tracing::info!(remote_head = %h, "persist remote moved: snapshots re-parented on it");
+                    continue;
+                }
+            }
+            let local = ref_oid(repo, &self.remote.branch_ref())?.unwrap_or(local);
+            self.ensure_lease(repo, false)?;
+            match self.retry(|| self.remote.push(repo, local, None)) {
+                Ok(()) => {
+                    tracing::info!(commit = %local, "persist snapshot pushed");
+                    return Ok((Some(local), reparented));
+                }
+                // Lost a race: look again.
+                Err(RemoteError::Rejected { .. }) if self.remote_moved(repo, local) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(PersistError::Contended(ROUNDS))
+    }
+
+    /// Hold the write lease before pushing: acquire, renew, or take over a
+    /// stale one; refuse while another instance holds it.
+    fn ensure_lease(&self, repo: &Repository, force: bool) -> Result<(), PersistError> {
+        let ttl = self.cfg.lease_ttl;
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        // Renewed recently: nobody may take it over before `ttl`.
+        if !force && lock(&self.lease).is_some_and(|(_, at)| at.elapsed() < ttl / 4) {
+            return Ok(());
+        }
+        let seen = "refs/stackctl/remote-lease";
+        let current = self.retry(|| self.remote.fetch_ref(repo, lease::LEASE_REF, seen))?;
+        let info = match current {
+            RemoteHead::Missing => None,
+            RemoteHead::At(o) => repo
+                .find_commit(o)
+                .ok()
+                .and_then(|c| lease::parse(&String::from_utf8_lossy(c.message_bytes()))),
+        };
+        let now = unix_now();
+        match lease::decide(info.as_ref(), &self.instance, now, ttl) {
+            lease::Decision::Wait { holder, expires_in } => {
+                return Err(PersistError::LeaseHeld { holder, expires_in })
+            }
+            lease::Decision::TakeOver { from, age } => {
+                tracing::warn!(previous = %from, silent_for_s = age, instance = %self.instance,
+                    "taking over the write lease of a stackctl that stopped renewing it");
+            }
+            lease::Decision::Acquire => {
+                tracing::info!(instance = %self.instance, "write lease acquired");
+            }
+            lease::Decision::Renew => {}
+        }
+        let info = lease::LeaseInfo {
+            instance: self.instance.clone(),
+            heartbeat: now,
+        };
+        let commit = lease_commit(repo, &info)?;
+        match self.retry(|| {
+            self.remote
+                .push_to(repo, commit, lease::LEASE_REF, Some(current))
+        }) {
+            Ok(()) => {
+                *lock(&self.lease) = Some((commit, std::time::Instant::now()));
+                Ok(())
+            }
+            // Someone else changed it between our read and our push.
+            Err(RemoteError::Rejected { .. }) => Err(PersistError::LeaseHeld {
+                holder: "another instance".into(),
+                expires_in: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renew the write lease now (the idle loop calls this so an instance
+    /// with nothing to push keeps it).
+    pub fn heartbeat(&self) -> Result<(), PersistError> {
+        let repo = lock(&self.repo);
+        self.ensure_lease(&repo, true)
+    }
+
+    /// Give the write lease up (after the final push at shutdown), so the
+    /// next instance need not wait for it to expire.
+    pub fn release_lease(&self) -> Result<(), PersistError> {
+        let Some((ours, _)) = *lock(&self.lease) else {
+            return Ok(());
+        };
+        let repo = lock(&self.repo);
+        let info = lease::LeaseInfo {
+            instance: String::new(),
+            heartbeat: unix_now(),
+        };
+        let commit = lease_commit(&repo, &info)?;
+        self.retry(|| {
+            self.remote
+                .push_to(&repo, commit, lease::LEASE_REF, Some(RemoteHead::At(ours)))
+        })?;
+        *lock(&self.lease) = None;
+        tracing::info!(instance = %self.instance, "write lease released");
+        Ok(())
+    }
+
+    /// How deep to fetch: the tip is enough to restore, but squashing needs
+    /// to see whether the branch grew past `keep` plus the slack.
+    fn fetch_depth(&self) -> Depth {
+        let keep = self.cfg.keep as usize;
+        if keep == 0 {
+            return Depth::Shallow(1);
+        }
+        let depth = keep + history::slack(keep) + 1;
+        Depth::Shallow(i32::try_from(depth).unwrap_or(i32::MAX))
+    }
+
+    /// Squash the branch to `keep` snapshots when it grew past the slack,
+    /// and push the rewrite with a lease on the head it replaces. Returns how
+    /// many snapshots were dropped, and the new head.
+    fn squash_locked(&self, repo: &Repository) -> Result<Option<(Oid, usize)>, PersistError> {
+        let keep = self.cfg.keep as usize;
+        let Some(head) = ref_oid(repo, &self.remote.branch_ref())? else {
+            return Ok(None);
+        };
+        let limit = keep + history::slack(keep) + 1;
+        if !history::squash_due(history::first_parent_chain(repo, head, limit)?.len(), keep) {
+            return Ok(None);
+        }
+        // A shallow workdir holds at least the `keep` newest snapshots (see
+        // `fetch_depth`): enough to rewrite, the dropped ones are not needed.
+        let Some((new_head, dropped)) = history::squash(repo, head, keep)? else {
+            return Ok(None);
+        };
+        let lease = RemoteHead::At(head);
+        self.retry(|| self.remote.push(repo, new_head, Some(lease)))?;
+        repo.reference_matching(
+            &self.remote.branch_ref(),
+            new_head,
+            true,
+            head,
+            "stackctl squash",
+        )?;
+        tracing::info!(dropped, keep, head = %new_head, "persist history squashed");
+        Ok(Some((new_head, dropped)))
+    }
+
+    fn remote_moved(&self, repo: &Repository, local: Oid) -> bool {
+        matches!(self.remote.head(repo), Ok(RemoteHead::At(h)) if !is_ancestor(repo, h, local).unwrap_or(false))
+    }
+
+    /// Snapshots in the branch, newest first, at most `limit`.
+    pub fn list_snapshots(&self, limit: usize) -> Result<Vec<SnapshotInfo>, PersistError> {
+        let repo = lock(&self.repo);
+        let start = match ref_oid(&repo, &self.remote.branch_ref())? {
+            Some(o) => Some(o),
+            None => ref_oid(&repo, &self.remote.tracking_ref())?,
+        };
+        let Some(start) = start else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut next = Some(repo.find_commit(start)?);
+        while let Some(c) = next.take() {
+            if out.len() >= limit {
+                break;
+            }
+            let message =
+                String::from_utf8_lossy(c.summary_bytes().unwrap_or_default()).into_owned();
+            let (files, bytes) = parse_counts(&message);
+            out.push(SnapshotInfo {
+                id: c.id().to_string(),
+                time: c.time().seconds(),
+                files,
+                bytes,
+                message,
+            });
+            // First parents only; a shallow history simply ends.
+            next = c.parent(0).ok();
+        }
+        Ok(out)
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An orphan commit with an empty tree whose message is the lease.
+fn lease_commit(repo: &Repository, info: &lease::LeaseInfo) -> Result<Oid, git2::Error> {
+    let tree = repo.treebuilder(None)?.write()?;
+    let tree = repo.find_tree(tree)?;
+    let sig = snapshot::signature()?;
+    repo.commit(None, &sig, &sig, &lease::render(info), &tree, &[])
+}
+
+/// `hostname-pid-random`: unique per container and process.
+fn default_instance_id() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "host".to_string()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Remove `*.lock` files under a git directory (refs, packed-refs, HEAD,
+/// config, shallow). Only call while holding the workdir lock.
+fn remove_stale_git_locks(git_dir: &Path) {
+    fn walk(dir: &Path, depth: usize) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            // Objects are written under temp names and renamed: no locks there.
+            if is_dir && depth < 16 && e.file_name() != "objects" {
+                walk(&p, depth + 1);
+            } else if p.extension().is_some_and(|x| x == "lock") {
+                tracing::warn!(path = %p.display(), "removing a stale git lock file left by an interrupted stackctl");
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+    walk(git_dir, 0);
+}
+
+/// Commits on `local` not reachable from `remote` (all of them without one).
+fn ahead(repo: &Repository, local: Oid, remote: Option<Oid>) -> usize {
+    let count = || -> Result<usize, git2::Error> {
+        let mut walk = repo.revwalk()?;
+        walk.push(local)?;
+        if let Some(r) = remote.filter(|r| repo.find_commit(*r).is_ok()) {
+            walk.hide(r)?;
+        }
+        Ok(walk.count())
+    };
+    count().unwrap_or(0)
+}
+
+fn ref_oid(repo: &Repository, name: &str) -> Result<Option<Oid>, git2::Error> {
+    match repo.refname_to_id(name) {
+        Ok(o) => Ok(Some(o)),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Is `ancestor` reachable from `of` (or equal to it)? Unknown objects: no.
+fn is_ancestor(repo: &Repository, ancestor: Oid, of: Oid) -> Result<bool, git2::Error> {
+    if ancestor == of {
+        return Ok(true);
+    }
+    if repo.find_commit(ancestor).is_err() || repo.find_commit(of).is_err() {
+        return Ok(false);
+    }
+    repo.graph_descendant_of(of, ancestor)
+}
+
+/// Replay the commits on `branch` that are not on `old_base` as new commits
+/// (same trees, messages and authors) on top of `new_base`. No merge: each
+/// snapshot is a full state, so its tree stays as it was taken.
+fn reparent(
+    repo: &Repository,
+    branch: &str,
+    old_base: Option<Oid>,
+    new_base: Oid,
+) -> Result<Oid, git2::Error> {
+    let tip = repo.refname_to_id(branch)?;
+    let mut walk = repo.revwalk()?;
+    walk.push(tip)?;
+    for base in old_base.into_iter().chain([new_base]) {
+        // Hiding an unrelated commit is harmless; a missing one would error.
+        if repo.find_commit(base).is_ok() {
+            walk.hide(base)?;
+        }
+    }
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
+    let mut parent = repo.find_commit(new_base)?;
+    for oid in walk {
+        let c = repo.find_commit(oid?)?;
+        let committer = snapshot::signature()?;
+        let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
+        let new = repo.commit(
+            None,
+            &c.author(),
+            &committer,
+            &message,
+            &c.tree()?,
+            &[&parent],
+        )?;
+        parent = repo.find_commit(new)?;
+    }
+    repo.reference_matching(branch, parent.id(), true, tip, "stackctl re-parent")?;
+    Ok(parent.id())
+}
+
+/// The snapshot `at` names, searching first parents from `head`: a commit id
+/// (or unique prefix), or a UTC date for the newest snapshot at or before it.
+fn resolve_at(repo: &Repository, head: Oid, at: &str) -> Result<Oid, PersistError> {
+    let missing = || PersistError::NoSuchSnapshot(at.to_string());
+    if let Some(limit) = parse_date(at) {
+        let mut next = Some(repo.find_commit(head)?);
+        while let Some(c) = next.take() {
+            if c.time().seconds() <= limit {
+                return Ok(c.id());
+            }
+            next = c.parent(0).ok();
+        }
+        return Err(missing());
+    }
+    if at.len() < 4 || !at.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(missing());
+    }
+    let obj = repo.revparse_single(at).map_err(|_| missing())?;
+    let commit = obj.peel_to_commit().map_err(|_| missing())?;
+    // Only snapshots of this branch: no arbitrary objects of the repository.
+    if commit.id() == head || repo.graph_descendant_of(head, commit.id()).unwrap_or(false) {
+        Ok(commit.id())
+    } else {
+        Err(missing())
+    }
+}
+
+/// `YYYY-mm-dd`, `YYYY-mm-dd HH:MM`, `YYYY-mm-ddTHH:MM:SS` (UTC, optional `Z`)
+/// → seconds since the epoch (a bare date means its last second).
+pub fn parse_date(s: &str) -> Option<i64> {
+    let s = s.trim().trim_end_matches('Z').trim_end_matches(" UTC");
+    let (date, time) = match s.split_once([' ', 'T']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let mut d = date.split('-');
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    if d.next().is_some() || date.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&day)
+    {
+        return None;
+    }
+    let (hh, mm, ss) = match time {
+        None => (23, 59, 59),
+        Some(t) => {
+            let mut p = t.split(':');
+            let hh: i64 = p.next()?.parse().ok()?;
+            let mm: i64 = p.next()?.parse().ok()?;
+            let ss: i64 = match p.next() {
+                Some(x) => x.parse().ok()?,
+                None => 0,
+            };
+            if p.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+                return None;
+            }
+            (hh, mm, ss)
+        }
+    };
+    // Days from civil (Howard Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `files` and `bytes` from a stackctl snapshot message.
+fn parse_counts(message: &str) -> (Option<u64>, Option<u64>) {
+    let after = message.split_once(": ").map(|(_, r)| r).unwrap_or_default();
+    let mut files = None;
+    let mut bytes = None;
+    for part in after.split(", ") {
+        match part.split_once(' ') {
+            Some((n, "files")) => files = n.parse().ok(),
+            Some((n, "bytes")) => bytes = n.parse().ok(),
+            _ => {}
+        }
+    }
+    (files, bytes)
+}
+
+/// Is `path` one of the persisted roots or below one? (For callers deciding
+/// whether a change event matters.)
+pub fn is_persisted(cfg: &Config, path: &Path) -> bool {
+    cfg.paths.iter().any(|p| path.starts_with(&p.path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_persister_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Persister>();
+    }
+
+    #[test]
+    fn dates_parse_as_utc() {
+        let table: &[(&str, Option<i64>)] = &[
+            ("1970-01-01 00:00", Some(0)),
+            ("1970-01-01", Some(86_399)),
+            ("2000-02-29T00:00:00Z", Some(951_782_400)),
+            ("2026-09-21 14:13:20 UTC", Some(1_790_000_000)),
+            ("2026-13-01", None),
+            ("2026-1-1", None),
+            ("abc", None),
+            ("2026-01-01 25:00", None),
+        ];
+        for (input, want) in table {
+            assert_eq!(parse_date(input), *want, "{input}");
+            if let Some(secs) = want {
+                if input.len() > 10 {
+                    assert!(snapshot::format_utc(*secs).starts_with(&input[..16].replace('T', " ")));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn counts_are_read_back_from_messages() {
+        assert_eq!(
+            parse_counts("snapshot 2026-01-01 00:00:00 UTC: 3 files, 42 bytes"),
+            (Some(3), Some(42))
+        );
+        assert_eq!(parse_counts("auto: 2025-01-01 00:00:00"), (None, None));
+    }
+}

@@ -1,0 +1,686 @@
+//! Snapshot planning, pure: where a persisted path lives in the tree, what is
+//! excluded, what each file becomes (blob, SQLite copy, skipped), and the stat
+//! cache that lets an unchanged file be reused without reading it.
+//!
+//! No I/O here: the snapshot and restore shells feed facts in (names, sizes,
+//! the first bytes of a file) and act on the decisions that come out.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+/// The 16-byte header every SQLite 3 database file starts with.
+pub const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Suffixes of SQLite's side files: never committed, removed on restore.
+pub const SQLITE_SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Name of the empty file that keeps an empty directory in the tree.
+pub const KEEP_MARKER: &str = ".stackctl-keep";
+
+/// Top-level tree directory holding stackctl's metadata.
+pub const META_DIR: &str = ".stackctl";
+
+/// Errors of snapshot planning.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A persisted path is not absolute or not normalised.
+    #[error(
+        "persisted path `{0}` must be absolute and contain no `.` or `..`: fix `persist.paths`"
+    )]
+    NotAbsolute(PathBuf),
+    /// `/` itself cannot be persisted.
+    #[error("persisted path `/` would back up the whole disk: name the data directories in `persist.paths`")]
+    Root,
+    /// A tree path must be UTF-8 so the repository stays readable everywhere.
+    #[error("persisted path `{0}` is not valid UTF-8: rename it or persist its parent")]
+    NotUtf8(PathBuf),
+    /// Two persisted paths overlap; the tree would hold one file twice.
+    #[error("persisted paths `{0}` and `{1}` overlap: keep only the outer one and use `exclude:`")]
+    Overlap(PathBuf, PathBuf),
+    /// An exclude glob does not parse.
+    #[error("exclude glob `{glob}` is invalid: {reason}")]
+    BadGlob {
+        /// The glob as written.
+        glob: String,
+        /// What the glob parser said.
+        reason: String,
+    },
+}
+
+/// Tree path of a persisted absolute path: `/a/b` → `a/b` (the original's layout).
+pub fn tree_path(abs: &Path) -> Result<String, PlanError> {
+    let mut parts = Vec::new();
+    let mut comps = abs.components();
+    if comps.next() != Some(Component::RootDir) {
+        return Err(PlanError::NotAbsolute(abs.to_path_buf()));
+    }
+    for c in comps {
+        match c {
+            Component::Normal(s) => match s.to_str() {
+                Some(s) => parts.push(s),
+                None => return Err(PlanError::NotUtf8(abs.to_path_buf())),
+            },
+            _ => return Err(PlanError::NotAbsolute(abs.to_path_buf())),
+        }
+    }
+    // `Path::components` silently drops `.` in the middle; refuse it anyway.
+    let bytes = abs.as_os_str().as_bytes();
+    if bytes.windows(3).any(|w| w == b"/./") || bytes.ends_with(b"/.") {
+        return Err(PlanError::NotAbsolute(abs.to_path_buf()));
+    }
+    if parts.is_empty() {
+        return Err(PlanError::Root);
+    }
+    Ok(parts.join("/"))
+}
+
+/// Is this one tree-entry name safe to create inside a directory?
+/// Refuses empty names, `.`, `..`, and names holding `/` or NUL (a hostile
+/// repository can write such entries with low-level tools).
+pub fn safe_entry_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// Does the symlink at `link_rel` (relative to a persisted root) with
+/// `target` stay inside that root? Absolute targets never do, and `..` is
+/// allowed only at the start: after a name it would climb out of wherever
+/// that name (maybe another symlink) leads, which no lexical check can follow.
+pub fn symlink_stays_inside(link_rel: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    // Depth of the directory holding the link, below the root.
+    let mut depth: usize = link_rel.components().count().saturating_sub(1);
+    let mut named = false;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => {
+                depth += 1;
+                named = true;
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth == 0 || named {
+                    return false;
+                }
+                depth -= 1;
+            }
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Is this file name one of SQLite's side files (`-wal`, `-shm`, `-journal`)?
+pub fn is_sqlite_sidecar(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    SQLITE_SIDECARS
+        .iter()
+        .any(|s| b.len() > s.len() && b.ends_with(s.as_bytes()))
+}
+
+/// Does this file start with the SQLite 3 header?
+pub fn is_sqlite_header(first_bytes: &[u8]) -> bool {
+    first_bytes.len() >= SQLITE_HEADER.len() && &first_bytes[..16] == SQLITE_HEADER
+}
+
+/// Why a path is left out of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Excluded {
+    /// Matched an `exclude:` glob (the glob as written).
+    Glob(String),
+    /// SQLite `-wal`/`-shm`/`-journal`: the database copy already holds it.
+    SqliteSidecar,
+    /// stackctl's own files (its workdir, the readiness file).
+    Internal,
+}
+
+/// What the snapshot does with one directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Store the bytes as they are.
+    Blob,
+    /// Copy with SQLite's backup API, then store the copy.
+    Sqlite,
+    /// At or above `large_files.threshold`: skipped with a warning (for now).
+    TooLarge {
+        /// The file's size in bytes.
+        size: u64,
+    },
+    /// Store as a symlink entry (restore checks it stays inside).
+    Symlink,
+    /// Walk into it.
+    Dir,
+    /// Sockets, FIFOs, devices: not data, skipped.
+    Special,
+    /// Left out.
+    Excluded(Excluded),
+}
+
+/// File type as seen by `lstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed).
+    Symlink,
+    /// Anything else.
+    Other,
+}
+
+/// The exclusion rules of one persisted path (its globs plus the global ones).
+#[derive(Debug, Clone)]
+pub struct PathRules {
+    /// The persisted absolute path.
+    pub root: PathBuf,
+    /// Its tree path (`a/b` for `/a/b`).
+    pub tree: String,
+    globs: GlobSet,
+    patterns: Vec<String>,
+    internal: Vec<PathBuf>,
+}
+
+impl PathRules {
+    /// Rules for `root`, with `own` globs, the `global` ones, and stackctl's
+    /// `internal` absolute paths (never snapshotted).
+    pub fn new(
+        root: &Path,
+        own: &[String],
+        global: &[String],
+        internal: &[PathBuf],
+    ) -> Result<Self, PlanError> {
+        let tree = tree_path(root)?;
+        let mut b = GlobSetBuilder::new();
+        let mut patterns = Vec::new();
+        for g in own.iter().chain(global) {
+            let glob = GlobBuilder::new(g)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| PlanError::BadGlob {
+                    glob: g.clone(),
+                    reason: e.kind().to_string(),
+                })?;
+            b.add(glob);
+            patterns.push(g.clone());
+        }
+        let globs = b.build().map_err(|e| PlanError::BadGlob {
+            glob: patterns.join(", "),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            tree,
+            globs,
+            patterns,
+            internal: internal.to_vec(),
+        })
+    }
+
+    /// Is `rel` (relative to the root) excluded? A glob matches either the
+    /// path relative to the persisted root or its full tree path, so both
+    /// `cache/**` and `**/cache/**` work.
+    pub fn excluded(&self, rel: &Path, ty: FileType) -> Option<Excluded> {
+        let abs = self.root.join(rel);
+        if self.internal.iter().any(|p| abs.starts_with(p)) {
+            return Some(Excluded::Internal);
+        }
+        if ty != FileType::Dir {
+            if let Some(name) = rel.file_name() {
+                if is_sqlite_sidecar(name) {
+                    return Some(Excluded::SqliteSidecar);
+                }
+            }
+        }
+        if rel.as_os_str().is_empty() {
+            return None;
+        }
+        let full = Path::new(&self.tree).join(rel);
+        let mut hits = self.globs.matches(rel);
+        if hits.is_empty() {
+            hits = self.globs.matches(&full);
+        }
+        hits.first()
+            .map(|&i| Excluded::Glob(self.patterns[i].clone()))
+    }
+
+    /// Decide what to do with the entry at `rel`. `header` is the first 16
+    /// bytes of a regular file (read only when needed: see [`needs_header`]).
+    pub fn decide(
+        &self,
+        rel: &Path,
+        ty: FileType,
+        size: u64,
+        header: Option<&[u8]>,
+        threshold: u64,
+    ) -> Decision {
+        if let Some(why) = self.excluded(rel, ty) {
+            return Decision::Excluded(why);
+        }
+        match ty {
+            FileType::Dir => Decision::Dir,
+            FileType::Symlink => Decision::Symlink,
+            FileType::Other => Decision::Special,
+            FileType::File => {
+                if threshold > 0 && size >= threshold {
+                    Decision::TooLarge { size }
+                } else if header.is_some_and(is_sqlite_header) {
+                    Decision::Sqlite
+                } else {
+                    Decision::Blob
+                }
+            }
+        }
+    }
+}
+
+/// Does deciding on a regular file of this size need its first bytes?
+pub fn needs_header(size: u64, threshold: u64) -> bool {
+    size >= SQLITE_HEADER.len() as u64 && (threshold == 0 || size < threshold)
+}
+
+/// Check that no persisted path contains another.
+pub fn check_disjoint(paths: &[PathBuf]) -> Result<(), PlanError> {
+    for (i, a) in paths.iter().enumerate() {
+        for b in &paths[i + 1..] {
+            if a.starts_with(b) || b.starts_with(a) {
+                return Err(PlanError::Overlap(a.clone(), b.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What identifies a file's content without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatKey {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// One cache entry: the stat of the file (and, for SQLite, of its `-wal`)
+/// when its blob was written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CacheEntry {
+    /// Stat of the file.
+    pub key: StatKey,
+    /// Stat of the `-wal` file for a SQLite database (None: no WAL file).
+    pub wal: Option<StatKey>,
+    /// Blob id (hex).
+    pub oid: String,
+}
+
+/// A file whose mtime is this close to the scan may still be changing within
+/// the filesystem's timestamp granularity ("racy" in git's words): its blob
+/// is not cached.
+pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// Stat cache: absolute path → the blob it had at a given (size, mtime, inode).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StatCache {
+    entries: HashMap<PathBuf, CacheEntry>,
+}
+
+impl StatCache {
+    /// The cached blob id for `path`, if its stat (and WAL stat) still match.
+    pub fn lookup(&self, path: &Path, key: StatKey, wal: Option<StatKey>) -> Option<&str> {
+        self.entries
+            .get(path)
+            .filter(|e| e.key == key && e.wal == wal)
+            .map(|e| e.oid.as_str())
+    }
+
+    /// Remember `oid` for `path`, unless the file is racy relative to
+    /// `scan_start_ns` (then a later scan reads it again).
+    pub fn store(&mut self, path: &Path, entry: CacheEntry, scan_start_ns: i128) {
+        let racy = |k: &StatKey| k.mtime_ns + RACY_WINDOW_NS >= scan_start_ns;
+        if racy(&entry.key) || entry.wal.as_ref().is_some_and(racy) {
+            self.entries.remove(path);
+        } else {
+            self.entries.insert(path.to_path_buf(), entry);
+        }
+    }
+
+    /// Drop entries for paths not seen in the last scan.
+    pub fn retain_seen(&mut self, seen: &std::collections::HashSet<PathBuf>) {
+        self.entries.retain(|p, _| seen.contains(p));
+    }
+
+    /// Number of cached files.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Is the cache empty?
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Restore-side: the metadata line of one entry in `.stackctl/modes`:
+/// `<octal mode> <tree path>`; unknown lines are ignored.
+pub fn parse_modes(text: &str) -> HashMap<String, u32> {
+    text.lines()
+        .filter_map(|l| {
+            let (m, p) = l.split_once(' ')?;
+            Some((p.to_string(), u32::from_str_radix(m, 8).ok()?))
+        })
+        .collect()
+}
+
+/// Render `.stackctl/modes` from (tree path, mode) pairs, sorted.
+pub fn render_modes(modes: &[(String, u32)]) -> String {
+    let mut v: Vec<_> = modes.iter().collect();
+    v.sort();
+    v.iter()
+        .map(|(p, m)| format!("{:04o} {p}\n", m & 0o7777))
+        .collect()
+}
+
+/// Mode bits restore may apply: permissions only, never setuid/setgid/sticky
+/// from a repository.
+pub fn safe_mode(mode: u32) -> u32 {
+    mode & 0o777
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(own: &[&str], global: &[&str]) -> PathRules {
+        let own: Vec<String> = own.iter().map(|s| s.to_string()).collect();
+        let global: Vec<String> = global.iter().map(|s| s.to_string()).collect();
+        PathRules::new(
+            Path::new("/app/.config/QQ"),
+            &own,
+            &global,
+            &[PathBuf::from("/app/.config/QQ/.stackctl")],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tree_paths_follow_the_originals_layout() {
+        let table: &[(&str, Result<&str, PlanError>)] = &[
+            ("/home/user/AstrBot/data", Ok("home/user/AstrBot/data")),
+            ("/a", Ok("a")),
+            ("/a/b/", Ok("a/b")),
+            ("/données/é", Ok("données/é")),
+            (
+                "relative/x",
+                Err(PlanError::NotAbsolute("relative/x".into())),
+            ),
+            ("/a/../etc", Err(PlanError::NotAbsolute("/a/../etc".into()))),
+            ("/a/./b", Err(PlanError::NotAbsolute("/a/./b".into()))),
+            ("/", Err(PlanError::Root)),
+        ];
+        for (input, want) in table {
+            let got = tree_path(Path::new(input));
+            assert_eq!(
+                got.as_deref().map_err(Clone::clone),
+                want.clone(),
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn unsafe_entry_names_are_refused() {
+        for (name, ok) in [
+            (&b"a.txt"[..], true),
+            (b"..x", true),
+            (b"", false),
+            (b".", false),
+            (b"..", false),
+            (b"a/b", false),
+            (b"../etc", false),
+            (b"a\0b", false),
+        ] {
+            assert_eq!(
+                safe_entry_name(name),
+                ok,
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_must_stay_inside_their_root() {
+        for (link, target, ok) in [
+            ("a", "b", true),
+            ("d/a", "../b", true),
+            ("d/a", "../../b", false),
+            ("a", "../x", false),
+            ("a", "/etc/passwd", false),
+            ("d/e/a", "./../../f/g", true),
+            ("d/a", "x/../../..", false),
+            // `d` may be a symlink to `.`: `d/..` would then leave the root.
+            ("a", "d/..", false),
+            ("d/a", "../x/y", true),
+        ] {
+            assert_eq!(
+                symlink_stays_inside(Path::new(link), Path::new(target)),
+                ok,
+                "{link} -> {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn sidecars_are_recognised_by_suffix() {
+        for (name, yes) in [
+            ("db.sqlite-wal", true),
+            ("db-shm", true),
+            ("x.db-journal", true),
+            ("-wal", false),
+            ("wal", false),
+            ("notes.journal", false),
+        ] {
+            assert_eq!(is_sqlite_sidecar(OsStr::new(name)), yes, "{name}");
+        }
+    }
+
+    #[test]
+    fn decisions_per_file() {
+        let r = rules(&["**/cache/**"], &["**/*.log", "tmp"]);
+        let sqlite = b"SQLite format 3\0rest";
+        let t = 100;
+        type Row<'a> = (&'a str, FileType, u64, Option<&'a [u8]>, Decision);
+        let table: &[Row] = &[
+            ("a.txt", FileType::File, 5, None, Decision::Blob),
+            (
+                "db/x.db",
+                FileType::File,
+                50,
+                Some(sqlite),
+                Decision::Sqlite,
+            ),
+            (
+                "db/x.db",
+                FileType::File,
+                50,
+                Some(b"SQLite format 2\0"),
+                Decision::Blob,
+            ),
+            (
+                "big.bin",
+                FileType::File,
+                100,
+                None,
+                Decision::TooLarge { size: 100 },
+            ),
+            (
+                "big.db",
+                FileType::File,
+                500,
+                Some(sqlite),
+                Decision::TooLarge { size: 500 },
+            ),
+            (
+                "x.db-wal",
+                FileType::File,
+                5,
+                None,
+                Decision::Excluded(Excluded::SqliteSidecar),
+            ),
+            (
+                "x.db-journal",
+                FileType::File,
+                5,
+                None,
+                Decision::Excluded(Excluded::SqliteSidecar),
+            ),
+            (
+                "logs/a.log",
+                FileType::File,
+                5,
+                None,
+                Decision::Excluded(Excluded::Glob("**/*.log".into())),
+            ),
+            (
+                "top.log",
+                FileType::File,
+                5,
+                None,
+                Decision::Excluded(Excluded::Glob("**/*.log".into())),
+            ),
+            (
+                "x/cache/y",
+                FileType::File,
+                5,
+                None,
+                Decision::Excluded(Excluded::Glob("**/cache/**".into())),
+            ),
+            (
+                "tmp",
+                FileType::Dir,
+                0,
+                None,
+                Decision::Excluded(Excluded::Glob("tmp".into())),
+            ),
+            ("sub/tmp", FileType::Dir, 0, None, Decision::Dir),
+            ("sub", FileType::Dir, 0, None, Decision::Dir),
+            (
+                ".stackctl/state",
+                FileType::File,
+                1,
+                None,
+                Decision::Excluded(Excluded::Internal),
+            ),
+            ("ln", FileType::Symlink, 0, None, Decision::Symlink),
+            ("fifo", FileType::Other, 0, None, Decision::Special),
+        ];
+        for (rel, ty, size, header, want) in table {
+            assert_eq!(
+                &r.decide(Path::new(rel), *ty, *size, *header, t),
+                want,
+                "{rel}"
+            );
+        }
+        // Threshold 0 disables the size limit.
+        assert_eq!(
+            r.decide(Path::new("big"), FileType::File, 1 << 40, None, 0),
+            Decision::Blob
+        );
+    }
+
+    #[test]
+    fn globs_match_the_full_tree_path_too() {
+        let r = rules(&["app/.config/QQ/nt_qq/**"], &[]);
+        assert!(r.excluded(Path::new("nt_qq/a"), FileType::File).is_some());
+        assert!(r.excluded(Path::new("other/a"), FileType::File).is_none());
+    }
+
+    #[test]
+    fn bad_globs_and_overlaps_are_reported() {
+        let e = PathRules::new(Path::new("/a"), &["a[".into()], &[], &[]).unwrap_err();
+        assert!(
+            matches!(e, PlanError::BadGlob { ref glob, .. } if glob == "a["),
+            "{e}"
+        );
+        assert!(check_disjoint(&["/a/b".into(), "/a/c".into()]).is_ok());
+        assert_eq!(
+            check_disjoint(&["/a/b".into(), "/a".into()]),
+            Err(PlanError::Overlap("/a/b".into(), "/a".into()))
+        );
+    }
+
+    #[test]
+    fn header_is_read_only_when_it_can_matter() {
+        assert!(!needs_header(10, 100));
+        assert!(needs_header(16, 100));
+        assert!(!needs_header(100, 100));
+        assert!(needs_header(1 << 40, 0));
+    }
+
+    #[test]
+    fn stat_cache_hits_only_on_identical_stat_and_skips_racy_files() {
+        let mut c = StatCache::default();
+        let key = StatKey {
+            size: 3,
+            mtime_ns: 1_000,
+            ino: 7,
+        };
+        let p = Path::new("/d/f");
+        let now = 10_000_000_000;
+        c.store(
+            p,
+            CacheEntry {
+                key,
+                wal: None,
+                oid: "abc".into(),
+            },
+            now,
+        );
+        assert_eq!(c.lookup(p, key, None), Some("abc"));
+        for other in [
+            StatKey { size: 4, ..key },
+            StatKey {
+                mtime_ns: 1_001,
+                ..key
+            },
+            StatKey { ino: 8, ..key },
+        ] {
+            assert_eq!(c.lookup(p, other, None), None, "{other:?}");
+        }
+        // A changed WAL invalidates a database's entry.
+        assert_eq!(c.lookup(p, key, Some(key)), None);
+        // A file modified just before the scan is not cached.
+        let fresh = StatKey {
+            mtime_ns: now - 1,
+            ..key
+        };
+        c.store(
+            p,
+            CacheEntry {
+                key: fresh,
+                wal: None,
+                oid: "def".into(),
+            },
+            now,
+        );
+        assert_eq!(c.lookup(p, fresh, None), None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn modes_round_trip_and_are_sanitised() {
+        let text = render_modes(&[("b".into(), 0o100755), ("a b".into(), 0o600)]);
+        assert_eq!(text, "0600 a b\n0755 b\n");
+        let m = parse_modes(&(text + "garbage\n9999 x\n"));
+        assert_eq!(m.get("a b"), Some(&0o600));
+        assert_eq!(m.get("b"), Some(&0o755));
+        assert_eq!(m.len(), 2);
+        assert_eq!(safe_mode(0o4755), 0o755);
+    }
+}

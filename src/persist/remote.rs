@@ -1,0 +1,634 @@
+//! The git remote: URL resolution, fetch and push with git2.
+//!
+//! The token only ever reaches libgit2 through the credentials callback (user
+//! `x-access-token`, as GitHub expects): it is never in a URL, in the
+//! workdir's `.git/config` (remotes are anonymous, nothing is saved), in a log
+//! line or in an error message (messages are scrubbed anyway). A push checks
+//! every ref's status, because `Remote::push` returns `Ok` on a rejected ref.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use git2::{
+    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
+};
+
+/// Errors talking to the remote.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// `persist.remote` is not something we can reach.
+    #[error("`persist.remote` `{0}` is not `owner/repo`, a git URL, or an absolute path: fix it in stack.yaml")]
+    BadRemote(String),
+    /// Authentication failed.
+    #[error("authentication to `{url}` failed: {message}; check `persist.token` (it needs read/write access to contents)")]
+    Auth {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The remote could not be reached or the transfer failed: retryable.
+    #[error("cannot reach `{url}`: {message}; will retry, check the network or the URL")]
+    Network {
+        /// The remote URL.
+        url: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The remote refused the update of a ref.
+    #[error("the remote rejected the update of `{refname}`: {message}; it may have moved (another writer) or protect the branch")]
+    Rejected {
+        /// The ref.
+        refname: String,
+        /// The remote's reason.
+        message: String,
+    },
+    /// A local git operation failed.
+    #[error("git error in the workdir: {0}")]
+    Local(String),
+    /// Creating the local bare repository for a path remote failed.
+    #[error("cannot create a bare repository at `{path}`: {message}; check that the directory is writable")]
+    CreateLocal {
+        /// The path.
+        path: PathBuf,
+        /// What git said.
+        message: String,
+    },
+}
+
+impl RemoteError {
+    /// Is a retry likely to help?
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RemoteError::Network { .. })
+    }
+}
+
+/// Age past which a ref lock in a local-path remote is taken as left by a
+/// dead process.
+pub const STALE_LOCK: Duration = Duration::from_secs(5);
+
+/// Where the repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    /// The URL handed to libgit2 (never holds credentials).
+    pub url: String,
+    /// A local path (plain path or `file://`): created as a bare repository if absent.
+    pub local: Option<PathBuf>,
+    /// Does the transport support shallow fetches? (libgit2's local transport does not.)
+    pub shallow_ok: bool,
+}
+
+/// Resolve `persist.remote`: `owner/repo` → GitHub over HTTPS; URLs as they
+/// are (credentials in them are refused, use `persist.token`); an absolute
+/// path or `file://` URL → a local repository.
+pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
+    let r = remote.trim();
+    let bad = || RemoteError::BadRemote(redact_userinfo(r));
+    if r.is_empty() {
+        return Err(bad());
+    }
+    if let Some(path) = r.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(bad());
+        }
+        return Ok(RemoteUrl {
+            url: r.to_string(),
+            local: Some(PathBuf::from(path)),
+            shallow_ok: false,
+        });
+    }
+    if r.starts_with('/') {
+        return Ok(RemoteUrl {
+            url: r.to_string(),
+            local: Some(PathBuf::from(r)),
+            shallow_ok: false,
+        });
+    }
+    if let Some((scheme, rest)) = r.split_once("://") {
+        if !matches!(scheme, "http" | "https" | "ssh" | "git") {
+            return Err(bad());
+        }
+        let authority = rest.split('/').next().unwrap_or_default();
+        if authority.contains('@') && scheme != "ssh" {
+            // A token in the URL would end up in logs and errors: refuse it.
+            return Err(bad());
+        }
+        return Ok(RemoteUrl {
+            url: r.to_string(),
+            local: None,
+            shallow_ok: true,
+        });
+    }
+    let ok_part = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    match r.split_once('/') {
+        Some((owner, repo)) if ok_part(owner) && ok_part(repo) => {
+            let repo = repo.strip_suffix(".git").unwrap_or(repo);
+            Ok(RemoteUrl {
+                url: format!("https://github.com/{owner}/{repo}.git"),
+                local: None,
+                shallow_ok: true,
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Replace the user-info part of a URL by `***`.
+pub fn redact_userinfo(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            let slash = if rest.contains('/') { "/" } else { "" };
+            return format!("{scheme}://***@{host}{slash}{path}");
+        }
+    }
+    url.to_string()
+}
+
+/// How much history a fetch brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The last `n` commits (restore needs only the tip).
+    Shallow(i32),
+    /// All of it (older snapshots, `restore --at`).
+    Full,
+}
+
+/// The connection to one remote branch.
+pub struct Remote {
+    url: RemoteUrl,
+    token: Option<String>,
+    branch: String,
+    /// Per-operation timeout for the server to answer (libgit2's HTTP transport).
+    pub timeout: Duration,
+}
+
+/// What the remote advertises for our branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteHead {
+    /// The branch does not exist: the remote is confirmed empty for us.
+    Missing,
+    /// The branch points at this commit.
+    At(Oid),
+}
+
+impl Remote {
+    /// A remote for `branch` at `url`, authenticating with `token` if any.
+    pub fn new(url: RemoteUrl, token: Option<String>, branch: &str) -> Self {
+        let token = token.filter(|t| !t.is_empty());
+        Self {
+            url,
+            token,
+            branch: branch.to_string(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The URL (no credentials).
+    pub fn url(&self) -> &str {
+        &self.url.url
+    }
+
+    /// `refs/heads/<branch>`.
+    pub fn branch_ref(&self) -> String {
+        format!("refs/heads/{}", self.branch)
+    }
+
+    /// `refs/remotes/origin/<branch>`: where fetched heads land in the workdir.
+    pub fn tracking_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.branch)
+    }
+
+    /// For a local path remote: create an empty bare repository if nothing is there.
+    pub fn ensure_local(&self) -> Result<(), RemoteError> {
+        let Some(path) = &self.url.local else {
+            return Ok(());
+        };
+        if Repository::open_bare(path).is_ok() || Repository::open(path).is_ok() {
+            return Ok(());
+        }
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.bare(true).initial_head(&self.branch);
+        Repository::init_opts(path, &opts)
+            .map(|_| ())
+            .map_err(|e| RemoteError::CreateLocal {
+                path: path.clone(),
+                message: e.message().to_string(),
+            })
+    }
+
+    /// For a local-path remote: a ref lock left by a pusher killed mid-update
+    /// (kill -9, power loss) blocks every later push. A ref update holds its
+    /// lock for milliseconds, so one older than [`STALE_LOCK`] is removed;
+    /// a younger one is waited for.
+    fn clear_stale_local_lock(&self, refname: &str) {
+        let Some(path) = &self.url.local else { return };
+        let locks = [
+            path.join(format!("{refname}.lock")),
+            path.join("packed-refs.lock"),
+        ];
+        let deadline = std::time::Instant::now() + STALE_LOCK + Duration::from_secs(1);
+        for lock in locks {
+            while let Ok(meta) = std::fs::symlink_metadata(&lock) {
+                let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
+                if age.is_some_and(|a| a >= STALE_LOCK) || std::time::Instant::now() >= deadline {
+                    tracing::warn!(path = %lock.display(), "removing a stale lock in the local backup repository");
+                    let _ = std::fs::remove_file(&lock);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
+        let mut cb = RemoteCallbacks::new();
+        let token = self.token.as_deref();
+        cb.credentials(move |_url, _user, allowed| {
+            // libgit2 calls again after a refusal: give up after one try
+            // instead of looping forever on a wrong token.
+            let n = tries.get();
+            tries.set(n + 1);
+            match token {
+                Some(t) if n == 0 && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                    Cred::userpass_plaintext("x-access-token", t)
+                }
+                _ => Err(git2::Error::from_str("no usable credentials")),
+            }
+        });
+        cb
+    }
+
+    fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
+        let message = self.scrub(e.message());
+        let url = self.url.url.clone();
+        if e.code() == git2::ErrorCode::Auth
+            || e.class() == git2::ErrorClass::Http && message.contains("401")
+            || tries.get() > 0 && message.contains("credentials")
+        {
+            return RemoteError::Auth { url, message };
+        }
+        match e.class() {
+            git2::ErrorClass::Net
+            | git2::ErrorClass::Http
+            | git2::ErrorClass::Ssl
+            | git2::ErrorClass::Os
+            | git2::ErrorClass::Ssh => RemoteError::Network { url, message },
+            // A local path that vanished is as good as unreachable.
+            _ if self.url.local.is_some() => RemoteError::Network { url, message },
+            _ => RemoteError::Local(message),
+        }
+    }
+
+    /// Remove the token from any text that may reach a user.
+    pub fn scrub(&self, text: &str) -> String {
+        match &self.token {
+            Some(t) if t.len() >= 4 => text.replace(t.as_str(), "***"),
+            _ => text.to_string(),
+        }
+    }
+
+    /// Ask the remote where our branch is.
+    pub fn head(&self, repo: &Repository) -> Result<RemoteHead, RemoteError> {
+        self.advertised(repo, &self.branch_ref())
+    }
+
+    /// Fetch one remote ref (`src`) into the local ref `dst`; returns where it is.
+    pub fn fetch_ref(
+        &self,
+        repo: &Repository,
+        src: &str,
+        dst: &str,
+    ) -> Result<RemoteHead, RemoteError> {
+        let head = self.advertised(repo, src)?;
+        let RemoteHead::At(oid) = head else {
+            return Ok(head);
+        };
+        if repo.find_commit(oid).is_err() {
+            let tries = Cell::new(0);
+            let mut remote = repo
+                .remote_anonymous(&self.url.url)
+                .map_err(|e| self.classify(&e, &tries))?;
+            let mut fo = FetchOptions::new();
+            fo.remote_callbacks(self.callbacks(&tries));
+            fo.download_tags(git2::AutotagOption::None);
+            let spec = format!("+{src}:{dst}");
+            remote
+                .fetch(&[spec.as_str()], Some(&mut fo), None)
+                .map_err(|e| self.classify(&e, &tries))?;
+        }
+        repo.reference(dst, oid, true, "stackctl fetch")
+            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+        Ok(head)
+    }
+
+    /// Ask the remote where the ref `want` is.
+    pub fn advertised(&self, repo: &Repository, want: &str) -> Result<RemoteHead, RemoteError> {
+        let tries = Cell::new(0);
+        let mut remote = repo
+            .remote_anonymous(&self.url.url)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let heads = conn.list().map_err(|e| self.classify(&e, &tries))?;
+        Ok(heads
+            .iter()
+            .find(|h| h.name() == want)
+            .map_or(RemoteHead::Missing, |h| RemoteHead::At(h.oid())))
+    }
+
+    /// Fetch our branch into [`Remote::tracking_ref`]; shallow where the
+    /// transport allows it and `depth` asks for it. Returns where the branch is.
+    pub fn fetch(&self, repo: &Repository, depth: Depth) -> Result<RemoteHead, RemoteError> {
+        let head = self.head(repo)?;
+        let RemoteHead::At(oid) = head else {
+            return Ok(head);
+        };
+        let deepen = depth == Depth::Full && repo.is_shallow();
+        if deepen || repo.find_commit(oid).is_err() {
+            let tries = Cell::new(0);
+            let mut remote = repo
+                .remote_anonymous(&self.url.url)
+                .map_err(|e| self.classify(&e, &tries))?;
+            let mut fo = FetchOptions::new();
+            fo.remote_callbacks(self.callbacks(&tries));
+            fo.download_tags(git2::AutotagOption::None);
+            if self.url.shallow_ok {
+                match depth {
+                    Depth::Shallow(d) => {
+                        fo.depth(d);
+                    }
+                    // libgit2's GIT_FETCH_DEPTH_UNSHALLOW.
+                    Depth::Full if deepen => {
+                        fo.depth(i32::MAX);
+                    }
+                    Depth::Full => {}
+                }
+            }
+            let spec = format!("+{}:{}", self.branch_ref(), self.tracking_ref());
+            remote
+                .fetch(&[spec.as_str()], Some(&mut fo), None)
+                .map_err(|e| self.classify(&e, &tries))?;
+        }
+        repo.reference(&self.tracking_ref(), oid, true, "stackctl fetch")
+            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+        Ok(RemoteHead::At(oid))
+    }
+
+    /// Push local `commit` to the remote branch. Without a `lease` only a
+    /// fast-forward is accepted. With one, the branch must still be at the
+    /// leased head, checked on the very connection that pushes (so the
+    /// server's own old-value check enforces it), and the update is forced:
+    /// compare-and-swap, for rewriting history safely. A ref the remote
+    /// rejects is an error.
+    pub fn push(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        lease: Option<RemoteHead>,
+    ) -> Result<(), RemoteError> {
+        self.push_to(repo, commit, &self.branch_ref(), lease)?;
+        repo.reference(&self.tracking_ref(), commit, true, "stackctl push")
+            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+        Ok(())
+    }
+
+    /// Push `commit` to the remote ref `dst`; see [`Remote::push`].
+    pub fn push_to(
+        &self,
+        repo: &Repository,
+        commit: Oid,
+        dst: &str,
+        lease: Option<RemoteHead>,
+    ) -> Result<(), RemoteError> {
+        self.clear_stale_local_lock(dst);
+        // Pushes go from a ref: point a private one at the commit.
+        let src = "refs/stackctl/push";
+        repo.reference(src, commit, true, "stackctl push")
+            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+        let tries = Cell::new(0);
+        let connect_tries = Cell::new(0);
+        let rejected: RefCell<Option<(String, String)>> = RefCell::new(None);
+        let mut remote = repo
+            .remote_anonymous(&self.url.url)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let mut cb = self.callbacks(&tries);
+        cb.push_update_reference(|refname, status| {
+            if let Some(msg) = status {
+                *rejected.borrow_mut() = Some((refname.to_string(), msg.to_string()));
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(cb);
+        let res = match lease {
+            None => {
+                let spec = format!("{src}:{dst}");
+                remote.push(&[spec.as_str()], Some(&mut po))
+            }
+            Some(expected) => {
+                let mut conn = remote
+                    .connect_auth(Direction::Push, Some(self.callbacks(&connect_tries)), None)
+                    .map_err(|e| self.classify(&e, &connect_tries))?;
+                let want = dst.to_string();
+                let found = conn
+                    .list()
+                    .map_err(|e| self.classify(&e, &connect_tries))?
+                    .iter()
+                    .find(|h| h.name() == want)
+                    .map_or(RemoteHead::Missing, |h| RemoteHead::At(h.oid()));
+                if found != expected {
+                    return Err(RemoteError::Rejected {
+                        refname: want,
+                        message: format!(
+                            "expected it at {}, found {}",
+                            head_text(expected),
+                            head_text(found)
+                        ),
+                    });
+                }
+                let spec = format!("+{src}:{want}");
+                conn.remote().push(&[spec.as_str()], Some(&mut po))
+            }
+        };
+        drop(po);
+        if let Some((refname, message)) = rejected.into_inner() {
+            return Err(RemoteError::Rejected {
+                refname,
+                message: self.scrub(&message),
+            });
+        }
+        match res {
+            Ok(()) => {}
+            Err(e)
+                if e.class() == git2::ErrorClass::Reference
+                    || e.code() == git2::ErrorCode::NotFastForward =>
+            {
+                return Err(RemoteError::Rejected {
+                    refname: dst.to_string(),
+                    message: self.scrub(e.message()),
+                })
+            }
+            Err(e) => return Err(self.classify(&e, &tries)),
+        }
+        Ok(())
+    }
+}
+
+fn head_text(h: RemoteHead) -> String {
+    match h {
+        RemoteHead::Missing => "no branch".into(),
+        RemoteHead::At(o) => o.to_string(),
+    }
+}
+
+/// Exponential backoff delays: `initial`, doubling, capped at `max`, `tries - 1` of them.
+pub fn backoff(tries: u32, initial: Duration, max: Duration) -> Vec<Duration> {
+    (0..tries.saturating_sub(1))
+        .map(|i| initial.saturating_mul(1u32 << i.min(20)).min(max))
+        .collect()
+}
+
+/// Run `op` up to `tries` times while it fails with a retryable error,
+/// sleeping per [`backoff`] in between.
+pub fn with_retries<T>(
+    tries: u32,
+    initial: Duration,
+    max: Duration,
+    mut op: impl FnMut() -> Result<T, RemoteError>,
+) -> Result<T, RemoteError> {
+    let mut delays = backoff(tries, initial, max).into_iter();
+    loop {
+        match op() {
+            Err(e) if e.is_retryable() => match delays.next() {
+                Some(d) => {
+                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed");
+                    std::thread::sleep(d);
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes_resolve() {
+        let gh = |s: &str| Some(s.to_string());
+        let table: &[(&str, Option<String>, bool)] = &[
+            ("owner/repo", gh("https://github.com/owner/repo.git"), false),
+            (
+                "MoYang-king/astr_bot.backup",
+                gh("https://github.com/MoYang-king/astr_bot.backup.git"),
+                false,
+            ),
+            (
+                "owner/repo.git",
+                gh("https://github.com/owner/repo.git"),
+                false,
+            ),
+            (
+                "https://example.org/x/y.git",
+                gh("https://example.org/x/y.git"),
+                false,
+            ),
+            (
+                "ssh://git@example.org/x/y.git",
+                gh("ssh://git@example.org/x/y.git"),
+                false,
+            ),
+            ("/srv/backup.git", gh("/srv/backup.git"), true),
+            ("file:///srv/backup.git", gh("file:///srv/backup.git"), true),
+            (
+                "https://x-access-token:ghp_secret@github.com/o/r.git",
+                None,
+                false,
+            ),
+            ("ftp://x/y", None, false),
+            ("owner/repo/extra", None, false),
+            ("../x", None, false),
+            ("", None, false),
+            ("file://relative", None, false),
+        ];
+        for (input, want, local) in table {
+            let got = resolve_url(input);
+            assert_eq!(got.as_ref().ok().map(|u| u.url.clone()), *want, "{input}");
+            if let Ok(u) = got {
+                assert_eq!(u.local.is_some(), *local, "{input}");
+                assert_eq!(u.shallow_ok, !local, "{input}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_url_does_not_echo_its_token() {
+        let e = resolve_url("https://x-access-token:ghp_secret@github.com/o/r.git").unwrap_err();
+        assert!(!e.to_string().contains("ghp_secret"), "{e}");
+        assert_eq!(redact_userinfo("https://a:b@h/p"), "https://***@h/p");
+        assert_eq!(redact_userinfo("https://h/p"), "https://h/p");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = |v: Vec<Duration>| {
+            v.into_iter()
+                .map(|d| d.as_millis() as u64)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ms(backoff(
+                5,
+                Duration::from_millis(100),
+                Duration::from_millis(500)
+            )),
+            [100, 200, 400, 500]
+        );
+        assert!(backoff(1, Duration::from_secs(1), Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn scrub_hides_the_token() {
+        let r = Remote::new(
+            resolve_url("owner/repo").unwrap(),
+            Some("tok-123456".into()),
+            "main",
+        );
+        assert_eq!(r.scrub("failed for tok-123456 at x"), "failed for *** at x");
+    }
+
+    #[test]
+    fn retries_only_retryable_errors() {
+        let mut n = 0;
+        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
+            n += 1;
+            Err(RemoteError::Network {
+                url: "u".into(),
+                message: "down".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(n, 3);
+        let mut n = 0;
+        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
+            n += 1;
+            Err(RemoteError::Rejected {
+                refname: "r".into(),
+                message: "m".into(),
+            })
+        });
+        assert!(r.is_err());
+        assert_eq!(n, 1);
+    }
+}

@@ -1,0 +1,525 @@
+//! Restore: write a snapshot's files back in place, with their modes.
+//!
+//! Two steps. [`plan`] walks the commit's tree for each persisted path and
+//! turns it into operations, refusing every entry that could write outside
+//! the declared paths (`..`, `/` or NUL in a name, absolute or escaping
+//! symlinks, submodules): a hostile or damaged repository must not reach
+//! `/etc`. If anything is refused, nothing is written. [`apply`] then writes
+//! each file atomically (temp file + rename, so a symlink planted at the
+//! destination is replaced, never followed), never writes through a symlinked
+//! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to
+//! each restored database.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Oid, Repository, Tree};
+
+use super::plan::{self, KEEP_MARKER, META_DIR, SQLITE_SIDECARS};
+
+/// Errors while restoring.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The snapshot holds entries that would write outside the persisted paths.
+    #[error("refusing to restore: the snapshot holds {} unsafe entr{} ({}); nothing was written. Inspect the repository, or restore an older snapshot", .0.len(), if .0.len() == 1 { "y" } else { "ies" }, .0.iter().take(5).cloned().collect::<Vec<_>>().join("; "))]
+    Unsafe(Vec<String>),
+    /// Writing a restored file failed.
+    #[error("cannot write `{path}` during restore: {source}; check permissions and free space, then run `stackctl restore` again")]
+    Write {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// Reading the snapshot from the workdir's repository failed.
+    #[error("cannot read the snapshot from the workdir repository: {0}; delete the workdir and restore again")]
+    Git(#[from] git2::Error),
+}
+
+/// One thing restore will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Make sure a real directory exists (mode applied at the end).
+    Dir {
+        /// Absolute path.
+        path: PathBuf,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Write a file from a blob.
+    File {
+        /// Absolute path.
+        path: PathBuf,
+        /// The blob.
+        oid: Oid,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Create a symlink (already checked to stay inside).
+    Symlink {
+        /// Absolute path.
+        path: PathBuf,
+        /// Link target as stored.
+        target: PathBuf,
+    },
+}
+
+/// The operations for a snapshot, and what was refused.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Operations, parents before children.
+    pub ops: Vec<Op>,
+    /// Unsafe entries (tree path and reason).
+    pub refused: Vec<String>,
+    /// Persisted paths that the snapshot does not hold.
+    pub absent: Vec<PathBuf>,
+    /// Persisted roots (each operation is below one of them).
+    pub roots: Vec<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Directories made sure of.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Stale SQLite side files removed.
+    pub removed_sidecars: Vec<PathBuf>,
+}
+
+/// Plan the restore of `paths` (absolute path, tree path) from `tree`.
+pub fn plan(
+    repo: &Repository,
+    tree: &Tree,
+    paths: &[(PathBuf, String)],
+) -> Result<Plan, RestoreError> {
+    let modes = match tree.get_path(Path::new(&format!("{META_DIR}/modes"))) {
+        Ok(e) => match e.to_object(repo)?.into_blob() {
+            Ok(b) => plan::parse_modes(&String::from_utf8_lossy(b.content())),
+            Err(_) => HashMap::new(),
+        },
+        Err(_) => HashMap::new(),
+    };
+    let mut out = Plan::default();
+    for (abs, tree_path) in paths {
+        out.roots.push(abs.clone());
+        let entry = match tree.get_path(Path::new(tree_path)) {
+            Ok(e) => e,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                out.absent.push(abs.clone());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match (entry.kind(), entry.filemode()) {
+            (Some(ObjectType::Tree), _) => {
+                let mode = modes.get(tree_path).copied().unwrap_or(0o755);
+                out.ops.push(Op::Dir {
+                    path: abs.clone(),
+                    mode: plan::safe_mode(mode),
+                });
+                let sub = repo.find_tree(entry.id())?;
+                walk(repo, &sub, abs, Path::new(""), tree_path, &modes, &mut out)?;
+            }
+            (Some(ObjectType::Blob), m) if m != 0o120000 => {
+                let mode = modes.get(tree_path).copied().unwrap_or(if m == 0o100755 {
+                    0o755
+                } else {
+                    0o644
+                });
+                out.ops.push(Op::File {
+                    path: abs.clone(),
+                    oid: entry.id(),
+                    mode: plan::safe_mode(mode),
+                });
+            }
+            _ => out.refused.push(format!(
+                "`{tree_path}`: a persisted path must be a directory or a file"
+            )),
+        }
+    }
+    Ok(out)
+}
+
+fn walk(
+    repo: &Repository,
+    tree: &Tree,
+    root: &Path,
+    rel: &Path,
+    tree_prefix: &str,
+    modes: &HashMap<String, u32>,
+    out: &mut Plan,
+) -> Result<(), RestoreError> {
+    for entry in tree.iter() {
+        let name = entry.name_bytes();
+        let shown = format!("{tree_prefix}/{}", String::from_utf8_lossy(name));
+        if !plan::safe_entry_name(name) {
+            out.refused.push(format!("`{shown}`: unsafe name"));
+            continue;
+        }
+        let name = std::ffi::OsStr::from_bytes(name);
+        let child_rel = rel.join(name);
+        let path = root.join(&child_rel);
+        match (entry.kind(), entry.filemode()) {
+            (Some(ObjectType::Tree), _) => {
+                let mode = modes.get(&shown).copied().unwrap_or(0o755);
+                out.ops.push(Op::Dir {
+                    path,
+                    mode: plan::safe_mode(mode),
+                });
+                let sub = repo.find_tree(entry.id())?;
+                walk(repo, &sub, root, &child_rel, &shown, modes, out)?;
+            }
+            (Some(ObjectType::Blob), 0o120000) => {
+                let blob = repo.find_blob(entry.id())?;
+                let target = PathBuf::from(std::ffi::OsStr::from_bytes(blob.content()));
+                if blob.content().contains(&0) || !plan::symlink_stays_inside(&child_rel, &target) {
+                    out.refused.push(format!(
+                        "`{shown}`: symlink to `{}` leaves the persisted path",
+                        target.display()
+                    ));
+                } else {
+                    out.ops.push(Op::Symlink { path, target });
+                }
+            }
+            (Some(ObjectType::Blob), m) => {
+                if name == KEEP_MARKER {
+                    continue;
+                }
+                let mode =
+                    modes
+                        .get(&shown)
+                        .copied()
+                        .unwrap_or(if m == 0o100755 { 0o755 } else { 0o644 });
+                out.ops.push(Op::File {
+                    path,
+                    oid: entry.id(),
+                    mode: plan::safe_mode(mode),
+                });
+            }
+            _ => out
+                .refused
+                .push(format!("`{shown}`: submodules are not restored")),
+        }
+    }
+    Ok(())
+}
+
+/// The planned paths that differ on disk: missing, another type, other
+/// content, another mode or link target. Reads files only to hash them.
+pub fn changes(plan: &Plan) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let differs = |op: &Op| -> bool {
+        let (Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. }) = op;
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return true;
+        };
+        match op {
+            Op::Dir { mode, .. } => !meta.is_dir() || meta.mode() & 0o777 != *mode,
+            Op::File { oid, mode, .. } => {
+                !meta.is_file()
+                    || meta.mode() & 0o777 != *mode
+                    || Oid::hash_file(ObjectType::Blob, path).ok() != Some(*oid)
+            }
+            Op::Symlink { target, .. } => fs::read_link(path).ok().as_ref() != Some(target),
+        }
+    };
+    plan.ops
+        .iter()
+        .filter(|op| differs(op))
+        .map(
+            |(Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. })| {
+                path.clone()
+            },
+        )
+        .collect()
+}
+
+fn werr(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |source| RestoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Make sure every directory from `root` (exclusive) down to `dir` is a real
+/// directory, not a symlink, so no write can be redirected.
+fn check_real_dirs(root: &Path, dir: &Path) -> Result<(), RestoreError> {
+    let Ok(rel) = dir.strip_prefix(root) else {
+        return Err(RestoreError::Unsafe(vec![format!(
+            "`{}` is outside `{}`",
+            dir.display(),
+            root.display()
+        )]));
+    };
+    let mut cur = root.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).map_err(werr(&cur))?;
+        if !m.is_dir() {
+            return Err(RestoreError::Unsafe(vec![format!(
+                "`{}` is not a real directory",
+                cur.display()
+            )]));
+        }
+    }
+    Ok(())
+}
+
+/// A temp name beside `path` for an atomic replace.
+fn temp_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let short: String = name.chars().take(100).collect();
+    path.with_file_name(format!(".{short}.stackctl-tmp-{}", std::process::id()))
+}
+
+/// Remove whatever is at `path` unless it is a real directory.
+fn ensure_dir(path: &Path) -> Result<(), RestoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => fs::remove_file(path).map_err(werr(path))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(werr(path)(e)),
+    }
+    fs::create_dir(path).map_err(werr(path))
+}
+
+/// Make room for a non-directory at `path`: a directory there goes (the snapshot wins).
+fn clear_dir_at(path: &Path) -> Result<(), RestoreError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(werr(path)),
+        _ => Ok(()),
+    }
+}
+
+/// Carry out a plan. Refuses to run a plan with refused entries.
+pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied, RestoreError> {
+    if !plan.refused.is_empty() {
+        return Err(RestoreError::Unsafe(plan.refused.clone()));
+    }
+    let mut done = Applied::default();
+    let mut dir_modes = Vec::new();
+    for op in &plan.ops {
+        let (Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. }) = op;
+        let root = plan.roots.iter().find(|r| path.starts_with(r));
+        let Some(root) = root else {
+            return Err(RestoreError::Unsafe(vec![format!(
+                "`{}` is outside the persisted paths",
+                path.display()
+            )]));
+        };
+        if path == root {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(werr(parent))?;
+            }
+        } else if let Some(parent) = path.parent() {
+            check_real_dirs(root, parent)?;
+        }
+        match op {
+            Op::Dir { path, mode } => {
+                if path == root {
+                    // The declared path may be a symlink the user set up: follow it.
+                    if !path.is_dir() {
+                        ensure_dir(path)?;
+                    }
+                } else {
+                    ensure_dir(path)?;
+                }
+                dir_modes.push((path.clone(), *mode));
+                done.dirs += 1;
+            }
+            Op::File { path, oid, mode } => {
+                let blob = repo.find_blob(*oid)?;
+                clear_dir_at(path)?;
+                let tmp = temp_beside(path);
+                let _ = fs::remove_file(&tmp);
+                let write = || -> io::Result<()> {
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    f.write_all(blob.content())?;
+                    f.set_permissions(fs::Permissions::from_mode(*mode))?;
+                    f.sync_data()?;
+                    fs::rename(&tmp, path)
+                };
+                if let Err(e) = write() {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(werr(path)(e));
+                }
+                if plan::is_sqlite_header(blob.content()) {
+                    for s in SQLITE_SIDECARS {
+                        let mut side = path.as_os_str().to_os_string();
+                        side.push(s);
+                        let side = PathBuf::from(side);
+                        if fs::symlink_metadata(&side).is_ok() {
+                            fs::remove_file(&side).map_err(werr(&side))?;
+                            done.removed_sidecars.push(side);
+                        }
+                    }
+                }
+                done.files += 1;
+                done.bytes += blob.size() as u64;
+            }
+            Op::Symlink { path, target } => {
+                clear_dir_at(path)?;
+                let tmp = temp_beside(path);
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(target, &tmp).map_err(werr(path))?;
+                if let Err(e) = fs::rename(&tmp, path) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(werr(path)(e));
+                }
+                done.symlinks += 1;
+            }
+        }
+    }
+    // Directory modes last, deepest first, so a read-only directory does not
+    // block writing its own files.
+    for (path, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(werr(path))?;
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile_repo() -> (tempfile::TempDir, Repository, Oid) {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let ok = repo.blob(b"fine").unwrap();
+        let evil = repo.blob(b"pwned").unwrap();
+        let link_etc = repo.blob(b"/etc").unwrap();
+        let link_up = repo.blob(b"../../../etc/passwd").unwrap();
+        let data = {
+            let mut b = repo.treebuilder(None).unwrap();
+            b.insert("ok.txt", ok, 0o100644).unwrap();
+            b.insert("etc", link_etc, 0o120000).unwrap();
+            b.insert("up", link_up, 0o120000).unwrap();
+            b.write().unwrap()
+        };
+        // Names with `..` or `/` cannot be made with TreeBuilder::insert: write
+        // the raw tree object, as a hostile server could.
+        let mut raw = Vec::new();
+        for (mode, name, oid) in [("100644", "..", evil), ("40000", "data", data)] {
+            raw.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            raw.extend_from_slice(oid.as_bytes());
+        }
+        let odb = repo.odb().unwrap();
+        let inner = odb.write(ObjectType::Tree, &raw).unwrap();
+        let top = {
+            let mut b = repo.treebuilder(None).unwrap();
+            b.insert("srv", inner, 0o040000).unwrap();
+            b.write().unwrap()
+        };
+        drop(odb);
+        (d, repo, top)
+    }
+
+    #[test]
+    fn hostile_entries_are_refused_and_nothing_is_written() {
+        let (d, repo, top) = hostile_repo();
+        let tree = repo.find_tree(top).unwrap();
+        let root = d.path().join("srv/data");
+        let p = plan(&repo, &tree, &[(root.clone(), "srv/data".into())]).unwrap();
+        assert_eq!(p.refused.len(), 2, "{:?}", p.refused);
+        assert!(
+            p.refused.iter().any(|r| r.contains("`srv/data/etc`")),
+            "{:?}",
+            p.refused
+        );
+        let e = apply(&repo, &p).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("refusing to restore: the snapshot holds 2 unsafe entries"),
+            "{e}"
+        );
+        assert!(!root.exists());
+        // The `..` entry sits beside `data`, in `srv`: refused when `srv` is the root.
+        let p = plan(&repo, &tree, &[(d.path().join("srv"), "srv".into())]).unwrap();
+        assert!(
+            p.refused
+                .iter()
+                .any(|r| r.contains("`srv/..`: unsafe name")),
+            "{:?}",
+            p.refused
+        );
+    }
+
+    #[test]
+    fn a_symlinked_directory_on_disk_is_never_written_through() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let blob = repo.blob(b"x").unwrap();
+        let mut sub = repo.treebuilder(None).unwrap();
+        sub.insert("f", blob, 0o100644).unwrap();
+        let sub = sub.write().unwrap();
+        let mut top = repo.treebuilder(None).unwrap();
+        top.insert("sub", sub, 0o040000).unwrap();
+        let top = top.write().unwrap();
+        let root = d.path().join("data");
+        let outside = d.path().join("outside");
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+        let _ = top;
+        // A plan that forgot the directory op must still not write through the link.
+        let ops = vec![
+            Op::Dir {
+                path: root.clone(),
+                mode: 0o755,
+            },
+            Op::File {
+                path: root.join("sub/f"),
+                oid: blob,
+                mode: 0o644,
+            },
+        ];
+        let p = Plan {
+            ops,
+            roots: vec![root.clone()],
+            ..Plan::default()
+        };
+        assert!(apply(&repo, &p).is_err());
+        assert!(!outside.join("f").exists());
+        // With the directory op first, the planted symlink is replaced by a real dir.
+        let ops = vec![
+            Op::Dir {
+                path: root.clone(),
+                mode: 0o755,
+            },
+            Op::Dir {
+                path: root.join("sub"),
+                mode: 0o755,
+            },
+            Op::File {
+                path: root.join("sub/f"),
+                oid: blob,
+                mode: 0o644,
+            },
+        ];
+        let p = Plan {
+            ops,
+            roots: vec![root.clone()],
+            ..Plan::default()
+        };
+        apply(&repo, &p).unwrap();
+        assert!(!outside.join("f").exists());
+        assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"x");
+    }
+}

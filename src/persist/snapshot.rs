@@ -1,0 +1,715 @@
+//! Snapshot: build a git tree straight from the live files (no mirror copy,
+//! no symlinks into the data) and commit it only when it changed.
+//!
+//! Regular files go into the object database as they are, reusing the stat
+//! cache so an unchanged file is not read again; SQLite databases are copied
+//! with SQLite's online backup API into a temp file first, so a database being
+//! written is never read raw (the original's defect 6). Empty directories keep
+//! a [`KEEP_MARKER`] file; modes, persisted paths and skipped large files are
+//! recorded under `.stackctl/`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use git2::{Oid, Repository};
+
+use super::plan::{
+    self, CacheEntry, Decision, FileType, PathRules, StatCache, StatKey, KEEP_MARKER, META_DIR,
+};
+
+/// Errors while taking a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file or directory could not be read.
+    #[error("cannot read `{path}` for the snapshot: {source}; check its permissions or exclude it in `persist.exclude`")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// SQLite's backup API failed.
+    #[error("cannot copy SQLite database `{path}` with the backup API: {reason}; check that it is a valid database or exclude it")]
+    Sqlite {
+        /// The database.
+        path: PathBuf,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// The object database refused a write.
+    #[error("cannot write the snapshot to the git repository in the workdir: {0}; check free disk space")]
+    Git(#[from] git2::Error),
+    /// The temp directory for SQLite copies is not usable.
+    #[error("cannot use temp directory `{path}`: {source}")]
+    Temp {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// What a tree build found.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    /// The root tree.
+    pub tree: Option<Oid>,
+    /// Regular files and SQLite databases in the snapshot.
+    pub files: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Files actually read (not served by the stat cache).
+    pub read: u64,
+    /// SQLite databases copied with the backup API.
+    pub sqlite: u64,
+    /// Files skipped because they reached `large_files.threshold` (absolute path, size).
+    pub too_large: Vec<(PathBuf, u64)>,
+    /// Non-fatal oddities (special files skipped, files that vanished mid-scan).
+    pub warnings: Vec<String>,
+}
+
+/// A node of the tree under construction.
+enum Node {
+    Leaf { oid: Oid, mode: i32 },
+    Dir(BTreeMap<Vec<u8>, Node>),
+}
+
+/// Walks live files into the object database.
+pub struct TreeBuilder<'a> {
+    repo: &'a Repository,
+    threshold: u64,
+    tmp_dir: &'a Path,
+    cache: &'a mut StatCache,
+    scan_start_ns: i128,
+    seen: HashSet<PathBuf>,
+    modes: Vec<(String, u32)>,
+    built: Built,
+    sqlite_busy_timeout: Duration,
+}
+
+fn stat_key(m: &fs::Metadata) -> StatKey {
+    StatKey {
+        size: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ino: m.ino(),
+    }
+}
+
+fn file_type(m: &fs::Metadata) -> FileType {
+    let t = m.file_type();
+    if t.is_symlink() {
+        FileType::Symlink
+    } else if t.is_dir() {
+        FileType::Dir
+    } else if t.is_file() {
+        FileType::File
+    } else {
+        FileType::Other
+    }
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn read_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
+    move |source| SnapshotError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn git_mode(mode: u32) -> i32 {
+    if mode & 0o111 != 0 {
+        0o100755
+    } else {
+        0o100644
+    }
+}
+
+impl<'a> TreeBuilder<'a> {
+    /// A builder writing into `repo`, copying SQLite databases via `tmp_dir`.
+    pub fn new(
+        repo: &'a Repository,
+        threshold: u64,
+        tmp_dir: &'a Path,
+        cache: &'a mut StatCache,
+    ) -> Self {
+        Self {
+            repo,
+            threshold,
+            tmp_dir,
+            cache,
+            scan_start_ns: now_ns(),
+            seen: HashSet::new(),
+            modes: Vec::new(),
+            built: Built::default(),
+            sqlite_busy_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Build the tree of all `paths` plus `.stackctl/` metadata.
+    pub fn build(mut self, paths: &[PathRules]) -> Result<Built, SnapshotError> {
+        fs::create_dir_all(self.tmp_dir).map_err(|source| SnapshotError::Temp {
+            path: self.tmp_dir.to_path_buf(),
+            source,
+        })?;
+        let mut root: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
+        let mut tree_paths = Vec::new();
+        for rules in paths {
+            tree_paths.push(rules.tree.clone());
+            // The declared path itself may be a symlink the user set up: follow it.
+            let meta = match fs::metadata(&rules.root) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(&rules.root)(e)),
+            };
+            let node = if meta.is_dir() {
+                self.modes.push((rules.tree.clone(), meta.mode() & 0o7777));
+                match self.walk_dir(rules, &rules.root, Path::new(""))? {
+                    Some(n) => n,
+                    None => continue,
+                }
+            } else {
+                match self.file_node(rules, &rules.root, Path::new(""), &meta)? {
+                    Some(n) => n,
+                    None => continue,
+                }
+            };
+            insert_at(&mut root, &rules.tree, node);
+        }
+        let mut meta = BTreeMap::new();
+        let paths_text: String = tree_paths.iter().map(|p| format!("{p}\n")).collect();
+        let mut skipped: Vec<String> = self
+            .built
+            .too_large
+            .iter()
+            .filter_map(|(p, _)| plan::tree_path(p).ok())
+            .map(|p| format!("{p}\n"))
+            .collect();
+        skipped.sort();
+        for (name, text) in [
+            ("format", "1\n".to_string()),
+            ("paths", paths_text),
+            ("modes", plan::render_modes(&self.modes)),
+            ("skipped-large", skipped.concat()),
+        ] {
+            let oid = self.repo.blob(text.as_bytes())?;
+            meta.insert(
+                name.as_bytes().to_vec(),
+                Node::Leaf {
+                    oid,
+                    mode: 0o100644,
+                },
+            );
+        }
+        root.insert(META_DIR.as_bytes().to_vec(), Node::Dir(meta));
+        let tree = write_tree(self.repo, &root)?;
+        self.cache.retain_seen(&self.seen);
+        self.built.tree = Some(tree);
+        Ok(self.built)
+    }
+
+    /// Walk a directory; `None` when it vanished mid-scan.
+    fn walk_dir(
+        &mut self,
+        rules: &PathRules,
+        abs: &Path,
+        rel: &Path,
+    ) -> Result<Option<Node>, SnapshotError> {
+        let rd = match fs::read_dir(abs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_err(abs)(e)),
+        };
+        let mut map = BTreeMap::new();
+        for entry in rd {
+            let entry = entry.map_err(read_err(abs))?;
+            let name = entry.file_name();
+            let child_abs = abs.join(&name);
+            let child_rel = rel.join(&name);
+            let meta = match fs::symlink_metadata(&child_abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(&child_abs)(e)),
+            };
+            let node = if meta.is_dir() {
+                match rules.decide(&child_rel, FileType::Dir, 0, None, self.threshold) {
+                    Decision::Dir => {
+                        let n = self.walk_dir(rules, &child_abs, &child_rel)?;
+                        if n.is_some() {
+                            self.push_mode(rules, &child_rel, meta.mode());
+                        }
+                        n
+                    }
+                    _ => None,
+                }
+            } else {
+                self.file_node(rules, &child_abs, &child_rel, &meta)?
+            };
+            if let Some(n) = node {
+                map.insert(name.as_bytes().to_vec(), n);
+            }
+        }
+        // Empty, or everything in it excluded: keep the directory itself, a
+        // service may expect it to exist.
+        if map.is_empty() {
+            let oid = self.repo.blob(b"")?;
+            map.insert(
+                KEEP_MARKER.as_bytes().to_vec(),
+                Node::Leaf {
+                    oid,
+                    mode: 0o100644,
+                },
+            );
+        }
+        Ok(Some(Node::Dir(map)))
+    }
+
+    fn push_mode(&mut self, rules: &PathRules, rel: &Path, mode: u32) {
+        let tree = if rel.as_os_str().is_empty() {
+            rules.tree.clone()
+        } else {
+            format!("{}/{}", rules.tree, rel.to_string_lossy())
+        };
+        self.modes.push((tree, mode & 0o7777));
+    }
+
+    /// A non-directory entry; `None` when skipped.
+    fn file_node(
+        &mut self,
+        rules: &PathRules,
+        abs: &Path,
+        rel: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<Option<Node>, SnapshotError> {
+        let ty = file_type(meta);
+        let size = meta.len();
+        let key = stat_key(meta);
+        // A cached blob needs neither the header nor the content.
+        let wal = if ty == FileType::File {
+            wal_key(abs)
+        } else {
+            None
+        };
+        if ty == FileType::File
+            && rules.excluded(rel, ty).is_none()
+            && (self.threshold == 0 || size < self.threshold)
+        {
+            if let Some(oid) = self
+                .cache
+                .lookup(abs, key, wal)
+                .and_then(|s| Oid::from_str(s).ok())
+            {
+                if self.repo.odb()?.exists(oid) {
+                    self.seen.insert(abs.to_path_buf());
+                    self.count_file(rules, rel, meta);
+                    return Ok(Some(Node::Leaf {
+                        oid,
+                        mode: git_mode(meta.mode()),
+                    }));
+                }
+            }
+        }
+        let header = if ty == FileType::File && plan::needs_header(size, self.threshold) {
+            match read_header(abs) {
+                Ok(h) => Some(h),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(read_err(abs)(e)),
+            }
+        } else {
+            None
+        };
+        let decision = rules.decide(rel, ty, size, header.as_deref(), self.threshold);
+        let node = match decision {
+            Decision::Blob | Decision::Sqlite => {
+                let oid = if decision == Decision::Sqlite {
+                    self.built.sqlite += 1;
+                    self.sqlite_blob(abs)?
+                } else {
+                    match self.repo.blob_path(abs) {
+                        Ok(oid) => oid,
+                        // libgit2 gives up on a file that changes size while
+                        // it streams it: read it whole instead (it is below
+                        // the threshold), and take what is there now.
+                        Err(_) => match fs::read(abs) {
+                            Ok(bytes) => self.repo.blob(&bytes)?,
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                            Err(e) => return Err(read_err(abs)(e)),
+                        },
+                    }
+                };
+                self.built.read += 1;
+                self.seen.insert(abs.to_path_buf());
+                self.cache.store(
+                    abs,
+                    CacheEntry {
+                        key,
+                        wal,
+                        oid: oid.to_string(),
+                    },
+                    self.scan_start_ns,
+                );
+                self.count_file(rules, rel, meta);
+                Node::Leaf {
+                    oid,
+                    mode: git_mode(meta.mode()),
+                }
+            }
+            Decision::Symlink => {
+                let target = match fs::read_link(abs) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(read_err(abs)(e)),
+                };
+                let oid = self.repo.blob(target.as_os_str().as_bytes())?;
+                Node::Leaf {
+                    oid,
+                    mode: 0o120000,
+                }
+            }
+            Decision::TooLarge { size } => {
+                self.built.too_large.push((abs.to_path_buf(), size));
+                return Ok(None);
+            }
+            Decision::Special => {
+                self.built.warnings.push(format!(
+                    "skipped `{}`: not a regular file, directory or symlink",
+                    abs.display()
+                ));
+                return Ok(None);
+            }
+            Decision::Excluded(_) | Decision::Dir => return Ok(None),
+        };
+        Ok(Some(node))
+    }
+
+    fn count_file(&mut self, rules: &PathRules, rel: &Path, meta: &fs::Metadata) {
+        self.built.files += 1;
+        self.built.bytes += meta.len();
+        self.push_mode(rules, rel, meta.mode());
+    }
+
+    /// Copy a live database with the backup API and store the copy.
+    fn sqlite_blob(&mut self, abs: &Path) -> Result<Oid, SnapshotError> {
+        let tmp = self
+            .tmp_dir
+            .join(format!("sqlite-copy-{}.db", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let result = sqlite_copy(abs, &tmp, self.sqlite_busy_timeout)
+            .and_then(|()| Ok(self.repo.blob_path(&tmp)?));
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut p = tmp.clone().into_os_string();
+            p.push(suffix);
+            let _ = fs::remove_file(PathBuf::from(p));
+        }
+        result
+    }
+}
+
+/// The newest modification time (seconds) of any non-excluded entry under
+/// the persisted paths; `None` when there is none.
+pub fn newest_mtime(paths: &[PathRules]) -> Result<Option<i64>, SnapshotError> {
+    fn walk(
+        rules: &PathRules,
+        abs: &Path,
+        rel: &Path,
+        newest: &mut Option<i64>,
+    ) -> Result<(), SnapshotError> {
+        let meta = match fs::symlink_metadata(abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(read_err(abs)(e)),
+        };
+        let ty = file_type(&meta);
+        if rules.excluded(rel, ty).is_some() {
+            return Ok(());
+        }
+        if ty != FileType::Dir {
+            *newest = (*newest).max(Some(meta.mtime()));
+            return Ok(());
+        }
+        for entry in fs::read_dir(abs).map_err(read_err(abs))? {
+            let entry = entry.map_err(read_err(abs))?;
+            walk(rules, &entry.path(), &rel.join(entry.file_name()), newest)?;
+        }
+        Ok(())
+    }
+    let mut newest = None;
+    for rules in paths {
+        walk(rules, &rules.root, Path::new(""), &mut newest)?;
+    }
+    Ok(newest)
+}
+
+/// Stat of `<db>-wal`, part of a database's cache key.
+fn wal_key(db: &Path) -> Option<StatKey> {
+    let mut p = db.as_os_str().to_os_string();
+    p.push("-wal");
+    fs::symlink_metadata(PathBuf::from(p))
+        .ok()
+        .map(|m| stat_key(&m))
+}
+
+fn read_header(path: &Path) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(16);
+    fs::File::open(path)?.take(16).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Copy the database at `src` to `dst` with SQLite's online backup API, in
+/// one step (a consistent read transaction), retrying while a writer holds a
+/// lock, up to `busy` in total.
+pub fn sqlite_copy(src: &Path, dst: &Path, busy: Duration) -> Result<(), SnapshotError> {
+    use rusqlite::backup::{Backup, StepResult};
+    use rusqlite::{Connection, OpenFlags};
+    let err = |e: rusqlite::Error| SnapshotError::Sqlite {
+        path: src.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let source = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    source.busy_timeout(busy).map_err(err)?;
+    let mut dest = Connection::open(dst).map_err(err)?;
+    let deadline = Instant::now() + busy;
+    {
+        let backup = Backup::new(&source, &mut dest).map_err(err)?;
+        loop {
+            match backup.step(-1).map_err(err)? {
+                StepResult::Done => break,
+                StepResult::More => {}
+                StepResult::Busy | StepResult::Locked => {
+                    if Instant::now() >= deadline {
+                        return Err(SnapshotError::Sqlite {
+                            path: src.to_path_buf(),
+                            reason: format!("still locked by a writer after {}s", busy.as_secs()),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // rusqlite's StepResult is non-exhaustive.
+                _ => {}
+            }
+        }
+    }
+    // A restored copy must open on its own: no WAL file travels with it.
+    dest.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(err)?;
+    dest.close().map_err(|(_, e)| err(e))?;
+    normalise_header(dst).map_err(|e| SnapshotError::Read {
+        path: dst.to_path_buf(),
+        source: e,
+    })
+}
+
+/// Offsets of the header's "file change counter" and "version-valid-for"
+/// fields (big-endian u32 each).
+const CHANGE_COUNTER_AT: u64 = 24;
+const VERSION_VALID_FOR_AT: u64 = 92;
+
+/// Set the change counter and version-valid-for of a copy to 1. They count
+/// writes to the *file*, so two copies of the same content would otherwise
+/// differ (the backup's own write transaction bumps them) and every snapshot
+/// after a restore would commit an unchanged database. Setting both to the
+/// same value keeps the header's page count valid; the copy is a new file
+/// (restore renames it into place), so no reader has the old counter cached.
+fn normalise_header(db: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(db)?;
+    f.write_all_at(&1u32.to_be_bytes(), CHANGE_COUNTER_AT)?;
+    f.write_all_at(&1u32.to_be_bytes(), VERSION_VALID_FOR_AT)?;
+    f.sync_all()
+}
+
+fn insert_at(root: &mut BTreeMap<Vec<u8>, Node>, tree_path: &str, node: Node) {
+    let mut parts: Vec<&str> = tree_path.split('/').collect();
+    let last = parts.pop().unwrap_or_default();
+    let mut cur = root;
+    for p in parts {
+        let entry = cur
+            .entry(p.as_bytes().to_vec())
+            .or_insert_with(|| Node::Dir(BTreeMap::new()));
+        if let Node::Leaf { .. } = entry {
+            // Disjoint persisted paths (checked at open) cannot get here.
+            *entry = Node::Dir(BTreeMap::new());
+        }
+        cur = match entry {
+            Node::Dir(m) => m,
+            Node::Leaf { .. } => return,
+        };
+    }
+    cur.insert(last.as_bytes().to_vec(), node);
+}
+
+fn write_tree(repo: &Repository, map: &BTreeMap<Vec<u8>, Node>) -> Result<Oid, git2::Error> {
+    let mut tb = repo.treebuilder(None)?;
+    for (name, node) in map {
+        let (oid, mode) = match node {
+            Node::Leaf { oid, mode } => (*oid, *mode),
+            Node::Dir(m) => (write_tree(repo, m)?, 0o040000),
+        };
+        tb.insert(std::ffi::OsStr::from_bytes(name), oid, mode)?;
+    }
+    tb.write()
+}
+
+/// Commit `tree` on `refname` unless it equals the tip's tree. Returns the
+/// new commit, or `None` when nothing changed.
+pub fn commit_if_changed(
+    repo: &Repository,
+    refname: &str,
+    tree: Oid,
+    message: &str,
+) -> Result<Option<Oid>, git2::Error> {
+    let parent = match repo.find_reference(refname) {
+        Ok(r) => Some(r.peel_to_commit()?),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    if parent.as_ref().is_some_and(|p| p.tree_id() == tree) {
+        return Ok(None);
+    }
+    let tree = repo.find_tree(tree)?;
+    let sig = signature()?;
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let oid = repo.commit(None, &sig, &sig, message, &tree, &parents)?;
+    // Compare-and-swap on the ref: a concurrent writer in this workdir fails here.
+    match &parent {
+        Some(p) => repo.reference_matching(refname, oid, true, p.id(), "stackctl snapshot")?,
+        None => repo.reference(refname, oid, false, "stackctl snapshot")?,
+    };
+    Ok(Some(oid))
+}
+
+/// The identity snapshots are committed with.
+pub fn signature() -> Result<git2::Signature<'static>, git2::Error> {
+    git2::Signature::now("stackctl", "stackctl@localhost")
+}
+
+/// `YYYY-mm-dd HH:MM:SS` (UTC) of a unix time, for commit messages.
+pub fn format_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The message of a snapshot commit.
+pub fn message(now_secs: i64, built: &Built) -> String {
+    format!(
+        "snapshot {} UTC: {} files, {} bytes",
+        format_utc(now_secs),
+        built.files,
+        built.bytes
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        for (secs, want) in [
+            (0, "1970-01-01 00:00:00"),
+            (951_782_400, "2000-02-29 00:00:00"),
+            (1_790_000_000, "2026-09-21 14:13:20"),
+            (-1, "1969-12-31 23:59:59"),
+        ] {
+            assert_eq!(format_utc(secs), want);
+        }
+    }
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let d = tempfile::tempdir().unwrap();
+        let r = Repository::init_bare(d.path().join("repo.git")).unwrap();
+        (d, r)
+    }
+
+    #[test]
+    fn unchanged_tree_commits_nothing_and_cache_skips_reads() {
+        let (d, repo) = repo();
+        let data = d.path().join("data");
+        fs::create_dir_all(data.join("empty")).unwrap();
+        fs::write(data.join("a.txt"), "hello").unwrap();
+        let rules = vec![PathRules::new(&data, &[], &[], &[]).unwrap()];
+        let mut cache = StatCache::default();
+        let tmp = d.path().join("tmp");
+        let b1 = TreeBuilder::new(&repo, 0, &tmp, &mut cache)
+            .build(&rules)
+            .unwrap();
+        assert_eq!((b1.files, b1.read), (1, 1));
+        let c1 = commit_if_changed(&repo, "refs/heads/main", b1.tree.unwrap(), "one").unwrap();
+        assert!(c1.is_some());
+        // Pretend the scan happened long after the write: the cache may be trusted.
+        let mut cache = StatCache::default();
+        let mut tb = TreeBuilder::new(&repo, 0, &tmp, &mut cache);
+        tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
+        tb.build(&rules).unwrap();
+        let mut tb = TreeBuilder::new(&repo, 0, &tmp, &mut cache);
+        tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
+        let b2 = tb.build(&rules).unwrap();
+        assert_eq!((b2.files, b2.read), (1, 0), "second scan served from cache");
+        assert_eq!(b2.tree, b1.tree);
+        assert_eq!(
+            commit_if_changed(&repo, "refs/heads/main", b2.tree.unwrap(), "two").unwrap(),
+            None
+        );
+        // The empty dir is kept with a marker.
+        let tree = repo.find_tree(b1.tree.unwrap()).unwrap();
+        let rel = format!("{}/empty/{KEEP_MARKER}", plan::tree_path(&data).unwrap());
+        assert!(tree.get_path(Path::new(&rel)).is_ok(), "{rel}");
+        assert!(tree.get_path(Path::new(".stackctl/modes")).is_ok());
+    }
+
+    #[test]
+    fn sqlite_copy_is_a_valid_database() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src.db");
+        let c = rusqlite::Connection::open(&src).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("create table t(x); insert into t values (1),(2),(3);")
+            .unwrap();
+        let dst = d.path().join("dst.db");
+        sqlite_copy(&src, &dst, Duration::from_secs(2)).unwrap();
+        let copy = rusqlite::Connection::open(&dst).unwrap();
+        let n: i64 = copy
+            .query_row("select count(*) from t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+        let ok: String = copy
+            .query_row("pragma integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        drop(copy);
+        // A copy of the copy (what a snapshot after a restore takes) is byte-identical.
+        let again = d.path().join("again.db");
+        sqlite_copy(&dst, &again, Duration::from_secs(2)).unwrap();
+        assert_eq!(fs::read(&dst).unwrap(), fs::read(&again).unwrap());
+    }
+}
