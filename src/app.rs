@@ -73,25 +73,11 @@ pub fn run(cli: Cli) -> u8 {
         },
         Command::Routes(args) => with_manifest(load(), |m| crate::client::routes(m, args)),
         Command::Status(args) => with_manifest(load(), |m| crate::client::status(m, args)),
-        Command::Backup | Command::Restore(_) | Command::Snapshots => {
-            eprintln!(
-                "error: `{}` needs persistence, which this build does not include yet",
-                command_name(&cli.command)
-            );
-            code::FAILURE
+        Command::Backup => with_manifest(load(), crate::persist::commands::backup),
+        Command::Restore(args) => {
+            with_manifest(load(), |m| crate::persist::commands::restore(m, args))
         }
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Up(_) => "up",
-        Command::Check => "check",
-        Command::Backup => "backup",
-        Command::Restore(_) => "restore",
-        Command::Snapshots => "snapshots",
-        Command::Routes(_) => "routes",
-        Command::Status(_) => "status",
+        Command::Snapshots => with_manifest(load(), crate::persist::commands::snapshots),
     }
 }
 

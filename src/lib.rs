@@ -9,6 +9,8 @@
 //! - [`supervisor`]: the PID-1 process supervisor behind `up`.
 //! - [`gateway`]: the reverse proxy on the public port, its admin API and page.
 //! - [`client`]: `stackctl routes` and `status`, talking to a running gateway.
+//! - [`persist`]: data directories restored at start and snapshotted to git.
+//! - [`control`]: the control socket through which `backup` reaches a running `up`.
 //! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
 //! - [`shutdown`]: the one cancellation signal every task watches.
@@ -18,9 +20,11 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod env;
 pub mod gateway;
 pub mod manifest;
+pub mod persist;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;

@@ -5,14 +5,17 @@
 //! services. Order at stop: services in reverse dependency order → final
 //! backup → gateway drain → exit with the contract's code.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
 use crate::app::code;
 use crate::cli::LogFormat;
+use crate::gateway::restoring;
 use crate::manifest::read::ContainerEnv;
 use crate::manifest::Manifest;
+use crate::persist::{lifecycle, Persister};
 use crate::shutdown::CancellationToken;
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
@@ -39,7 +42,11 @@ pub fn run(manifest: Manifest, _container: ContainerEnv, log_format: LogFormat) 
             return code::FAILURE;
         }
     };
-    runtime.block_on(run_async(manifest, log_format))
+    let exit = runtime.block_on(run_async(manifest, log_format));
+    // A final backup that ran out of time may still be in a blocking
+    // thread; do not wait for it (the contract's exit code already says so).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    exit
 }
 
 async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
@@ -57,33 +64,83 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
     let status = StatusBoard::new();
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
-    spawn_signal_watch(shutdown.clone(), force.clone());
+    let stop_asked = spawn_signal_watch(shutdown.clone(), force.clone());
 
-    // The gateway stops after the services (and the final backup), so it
-    // keeps answering "stopping" instead of refusing connections.
-    let gateway_stop = CancellationToken::new();
-    let gateway_task = match &manifest.gateway {
-        Some(cfg) => {
-            match start_gateway(&manifest, cfg, status.clone(), gateway_stop.clone()).await {
-                Ok(task) => Some(task),
-                Err(msg) => {
-                    error!("{msg}");
-                    return code::FAILURE;
-                }
+    let persister = match &manifest.persist {
+        Some(p) => match Persister::open(p) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                error!("{e}");
+                return code::FAILURE;
             }
-        }
+        },
         None => None,
     };
 
-    if manifest.persist.is_some() {
-        warn!("persistence is configured but not part of this build yet: data is not restored or backed up");
-    }
+    // The public port opens at once: while the data is restored it answers
+    // 503 "restoring"; the gateway proper is built from the restored state.
+    let listener = match &manifest.gateway {
+        Some(cfg) => match tokio::net::TcpListener::bind(cfg.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!(
+                    "cannot listen on {}: {e} (is another process using the port? change `gateway.listen`)",
+                    cfg.listen
+                );
+                return code::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let listener = match &persister {
+        Some(p) => match restore_first(p, listener, &status, &shutdown).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                info!("stopped before the restore finished; nothing was started or pushed");
+                return code::OK;
+            }
+            Err(msg) => {
+                error!("{msg}");
+                return code::FAILURE;
+            }
+        },
+        None => listener,
+    };
     status.update(|s| s.restored = true);
 
-    let opts = supervisor::Options {
-        log_format,
-        budget: manifest.shutdown_timeout,
+    // The gateway stops after the services (and the final backup), so it
+    // keeps answering instead of refusing connections while they stop.
+    let gateway_stop = CancellationToken::new();
+    let gateway_task = match (&manifest.gateway, listener) {
+        (Some(cfg), Some(listener)) => match crate::gateway::Gateway::new(cfg, status.clone()) {
+            // Knowing which service owns a backend port lets the gateway
+            // answer 503 "starting" instead of 502 while it comes up.
+            Ok(g) => Some(tokio::spawn(
+                g.with_services(&manifest.services)
+                    .serve(listener, gateway_stop.clone()),
+            )),
+            Err(e) => {
+                error!("{e}");
+                return code::FAILURE;
+            }
+        },
+        _ => None,
     };
+
+    let backup_stop = CancellationToken::new();
+    let backup_tasks = persister
+        .as_ref()
+        .zip(manifest.persist.as_ref())
+        .map(|(p, cfg)| start_backups(p, cfg, &status, &backup_stop));
+
+    // With persistence on, a third of the shutdown budget is kept for the
+    // final backup after the services stopped.
+    let budget = if persister.is_some() {
+        manifest.shutdown_timeout * 2 / 3
+    } else {
+        manifest.shutdown_timeout
+    };
+    let opts = supervisor::Options { log_format, budget };
     let outcome = supervisor::run(
         manifest.clone(),
         reaper,
@@ -94,41 +151,104 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
     )
     .await;
 
-    gateway_stop.cancel();
-    if let Some(task) = gateway_task {
-        let _ = task.await;
-    }
-    match outcome {
-        Outcome::Clean => {
-            info!("stopped cleanly");
-            code::OK
-        }
+    let mut exit = match &outcome {
+        Outcome::Clean => code::OK,
         Outcome::GaveUp(name) => {
             error!(service = %name, "stopped because service `{name}` gave up");
             code::FAILURE
         }
+    };
+    backup_stop.cancel();
+    for task in backup_tasks.into_iter().flatten() {
+        let _ = task.await;
+    }
+    if let Some(p) = &persister {
+        let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
+        let deadline = began + manifest.shutdown_timeout;
+        let result = lifecycle::final_backup(p, &status, deadline.into()).await;
+        if result.is_err() && exit == code::OK {
+            exit = code::BACKUP_FAILED;
+        }
+    }
+    gateway_stop.cancel();
+    if let Some(task) = gateway_task {
+        let _ = task.await;
+    }
+    if exit == code::OK {
+        info!("stopped cleanly");
+    }
+    exit
+}
+
+/// Restore before anything starts, answering "restoring" on the public
+/// port meanwhile. `Ok(None)`: stopped before the restore finished.
+async fn restore_first(
+    p: &Arc<Persister>,
+    listener: Option<tokio::net::TcpListener>,
+    status: &StatusBoard,
+    shutdown: &CancellationToken,
+) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
+    let handover = CancellationToken::new();
+    let placeholder =
+        listener.map(|l| tokio::spawn(restoring::serve(l, status.clone(), handover.clone())));
+    let restored = lifecycle::restore_at_start(p, status, shutdown).await;
+    handover.cancel();
+    let listener = match placeholder {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| format!("the restoring page failed: {e}"))?,
+        ),
+        None => None,
+    };
+    match restored {
+        Ok(lifecycle::Restored::Done(_)) => Ok(Some(listener)),
+        Ok(lifecycle::Restored::Stopped) => Ok(None),
+        Err(e) => Err(format!("restore failed: {e}")),
     }
 }
 
-async fn start_gateway(
-    manifest: &Manifest,
-    cfg: &crate::manifest::Gateway,
-    status: StatusBoard,
-    stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e} (is another process using the port? change `gateway.listen`)", cfg.listen))?;
-    // Knowing which service owns a backend port lets the gateway answer
-    // 503 "starting" instead of 502 while that service comes up.
-    let gateway = crate::gateway::Gateway::new(cfg, status)
-        .map_err(|e| format!("{e}"))?
-        .with_services(&manifest.services);
-    Ok(tokio::spawn(gateway.serve(listener, stop)))
+/// The snapshot loop and the control socket `stackctl backup` talks to.
+fn start_backups(
+    p: &Arc<Persister>,
+    cfg: &crate::manifest::Persist,
+    status: &StatusBoard,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
+    let looped = tokio::spawn(lifecycle::run_loop(
+        p.clone(),
+        paths,
+        cfg.debounce,
+        cfg.interval,
+        status.clone(),
+        stop.clone(),
+        rx,
+    ));
+    let socket = crate::control::socket_path(&cfg.workdir);
+    let (p, stop) = (p.clone(), stop.clone());
+    let control = tokio::spawn(async move {
+        if let Err(e) = crate::control::serve(socket.clone(), p, tx, stop).await {
+            warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
+        }
+    });
+    vec![looped, control]
 }
 
-/// First SIGTERM/SIGINT: graceful stop. Second: stop now.
-fn spawn_signal_watch(shutdown: CancellationToken, force: CancellationToken) {
+/// First SIGTERM/SIGINT: graceful stop. Second: stop now. Returns when the
+/// stop was first asked for (the shutdown budget counts from then).
+fn spawn_signal_watch(
+    shutdown: CancellationToken,
+    force: CancellationToken,
+) -> Arc<OnceLock<Instant>> {
+    let asked = Arc::new(OnceLock::new());
+    let asked_set = asked.clone();
+    let token = shutdown.clone();
+    // Any stop (signal or a service giving up) starts the budget clock.
+    tokio::spawn(async move {
+        token.cancelled().await;
+        let _ = asked_set.set(Instant::now());
+    });
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
@@ -155,4 +275,5 @@ fn spawn_signal_watch(shutdown: CancellationToken, force: CancellationToken) {
             }
         }
     });
+    asked
 }

@@ -39,6 +39,7 @@ pub mod body;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+pub mod restoring;
 pub mod router;
 pub mod rules;
 pub mod state;

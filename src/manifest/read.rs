@@ -347,13 +347,14 @@ impl Reader<'_> {
         .unwrap_or(default)
     }
 
+    /// `text` as an absolute, normalised path (relative to `base`).
     fn path(&self, base: &Path, text: &str) -> PathBuf {
         let p = Path::new(text);
-        if p.is_absolute() {
+        normalize(&if p.is_absolute() {
             p.to_path_buf()
         } else {
             base.join(p)
-        }
+        })
     }
 
     /// A string or a list of strings.
@@ -457,6 +458,19 @@ impl Reader<'_> {
         let gateway = top
             .get("gateway")
             .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+        let mut persist = persist;
+        if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {
+            // Live route edits and the password hash must survive a wiped
+            // disk: their directory is persisted with the data.
+            if !p.paths.iter().any(|pp| g.state_file.starts_with(&pp.path)) {
+                if let Some(dir) = g.state_file.parent() {
+                    p.paths.push(PersistPath {
+                        path: dir.to_path_buf(),
+                        exclude: Vec::new(),
+                    });
+                }
+            }
+        }
         Manifest {
             file: file.to_path_buf(),
             dir: self.dir.clone(),
@@ -1028,7 +1042,11 @@ impl Reader<'_> {
 
     fn persist(&mut self, node: &Node) -> Option<Persist> {
         let f = self.fields(node, "persist", PERSIST_KEYS)?;
-        let remote = self.opt_text(&f, "remote").unwrap_or_default();
+        let mut remote = self.opt_text(&f, "remote").unwrap_or_default();
+        // A relative local path is relative to the manifest, like every path.
+        if remote.starts_with("./") || remote.starts_with("../") {
+            remote = self.path(&self.dir.clone(), &remote).display().to_string();
+        }
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
             .opt_text(&f, "branch")
@@ -1066,7 +1084,7 @@ impl Reader<'_> {
                             None => continue,
                         },
                     };
-                    let path = normalize(&self.path(&self.dir.clone(), &p));
+                    let path = self.path(&self.dir.clone(), &p);
                     if path == Path::new("/") {
                         self.problem(
                             n.pos,
@@ -1157,6 +1175,23 @@ impl Reader<'_> {
                     );
                 }
             }
+        }
+        if let Some(inside) = paths
+            .iter()
+            .find(|pp| workdir.starts_with(&pp.path) || pp.path.starts_with(&workdir))
+        {
+            let pos = f.get("workdir").map(|n| n.pos).unwrap_or(f.pos);
+            let msg = format!(
+                "`{}` overlaps the persisted path `{}`: the workdir holds git objects, not data",
+                workdir.display(),
+                inside.path.display()
+            );
+            self.problem(
+                pos,
+                "persist.workdir",
+                msg,
+                Some("put the workdir outside every persisted path".into()),
+            );
         }
         let readiness_file = self
             .opt_text(&f, "readiness_file")

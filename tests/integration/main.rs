@@ -5,6 +5,7 @@ mod harness;
 
 mod admin_ui;
 mod gateway;
+mod lifecycle;
 mod manifest;
 mod persist;
 mod supervisor;

@@ -1,0 +1,143 @@
+//! The control socket of a running `stackctl up`: `<persist.workdir>/control.sock`.
+//!
+//! `stackctl backup` and `stackctl snapshots` must go through the running
+//! `up` (it holds the workdir lock and the write lease). A Unix socket with
+//! mode 0600 needs no password: only the user who runs the stack can reach
+//! it. The protocol is one request line (`backup`, `snapshots`) and one
+//! JSON answer line: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::persist::lifecycle::Request;
+use crate::persist::{Persister, SnapshotReport};
+use crate::shutdown::CancellationToken;
+
+/// The socket of the `up` using `workdir`.
+pub fn socket_path(workdir: &Path) -> PathBuf {
+    workdir.join("control.sock")
+}
+
+/// Serve the control socket until `stop`.
+pub async fn serve(
+    path: PathBuf,
+    p: Arc<Persister>,
+    backups: mpsc::Sender<Request>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    // A socket file left by a killed process would make bind fail; the
+    // workdir lock (held by the persister) proves no one else serves it.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (p, backups) = (p.clone(), backups.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = handle(line.trim(), &p, &backups).await;
+            let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn handle(cmd: &str, p: &Arc<Persister>, backups: &mpsc::Sender<Request>) -> Value {
+    match cmd {
+        "backup" => {
+            let (tx, rx) = oneshot::channel();
+            if backups.send(Request::Backup(tx)).await.is_err() {
+                return json!({"ok": false, "error": "the stack is stopping"});
+            }
+            match rx.await {
+                Ok(Ok(report)) => json!({"ok": true, "report": report_json(&report)}),
+                Ok(Err(e)) => json!({"ok": false, "error": e}),
+                Err(_) => json!({"ok": false, "error": "the stack is stopping"}),
+            }
+        }
+        "snapshots" => {
+            let pc = p.clone();
+            match tokio::task::spawn_blocking(move || pc.list_snapshots(1000)).await {
+                Ok(Ok(list)) => json!({"ok": true, "snapshots": snapshots_json(&list)}),
+                Ok(Err(e)) => json!({"ok": false, "error": e.to_string()}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            }
+        }
+        other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
+    }
+}
+
+/// A snapshot report as JSON (the control protocol's and `backup`'s view).
+pub fn report_json(r: &SnapshotReport) -> Value {
+    json!({
+        "commit": r.commit.map(|c| c.to_string()),
+        "pushed": r.pushed.map(|c| c.to_string()),
+        "reparented": r.reparented,
+        "squashed": r.squashed,
+        "files": r.files,
+        "bytes": r.bytes,
+        "read": r.read,
+        "sqlite": r.sqlite,
+        "too_large": r.too_large.iter().map(|(p, s)| json!({"path": p, "size": s})).collect::<Vec<_>>(),
+    })
+}
+
+/// Snapshots as JSON.
+pub fn snapshots_json(list: &[crate::persist::SnapshotInfo]) -> Value {
+    Value::Array(
+        list.iter()
+            .map(|s| {
+                json!({"id": s.id, "time": s.time, "files": s.files, "bytes": s.bytes, "message": s.message})
+            })
+            .collect(),
+    )
+}
+
+/// Ask the running `up`. `Ok(None)`: nobody serves the socket.
+pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
+    let path = socket_path(workdir);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    // A backup of a large tree over a slow link can take minutes.
+    stream.set_read_timeout(Some(Duration::from_secs(30 * 60)))?;
+    stream.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

@@ -1,0 +1,255 @@
+//! Persistence inside `stackctl up`: the restore before anything starts,
+//! the snapshot loop (file watcher + [`Schedule`] + lease heartbeat +
+//! requests from `stackctl backup`), and the final backup at shutdown.
+//!
+//! The [`Persister`] blocks (libgit2, file I/O), so every call runs on
+//! tokio's blocking pool; this module is the thin async shell around it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
+use crate::persist::{
+    PersistError, Persister, RestoreOptions, RestoreReport, SnapshotReport, DEFAULT_LEASE_TTL,
+};
+use crate::shutdown::CancellationToken;
+use crate::status::StatusBoard;
+
+/// A request to the running snapshot loop.
+#[derive(Debug)]
+pub enum Request {
+    /// Snapshot and push now; the answer is the report or the error text.
+    Backup(oneshot::Sender<Result<SnapshotReport, String>>),
+}
+
+/// How the start-up restore ended.
+#[derive(Debug)]
+pub enum Restored {
+    /// Restored, or the remote was confirmed empty: services may start.
+    Done(RestoreReport),
+    /// Shutdown was asked for before the restore could finish.
+    Stopped,
+}
+
+/// Run `f` on the blocking pool with a shared persister.
+async fn blocking<T: Send + 'static>(
+    p: &Arc<Persister>,
+    f: impl FnOnce(&Persister) -> Result<T, PersistError> + Send + 'static,
+) -> Result<T, String> {
+    let p = p.clone();
+    match tokio::task::spawn_blocking(move || f(&p)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("the persistence task failed: {e}")),
+    }
+}
+
+/// Publish the persister's state for `/admin/status` and `stackctl status`.
+pub fn publish(p: &Persister, status: &StatusBoard) {
+    let value = serde_json::to_value(p.status()).ok();
+    status.update(|s| s.backup = value);
+}
+
+/// Restore the persisted paths before any service starts. A remote that
+/// cannot be reached is retried with backoff for as long as it takes (a
+/// Space must never start on empty data and then push it over a good
+/// backup); an error that retrying cannot fix is returned.
+pub async fn restore_at_start(
+    p: &Arc<Persister>,
+    status: &StatusBoard,
+    stop: &CancellationToken,
+) -> Result<Restored, PersistError> {
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1u32;
+    loop {
+        status.update(|s| s.restore_progress = Some("fetching the last snapshot".into()));
+        info!(remote = %p.remote_url(), attempt, "restoring persisted paths");
+        let pc = p.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            pc.restore(&RestoreOptions {
+                // A disk that survived (a VPS, a laptop) may hold data newer
+                // than the last snapshot: keep it rather than roll it back.
+                keep_newer_local: true,
+                ..RestoreOptions::default()
+            })
+        })
+        .await;
+        publish(p, status);
+        match result {
+            Ok(Ok(report)) => {
+                status.update(|s| s.restore_progress = None);
+                info!(
+                    state = ?report.state,
+                    files = report.applied.files,
+                    bytes = report.applied.bytes,
+                    "restore finished"
+                );
+                return Ok(Restored::Done(report));
+            }
+            Ok(Err(e)) if e.is_retryable() => {
+                warn!(error = %e, attempt, retry_in_s = delay.as_secs(), "restore failed; retrying (services wait)");
+                status.update(|s| {
+                    s.restore_progress = Some(format!(
+                        "waiting for the backup repository (attempt {attempt})"
+                    ))
+                });
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(Restored::Stopped),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+                attempt += 1;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(PersistError::Git(format!("the restore task failed: {e}")));
+            }
+        }
+    }
+}
+
+/// The snapshot loop: after a change (debounced, never starved past the
+/// ceiling), at least every `interval`, and on request. Runs until `stop`.
+pub async fn run_loop(
+    p: Arc<Persister>,
+    paths: Vec<PathBuf>,
+    debounce: Duration,
+    interval: Duration,
+    status: StatusBoard,
+    stop: CancellationToken,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let (tx, mut changes) = mpsc::channel::<()>(1);
+    // Kept alive for the loop's life; dropping it stops the watches.
+    let _watcher = match watch(&paths, tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the persisted paths; snapshots follow the interval only");
+            None
+        }
+    };
+    let mut schedule = Schedule::new(
+        debounce,
+        DEFAULT_CEILING,
+        interval,
+        std::time::Instant::now(),
+    );
+    let mut heartbeat = tokio::time::interval(DEFAULT_LEASE_TTL / 4);
+    heartbeat.tick().await;
+    loop {
+        let wake = Instant::from_std(schedule.next_wake());
+        tokio::select! {
+            () = stop.cancelled() => break,
+            Some(()) = changes.recv() => schedule.changed(std::time::Instant::now()),
+            Some(req) = requests.recv() => match req {
+                Request::Backup(reply) => {
+                    let started = std::time::Instant::now();
+                    let r = snapshot(&p, &status).await;
+                    schedule.snapshot_taken(started, std::time::Instant::now());
+                    let _ = reply.send(r);
+                }
+            },
+            () = tokio::time::sleep_until(wake) => {
+                if schedule.due(std::time::Instant::now()) {
+                    let started = std::time::Instant::now();
+                    let _ = snapshot(&p, &status).await;
+                    schedule.snapshot_taken(started, std::time::Instant::now());
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = blocking(&p, |p| p.heartbeat()).await {
+                    warn!(error = %e, "cannot renew the write lease");
+                }
+            }
+        }
+    }
+}
+
+/// One snapshot + push, logged and published.
+async fn snapshot(p: &Arc<Persister>, status: &StatusBoard) -> Result<SnapshotReport, String> {
+    let r = blocking(p, |p| p.snapshot_and_push()).await;
+    publish(p, status);
+    match &r {
+        Ok(rep) => {
+            for (path, size) in &rep.too_large {
+                warn!(path = %path.display(), size, "file at or above `large_files.threshold` skipped: not backed up");
+            }
+            match (&rep.commit, &rep.pushed) {
+                (Some(c), Some(_)) => {
+                    info!(commit = %c, files = rep.files, bytes = rep.bytes, "snapshot pushed")
+                }
+                (Some(c), None) => info!(commit = %c, "snapshot taken; push pending"),
+                (None, _) => tracing::debug!("nothing changed since the last snapshot"),
+            }
+        }
+        Err(e) => warn!(error = %e, "snapshot or push failed; will retry"),
+    }
+    r
+}
+
+/// The last snapshot at shutdown, after the services stopped, within
+/// `deadline`. `Ok(None)` when there was nothing to do (restore never
+/// finished, so there is nothing safe to push).
+pub async fn final_backup(
+    p: &Arc<Persister>,
+    status: &StatusBoard,
+    deadline: Instant,
+) -> Result<Option<SnapshotReport>, String> {
+    if p.restore_state() == crate::persist::RestoreState::Pending {
+        return Ok(None);
+    }
+    info!("taking the final snapshot");
+    let work = blocking(p, |p| {
+        let report = p.snapshot_and_push()?;
+        if let Err(e) = p.release_lease() {
+            warn!(error = %e, "cannot release the write lease; the next instance waits for it to expire");
+        }
+        Ok(report)
+    });
+    let result = match tokio::time::timeout_at(deadline, work).await {
+        Ok(r) => r,
+        Err(_) => Err("the final backup did not finish within `shutdown_timeout`".to_string()),
+    };
+    publish(p, status);
+    match &result {
+        Ok(rep) if rep.commit.is_some() && rep.pushed.is_none() => {
+            let e = "the final snapshot was taken but could not be pushed".to_string();
+            error!("{e}");
+            return Err(e);
+        }
+        Ok(_) => info!("final backup pushed"),
+        Err(e) => {
+            error!(error = %e, "final backup failed: changes since the last pushed snapshot are at risk")
+        }
+    }
+    result.map(Some)
+}
+
+/// Watch `paths` recursively; every event becomes one (coalesced) wake-up.
+fn watch(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Access events (reads) change nothing worth a snapshot.
+        if let Ok(ev) = res {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+        }
+        // Errors too (e.g. queue overflow) mean "something changed".
+        // A full channel already holds a wake-up: dropping this one is fine.
+        let _ = tx.try_send(());
+    })?;
+    for path in paths {
+        // A path that does not exist yet is caught by the periodic scan.
+        if path.exists() {
+            if let Err(e) = w.watch(path, RecursiveMode::Recursive) {
+                warn!(path = %path.display(), error = %e, "cannot watch a persisted path");
+            }
+        }
+    }
+    Ok(w)
+}

@@ -1,0 +1,217 @@
+//! `stackctl up` with persistence, end to end through the binary: restore
+//! before services start, `stackctl backup` through the running stack, the
+//! final backup on SIGTERM (exit 3 when it fails), the "restoring" page
+//! while the remote is unreachable, and the gateway's live routes
+//! surviving a wiped disk.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{free_port, http_get, http_request, poll, Stack};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A stack whose one service prints the persisted file at start, behind a
+/// gateway, persisted to a bare repository `remote.git` next to it.
+fn stack(port: u16, remote: &str) -> Stack {
+    let s = Stack::new(&format!(
+        r#"
+name: life
+services:
+  app:
+    command: [sh, -c, "echo \"saw: $(cat data/note.txt 2>/dev/null || echo nothing)\"; exec sleep 1000"]
+    restart: always
+    stop_timeout: 2s
+gateway:
+  listen: 127.0.0.1:{port}
+  admin: {{ password: "correct-horse-battery" }}
+persist:
+  remote: {remote}
+  workdir: ./work
+  debounce: 500ms
+  paths: [./data]
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    s
+}
+
+fn bare_repo(s: &Stack) {
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(s.path("remote.git"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git init --bare");
+}
+
+/// The remote branch's file `path` (tree path), or None.
+fn remote_file(s: &Stack, path: &str) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(s.path("remote.git"))
+        .args(["show", &format!("main:{path}")])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tree_path(s: &Stack, rel: &str) -> String {
+    s.path(rel)
+        .display()
+        .to_string()
+        .trim_start_matches('/')
+        .to_string()
+}
+
+#[test]
+fn data_and_live_routes_survive_a_wiped_disk() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    std::fs::write(s.path("data/note.txt"), "first").unwrap();
+
+    let mut up = s.up();
+    up.wait_for("app | saw: first", T);
+    // A live route edit through the admin API.
+    s.run(&[
+        "routes",
+        "--password",
+        "correct-horse-battery",
+        "set",
+        "/x/",
+        "http://127.0.0.1:9",
+    ])
+    .code(0);
+    std::fs::write(s.path("data/note.txt"), "second").unwrap();
+    let out = s.run(&["backup"]);
+    out.code(0).stdout_has("pushed");
+    assert_eq!(
+        remote_file(&s, &format!("{}/note.txt", tree_path(&s, "data"))).as_deref(),
+        Some("second")
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    drop(up);
+
+    // The disk is wiped: data, workdir (git objects, gateway state) all gone.
+    std::fs::remove_dir_all(s.path("data")).unwrap();
+    std::fs::remove_dir_all(s.path("work")).unwrap();
+    let mut up = s.up();
+    // Restored before the service started.
+    up.wait_for("app | saw: second", T);
+    let (code, _, body) = poll(T, "the admin API", || {
+        http_request(
+            "GET",
+            &format!("http://127.0.0.1:{port}/admin/routes.json"),
+            &[("X-Admin-Password", "correct-horse-battery")],
+            "",
+        )
+        .filter(|(c, _, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    assert!(body.contains("/x/"), "the live route came back: {body}");
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
+
+#[test]
+fn sigterm_takes_a_final_backup() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    let mut up = s.up();
+    up.wait_for("app | saw: nothing", T);
+    std::fs::write(s.path("data/late.txt"), "written just before the stop").unwrap();
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    assert!(up.has_line("final backup pushed"), "{}", up.log());
+    assert_eq!(
+        remote_file(&s, &format!("{}/late.txt", tree_path(&s, "data"))).as_deref(),
+        Some("written just before the stop")
+    );
+}
+
+#[test]
+fn a_failed_final_backup_exits_3() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    let mut up = s.up();
+    up.wait_for("app | saw: nothing", T);
+    // The remote disappears (a revoked token, a deleted repository): make it
+    // unusable, then change data and stop.
+    std::fs::remove_dir_all(s.path("remote.git")).unwrap();
+    std::fs::write(s.path("remote.git"), "not a repository").unwrap();
+    std::fs::write(s.path("data/unsaved.txt"), "at risk").unwrap();
+    up.signal(libc::SIGTERM);
+    let status = up.wait_exit(T);
+    assert_eq!(status.code(), Some(3), "{}", up.log());
+    assert!(up.has_line("final backup failed"), "{}", up.log());
+}
+
+#[test]
+fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
+    let port = free_port();
+    let dead = free_port();
+    let s = stack(port, &format!("http://127.0.0.1:{dead}/repo.git"));
+    let mut up = s.up();
+    let (code, _, body) = poll(T, "the restoring page", || {
+        http_get(&format!("http://127.0.0.1:{port}/")).filter(|(c, _, _)| *c == 503)
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("restoring"), "{body}");
+    let (code, _, _) = http_get(&format!("http://127.0.0.1:{port}/admin/healthz")).unwrap();
+    assert_eq!(code, 503);
+    up.wait_for("restore failed; retrying", T);
+    assert!(
+        !up.has_line("app |"),
+        "a service started before the restore:\n{}",
+        up.log()
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    assert!(
+        up.has_line("stopped before the restore finished"),
+        "{}",
+        up.log()
+    );
+}
+
+#[test]
+fn snapshots_and_restore_work_without_a_running_stack() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    std::fs::write(s.path("data/note.txt"), "kept").unwrap();
+    let mut up = s.up();
+    up.wait_for("app | saw: kept", T);
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    drop(up);
+
+    s.run(&["snapshots"]).code(0).stdout_has("files");
+    std::fs::write(s.path("data/note.txt"), "edited by hand").unwrap();
+    s.run(&["restore", "--dry-run"])
+        .code(0)
+        .stdout_has("would restore")
+        .stdout_has("note.txt");
+    // Newer local data is not overwritten without --force.
+    s.run(&["restore"]).code(1).stderr_has("--force");
+    s.run(&["restore", "--force"])
+        .code(0)
+        .stdout_has("restored snapshot");
+    assert_eq!(
+        std::fs::read_to_string(s.path("data/note.txt")).unwrap(),
+        "kept"
+    );
+}
+
+#[test]
+fn backup_without_persistence_says_how_to_turn_it_on() {
+    let s = Stack::new("services: {}\n");
+    s.run(&["backup"]).code(1).stderr_has("persistence is off");
+}
