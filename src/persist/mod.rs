@@ -21,8 +21,8 @@
 
 pub mod commands;
 pub mod history;
-pub mod lifecycle;
 pub mod lease;
+pub mod lifecycle;
 pub mod plan;
 pub mod remote;
 pub mod restore;
