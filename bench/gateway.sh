@@ -3,11 +3,13 @@
 # connection and against nginx `proxy_pass` with upstream keep-alive.
 #
 #   bash bench/gateway.sh            # ROUNDS=5 DURATION=5 CONNS=64 by default
+#   ROUNDS=3 STACKCTL=target/profiling/stackctl bash bench/gateway.sh
 #
 # Setup: a tiny static backend (nginx, `return 200`), wrk as the load; the
 # proxy under test is pinned to the first half of the CPUs, wrk and the
-# backend to the rest; nginx gets as many workers as stackctl gets threads
-# (tokio uses one per CPU it may run on). Runs are interleaved
+# backend to the rest; nginx's `worker_processes` and stackctl's tokio
+# worker threads (`STACKCTL_WORKERS`) are both set to the number of proxy
+# CPUs, so neither runs more threads than it has cores. Runs are interleaved
 # (direct, nginx, stackctl, direct, …) and medians are printed, with
 # R = proxied req/s ÷ direct req/s. Also: idle RSS of `stackctl up` and of
 # nginx, RSS growth of stackctl through a 200 MB upload and download, and an
@@ -38,8 +40,12 @@ if ! need wrk || ! need nginx; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-(cd "$here" && cargo build --release --quiet)
-STACKCTL="$here/target/release/stackctl"
+# STACKCTL=path/to/stackctl benchmarks that binary (e.g. a `profiling`
+# build) instead of building the release one.
+if [ -z "${STACKCTL:-}" ]; then
+    (cd "$here" && cargo build --release --quiet)
+    STACKCTL="$here/target/release/stackctl"
+fi
 
 ncpu=$(nproc)
 half=$(( ncpu / 2 )); [ "$half" -ge 1 ] || half=1
@@ -129,7 +135,7 @@ gateway:
     password_file: $work/admin-password
   state_file: $work/state/gateway.json
 EOF
-RUST_LOG=warn taskset -c "$PROXY_CPUS" "$STACKCTL" -f "$work/stack.yaml" up >"$work/stackctl.log" 2>&1 &
+RUST_LOG=warn STACKCTL_WORKERS=$WORKERS taskset -c "$PROXY_CPUS" "$STACKCTL" -f "$work/stack.yaml" up >"$work/stackctl.log" 2>&1 &
 STACKCTL_PID=$!
 pids+=($STACKCTL_PID)
 

@@ -11,28 +11,29 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// The headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const X_FORWARDED_PORT: &str = "x-forwarded-port";
-const X_FORWARDED_PREFIX: &str = "x-forwarded-prefix";
-const X_REAL_IP: &str = "x-real-ip";
+// Built at compile time: naming a header by `&str` parses it on every use.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A connection-level header a rule may not set.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+    HOP_BY_HOP.contains(name)
 }
 
 /// The protocol asked for by an upgrade request (`Connection: upgrade` +
@@ -53,42 +54,80 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the few names present is
+    // cheaper than nine hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // `keep-alive` is removed below anyway (and parsing it allocates).
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
-/// Who the client is and how it reached us, after applying trust.
+/// What is known about a client connection before its first request: the
+/// peer and the port it connected to, with their header texts formatted
+/// once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    ip: IpAddr,
+    ip_text: HeaderValue,
+    port_text: HeaderValue,
+}
+
+impl Peer {
+    /// The peer `ip` connected to our `local_port`.
+    pub fn new(ip: IpAddr, local_port: u16) -> Peer {
+        Peer {
+            ip,
+            ip_text: ip_header(ip),
+            port_text: HeaderValue::from(local_port),
+        }
+    }
+}
+
+/// An IP address as a header value (digits, dots, colons: always valid).
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Who the client is and how it reached us, after applying trust; the
+/// values are ready-made header values for the forwarded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     /// The client's address: the peer, or (behind a trusted proxy) the
     /// right-most untrusted address of X-Forwarded-For.
     pub client_ip: IpAddr,
+    /// `client_ip` as text (X-Real-IP).
+    pub client_ip_text: HeaderValue,
     /// The X-Forwarded-For value to send.
-    pub xff: String,
+    pub xff: HeaderValue,
     /// `http` or `https`.
-    pub proto: String,
+    pub proto: HeaderValue,
     /// The host the client asked for.
-    pub host: Option<String>,
+    pub host: Option<HeaderValue>,
     /// The port the client connected to.
-    pub port: String,
+    pub port: HeaderValue,
 }
 
 fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
-fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -96,31 +135,31 @@ fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Work out the forwarded facts of a request from `peer` that arrived on
-/// `local_port`.
+/// Work out the forwarded facts of a request that arrived from `peer`.
+/// `uri_host` is the URI's authority (HTTP/2 requests have no Host).
 pub fn forwarded(
     headers: &HeaderMap,
     uri_host: Option<&str>,
-    peer: IpAddr,
-    local_port: u16,
+    peer: &Peer,
     trusted_proxies: &[IpNet],
 ) -> Forwarded {
-    let host_header = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or(uri_host)
-        .map(str::to_string);
-    if !trusted(peer, trusted_proxies) {
+    let host_header = match headers.get(header::HOST) {
+        // Shares the request's bytes: no copy.
+        Some(v) => Some(v.clone()),
+        None => uri_host.and_then(|h| HeaderValue::from_str(h).ok()),
+    };
+    if !trusted(peer.ip, trusted_proxies) {
         return Forwarded {
-            client_ip: peer,
-            xff: peer.to_string(),
-            proto: "http".into(),
+            client_ip: peer.ip,
+            client_ip_text: peer.ip_text.clone(),
+            xff: peer.ip_text.clone(),
+            proto: HeaderValue::from_static("http"),
             host: host_header,
-            port: local_port.to_string(),
+            port: peer.port_text.clone(),
         };
     }
     let chain: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -132,48 +171,36 @@ pub fn forwarded(
         .rev()
         .filter_map(|s| s.parse::<IpAddr>().ok())
         .find(|ip| !trusted(*ip, trusted_proxies))
-        .unwrap_or(peer);
+        .unwrap_or(peer.ip);
     let xff = if chain.is_empty() {
-        peer.to_string()
+        peer.ip_text.clone()
     } else {
-        format!("{}, {peer}", chain.join(", "))
+        // Built from header text plus an address: a valid value, or
+        // (never) dropped to the peer alone.
+        HeaderValue::from_str(&format!("{}, {}", chain.join(", "), peer.ip))
+            .unwrap_or_else(|_| peer.ip_text.clone())
     };
-    let proto = match first_value(headers, X_FORWARDED_PROTO) {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        Some(p) if p.eq_ignore_ascii_case("http") => "http",
-        _ => "http",
-    }
-    .to_string();
-    let host = first_value(headers, X_FORWARDED_HOST)
-        .map(str::to_string)
+    let https = matches!(first_value(headers, &X_FORWARDED_PROTO), Some(p) if p.eq_ignore_ascii_case("https"));
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
+    let host = first_value(headers, &X_FORWARDED_HOST)
+        .and_then(|h| HeaderValue::from_str(h).ok())
         .or(host_header);
-    let port = first_value(headers, X_FORWARDED_PORT)
-        .filter(|p| p.parse::<u16>().is_ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if proto == "https" {
-                "443".into()
-            } else {
-                local_port.to_string()
-            }
-        });
+    let port = match first_value(headers, &X_FORWARDED_PORT).filter(|p| p.parse::<u16>().is_ok()) {
+        Some(p) => HeaderValue::from_str(p).unwrap_or_else(|_| peer.port_text.clone()),
+        None if https => HeaderValue::from_static("443"),
+        None => peer.port_text.clone(),
+    };
     Forwarded {
         client_ip,
+        client_ip_text: if client_ip == peer.ip {
+            peer.ip_text.clone()
+        } else {
+            ip_header(client_ip)
+        },
         xff,
         proto,
         host,
         port,
-    }
-}
-
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) => {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-        Err(_) => {
-            headers.remove(name);
-        }
     }
 }
 
@@ -193,19 +220,23 @@ pub fn prepare_request(
     // RFC 7239 `Forwarded` is not produced; an incoming one is dropped so
     // backends see only the facts we vouch for.
     headers.remove(header::FORWARDED);
-    set(headers, X_FORWARDED_FOR, &fwd.xff);
-    set(headers, X_FORWARDED_PROTO, &fwd.proto);
+    headers.insert(X_FORWARDED_FOR, fwd.xff.clone());
+    headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
     match &fwd.host {
-        Some(h) => set(headers, X_FORWARDED_HOST, h),
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h.clone());
+        }
         None => {
             headers.remove(X_FORWARDED_HOST);
         }
     }
-    set(headers, X_FORWARDED_PORT, &fwd.port);
-    set(headers, X_REAL_IP, &fwd.client_ip.to_string());
-    match forwarded_prefix {
-        Some(p) => set(headers, X_FORWARDED_PREFIX, p),
-        None => {
+    headers.insert(X_FORWARDED_PORT, fwd.port.clone());
+    headers.insert(X_REAL_IP, fwd.client_ip_text.clone());
+    match forwarded_prefix.map(HeaderValue::from_str) {
+        Some(Ok(p)) => {
+            headers.insert(X_FORWARDED_PREFIX, p);
+        }
+        _ => {
             headers.remove(X_FORWARDED_PREFIX);
         }
     }
@@ -246,6 +277,43 @@ mod tests {
         vec!["10.0.0.0/8".parse().unwrap()]
     }
 
+    fn peer(ip: &str, port: u16) -> Peer {
+        Peer::new(ip.parse().unwrap(), port)
+    }
+
+    fn text(v: &HeaderValue) -> &str {
+        v.to_str().unwrap()
+    }
+
+    /// (client_ip, xff, proto, host, port) as text.
+    fn facts(f: &Forwarded) -> (String, &str, &str, Option<&str>, &str) {
+        assert_eq!(text(&f.client_ip_text), f.client_ip.to_string());
+        (
+            f.client_ip.to_string(),
+            text(&f.xff),
+            text(&f.proto),
+            f.host.as_ref().map(text),
+            text(&f.port),
+        )
+    }
+
+    fn fwd(
+        ip: &str,
+        xff: &'static str,
+        host: Option<&'static str>,
+        port: &'static str,
+    ) -> Forwarded {
+        let ip: IpAddr = ip.parse().unwrap();
+        Forwarded {
+            client_ip: ip,
+            client_ip_text: HeaderValue::from_str(&ip.to_string()).unwrap(),
+            xff: HeaderValue::from_static(xff),
+            proto: HeaderValue::from_static("http"),
+            host: host.map(HeaderValue::from_static),
+            port: HeaderValue::from_static(port),
+        }
+    }
+
     #[test]
     fn untrusted_peers_cannot_forge_forwarded_headers() {
         let h = map(&[
@@ -255,16 +323,16 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("x-forwarded-port", "1"),
         ]);
-        let f = forwarded(&h, None, "203.0.113.9".parse().unwrap(), 7860, &proxies());
+        let f = forwarded(&h, None, &peer("203.0.113.9", 7860), &proxies());
         assert_eq!(
-            f,
-            Forwarded {
-                client_ip: "203.0.113.9".parse().unwrap(),
-                xff: "203.0.113.9".into(),
-                proto: "http".into(),
-                host: Some("a.example:7860".into()),
-                port: "7860".into()
-            }
+            facts(&f),
+            (
+                "203.0.113.9".to_string(),
+                "203.0.113.9",
+                "http",
+                Some("a.example:7860"),
+                "7860"
+            )
         );
     }
 
@@ -276,20 +344,29 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "space.hf.space"),
         ]);
-        let f = forwarded(&h, None, "10.2.2.2".parse().unwrap(), 7860, &proxies());
-        assert_eq!(f.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
-        assert_eq!(f.xff, "198.51.100.7, 10.1.1.1, 10.2.2.2");
+        let f = forwarded(&h, None, &peer("10.2.2.2", 7860), &proxies());
         assert_eq!(
-            (f.proto.as_str(), f.host.as_deref(), f.port.as_str()),
-            ("https", Some("space.hf.space"), "443")
+            facts(&f),
+            (
+                "198.51.100.7".to_string(),
+                "198.51.100.7, 10.1.1.1, 10.2.2.2",
+                "https",
+                Some("space.hf.space"),
+                "443"
+            )
         );
         // A spoofed left-most entry does not win over the right-most untrusted one.
         let h = map(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]);
-        let f = forwarded(&h, Some("h"), "10.2.2.2".parse().unwrap(), 80, &proxies());
-        assert_eq!(f.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        let f = forwarded(&h, Some("h"), &peer("10.2.2.2", 80), &proxies());
         assert_eq!(
-            (f.proto.as_str(), f.host.as_deref(), f.port.as_str()),
-            ("http", Some("h"), "80")
+            facts(&f),
+            (
+                "198.51.100.7".to_string(),
+                "6.6.6.6, 198.51.100.7, 10.2.2.2",
+                "http",
+                Some("h"),
+                "80"
+            )
         );
     }
 
@@ -305,13 +382,7 @@ mod tests {
             ("x-custom", "client"),
             ("accept", "*/*"),
         ]);
-        let fwd = Forwarded {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            xff: "127.0.0.1".into(),
-            proto: "http".into(),
-            host: Some("h:1".into()),
-            port: "1".into(),
-        };
+        let fwd = fwd("127.0.0.1", "127.0.0.1", Some("h:1"), "1");
         let set = [(
             HeaderName::from_static("x-custom"),
             HeaderValue::from_static("rule"),
@@ -347,13 +418,7 @@ mod tests {
         assert_eq!(up, "websocket");
         assert_eq!(upgrade_protocol(&map(&[("upgrade", "websocket")])), None);
         let mut req = h.clone();
-        let fwd = Forwarded {
-            client_ip: "127.0.0.1".parse().unwrap(),
-            xff: "x".into(),
-            proto: "http".into(),
-            host: None,
-            port: "1".into(),
-        };
+        let fwd = fwd("127.0.0.1", "x", None, "1");
         prepare_request(&mut req, Some(&up), &fwd, None, &[]);
         assert_eq!(req.get("connection").unwrap(), "upgrade");
         assert_eq!(req.get("upgrade").unwrap(), "websocket");

@@ -301,10 +301,12 @@ impl Gateway {
             let shared = shared.clone();
             let builder = builder.clone();
             let stop = stop.clone();
+            let origin = Arc::new(headers::Peer::new(peer.ip(), shared.listen().port()));
             tracker.spawn(async move {
                 let svc = service_fn(move |req| {
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(shared.handle(req, peer).await) }
+                    let origin = origin.clone();
+                    async move { Ok::<_, Infallible>(shared.handle(req, &origin).await) }
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
@@ -422,13 +424,17 @@ impl Shared {
     }
 
     /// Answer one request.
-    async fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let started = Instant::now();
+    async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &headers::Peer,
+    ) -> Response<Body> {
+        // Timing is only for the debug log line; skip the clock otherwise.
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let fwd = headers::forwarded(
             req.headers(),
             req.uri().authority().map(|a| a.as_str()),
-            peer.ip(),
-            self.listen().port(),
+            peer,
             &self.trusted,
         );
         let path = match normalize_path(req.uri().path()) {
@@ -478,7 +484,8 @@ impl Shared {
                         target.rule_id,
                     )
                 } else {
-                    let accept = accept_only(req.headers());
+                    // Kept for an error page; the request itself moves on.
+                    let accept = req.headers().get(header::ACCEPT).cloned();
                     match self
                         .upstream
                         .forward(req, &target, &fwd, &self.tunnels)
@@ -488,7 +495,7 @@ impl Shared {
                         Err(f) => {
                             let e = self.failure(f, target.backend);
                             tracing::warn!(backend = %target.backend, rule = target.rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
-                            (e.response(&accept), target.rule_id)
+                            (e.response(&accept_only(accept)), target.rule_id)
                         }
                     }
                 }
@@ -500,7 +507,7 @@ impl Shared {
             path,
             rule = rule.unwrap_or("default"),
             status = resp.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
+            micros = started.map_or(0, |t| t.elapsed().as_micros() as u64),
             "gateway: request"
         );
         resp
@@ -551,10 +558,11 @@ impl Shared {
     }
 }
 
-fn accept_only(h: &HeaderMap) -> HeaderMap {
+/// Just the `Accept` header, which picks an error page's format.
+fn accept_only(accept: Option<HeaderValue>) -> HeaderMap {
     let mut out = HeaderMap::new();
-    if let Some(a) = h.get(header::ACCEPT) {
-        out.insert(header::ACCEPT, a.clone());
+    if let Some(a) = accept {
+        out.insert(header::ACCEPT, a);
     }
     out
 }

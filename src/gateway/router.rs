@@ -122,13 +122,15 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
 
-/// The parts of a request that rules look at.
+/// The parts of a request that rules look at. The path has its own
+/// lifetime `'p` so that a decision can borrow it while the rest of the
+/// request moves on.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestHead<'a> {
+pub struct RequestHead<'a, 'p> {
     /// The method, as sent.
     pub method: &'a str,
     /// The normalised path (see [`normalize_path`]).
-    pub path: &'a str,
+    pub path: &'p str,
     /// The query string without `?`, if any.
     pub query: Option<&'a str>,
     /// Host (header, or URI authority in HTTP/2), with or without port.
@@ -261,8 +263,9 @@ impl Router {
         &self.etag
     }
 
-    /// Decide what to do with a request.
-    pub fn route<'a>(&'a self, req: &RequestHead<'_>) -> Decision<'a> {
+    /// Decide what to do with a request. The decision may borrow the
+    /// request's path (no copy when it is forwarded unchanged).
+    pub fn route<'a>(&'a self, req: &RequestHead<'_, 'a>) -> Decision<'a> {
         if is_admin_path(req.path) {
             return Decision::Admin;
         }
@@ -288,14 +291,14 @@ impl Router {
                         (Some(prefix), true) => {
                             let rest = &req.path[prefix.len()..];
                             let path = if rest.starts_with('/') {
-                                Cow::Owned(rest.to_string())
+                                Cow::Borrowed(rest)
                             } else {
                                 Cow::Owned(format!("/{rest}"))
                             };
                             let fp = prefix.trim_end_matches('/');
                             (path, (!fp.is_empty()).then_some(fp))
                         }
-                        _ => (Cow::Owned(req.path.to_string()), None),
+                        _ => (Cow::Borrowed(req.path), None),
                     };
                     Decision::Proxy(Target {
                         rule_id: Some(&rule.id),
@@ -335,7 +338,7 @@ impl Router {
             Some(backend) => Decision::Proxy(Target {
                 rule_id: None,
                 backend,
-                path: Cow::Owned(req.path.to_string()),
+                path: Cow::Borrowed(req.path),
                 forwarded_prefix: None,
                 set_headers: &[],
             }),
@@ -368,7 +371,7 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl Cond {
-    fn holds(&self, req: &RequestHead<'_>, host: Option<&str>, referer: Option<&str>) -> bool {
+    fn holds(&self, req: &RequestHead<'_, '_>, host: Option<&str>, referer: Option<&str>) -> bool {
         if let Some(p) = &self.path_equal {
             if req.path != p {
                 return false;
