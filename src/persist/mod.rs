@@ -1,9 +1,11 @@
 //! Persistence: the data directories that must survive a wiped disk, kept in
 //! a git repository.
 //!
+//! - [`blob`]: blob stores for large files (`dir:PATH`, `lfs`, `github-release`), streamed and verified.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
+//! - [`pointer`]: Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
 //! - [`snapshot`]: build a tree from the live files (SQLite via the backup API) and commit it.
 //! - [`remote`]: fetch and push with git2; token only through the credentials callback.
 //! - [`restore`]: write a snapshot back in place, refusing anything that escapes the paths.
@@ -14,30 +16,40 @@
 //! the remote was confirmed empty, so a fresh container never overwrites a
 //! good backup with empty data.
 //!
+//! Large files: with a blob store configured, each file at or above the
+//! threshold is committed as a Git LFS pointer, and its bytes are uploaded
+//! and verified in the store *before* the commit that refers to them is
+//! made, so no commit that could be pushed ever refers to a missing blob.
+//!
 //! Workdir layout: `repo.git/` (bare repository, objects only, no remote or
 //! token in its config), `tmp/` (SQLite copies), `stat-cache.json`,
 //! `instance-id` (this writer's id in the lease), `lock` (flock: one process
 //! per workdir).
 
+pub mod blob;
 pub mod commands;
 pub mod history;
 pub mod lease;
 pub mod lifecycle;
 pub mod plan;
+pub mod pointer;
 pub mod remote;
 pub mod restore;
 pub mod schedule;
 pub mod snapshot;
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
 use nix::fcntl::{Flock, FlockArg};
 
+use blob::{BlobError, BlobStore, StoreConfig};
 use plan::{PathRules, PlanError, StatCache};
+use pointer::Pointer;
 use remote::{Depth, Remote, RemoteError, RemoteHead};
 use restore::RestoreError;
 use snapshot::SnapshotError;
@@ -57,6 +69,17 @@ pub enum PersistError {
     /// Restoring failed.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// A large file could not be uploaded: the snapshot was not committed.
+    #[error("cannot store large file `{path}` in the blob store: {source}; this snapshot was not committed or pushed (the previous one stays good)")]
+    Blob {
+        /// The live file.
+        path: PathBuf,
+        /// What the store said.
+        source: BlobError,
+    },
+    /// The blob store cannot be set up.
+    #[error("cannot use `persist.large_files`: {0}")]
+    BlobStore(BlobError),
     /// The restore gate is closed.
     #[error("refusing to snapshot or push before the restore finished (or the remote was confirmed empty): a fresh container must not overwrite a good backup; run the restore first")]
     NotRestored,
@@ -113,6 +136,10 @@ impl PersistError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PersistError::Remote(e) => e.is_retryable(),
+            PersistError::Blob { source, .. } => {
+                source.is_retryable() || matches!(source, BlobError::Changed { .. })
+            }
+            PersistError::Restore(RestoreError::Blobs { retryable, .. }) => *retryable,
             PersistError::LeaseHeld { .. } | PersistError::Contended(_) => true,
             _ => false,
         }
@@ -266,8 +293,12 @@ pub struct SnapshotReport {
     pub read: u64,
     /// SQLite databases copied with the backup API.
     pub sqlite: u64,
-    /// Skipped files at or above the threshold (path, size).
+    /// Skipped files at or above the threshold (path, size): only without a blob store.
     pub too_large: Vec<(PathBuf, u64)>,
+    /// Files committed as LFS pointers.
+    pub large: u64,
+    /// Blobs uploaded to the store for this snapshot.
+    pub uploaded: u64,
 }
 
 /// The persistence state shown by `stackctl status` and `/admin/status`.
@@ -316,6 +347,10 @@ pub struct Persister {
     instance: String,
     /// Our last lease commit and when it was pushed.
     lease: Mutex<Option<(Oid, std::time::Instant)>>,
+    /// Where large files' bytes go (`None`: they are skipped).
+    blobs: Option<Arc<dyn BlobStore>>,
+    /// Blobs known to be complete in the store (checked or uploaded by us).
+    stored: Mutex<HashSet<Pointer>>,
     /// Held for the persister's life: one process per workdir.
     _workdir_lock: Flock<fs::File>,
 }
@@ -328,7 +363,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Persister {
     /// Open from the manifest's `persist:` section.
     pub fn open(p: &crate::manifest::Persist) -> Result<Self, PersistError> {
-        Self::with_config(Config::from(p))
+        let cfg = Config::from(p);
+        let store = store_config(&cfg, &p.large_files)?;
+        Self::with_store(cfg, &store)
+    }
+
+    /// Open with a blob store for large files, described by `store`.
+    pub fn with_store(cfg: Config, store: &StoreConfig) -> Result<Self, PersistError> {
+        let blobs: Option<Arc<dyn BlobStore>> = match store {
+            StoreConfig::GithubRelease { .. } => {
+                // A release tag pins a commit's whole tree forever: anchor it
+                // on a tiny orphan commit, never on the data branch.
+                let gh = blob::github::GithubStore::from_config(store, cfg.token.clone())
+                    .map_err(PersistError::BlobStore)?
+                    .with_anchor(tag_anchor(&cfg)?);
+                Some(Arc::new(gh))
+            }
+            other => blob::open(other, cfg.token.clone()).map_err(PersistError::BlobStore)?,
+        };
+        Self::with_blob_store(cfg, blobs)
+    }
+
+    /// Open with this blob store (or none: large files are skipped).
+    pub fn with_blob_store(
+        cfg: Config,
+        blobs: Option<Arc<dyn BlobStore>>,
+    ) -> Result<Self, PersistError> {
+        let mut p = Self::with_config(cfg)?;
+        p.blobs = blobs;
+        Ok(p)
     }
 
     /// Open with an explicit configuration: validates paths and globs,
@@ -413,6 +476,8 @@ impl Persister {
             status: Mutex::new(PersistStatus::default()),
             instance,
             lease: Mutex::new(None),
+            blobs: None,
+            stored: Mutex::new(HashSet::new()),
             _workdir_lock: workdir_lock,
         })
     }
@@ -502,7 +567,11 @@ impl Persister {
         let applied = if opts.dry_run {
             restore::Applied::default()
         } else {
-            restore::apply(&repo, &plan)?
+            let blobs = restore::Blobs {
+                store: self.blobs.as_deref(),
+                retry: self.blob_retry(),
+            };
+            restore::apply(&repo, &plan, &blobs)?
         };
         if !opts.dry_run {
             // Later snapshots build on the remote head, even after restoring
@@ -552,7 +621,8 @@ impl Persister {
         let known = repo.find_commit(known)?;
         let mut cache = lock(&self.cache);
         let tmp = self.cfg.workdir.join("tmp");
-        let built = snapshot::TreeBuilder::new(repo, self.cfg.threshold, &tmp, &mut cache)
+        let built = self
+            .tree_builder(repo, &tmp, &mut cache)
             .build(&self.rules)?;
         if built.tree == Some(known.tree_id()) {
             return Ok(());
@@ -596,13 +666,19 @@ impl Persister {
     fn snapshot_locked(&self, repo: &Repository) -> Result<SnapshotReport, PersistError> {
         let mut cache = lock(&self.cache);
         let tmp = self.cfg.workdir.join("tmp");
-        let built = snapshot::TreeBuilder::new(repo, self.cfg.threshold, &tmp, &mut cache)
+        let built = self
+            .tree_builder(repo, &tmp, &mut cache)
             .build(&self.rules)?;
         for (path, size) in &built.too_large {
             tracing::warn!(path = %path.display(), size, threshold = self.cfg.threshold,
                 "file at or above `large_files.threshold` skipped: it is not backed up");
         }
         self.save_cache(&cache);
+        drop(cache);
+        // Every blob the new tree refers to is stored and verified before
+        // the commit exists: a commit that could be pushed never refers to
+        // a missing blob.
+        let uploaded = self.store_blobs(&built.large)?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -625,7 +701,57 @@ impl Persister {
             read: built.read,
             sqlite: built.sqlite,
             too_large: built.too_large,
+            large: built.large.len() as u64,
+            uploaded,
         })
+    }
+
+    fn tree_builder<'a>(
+        &self,
+        repo: &'a Repository,
+        tmp: &'a Path,
+        cache: &'a mut StatCache,
+    ) -> snapshot::TreeBuilder<'a> {
+        let b = snapshot::TreeBuilder::new(repo, self.cfg.threshold, tmp, cache);
+        match &self.blobs {
+            Some(store) => b.with_pointers(store.lfs_url()),
+            None => b,
+        }
+    }
+
+    fn blob_retry(&self) -> blob::Retry {
+        blob::Retry {
+            attempts: self.cfg.retries.max(1),
+            initial: self.cfg.retry_initial,
+            max: self.cfg.retry_max,
+        }
+    }
+
+    /// Make sure the store holds every blob in `large`; returns how many
+    /// were uploaded.
+    fn store_blobs(&self, large: &[snapshot::LargeFile]) -> Result<u64, PersistError> {
+        let Some(store) = &self.blobs else {
+            return Ok(0);
+        };
+        let mut uploaded = 0;
+        for f in large {
+            if lock(&self.stored).contains(&f.pointer) {
+                continue;
+            }
+            let err = |source| PersistError::Blob {
+                path: f.path.clone(),
+                source,
+            };
+            if !store.has(&f.pointer).map_err(err)? {
+                let started = std::time::Instant::now();
+                store.put(&f.pointer, &f.path).map_err(err)?;
+                uploaded += 1;
+                tracing::info!(path = %f.path.display(), size = f.pointer.size, oid = %f.pointer.oid(),
+                    store = %store.describe(), secs = started.elapsed().as_secs_f64(), "large file uploaded");
+            }
+            lock(&self.stored).insert(f.pointer);
+        }
+        Ok(uploaded)
     }
 
     fn save_cache(&self, cache: &StatCache) {
@@ -913,6 +1039,83 @@ impl Persister {
         }
         Ok(out)
     }
+}
+
+/// The blob store `persist.large_files` asks for.
+fn store_config(
+    cfg: &Config,
+    lf: &crate::manifest::LargeFiles,
+) -> Result<StoreConfig, PersistError> {
+    use crate::manifest::BlobStore as M;
+    Ok(match &lf.store {
+        M::None => StoreConfig::None,
+        M::Dir(p) => StoreConfig::Dir(p.clone()),
+        M::Lfs => {
+            let url = match &lf.url {
+                Some(u) => u.clone(),
+                None => {
+                    let remote = remote::resolve_url(&cfg.remote)?;
+                    blob::lfs_endpoint(&remote.url).ok_or_else(|| {
+                        PersistError::BlobStore(BlobError::Unsupported(format!(
+                            "the remote `{}` has no LFS endpoint: set `persist.large_files.url`",
+                            remote.url
+                        )))
+                    })?
+                }
+            };
+            StoreConfig::Lfs { url }
+        }
+        M::GithubRelease => StoreConfig::GithubRelease {
+            repo: blob::github_repo(&cfg.remote).ok_or_else(|| {
+                PersistError::BlobStore(BlobError::Unsupported(format!(
+                    "`github-release` needs a GitHub remote (owner/repo), not `{}`",
+                    cfg.remote
+                )))
+            })?,
+            tag: lf.tag.clone(),
+            api: blob::github::API.to_string(),
+        },
+    })
+}
+
+/// Pushes a tiny orphan commit as `refs/tags/<tag>` to the backup remote,
+/// for a release to hang on (the GitHub store calls it before creating one).
+fn tag_anchor(cfg: &Config) -> Result<blob::github::Anchor, PersistError> {
+    let url = remote::resolve_url(&cfg.remote)?;
+    let token = cfg.token.clone();
+    let branch = cfg.branch.clone();
+    let git_dir = cfg.workdir.join("repo.git");
+    Ok(Box::new(move |tag: &str| -> Result<(), String> {
+        let remote = Remote::new(url.clone(), token.clone(), &branch);
+        let repo = Repository::open_bare(&git_dir).map_err(|e| e.message().to_string())?;
+        let text = format!("Anchor of the release `{tag}` holding stackctl's large-file blobs.\nNo data here: a tag pins its commit's tree forever.\n");
+        let commit = (|| -> Result<Oid, git2::Error> {
+            let blob = repo.blob(text.as_bytes())?;
+            let mut tb = repo.treebuilder(None)?;
+            tb.insert("README", blob, 0o100644)?;
+            let tree = repo.find_tree(tb.write()?)?;
+            let sig = snapshot::signature()?;
+            repo.commit(
+                None,
+                &sig,
+                &sig,
+                &format!("stackctl blob release {tag}"),
+                &tree,
+                &[],
+            )
+        })()
+        .map_err(|e| e.message().to_string())?;
+        match remote.push_to(
+            &repo,
+            commit,
+            &format!("refs/tags/{tag}"),
+            Some(RemoteHead::Missing),
+        ) {
+            // Already there (an earlier attempt, another instance): fine.
+            Ok(()) | Err(RemoteError::Rejected { .. }) => Ok(()),
+            Err(e) => Err(remote.scrub(&e.to_string())),
+        }
+    }))
 }
 
 fn unix_now() -> i64 {

@@ -146,7 +146,8 @@ pub enum Decision {
     Blob,
     /// Copy with SQLite's backup API, then store the copy.
     Sqlite,
-    /// At or above `large_files.threshold`: skipped with a warning (for now).
+    /// At or above `large_files.threshold`: an LFS pointer when a blob store
+    /// is configured, else skipped with a warning.
     TooLarge {
         /// The file's size in bytes.
         size: u64,

@@ -9,6 +9,13 @@
 //! destination is replaced, never followed), never writes through a symlinked
 //! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to
 //! each restored database.
+//!
+//! Large files (LFS pointers tracked by the snapshot's `.gitattributes`, and
+//! the original's `*.pointer` JSON files) are hydrated from the blob store:
+//! each blob downloaded once, streamed to a temp file beside its target,
+//! size and SHA-256 verified, then renamed into place. A file already on
+//! disk with the right content is left as it is. Failures are collected by
+//! path; everything else is still restored.
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,7 +26,9 @@ use std::path::{Path, PathBuf};
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
+use super::blob::{self, BlobStore, Retry};
 use super::plan::{self, KEEP_MARKER, META_DIR, SQLITE_SIDECARS};
+use super::pointer::{self, OriginalPointer, Pointer};
 
 /// Errors while restoring.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +43,14 @@ pub enum RestoreError {
         path: PathBuf,
         /// The I/O error.
         source: io::Error,
+    },
+    /// Some large files could not be fetched from the blob store.
+    #[error("could not restore {} large file{} from the blob store: {}; everything else was restored. {}", .failed.len(), if .failed.len() == 1 { "" } else { "s" }, .failed.iter().take(5).map(|(p, e)| format!("`{}`: {e}", p.display())).collect::<Vec<_>>().join("; "), if *.retryable { "Will retry; check the network" } else { "Check `persist.large_files`, or restore an older snapshot" })]
+    Blobs {
+        /// Each failed path and why.
+        failed: Vec<(PathBuf, String)>,
+        /// Would trying again help (network errors only)?
+        retryable: bool,
     },
     /// Reading the snapshot from the workdir's repository failed.
     #[error("cannot read the snapshot from the workdir repository: {0}; delete the workdir and restore again")]
@@ -58,6 +75,24 @@ pub enum Op {
         oid: Oid,
         /// Permission bits.
         mode: u32,
+    },
+    /// Write a large file from the blob store (an LFS pointer in the tree).
+    Large {
+        /// Absolute path.
+        path: PathBuf,
+        /// The blob.
+        pointer: Pointer,
+        /// Permission bits.
+        mode: u32,
+    },
+    /// Hydrate the file one of the original's `*.pointer` files stands for.
+    Original {
+        /// Absolute path of the file (the pointer's name without `.pointer`).
+        path: PathBuf,
+        /// The pointer file's content.
+        original: Box<OriginalPointer>,
+        /// The blob.
+        pointer: Pointer,
     },
     /// Create a symlink (already checked to stay inside).
     Symlink {
@@ -94,6 +129,12 @@ pub struct Applied {
     pub symlinks: u64,
     /// Stale SQLite side files removed.
     pub removed_sidecars: Vec<PathBuf>,
+    /// Large files written from the blob store (or copied from one that was).
+    pub large_files: u64,
+    /// Blobs actually downloaded.
+    pub downloaded: u64,
+    /// Large files already on disk with the right content: not downloaded.
+    pub already_present: u64,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -108,6 +149,17 @@ pub fn plan(
             Err(_) => HashMap::new(),
         },
         Err(_) => HashMap::new(),
+    };
+    let lfs = match tree.get_path(Path::new(".gitattributes")) {
+        Ok(e) => match e.to_object(repo)?.into_blob() {
+            Ok(b) => pointer::lfs_patterns(&String::from_utf8_lossy(b.content())),
+            Err(_) => Default::default(),
+        },
+        Err(_) => Default::default(),
+    };
+    let ctx = Ctx {
+        modes: &modes,
+        lfs: &lfs,
     };
     let mut out = Plan::default();
     for (abs, tree_path) in paths {
@@ -128,7 +180,7 @@ pub fn plan(
                     mode: plan::safe_mode(mode),
                 });
                 let sub = repo.find_tree(entry.id())?;
-                walk(repo, &sub, abs, Path::new(""), tree_path, &modes, &mut out)?;
+                walk(repo, &sub, abs, Path::new(""), tree_path, &ctx, &mut out)?;
             }
             (Some(ObjectType::Blob), m) if m != 0o120000 => {
                 let mode = modes.get(tree_path).copied().unwrap_or(if m == 0o100755 {
@@ -136,11 +188,14 @@ pub fn plan(
                 } else {
                     0o644
                 });
-                out.ops.push(Op::File {
-                    path: abs.clone(),
-                    oid: entry.id(),
-                    mode: plan::safe_mode(mode),
-                });
+                out.ops.push(file_op(
+                    repo,
+                    &ctx,
+                    tree_path,
+                    abs.clone(),
+                    entry.id(),
+                    plan::safe_mode(mode),
+                )?);
             }
             _ => out.refused.push(format!(
                 "`{tree_path}`: a persisted path must be a directory or a file"
@@ -150,15 +205,46 @@ pub fn plan(
     Ok(out)
 }
 
+/// What the walk consults besides the tree.
+struct Ctx<'a> {
+    modes: &'a HashMap<String, u32>,
+    /// `.gitattributes` patterns with `filter=lfs`.
+    lfs: &'a std::collections::HashSet<String>,
+}
+
+/// A regular file entry: an LFS pointer the `.gitattributes` tracks becomes
+/// [`Op::Large`], anything else [`Op::File`].
+fn file_op(
+    repo: &Repository,
+    ctx: &Ctx,
+    tree_path: &str,
+    path: PathBuf,
+    oid: Oid,
+    mode: u32,
+) -> Result<Op, RestoreError> {
+    if pointer::is_lfs_tracked(ctx.lfs, tree_path) {
+        let blob = repo.find_blob(oid)?;
+        if let Some(p) = Pointer::parse(blob.content()) {
+            return Ok(Op::Large {
+                path,
+                pointer: p,
+                mode,
+            });
+        }
+    }
+    Ok(Op::File { path, oid, mode })
+}
+
 fn walk(
     repo: &Repository,
     tree: &Tree,
     root: &Path,
     rel: &Path,
     tree_prefix: &str,
-    modes: &HashMap<String, u32>,
+    ctx: &Ctx,
     out: &mut Plan,
 ) -> Result<(), RestoreError> {
+    let modes = ctx.modes;
     for entry in tree.iter() {
         let name = entry.name_bytes();
         let shown = format!("{tree_prefix}/{}", String::from_utf8_lossy(name));
@@ -177,7 +263,7 @@ fn walk(
                     mode: plan::safe_mode(mode),
                 });
                 let sub = repo.find_tree(entry.id())?;
-                walk(repo, &sub, root, &child_rel, &shown, modes, out)?;
+                walk(repo, &sub, root, &child_rel, &shown, ctx, out)?;
             }
             (Some(ObjectType::Blob), 0o120000) => {
                 let blob = repo.find_blob(entry.id())?;
@@ -200,11 +286,36 @@ fn walk(
                         .get(&shown)
                         .copied()
                         .unwrap_or(if m == 0o100755 { 0o755 } else { 0o644 });
-                out.ops.push(Op::File {
+                let target = name.to_str().and_then(OriginalPointer::target_name);
+                let original = match target {
+                    // The original's pointer file, and no real file beside it.
+                    Some(t)
+                        if tree.get_name(t).is_none()
+                            && entry
+                                .to_object(repo)?
+                                .as_blob()
+                                .is_some_and(|b| b.size() <= 64 * 1024) =>
+                    {
+                        let blob = repo.find_blob(entry.id())?;
+                        OriginalPointer::parse(blob.content()).map(|o| (root.join(rel.join(t)), o))
+                    }
+                    _ => None,
+                };
+                out.ops.push(file_op(
+                    repo,
+                    ctx,
+                    &shown,
                     path,
-                    oid: entry.id(),
-                    mode: plan::safe_mode(mode),
-                });
+                    entry.id(),
+                    plan::safe_mode(mode),
+                )?);
+                if let Some((path, (original, pointer))) = original {
+                    out.ops.push(Op::Original {
+                        path,
+                        original: Box::new(original),
+                        pointer,
+                    });
+                }
             }
             _ => out
                 .refused
@@ -219,7 +330,7 @@ fn walk(
 pub fn changes(plan: &Plan) -> Vec<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let differs = |op: &Op| -> bool {
-        let (Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. }) = op;
+        let path = op.path();
         let Ok(meta) = fs::symlink_metadata(path) else {
             return true;
         };
@@ -230,18 +341,37 @@ pub fn changes(plan: &Plan) -> Vec<PathBuf> {
                     || meta.mode() & 0o777 != *mode
                     || Oid::hash_file(ObjectType::Blob, path).ok() != Some(*oid)
             }
+            Op::Large { pointer, mode, .. } => {
+                !meta.is_file() || meta.mode() & 0o777 != *mode || !has_content(path, pointer)
+            }
+            Op::Original { pointer, .. } => !meta.is_file() || !has_content(path, pointer),
             Op::Symlink { target, .. } => fs::read_link(path).ok().as_ref() != Some(target),
         }
     };
     plan.ops
         .iter()
         .filter(|op| differs(op))
-        .map(
-            |(Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. })| {
-                path.clone()
-            },
-        )
+        .map(|op| op.path().to_path_buf())
         .collect()
+}
+
+impl Op {
+    /// The absolute path the operation writes.
+    pub fn path(&self) -> &Path {
+        match self {
+            Op::Dir { path, .. }
+            | Op::File { path, .. }
+            | Op::Large { path, .. }
+            | Op::Original { path, .. }
+            | Op::Symlink { path, .. } => path,
+        }
+    }
+}
+
+/// Is the regular file at `path` exactly blob `p`? (Size first: cheap.)
+fn has_content(path: &Path, p: &Pointer) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == p.size)
+        && blob::hash_file(path).is_ok_and(|got| got == *p)
 }
 
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
@@ -304,15 +434,28 @@ fn clear_dir_at(path: &Path) -> Result<(), RestoreError> {
     }
 }
 
+/// Where large files come from during [`apply`].
+pub struct Blobs<'a> {
+    /// The configured store (`None`: large files fail with a hint).
+    pub store: Option<&'a dyn BlobStore>,
+    /// Retry policy for each download.
+    pub retry: Retry,
+}
+
 /// Carry out a plan. Refuses to run a plan with refused entries.
-pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied, RestoreError> {
+pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, RestoreError> {
     if !plan.refused.is_empty() {
         return Err(RestoreError::Unsafe(plan.refused.clone()));
     }
     let mut done = Applied::default();
     let mut dir_modes = Vec::new();
+    // Blobs already written in this restore: a second file with the same
+    // content is copied from the first, not downloaded again.
+    let mut hydrated: HashMap<Pointer, PathBuf> = HashMap::new();
+    let mut failed: Vec<(PathBuf, String)> = Vec::new();
+    let mut retryable = true;
     for op in &plan.ops {
-        let (Op::Dir { path, .. } | Op::File { path, .. } | Op::Symlink { path, .. }) = op;
+        let path = op.path();
         let root = plan.roots.iter().find(|r| path.starts_with(r));
         let Some(root) = root else {
             return Err(RestoreError::Unsafe(vec![format!(
@@ -374,6 +517,48 @@ pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied, RestoreError> {
                 done.files += 1;
                 done.bytes += blob.size() as u64;
             }
+            Op::Large {
+                path,
+                pointer,
+                mode,
+            } => {
+                match hydrate(
+                    path,
+                    pointer,
+                    Some(*mode),
+                    None,
+                    blobs,
+                    &mut hydrated,
+                    &mut done,
+                ) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        retryable &= e.is_retryable();
+                        failed.push((path.clone(), e.to_string()));
+                    }
+                }
+            }
+            Op::Original {
+                path,
+                original,
+                pointer,
+            } => {
+                match hydrate(
+                    path,
+                    pointer,
+                    None,
+                    Some(original),
+                    blobs,
+                    &mut hydrated,
+                    &mut done,
+                ) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        retryable &= e.is_retryable();
+                        failed.push((path.clone(), e.to_string()));
+                    }
+                }
+            }
             Op::Symlink { path, target } => {
                 clear_dir_at(path)?;
                 let tmp = temp_beside(path);
@@ -392,12 +577,125 @@ pub fn apply(repo: &Repository, plan: &Plan) -> Result<Applied, RestoreError> {
     for (path, mode) in dir_modes.iter().rev() {
         fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(werr(path))?;
     }
+    if !failed.is_empty() {
+        for (path, error) in &failed {
+            tracing::error!(path = %path.display(), %error, "large file not restored");
+        }
+        return Err(RestoreError::Blobs { failed, retryable });
+    }
     Ok(done)
+}
+
+/// Why one large file could not be written.
+#[derive(Debug)]
+enum HydrateError {
+    Blob(blob::BlobError),
+    Io(io::Error),
+    NoStore,
+}
+
+impl HydrateError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, HydrateError::Blob(e) if e.is_retryable())
+    }
+}
+
+impl std::fmt::Display for HydrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HydrateError::Blob(e) => write!(f, "{e}"),
+            HydrateError::Io(e) => write!(f, "{e}"),
+            HydrateError::NoStore => write!(
+                f,
+                "it is a large-file pointer but no blob store is configured: set `persist.large_files.store`"
+            ),
+        }
+    }
+}
+
+/// Put blob `p` at `path`: keep a file that already has it, copy from a
+/// file written earlier in this restore, or download it (verified).
+fn hydrate(
+    path: &Path,
+    p: &Pointer,
+    mode: Option<u32>,
+    original: Option<&OriginalPointer>,
+    blobs: &Blobs,
+    hydrated: &mut HashMap<Pointer, PathBuf>,
+    done: &mut Applied,
+) -> Result<(), HydrateError> {
+    let set_mode = |path: &Path| -> io::Result<()> {
+        match mode {
+            Some(m) => fs::set_permissions(path, fs::Permissions::from_mode(m)),
+            None => Ok(()),
+        }
+    };
+    if has_content(path, p) {
+        set_mode(path).map_err(HydrateError::Io)?;
+        done.already_present += 1;
+        hydrated.insert(*p, path.to_path_buf());
+        return Ok(());
+    }
+    clear_dir_at(path).map_err(|e| match e {
+        RestoreError::Write { source, .. } => HydrateError::Io(source),
+        other => HydrateError::Io(io::Error::other(other.to_string())),
+    })?;
+    let tmp = temp_beside(path);
+    let local = hydrated.get(p).filter(|src| has_content(src, p)).cloned();
+    let fetched = match (&local, blobs.store) {
+        (Some(src), _) => {
+            let retry = Retry {
+                attempts: 1,
+                ..blobs.retry
+            };
+            blob::download_to(&retry, p, &tmp, |w| {
+                let mut f = fs::File::open(src).map_err(|source| blob::BlobError::Io {
+                    what: "read",
+                    path: src.clone(),
+                    source,
+                })?;
+                io::copy(&mut f, w).map_err(|source| blob::BlobError::Io {
+                    what: "copy",
+                    path: src.clone(),
+                    source,
+                })?;
+                Ok(())
+            })
+        }
+        (None, Some(store)) => blob::download_to(&blobs.retry, p, &tmp, |w| match original {
+            Some(o) => store.get_original(o, p, w),
+            None => store.get(p, w),
+        }),
+        (None, None) => return Err(HydrateError::NoStore),
+    };
+    fetched.map_err(HydrateError::Blob)?;
+    let finish = || -> io::Result<()> {
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+        fs::rename(&tmp, path)
+    };
+    if let Err(e) = finish() {
+        let _ = fs::remove_file(&tmp);
+        return Err(HydrateError::Io(e));
+    }
+    if local.is_none() {
+        done.downloaded += 1;
+    }
+    done.large_files += 1;
+    done.bytes += p.size;
+    hydrated.insert(*p, path.to_path_buf());
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_blobs() -> Blobs<'static> {
+        Blobs {
+            store: None,
+            retry: Retry::default(),
+        }
+    }
 
     fn hostile_repo() -> (tempfile::TempDir, Repository, Oid) {
         let d = tempfile::tempdir().unwrap();
@@ -443,7 +741,7 @@ mod tests {
             "{:?}",
             p.refused
         );
-        let e = apply(&repo, &p).unwrap_err();
+        let e = apply(&repo, &p, &no_blobs()).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("refusing to restore: the snapshot holds 2 unsafe entries"),
@@ -495,7 +793,7 @@ mod tests {
             roots: vec![root.clone()],
             ..Plan::default()
         };
-        assert!(apply(&repo, &p).is_err());
+        assert!(apply(&repo, &p, &no_blobs()).is_err());
         assert!(!outside.join("f").exists());
         // With the directory op first, the planted symlink is replaced by a real dir.
         let ops = vec![
@@ -518,7 +816,7 @@ mod tests {
             roots: vec![root.clone()],
             ..Plan::default()
         };
-        apply(&repo, &p).unwrap();
+        apply(&repo, &p, &no_blobs()).unwrap();
         assert!(!outside.join("f").exists());
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"x");
     }

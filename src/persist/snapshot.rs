@@ -7,6 +7,11 @@
 //! written is never read raw (the original's defect 6). Empty directories keep
 //! a [`KEEP_MARKER`] file; modes, persisted paths and skipped large files are
 //! recorded under `.stackctl/`.
+//!
+//! With a blob store, a file at or above the threshold is committed as a Git
+//! LFS pointer (hashed streaming, the live file untouched) plus a root
+//! `.gitattributes` line; [`Built::large`] lists the blobs the caller must
+//! upload before it commits.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -18,6 +23,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
 
+use super::pointer::{self, Pointer};
+
+use super::blob;
 use super::plan::{
     self, CacheEntry, Decision, FileType, PathRules, StatCache, StatKey, KEEP_MARKER, META_DIR,
 };
@@ -71,6 +79,20 @@ pub struct Built {
     pub too_large: Vec<(PathBuf, u64)>,
     /// Non-fatal oddities (special files skipped, files that vanished mid-scan).
     pub warnings: Vec<String>,
+    /// Files committed as LFS pointers: their bytes must be in the blob
+    /// store before the commit is pushed.
+    pub large: Vec<LargeFile>,
+}
+
+/// A file committed as an LFS pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LargeFile {
+    /// The live file.
+    pub path: PathBuf,
+    /// Its tree path.
+    pub tree: String,
+    /// Its content's SHA-256 and size.
+    pub pointer: Pointer,
 }
 
 /// A node of the tree under construction.
@@ -90,6 +112,10 @@ pub struct TreeBuilder<'a> {
     modes: Vec<(String, u32)>,
     built: Built,
     sqlite_busy_timeout: Duration,
+    /// Large files become LFS pointers (a blob store is configured).
+    pointers: bool,
+    /// The LFS endpoint written to `.lfsconfig`, if any.
+    lfs_url: Option<String>,
 }
 
 fn stat_key(m: &fs::Metadata) -> StatKey {
@@ -152,7 +178,17 @@ impl<'a> TreeBuilder<'a> {
             modes: Vec::new(),
             built: Built::default(),
             sqlite_busy_timeout: Duration::from_secs(10),
+            pointers: false,
+            lfs_url: None,
         }
+    }
+
+    /// Commit files at or above the threshold as LFS pointers (a blob store
+    /// takes their bytes); `lfs_url` goes to `.lfsconfig` so clones find it.
+    pub fn with_pointers(mut self, lfs_url: Option<String>) -> Self {
+        self.pointers = true;
+        self.lfs_url = lfs_url;
+        self
     }
 
     /// Build the tree of all `paths` plus `.stackctl/` metadata.
@@ -211,6 +247,23 @@ impl<'a> TreeBuilder<'a> {
             );
         }
         root.insert(META_DIR.as_bytes().to_vec(), Node::Dir(meta));
+        if !self.built.large.is_empty() {
+            let tracked: Vec<String> = self.built.large.iter().map(|l| l.tree.clone()).collect();
+            let mut top = vec![(".gitattributes", pointer::render_gitattributes(&tracked))];
+            if let Some(url) = &self.lfs_url {
+                top.push((".lfsconfig", pointer::render_lfsconfig(url)));
+            }
+            for (name, text) in top {
+                let oid = self.repo.blob(text.as_bytes())?;
+                root.insert(
+                    name.as_bytes().to_vec(),
+                    Node::Leaf {
+                        oid,
+                        mode: 0o100644,
+                    },
+                );
+            }
+        }
         let tree = write_tree(self.repo, &root)?;
         self.cache.retain_seen(&self.seen);
         self.built.tree = Some(tree);
@@ -299,16 +352,25 @@ impl<'a> TreeBuilder<'a> {
         } else {
             None
         };
-        if ty == FileType::File
-            && rules.excluded(rel, ty).is_none()
-            && (self.threshold == 0 || size < self.threshold)
-        {
+        let large = self.threshold > 0 && size >= self.threshold;
+        if ty == FileType::File && rules.excluded(rel, ty).is_none() && (!large || self.pointers) {
             if let Some(oid) = self
                 .cache
                 .lookup(abs, key, wal)
                 .and_then(|s| Oid::from_str(s).ok())
             {
-                if self.repo.odb()?.exists(oid) {
+                let cached_pointer = if large {
+                    self.repo
+                        .find_blob(oid)
+                        .ok()
+                        .and_then(|b| Pointer::parse(b.content()))
+                } else {
+                    None
+                };
+                if (!large || cached_pointer.is_some()) && self.repo.odb()?.exists(oid) {
+                    if let Some(pointer) = cached_pointer {
+                        self.push_large(rules, rel, abs, pointer);
+                    }
                     self.seen.insert(abs.to_path_buf());
                     self.count_file(rules, rel, meta);
                     return Ok(Some(Node::Leaf {
@@ -375,9 +437,39 @@ impl<'a> TreeBuilder<'a> {
                     mode: 0o120000,
                 }
             }
-            Decision::TooLarge { size } => {
+            Decision::TooLarge { size } if !self.pointers => {
                 self.built.too_large.push((abs.to_path_buf(), size));
                 return Ok(None);
+            }
+            Decision::TooLarge { .. } => {
+                // Streamed: memory stays flat whatever the size.
+                let pointer = match blob::hash_file(abs) {
+                    Ok(p) => p,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(read_err(abs)(e)),
+                };
+                let oid = self.repo.blob(pointer.render().as_bytes())?;
+                self.built.read += 1;
+                self.seen.insert(abs.to_path_buf());
+                // The stat must be the one the hash saw: re-stat, and cache
+                // only when it did not move.
+                if fs::symlink_metadata(abs).is_ok_and(|m| stat_key(&m) == key) {
+                    self.cache.store(
+                        abs,
+                        CacheEntry {
+                            key,
+                            wal,
+                            oid: oid.to_string(),
+                        },
+                        self.scan_start_ns,
+                    );
+                }
+                self.push_large(rules, rel, abs, pointer);
+                self.count_file(rules, rel, meta);
+                Node::Leaf {
+                    oid,
+                    mode: git_mode(meta.mode()),
+                }
             }
             Decision::Special => {
                 self.built.warnings.push(format!(
@@ -389,6 +481,19 @@ impl<'a> TreeBuilder<'a> {
             Decision::Excluded(_) | Decision::Dir => return Ok(None),
         };
         Ok(Some(node))
+    }
+
+    fn push_large(&mut self, rules: &PathRules, rel: &Path, abs: &Path, pointer: Pointer) {
+        let tree = if rel.as_os_str().is_empty() {
+            rules.tree.clone()
+        } else {
+            format!("{}/{}", rules.tree, rel.to_string_lossy())
+        };
+        self.built.large.push(LargeFile {
+            path: abs.to_path_buf(),
+            tree,
+            pointer,
+        });
     }
 
     fn count_file(&mut self, rules: &PathRules, rel: &Path, meta: &fs::Metadata) {

@@ -5,6 +5,7 @@ mod harness;
 
 mod admin_ui;
 mod gateway;
+mod large_files;
 mod lifecycle;
 mod manifest;
 mod persist;

@@ -1,0 +1,1085 @@
+//! Large files (issue 5): Git LFS pointers checked against the real
+//! `git-lfs`, the `dir` store, the `lfs` store against a real giftless
+//! server (with `git clone` + `git lfs pull` of the backup repository), and
+//! `github-release` against an in-process *fake* of GitHub's REST endpoints
+//! (GitHub itself cannot be reached from the tests).
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stackctl::persist::blob::{self, BlobError, BlobStore, StoreConfig};
+use stackctl::persist::pointer::Pointer;
+use stackctl::persist::restore::RestoreError;
+use stackctl::persist::{Config, PathConfig, PersistError, Persister, RestoreOptions};
+
+/// Run a command (tests only), panicking with its output on failure.
+fn run(dir: &Path, prog: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "someone")
+        .env("GIT_AUTHOR_EMAIL", "someone@example.org")
+        .env("GIT_COMMITTER_NAME", "someone")
+        .env("GIT_COMMITTER_EMAIL", "someone@example.org")
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} in {} failed: {}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(dir, "git", args))
+        .trim()
+        .to_string()
+}
+
+fn has_git_lfs() -> bool {
+    let ok = Command::new("git")
+        .args(["lfs", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "git-lfs is missing: apt-get install git-lfs"
+        );
+        eprintln!("notice: git-lfs is not installed (apt-get install git-lfs); test skipped");
+    }
+    ok
+}
+
+/// Bytes that do not compress or repeat (a pseudo-random sequence).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    remote: PathBuf,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let remote = root.join("remote.git");
+        git(
+            &root,
+            &[
+                "init",
+                "--bare",
+                "-q",
+                "-b",
+                "main",
+                remote.to_str().unwrap(),
+            ],
+        );
+        let data = root.join("data");
+        fs::create_dir_all(data.join("sub")).unwrap();
+        Self {
+            _tmp: tmp,
+            root,
+            data,
+            remote,
+        }
+    }
+
+    fn config(&self, workdir: &str) -> Config {
+        Config {
+            remote: format!("file://{}", self.remote.display()),
+            token: None,
+            branch: "main".into(),
+            workdir: self.root.join(workdir),
+            paths: vec![PathConfig {
+                path: self.data.clone(),
+                exclude: vec![],
+            }],
+            exclude: vec![],
+            threshold: 1 << 20,
+            keep: 0,
+            instance: "test".into(),
+            lease_ttl: Duration::ZERO,
+            readiness_file: None,
+            retries: 2,
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        }
+    }
+
+    fn tree_path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.data.strip_prefix("/").unwrap().display())
+    }
+
+    fn show(&self, rel: &str) -> Vec<u8> {
+        run(
+            &self.remote,
+            "git",
+            &["show", &format!("main:{}", self.tree_path(rel))],
+        )
+    }
+
+    fn remote_head(&self) -> Option<String> {
+        Command::new("git")
+            .args(["rev-parse", "--verify", "-q", "refs/heads/main"])
+            .current_dir(&self.remote)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// Two large files (one with a space in its name, one a duplicate of the
+    /// other's content) and a small one. Returns (name, bytes).
+    fn populate(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let files = vec![
+            ("big.bin", noise(3 << 20, 1)),
+            ("sub/my file.bin", noise((1 << 20) + 17, 2)),
+            ("sub/copy.bin", noise(3 << 20, 1)),
+            ("small.txt", b"small".to_vec()),
+        ];
+        for (name, bytes) in &files {
+            fs::write(self.data.join(name), bytes).unwrap();
+        }
+        files
+    }
+}
+
+fn dir_store(s: &Setup) -> StoreConfig {
+    StoreConfig::Dir(s.root.join("blobs"))
+}
+
+#[test]
+fn large_files_become_pointers_identical_to_git_lfs_and_the_live_files_stay() {
+    if !has_git_lfs() {
+        return;
+    }
+    let s = Setup::new();
+    let files = s.populate();
+    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert!(rep.pushed.is_some());
+    assert_eq!((rep.large, rep.uploaded), (3, 2), "{rep:?}");
+    assert!(rep.too_large.is_empty());
+    for (name, bytes) in &files {
+        let live = s.data.join(name);
+        assert_eq!(&fs::read(&live).unwrap(), bytes, "live `{name}` untouched");
+        let committed = s.show(name);
+        if bytes.len() >= 1 << 20 {
+            let want = run(
+                &s.data,
+                "git",
+                &["lfs", "pointer", &format!("--file={}", live.display())],
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&committed),
+                String::from_utf8_lossy(&want),
+                "`{name}`"
+            );
+        } else {
+            assert_eq!(&committed, bytes);
+        }
+    }
+    let attrs = git(&s.remote, &["show", "main:.gitattributes"]);
+    assert!(
+        attrs.contains(&format!(
+            "{} filter=lfs diff=lfs merge=lfs -text",
+            s.tree_path("big.bin")
+        )),
+        "{attrs}"
+    );
+    assert!(
+        attrs.contains(&format!(
+            "{} filter=lfs diff=lfs merge=lfs -text",
+            s.tree_path("sub/my[[:space:]]file.bin")
+        )),
+        "{attrs}"
+    );
+    // git itself agrees which paths are LFS files.
+    let clone = s.root.join("clone");
+    git(
+        &s.root,
+        &[
+            "-c",
+            "filter.lfs.smudge=",
+            "-c",
+            "filter.lfs.process=",
+            "-c",
+            "filter.lfs.required=false",
+            "clone",
+            "-q",
+            s.remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    let attr = git(
+        &clone,
+        &[
+            "check-attr",
+            "filter",
+            "--",
+            &s.tree_path("sub/my file.bin"),
+        ],
+    );
+    assert!(attr.ends_with("filter: lfs"), "{attr}");
+    let attr = git(
+        &clone,
+        &["check-attr", "filter", "--", &s.tree_path("small.txt")],
+    );
+    assert!(attr.ends_with("filter: unspecified"), "{attr}");
+
+    // The blobs are in the store, content-addressed; nothing half-written.
+    let big = blob::hash_file(&s.data.join("big.bin")).unwrap();
+    let stored = s.root.join("blobs").join(&big.oid()[..2]).join(big.oid());
+    assert_eq!(fs::read(stored).unwrap(), files[0].1);
+    assert_eq!(fs::read_dir(s.root.join("blobs/tmp")).unwrap().count(), 0);
+
+    // Unchanged: nothing new committed, nothing uploaded again.
+    let again = p.snapshot_and_push().unwrap();
+    assert_eq!((again.commit, again.uploaded), (None, 0), "{again:?}");
+}
+
+#[test]
+fn the_dir_store_round_trips_and_present_files_are_not_downloaded_again() {
+    let s = Setup::new();
+    let files = s.populate();
+    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    drop(p);
+
+    // A new container: data and workdir wiped.
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = Persister::with_store(s.config("work2"), &dir_store(&s)).unwrap();
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    for (name, bytes) in &files {
+        assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
+    }
+    assert_eq!(r.applied.large_files, 3, "{:?}", r.applied);
+    assert_eq!(
+        r.applied.downloaded, 2,
+        "the duplicate is copied, not downloaded"
+    );
+    let leftovers: Vec<_> = fs::read_dir(s.data.join("sub"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("stackctl-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    drop(p);
+
+    // Restoring over files that already hold the right bytes downloads nothing.
+    let p = Persister::with_store(s.config("work3"), &dir_store(&s)).unwrap();
+    let r = p
+        .restore(&RestoreOptions {
+            force: true,
+            ..RestoreOptions::default()
+        })
+        .unwrap();
+    assert_eq!((r.applied.downloaded, r.applied.already_present), (0, 3));
+}
+
+/// A store whose uploads always fail (the network went away).
+struct FailingStore;
+
+impl BlobStore for FailingStore {
+    fn describe(&self) -> String {
+        "failing".into()
+    }
+    fn has(&self, _p: &Pointer) -> Result<bool, BlobError> {
+        Ok(false)
+    }
+    fn put(&self, _p: &Pointer, _src: &Path) -> Result<(), BlobError> {
+        Err(BlobError::Network {
+            url: "http://store.invalid".into(),
+            message: "connection refused".into(),
+        })
+    }
+    fn get(&self, p: &Pointer, _out: &mut dyn Write) -> Result<(), BlobError> {
+        Err(BlobError::Missing(*p))
+    }
+}
+
+#[test]
+fn a_failed_upload_commits_and_pushes_nothing() {
+    let s = Setup::new();
+    fs::write(s.data.join("small.txt"), "v1").unwrap();
+    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    let good = s.remote_head().unwrap();
+    drop(p);
+
+    fs::write(s.data.join("small.txt"), "v2").unwrap();
+    fs::write(s.data.join("big.bin"), noise(2 << 20, 3)).unwrap();
+    let p = Persister::with_blob_store(s.config("work"), Some(Arc::new(FailingStore))).unwrap();
+    p.restore(&RestoreOptions {
+        keep_newer_local: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    let e = p.snapshot_and_push().unwrap_err();
+    assert!(matches!(e, PersistError::Blob { .. }), "{e}");
+    assert!(e.is_retryable());
+    assert!(
+        e.to_string().contains("big.bin`")
+            && e.to_string()
+                .contains("this snapshot was not committed or pushed"),
+        "{e}"
+    );
+    assert_eq!(s.remote_head().as_deref(), Some(good.as_str()));
+    // Nor is it queued locally to go out later.
+    assert!(p.push().unwrap().is_none());
+    assert_eq!(s.remote_head().as_deref(), Some(good.as_str()));
+    assert_eq!(p.status().pending, 0);
+}
+
+#[test]
+fn a_corrupted_blob_is_refused_on_restore_and_reported_by_path() {
+    let s = Setup::new();
+    let files = s.populate();
+    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    drop(p);
+    // Damage the blob of `sub/my file.bin` in the store (same size).
+    let ptr = blob::hash_file(&s.data.join("sub/my file.bin")).unwrap();
+    let stored = s.root.join("blobs").join(&ptr.oid()[..2]).join(ptr.oid());
+    let mut bytes = fs::read(&stored).unwrap();
+    bytes[1000] ^= 0xff;
+    fs::write(&stored, bytes).unwrap();
+
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = Persister::with_store(s.config("work2"), &dir_store(&s)).unwrap();
+    let e = p.restore(&RestoreOptions::default()).unwrap_err();
+    match &e {
+        PersistError::Restore(RestoreError::Blobs { failed, retryable }) => {
+            assert_eq!(failed.len(), 1, "{e}");
+            assert_eq!(failed[0].0, s.data.join("sub/my file.bin"));
+            assert!(failed[0].1.contains("is corrupt"), "{e}");
+            assert!(!retryable);
+        }
+        other => panic!("unexpected: {other}"),
+    }
+    assert!(!s.data.join("sub/my file.bin").exists());
+    // The rest was restored.
+    assert_eq!(fs::read(s.data.join("big.bin")).unwrap(), files[0].1);
+    assert_eq!(fs::read(s.data.join("small.txt")).unwrap(), b"small");
+    let names: Vec<_> = fs::read_dir(s.data.join("sub"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains("stackctl-tmp")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn the_originals_pointer_files_are_hydrated() {
+    // The original committed `<file>.pointer` JSON and kept the bytes in a
+    // release asset; here the blob sits in a dir store under its SHA-256.
+    let s = Setup::new();
+    let content = noise(200_000, 9);
+    let src = s.root.join("asset");
+    fs::write(&src, &content).unwrap();
+    let ptr = blob::hash_file(&src).unwrap();
+    blob::dir::DirStore::new(s.root.join("blobs"))
+        .put(&ptr, &src)
+        .unwrap();
+    let clone = s.root.join("orig");
+    git(
+        &s.root,
+        &["init", "-q", "-b", "main", clone.to_str().unwrap()],
+    );
+    let rel = s.data.strip_prefix("/").unwrap();
+    fs::create_dir_all(clone.join(rel)).unwrap();
+    let json = format!(
+        r#"{{"type":"release-asset","repo":"o/r","release_tag":"blobs","asset_name":"{oid}-model.bin","asset_id":7,"download_url":"https://github.com/o/r/releases/download/blobs/{oid}-model.bin","original_path":"{path}","size":{size},"sha256":"{oid}","generated_at":"2025-01-01T00:00:00Z"}}"#,
+        oid = ptr.oid(),
+        path = s.data.join("model.bin").display(),
+        size = ptr.size
+    );
+    fs::write(clone.join(rel).join("model.bin.pointer"), json).unwrap();
+    git(&clone, &["add", "-A"]);
+    git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
+    git(&clone, &["push", "-q", s.remote.to_str().unwrap(), "main"]);
+
+    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(s.data.join("model.bin")).unwrap(), content);
+    assert!(s.data.join("model.bin.pointer").exists());
+    assert_eq!(r.applied.downloaded, 1);
+}
+
+/// A giftless LFS server on loopback (see `.ci/run` for its venv).
+struct Giftless {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Giftless {
+    fn venv() -> PathBuf {
+        std::env::var_os("GIFTLESS_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/giftless-venv"))
+    }
+
+    fn start() -> Option<Giftless> {
+        let flask = Self::venv().join("bin/flask");
+        if !flask.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "giftless is not installed at {} (see .ci/run)",
+                flask.display()
+            );
+            eprintln!(
+                "notice: giftless not found at {} (set GIFTLESS_VENV; see .ci/run); test skipped",
+                flask.display()
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("objects");
+        fs::create_dir_all(&storage).unwrap();
+        let cfg = dir.path().join("giftless.yaml");
+        fs::write(
+            &cfg,
+            format!(
+                "AUTH_PROVIDERS: [\"giftless.auth.allow_anon:read_write\"]\nTRANSFER_ADAPTERS:\n  basic:\n    factory: giftless.transfer.basic_streaming:factory\n    options:\n      storage_class: giftless.storage.local_storage:LocalStorage\n      storage_options: {{ path: {} }}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(&flask)
+            .args([
+                "--app",
+                "giftless.wsgi_entrypoint",
+                "run",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .env("GIFTLESS_CONFIG_FILE", &cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let g = Giftless {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "giftless did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(g)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/org/repo", self.port)
+    }
+}
+
+impl Drop for Giftless {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_lfs_store_works_with_giftless_and_git_lfs_pull_gives_the_bytes_back() {
+    if !has_git_lfs() {
+        return;
+    }
+    let Some(server) = Giftless::start() else {
+        return;
+    };
+    let s = Setup::new();
+    let files = s.populate();
+    let store = StoreConfig::Lfs { url: server.url() };
+    let p = Persister::with_store(s.config("work"), &store).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 2, "{rep:?}");
+    drop(p);
+
+    // A plain git + git-lfs user gets the bytes back from the backup repository.
+    let clone = s.root.join("clone");
+    git(
+        &s.root,
+        &[
+            "-c",
+            "filter.lfs.smudge=",
+            "-c",
+            "filter.lfs.process=",
+            "-c",
+            "filter.lfs.required=false",
+            "clone",
+            "-q",
+            s.remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    let lfsconfig = fs::read_to_string(clone.join(".lfsconfig")).unwrap();
+    assert!(lfsconfig.contains(&server.url()), "{lfsconfig}");
+    git(&clone, &["lfs", "install", "--local"]);
+    git(&clone, &["lfs", "pull"]);
+    let rel = s.data.strip_prefix("/").unwrap();
+    for (name, bytes) in &files {
+        assert_eq!(
+            &fs::read(clone.join(rel).join(name)).unwrap(),
+            bytes,
+            "`{name}` after git lfs pull"
+        );
+    }
+
+    // And stackctl restores from it into a wiped container.
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = Persister::with_store(s.config("work2"), &store).unwrap();
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(r.applied.downloaded, 2);
+    for (name, bytes) in &files {
+        assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
+    }
+}
+
+#[test]
+fn an_lfs_server_that_is_down_fails_the_snapshot_without_pushing() {
+    let s = Setup::new();
+    fs::write(s.data.join("small.txt"), "v1").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = StoreConfig::Lfs {
+        url: format!("http://127.0.0.1:{port}/org/repo"),
+    };
+    let p = Persister::with_store(s.config("work"), &store).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    let good = s.remote_head().unwrap();
+    fs::write(s.data.join("big.bin"), noise(1 << 20, 4)).unwrap();
+    let e = p.snapshot_and_push().unwrap_err();
+    assert!(e.to_string().contains("cannot reach"), "{e}");
+    assert_eq!(s.remote_head(), Some(good));
+}
+
+/// A *fake* of the GitHub REST endpoints the `github-release` store uses,
+/// reproducing GitHub's documented behaviour and quirks: private repository
+/// (404 without the token), paginated asset lists (default 30, at most 100
+/// per page, `Link: rel="next"`), uploads on a separate upload URL,
+/// `422 already_exists`, a 502 that leaves a `starter` asset, 429 with
+/// `Retry-After`, the `digest` field, and downloads answered by a 302 to
+/// another host that refuses requests carrying `Authorization` (as S3 does).
+mod fake_github {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpStream;
+
+    #[derive(Clone)]
+    pub struct Asset {
+        pub id: u64,
+        pub name: String,
+        pub state: String,
+        pub bytes: Vec<u8>,
+    }
+
+    pub struct Release {
+        pub id: u64,
+        pub tag: String,
+        pub assets: Vec<Asset>,
+    }
+
+    #[derive(Default)]
+    pub struct State {
+        pub releases: Vec<Release>,
+        pub next_id: u64,
+        /// Unrelated assets put into every new release first.
+        pub filler: usize,
+        /// Upload requests seen.
+        pub uploads: usize,
+        /// Quirks by upload number (1-based): "429", "502", "exists".
+        pub quirks: Vec<(usize, &'static str)>,
+        /// Requests that reached the download host with `Authorization`.
+        pub leaked_auth: usize,
+        pub log: Vec<String>,
+    }
+
+    pub struct Fake {
+        pub state: Arc<Mutex<State>>,
+        pub api: String,
+    }
+
+    struct Req {
+        method: String,
+        path: String,
+        query: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Req {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+        fn param(&self, name: &str) -> Option<&str> {
+            self.query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        }
+    }
+
+    fn read_req(stream: &TcpStream) -> Option<Req> {
+        let mut r = BufReader::new(stream.try_clone().ok()?);
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let mut parts = line.split_whitespace();
+        let method = parts.next()?.to_string();
+        let target = parts.next()?.to_string();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), q.to_string()),
+            None => (target, String::new()),
+        };
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).ok()?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':')?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).ok()?;
+        Some(Req {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    fn respond(mut stream: TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = stream.write_all(head.as_bytes());
+        let _ = stream.write_all(body);
+    }
+
+    fn asset_json(a: &Asset) -> serde_json::Value {
+        serde_json::json!({
+            "id": a.id, "name": a.name, "size": a.bytes.len(), "state": a.state,
+            "digest": format!("sha256:{}", hex::encode(Sha256::digest(&a.bytes))),
+            "content_type": "application/octet-stream",
+        })
+    }
+
+    fn json(stream: TcpStream, status: u16, v: serde_json::Value, extra: &[(&str, String)]) {
+        let mut h = vec![("Content-Type", "application/json".to_string())];
+        h.extend(extra.iter().cloned());
+        respond(stream, status, &h, v.to_string().as_bytes());
+    }
+
+    impl Fake {
+        pub fn start(token: &str, filler: usize, quirks: Vec<(usize, &'static str)>) -> Fake {
+            let api = TcpListener::bind("127.0.0.1:0").unwrap();
+            let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+            let api_port = api.local_addr().unwrap().port();
+            let dl_port = dl.local_addr().unwrap().port();
+            let state = Arc::new(Mutex::new(State {
+                next_id: 1,
+                filler,
+                quirks,
+                ..State::default()
+            }));
+            let st = state.clone();
+            let token = format!("Bearer {token}");
+            std::thread::spawn(move || {
+                for stream in api.incoming().flatten() {
+                    let st = st.clone();
+                    let token = token.clone();
+                    std::thread::spawn(move || {
+                        if let Some(req) = read_req(&stream) {
+                            api_handle(&st, &token, api_port, dl_port, stream, req);
+                        }
+                    });
+                }
+            });
+            let st = state.clone();
+            std::thread::spawn(move || {
+                for stream in dl.incoming().flatten() {
+                    let Some(req) = read_req(&stream) else {
+                        continue;
+                    };
+                    let mut s = st.lock().unwrap();
+                    if req.header("authorization").is_some() {
+                        s.leaked_auth += 1;
+                        drop(s);
+                        respond(stream, 400, &[], b"Only one auth mechanism allowed");
+                        continue;
+                    }
+                    let id: u64 = req.path.trim_start_matches("/blob/").parse().unwrap_or(0);
+                    let bytes = s
+                        .releases
+                        .iter()
+                        .flat_map(|r| &r.assets)
+                        .find(|a| a.id == id)
+                        .map(|a| a.bytes.clone());
+                    drop(s);
+                    match bytes {
+                        Some(b) => respond(stream, 200, &[], &b),
+                        None => respond(stream, 404, &[], b""),
+                    }
+                }
+            });
+            Fake {
+                state,
+                api: format!("http://127.0.0.1:{api_port}"),
+            }
+        }
+    }
+
+    fn api_handle(
+        st: &Mutex<State>,
+        token: &str,
+        api_port: u16,
+        dl_port: u16,
+        stream: TcpStream,
+        req: Req,
+    ) {
+        let mut s = st.lock().unwrap();
+        s.log
+            .push(format!("{} {}?{}", req.method, req.path, req.query));
+        // A private repository: without the token it does not exist.
+        if req.header("authorization") != Some(token) {
+            drop(s);
+            return json(
+                stream,
+                404,
+                serde_json::json!({"message": "Not Found"}),
+                &[],
+            );
+        }
+        let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        let release_json = |r: &Release| {
+            serde_json::json!({
+                "id": r.id, "tag_name": r.tag,
+                "upload_url": format!("http://127.0.0.1:{api_port}/upload/repos/o/r/releases/{}/assets{{?name,label}}", r.id),
+            })
+        };
+        match (req.method.as_str(), parts.as_slice()) {
+            ("GET", ["repos", "o", "r", "releases", "tags", tag]) => {
+                match s.releases.iter().find(|r| r.tag == *tag) {
+                    Some(r) => {
+                        let v = release_json(r);
+                        drop(s);
+                        json(stream, 200, v, &[])
+                    }
+                    None => {
+                        drop(s);
+                        json(
+                            stream,
+                            404,
+                            serde_json::json!({"message": "Not Found"}),
+                            &[],
+                        )
+                    }
+                }
+            }
+            ("POST", ["repos", "o", "r", "releases"]) => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                let tag = body["tag_name"].as_str().unwrap_or_default().to_string();
+                if s.releases.iter().any(|r| r.tag == tag) {
+                    drop(s);
+                    return json(
+                        stream,
+                        422,
+                        serde_json::json!({"message": "Validation Failed", "errors": [{"resource": "Release", "code": "already_exists", "field": "tag_name"}]}),
+                        &[],
+                    );
+                }
+                let id = s.next_id;
+                s.next_id += 1;
+                let mut assets = Vec::new();
+                for i in 0..s.filler {
+                    assets.push(Asset {
+                        id: s.next_id + i as u64,
+                        name: format!("filler-{i}"),
+                        state: "uploaded".into(),
+                        bytes: vec![1],
+                    });
+                }
+                s.next_id += s.filler as u64;
+                s.releases.push(Release { id, tag, assets });
+                let v = release_json(s.releases.last().unwrap());
+                drop(s);
+                json(stream, 201, v, &[])
+            }
+            ("GET", ["repos", "o", "r", "releases", rid, "assets"]) => {
+                let rid: u64 = rid.parse().unwrap_or(0);
+                let per_page: usize = req
+                    .param("per_page")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30)
+                    .min(100);
+                let page: usize = req.param("page").and_then(|v| v.parse().ok()).unwrap_or(1);
+                let Some(r) = s.releases.iter().find(|r| r.id == rid) else {
+                    drop(s);
+                    return json(
+                        stream,
+                        404,
+                        serde_json::json!({"message": "Not Found"}),
+                        &[],
+                    );
+                };
+                let items: Vec<_> = r
+                    .assets
+                    .iter()
+                    .skip((page - 1) * per_page)
+                    .take(per_page)
+                    .map(asset_json)
+                    .collect();
+                let more = r.assets.len() > page * per_page;
+                drop(s);
+                let link = if more {
+                    vec![("Link", format!("<http://127.0.0.1:{api_port}/repos/o/r/releases/{rid}/assets?per_page={per_page}&page={}>; rel=\"next\"", page + 1))]
+                } else {
+                    vec![]
+                };
+                json(stream, 200, serde_json::Value::Array(items), &link)
+            }
+            ("POST", ["upload", "repos", "o", "r", "releases", rid, "assets"]) => {
+                let rid: u64 = rid.parse().unwrap_or(0);
+                let name = req.param("name").unwrap_or_default().to_string();
+                s.uploads += 1;
+                let n = s.uploads;
+                let quirk = s.quirks.iter().find(|(k, _)| *k == n).map(|(_, q)| *q);
+                let id = s.next_id;
+                s.next_id += 1;
+                let Some(r) = s.releases.iter_mut().find(|r| r.id == rid) else {
+                    drop(s);
+                    return json(
+                        stream,
+                        404,
+                        serde_json::json!({"message": "Not Found"}),
+                        &[],
+                    );
+                };
+                match quirk {
+                    Some("429") => {
+                        drop(s);
+                        return json(
+                            stream,
+                            429,
+                            serde_json::json!({"message": "secondary rate limit"}),
+                            &[("Retry-After", "1".into())],
+                        );
+                    }
+                    Some("502") => {
+                        let half = req.body[..req.body.len() / 2].to_vec();
+                        r.assets.push(Asset {
+                            id,
+                            name,
+                            state: "starter".into(),
+                            bytes: half,
+                        });
+                        drop(s);
+                        return json(
+                            stream,
+                            502,
+                            serde_json::json!({"message": "Bad Gateway"}),
+                            &[],
+                        );
+                    }
+                    Some("exists") => {
+                        // Another writer stored it just before us.
+                        r.assets.push(Asset {
+                            id,
+                            name: name.clone(),
+                            state: "uploaded".into(),
+                            bytes: req.body.clone(),
+                        });
+                    }
+                    _ => {}
+                }
+                if r.assets.iter().any(|a| a.name == name) {
+                    drop(s);
+                    return json(
+                        stream,
+                        422,
+                        serde_json::json!({"message": "Validation Failed", "errors": [{"resource": "ReleaseAsset", "code": "already_exists", "field": "name"}]}),
+                        &[],
+                    );
+                }
+                let a = Asset {
+                    id,
+                    name,
+                    state: "uploaded".into(),
+                    bytes: req.body,
+                };
+                let v = asset_json(&a);
+                r.assets.push(a);
+                drop(s);
+                json(stream, 201, v, &[])
+            }
+            ("DELETE", ["repos", "o", "r", "releases", "assets", id]) => {
+                let id: u64 = id.parse().unwrap_or(0);
+                for r in &mut s.releases {
+                    r.assets.retain(|a| a.id != id);
+                }
+                drop(s);
+                respond(stream, 204, &[], b"");
+            }
+            ("GET", ["repos", "o", "r", "releases", "assets", id]) => {
+                let id: u64 = id.parse().unwrap_or(0);
+                let a = s
+                    .releases
+                    .iter()
+                    .flat_map(|r| &r.assets)
+                    .find(|a| a.id == id)
+                    .cloned();
+                drop(s);
+                match a {
+                    None => json(
+                        stream,
+                        404,
+                        serde_json::json!({"message": "Not Found"}),
+                        &[],
+                    ),
+                    Some(_) if req.header("accept") == Some("application/octet-stream") => respond(
+                        stream,
+                        302,
+                        &[("Location", format!("http://127.0.0.1:{dl_port}/blob/{id}"))],
+                        b"",
+                    ),
+                    Some(a) => json(stream, 200, asset_json(&a), &[]),
+                }
+            }
+            _ => {
+                drop(s);
+                json(
+                    stream,
+                    404,
+                    serde_json::json!({"message": "Not Found"}),
+                    &[],
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn the_github_release_store_survives_githubs_quirks_against_a_fake() {
+    let s = Setup::new();
+    let files = s.populate();
+    // Upload 1: rate limited; 2: 502 leaving a starter asset; 3: succeeds;
+    // 4: someone else stored it meanwhile (422 already_exists).
+    let fake = fake_github::Fake::start("tok", 150, vec![(1, "429"), (2, "502"), (4, "exists")]);
+    let store = StoreConfig::GithubRelease {
+        repo: "o/r".into(),
+        tag: "blobs".into(),
+        api: fake.api.clone(),
+    };
+    let mut cfg = s.config("work");
+    cfg.token = Some("tok".into());
+    let p = Persister::with_store(cfg.clone(), &store).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 2, "{rep:?}");
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.releases.len(), 1);
+        let ours: Vec<_> = st.releases[0]
+            .assets
+            .iter()
+            .filter(|a| !a.name.starts_with("filler"))
+            .collect();
+        assert_eq!(
+            ours.len(),
+            2,
+            "{:?}",
+            ours.iter().map(|a| (&a.name, &a.state)).collect::<Vec<_>>()
+        );
+        assert!(ours
+            .iter()
+            .all(|a| a.state == "uploaded" && a.name.len() == 64));
+    }
+    // The release hangs on an orphan anchor tag, not on the data branch.
+    let anchor = git(&s.remote, &["rev-list", "--count", "refs/tags/blobs"]);
+    assert_eq!(anchor, "1");
+    let tree = git(&s.remote, &["ls-tree", "--name-only", "refs/tags/blobs"]);
+    assert_eq!(tree, "README");
+    drop(p);
+
+    // A new container: the asset list is paged (150 fillers come first).
+    fs::remove_dir_all(&s.data).unwrap();
+    cfg.workdir = s.root.join("work2");
+    let p = Persister::with_store(cfg, &store).unwrap();
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(r.applied.downloaded, 2);
+    for (name, bytes) in &files {
+        assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
+    }
+    let st = fake.state.lock().unwrap();
+    assert_eq!(st.leaked_auth, 0, "Authorization followed the redirect");
+    assert!(
+        st.log.iter().any(|l| l.contains("per_page=100&page=2")),
+        "{:?}",
+        st.log
+    );
+}
