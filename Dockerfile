@@ -107,6 +107,7 @@ RUN apt-get update \
       /home/user/config \
       /home/user/gemini-balance-main \
       /home/user/gemini-data \
+      /home/user/nginx \
       /home/user/.astrbot-backup \
       /home/user/.astrbot-backup/state \
       /home/user/synclogs

@@ -38,6 +38,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod migrate;
 pub mod proxy;
 pub mod restoring;
 pub mod router;
@@ -188,6 +189,7 @@ impl Gateway {
             version: 1,
             ..State::default()
         });
+        let imported = import_original(cfg, &policy, &mut st, &fingerprint, &manifest_table)?;
 
         let table = match (&st.table, &st.manifest_routes) {
             (Some(live), Some(fp)) if *fp == fingerprint => {
@@ -214,6 +216,18 @@ impl Gateway {
         let phc = settle_password(cfg, &mut st)?;
         if loaded.as_ref() != Some(&st) {
             state::save(&cfg.state_file, &st)?;
+        }
+        if let Some(path) = imported {
+            // The hash now lives in the state file: the old file's plaintext
+            // password must not be pushed with the next snapshot.
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "gateway: imported the original admin_config.json and removed it")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "gateway: imported the original admin_config.json but cannot remove it; delete it by hand")
+                }
+            }
         }
 
         let router =
@@ -342,6 +356,55 @@ impl Gateway {
 }
 
 /// Decide the password hash at start (see the module docs) and return it.
+/// Seed a gateway that has no saved table from the original deployment's
+/// `admin_config.json` (`gateway.import_from`). Returns the file to remove
+/// once the state is saved.
+fn import_original(
+    cfg: &crate::manifest::Gateway,
+    policy: &BackendPolicy,
+    st: &mut State,
+    fingerprint: &str,
+    manifest_table: &Table,
+) -> Result<Option<PathBuf>, GatewayError> {
+    let Some(path) = cfg.import_from.as_ref().filter(|p| p.exists()) else {
+        return Ok(None);
+    };
+    if st.table.is_some() {
+        return Ok(None);
+    }
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "gateway: cannot read the file to import");
+            return Ok(None);
+        }
+    };
+    let imp = match migrate::import(&text, policy) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "gateway: cannot import the original admin_config.json; using the manifest's routes");
+            return Ok(None);
+        }
+    };
+    for w in &imp.warnings {
+        tracing::warn!(file = %path.display(), "gateway: import: {w}");
+    }
+    let mut table = imp.table;
+    if table.default_backend.is_empty() {
+        table.default_backend = manifest_table.default_backend.clone();
+    }
+    tracing::info!(file = %path.display(), rules = table.rules.len(), "gateway: imported the original deployment's routes");
+    st.table = Some(table);
+    // Seeded "from the manifest as it is now": a later manifest edit still
+    // replaces the table, as for any saved one.
+    st.manifest_routes = Some(fingerprint.to_string());
+    if let (Some(pw), None, None) = (&imp.password, &cfg.admin.password, &st.password_hash) {
+        st.password_hash = Some(auth::hash_password(pw)?);
+        tracing::info!("gateway: the original admin password was imported (stored as a hash)");
+    }
+    Ok(Some(path.clone()))
+}
+
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
         if pw.chars().count() < auth::MIN_PASSWORD_LEN {

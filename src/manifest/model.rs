@@ -254,6 +254,9 @@ pub struct Gateway {
     pub timeouts: GatewayTimeouts,
     /// `max_body:` limit on proxied request bodies, in bytes.
     pub max_body: u64,
+    /// `import_from:` the original deployment's `admin_config.json`, imported
+    /// once into a gateway that has no saved route table yet.
+    pub import_from: Option<PathBuf>,
 }
 
 /// `gateway.admin:`.

@@ -30,7 +30,14 @@ const TOP_KEYS: &[&str] = &[
     "persist",
     "shutdown_timeout",
 ];
-const ENV_KEYS: &[&str] = &["from", "default", "required", "secret", "description"];
+const ENV_KEYS: &[&str] = &[
+    "from",
+    "default",
+    "required",
+    "secret",
+    "description",
+    "deprecated",
+];
 const SERVICE_KEYS: &[&str] = &[
     "command",
     "working_dir",
@@ -71,6 +78,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "state_file",
     "timeouts",
     "max_body",
+    "import_from",
 ];
 const ROUTE_KEYS: &[&str] = &[
     "id",
@@ -511,6 +519,7 @@ impl Reader<'_> {
                 description: None,
             };
             let mut default = None;
+            let mut deprecated = None;
             match &v.value {
                 // `NAME: value` is shorthand for `NAME: { default: value }`.
                 Value::Scalar { .. } => default = self.text(v, &key),
@@ -536,6 +545,7 @@ impl Reader<'_> {
                     decl.secret = self.flag(&f, "secret", false);
                     decl.required = self.flag(&f, "required", false);
                     decl.description = self.opt_text(&f, "description");
+                    deprecated = self.opt_text(&f, "deprecated");
                 }
             }
             // The entry's own name is always a candidate, after the listed
@@ -570,6 +580,12 @@ impl Reader<'_> {
             }
             if decl.secret {
                 self.secrets.extend(decl.candidates.iter().cloned());
+            }
+            // A variable that no longer means anything is accepted, with a
+            // word on why, so an old deployment's settings keep working.
+            if let (Some(why), EnvSource::Variable(name)) = (&deprecated, &decl.source) {
+                let msg = format!("`{name}` is set but no longer has any effect: {why}");
+                self.warn(k.pos, &key, msg);
             }
             if let Some(v) = &decl.value {
                 self.declared.insert(decl.name.clone(), v.clone());
@@ -1332,6 +1348,10 @@ impl Reader<'_> {
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);
+        let import_from = self
+            .opt_text(&f, "import_from")
+            .filter(|p| !p.is_empty())
+            .map(|p| self.path(&self.dir.clone(), &p));
         // The same validator as the admin API, so `check` rejects what a
         // live edit would.
         let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);
@@ -1367,6 +1387,7 @@ impl Reader<'_> {
             state_file,
             timeouts,
             max_body,
+            import_from,
         })
     }
 

@@ -287,6 +287,7 @@ fn config(
             pool_idle: Duration::from_secs(4),
         },
         max_body: 1 << 30,
+        import_from: None,
     }
 }
 

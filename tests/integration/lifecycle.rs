@@ -215,3 +215,109 @@ fn backup_without_persistence_says_how_to_turn_it_on() {
     let s = Stack::new("services: {}\n");
     s.run(&["backup"]).code(1).stderr_has("persistence is off");
 }
+
+/// Make `remote.git` hold one commit in the original deployment's layout:
+/// `admin_config.json` at the tree path of `<stack dir>/nginx/`.
+fn original_backup(s: &Stack, admin_config: &str) {
+    bare_repo(s);
+    let seed = s.path("seed");
+    let rel = tree_path(s, "nginx/admin_config.json");
+    let file = seed.join(&rel);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, admin_config).unwrap();
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(&seed)
+            .args(["-c", "user.name=original", "-c", "user.email=o@localhost"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
+    let remote = s.path("remote.git").display().to_string();
+    git(&["push", "-q", &remote, "main"]);
+    std::fs::remove_dir_all(&seed).unwrap();
+}
+
+fn migration_stack(port: u16) -> Stack {
+    Stack::new(&format!(
+        r#"
+name: migrate
+gateway:
+  listen: 127.0.0.1:{port}
+  default_backend: http://127.0.0.1:6185
+  import_from: ./nginx/admin_config.json
+persist:
+  remote: ./remote.git
+  workdir: ./work
+  paths: [./nginx/admin_config.json]
+"#
+    ))
+}
+
+#[test]
+fn the_originals_routes_and_password_are_imported_from_its_backup() {
+    let port = free_port();
+    let s = migration_stack(port);
+    original_backup(
+        &s,
+        r#"{"admin_password":"the-old-password","default_backend":"http://127.0.0.1:6185",
+            "rules":[{"id":"napcat-ws","priority":200,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/api/ws/"}},
+                     {"id":"napcat-ws","priority":180,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/webui/"}}]}"#,
+    );
+    let mut up = s.up();
+    up.wait_for("imported the original admin_config.json and removed it", T);
+    let (code, _, body) = poll(T, "the admin API", || {
+        http_request(
+            "GET",
+            &format!("http://127.0.0.1:{port}/admin/routes.json"),
+            &[("X-Admin-Password", "the-old-password")],
+            "",
+        )
+        .filter(|(c, _, _)| *c != 503)
+    });
+    assert_eq!(code, 200, "the old password works: {body}");
+    assert!(
+        body.contains("\"napcat-ws\"") && body.contains("\"napcat-ws-2\""),
+        "{body}"
+    );
+    assert!(
+        !s.path("nginx/admin_config.json").exists(),
+        "the plaintext file is gone"
+    );
+    assert!(!up.has_line("generated admin password"), "{}", up.log());
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    // The final snapshot no longer carries the plaintext password.
+    assert_eq!(
+        remote_file(&s, &tree_path(&s, "nginx/admin_config.json")),
+        None
+    );
+}
+
+#[test]
+fn an_imported_default_password_is_replaced_by_a_generated_one() {
+    let port = free_port();
+    let s = migration_stack(port);
+    original_backup(
+        &s,
+        r#"{"admin_password":"admin","default_backend":"http://127.0.0.1:6185","rules":[]}"#,
+    );
+    let mut up = s.up();
+    up.wait_for("generated admin password (shown once)", T);
+    let (code, _, _) = poll(T, "the admin API", || {
+        http_request(
+            "GET",
+            &format!("http://127.0.0.1:{port}/admin/routes.json"),
+            &[("X-Admin-Password", "admin")],
+            "",
+        )
+        .filter(|(c, _, _)| *c != 503)
+    });
+    assert_eq!(code, 403, "the universal default `admin` is refused");
+}
