@@ -3,6 +3,11 @@
 //! routes when they move to stackctl.
 //!
 //! Pure: the file's text in, a validated table and the old password out.
+//! The original shipped a stock rule set (NapCat, Gemini, their Referer
+//! rules); the manifest has stackctl's own equivalents of those (with the
+//! prefix stripping today's Gemini Balance needs, and without the broad
+//! Referer rules that misrouted), so stock rules are replaced by the
+//! manifest's and only the rules a user added are carried over.
 //! The original accepted things stackctl refuses (duplicate ids, rules with
 //! no condition, `{}` left by its editor); such rules are dropped or
 //! renamed with a warning instead of failing the whole import.
@@ -20,6 +25,58 @@ pub struct Imported {
     pub password: Option<String>,
     /// One line per rule left out or renamed.
     pub warnings: Vec<String>,
+}
+
+/// The match conditions of the original deployment's stock rules.
+const STOCK_MATCHES: &[(&str, &str)] = &[
+    ("path_prefix", "/api/ws/"),
+    ("referer_substr", "gemini"),
+    ("referer_substr", "webui"),
+    ("path_equal", "/webui"),
+    ("referer_substr", "/webui/"),
+    ("path_prefix", "/webui/"),
+    ("path_prefix", "/gemini/"),
+    ("path_equal", "/gemini"),
+];
+
+/// Whether `rule` is one of the original's stock rules (by its conditions).
+fn is_stock(rule: &Value) -> bool {
+    let Some(m) = rule["match"].as_object() else {
+        return false;
+    };
+    m.len() == 1
+        && STOCK_MATCHES
+            .iter()
+            .any(|(k, v)| m.get(*k).and_then(Value::as_str) == Some(*v))
+}
+
+/// Parse an original `admin_config.json` and merge it into the manifest's
+/// table: the manifest's rules first, then the user's own rules (stock
+/// ones dropped), ids kept unique.
+pub fn import_merged(
+    text: &str,
+    manifest: &Table,
+    policy: &BackendPolicy,
+) -> Result<Imported, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let mut own = v.clone();
+    let all = v["rules"].as_array().cloned().unwrap_or_default();
+    let kept: Vec<Value> = all.iter().filter(|r| !is_stock(r)).cloned().collect();
+    let dropped = all.len() - kept.len();
+    let mut rules: Vec<Value> = manifest
+        .rules
+        .iter()
+        .filter_map(|r| serde_json::to_value(r).ok())
+        .collect();
+    rules.extend(kept);
+    own["rules"] = Value::Array(rules);
+    let mut imp = import(&own.to_string(), policy)?;
+    if dropped > 0 {
+        imp.warnings.push(format!(
+            "{dropped} stock rule(s) of the original replaced by the manifest's routes"
+        ));
+    }
+    Ok(imp)
 }
 
 /// Parse and validate an original `admin_config.json`.
@@ -135,6 +192,30 @@ mod tests {
         assert!(imp.table.rules.is_empty());
         assert_eq!(imp.table.default_backend, "");
         assert_eq!(imp.warnings.len(), 2);
+    }
+
+    #[test]
+    fn stock_rules_give_way_to_the_manifests_and_own_rules_stay() {
+        let manifest = import(
+            r#"{"rules":[{"id":"gemini","backend":"http://127.0.0.1:8000","strip_prefix":true,"match":{"path_prefix":"/gemini/"}}]}"#,
+            &policy(),
+        )
+        .unwrap()
+        .table;
+        let text = r#"{"admin_password":"pw-long-enough","rules":[
+            {"id":"proxy-gemini","priority":180,"backend":"http://127.0.0.1:8000","match":{"path_prefix":"/gemini/"}},
+            {"id":"gem-ref","priority":195,"backend":"http://127.0.0.1:8000","match":{"referer_substr":"gemini"}},
+            {"id":"mine","priority":50,"backend":"http://127.0.0.1:9000","match":{"path_prefix":"/mine/"}},
+            {"id":"gemini","priority":10,"backend":"http://127.0.0.1:9001","match":{"path_prefix":"/g2/"}}]}"#;
+        let imp = import_merged(text, &manifest, &policy()).unwrap();
+        let ids: Vec<&str> = imp.table.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["gemini", "mine", "gemini-2"]);
+        assert!(imp.table.rules[0].strip_prefix, "the manifest's rule wins");
+        assert!(
+            imp.warnings.iter().any(|w| w.contains("2 stock rule(s)")),
+            "{:?}",
+            imp.warnings
+        );
     }
 
     #[test]

@@ -379,7 +379,7 @@ fn import_original(
             return Ok(None);
         }
     };
-    let imp = match migrate::import(&text, policy) {
+    let imp = match migrate::import_merged(&text, manifest_table, policy) {
         Ok(i) => i,
         Err(e) => {
             tracing::warn!(file = %path.display(), error = %e, "gateway: cannot import the original admin_config.json; using the manifest's routes");

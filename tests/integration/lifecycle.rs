@@ -268,7 +268,8 @@ fn the_originals_routes_and_password_are_imported_from_its_backup() {
         &s,
         r#"{"admin_password":"the-old-password","default_backend":"http://127.0.0.1:6185",
             "rules":[{"id":"napcat-ws","priority":200,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/api/ws/"}},
-                     {"id":"napcat-ws","priority":180,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/webui/"}}]}"#,
+                     {"id":"mine","priority":50,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/mine/"}},
+                     {"id":"mine","priority":40,"action":"proxy","backend":"http://127.0.0.1:6099","match":{"path_prefix":"/also-mine/"}}]}"#,
     );
     let mut up = s.up();
     up.wait_for("imported the original admin_config.json and removed it", T);
@@ -282,10 +283,13 @@ fn the_originals_routes_and_password_are_imported_from_its_backup() {
         .filter(|(c, _, _)| *c != 503)
     });
     assert_eq!(code, 200, "the old password works: {body}");
+    // The user's own rules come over (a duplicate id renamed); the
+    // original's stock rules give way to the manifest's routes.
     assert!(
-        body.contains("\"napcat-ws\"") && body.contains("\"napcat-ws-2\""),
+        body.contains("\"mine\"") && body.contains("\"mine-2\""),
         "{body}"
     );
+    assert!(!body.contains("/api/ws/"), "{body}");
     assert!(
         !s.path("nginx/admin_config.json").exists(),
         "the plaintext file is gone"
