@@ -1,13 +1,72 @@
 //! `stackctl backup`, `restore` and `snapshots`: through the running `up`
 //! when there is one (it owns the workdir), on their own otherwise.
 
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::cli::RestoreArgs;
 use crate::control;
 use crate::manifest::{Manifest, Persist};
-use crate::persist::{Persister, RestoreOptions, RestoreState};
+use crate::persist::{Persister, Progress, RestoreOptions, RestoreState};
+
+/// How often a plain progress line is printed when stdout is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+/// Shows [`Progress`] of a restore or an upload: a bar when stdout is a
+/// terminal, else a plain line on stderr every [`PLAIN_EVERY`] (an
+/// operation shorter than that prints nothing; logs stay readable).
+struct ProgressView {
+    bar: Option<ProgressBar>,
+    /// When the last plain line was printed (or the view was made).
+    last: Mutex<Instant>,
+}
+
+impl ProgressView {
+    fn new() -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            // A fixed template: a bad one would only lose the bar.
+            if let Ok(style) = ProgressStyle::with_template("{bar:30.cyan/blue} {msg}") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        Self {
+            bar,
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn show(&self, p: Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.total);
+                bar.set_position(p.done);
+                bar.set_message(p.to_string());
+            }
+            None => {
+                let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+                if last.elapsed() >= PLAIN_EVERY {
+                    *last = Instant::now();
+                    eprintln!("{p}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ProgressView {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
 
 fn persist(m: &Manifest) -> Result<&Persist> {
     m.persist.as_ref().ok_or_else(|| {
@@ -62,11 +121,15 @@ pub fn backup(m: &Manifest) -> Result<()> {
         );
     }
     let persister = open(p)?;
+    let view = ProgressView::new();
     let restored = persister
-        .restore(&RestoreOptions {
-            keep_newer_local: true,
-            ..RestoreOptions::default()
-        })
+        .restore_with_progress(
+            &RestoreOptions {
+                keep_newer_local: true,
+                ..RestoreOptions::default()
+            },
+            &|pr| view.show(pr),
+        )
         .map_err(|e| anyhow!("{e}"))?;
     if restored.state != RestoreState::ConfirmedEmpty && !restored.changes.is_empty() {
         eprintln!(
@@ -74,7 +137,10 @@ pub fn backup(m: &Manifest) -> Result<()> {
             restored.changes.len()
         );
     }
-    let report = persister.snapshot_and_push().map_err(|e| anyhow!("{e}"))?;
+    let report = persister
+        .snapshot_and_push_with_progress(&|pr| view.show(pr))
+        .map_err(|e| anyhow!("{e}"))?;
+    drop(view);
     print_report(&control::report_json(&report));
     if report.commit.is_some() && report.pushed.is_none() {
         bail!("the snapshot was taken but not pushed; it is queued in the workdir and goes out with the next backup");
@@ -146,7 +212,11 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
         }
         opts.dry_run = false;
     }
-    let report = persister.restore(&opts).map_err(|e| anyhow!("{e}"))?;
+    let view = ProgressView::new();
+    let report = persister
+        .restore_with_progress(&opts, &|pr| view.show(pr))
+        .map_err(|e| anyhow!("{e}"))?;
+    drop(view);
     if args.dry_run {
         if report.changes.is_empty() {
             println!("nothing would change");

@@ -15,7 +15,8 @@ use tracing::{error, info, warn};
 
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
-    PersistError, Persister, RestoreOptions, RestoreReport, SnapshotReport, DEFAULT_LEASE_TTL,
+    PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport,
+    DEFAULT_LEASE_TTL,
 };
 use crate::shutdown::CancellationToken;
 use crate::status::StatusBoard;
@@ -31,7 +32,7 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Restored {
     /// Restored, or the remote was confirmed empty: services may start.
-    Done(RestoreReport),
+    Done(Box<RestoreReport>),
     /// Shutdown was asked for before the restore could finish.
     Stopped,
 }
@@ -69,13 +70,21 @@ pub async fn restore_at_start(
         status.update(|s| s.restore_progress = Some("fetching the last snapshot".into()));
         info!(remote = %p.remote_url(), attempt, "restoring persisted paths");
         let pc = p.clone();
+        let board = status.clone();
         let result = tokio::task::spawn_blocking(move || {
-            pc.restore(&RestoreOptions {
-                // A disk that survived (a VPS, a laptop) may hold data newer
-                // than the last snapshot: keep it rather than roll it back.
-                keep_newer_local: true,
-                ..RestoreOptions::default()
-            })
+            // "restoring (N of M files)" on `/admin/status` and the 503 page.
+            let progress = |pr: Progress| {
+                board.update(|s| s.restore_progress = Some(pr.to_string()));
+            };
+            pc.restore_with_progress(
+                &RestoreOptions {
+                    // A disk that survived (a VPS, a laptop) may hold data newer
+                    // than the last snapshot: keep it rather than roll it back.
+                    keep_newer_local: true,
+                    ..RestoreOptions::default()
+                },
+                &progress,
+            )
         })
         .await;
         publish(p, status);
@@ -88,7 +97,7 @@ pub async fn restore_at_start(
                     bytes = report.applied.bytes,
                     "restore finished"
                 );
-                return Ok(Restored::Done(report));
+                return Ok(Restored::Done(Box::new(report)));
             }
             Ok(Err(e)) if e.is_retryable() => {
                 warn!(error = %e, attempt, retry_in_s = delay.as_secs(), "restore failed; retrying (services wait)");

@@ -318,12 +318,37 @@ pub struct CacheEntry {
     pub wal: Option<StatKey>,
     /// Blob id (hex).
     pub oid: String,
+    /// The blob is of a SQLite backup-API copy, not of the file's raw bytes:
+    /// a snapshot may reuse it, but it says nothing about the bytes on disk
+    /// (restore hashes such a file rather than trust it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 /// A file whose mtime is this close to the scan may still be changing within
 /// the filesystem's timestamp granularity ("racy" in git's words): its blob
 /// is not cached.
 pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+/// The filesystem clock at the start of a scan: the device and mtime of a
+/// probe file created then. A file on that device with an older mtime can
+/// only change by a write stamped at least the probe's mtime, which changes
+/// its stat: it may be cached at once, whatever the timestamp granularity,
+/// instead of waiting out [`RACY_WINDOW_NS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanClock {
+    /// Device of the probe.
+    pub dev: u64,
+    /// The probe's mtime, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl ScanClock {
+    /// May a file on `dev` last modified at `mtime_ns` be cached at once?
+    pub fn settled(&self, dev: u64, mtime_ns: i128) -> bool {
+        dev == self.dev && mtime_ns < self.mtime_ns
+    }
+}
 
 /// Stat cache: absolute path → the blob it had at a given (size, mtime, inode).
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -340,6 +365,13 @@ impl StatCache {
             .map(|e| e.oid.as_str())
     }
 
+    /// The whole entry for `path`, if its stat (and WAL stat) still match.
+    pub fn entry(&self, path: &Path, key: StatKey, wal: Option<StatKey>) -> Option<&CacheEntry> {
+        self.entries
+            .get(path)
+            .filter(|e| e.key == key && e.wal == wal)
+    }
+
     /// Remember `oid` for `path`, unless the file is racy relative to
     /// `scan_start_ns` (then a later scan reads it again).
     pub fn store(&mut self, path: &Path, entry: CacheEntry, scan_start_ns: i128) {
@@ -349,6 +381,18 @@ impl StatCache {
         } else {
             self.entries.insert(path.to_path_buf(), entry);
         }
+    }
+
+    /// Remember `oid` for `path` with no racy check: the caller knows the
+    /// filesystem clock had moved past the file's mtime when it saw the file
+    /// (see [`ScanClock`]), so any later write changes the stat.
+    pub fn store_settled(&mut self, path: &Path, entry: CacheEntry) {
+        self.entries.insert(path.to_path_buf(), entry);
+    }
+
+    /// Forget `path` (its cached blob turned out not to be reproducible).
+    pub fn forget(&mut self, path: &Path) {
+        self.entries.remove(path);
     }
 
     /// Drop entries for paths not seen in the last scan.
@@ -364,6 +408,33 @@ impl StatCache {
     /// Is the cache empty?
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// What restore concludes about a path on disk before writing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDisk {
+    /// It already holds the wanted content: nothing to read or write.
+    Same,
+    /// It cannot hold it (missing, another type or size, or the stat cache
+    /// says it holds another blob): write it.
+    Differs,
+    /// Only its bytes can tell: hash it.
+    Hash,
+}
+
+/// Compare a path on disk with a wanted blob of `want_size` bytes, without
+/// reading it. `local_size` is the size of a regular file there (`None`: no
+/// regular file); `cached` is whether the stat cache, where it may be trusted
+/// and still matches (size, mtime, inode), says the file holds the wanted
+/// blob (`None`: no such entry).
+pub fn compare_local(local_size: Option<u64>, want_size: u64, cached: Option<bool>) -> OnDisk {
+    match (local_size, cached) {
+        (None, _) => OnDisk::Differs,
+        (Some(s), _) if s != want_size => OnDisk::Differs,
+        (Some(_), Some(true)) => OnDisk::Same,
+        (Some(_), Some(false)) => OnDisk::Differs,
+        (Some(_), None) => OnDisk::Hash,
     }
 }
 
@@ -640,6 +711,7 @@ mod tests {
                 key,
                 wal: None,
                 oid: "abc".into(),
+                copy: false,
             },
             now,
         );
@@ -667,10 +739,70 @@ mod tests {
                 key: fresh,
                 wal: None,
                 oid: "def".into(),
+                copy: false,
             },
             now,
         );
         assert_eq!(c.lookup(p, fresh, None), None);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn restore_reads_a_local_file_only_when_the_stat_cache_cannot_answer() {
+        use OnDisk::*;
+        let table: &[(Option<u64>, u64, Option<bool>, OnDisk)] = &[
+            (None, 10, None, Differs),
+            (None, 10, Some(true), Differs),
+            (Some(9), 10, Some(true), Differs),
+            (Some(10), 10, Some(true), Same),
+            (Some(10), 10, Some(false), Differs),
+            (Some(10), 10, None, Hash),
+            (Some(0), 0, None, Hash),
+        ];
+        for &(local, want, cached, expected) in table {
+            assert_eq!(
+                compare_local(local, want, cached),
+                expected,
+                "{local:?} {want} {cached:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_files_older_than_the_probe_on_its_device_are_settled() {
+        let clock = ScanClock {
+            dev: 3,
+            mtime_ns: 1_000,
+        };
+        assert!(clock.settled(3, 999));
+        assert!(
+            !clock.settled(3, 1_000),
+            "same tick: a later write may keep it"
+        );
+        assert!(!clock.settled(3, 1_001));
+        assert!(!clock.settled(4, 1), "another filesystem, another clock");
+    }
+
+    #[test]
+    fn written_entries_are_kept_without_the_racy_check() {
+        let mut c = StatCache::default();
+        let key = StatKey {
+            size: 3,
+            mtime_ns: 1_000,
+            ino: 7,
+        };
+        let p = Path::new("/d/f");
+        c.store_settled(
+            p,
+            CacheEntry {
+                key,
+                wal: None,
+                oid: "abc".into(),
+                copy: false,
+            },
+        );
+        assert_eq!(c.lookup(p, key, None), Some("abc"));
+        c.forget(p);
         assert!(c.is_empty());
     }
 

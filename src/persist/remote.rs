@@ -348,6 +348,17 @@ impl Remote {
     /// Fetch our branch into [`Remote::tracking_ref`]; shallow where the
     /// transport allows it and `depth` asks for it. Returns where the branch is.
     pub fn fetch(&self, repo: &Repository, depth: Depth) -> Result<RemoteHead, RemoteError> {
+        self.fetch_with_progress(repo, depth, &|_, _| {})
+    }
+
+    /// [`Remote::fetch`], telling `progress` (objects received, objects in
+    /// all) as the pack comes in.
+    pub fn fetch_with_progress(
+        &self,
+        repo: &Repository,
+        depth: Depth,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<RemoteHead, RemoteError> {
         let head = self.head(repo)?;
         let RemoteHead::At(oid) = head else {
             return Ok(head);
@@ -359,7 +370,12 @@ impl Remote {
                 .remote_anonymous(&self.url.url)
                 .map_err(|e| self.classify(&e, &tries))?;
             let mut fo = FetchOptions::new();
-            fo.remote_callbacks(self.callbacks(&tries));
+            let mut cb = self.callbacks(&tries);
+            cb.transfer_progress(|stats| {
+                progress(stats.received_objects(), stats.total_objects());
+                true
+            });
+            fo.remote_callbacks(cb);
             fo.download_tags(git2::AutotagOption::None);
             if self.url.shallow_ok {
                 match depth {

@@ -8,7 +8,11 @@
 //! each file atomically (temp file + rename, so a symlink planted at the
 //! destination is replaced, never followed), never writes through a symlinked
 //! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to
-//! each restored database.
+//! each restored database. A path that already holds its snapshot content is
+//! left alone (the stat cache says so, or its hash does), so a restore over
+//! identical data writes nothing; what is written is made durable by one
+//! `syncfs` at the end rather than an fdatasync per file, and gets a
+//! stat-cache entry so the next snapshot does not read it back.
 //!
 //! Large files (LFS pointers tracked by the snapshot's `.gitattributes`, and
 //! the original's `*.pointer` JSON files) are hydrated from the blob store:
@@ -27,8 +31,10 @@ use std::path::{Path, PathBuf};
 use git2::{ObjectType, Oid, Repository, Tree};
 
 use super::blob::{self, BlobStore, Retry};
-use super::plan::{self, KEEP_MARKER, META_DIR, SQLITE_SIDECARS};
+use super::plan::{self, CacheEntry, OnDisk, StatCache, KEEP_MARKER, META_DIR, SQLITE_SIDECARS};
 use super::pointer::{self, OriginalPointer, Pointer};
+use super::snapshot::{now_ns, stat_key, wal_key};
+use super::Progress;
 
 /// Errors while restoring.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,10 @@ pub struct Applied {
     pub downloaded: u64,
     /// Large files already on disk with the right content: not downloaded.
     pub already_present: u64,
+    /// Files and symlinks already as in the snapshot: not written.
+    pub unchanged: u64,
+    /// Paths whose content, type or mode was changed.
+    pub changed: Vec<PathBuf>,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -326,33 +336,160 @@ fn walk(
 }
 
 /// The planned paths that differ on disk: missing, another type, other
-/// content, another mode or link target. Reads files only to hash them.
-pub fn changes(plan: &Plan) -> Vec<PathBuf> {
+/// content, another mode or link target. Reads a file only when the stat
+/// cache cannot answer for it (and remembers what hashing found).
+pub fn changes(
+    repo: &Repository,
+    plan: &Plan,
+    cache: &mut StatCache,
+) -> Result<Vec<PathBuf>, RestoreError> {
+    let mut out = Vec::new();
+    for op in &plan.ops {
+        if on_disk(repo, op, cache)? != State::Same {
+            out.push(op.path().to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// How a planned path on disk compares with the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Already as in the snapshot: nothing to write.
+    Same,
+    /// The right content, another mode: only `chmod`.
+    Mode,
+    /// Missing, another type, or other content: write it.
+    Content,
+}
+
+/// Compare one planned operation with what is on disk.
+fn on_disk(repo: &Repository, op: &Op, cache: &mut StatCache) -> Result<State, RestoreError> {
     use std::os::unix::fs::MetadataExt;
-    let differs = |op: &Op| -> bool {
-        let path = op.path();
-        let Ok(meta) = fs::symlink_metadata(path) else {
-            return true;
-        };
-        match op {
-            Op::Dir { mode, .. } => !meta.is_dir() || meta.mode() & 0o777 != *mode,
-            Op::File { oid, mode, .. } => {
-                !meta.is_file()
-                    || meta.mode() & 0o777 != *mode
-                    || Oid::hash_file(ObjectType::Blob, path).ok() != Some(*oid)
-            }
-            Op::Large { pointer, mode, .. } => {
-                !meta.is_file() || meta.mode() & 0o777 != *mode || !has_content(path, pointer)
-            }
-            Op::Original { pointer, .. } => !meta.is_file() || !has_content(path, pointer),
-            Op::Symlink { target, .. } => fs::read_link(path).ok().as_ref() != Some(target),
+    let path = op.path();
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(State::Content);
+    };
+    let mode_state = |want: u32| {
+        if meta.mode() & 0o777 == want {
+            State::Same
+        } else {
+            State::Mode
         }
     };
-    plan.ops
-        .iter()
-        .filter(|op| differs(op))
-        .map(|op| op.path().to_path_buf())
-        .collect()
+    Ok(match op {
+        Op::Dir { mode, .. } if meta.is_dir() => mode_state(*mode),
+        Op::Dir { .. } => State::Content,
+        Op::File { oid, mode, .. } => {
+            if holds(repo, path, &meta, &Want::Blob(*oid), cache)? {
+                mode_state(*mode)
+            } else {
+                State::Content
+            }
+        }
+        Op::Large { pointer, mode, .. } => {
+            if holds(repo, path, &meta, &Want::Large(pointer), cache)? {
+                mode_state(*mode)
+            } else {
+                State::Content
+            }
+        }
+        Op::Original { pointer, .. } => {
+            if holds(repo, path, &meta, &Want::Large(pointer), cache)? {
+                State::Same
+            } else {
+                State::Content
+            }
+        }
+        Op::Symlink { target, .. } => {
+            if fs::read_link(path).ok().as_ref() == Some(target) {
+                State::Same
+            } else {
+                State::Content
+            }
+        }
+    })
+}
+
+/// The content a restored regular file must have.
+enum Want<'a> {
+    /// A git blob.
+    Blob(Oid),
+    /// A large file: its LFS pointer.
+    Large(&'a Pointer),
+}
+
+impl Want<'_> {
+    /// The blob id a snapshot of the right file caches: the blob itself, or
+    /// the pointer's blob for a large file.
+    fn cache_oid(&self) -> Oid {
+        match self {
+            Want::Blob(oid) => *oid,
+            Want::Large(p) => pointer_oid(p),
+        }
+    }
+}
+
+/// The git blob id of a pointer's text (what the tree holds for a large file).
+fn pointer_oid(p: &Pointer) -> Oid {
+    Oid::hash_object(ObjectType::Blob, p.render().as_bytes()).unwrap_or(Oid::ZERO_SHA1)
+}
+
+/// Does the entry at `path` (lstat `meta`) hold `want`? The stat cache
+/// answers where it may (an entry of the file's raw bytes whose size, mtime
+/// and inode still match; not one of a SQLite backup copy); otherwise the
+/// file is hashed (the git blob id, or SHA-256 for a large file), and a
+/// match is remembered in the cache so the next snapshot need not read it.
+fn holds(
+    repo: &Repository,
+    path: &Path,
+    meta: &fs::Metadata,
+    want: &Want,
+    cache: &mut StatCache,
+) -> Result<bool, RestoreError> {
+    if !meta.is_file() {
+        return Ok(false);
+    }
+    let key = stat_key(meta);
+    let wal = wal_key(path);
+    let oid = want.cache_oid();
+    let cached = cache
+        .entry(path, key, wal)
+        .filter(|e| !e.copy)
+        .map(|e| Oid::from_str(&e.oid).ok() == Some(oid));
+    // A hit needs no blob read: the entry's key holds the file's size, and
+    // that is the size of the blob it names.
+    if cached == Some(true) {
+        return Ok(true);
+    }
+    let size = match want {
+        Want::Blob(oid) => repo.odb()?.read_header(*oid)?.0 as u64,
+        Want::Large(p) => p.size,
+    };
+    Ok(match plan::compare_local(Some(meta.len()), size, cached) {
+        OnDisk::Same => true,
+        OnDisk::Differs => false,
+        OnDisk::Hash => {
+            let same = match want {
+                Want::Blob(oid) => Oid::hash_file(ObjectType::Blob, path).ok() == Some(*oid),
+                Want::Large(p) => blob::hash_file(path).is_ok_and(|got| got == **p),
+            };
+            // Cache only what the hash saw: the stat must not have moved.
+            if same && fs::symlink_metadata(path).is_ok_and(|m| stat_key(&m) == key) {
+                cache.store(
+                    path,
+                    CacheEntry {
+                        key,
+                        wal,
+                        oid: oid.to_string(),
+                        copy: false,
+                    },
+                    now_ns(),
+                );
+            }
+            same
+        }
+    })
 }
 
 impl Op {
@@ -366,12 +503,6 @@ impl Op {
             | Op::Symlink { path, .. } => path,
         }
     }
-}
-
-/// Is the regular file at `path` exactly blob `p`? (Size first: cheap.)
-fn has_content(path: &Path, p: &Pointer) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == p.size)
-        && blob::hash_file(path).is_ok_and(|got| got == *p)
 }
 
 fn werr(path: &Path) -> impl FnOnce(io::Error) -> RestoreError + '_ {
@@ -443,7 +574,19 @@ pub struct Blobs<'a> {
 }
 
 /// Carry out a plan. Refuses to run a plan with refused entries.
-pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, RestoreError> {
+///
+/// A path that already holds its snapshot content is not written (at most
+/// `chmod`ed): a restore over identical data writes nothing, and the stat
+/// cache answers for most files so they are not even read. Files that are
+/// written get a stat-cache entry, so the snapshot after a restore reads
+/// nothing either. `progress` hears about every file.
+pub fn apply(
+    repo: &Repository,
+    plan: &Plan,
+    blobs: &Blobs,
+    cache: &mut StatCache,
+    progress: &dyn Fn(Progress),
+) -> Result<Applied, RestoreError> {
     if !plan.refused.is_empty() {
         return Err(RestoreError::Unsafe(plan.refused.clone()));
     }
@@ -454,6 +597,17 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
     let mut hydrated: HashMap<Pointer, PathBuf> = HashMap::new();
     let mut failed: Vec<(PathBuf, String)> = Vec::new();
     let mut retryable = true;
+    // Stat-cache entries of the files written here; trusted only once they
+    // are durable and the clock has moved on (see `settle`).
+    let mut written: Vec<(PathBuf, CacheEntry)> = Vec::new();
+    let total = plan
+        .ops
+        .iter()
+        .filter(|op| !matches!(op, Op::Dir { .. }))
+        .count() as u64;
+    let mut files_done = 0u64;
+    let mut real_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    progress(Progress::restoring(0, total));
     for op in &plan.ops {
         let path = op.path();
         let root = plan.roots.iter().find(|r| path.starts_with(r));
@@ -468,7 +622,17 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                 fs::create_dir_all(parent).map_err(werr(parent))?;
             }
         } else if let Some(parent) = path.parent() {
-            check_real_dirs(root, parent)?;
+            // Once per directory: nothing else writes here during a restore,
+            // and no later operation of the plan can turn a checked
+            // directory into something else and still write below it.
+            if !real_dirs.contains(parent) {
+                check_real_dirs(root, parent)?;
+                real_dirs.insert(parent.to_path_buf());
+            }
+        }
+        let state = on_disk(repo, op, cache)?;
+        if state != State::Same {
+            done.changed.push(path.to_path_buf());
         }
         match op {
             Op::Dir { path, mode } => {
@@ -480,15 +644,25 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                 } else {
                     ensure_dir(path)?;
                 }
-                dir_modes.push((path.clone(), *mode));
+                if state != State::Same {
+                    dir_modes.push((path.clone(), *mode));
+                }
                 done.dirs += 1;
+            }
+            Op::File { path, mode, .. } if state != State::Content => {
+                if state == State::Mode {
+                    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                        .map_err(werr(path))?;
+                }
+                done.unchanged += 1;
             }
             Op::File { path, oid, mode } => {
                 let blob = repo.find_blob(*oid)?;
                 clear_dir_at(path)?;
                 let tmp = temp_beside(path);
                 let _ = fs::remove_file(&tmp);
-                let write = || -> io::Result<()> {
+                // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
+                let write = || -> io::Result<fs::Metadata> {
                     let mut f = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -496,13 +670,17 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                         .open(&tmp)?;
                     f.write_all(blob.content())?;
                     f.set_permissions(fs::Permissions::from_mode(*mode))?;
-                    f.sync_data()?;
-                    fs::rename(&tmp, path)
+                    let meta = f.metadata()?;
+                    fs::rename(&tmp, path)?;
+                    Ok(meta)
                 };
-                if let Err(e) = write() {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(werr(path)(e));
-                }
+                let meta = match write() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(werr(path)(e));
+                    }
+                };
                 if plan::is_sqlite_header(blob.content()) {
                     for s in SQLITE_SIDECARS {
                         let mut side = path.as_os_str().to_os_string();
@@ -514,6 +692,15 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                         }
                     }
                 }
+                written.push((
+                    path.clone(),
+                    CacheEntry {
+                        key: stat_key(&meta),
+                        wal: wal_key(path),
+                        oid: oid.to_string(),
+                        copy: false,
+                    },
+                ));
                 done.files += 1;
                 done.bytes += blob.size() as u64;
             }
@@ -522,16 +709,19 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                 pointer,
                 mode,
             } => {
+                let mode = Some(*mode);
                 match hydrate(
                     path,
                     pointer,
-                    Some(*mode),
+                    mode,
                     None,
+                    state,
                     blobs,
                     &mut hydrated,
                     &mut done,
                 ) {
-                    Ok(()) => {}
+                    Ok(Some(entry)) => written.push((path.clone(), entry)),
+                    Ok(None) => {}
                     Err(e) => {
                         retryable &= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
@@ -543,22 +733,26 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                 original,
                 pointer,
             } => {
+                let orig = Some(&**original);
                 match hydrate(
                     path,
                     pointer,
                     None,
-                    Some(original),
+                    orig,
+                    state,
                     blobs,
                     &mut hydrated,
                     &mut done,
                 ) {
-                    Ok(()) => {}
+                    // Not in the tree under this path: nothing to cache.
+                    Ok(_) => {}
                     Err(e) => {
                         retryable &= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
                     }
                 }
             }
+            Op::Symlink { .. } if state == State::Same => done.unchanged += 1,
             Op::Symlink { path, target } => {
                 clear_dir_at(path)?;
                 let tmp = temp_beside(path);
@@ -571,11 +765,39 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
                 done.symlinks += 1;
             }
         }
+        if !matches!(op, Op::Dir { .. }) {
+            files_done += 1;
+            progress(Progress::restoring(files_done, total));
+        }
     }
     // Directory modes last, deepest first, so a read-only directory does not
     // block writing its own files.
     for (path, mode) in dir_modes.iter().rev() {
         fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(werr(path))?;
+    }
+    if !done.changed.is_empty() || !done.removed_sidecars.is_empty() {
+        // Why one `syncfs` instead of an fdatasync per file is safe: the
+        // restore gate lives in memory only, and the caller opens it (and
+        // moves the workdir's branch, writes the readiness file, saves the
+        // stat cache) only after this returns. A crash before this point
+        // leaves files old, new or (on a disk that survived) torn, but
+        // nothing records the restore as done: the next start restores
+        // again, and as the entries for the files written here were never
+        // saved, it hashes those files rather than trusting their stat.
+        sync_roots(&plan.roots)
+            .map_err(|e| werr(plan.roots.first().map_or(Path::new("/"), |p| p.as_path()))(e))?;
+        for (root, entries) in by_root(&plan.roots, written) {
+            let newest = entries.iter().map(|(_, e)| e.key.mtime_ns).max();
+            // Cache a written file only once the filesystem's clock has moved
+            // past its mtime: a later write (by a service, once the gate is
+            // open) then always changes the stat. Before the gate opens
+            // nothing else writes here.
+            if newest.is_some_and(|n| settle(&root, n)) {
+                for (path, entry) in entries {
+                    cache.store_settled(&path, entry);
+                }
+            }
+        }
     }
     if !failed.is_empty() {
         for (path, error) in &failed {
@@ -584,6 +806,69 @@ pub fn apply(repo: &Repository, plan: &Plan, blobs: &Blobs) -> Result<Applied, R
         return Err(RestoreError::Blobs { failed, retryable });
     }
     Ok(done)
+}
+
+/// Flush everything written under `roots` to disk: one `syncfs` per
+/// filesystem (a root that is a file: its directory's).
+fn sync_roots(roots: &[PathBuf]) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut synced = std::collections::HashSet::new();
+    for root in roots {
+        let dir = if root.is_dir() {
+            root.as_path()
+        } else {
+            root.parent().unwrap_or(Path::new("/"))
+        };
+        let Ok(f) = fs::File::open(dir) else { continue };
+        if synced.insert(f.metadata()?.dev()) {
+            nix::unistd::syncfs(&f).map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// Group written entries by the directory their root's filesystem clock is
+/// probed in (the root, or a file root's directory).
+fn by_root(
+    roots: &[PathBuf],
+    written: Vec<(PathBuf, CacheEntry)>,
+) -> Vec<(PathBuf, Vec<(PathBuf, CacheEntry)>)> {
+    let mut out: Vec<(PathBuf, Vec<(PathBuf, CacheEntry)>)> = Vec::new();
+    for (path, entry) in written {
+        let Some(root) = roots.iter().find(|r| path.starts_with(r)) else {
+            continue;
+        };
+        let dir = if root == &path {
+            root.parent().unwrap_or(Path::new("/")).to_path_buf()
+        } else {
+            root.clone()
+        };
+        match out.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, v)) => v.push((path, entry)),
+            None => out.push((dir, vec![(path, entry)])),
+        }
+    }
+    out
+}
+
+/// Wait (briefly) until a file created in `dir` gets an mtime after
+/// `newest`: from then on, any write there is stamped later than the files
+/// written so far. Timestamps are coarse (a few ms, a second or two on some
+/// filesystems), so this usually takes one probe. False if it gave up.
+fn settle(dir: &Path, newest: i128) -> bool {
+    let probe = dir.join(format!(".stackctl-clock-{}", std::process::id()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+    loop {
+        let now = fs::File::create(&probe).and_then(|f| f.metadata());
+        let _ = fs::remove_file(&probe);
+        match now {
+            Ok(m) if stat_key(&m).mtime_ns > newest => return true,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            _ => return false,
+        }
+    }
 }
 
 /// Why one large file could not be written.
@@ -613,28 +898,33 @@ impl std::fmt::Display for HydrateError {
     }
 }
 
-/// Put blob `p` at `path`: keep a file that already has it, copy from a
-/// file written earlier in this restore, or download it (verified).
+/// Is the regular file at `path` exactly blob `p`? (Size first: cheap.)
+fn has_content(path: &Path, p: &Pointer) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == p.size)
+        && blob::hash_file(path).is_ok_and(|got| got == *p)
+}
+
+/// Put blob `p` at `path`: keep a file that already has it (`state`),
+/// copy from a file written earlier in this restore, or download it
+/// (verified). Returns the stat-cache entry of a file it wrote.
+#[allow(clippy::too_many_arguments)]
 fn hydrate(
     path: &Path,
     p: &Pointer,
     mode: Option<u32>,
     original: Option<&OriginalPointer>,
+    state: State,
     blobs: &Blobs,
     hydrated: &mut HashMap<Pointer, PathBuf>,
     done: &mut Applied,
-) -> Result<(), HydrateError> {
-    let set_mode = |path: &Path| -> io::Result<()> {
-        match mode {
-            Some(m) => fs::set_permissions(path, fs::Permissions::from_mode(m)),
-            None => Ok(()),
+) -> Result<Option<CacheEntry>, HydrateError> {
+    if state != State::Content {
+        if let (State::Mode, Some(m)) = (state, mode) {
+            fs::set_permissions(path, fs::Permissions::from_mode(m)).map_err(HydrateError::Io)?;
         }
-    };
-    if has_content(path, p) {
-        set_mode(path).map_err(HydrateError::Io)?;
         done.already_present += 1;
         hydrated.insert(*p, path.to_path_buf());
-        return Ok(());
+        return Ok(None);
     }
     clear_dir_at(path).map_err(|e| match e {
         RestoreError::Write { source, .. } => HydrateError::Io(source),
@@ -669,21 +959,31 @@ fn hydrate(
         (None, None) => return Err(HydrateError::NoStore),
     };
     fetched.map_err(HydrateError::Blob)?;
-    let finish = || -> io::Result<()> {
+    let finish = || -> io::Result<fs::Metadata> {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
-        fs::rename(&tmp, path)
+        let meta = fs::symlink_metadata(&tmp)?;
+        fs::rename(&tmp, path)?;
+        Ok(meta)
     };
-    if let Err(e) = finish() {
-        let _ = fs::remove_file(&tmp);
-        return Err(HydrateError::Io(e));
-    }
+    let meta = match finish() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(HydrateError::Io(e));
+        }
+    };
     if local.is_none() {
         done.downloaded += 1;
     }
     done.large_files += 1;
     done.bytes += p.size;
     hydrated.insert(*p, path.to_path_buf());
-    Ok(())
+    Ok(Some(CacheEntry {
+        key: stat_key(&meta),
+        wal: wal_key(path),
+        oid: pointer_oid(p).to_string(),
+        copy: false,
+    }))
 }
 
 #[cfg(test)]
@@ -741,7 +1041,7 @@ mod tests {
             "{:?}",
             p.refused
         );
-        let e = apply(&repo, &p, &no_blobs()).unwrap_err();
+        let e = apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("refusing to restore: the snapshot holds 2 unsafe entries"),
@@ -793,7 +1093,7 @@ mod tests {
             roots: vec![root.clone()],
             ..Plan::default()
         };
-        assert!(apply(&repo, &p, &no_blobs()).is_err());
+        assert!(apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).is_err());
         assert!(!outside.join("f").exists());
         // With the directory op first, the planted symlink is replaced by a real dir.
         let ops = vec![
@@ -816,7 +1116,7 @@ mod tests {
             roots: vec![root.clone()],
             ..Plan::default()
         };
-        apply(&repo, &p, &no_blobs()).unwrap();
+        apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).unwrap();
         assert!(!outside.join("f").exists());
         assert_eq!(fs::read(root.join("sub/f")).unwrap(), b"x");
     }

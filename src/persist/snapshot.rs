@@ -11,7 +11,9 @@
 //! With a blob store, a file at or above the threshold is committed as a Git
 //! LFS pointer (hashed streaming, the live file untouched) plus a root
 //! `.gitattributes` line; [`Built::large`] lists the blobs the caller must
-//! upload before it commits.
+//! upload before it commits. A large SQLite database is copied with the
+//! backup API first, like a small one, and the copy is what gets hashed and
+//! uploaded.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -27,7 +29,8 @@ use super::pointer::{self, Pointer};
 
 use super::blob;
 use super::plan::{
-    self, CacheEntry, Decision, FileType, PathRules, StatCache, StatKey, KEEP_MARKER, META_DIR,
+    self, CacheEntry, Decision, FileType, PathRules, ScanClock, StatCache, StatKey, KEEP_MARKER,
+    META_DIR,
 };
 
 /// Errors while taking a snapshot.
@@ -82,6 +85,9 @@ pub struct Built {
     /// Files committed as LFS pointers: their bytes must be in the blob
     /// store before the commit is pushed.
     pub large: Vec<LargeFile>,
+    /// The newest modification time (seconds) of any entry that is not a
+    /// directory and not excluded; `None` when there is none.
+    pub newest_mtime: Option<i64>,
 }
 
 /// A file committed as an LFS pointer.
@@ -93,6 +99,33 @@ pub struct LargeFile {
     pub tree: String,
     /// Its content's SHA-256 and size.
     pub pointer: Pointer,
+    /// A SQLite database: its bytes must come from a backup-API copy, never
+    /// from the live file (which a writer may be changing).
+    pub sqlite: bool,
+    /// The backup-API copy the pointer was hashed from (in the workdir's
+    /// `tmp/`; [`remove_copies`] deletes it), when one was made.
+    pub copy: Option<PathBuf>,
+}
+
+/// Name prefix of the large SQLite copies in the workdir's `tmp/`.
+const LARGE_COPY_PREFIX: &str = "large-sqlite-";
+
+/// Delete the backup-API copies of large databases a build made.
+pub fn remove_copies(built: &Built) {
+    for f in &built.large {
+        if let Some(copy) = &f.copy {
+            remove_db_files(copy);
+        }
+    }
+}
+
+/// Remove a database file and any side files SQLite left beside it.
+fn remove_db_files(db: &Path) {
+    for suffix in ["", "-journal", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_os_string();
+        p.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(p));
+    }
 }
 
 /// A node of the tree under construction.
@@ -108,6 +141,8 @@ pub struct TreeBuilder<'a> {
     tmp_dir: &'a Path,
     cache: &'a mut StatCache,
     scan_start_ns: i128,
+    /// The filesystem clock at the start of the build (when it could be probed).
+    clock: Option<ScanClock>,
     seen: HashSet<PathBuf>,
     modes: Vec<(String, u32)>,
     built: Built,
@@ -118,7 +153,7 @@ pub struct TreeBuilder<'a> {
     lfs_url: Option<String>,
 }
 
-fn stat_key(m: &fs::Metadata) -> StatKey {
+pub(crate) fn stat_key(m: &fs::Metadata) -> StatKey {
     StatKey {
         size: m.len(),
         mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
@@ -139,7 +174,7 @@ fn file_type(m: &fs::Metadata) -> FileType {
     }
 }
 
-fn now_ns() -> i128 {
+pub(crate) fn now_ns() -> i128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128)
@@ -174,6 +209,7 @@ impl<'a> TreeBuilder<'a> {
             tmp_dir,
             cache,
             scan_start_ns: now_ns(),
+            clock: None,
             seen: HashSet::new(),
             modes: Vec::new(),
             built: Built::default(),
@@ -197,6 +233,19 @@ impl<'a> TreeBuilder<'a> {
             path: self.tmp_dir.to_path_buf(),
             source,
         })?;
+        self.clock = probe_clock(self.tmp_dir);
+        // Copies left by a build that was interrupted (kill -9) or whose
+        // caller failed before cleaning up: only one build runs per workdir.
+        if let Ok(rd) = fs::read_dir(self.tmp_dir) {
+            for e in rd.flatten() {
+                if e.file_name()
+                    .as_bytes()
+                    .starts_with(LARGE_COPY_PREFIX.as_bytes())
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let mut root: BTreeMap<Vec<u8>, Node> = BTreeMap::new();
         let mut tree_paths = Vec::new();
         for rules in paths {
@@ -346,6 +395,10 @@ impl<'a> TreeBuilder<'a> {
         let ty = file_type(meta);
         let size = meta.len();
         let key = stat_key(meta);
+        let excluded = rules.excluded(rel, ty).is_some();
+        if !excluded {
+            self.built.newest_mtime = self.built.newest_mtime.max(Some(meta.mtime()));
+        }
         // A cached blob needs neither the header nor the content.
         let wal = if ty == FileType::File {
             wal_key(abs)
@@ -353,7 +406,7 @@ impl<'a> TreeBuilder<'a> {
             None
         };
         let large = self.threshold > 0 && size >= self.threshold;
-        if ty == FileType::File && rules.excluded(rel, ty).is_none() && (!large || self.pointers) {
+        if ty == FileType::File && !excluded && (!large || self.pointers) {
             if let Some(oid) = self
                 .cache
                 .lookup(abs, key, wal)
@@ -369,7 +422,10 @@ impl<'a> TreeBuilder<'a> {
                 };
                 if (!large || cached_pointer.is_some()) && self.repo.odb()?.exists(oid) {
                     if let Some(pointer) = cached_pointer {
-                        self.push_large(rules, rel, abs, pointer);
+                        // No copy now: the caller makes one only if the
+                        // store turns out not to hold the blob yet.
+                        let sqlite = read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h));
+                        self.push_large(rules, rel, abs, pointer, sqlite, None);
                     }
                     self.seen.insert(abs.to_path_buf());
                     self.count_file(rules, rel, meta);
@@ -410,14 +466,15 @@ impl<'a> TreeBuilder<'a> {
                 };
                 self.built.read += 1;
                 self.seen.insert(abs.to_path_buf());
-                self.cache.store(
+                self.remember(
                     abs,
                     CacheEntry {
                         key,
                         wal,
                         oid: oid.to_string(),
+                        copy: decision == Decision::Sqlite,
                     },
-                    self.scan_start_ns,
+                    meta.dev(),
                 );
                 self.count_file(rules, rel, meta);
                 Node::Leaf {
@@ -441,6 +498,52 @@ impl<'a> TreeBuilder<'a> {
                 self.built.too_large.push((abs.to_path_buf(), size));
                 return Ok(None);
             }
+            Decision::TooLarge { .. }
+                if read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h)) =>
+            {
+                // A large database gets what a small one gets: a consistent
+                // copy through the backup API; the copy is hashed and later
+                // uploaded, never the live file.
+                self.built.sqlite += 1;
+                let copy = self.tmp_dir.join(format!(
+                    "{LARGE_COPY_PREFIX}{}-{}.db",
+                    std::process::id(),
+                    self.built.large.len()
+                ));
+                remove_db_files(&copy);
+                let hashed = sqlite_copy(abs, &copy, self.sqlite_busy_timeout).and_then(|()| {
+                    blob::hash_file(&copy).map_err(|source| SnapshotError::Read {
+                        path: copy.clone(),
+                        source,
+                    })
+                });
+                let pointer = match hashed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        remove_db_files(&copy);
+                        return Err(e);
+                    }
+                };
+                let oid = self.repo.blob(pointer.render().as_bytes())?;
+                self.built.read += 1;
+                self.seen.insert(abs.to_path_buf());
+                self.remember(
+                    abs,
+                    CacheEntry {
+                        key,
+                        wal,
+                        oid: oid.to_string(),
+                        copy: true,
+                    },
+                    meta.dev(),
+                );
+                self.push_large(rules, rel, abs, pointer, true, Some(copy));
+                self.count_file(rules, rel, meta);
+                Node::Leaf {
+                    oid,
+                    mode: git_mode(meta.mode()),
+                }
+            }
             Decision::TooLarge { .. } => {
                 // Streamed: memory stays flat whatever the size.
                 let pointer = match blob::hash_file(abs) {
@@ -454,17 +557,18 @@ impl<'a> TreeBuilder<'a> {
                 // The stat must be the one the hash saw: re-stat, and cache
                 // only when it did not move.
                 if fs::symlink_metadata(abs).is_ok_and(|m| stat_key(&m) == key) {
-                    self.cache.store(
+                    self.remember(
                         abs,
                         CacheEntry {
                             key,
                             wal,
                             oid: oid.to_string(),
+                            copy: false,
                         },
-                        self.scan_start_ns,
+                        meta.dev(),
                     );
                 }
-                self.push_large(rules, rel, abs, pointer);
+                self.push_large(rules, rel, abs, pointer, false, None);
                 self.count_file(rules, rel, meta);
                 Node::Leaf {
                     oid,
@@ -483,7 +587,30 @@ impl<'a> TreeBuilder<'a> {
         Ok(Some(node))
     }
 
-    fn push_large(&mut self, rules: &PathRules, rel: &Path, abs: &Path, pointer: Pointer) {
+    /// Cache `entry` for `abs` (device `dev`): at once when the filesystem
+    /// clock had moved past the file (and its WAL) at the start of the scan,
+    /// else only outside the racy window.
+    fn remember(&mut self, abs: &Path, entry: CacheEntry, dev: u64) {
+        let settled = self.clock.is_some_and(|c| {
+            c.settled(dev, entry.key.mtime_ns)
+                && entry.wal.is_none_or(|w| c.settled(dev, w.mtime_ns))
+        });
+        if settled {
+            self.cache.store_settled(abs, entry);
+        } else {
+            self.cache.store(abs, entry, self.scan_start_ns);
+        }
+    }
+
+    fn push_large(
+        &mut self,
+        rules: &PathRules,
+        rel: &Path,
+        abs: &Path,
+        pointer: Pointer,
+        sqlite: bool,
+        copy: Option<PathBuf>,
+    ) {
         let tree = if rel.as_os_str().is_empty() {
             rules.tree.clone()
         } else {
@@ -493,6 +620,8 @@ impl<'a> TreeBuilder<'a> {
             path: abs.to_path_buf(),
             tree,
             pointer,
+            sqlite,
+            copy,
         });
     }
 
@@ -510,52 +639,25 @@ impl<'a> TreeBuilder<'a> {
         let _ = fs::remove_file(&tmp);
         let result = sqlite_copy(abs, &tmp, self.sqlite_busy_timeout)
             .and_then(|()| Ok(self.repo.blob_path(&tmp)?));
-        for suffix in ["", "-journal", "-wal", "-shm"] {
-            let mut p = tmp.clone().into_os_string();
-            p.push(suffix);
-            let _ = fs::remove_file(PathBuf::from(p));
-        }
+        remove_db_files(&tmp);
         result
     }
 }
 
-/// The newest modification time (seconds) of any non-excluded entry under
-/// the persisted paths; `None` when there is none.
-pub fn newest_mtime(paths: &[PathRules]) -> Result<Option<i64>, SnapshotError> {
-    fn walk(
-        rules: &PathRules,
-        abs: &Path,
-        rel: &Path,
-        newest: &mut Option<i64>,
-    ) -> Result<(), SnapshotError> {
-        let meta = match fs::symlink_metadata(abs) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(read_err(abs)(e)),
-        };
-        let ty = file_type(&meta);
-        if rules.excluded(rel, ty).is_some() {
-            return Ok(());
-        }
-        if ty != FileType::Dir {
-            *newest = (*newest).max(Some(meta.mtime()));
-            return Ok(());
-        }
-        for entry in fs::read_dir(abs).map_err(read_err(abs))? {
-            let entry = entry.map_err(read_err(abs))?;
-            walk(rules, &entry.path(), &rel.join(entry.file_name()), newest)?;
-        }
-        Ok(())
-    }
-    let mut newest = None;
-    for rules in paths {
-        walk(rules, &rules.root, Path::new(""), &mut newest)?;
-    }
-    Ok(newest)
+/// Probe the clock of the filesystem holding `dir` (see [`ScanClock`]).
+fn probe_clock(dir: &Path) -> Option<ScanClock> {
+    let probe = dir.join(format!(".clock-probe-{}", std::process::id()));
+    let meta = fs::File::create(&probe).and_then(|f| f.metadata());
+    let _ = fs::remove_file(&probe);
+    let meta = meta.ok()?;
+    Some(ScanClock {
+        dev: meta.dev(),
+        mtime_ns: stat_key(&meta).mtime_ns,
+    })
 }
 
 /// Stat of `<db>-wal`, part of a database's cache key.
-fn wal_key(db: &Path) -> Option<StatKey> {
+pub(crate) fn wal_key(db: &Path) -> Option<StatKey> {
     let mut p = db.as_os_str().to_os_string();
     p.push("-wal");
     fs::symlink_metadata(PathBuf::from(p))
