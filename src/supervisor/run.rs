@@ -486,19 +486,9 @@ impl Supervisor {
         };
         let probes = CancellationToken::new();
         if let Some(p) = svc.readiness.clone() {
-            let tx = self.tx.clone();
-            let (ctx, token, name) = (ctx.clone(), probes.clone(), name.clone());
-            self.tasks.spawn(async move {
-                let report = move |report| {
-                    let _ = tx.send(Event::Probe {
-                        svc: i,
-                        gen,
-                        report,
-                    });
-                };
-                token
-                    .run_until_cancelled(probe::readiness(name, p, ctx, report))
-                    .await;
+            let (ctx, name) = (ctx.clone(), name.clone());
+            self.spawn_probe(i, gen, &probes, move |report| {
+                probe::readiness(name, p, ctx, report)
             });
         }
         tracing::info!(service = %svc.name, pid, "started");
@@ -530,23 +520,31 @@ impl Supervisor {
             return;
         }
         run.liveness_started = true;
-        let (tx, gen, ctx, token) = (
-            self.tx.clone(),
-            run.gen,
-            run.ctx.clone(),
-            run.probes.clone(),
-        );
+        let (gen, ctx, token) = (run.gen, run.ctx.clone(), run.probes.clone());
+        self.spawn_probe(i, gen, &token, move |report| {
+            probe::liveness(name, p, ctx, report)
+        });
+    }
+
+    /// Run a probe loop for run `gen` of service `i` until `token` is
+    /// cancelled, its reports sent to the event loop.
+    fn spawn_probe<F, Fut>(&mut self, i: usize, gen: u64, token: &CancellationToken, probe: F)
+    where
+        F: FnOnce(Box<dyn Fn(Report) + Send + Sync>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let tx = self.tx.clone();
+        let report = Box::new(move |report| {
+            let _ = tx.send(Event::Probe {
+                svc: i,
+                gen,
+                report,
+            });
+        });
+        let fut = probe(report);
+        let token = token.clone();
         self.tasks.spawn(async move {
-            let report = move |report| {
-                let _ = tx.send(Event::Probe {
-                    svc: i,
-                    gen,
-                    report,
-                });
-            };
-            token
-                .run_until_cancelled(probe::liveness(name, p, ctx, report))
-                .await;
+            token.run_until_cancelled(fut).await;
         });
     }
 
