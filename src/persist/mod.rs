@@ -2,6 +2,7 @@
 //! a git repository.
 //!
 //! - [`blob`]: blob stores for large files (`dir:PATH`, `lfs`, `github-release`), streamed and verified.
+//! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
@@ -28,6 +29,7 @@
 
 pub mod blob;
 pub mod commands;
+pub mod gc;
 pub mod history;
 pub mod lease;
 pub mod lifecycle;
@@ -351,6 +353,9 @@ pub struct SnapshotReport {
     pub large: u64,
     /// Blobs uploaded to the store for this snapshot.
     pub uploaded: u64,
+    /// Blobs deleted from the store after a squash (no kept snapshot
+    /// refers to them and they were older than the grace period).
+    pub blobs_collected: usize,
 }
 
 /// The persistence state shown by `stackctl status` and `/admin/status`.
@@ -403,6 +408,8 @@ pub struct Persister {
     blobs: Option<Arc<dyn BlobStore>>,
     /// Blobs known to be complete in the store (checked or uploaded by us).
     stored: Mutex<HashSet<Pointer>>,
+    /// Unreferenced blobs younger than this are kept ([`gc::DEFAULT_GRACE`]).
+    gc_grace: Duration,
     /// Held for the persister's life: one process per workdir.
     _workdir_lock: Flock<fs::File>,
 }
@@ -444,6 +451,13 @@ impl Persister {
         let mut p = Self::with_config(cfg)?;
         p.blobs = blobs;
         Ok(p)
+    }
+
+    /// Keep unreferenced blobs this long before garbage collection deletes
+    /// them (default [`gc::DEFAULT_GRACE`]; tests use zero).
+    pub fn with_blob_gc_grace(mut self, grace: Duration) -> Self {
+        self.gc_grace = grace;
+        self
     }
 
     /// Open with an explicit configuration: validates paths and globs,
@@ -536,6 +550,7 @@ impl Persister {
             lease: Mutex::new(None),
             blobs: None,
             stored: Mutex::new(HashSet::new()),
+            gc_grace: gc::DEFAULT_GRACE,
             _workdir_lock: workdir_lock,
         })
     }
@@ -797,6 +812,7 @@ impl Persister {
             too_large: built.too_large,
             large: built.large.len() as u64,
             uploaded,
+            blobs_collected: 0,
         })
     }
 
@@ -960,6 +976,11 @@ impl Persister {
                         report.squashed = n;
                         report.pushed = Some(head);
                         report.commit = report.commit.map(|_| head);
+                        // The squash is what leaves blobs unreferenced.
+                        match self.collect_blobs(&repo, head) {
+                            Ok(n) => report.blobs_collected = n,
+                            Err(e) => tracing::warn!(error = %e, "blob garbage collection failed; will retry after the next squash"),
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "persist history squash failed; will retry after the next push"),
@@ -1073,7 +1094,18 @@ impl Persister {
                 .and_then(|c| lease::parse(&String::from_utf8_lossy(c.message_bytes()))),
         };
         let now = unix_now();
-        match lease::decide(info.as_ref(), &self.instance, now, ttl) {
+        let decision = lease::decide(info.as_ref(), &self.instance, now, ttl);
+        if !matches!(
+            decision,
+            lease::Decision::Renew | lease::Decision::Wait { .. }
+        ) {
+            // While we did not hold the lease another instance may have
+            // garbage-collected blobs we remember as stored: forget them, so
+            // the next snapshot checks the store again instead of committing
+            // a pointer to a deleted blob.
+            lock(&self.stored).clear();
+        }
+        match decision {
             lease::Decision::Wait { holder, expires_in } => {
                 return Err(PersistError::LeaseHeld { holder, expires_in })
             }
@@ -1175,6 +1207,46 @@ impl Persister {
         )?;
         tracing::info!(dropped, keep, head = %new_head, "persist history squashed");
         Ok(Some((new_head, dropped)))
+    }
+
+    /// Delete the blobs no snapshot in the branch from `head` (just
+    /// squashed: it ends at a root) refers to, once older than the grace
+    /// period. Returns how many were deleted. A store that cannot list
+    /// blobs (`lfs`) is left alone.
+    fn collect_blobs(&self, repo: &Repository, head: Oid) -> Result<usize, PersistError> {
+        let Some(store) = &self.blobs else {
+            return Ok(0);
+        };
+        let blob_err = |source| PersistError::BlobStore(source);
+        let Some(stored) = store.list().map_err(blob_err)? else {
+            tracing::debug!(store = %store.describe(), "blob store cannot list blobs: no garbage collection");
+            return Ok(0);
+        };
+        let Some(referenced) = gc::referenced(repo, head)? else {
+            tracing::warn!("history does not reach its root here: blob garbage collection skipped");
+            return Ok(0);
+        };
+        let doomed = gc::decide(&referenced, &stored, self.gc_grace);
+        let mut deleted = 0;
+        let mut first_err = None;
+        for b in &doomed {
+            // Forget it first: a later snapshot of the same content uploads it again.
+            lock(&self.stored).retain(|p| p.sha256 != b.sha256);
+            match store.delete(&b.sha256) {
+                Ok(()) => {
+                    deleted += 1;
+                    tracing::info!(oid = %hex::encode(b.sha256), size = b.size, age_s = b.age.as_secs(),
+                        store = %store.describe(), "unreferenced blob deleted");
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(blob_err(e)),
+            None => Ok(deleted),
+        }
     }
 
     fn remote_moved(&self, repo: &Repository, local: Oid) -> bool {

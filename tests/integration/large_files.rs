@@ -434,6 +434,83 @@ fn the_originals_pointer_files_are_hydrated() {
     assert_eq!(r.applied.downloaded, 1);
 }
 
+#[test]
+fn blobs_dropped_by_the_squash_are_collected_after_the_grace_period_and_kept_ones_never() {
+    let s = Setup::new();
+    let a = noise((1 << 20) + 5, 21);
+    let b = noise((1 << 20) + 9, 22);
+    fs::write(s.data.join("a.bin"), &a).unwrap();
+    fs::write(s.data.join("b.bin"), &b).unwrap();
+    let (pa, pb) = (
+        blob::hash_reader(&a[..]).unwrap(),
+        blob::hash_reader(&b[..]).unwrap(),
+    );
+    let store = blob::dir::DirStore::new(s.root.join("blobs"));
+    let mut cfg = s.config("work");
+    cfg.keep = 2;
+    let mut n = 0;
+    // Snapshots until one squashes (keep 2 + slack 1: the fourth commit).
+    let mut until_squash = |p: &Persister| loop {
+        n += 1;
+        fs::write(s.data.join("small.txt"), format!("v{n}")).unwrap();
+        let r = p.snapshot_and_push().unwrap();
+        assert!(r.pushed.is_some());
+        if r.squashed > 0 {
+            return r;
+        }
+        assert!(n < 20, "no squash happened");
+    };
+
+    // Default grace (7 days): the squash leaves `b` unreferenced, it stays.
+    let p = Persister::with_store(cfg.clone(), &dir_store(&s)).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    assert!(store.has(&pa).unwrap() && store.has(&pb).unwrap());
+    fs::remove_file(s.data.join("b.bin")).unwrap();
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 0);
+    assert!(store.has(&pa).unwrap() && store.has(&pb).unwrap());
+    // The kept history no longer refers to `b`.
+    let log = git(&s.remote, &["log", "--format=%H", "main"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    drop(p);
+
+    // Zero grace: the next squash deletes exactly `b`, never `a`.
+    let p = Persister::with_store(cfg.clone(), &dir_store(&s))
+        .unwrap()
+        .with_blob_gc_grace(Duration::ZERO);
+    p.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 1);
+    assert!(store.has(&pa).unwrap(), "a kept snapshot refers to `a`");
+    assert!(!store.has(&pb).unwrap(), "no kept snapshot refers to `b`");
+    let listed: Vec<_> = store
+        .list()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|x| x.sha256)
+        .collect();
+    assert_eq!(listed, vec![pa.sha256]);
+    // Nothing left to collect: a referenced blob survives any number of squashes.
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 0);
+    assert!(store.has(&pa).unwrap());
+    drop(p);
+
+    // Restore from scratch still works.
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = Persister::with_store(s.config("work3"), &dir_store(&s)).unwrap();
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(s.data.join("a.bin")).unwrap(), a);
+    assert!(!s.data.join("b.bin").exists());
+    assert_eq!(r.applied.downloaded, 1);
+}
+
 /// A giftless LFS server on loopback (see `.ci/run` for its venv).
 struct Giftless {
     child: Child,

@@ -19,6 +19,11 @@
 //!   unlike `browser_download_url`: defect 11), answered by a 302 to another
 //!   host, to which the `Authorization` header is not forwarded;
 //! - 2 GiB per asset at most.
+//!
+//! Garbage collection lists the assets named by a SHA-256 (hex, nothing
+//! else: the original's `<sha256>-<name>` assets are never listed, so never
+//! deleted) in every shard, aged by their `created_at`, and deletes one
+//! through `DELETE /repos/{repo}/releases/assets/{id}`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,8 +35,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 
 use super::lfs::{client, net_err, shown, transfer_timeout};
-use super::{open_verified, BlobError, BlobStore, Retry, StoreConfig};
-use crate::persist::pointer::{OriginalPointer, Pointer};
+use super::{open_verified, BlobError, BlobStore, Retry, StoreConfig, StoredBlob};
+use crate::persist::pointer::{parse_sha256, OriginalPointer, Pointer};
 
 /// GitHub's REST API root.
 pub const API: &str = "https://api.github.com";
@@ -61,6 +66,9 @@ struct Asset {
     state: String,
     #[serde(default)]
     digest: Option<String>,
+    /// `2024-01-02T03:04:05Z`.
+    #[serde(default)]
+    created_at: Option<String>,
 }
 
 impl Asset {
@@ -610,6 +618,52 @@ impl BlobStore for GithubStore {
             orig.repo.clone()
         };
         self.download(&repo, orig.asset_id, out, p.size)
+    }
+
+    fn list(&self) -> Result<Option<Vec<StoredBlob>>, BlobError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out = self.with_index(true, |idx| {
+            idx.assets
+                .values()
+                .flatten()
+                .filter(|a| a.state == "uploaded")
+                .filter_map(|a| {
+                    let sha256 = parse_sha256(&a.name)?;
+                    // Unknown creation time: age zero (kept unless the grace is zero).
+                    let created = a
+                        .created_at
+                        .as_deref()
+                        .and_then(crate::persist::parse_date)
+                        .and_then(|t| u64::try_from(t).ok())
+                        .unwrap_or(now);
+                    Some(StoredBlob {
+                        sha256,
+                        size: a.size,
+                        age: Duration::from_secs(now.saturating_sub(created)),
+                    })
+                })
+                .collect::<Vec<_>>()
+        })?;
+        out.sort_by_key(|b| b.sha256);
+        Ok(Some(out))
+    }
+
+    fn delete(&self, sha256: &[u8; 32]) -> Result<(), BlobError> {
+        let name = hex::encode(sha256);
+        let ids = self.with_index(false, |idx| {
+            idx.assets
+                .values()
+                .flatten()
+                .filter(|a| a.name == name)
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        })?;
+        for id in ids {
+            self.delete_asset(id)?;
+        }
+        Ok(())
     }
 }
 

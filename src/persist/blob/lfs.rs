@@ -12,6 +12,12 @@
 //! Auth: Basic `x-access-token:TOKEN` (GitHub, Gitea), `Bearer TOKEN` for
 //! Hugging Face. The token goes only to the endpoint's own host; actions on
 //! other hosts (storage) get only the headers the server handed out.
+//!
+//! Garbage collection is not possible here: the batch API has no way to
+//! list or delete objects, so [`BlobStore::list`] answers `None` and blobs
+//! no snapshot refers to any more stay until the server's own retention
+//! (e.g. GitHub's "delete LFS objects", a Hugging Face repository's storage
+//! cleanup) removes them.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -384,6 +390,11 @@ impl BlobStore for LfsStore {
         }
         resp.copy_to(out).map_err(|e| net_err(&down.href, e))?;
         Ok(())
+    }
+
+    /// The batch API cannot list objects: no garbage collection (module docs).
+    fn list(&self) -> Result<Option<Vec<super::StoredBlob>>, BlobError> {
+        Ok(None)
     }
 
     fn lfs_url(&self) -> Option<String> {

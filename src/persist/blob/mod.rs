@@ -123,6 +123,17 @@ impl BlobError {
     }
 }
 
+/// A blob as a store lists it, for garbage collection ([`crate::persist::gc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// SHA-256 of the content (the blob's name).
+    pub sha256: [u8; 32],
+    /// Size in bytes, as stored.
+    pub size: u64,
+    /// How long ago it was stored (zero when in the future or unknown).
+    pub age: Duration,
+}
+
 /// A content-addressed store of large-file bytes.
 pub trait BlobStore: Send + Sync {
     /// What the store is, for logs (`dir:/x`, `lfs https://...`).
@@ -154,6 +165,31 @@ pub trait BlobStore: Send + Sync {
     fn lfs_url(&self) -> Option<String> {
         None
     }
+
+    /// Every blob stackctl stored here (named by SHA-256), with its age, for
+    /// garbage collection. `None`: the store cannot list (nor delete) blobs,
+    /// so garbage collection does nothing there. Only stackctl's own blobs
+    /// are listed: objects named otherwise (the original's release assets,
+    /// temp files) are never candidates for deletion.
+    fn list(&self) -> Result<Option<Vec<StoredBlob>>, BlobError> {
+        Ok(None)
+    }
+
+    /// Delete the blob named `sha256` (already gone: not an error).
+    fn delete(&self, sha256: &[u8; 32]) -> Result<(), BlobError> {
+        Err(BlobError::Unsupported(format!(
+            "{} cannot delete blob {}",
+            self.describe(),
+            hex::encode(sha256)
+        )))
+    }
+}
+
+/// How long ago `t` was, zero when it is in the future.
+pub fn age_of(t: std::time::SystemTime) -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(t)
+        .unwrap_or(Duration::ZERO)
 }
 
 /// How often and how patiently to retry a transfer.
