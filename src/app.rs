@@ -22,6 +22,11 @@ pub mod code {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // First, before any thread exists: as PID 1, become a tiny forwarder
+    // whose child runs the rest.
+    if let Some(code) = crate::pid1::split() {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

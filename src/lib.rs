@@ -12,6 +12,7 @@
 //! - [`persist`]: data directories restored at start and snapshotted to git.
 //! - [`control`]: the control socket through which `backup` reaches a running `up`.
 //! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
+//! - [`pid1`]: as PID 1, a tiny parent that forwards signals and reaps.
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
@@ -25,6 +26,7 @@ pub mod env;
 pub mod gateway;
 pub mod manifest;
 pub mod persist;
+pub mod pid1;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;

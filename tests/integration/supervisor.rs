@@ -471,9 +471,19 @@ services:
     let init = poll(T, "stackctl inside the namespace", || {
         children_of(run.pid()).first().map(|(p, _)| *p)
     });
-    // Find the orphans while they run: reparented to stackctl (PID 1).
-    let orphans = poll(T, "the orphans to be reparented to PID 1", || {
-        let o: Vec<i32> = children_of(init)
+    // PID 1 is the tiny forwarder (src/pid1.rs); its one child is the
+    // stackctl that supervises and is the subreaper.
+    let main = poll(T, "the supervising stackctl under PID 1", || {
+        let kids = children_of(init);
+        let cmd = |p: i32| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        match kids.as_slice() {
+            [(p, _)] if String::from_utf8_lossy(&cmd(*p)).contains("stackctl") => Some(*p),
+            _ => None,
+        }
+    });
+    // Find the orphans while they run: reparented to stackctl.
+    let orphans = poll(T, "the orphans to be reparented to stackctl", || {
+        let o: Vec<i32> = children_of(main)
             .into_iter()
             .map(|(p, _)| p)
             .filter(|p| {
@@ -489,6 +499,7 @@ services:
     }
     let zombies: Vec<(i32, char)> = children_of(init)
         .into_iter()
+        .chain(children_of(main))
         .filter(|(_, s)| *s == 'Z')
         .collect();
     assert!(zombies.is_empty(), "zombies: {zombies:?}\n{}", run.log());
@@ -643,4 +654,30 @@ services:
     );
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait_exit(T).code(), Some(0), "{}", run.log());
+}
+
+#[test]
+fn as_pid_1_the_exit_code_of_a_given_up_stack_comes_through() {
+    if !std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: cannot create a PID namespace here (needs root and unshare)");
+        return;
+    }
+    let stack = Stack::new(
+        r#"
+services:
+  broken:
+    command: ["sh", "-c", "echo failing; exit 4"]
+    restart: always
+    max_restarts: 0
+"#,
+    );
+    let mut run = stack.spawn(
+        &["up"],
+        Some(&["unshare", "--pid", "--fork", "--mount-proc"]),
+    );
+    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
 }
