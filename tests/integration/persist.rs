@@ -1143,6 +1143,7 @@ fn kill9_worker() {
         return;
     };
     let root = PathBuf::from(root);
+    let blobs = std::env::var_os("STACKCTL_PERSIST_WORKER_BLOBS").map(PathBuf::from);
     let cfg = Config {
         remote: format!("file://{}", root.join("remote.git").display()),
         token: None,
@@ -1153,7 +1154,8 @@ fn kill9_worker() {
             exclude: vec![],
         }],
         exclude: vec![],
-        threshold: 0,
+        // With a blob store (issue 5), files of 64 KiB and more are offloaded.
+        threshold: if blobs.is_some() { 64 << 10 } else { 0 },
         keep: 3,
         instance: String::new(),
         lease_ttl: Duration::from_secs(60),
@@ -1162,7 +1164,11 @@ fn kill9_worker() {
         retry_initial: Duration::ZERO,
         retry_max: Duration::ZERO,
     };
-    let p = Persister::with_config(cfg).unwrap();
+    let store = blobs.as_ref().map(|b| {
+        Arc::new(stackctl::persist::blob::dir::DirStore::new(b.clone()))
+            as Arc<dyn stackctl::persist::blob::BlobStore>
+    });
+    let p = Persister::with_blob_store(cfg, store).unwrap();
     p.restore(&RestoreOptions {
         force: true,
         ..RestoreOptions::default()
@@ -1178,6 +1184,13 @@ fn kill9_worker() {
         db.execute("insert into t(v) values (randomblob(2000))", [])
             .unwrap();
         fs::write(data.join(format!("f{}", i % 50)), i.to_string().repeat(200)).unwrap();
+        if blobs.is_some() {
+            // A new 256 KiB large file each round: kills land inside uploads.
+            let big: Vec<u8> = (0..256 * 1024u64)
+                .map(|j| (j.wrapping_mul(31).wrapping_add(i * 7919) % 251) as u8)
+                .collect();
+            fs::write(data.join(format!("big{}.bin", i % 3)), big).unwrap();
+        }
         p.snapshot_and_push().unwrap();
         println!("pushed {i}");
     }
@@ -1185,7 +1198,20 @@ fn kill9_worker() {
 
 #[test]
 fn kill_9_during_snapshot_or_push_never_corrupts_the_remote() {
+    kill_9_trials(false);
+}
+
+/// Issue 5: a kill at any instant of upload/commit/push never leaves the
+/// remote referring to a blob that is not fully stored.
+#[test]
+fn kill_9_during_large_file_uploads_never_leaves_a_dangling_pointer() {
+    kill_9_trials(true);
+}
+
+fn kill_9_trials(large: bool) {
     let s = Setup::new();
+    let blobs = s.root.join("blobs");
+    let mut pointers = 0;
     let exe = std::env::current_exe().unwrap();
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1202,6 +1228,7 @@ fn kill_9_during_snapshot_or_push_never_corrupts_the_remote() {
                 "--test-threads=1",
             ])
             .env("STACKCTL_PERSIST_WORKER_ROOT", &s.root)
+            .envs(large.then_some(("STACKCTL_PERSIST_WORKER_BLOBS", &blobs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1300,8 +1327,20 @@ fn kill_9_during_snapshot_or_push_never_corrupts_the_remote() {
             .current_dir(&s.remote)
             .output()
             .unwrap();
+        if large {
+            pointers += assert_pointers_resolve(&s.remote, &head, &blobs, trial);
+        }
         if blob.status.success() {
-            fs::write(scratch.join("db.sqlite"), &blob.stdout).unwrap();
+            // Offloaded (large mode): the tree holds a pointer; the bytes are
+            // in the store (checked above).
+            let bytes = match stackctl::persist::pointer::Pointer::parse(&blob.stdout) {
+                Some(ptr) => fs::read(
+                    stackctl::persist::blob::dir::DirStore::new(blobs.clone()).path_of(&ptr),
+                )
+                .unwrap(),
+                None => blob.stdout.clone(),
+            };
+            fs::write(scratch.join("db.sqlite"), &bytes).unwrap();
             let c = rusqlite::Connection::open(scratch.join("db.sqlite")).unwrap();
             let ok: String = c
                 .query_row("pragma integrity_check", [], |r| r.get(0))
@@ -1349,6 +1388,12 @@ fn kill_9_during_snapshot_or_push_never_corrupts_the_remote() {
     git(&s.remote, &["fsck", "--no-progress", "--no-dangling"]);
     heads.dedup();
     eprintln!("distinct remote heads seen after kills: {}", heads.len());
+    if large {
+        assert!(
+            pointers > 0,
+            "no trial pushed a large file: the test proved nothing"
+        );
+    }
 }
 
 #[test]
@@ -1536,4 +1581,46 @@ fn a_single_file_path_round_trips_and_dry_run_lists_only_changes() {
         })
         .unwrap();
     assert!(again.changes.is_empty(), "{:?}", again.changes);
+}
+
+/// Every LFS pointer in `head`'s tree names a blob that is fully in the
+/// `dir:` store: present, of the pointer's size and SHA-256.
+fn assert_pointers_resolve(remote: &Path, head: &str, blobs: &Path, trial: usize) -> usize {
+    use sha2::Digest;
+    let store = stackctl::persist::blob::dir::DirStore::new(blobs.to_path_buf());
+    let mut checked = 0;
+    let ls = Command::new("git")
+        .args(["ls-tree", "-r", head])
+        .current_dir(remote)
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&ls.stdout).lines() {
+        let Some(oid) = line.split_whitespace().nth(2) else {
+            continue;
+        };
+        let content = Command::new("git")
+            .args(["cat-file", "blob", oid])
+            .current_dir(remote)
+            .output()
+            .unwrap()
+            .stdout;
+        let Some(pointer) = stackctl::persist::pointer::Pointer::parse(&content) else {
+            continue;
+        };
+        let path = store.path_of(&pointer);
+        let bytes = fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "trial {trial}: {head} points at a blob not in the store ({}): {e}",
+                path.display()
+            )
+        });
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            pointer.oid(),
+            "trial {trial}: a half-stored blob at {}",
+            path.display()
+        );
+        checked += 1;
+    }
+    checked
 }
