@@ -73,7 +73,7 @@ pub fn run(cli: Cli) -> u8 {
             Err(e) => manifest_failed(&e),
         },
         Command::Up(_) => match load() {
-            Ok(m) => crate::up::run(m, container, cli.log_format),
+            Ok(m) => crate::up::run(m, cli.log_format),
             Err(e) => manifest_failed(&e),
         },
         Command::Routes(args) => with_manifest(load(), |m| crate::client::routes(m, args)),

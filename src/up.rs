@@ -13,7 +13,6 @@ use tracing::{error, info, warn};
 use crate::app::code;
 use crate::cli::LogFormat;
 use crate::gateway::restoring;
-use crate::manifest::read::ContainerEnv;
 use crate::manifest::Manifest;
 use crate::persist::{lifecycle, Persister};
 use crate::shutdown::CancellationToken;
@@ -21,7 +20,7 @@ use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
 
 /// Run the stack until a signal stops it or a service gives up.
-pub fn run(manifest: Manifest, _container: ContainerEnv, log_format: LogFormat) -> u8 {
+pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
     // One worker per core, like nginx's `worker_processes auto`: the gateway
     // scales with them, the supervisor needs almost nothing.
     // STACKCTL_WORKERS overrides it (benchmarks pin equal worker counts).
