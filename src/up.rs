@@ -61,6 +61,16 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
     }
     let manifest = Arc::new(manifest);
     let status = StatusBoard::new();
+    // Every service is on the board before anything can read it: the
+    // gateway answers `/admin/healthz` from the moment it listens, and an
+    // empty board would call the stack healthy before the supervisor ran.
+    for s in &manifest.services {
+        status.service(&s.name, |st| {
+            if !s.enabled {
+                st.phase = crate::status::Phase::Disabled;
+            }
+        });
+    }
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
     let stop_asked = spawn_signal_watch(shutdown.clone(), force.clone());

@@ -325,3 +325,38 @@ fn an_imported_default_password_is_replaced_by_a_generated_one() {
     });
     assert_eq!(code, 403, "the universal default `admin` is refused");
 }
+
+/// `/admin/healthz` answers from the moment the gateway listens, before
+/// the supervisor has started anything: it must never call the stack
+/// healthy while a service is not ready yet.
+#[test]
+fn healthz_is_503_from_the_first_answer_until_every_service_is_ready() {
+    let port = free_port();
+    let s = Stack::new(&format!(
+        r#"
+name: health
+services:
+  app:
+    command: [sleep, "1000"]
+    readiness: {{ file: ./ready.flag, interval: 100ms }}
+    stop_timeout: 2s
+gateway:
+  listen: 127.0.0.1:{port}
+  admin: {{ password: "correct-horse-battery" }}
+"#
+    ));
+    let mut up = s.up();
+    let url = format!("http://127.0.0.1:{port}/admin/healthz");
+    let (code, _, body) = poll(T, "a first healthz answer", || http_get(&url));
+    assert_eq!(code, 503, "first answer: {body}\n{}", up.log());
+    assert!(body.contains("app"), "{body}");
+    up.wait_for("app", T);
+    let (code, _, _) = http_get(&url).unwrap();
+    assert_eq!(code, 503, "healthy before the readiness file exists");
+    std::fs::write(s.path("ready.flag"), "").unwrap();
+    poll(T, "healthz 200 once app is ready", || {
+        http_get(&url).filter(|(c, _, _)| *c == 200)
+    });
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
