@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
-# Large-file benchmark: stackctl's LFS offload vs the git-lfs CLI, both
-# against the same real LFS server (giftless on 127.0.0.1) and local bare
-# repositories, in one run.
+# Large-file benchmark: snapshot and restore of one large file (1 GiB by
+# default) through stackctl's `dir:` and `lfs` stores, against the physical
+# limit of the same bytes on the same machine (`sha256sum FILE` and
+# `cp FILE` + fsync), plus stackctl's LFS offload vs the git-lfs CLI against
+# the same LFS server (giftless on 127.0.0.1). Tools are interleaved in
+# every round; medians are printed.
 #
-# Per round, for each tool:
-#   backup   a data dir holding one SIZE MiB file + 100 small files:
-#            snapshot/commit + upload + push
-#   restore  wiped data -> bytes back in place (stackctl: `restore`;
-#            git-lfs: `git clone` + `git lfs pull` + copy)
-#   rss      peak resident memory of the tool's processes (flat in the
-#            file size means streamed)
-# Prints medians side by side and git-lfs/stackctl ratios (> 1: stackctl faster).
+# Per round:
+#   baseline     sha256sum FILE; cp FILE DEST + fsync DEST (the file is in
+#                the page cache, as it is for stackctl right after writing it);
+#                openssl dgst -sha256 FILE for reference (uses SHA-NI where
+#                the CPU has it; coreutils' sha256sum may not)
+#   dir:         backup   fresh file: hash, then upload to the store (verified)
+#                rehash   the same file touched, its blob already stored: the
+#                         backup only re-hashes it; minus an unchanged backup's
+#                         time, this is stackctl's hashing alone
+#                restore  wiped data -> file back from the store (verified)
+#   lfs:         backup and restore of the same file through giftless
+#   git-lfs:     one SIZE_GITLFS MiB file + 100 small files, stackctl (lfs)
+#                vs git + git-lfs (add, commit, push; clone + lfs pull + copy)
+# Peak RSS: of the stackctl process (RUSAGE_CHILDREN of a fresh helper);
+# growth: minus the peak of an unchanged backup (no large transfer).
+# Targets (issue 5): hashing >= 0.8x sha256sum's speed; RSS growth < 32 MiB.
 #
-# Usage: bench/largefiles.sh [ROUNDS] [SIZE_MIB]     (default 3 rounds, 256 MiB)
+# Usage: bench/largefiles.sh [ROUNDS] [SIZE_MIB] [SIZE_GITLFS_MIB]   (default 3, 1024, 256)
 # Env:   STACKCTL_BIN=path to use a prebuilt binary; GIFTLESS_VENV (default
-#        target/giftless-venv, as .ci/run makes it).
+#        target/giftless-venv, as .ci/run makes it); BENCH_DIR: where the
+#        files live (default /dev/shm when it exists: tmpfs, so the disk
+#        does not hide the CPU cost; the baseline runs in the same place).
 # Not a test: numbers vary with the machine. Installs git-lfs when missing.
 set -euo pipefail
 
 rounds=${1:-3}
-size=${2:-256}
+size=${2:-1024}
+size_gitlfs=${3:-256}
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${GIFTLESS_VENV:-$root/target/giftless-venv}
 
@@ -39,14 +53,23 @@ if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --quiet)
   bin="$root/target/release/stackctl"
 fi
+# Absolute: every stackctl run has its own working directory.
+bin=$(realpath "$bin")
 
-work=$(mktemp -d /tmp/stackctl-bench-lfs.XXXXXX)
+base_dir=${BENCH_DIR:-}
+if [ -z "$base_dir" ]; then
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then base_dir=/dev/shm; else base_dir=/tmp; fi
+fi
+work=$(mktemp -d "$base_dir/stackctl-bench-large.XXXXXX")
+# Not `exec python3`: the trap must outlive it (1 GiB files on tmpfs are RAM).
 trap 'rm -rf "$work"' EXIT
 
-exec python3 - "$bin" "$work" "$rounds" "$size" "$venv" <<'PY'
+python3 - "$bin" "$work" "$rounds" "$size" "$size_gitlfs" "$venv" <<'PY'
 import os, resource, shutil, socket, statistics, subprocess, sys, time
 
-stackctl, work, rounds, size_mib, venv = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+stackctl, work, rounds, size_mib, gitlfs_mib, venv = (
+    sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+MIB = 1 << 20
 
 def free_port():
     s = socket.socket()
@@ -98,32 +121,72 @@ def measured(fn):
         os._exit(0)
     os.close(w)
     out = os.read(r, 100).decode()
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not out:
+        sys.exit("a measured command failed")
     dt, rss = out.split()
     return float(dt), int(rss) / 1024
 
-def make_data(d):
-    os.makedirs(d)
-    with open(os.path.join(d, "model.bin"), "wb") as f:
-        chunk = os.urandom(1 << 20)
-        for i in range(size_mib):
+def big_file(path, mib):
+    # Every MiB differs: no store or filesystem can shortcut repeated blocks.
+    with open(path, "wb") as f:
+        chunk = os.urandom(MIB)
+        for i in range(mib):
             f.write(chunk[:-8] + i.to_bytes(8, "little"))
-    for i in range(100):
-        with open(os.path.join(d, f"small{i}.json"), "w") as f:
-            f.write('{"n": %d}' % i)
 
 def bare(path):
     run("git", "init", "-q", "--bare", "-b", "main", path)
 
-def stackctl_round(base, lfs_url):
-    data = os.path.join(base, "data")
-    make_data(data)
+def stack(base, store):
     bare(os.path.join(base, "remote.git"))
     with open(os.path.join(base, "stack.yaml"), "w") as f:
         f.write("name: bench\npersist:\n  remote: ./remote.git\n  workdir: ./work\n  paths: [./data]\n"
-                f"  large_files: {{ threshold: 10MiB, store: lfs, url: \"{lfs_url}\" }}\n")
-    sc = lambda *a: run(stackctl, "-f", os.path.join(base, "stack.yaml"), *a, cwd=base)
+                f"  large_files: {{ threshold: 10MiB, {store} }}\n")
+    return lambda *a: run(stackctl, "-f", os.path.join(base, "stack.yaml"), *a, cwd=base)
+
+def baseline_round(base):
+    os.makedirs(base)
+    src, dst = os.path.join(base, "file.bin"), os.path.join(base, "copy.bin")
+    big_file(src, size_mib)
+    r = {}
+    r["sha256sum"], _ = measured(lambda: run("sha256sum", src))
+    # A SHA-NI implementation, for reference (coreutils' may not use it).
+    r["openssl"], _ = measured(lambda: run("openssl", "dgst", "-sha256", src))
+    # cp, then fsync the copy: stackctl syncs what it stores and restores.
+    r["cp"], _ = measured(lambda: (run("cp", src, dst), run("sync", dst)))
+    return r
+
+def dir_round(base):
+    os.makedirs(base)
+    data = os.path.join(base, "data")
+    os.makedirs(data)
+    sc = stack(base, "store: \"dir:./blobs\"")
     sc("restore")
+    big = os.path.join(data, "big.bin")
+    big_file(big, size_mib)
+    r = {}
+    r["backup"], r["backup_rss"] = measured(lambda: sc("backup"))
+    # Nothing changed: the fixed cost of a backup (git, lease, push check).
+    r["idle"], r["idle_rss"] = measured(lambda: sc("backup"))
+    # Same bytes, new mtime: the stat cache misses, the file is hashed, and
+    # the store already holds the blob: nothing is uploaded or committed.
+    os.utime(big)
+    r["rehash"], r["rehash_rss"] = measured(lambda: sc("backup"))
+    shutil.rmtree(data)
+    shutil.rmtree(os.path.join(base, "work"))
+    r["restore"], r["restore_rss"] = measured(lambda: sc("restore"))
+    return r
+
+def lfs_round(base, lfs_url, mib, small):
+    os.makedirs(base)
+    data = os.path.join(base, "data")
+    os.makedirs(data)
+    sc = stack(base, f"store: lfs, url: \"{lfs_url}\"")
+    sc("restore")
+    big_file(os.path.join(data, "model.bin"), mib)
+    for i in range(small):
+        with open(os.path.join(data, f"small{i}.json"), "w") as f:
+            f.write('{"n": %d}' % i)
     r = {}
     r["backup"], r["backup_rss"] = measured(lambda: sc("backup"))
     shutil.rmtree(data)
@@ -132,8 +195,13 @@ def stackctl_round(base, lfs_url):
     return r
 
 def gitlfs_round(base, lfs_url):
+    os.makedirs(base)
     data = os.path.join(base, "data")
-    make_data(data)
+    os.makedirs(data)
+    big_file(os.path.join(data, "model.bin"), gitlfs_mib)
+    for i in range(100):
+        with open(os.path.join(data, f"small{i}.json"), "w") as f:
+            f.write('{"n": %d}' % i)
     remote = os.path.join(base, "remote.git")
     bare(remote)
     repo = os.path.join(base, "repo")
@@ -161,23 +229,70 @@ def gitlfs_round(base, lfs_url):
     return r
 
 giftless, port = start_giftless()
+results = {k: [] for k in ("baseline", "dir", "lfs", "stackctl-lfs", "git-lfs")}
 try:
-    results = {"stackctl": [], "git-lfs": []}
     for i in range(rounds):
-        for name, fn in (("stackctl", stackctl_round), ("git-lfs", gitlfs_round)):
+        # One after the other in every round, so a slow phase of the
+        # machine hits all of them.
+        steps = (
+            ("baseline", lambda b: baseline_round(b)),
+            ("dir", lambda b: dir_round(b)),
+            ("lfs", lambda b: lfs_round(b, f"http://127.0.0.1:{port}/bench/lfs-{i}", size_mib, 0)),
+            ("stackctl-lfs", lambda b: lfs_round(b, f"http://127.0.0.1:{port}/bench/sl-{i}", gitlfs_mib, 100)),
+            ("git-lfs", lambda b: gitlfs_round(b, f"http://127.0.0.1:{port}/bench/gl-{i}")),
+        )
+        for name, fn in steps:
             base = os.path.join(work, f"{name}-{i}")
-            os.makedirs(base)
-            url = f"http://127.0.0.1:{port}/bench/{name}-{i}"
-            results[name].append(fn(base, url))
+            results[name].append(fn(base))
             shutil.rmtree(base)
+        print(f"round {i + 1} of {rounds} done", file=sys.stderr)
 finally:
     giftless.kill()
     giftless.wait()
 
-print(f"large-file benchmark: one {size_mib} MiB file + 100 small files, {rounds} rounds, medians")
+def med(name, key):
+    return statistics.median(r[key] for r in results[name])
+
+size_b = size_mib * MIB
+mbps = lambda secs, b=size_b: b / secs / 1e6
+sha, cp = med("baseline", "sha256sum"), med("baseline", "cp")
+both = sha + cp
+idle, idle_rss = med("dir", "idle"), med("dir", "idle_rss")
+hashing = max(med("dir", "rehash") - idle, 1e-9)
+
+print(f"large-file benchmark: one {size_mib} MiB file in {os.path.dirname(work)}, {rounds} rounds, medians")
+print()
+print(f"{'physical limit':34}{'time':>9}{'MB/s':>9}")
+print(f"{'sha256sum FILE':34}{sha:8.2f}s{mbps(sha):9.0f}")
+print(f"{'cp FILE + fsync':34}{cp:8.2f}s{mbps(cp):9.0f}")
+ossl = med("baseline", "openssl")
+print(f"{'(openssl dgst -sha256 FILE)':34}{ossl:8.2f}s{mbps(ossl):9.0f}")
+print(f"{'sha256sum + cp (= 1.00)':34}{both:8.2f}s{mbps(both):9.0f}")
+print()
+print(f"{'stackctl':34}{'time':>9}{'MB/s':>9}{'x limit':>9}{'peak RSS':>11}{'growth':>9}")
+rows = (
+    ("dir: backup (hash + store)", "dir", "backup", both),
+    ("dir: restore (fetch + verify)", "dir", "restore", both),
+    ("lfs: backup (hash + upload)", "lfs", "backup", both),
+    ("lfs: restore (download + verify)", "lfs", "restore", both),
+)
+growth = []
+for label, name, key, limit in rows:
+    t, rss = med(name, key), med(name, key + "_rss")
+    growth.append(rss - idle_rss)
+    print(f"{label:34}{t:8.2f}s{mbps(t):9.0f}{limit / t:9.2f}{rss:8.1f}MiB{rss - idle_rss:6.1f}MiB")
+print(f"{'hashing alone (x sha256sum)':34}{hashing:8.2f}s{mbps(hashing):9.0f}{sha / hashing:9.2f}")
+print(f"{'hashing alone (x openssl)':34}{'':9}{'':9}{ossl / hashing:9.2f}")
+print(f"{'unchanged backup (fixed cost)':34}{idle:8.2f}s{'':9}{'':9}{idle_rss:8.1f}MiB")
+print()
+ok = lambda c: "met" if c else "NOT met"
+print(f"target: hashing >= 0.8x sha256sum       {sha / hashing:.2f}x   {ok(sha / hashing >= 0.8)}")
+print(f"target: RSS growth < 32 MiB             {max(growth):.1f} MiB   {ok(max(growth) < 32)}")
+print()
+print(f"LFS offload vs git-lfs: one {gitlfs_mib} MiB file + 100 small files, giftless on loopback")
 print(f"{'':14}{'stackctl':>12}{'git-lfs':>12}{'git-lfs/stackctl':>18}")
 for k, unit in (("backup", "s"), ("restore", "s"), ("backup_rss", "MiB"), ("restore_rss", "MiB")):
-    s = statistics.median(r[k] for r in results["stackctl"])
-    g = statistics.median(r[k] for r in results["git-lfs"])
+    s = med("stackctl-lfs", k)
+    g = med("git-lfs", k)
     print(f"{k:14}{s:10.2f}{unit:>2}{g:10.2f}{unit:>2}{g / s:18.2f}")
 PY

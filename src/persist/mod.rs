@@ -7,6 +7,7 @@
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
 //! - [`pointer`]: Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
+//! - [`progress`]: byte progress of large-file uploads and downloads (bars, plain lines, log lines).
 //! - [`snapshot`]: build a tree from the live files (SQLite via the backup API) and commit it.
 //! - [`remote`]: fetch and push with git2; token only through the credentials callback.
 //! - [`restore`]: write a snapshot back in place, refusing anything that escapes the paths.
@@ -35,6 +36,7 @@ pub mod lease;
 pub mod lifecycle;
 pub mod plan;
 pub mod pointer;
+pub mod progress;
 pub mod remote;
 pub mod restore;
 pub mod schedule;
@@ -52,6 +54,7 @@ use nix::fcntl::{Flock, FlockArg};
 use blob::{BlobError, BlobStore, StoreConfig};
 use plan::{PathRules, PlanError, StatCache};
 use pointer::Pointer;
+use progress::{ProgressSink, Transfer};
 use remote::{Depth, Remote, RemoteError, RemoteHead};
 use restore::RestoreError;
 use snapshot::SnapshotError;
@@ -410,6 +413,8 @@ pub struct Persister {
     stored: Mutex<HashSet<Pointer>>,
     /// Unreferenced blobs younger than this are kept ([`gc::DEFAULT_GRACE`]).
     gc_grace: Duration,
+    /// Hears the byte progress of large-file transfers.
+    sink: Arc<dyn ProgressSink>,
     /// Held for the persister's life: one process per workdir.
     _workdir_lock: Flock<fs::File>,
 }
@@ -457,6 +462,13 @@ impl Persister {
     /// them (default [`gc::DEFAULT_GRACE`]; tests use zero).
     pub fn with_blob_gc_grace(mut self, grace: Duration) -> Self {
         self.gc_grace = grace;
+        self
+    }
+
+    /// Send the byte progress of large-file uploads and downloads to `sink`
+    /// (default: [`progress::Lines::log`]).
+    pub fn with_progress_sink(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.sink = sink;
         self
     }
 
@@ -551,6 +563,9 @@ impl Persister {
             blobs: None,
             stored: Mutex::new(HashSet::new()),
             gc_grace: gc::DEFAULT_GRACE,
+            // The log by default: `up` shows a long restore or upload moving
+            // in the container's output; the CLI brings bars or plain lines.
+            sink: Arc::new(progress::Lines::log(progress::interval())),
             _workdir_lock: workdir_lock,
         })
     }
@@ -661,11 +676,19 @@ impl Persister {
             let changes = restore::changes(&repo, &plan, &mut cache)?;
             (restore::Applied::default(), changes)
         } else {
+            let (count, total) = plan.large_files();
+            let transfer = Transfer::new("restore", total, count);
             let blobs = restore::Blobs {
                 store: self.blobs.as_deref(),
                 retry: self.blob_retry(),
+                transfer: Some(&transfer),
             };
-            let applied = restore::apply(&repo, &plan, &blobs, &mut cache, progress)?;
+            let mut apply = || restore::apply(&repo, &plan, &blobs, &mut cache, progress);
+            let applied = if count > 0 {
+                progress::watch(&transfer, &*self.sink, apply)?
+            } else {
+                apply()?
+            };
             let changes = applied.changed.clone();
             (applied, changes)
         };
@@ -847,7 +870,6 @@ impl Persister {
         let Some(store) = &self.blobs else {
             return Ok(0);
         };
-        let mut uploaded = 0;
         let mut missing = Vec::new();
         for f in large {
             if lock(&self.stored).contains(&f.pointer) {
@@ -871,8 +893,29 @@ impl Persister {
             }
         }
         let total: u64 = missing.iter().map(|f| f.pointer.size).sum();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let transfer = Transfer::new("backup", total, missing.len());
+        progress::watch(&transfer, &*self.sink, || {
+            blob::counting(transfer.counter(), || {
+                self.upload(store.as_ref(), &missing, total, &transfer, progress)
+            })
+        })
+    }
+
+    /// Upload `missing` (`total` bytes), telling `transfer` and `progress`.
+    fn upload(
+        &self,
+        store: &dyn BlobStore,
+        missing: &[&snapshot::LargeFile],
+        total: u64,
+        transfer: &Transfer,
+        progress: &dyn Fn(Progress),
+    ) -> Result<u64, PersistError> {
+        let mut uploaded = 0;
         let mut sent = 0;
-        for f in missing {
+        for &f in missing {
             let err = |source| PersistError::Blob {
                 path: f.path.clone(),
                 source,
@@ -883,14 +926,16 @@ impl Persister {
                 total,
             });
             let started = std::time::Instant::now();
+            transfer.begin_file(&f.path, f.pointer.size);
             let result = match (&f.copy, f.sqlite) {
                 (Some(copy), _) => store.put(&f.pointer, copy),
                 // A database served by the stat cache: copy it now (never
                 // upload the live file); `put` checks the copy still hashes
                 // to the pointer.
-                (None, true) => self.put_sqlite_copy(store.as_ref(), f),
+                (None, true) => self.put_sqlite_copy(store, f),
                 (None, false) => store.put(&f.pointer, &f.path),
             };
+            transfer.end_file();
             if let Err(BlobError::Changed { .. }) = &result {
                 // The stat said unchanged but the bytes are not the pointer's:
                 // make the next snapshot read the file again.

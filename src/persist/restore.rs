@@ -33,6 +33,7 @@ use git2::{ObjectType, Oid, Repository, Tree};
 use super::blob::{self, BlobStore, Retry};
 use super::plan::{self, CacheEntry, OnDisk, StatCache, KEEP_MARKER, META_DIR, SQLITE_SIDECARS};
 use super::pointer::{self, OriginalPointer, Pointer};
+use super::progress::Transfer;
 use super::snapshot::{now_ns, stat_key, wal_key};
 use super::Progress;
 
@@ -120,6 +121,20 @@ pub struct Plan {
     pub absent: Vec<PathBuf>,
     /// Persisted roots (each operation is below one of them).
     pub roots: Vec<PathBuf>,
+}
+
+impl Plan {
+    /// How many large files the plan writes, and their bytes in all (an
+    /// upper bound of what is downloaded: some may already be in place).
+    pub fn large_files(&self) -> (usize, u64) {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Large { pointer, .. } | Op::Original { pointer, .. } => Some(pointer.size),
+                _ => None,
+            })
+            .fold((0, 0), |(n, bytes), size| (n + 1, bytes + size))
+    }
 }
 
 /// What a restore did.
@@ -571,6 +586,8 @@ pub struct Blobs<'a> {
     pub store: Option<&'a dyn BlobStore>,
     /// Retry policy for each download.
     pub retry: Retry,
+    /// Counts the bytes of each large file as it is written, for progress.
+    pub transfer: Option<&'a Transfer>,
 }
 
 /// Carry out a plan. Refuses to run a plan with refused entries.
@@ -919,6 +936,9 @@ fn hydrate(
     done: &mut Applied,
 ) -> Result<Option<CacheEntry>, HydrateError> {
     if state != State::Content {
+        if let Some(t) = blobs.transfer {
+            t.skip_file(p.size);
+        }
         if let (State::Mode, Some(m)) = (state, mode) {
             fs::set_permissions(path, fs::Permissions::from_mode(m)).map_err(HydrateError::Io)?;
         }
@@ -932,7 +952,12 @@ fn hydrate(
     })?;
     let tmp = temp_beside(path);
     let local = hydrated.get(p).filter(|src| has_content(src, p)).cloned();
-    let fetched = match (&local, blobs.store) {
+    // Without a caller's transfer the bytes are counted into one nobody
+    // reads: one code path either way.
+    let quiet = Transfer::new("restore", 0, 0);
+    let transfer = blobs.transfer.unwrap_or(&quiet);
+    transfer.begin_file(path, p.size);
+    let fetched = blob::counting(transfer.counter(), || match (&local, blobs.store) {
         (Some(src), _) => {
             let retry = Retry {
                 attempts: 1,
@@ -951,14 +976,17 @@ fn hydrate(
                 })?;
                 Ok(())
             })
+            .map_err(HydrateError::Blob)
         }
         (None, Some(store)) => blob::download_to(&blobs.retry, p, &tmp, |w| match original {
             Some(o) => store.get_original(o, p, w),
             None => store.get(p, w),
-        }),
-        (None, None) => return Err(HydrateError::NoStore),
-    };
-    fetched.map_err(HydrateError::Blob)?;
+        })
+        .map_err(HydrateError::Blob),
+        (None, None) => Err(HydrateError::NoStore),
+    });
+    transfer.end_file();
+    fetched?;
     let finish = || -> io::Result<fs::Metadata> {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
         let meta = fs::symlink_metadata(&tmp)?;
@@ -994,6 +1022,7 @@ mod tests {
         Blobs {
             store: None,
             retry: Retry::default(),
+            transfer: None,
         }
     }
 

@@ -464,18 +464,13 @@ impl<'a> TreeBuilder<'a> {
                         },
                     }
                 };
-                self.built.read += 1;
-                self.seen.insert(abs.to_path_buf());
-                self.remember(
-                    abs,
-                    CacheEntry {
-                        key,
-                        wal,
-                        oid: oid.to_string(),
-                        copy: decision == Decision::Sqlite,
-                    },
-                    meta.dev(),
-                );
+                let entry = CacheEntry {
+                    key,
+                    wal,
+                    oid: oid.to_string(),
+                    copy: decision == Decision::Sqlite,
+                };
+                self.record_read(abs, meta, entry, false);
                 self.count_file(rules, rel, meta);
                 Node::Leaf {
                     oid,
@@ -525,18 +520,13 @@ impl<'a> TreeBuilder<'a> {
                     }
                 };
                 let oid = self.repo.blob(pointer.render().as_bytes())?;
-                self.built.read += 1;
-                self.seen.insert(abs.to_path_buf());
-                self.remember(
-                    abs,
-                    CacheEntry {
-                        key,
-                        wal,
-                        oid: oid.to_string(),
-                        copy: true,
-                    },
-                    meta.dev(),
-                );
+                let entry = CacheEntry {
+                    key,
+                    wal,
+                    oid: oid.to_string(),
+                    copy: true,
+                };
+                self.record_read(abs, meta, entry, false);
                 self.push_large(rules, rel, abs, pointer, true, Some(copy));
                 self.count_file(rules, rel, meta);
                 Node::Leaf {
@@ -552,22 +542,15 @@ impl<'a> TreeBuilder<'a> {
                     Err(e) => return Err(read_err(abs)(e)),
                 };
                 let oid = self.repo.blob(pointer.render().as_bytes())?;
-                self.built.read += 1;
-                self.seen.insert(abs.to_path_buf());
-                // The stat must be the one the hash saw: re-stat, and cache
-                // only when it did not move.
-                if fs::symlink_metadata(abs).is_ok_and(|m| stat_key(&m) == key) {
-                    self.remember(
-                        abs,
-                        CacheEntry {
-                            key,
-                            wal,
-                            oid: oid.to_string(),
-                            copy: false,
-                        },
-                        meta.dev(),
-                    );
-                }
+                let entry = CacheEntry {
+                    key,
+                    wal,
+                    oid: oid.to_string(),
+                    copy: false,
+                };
+                // Hashed straight from the live file: the stat must be the
+                // one the hash saw.
+                self.record_read(abs, meta, entry, true);
                 self.push_large(rules, rel, abs, pointer, false, None);
                 self.count_file(rules, rel, meta);
                 Node::Leaf {
@@ -585,6 +568,18 @@ impl<'a> TreeBuilder<'a> {
             Decision::Excluded(_) | Decision::Dir => return Ok(None),
         };
         Ok(Some(node))
+    }
+
+    /// `abs` (lstat `meta`) was read into the snapshot: count it, keep its
+    /// cache entry through this build, and cache `entry`. With `restat`,
+    /// only if the file's stat still is `entry.key` (the content was read
+    /// from the live file, which may have moved meanwhile).
+    fn record_read(&mut self, abs: &Path, meta: &fs::Metadata, entry: CacheEntry, restat: bool) {
+        self.built.read += 1;
+        self.seen.insert(abs.to_path_buf());
+        if !restat || fs::symlink_metadata(abs).is_ok_and(|m| stat_key(&m) == entry.key) {
+            self.remember(abs, entry, meta.dev());
+        }
     }
 
     /// Cache `entry` for `abs` (device `dev`): at once when the filesystem

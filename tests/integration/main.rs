@@ -11,4 +11,5 @@ mod large_files;
 mod lifecycle;
 mod manifest;
 mod persist;
+mod progress;
 mod supervisor;

@@ -10,16 +10,21 @@
 //! changed while it was uploaded never becomes a complete object under the
 //! wrong name), and [`download_to`] checks size and SHA-256 of what it
 //! received before anything is renamed into place.
+//!
+//! Both are also where byte progress is counted ([`ByteCounter`],
+//! [`counting`]): every store moves its bytes through them, so a transfer
+//! is measured the same way whatever the store.
 
 pub mod dir;
 pub mod github;
 pub mod lfs;
 
+use std::cell::RefCell;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,6 +237,67 @@ impl Retry {
     }
 }
 
+/// Bytes of the large file being transferred now, for progress: the only
+/// cost on the transfer's path is one relaxed atomic add per chunk; a
+/// reporter thread reads it at its own pace ([`crate::persist::progress`]).
+#[derive(Debug, Default)]
+pub struct ByteCounter(AtomicU64);
+
+impl ByteCounter {
+    /// Count `n` more bytes.
+    pub fn add(&self, n: u64) {
+        // Relaxed: the value is only displayed; nothing is ordered by it.
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Bytes counted since the last [`ByteCounter::reset`].
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Start again from zero: a retried transfer reads its file again.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// The counter uploads and downloads opened on this thread report to.
+    static COUNTER: RefCell<Option<Arc<ByteCounter>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with `counter` counting the bytes of every upload
+/// ([`open_verified`]) and download ([`download_to`]) opened on this thread
+/// meanwhile. A thread-local rather than a parameter because
+/// [`BlobStore::put`] only takes a path: each store opens the file itself
+/// through [`open_verified`], which picks the counter up here. The reader
+/// keeps its own handle, so it counts even when an HTTP client reads the
+/// body on another thread.
+pub fn counting<T>(counter: &Arc<ByteCounter>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<ByteCounter>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            COUNTER.with(|c| *c.borrow_mut() = previous);
+        }
+    }
+    let previous = COUNTER.with(|c| c.borrow_mut().replace(counter.clone()));
+    // Restored on unwind too: a panic must not leave a stale counter behind.
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The counter of the enclosing [`counting`], reset for a new transfer.
+/// Stores that upload a file in parts call it once per file and hand the
+/// counter to each part's reader ([`VerifyingReader::counted`]).
+pub fn start_counting() -> Option<Arc<ByteCounter>> {
+    let counter = COUNTER.with(|c| c.borrow().clone());
+    if let Some(c) = &counter {
+        c.reset();
+    }
+    counter
+}
+
 /// SHA-256 and size of everything `r` yields, streaming.
 pub fn hash_reader(mut r: impl Read) -> io::Result<Pointer> {
     let mut h = Sha256::new();
@@ -267,6 +333,7 @@ pub struct VerifyingReader<R> {
     left: u64,
     hasher: Sha256,
     changed: Arc<AtomicBool>,
+    counter: Option<Arc<ByteCounter>>,
 }
 
 impl<R: Read> VerifyingReader<R> {
@@ -278,7 +345,15 @@ impl<R: Read> VerifyingReader<R> {
             left: expected.size,
             hasher: Sha256::new(),
             changed,
+            counter: None,
         }
+    }
+
+    /// Count what is read into `counter` (one part of a file uploaded in
+    /// parts: the counter spans the whole file).
+    pub fn counted(mut self, counter: Option<Arc<ByteCounter>>) -> Self {
+        self.counter = counter;
+        self
     }
 
     fn mismatch(&self) -> io::Error {
@@ -308,6 +383,9 @@ impl<R: Read> Read for VerifyingReader<R> {
         }
         self.hasher.update(&buf[..n]);
         self.left -= n as u64;
+        if let Some(c) = &self.counter {
+            c.add(n as u64);
+        }
         if self.left == 0 && self.hasher.clone().finalize()[..] != self.expected.sha256 {
             return Err(self.mismatch());
         }
@@ -327,7 +405,8 @@ pub fn open_verified(
         source,
     })?;
     let flag = Arc::new(AtomicBool::new(false));
-    Ok((VerifyingReader::new(f, *p, flag.clone()), flag))
+    let reader = VerifyingReader::new(f, *p, flag.clone()).counted(start_counting());
+    Ok((reader, flag))
 }
 
 /// A writer that hashes and counts what passes through.
@@ -335,6 +414,7 @@ pub struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     size: u64,
+    counter: Option<Arc<ByteCounter>>,
 }
 
 impl<W: Write> HashingWriter<W> {
@@ -344,6 +424,7 @@ impl<W: Write> HashingWriter<W> {
             inner,
             hasher: Sha256::new(),
             size: 0,
+            counter: None,
         }
     }
 
@@ -364,6 +445,9 @@ impl<W: Write> Write for HashingWriter<W> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        if let Some(c) = &self.counter {
+            c.add(n as u64);
+        }
         Ok(n)
     }
 
@@ -395,6 +479,7 @@ pub fn download_to(
             .open(tmp)
             .map_err(io_err)?;
         let mut w = HashingWriter::new(io::BufWriter::with_capacity(CHUNK, f));
+        w.counter = start_counting();
         fetch(&mut w)?;
         let (got, buf) = w.finish();
         let f = buf.into_inner().map_err(|e| io_err(e.into_error()))?;

@@ -1,0 +1,165 @@
+//! Byte progress of large files through the real binary: `stackctl backup`
+//! and `restore` print plain lines while one large file moves through a
+//! `dir:` store (stdout is a pipe here, not a terminal), and `stackctl up`
+//! logs them during its restore at start. The interval comes down to 1 ms
+//! through `STACKCTL_PROGRESS_INTERVAL`, so a transfer of a fraction of a
+//! second shows many lines.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{free_port, Stack};
+
+/// Large enough that moving it takes many 1 ms ticks even on a fast disk.
+const SIZE_MIB: u64 = 96;
+
+fn stack(port: u16) -> Stack {
+    let s = Stack::new(&format!(
+        r#"
+name: progress
+gateway:
+  listen: 127.0.0.1:{port}
+  admin: {{ password: "correct-horse-battery" }}
+persist:
+  remote: ./remote.git
+  workdir: ./work
+  paths: [./data]
+  large_files: {{ threshold: 1MiB, store: "dir:./blobs" }}
+"#
+    ))
+    .env("STACKCTL_PROGRESS_INTERVAL", "1ms");
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(s.path("remote.git"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git init --bare");
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    s
+}
+
+/// `SIZE_MIB` MiB whose every MiB differs (no run of identical blocks).
+fn big_file() -> Vec<u8> {
+    let mut v = Vec::with_capacity((SIZE_MIB << 20) as usize);
+    for i in 0..(SIZE_MIB << 20) / 8 {
+        v.extend_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    }
+    v
+}
+
+/// The inverse of the plain lines' sizes (`12 B`, `3 KiB`, `412 MiB`,
+/// `1.0 GiB`), in bytes.
+fn parse_size(text: &str) -> u64 {
+    let (n, unit) = text
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("no unit in {text:?}"));
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unknown unit {other:?} in {text:?}"),
+    };
+    (n.parse::<f64>()
+        .unwrap_or_else(|_| panic!("bad number in {text:?}"))
+        * scale) as u64
+}
+
+/// (done, total) of every `LABEL: DONE of TOTAL (P%) PATH` line in
+/// `output` that names `file`.
+fn byte_lines(output: &str, label: &str, file: &str) -> Vec<(u64, u64)> {
+    let prefix = format!("{label}: ");
+    output
+        .lines()
+        .filter_map(|l| {
+            // The log format puts a level before the message.
+            let at = l.find(&prefix)?;
+            let rest = &l[at + prefix.len()..];
+            if !rest.contains(file) {
+                return None;
+            }
+            let (done, rest) = rest.split_once(" of ")?;
+            let total = rest.split(" (").next()?;
+            Some((parse_size(done), parse_size(total)))
+        })
+        .collect()
+}
+
+/// Several lines strictly inside the transfer, counts never going back,
+/// and a last line at the whole size.
+#[track_caller]
+fn assert_moving(lines: &[(u64, u64)], all: &str) {
+    let total = SIZE_MIB << 20;
+    assert!(
+        lines.iter().all(|&(_, t)| t == total),
+        "every line shows the total of {SIZE_MIB} MiB: {lines:?}\n{all}"
+    );
+    let inside: Vec<u64> = lines
+        .iter()
+        .map(|&(d, _)| d)
+        .filter(|&d| d > 0 && d < total)
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = inside.iter().copied().collect();
+    assert!(
+        distinct.len() >= 2,
+        "at least two intermediate byte counts: {lines:?}\n{all}"
+    );
+    assert!(
+        lines.windows(2).all(|w| w[0].0 <= w[1].0),
+        "byte counts never go back: {lines:?}\n{all}"
+    );
+    assert_eq!(
+        lines.last().map(|l| l.0),
+        Some(total),
+        "the last line shows the end: {lines:?}\n{all}"
+    );
+}
+
+#[test]
+fn backup_and_restore_print_byte_progress_within_a_large_file() {
+    let s = stack(free_port());
+    s.run(&["restore"]).code(0).stdout_has("no snapshot yet");
+    let content = big_file();
+    std::fs::write(s.path("data/big.bin"), &content).unwrap();
+
+    let out = s.run(&["backup"]);
+    out.code(0).stdout_has("pushed");
+    let lines = byte_lines(&out.stderr, "backup", "data/big.bin");
+    assert_moving(&lines, &out.to_string());
+
+    // A wiped disk: data and workdir gone, the blob store and remote kept.
+    std::fs::remove_dir_all(s.path("data")).unwrap();
+    std::fs::remove_dir_all(s.path("work")).unwrap();
+    let out = s.run(&["restore"]);
+    out.code(0).stdout_has("restored snapshot");
+    let lines = byte_lines(&out.stderr, "restore", "data/big.bin");
+    assert_moving(&lines, &out.to_string());
+    assert!(
+        std::fs::read(s.path("data/big.bin")).unwrap() == content,
+        "the restored file has the content backed up"
+    );
+}
+
+#[test]
+fn up_logs_byte_progress_of_its_restore_at_start() {
+    let s = stack(free_port());
+    s.run(&["restore"]).code(0);
+    std::fs::write(s.path("data/big.bin"), big_file()).unwrap();
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+    // The data is lost, the workdir kept: a new workdir would be a new
+    // writer, waiting for the lease the `backup` above still holds.
+    std::fs::remove_dir_all(s.path("data")).unwrap();
+
+    let mut up = s.up();
+    up.wait_for("restore finished", Duration::from_secs(60));
+    let log = up.log();
+    assert_moving(&byte_lines(&log, "restore", "data/big.bin"), &log);
+    up.signal(libc::SIGTERM);
+    assert_eq!(
+        up.wait_exit(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        up.log()
+    );
+}
