@@ -10,39 +10,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use stackctl::persist::blob::github::GithubStore;
 use stackctl::persist::blob::{self, BlobError, BlobStore, StoreConfig};
 use stackctl::persist::pointer::Pointer;
 use stackctl::persist::restore::RestoreError;
-use stackctl::persist::{Config, PathConfig, PersistError, Persister, RestoreOptions};
+use stackctl::persist::{Config, PersistError, Persister, RestoreOptions};
 
-/// Run a command (tests only), panicking with its output on failure.
-fn run(dir: &Path, prog: &str, args: &[&str]) -> Vec<u8> {
-    let out = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "someone")
-        .env("GIT_AUTHOR_EMAIL", "someone@example.org")
-        .env("GIT_COMMITTER_NAME", "someone")
-        .env("GIT_COMMITTER_EMAIL", "someone@example.org")
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} cannot run: {e}"));
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} in {} failed: {}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    String::from_utf8_lossy(&run(dir, "git", args))
-        .trim()
-        .to_string()
-}
+use super::common_persist::{git, run, Dirs};
 
 fn has_git_lfs() -> bool {
     let ok = Command::new("git")
@@ -72,59 +48,21 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    remote: PathBuf,
+/// The shared temp root and remote; `data/sub` exists.
+struct Setup(Dirs);
+
+impl std::ops::Deref for Setup {
+    type Target = Dirs;
+    fn deref(&self) -> &Dirs {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let remote = root.join("remote.git");
-        git(
-            &root,
-            &[
-                "init",
-                "--bare",
-                "-q",
-                "-b",
-                "main",
-                remote.to_str().unwrap(),
-            ],
-        );
-        let data = root.join("data");
-        fs::create_dir_all(data.join("sub")).unwrap();
-        Self {
-            _tmp: tmp,
-            root,
-            data,
-            remote,
-        }
-    }
-
-    fn config(&self, workdir: &str) -> Config {
-        Config {
-            remote: format!("file://{}", self.remote.display()),
-            token: None,
-            branch: "main".into(),
-            workdir: self.root.join(workdir),
-            paths: vec![PathConfig {
-                path: self.data.clone(),
-                exclude: vec![],
-            }],
-            exclude: vec![],
-            threshold: 1 << 20,
-            keep: 0,
-            instance: "test".into(),
-            lease_ttl: Duration::ZERO,
-            readiness_file: None,
-            retries: 2,
-            retry_initial: Duration::from_millis(10),
-            retry_max: Duration::from_millis(50),
-        }
+        let dirs = Dirs::new();
+        fs::create_dir_all(dirs.data.join("sub")).unwrap();
+        Self(dirs)
     }
 
     fn tree_path(&self, rel: &str) -> String {
@@ -683,8 +621,14 @@ fn an_lfs_server_that_is_down_fails_the_snapshot_without_pushing() {
 /// (404 without the token), paginated asset lists (default 30, at most 100
 /// per page, `Link: rel="next"`), uploads on a separate upload URL,
 /// `422 already_exists`, a 502 that leaves a `starter` asset, 429 with
-/// `Retry-After`, the `digest` field, and downloads answered by a 302 to
-/// another host that refuses requests carrying `Authorization` (as S3 does).
+/// `Retry-After`, the `digest`, `created_at` and `updated_at` fields, and
+/// downloads answered by a 302 to another host that refuses requests
+/// carrying `Authorization` (as S3 does). Its limits are GitHub's unless a
+/// test lowers them ([`State::cap`], [`State::max_size`]): 1000 assets per
+/// release and assets up to 2 GiB, an upload beyond either refused with a
+/// `422 Validation Failed` whose error names the field (`file_count`,
+/// `size`), as GitHub answers (seen in public bug reports; GitHub's
+/// documentation states the limits but not the answer).
 mod fake_github {
     use super::*;
     use sha2::{Digest, Sha256};
@@ -697,6 +641,21 @@ mod fake_github {
         pub name: String,
         pub state: String,
         pub bytes: Vec<u8>,
+        /// Seconds since the epoch (`created_at`, `updated_at`).
+        pub created: i64,
+    }
+
+    fn unix_now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    /// `2024-01-02T03:04:05Z`, as GitHub writes times (whole seconds).
+    fn github_time(secs: i64) -> String {
+        let t = stackctl::supervisor::logs::rfc3339(UNIX_EPOCH + Duration::from_secs(secs as u64));
+        format!("{}Z", &t[..19])
     }
 
     pub struct Release {
@@ -715,6 +674,12 @@ mod fake_github {
         pub uploads: usize,
         /// Quirks by upload number (1-based): "429", "502", "exists".
         pub quirks: Vec<(usize, &'static str)>,
+        /// Assets per release (GitHub: 1000).
+        pub cap: usize,
+        /// Largest asset in bytes (GitHub: 2 GiB).
+        pub max_size: u64,
+        /// Uploads refused for a limit, by the field GitHub names.
+        pub refused: Vec<&'static str>,
         /// Requests that reached the download host with `Authorization`.
         pub leaked_auth: usize,
         pub log: Vec<String>,
@@ -803,7 +768,27 @@ mod fake_github {
             "id": a.id, "name": a.name, "size": a.bytes.len(), "state": a.state,
             "digest": format!("sha256:{}", hex::encode(Sha256::digest(&a.bytes))),
             "content_type": "application/octet-stream",
+            "created_at": github_time(a.created), "updated_at": github_time(a.created),
         })
+    }
+
+    impl State {
+        /// Every asset, with its release's tag.
+        pub fn assets(&self) -> impl Iterator<Item = (&str, &Asset)> {
+            self.releases
+                .iter()
+                .flat_map(|r| r.assets.iter().map(move |a| (r.tag.as_str(), a)))
+        }
+
+        /// Make the assets `pick` chooses look `age` old.
+        pub fn backdate(&mut self, age: Duration, pick: impl Fn(&Asset) -> bool) {
+            let then = unix_now() - age.as_secs() as i64;
+            for r in &mut self.releases {
+                for a in r.assets.iter_mut().filter(|a| pick(a)) {
+                    a.created = then;
+                }
+            }
+        }
     }
 
     fn json(stream: TcpStream, status: u16, v: serde_json::Value, extra: &[(&str, String)]) {
@@ -822,6 +807,8 @@ mod fake_github {
                 next_id: 1,
                 filler,
                 quirks,
+                cap: 1000,
+                max_size: 2 << 30,
                 ..State::default()
             }));
             let st = state.clone();
@@ -939,6 +926,7 @@ mod fake_github {
                         name: format!("filler-{i}"),
                         state: "uploaded".into(),
                         bytes: vec![1],
+                        created: unix_now(),
                     });
                 }
                 s.next_id += s.filler as u64;
@@ -988,6 +976,7 @@ mod fake_github {
                 let quirk = s.quirks.iter().find(|(k, _)| *k == n).map(|(_, q)| *q);
                 let id = s.next_id;
                 s.next_id += 1;
+                let (cap, max_size) = (s.cap, s.max_size);
                 let Some(r) = s.releases.iter_mut().find(|r| r.id == rid) else {
                     drop(s);
                     return json(
@@ -1014,6 +1003,7 @@ mod fake_github {
                             name,
                             state: "starter".into(),
                             bytes: half,
+                            created: unix_now(),
                         });
                         drop(s);
                         return json(
@@ -1030,6 +1020,7 @@ mod fake_github {
                             name: name.clone(),
                             state: "uploaded".into(),
                             bytes: req.body.clone(),
+                            created: unix_now(),
                         });
                     }
                     _ => {}
@@ -1043,11 +1034,33 @@ mod fake_github {
                         &[],
                     );
                 }
+                // GitHub's limits; every asset counts, half-uploaded ones too.
+                let full = r.assets.len() >= cap;
+                let too_big = req.body.len() as u64 > max_size;
+                if full || too_big {
+                    let (field, message) = if full {
+                        ("file_count", format!("file_count limited to {cap} assets"))
+                    } else {
+                        (
+                            "size",
+                            format!("size must be less than or equal to {max_size}"),
+                        )
+                    };
+                    s.refused.push(field);
+                    drop(s);
+                    return json(
+                        stream,
+                        422,
+                        serde_json::json!({"message": "Validation Failed", "errors": [{"resource": "ReleaseAsset", "code": "custom", "field": field, "message": message}]}),
+                        &[],
+                    );
+                }
                 let a = Asset {
                     id,
                     name,
                     state: "uploaded".into(),
                     bytes: req.body,
+                    created: unix_now(),
                 };
                 let v = asset_json(&a);
                 r.assets.push(a);
@@ -1159,4 +1172,367 @@ fn the_github_release_store_survives_githubs_quirks_against_a_fake() {
         "{:?}",
         st.log
     );
+}
+
+/// A `github-release` store on `fake` with GitHub's limits lowered to
+/// `max_assets` per release and parts for blobs of `max_asset_size` or more
+/// (the store's test-only knob). Its anchor records the tags it is asked
+/// to push: the fake does not look at tags, and the real anchor (an orphan
+/// tag pushed to the remote) is exercised through `Persister::with_store`
+/// in the quirks test above.
+fn limited_github_store(
+    fake: &fake_github::Fake,
+    max_assets: usize,
+    max_asset_size: u64,
+    anchors: &Arc<Mutex<Vec<String>>>,
+) -> Arc<GithubStore> {
+    let anchors = anchors.clone();
+    Arc::new(
+        GithubStore::new(&fake.api, "o/r", "blobs", Some("tok".into()))
+            .unwrap()
+            .with_lower_limits(max_assets, max_asset_size)
+            .with_anchor(Box::new(move |tag: &str| {
+                anchors.lock().unwrap().push(tag.to_string());
+                Ok(())
+            })),
+    )
+}
+
+fn github_persister(cfg: Config, store: &Arc<GithubStore>) -> Persister {
+    let mut cfg = cfg;
+    cfg.token = Some("tok".into());
+    Persister::with_blob_store(cfg, Some(store.clone() as Arc<dyn BlobStore>)).unwrap()
+}
+
+/// The releases of the fake: (tag, assets in it).
+fn shards(fake: &fake_github::Fake) -> Vec<(String, usize)> {
+    let st = fake.state.lock().unwrap();
+    st.releases
+        .iter()
+        .map(|r| (r.tag.clone(), r.assets.len()))
+        .collect()
+}
+
+#[test]
+fn the_github_release_store_shards_releases_at_the_asset_cap_and_finds_blobs_in_any() {
+    let s = Setup::new();
+    let fake = fake_github::Fake::start("tok", 0, vec![]);
+    fake.state.lock().unwrap().cap = 3;
+    let anchors = Arc::new(Mutex::new(Vec::new()));
+    let large = |i: usize| {
+        (
+            format!("f{i}.bin"),
+            noise((1 << 20) + 7 * i, 100 + i as u64),
+        )
+    };
+    let mut files: Vec<_> = (0..7).map(large).collect();
+    for (name, bytes) in &files {
+        fs::write(s.data.join(name), bytes).unwrap();
+    }
+    fs::write(s.data.join("small.txt"), "v1").unwrap();
+    let oids = |files: &[(String, Vec<u8>)]| {
+        let mut v: Vec<String> = files
+            .iter()
+            .map(|(_, b)| blob::hash_reader(&b[..]).unwrap().oid())
+            .collect();
+        v.sort();
+        v
+    };
+    let asset_names = || {
+        let st = fake.state.lock().unwrap();
+        let mut v: Vec<String> = st.assets().map(|(_, a)| a.name.clone()).collect();
+        v.sort();
+        v
+    };
+
+    // Cap 3 on both sides: the store opens a new release before GitHub
+    // would refuse an upload.
+    let store = limited_github_store(&fake, 3, blob::github::MAX_ASSET_SIZE, &anchors);
+    let p = github_persister(s.config("work"), &store);
+    p.restore(&RestoreOptions::default()).unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 7, "{rep:?}");
+    assert_eq!(
+        shards(&fake),
+        [("blobs", 3), ("blobs-2", 3), ("blobs-3", 1)].map(|(t, n)| (t.to_string(), n))
+    );
+    assert_eq!(*anchors.lock().unwrap(), ["blobs", "blobs-2", "blobs-3"]);
+    assert!(fake.state.lock().unwrap().refused.is_empty());
+    assert_eq!(
+        asset_names(),
+        oids(&files),
+        "each blob once, by its SHA-256"
+    );
+    drop(p);
+
+    // A new container: wiped disk and workdir, a store that knows nothing yet.
+    fs::remove_dir_all(&s.data).unwrap();
+    let store = limited_github_store(&fake, 3, blob::github::MAX_ASSET_SIZE, &anchors);
+    let p = github_persister(s.config("work2"), &store);
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(r.applied.downloaded, 7, "{:?}", r.applied);
+    for (name, bytes) in &files {
+        assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
+    }
+    // The next backup finds every blob, whichever shard holds it.
+    let uploads = fake.state.lock().unwrap().uploads;
+    fs::write(s.data.join("small.txt"), "v2").unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert!(rep.pushed.is_some());
+    assert_eq!((rep.large, rep.uploaded), (7, 0), "{rep:?}");
+    assert_eq!(fake.state.lock().unwrap().uploads, uploads);
+    drop(p);
+
+    // GitHub's cap below the store's (here the store keeps GitHub's 1000):
+    // one refused upload (`file_count`) teaches it the cap, and it shards.
+    let store = limited_github_store(&fake, usize::MAX, blob::github::MAX_ASSET_SIZE, &anchors);
+    let p = github_persister(s.config("work3"), &store);
+    p.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    for i in 7..10 {
+        let f = large(i);
+        fs::write(s.data.join(&f.0), &f.1).unwrap();
+        files.push(f);
+    }
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 3, "{rep:?}");
+    assert_eq!(fake.state.lock().unwrap().refused, ["file_count"]);
+    assert_eq!(
+        shards(&fake),
+        [("blobs", 3), ("blobs-2", 3), ("blobs-3", 3), ("blobs-4", 1)]
+            .map(|(t, n)| (t.to_string(), n))
+    );
+    assert_eq!(asset_names(), oids(&files));
+    assert_eq!(anchors.lock().unwrap().last().unwrap(), "blobs-4");
+    drop(p);
+
+    fs::remove_dir_all(&s.data).unwrap();
+    let store = limited_github_store(&fake, 3, blob::github::MAX_ASSET_SIZE, &anchors);
+    let p = github_persister(s.config("work4"), &store);
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(r.applied.downloaded, 10);
+    for (name, bytes) in &files {
+        assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
+    }
+}
+
+#[test]
+fn github_release_files_over_the_asset_limit_go_as_parts_and_a_lost_part_is_sent_again() {
+    let s = Setup::new();
+    let fake = fake_github::Fake::start("tok", 0, vec![]);
+    // The store splits blobs of 2 MiB or more into parts of at most 1 MiB;
+    // the fake refuses any asset of 2 MiB or more (GitHub: 2 GiB).
+    let limit = 2u64 << 20;
+    fake.state.lock().unwrap().max_size = limit - 1;
+    let anchors = Arc::new(Mutex::new(Vec::new()));
+    let files = [
+        ("big.bin", noise((3 << 20) + 5, 41)),
+        ("exact.bin", noise(2 << 20, 42)),
+        ("whole.bin", noise((1 << 20) + 1, 43)),
+    ];
+    for (name, bytes) in &files {
+        fs::write(s.data.join(name), bytes).unwrap();
+    }
+    fs::write(s.data.join("small.txt"), "v1").unwrap();
+    let ptr = |b: &[u8]| blob::hash_reader(b).unwrap();
+    let (big, exact, whole) = (ptr(&files[0].1), ptr(&files[1].1), ptr(&files[2].1));
+
+    let store = limited_github_store(&fake, 1000, limit, &anchors);
+    let p = github_persister(s.config("work"), &store);
+    p.restore(&RestoreOptions::default()).unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 3, "{rep:?}");
+    {
+        let st = fake.state.lock().unwrap();
+        assert!(st.refused.is_empty(), "{:?}", st.refused);
+        let mut names: Vec<_> = st.assets().map(|(_, a)| a.name.clone()).collect();
+        names.sort();
+        let mut want = vec![whole.oid()];
+        want.extend((1..=4).map(|i| format!("{}.part-00{i}-of-004", big.oid())));
+        want.extend((1..=2).map(|i| format!("{}.part-00{i}-of-002", exact.oid())));
+        want.sort();
+        assert_eq!(names, want);
+        // In order, the parts are the file.
+        let mut joined = Vec::new();
+        for i in 1..=4 {
+            let name = format!("{}.part-00{i}-of-004", big.oid());
+            let (_, a) = st.assets().find(|(_, a)| a.name == name).unwrap();
+            assert!(a.bytes.len() <= 1 << 20, "{name}: {}", a.bytes.len());
+            joined.extend_from_slice(&a.bytes);
+        }
+        assert!(joined == files[0].1, "the parts of big.bin are its bytes");
+    }
+    drop(p);
+
+    // A new container gets every byte back.
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = github_persister(
+        s.config("work2"),
+        &limited_github_store(&fake, 1000, limit, &anchors),
+    );
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(r.applied.downloaded, 3);
+    for (name, bytes) in &files {
+        assert!(&fs::read(s.data.join(name)).unwrap() == bytes, "`{name}`");
+    }
+    drop(p);
+
+    // Part 2 of big.bin is lost: the blob is no longer held, and the next
+    // backup sends that part alone (the others still hold their share).
+    let lost = format!("{}.part-002-of-004", big.oid());
+    fake.state
+        .lock()
+        .unwrap()
+        .releases
+        .iter_mut()
+        .for_each(|r| r.assets.retain(|a| a.name != lost));
+    let store = limited_github_store(&fake, 1000, limit, &anchors);
+    assert!(!store.has(&big).unwrap());
+    assert!(store.has(&exact).unwrap() && store.has(&whole).unwrap());
+    let uploads = fake.state.lock().unwrap().uploads;
+    let p = github_persister(s.config("work3"), &store);
+    p.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    fs::write(s.data.join("small.txt"), "v2").unwrap();
+    let rep = p.snapshot_and_push().unwrap();
+    assert_eq!(rep.uploaded, 1, "{rep:?}");
+    {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.uploads, uploads + 1, "one part, not the whole file");
+        let last = st.log.iter().rev().find(|l| l.starts_with("POST /upload"));
+        assert!(
+            last.is_some_and(|l| l.contains(&format!("name={lost}"))),
+            "{last:?}"
+        );
+    }
+    assert!(store.has(&big).unwrap());
+    drop(p);
+
+    // Content that no longer hashes to the pointer is refused before any
+    // part is sent.
+    let liar = Pointer {
+        sha256: [1; 32],
+        ..big
+    };
+    let e = store.put(&liar, &s.data.join("big.bin")).unwrap_err();
+    assert!(matches!(e, BlobError::Changed { .. }), "{e}");
+    assert_eq!(fake.state.lock().unwrap().uploads, uploads + 1);
+
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = github_persister(
+        s.config("work4"),
+        &limited_github_store(&fake, 1000, limit, &anchors),
+    );
+    p.restore(&RestoreOptions::default()).unwrap();
+    assert!(fs::read(s.data.join("big.bin")).unwrap() == files[0].1);
+}
+
+#[test]
+fn github_release_gc_deletes_old_unreferenced_blobs_with_their_parts_and_nothing_else() {
+    const WEEK_AND_A_DAY: Duration = Duration::from_secs(8 * 24 * 3600);
+    let s = Setup::new();
+    // One foreign asset (`filler-0`) in the release, as a human might add.
+    let fake = fake_github::Fake::start("tok", 1, vec![]);
+    let anchors = Arc::new(Mutex::new(Vec::new()));
+    let a = noise((1 << 20) + 5, 51); // kept in every snapshot
+    let b = noise((3 << 20) + 3, 52); // four parts; dropped by the squash, old
+    let c = noise((1 << 20) + 9, 53); // dropped by the squash, young
+    for (name, bytes) in [("a.bin", &a), ("b.bin", &b), ("c.bin", &c)] {
+        fs::write(s.data.join(name), bytes).unwrap();
+    }
+    let ptr = |x: &[u8]| blob::hash_reader(x).unwrap().oid();
+    let (pa, pb, pc) = (ptr(&a), ptr(&b), ptr(&c));
+    let store = limited_github_store(&fake, 1000, 2 << 20, &anchors);
+    let mut cfg = s.config("work");
+    cfg.keep = 2;
+    // The default grace period (7 days): age comes from the assets' `created_at`.
+    let p = github_persister(cfg, &store);
+    p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(p.snapshot_and_push().unwrap().uploaded, 3);
+    let names = || -> Vec<String> {
+        let st = fake.state.lock().unwrap();
+        let mut v: Vec<_> = st.assets().map(|(_, a)| a.name.clone()).collect();
+        v.sort();
+        v
+    };
+    let deletes = || {
+        let st = fake.state.lock().unwrap();
+        st.log.iter().filter(|l| l.starts_with("DELETE")).count()
+    };
+    {
+        let mut st = fake.state.lock().unwrap();
+        // The original deployment's asset for the same content as b, old:
+        // not named by a SHA-256 alone, so never stackctl's to delete.
+        let id = st.next_id;
+        st.next_id += 1;
+        st.releases[0].assets.push(fake_github::Asset {
+            id,
+            name: format!("{pb}-b.bin"),
+            state: "uploaded".into(),
+            bytes: vec![2],
+            created: 0,
+        });
+        let young = pc.clone();
+        st.backdate(WEEK_AND_A_DAY, |x| !x.name.starts_with(&young));
+    }
+    let before = names();
+    assert_eq!(before.iter().filter(|n| n.starts_with(&pb)).count(), 5);
+
+    fs::remove_file(s.data.join("b.bin")).unwrap();
+    fs::remove_file(s.data.join("c.bin")).unwrap();
+    let mut n = 0;
+    let mut until_squash = |p: &Persister| loop {
+        n += 1;
+        fs::write(s.data.join("small.txt"), format!("v{n}")).unwrap();
+        let r = p.snapshot_and_push().unwrap();
+        assert!(r.pushed.is_some());
+        if r.squashed > 0 {
+            return r;
+        }
+        assert!(n < 20, "no squash happened");
+    };
+    // b (every part) is deleted; c is too young; a is referenced.
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 1, "{r:?}");
+    assert_eq!(deletes(), 4, "the four parts of b");
+    let mut want: Vec<_> = before
+        .iter()
+        .filter(|n| !n.starts_with(&format!("{pb}.part-")))
+        .cloned()
+        .collect();
+    want.sort();
+    assert_eq!(names(), want);
+    assert!(store.has(&blob::hash_reader(&a[..]).unwrap()).unwrap());
+
+    // Once c is old too, it goes; a, still referenced, never does.
+    fake.state
+        .lock()
+        .unwrap()
+        .backdate(WEEK_AND_A_DAY, |x| x.name == pc);
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 1, "{r:?}");
+    let mut want = vec![pa.clone(), "filler-0".into(), format!("{pb}-b.bin")];
+    want.sort();
+    assert_eq!(names(), want);
+    let r = until_squash(&p);
+    assert_eq!(r.blobs_collected, 0);
+    assert_eq!(deletes(), 5);
+    drop(p);
+
+    // A new container still gets a back.
+    fs::remove_dir_all(&s.data).unwrap();
+    let p = github_persister(
+        s.config("work2"),
+        &limited_github_store(&fake, 1000, 2 << 20, &anchors),
+    );
+    let r = p.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(s.data.join("a.bin")).unwrap(), a);
+    assert!(!s.data.join("b.bin").exists() && !s.data.join("c.bin").exists());
+    assert_eq!(r.applied.downloaded, 1);
 }

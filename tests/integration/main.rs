@@ -1,6 +1,7 @@
 //! All integration tests, in one test target so the binary is built once.
 //! Each module runs the real `stackctl` binary against temp dirs.
 
+mod common_persist;
 mod harness;
 
 mod admin_ui;

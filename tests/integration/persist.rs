@@ -17,77 +17,33 @@ use stackctl::persist::{
     Config, PathConfig, PersistError, Persister, RestoreOptions, RestoreState,
 };
 
-/// Run the git CLI (tests only: stackctl itself never runs it).
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "someone")
-        .env("GIT_AUTHOR_EMAIL", "someone@example.org")
-        .env("GIT_COMMITTER_NAME", "someone")
-        .env("GIT_COMMITTER_EMAIL", "someone@example.org")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use super::common_persist::{git, Dirs};
 
-/// A bare repository whose HEAD is `main`.
-fn bare(dir: &Path) -> PathBuf {
-    let path = dir.join("remote.git");
-    git(
-        dir,
-        &["init", "--bare", "-q", "-b", "main", path.to_str().unwrap()],
-    );
-    path
-}
+/// The shared temp root and remote, backing up with excludes and a
+/// readiness file.
+struct Setup(Dirs);
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    remote: PathBuf,
+impl std::ops::Deref for Setup {
+    type Target = Dirs;
+    fn deref(&self) -> &Dirs {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let remote = bare(&root);
-        let data = root.join("data");
-        Self {
-            _tmp: tmp,
-            root,
-            data,
-            remote,
-        }
+        Self(Dirs::new())
     }
 
     fn config(&self, workdir: &str) -> Config {
         Config {
-            remote: format!("file://{}", self.remote.display()),
-            token: None,
-            branch: "main".into(),
-            workdir: self.root.join(workdir),
             paths: vec![PathConfig {
                 path: self.data.clone(),
                 exclude: vec!["**/cache/**".into()],
             }],
             exclude: vec!["**/*.log".into()],
-            threshold: 1 << 20,
-            keep: 0,
-            instance: "test".into(),
-            lease_ttl: Duration::ZERO,
             readiness_file: Some(self.root.join("run/ready")),
-            retries: 2,
-            retry_initial: Duration::from_millis(10),
-            retry_max: Duration::from_millis(50),
+            ..self.0.config(workdir)
         }
     }
 

@@ -5,7 +5,11 @@
 //! What GitHub really does, and how it is handled:
 //! - asset lists are paginated: `per_page=100`, following `Link: rel="next"`;
 //! - a release holds at most 1000 assets: shards `tag`, `tag-2`, `tag-3`, ...
-//!   (a new shard is made before the cap is reached);
+//!   (a new shard is made before the cap is reached). An upload beyond the
+//!   cap is answered `422` with the validation error `file_count`: the store
+//!   then takes the shard's asset count as the cap from there on, so a lower
+//!   cap than ours (GitHub introduced this one without notice) costs one
+//!   refused upload, not a failed snapshot;
 //! - a release is created on a tag anchored on a tiny orphan commit, pushed
 //!   by the caller's [`Anchor`] (never the data branch: a tag pins its tree);
 //! - uploads go to the release's `upload_url` (`uploads.github.com`) with
@@ -18,34 +22,59 @@
 //!   `Accept: application/octet-stream` (works for private repositories,
 //!   unlike `browser_download_url`: defect 11), answered by a 302 to another
 //!   host, to which the `Authorization` header is not forwarded;
-//! - 2 GiB per asset at most.
+//! - an asset must be under 2 GiB: a blob of 2 GiB or more is stored as
+//!   parts `<sha256>.part-001-of-003`, ... (at most [`MAX_PARTS`], each at
+//!   most half the asset limit, sizes as even as possible: see
+//!   [`part_sizes`]). The layout follows from the blob's size and the part
+//!   count in the names alone, so a store with another part size still
+//!   reads them. Before uploading, the file is read once to hash every
+//!   part; each part is uploaded through a reader that verifies it against
+//!   that hash, and checked against the `digest` GitHub answers. So a part
+//!   under the blob's name always holds its share of the blob's content: a
+//!   broken upload resumes with the parts still missing, and a file changed
+//!   meanwhile never completes the set. On restore the parts are streamed
+//!   in order into the same verifying writer as a whole asset, which checks
+//!   the whole file's size and SHA-256.
 //!
 //! Garbage collection lists the assets named by a SHA-256 (hex, nothing
 //! else: the original's `<sha256>-<name>` assets are never listed, so never
-//! deleted) in every shard, aged by their `created_at`, and deletes one
-//! through `DELETE /repos/{repo}/releases/assets/{id}`.
+//! deleted) or by a part of one, in every shard, aged by their `created_at`
+//! (a blob's age is that of its youngest asset), and deletes a blob with
+//! all its assets through `DELETE /repos/{repo}/releases/assets/{id}`.
 
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
+use sha2::{Digest, Sha256};
 
 use super::lfs::{client, net_err, shown, transfer_timeout};
-use super::{open_verified, BlobError, BlobStore, Retry, StoreConfig, StoredBlob};
+use super::{
+    open_verified, BlobError, BlobStore, Retry, StoreConfig, StoredBlob, VerifyingReader, CHUNK,
+};
 use crate::persist::pointer::{parse_sha256, OriginalPointer, Pointer};
 
 /// GitHub's REST API root.
 pub const API: &str = "https://api.github.com";
 
-/// Largest asset GitHub accepts.
+/// An asset must be smaller than this (GitHub: "under 2 GiB"). A blob this
+/// large or larger is stored as parts of at most half of it.
 pub const MAX_ASSET_SIZE: u64 = 2 << 30;
 
 /// Assets per release (GitHub's cap).
 pub const MAX_ASSETS: usize = 1000;
+
+/// Most parts a blob is split into: three digits in the part names. With
+/// the default limits that is a blob of 999 GiB.
+pub const MAX_PARTS: u64 = 999;
+
+/// An upload the store reads its file from afresh for each attempt, and
+/// the flag that reader sets when the content is not what was hashed.
+type Opened = (Box<dyn Read + Send>, Arc<AtomicBool>);
 
 /// Pushes an anchor commit as `refs/tags/<tag>` (see the module docs).
 pub type Anchor = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -97,6 +126,118 @@ impl Index {
             .iter()
             .find_map(|(rid, v)| v.iter().find(|a| a.name == name).map(|a| (*rid, a)))
     }
+
+    /// The assets of a complete set of parts of `p`, in order: every part
+    /// of one layout uploaded with the size the layout gives it. A set
+    /// with a part missing, half-uploaded or of another size is not one.
+    /// (Per-part digests cannot be checked here: the pointer only knows the
+    /// whole file's hash. Each part was checked against its own hash when
+    /// it was uploaded, and a restore checks the whole file.)
+    fn complete_parts(&self, p: &Pointer) -> Option<Vec<Asset>> {
+        let mut layouts: BTreeMap<u64, Vec<Option<&Asset>>> = BTreeMap::new();
+        for a in self.assets.values().flatten() {
+            let Some((sha, i, n)) = parse_part_name(&a.name) else {
+                continue;
+            };
+            if sha != p.sha256 || n > p.size || a.state != "uploaded" {
+                continue;
+            }
+            if a.size == part_len(p.size, n, i - 1) {
+                // `i <= n <= MAX_PARTS`: small indexes.
+                let slots = layouts.entry(n).or_insert_with(|| vec![None; n as usize]);
+                slots[(i - 1) as usize] = Some(a);
+            }
+        }
+        layouts
+            .into_values()
+            .find_map(|slots| slots.into_iter().map(|a| a.cloned()).collect())
+    }
+
+    /// Where the bytes of `p` can be read from: a whole asset that holds
+    /// it, else a complete set of parts, else (as before parts existed) an
+    /// uploaded asset of its name, whose bytes the restore will verify.
+    fn locate(&self, p: &Pointer) -> Option<Vec<Asset>> {
+        let whole = self.find(&p.oid()).map(|(_, a)| a);
+        if let Some(a) = whole.filter(|a| a.holds(p)) {
+            return Some(vec![a.clone()]);
+        }
+        self.complete_parts(p).or_else(|| {
+            whole
+                .filter(|a| a.state == "uploaded")
+                .map(|a| vec![a.clone()])
+        })
+    }
+}
+
+/// The name of part `i` (1-based) of `n` of the blob `oid`.
+pub fn part_name(oid: &str, i: u64, n: u64) -> String {
+    format!("{oid}.part-{i:03}-of-{n:03}")
+}
+
+/// `(sha256, i, n)` of a part's name, written exactly as [`part_name`]
+/// writes it (so one part has one name).
+pub fn parse_part_name(name: &str) -> Option<([u8; 32], u64, u64)> {
+    let (oid, rest) = name.split_once(".part-")?;
+    let sha = parse_sha256(oid)?;
+    let (i, n) = rest.split_once("-of-")?;
+    let (i, n): (u64, u64) = (i.parse().ok()?, n.parse().ok()?);
+    ((1..=n).contains(&i) && n <= MAX_PARTS && part_name(oid, i, n) == name).then_some((sha, i, n))
+}
+
+/// The sizes of the `n` parts of a blob of `size` bytes: as even as
+/// possible (the first `size % n` parts one byte longer). A function of the
+/// blob's size and the part count alone, so any store finds the layout
+/// from the names, whatever part size it would choose itself.
+pub fn part_sizes(size: u64, n: u64) -> Vec<u64> {
+    (0..n).map(|i| part_len(size, n, i)).collect()
+}
+
+/// The size of part `i` (0-based) of [`part_sizes`]`(size, n)`.
+fn part_len(size: u64, n: u64, i: u64) -> u64 {
+    let n = n.max(1);
+    size / n + u64::from(i < size % n)
+}
+
+/// SHA-256 of each part of the file at `src`, read once; the file must
+/// hash to `p` as a whole, or it changed since it was hashed.
+fn hash_parts(src: &Path, p: &Pointer, sizes: &[u64]) -> Result<Vec<Pointer>, BlobError> {
+    let io = |source| BlobError::Io {
+        what: "read",
+        path: src.to_path_buf(),
+        source,
+    };
+    let changed = || BlobError::Changed {
+        path: src.to_path_buf(),
+    };
+    let mut f = std::fs::File::open(src).map_err(io)?;
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut out = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        let mut part = Sha256::new();
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = match f.read(&mut buf[..want]) {
+                Ok(0) => return Err(changed()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io(e)),
+            };
+            part.update(&buf[..n]);
+            whole.update(&buf[..n]);
+            left -= n as u64;
+        }
+        out.push(Pointer {
+            sha256: part.finalize().into(),
+            size,
+        });
+    }
+    let grown = f.read(&mut buf[..1]).map_err(io)? > 0;
+    if grown || whole.finalize()[..] != p.sha256 {
+        return Err(changed());
+    }
+    Ok(out)
 }
 
 /// Release assets of one repository.
@@ -111,6 +252,11 @@ pub struct GithubStore {
     max_rate_wait: Duration,
     anchor: Option<Anchor>,
     index: Mutex<Option<Index>>,
+    /// Assets per shard: [`MAX_ASSETS`], lowered by tests, or to what GitHub
+    /// turns out to allow (a `file_count` refusal).
+    max_assets: AtomicUsize,
+    /// Blobs of this size or more are stored as parts ([`MAX_ASSET_SIZE`]).
+    max_asset_size: u64,
 }
 
 impl GithubStore {
@@ -126,7 +272,31 @@ impl GithubStore {
             max_rate_wait: Duration::from_secs(900),
             anchor: None,
             index: Mutex::new(None),
+            max_assets: AtomicUsize::new(MAX_ASSETS),
+            max_asset_size: MAX_ASSET_SIZE,
         })
+    }
+
+    /// Tests only: shard after `max_assets` assets, and split blobs of
+    /// `max_asset_size` bytes or more into parts, so that sharding and
+    /// parts can be exercised with a few small files. Not reachable from a
+    /// manifest, an environment variable or [`StoreConfig`]; and it can
+    /// only lower GitHub's limits, never raise them, so even a mistaken
+    /// call makes more shards or parts than needed, never an asset GitHub
+    /// would refuse.
+    #[doc(hidden)]
+    pub fn with_lower_limits(mut self, max_assets: usize, max_asset_size: u64) -> Self {
+        self.max_assets = AtomicUsize::new(max_assets.clamp(1, MAX_ASSETS));
+        self.max_asset_size = max_asset_size.clamp(2, MAX_ASSET_SIZE);
+        self
+    }
+
+    /// The largest part a blob is split into.
+    fn part_size(&self) -> u64 {
+        // Half the limit: a broken connection costs at most that much, and
+        // no part comes near the exact limit, where GitHub has been seen to
+        // fail uploads it documents as allowed.
+        self.max_asset_size / 2
     }
 
     /// From a [`StoreConfig::GithubRelease`].
@@ -373,10 +543,11 @@ impl GithubStore {
     /// The shard a new asset goes to, creating one when all are full.
     fn shard_for_upload(&self) -> Result<Release, BlobError> {
         let (open, count) = self.with_index(false, |idx| {
+            let cap = self.max_assets.load(Ordering::Relaxed);
             let open = idx
                 .releases
                 .iter()
-                .find(|r| idx.assets.get(&r.id).map_or(0, Vec::len) < MAX_ASSETS)
+                .find(|r| idx.assets.get(&r.id).map_or(0, Vec::len) < cap)
                 .cloned();
             (open, idx.releases.len())
         })?;
@@ -411,9 +582,19 @@ impl GithubStore {
         }
     }
 
-    /// One upload attempt. `Ok(true)`: stored and verified.
-    fn upload_once(&self, p: &Pointer, src: &Path, release: &Release) -> Result<bool, BlobError> {
-        let name = p.oid();
+    /// One upload of asset `name`, whose content must be `expect` (the blob,
+    /// or one part of it), read from `src` through `open`. `Ok(true)`: stored
+    /// and verified; `Ok(false)`: try again (in another shard if this one
+    /// turned out full).
+    fn upload_once(
+        &self,
+        name: &str,
+        expect: &Pointer,
+        src: &Path,
+        open: &dyn Fn() -> Result<Opened, BlobError>,
+        release: &Release,
+    ) -> Result<bool, BlobError> {
+        let p = expect;
         let base = release
             .upload_url
             .split('{')
@@ -423,7 +604,7 @@ impl GithubStore {
         let url = format!("{base}?name={name}");
         let changed_seen = std::cell::Cell::new(None);
         let resp = self.send(&url, || {
-            let (reader, changed) = open_verified(src, p)?;
+            let (reader, changed) = open()?;
             changed_seen.set(Some(changed));
             Ok(self
                 .authed(self.client.post(&url))
@@ -435,7 +616,7 @@ impl GithubStore {
             .take()
             .is_some_and(|c| c.load(Ordering::SeqCst))
         {
-            self.clean_partial(&name)?;
+            self.clean_partial(name)?;
             return Err(BlobError::Changed {
                 path: src.to_path_buf(),
             });
@@ -444,15 +625,28 @@ impl GithubStore {
             Ok(r) => r,
             Err(e) => {
                 // The connection broke: a `starter` asset may be left.
-                self.clean_partial(&name)?;
+                self.clean_partial(name)?;
                 return Err(e);
             }
         };
         let status = resp.status().as_u16();
         if status == 422 {
-            // `already_exists` (or the cap, if another writer filled the
-            // shard): look again.
-            let existing = self.with_index(true, |idx| idx.find(&name).map(|(_, a)| a.clone()))?;
+            let body = resp.text().unwrap_or_default();
+            if body.contains("file_count") {
+                // The shard is full by GitHub's count: what it holds now is
+                // the cap from here on (never raised again), and the next
+                // attempt goes to another shard.
+                let held =
+                    self.with_index(true, |idx| idx.assets.get(&release.id).map_or(0, Vec::len))?;
+                let cap = held.max(1);
+                if self.max_assets.fetch_min(cap, Ordering::Relaxed) > cap {
+                    tracing::warn!(tag = %release.tag_name, assets = held,
+                        "GitHub refused an asset: release full; using another release from now on");
+                }
+                return Ok(false);
+            }
+            // `already_exists`: another writer stored it meanwhile; look again.
+            let existing = self.with_index(true, |idx| idx.find(name).map(|(_, a)| a.clone()))?;
             return match existing {
                 Some(a) if a.holds(p) => Ok(true),
                 Some(a) => {
@@ -463,7 +657,7 @@ impl GithubStore {
             };
         }
         if status >= 500 {
-            self.clean_partial(&name)?;
+            self.clean_partial(name)?;
             return Err(self.status_err(&url, resp));
         }
         if !resp.status().is_success() {
@@ -533,6 +727,81 @@ impl GithubStore {
     }
 }
 
+impl GithubStore {
+    /// Make sure asset `name` holds `expect` (read from `src` through
+    /// `open`): kept when an asset of that name already does, replaced when
+    /// it holds something else, else uploaded to a shard with room.
+    fn store_asset(
+        &self,
+        name: &str,
+        expect: &Pointer,
+        src: &Path,
+        open: &dyn Fn() -> Result<Opened, BlobError>,
+    ) -> Result<(), BlobError> {
+        // Present already (another instance, an earlier run)?
+        let existing = self.with_index(false, |idx| idx.find(name).map(|(_, a)| a.clone()))?;
+        match existing {
+            Some(a) if a.holds(expect) => return Ok(()),
+            Some(a) => self.delete_asset(a.id)?,
+            None => {}
+        }
+        let mut attempts = 0;
+        self.retry.run(|| loop {
+            attempts += 1;
+            let release = self.shard_for_upload()?;
+            if self.upload_once(name, expect, src, open, &release)? {
+                return Ok(());
+            }
+            if attempts > 3 {
+                return Err(BlobError::Protocol {
+                    url: shown(&release.upload_url),
+                    message: format!(
+                        "asset `{name}` kept conflicting; will retry at the next snapshot"
+                    ),
+                });
+            }
+        })
+    }
+
+    /// Store `p` as parts (see the module docs): parts already stored with
+    /// the content the file has now are kept, so a broken upload resumes.
+    fn put_parts(&self, p: &Pointer, src: &Path) -> Result<(), BlobError> {
+        let part = self.part_size();
+        let n = p.size.div_ceil(part);
+        if n > MAX_PARTS {
+            return Err(BlobError::TooLarge {
+                pointer: *p,
+                limit: MAX_PARTS * part,
+            });
+        }
+        let sizes = part_sizes(p.size, n);
+        let hashes = hash_parts(src, p, &sizes)?;
+        let oid = p.oid();
+        let counter = super::start_counting();
+        let mut offset = 0;
+        for (i, expect) in (1..=n).zip(&hashes) {
+            let name = part_name(&oid, i, n);
+            let start = offset;
+            let open = || -> Result<Opened, BlobError> {
+                let io = |source| BlobError::Io {
+                    what: "read",
+                    path: src.to_path_buf(),
+                    source,
+                };
+                let mut f = std::fs::File::open(src).map_err(io)?;
+                f.seek(SeekFrom::Start(start)).map_err(io)?;
+                let changed = Arc::new(AtomicBool::new(false));
+                let reader = VerifyingReader::new(f.take(expect.size), *expect, changed.clone())
+                    .counted(counter.clone());
+                Ok((Box::new(reader), changed))
+            };
+            self.store_asset(&name, expect, src, &open)?;
+            offset += expect.size;
+        }
+        Ok(())
+    }
+}
+
 /// The `rel="next"` URL of a `Link` header.
 pub fn next_link(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
@@ -557,53 +826,38 @@ impl BlobStore for GithubStore {
     fn has(&self, p: &Pointer) -> Result<bool, BlobError> {
         let name = p.oid();
         self.with_index(false, |idx| {
-            idx.find(&name).is_some_and(|(_, a)| a.holds(p))
+            idx.find(&name).is_some_and(|(_, a)| a.holds(p)) || idx.complete_parts(p).is_some()
         })
     }
 
     fn put(&self, p: &Pointer, src: &Path) -> Result<(), BlobError> {
-        if p.size >= MAX_ASSET_SIZE {
-            return Err(BlobError::TooLarge {
-                pointer: *p,
-                limit: MAX_ASSET_SIZE - 1,
-            });
-        }
-        let name = p.oid();
-        // Present already (another instance, an earlier run)?
-        let existing = self.with_index(false, |idx| idx.find(&name).map(|(_, a)| a.clone()))?;
-        match existing {
-            Some(a) if a.holds(p) => return Ok(()),
-            Some(a) => self.delete_asset(a.id)?,
-            None => {}
-        }
-        let mut attempts = 0;
-        self.retry.run(|| loop {
-            attempts += 1;
-            let release = self.shard_for_upload()?;
-            if self.upload_once(p, src, &release)? {
+        if p.size >= self.max_asset_size {
+            if self.has(p)? {
                 return Ok(());
             }
-            if attempts > 3 {
-                return Err(BlobError::Protocol {
-                    url: shown(&release.upload_url),
-                    message: format!(
-                        "asset `{name}` kept conflicting; will retry at the next snapshot"
-                    ),
-                });
-            }
-        })
+            return self.put_parts(p, src);
+        }
+        let open = || -> Result<Opened, BlobError> {
+            let (reader, changed) = open_verified(src, p)?;
+            Ok((Box::new(reader), changed))
+        };
+        self.store_asset(&p.oid(), p, src, &open)
     }
 
     fn get(&self, p: &Pointer, out: &mut dyn Write) -> Result<(), BlobError> {
-        let name = p.oid();
-        let mut found = self.with_index(false, |idx| idx.find(&name).map(|(_, a)| a.clone()))?;
+        let mut found = self.with_index(false, |idx| idx.locate(p))?;
         if found.is_none() {
-            found = self.with_index(true, |idx| idx.find(&name).map(|(_, a)| a.clone()))?;
+            found = self.with_index(true, |idx| idx.locate(p))?;
         }
-        match found {
-            Some(a) if a.state == "uploaded" => self.download(&self.repo, a.id, out, p.size),
-            _ => Err(BlobError::Missing(*p)),
+        let Some(assets) = found else {
+            return Err(BlobError::Missing(*p));
+        };
+        // Parts in order into the same writer: the caller verifies the
+        // whole file's size and SHA-256 as for a single asset.
+        for a in &assets {
+            self.download(&self.repo, a.id, out, a.size)?;
         }
+        Ok(())
     }
 
     fn get_original(
@@ -624,39 +878,50 @@ impl BlobStore for GithubStore {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut out = self.with_index(true, |idx| {
-            idx.assets
-                .values()
-                .flatten()
-                .filter(|a| a.state == "uploaded")
-                .filter_map(|a| {
-                    let sha256 = parse_sha256(&a.name)?;
-                    // Unknown creation time: age zero (kept unless the grace is zero).
-                    let created = a
-                        .created_at
-                        .as_deref()
-                        .and_then(crate::persist::parse_date)
-                        .and_then(|t| u64::try_from(t).ok())
-                        .unwrap_or(now);
-                    Some(StoredBlob {
-                        sha256,
-                        size: a.size,
-                        age: Duration::from_secs(now.saturating_sub(created)),
-                    })
-                })
-                .collect::<Vec<_>>()
+        let blobs = self.with_index(true, |idx| {
+            let mut blobs: BTreeMap<[u8; 32], StoredBlob> = BTreeMap::new();
+            for a in idx.assets.values().flatten() {
+                if a.state != "uploaded" {
+                    continue;
+                }
+                let Some(sha256) =
+                    parse_sha256(&a.name).or_else(|| parse_part_name(&a.name).map(|(s, _, _)| s))
+                else {
+                    continue;
+                };
+                // Unknown creation time: age zero (kept unless the grace is zero).
+                let created = a
+                    .created_at
+                    .as_deref()
+                    .and_then(crate::persist::parse_date)
+                    .and_then(|t| u64::try_from(t).ok())
+                    .unwrap_or(now);
+                let age = Duration::from_secs(now.saturating_sub(created));
+                // A blob is as young as its youngest asset: a part uploaded
+                // again restarts the whole blob's grace period.
+                let b = blobs.entry(sha256).or_insert(StoredBlob {
+                    sha256,
+                    size: 0,
+                    age,
+                });
+                b.size += a.size;
+                b.age = b.age.min(age);
+            }
+            blobs.into_values().collect::<Vec<_>>()
         })?;
-        out.sort_by_key(|b| b.sha256);
-        Ok(Some(out))
+        Ok(Some(blobs))
     }
 
     fn delete(&self, sha256: &[u8; 32]) -> Result<(), BlobError> {
         let name = hex::encode(sha256);
+        // The blob and every part of it, half-uploaded ones too.
         let ids = self.with_index(false, |idx| {
             idx.assets
                 .values()
                 .flatten()
-                .filter(|a| a.name == name)
+                .filter(|a| {
+                    a.name == name || parse_part_name(&a.name).is_some_and(|(s, _, _)| s == *sha256)
+                })
                 .map(|a| a.id)
                 .collect::<Vec<_>>()
         })?;
@@ -679,6 +944,144 @@ mod tests {
             Some("https://api.github.com/x?page=3")
         );
         assert_eq!(next_link(r#"<https://x>; rel="last""#), None);
+    }
+
+    #[test]
+    fn part_names_round_trip_and_only_the_canonical_spelling_parses() {
+        let oid = "ab".repeat(32);
+        let name = part_name(&oid, 2, 3);
+        assert_eq!(name, format!("{oid}.part-002-of-003"));
+        assert_eq!(parse_part_name(&name), Some(([0xab; 32], 2, 3)));
+        assert_eq!(
+            parse_part_name(&part_name(&oid, 999, 999)),
+            Some(([0xab; 32], 999, 999))
+        );
+        for bad in [
+            format!("{oid}.part-2-of-3"),
+            format!("{oid}.part-000-of-003"),
+            format!("{oid}.part-004-of-003"),
+            format!("{oid}.part-001-of-1000"),
+            format!("{oid}.part-001-of-003.tmp"),
+            format!("{}.part-001-of-003", oid.to_uppercase()),
+            format!("{oid}-model.bin"),
+            oid.clone(),
+        ] {
+            assert_eq!(parse_part_name(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_are_even_cover_the_blob_and_stay_under_the_part_size() {
+        for (size, part) in [
+            (10u64, 4u64),
+            (12, 4),
+            (13, 4),
+            (4 << 30, 1 << 30),
+            ((5 << 30) + 7, 1 << 30),
+        ] {
+            let n = size.div_ceil(part);
+            let sizes = part_sizes(size, n);
+            assert_eq!(sizes.len() as u64, n);
+            assert_eq!(sizes.iter().sum::<u64>(), size, "{size}/{part}");
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1 && *max <= part && *min > 0, "{sizes:?}");
+            for (i, s) in sizes.iter().enumerate() {
+                assert_eq!(part_len(size, n, i as u64), *s);
+            }
+        }
+    }
+
+    fn asset(id: u64, name: String, size: u64, state: &str) -> Asset {
+        Asset {
+            id,
+            name,
+            size,
+            state: state.into(),
+            digest: None,
+            created_at: None,
+        }
+    }
+
+    #[test]
+    fn only_a_complete_set_of_parts_of_the_right_sizes_holds_a_blob() {
+        let p = Pointer {
+            sha256: [7; 32],
+            size: 10,
+        };
+        let oid = p.oid();
+        // 10 bytes in 3 parts: 4, 3, 3.
+        let set = |skip: u64, bad_size: u64, state: &str| {
+            let mut idx = Index::default();
+            let v: Vec<Asset> = (1..=3)
+                .filter(|i| *i != skip)
+                .map(|i| {
+                    let size = if i == bad_size {
+                        9
+                    } else {
+                        part_len(10, 3, i - 1)
+                    };
+                    // Listed out of order, and across two shards.
+                    asset(
+                        10 - i,
+                        part_name(&oid, i, 3),
+                        size,
+                        if i == 2 { state } else { "uploaded" },
+                    )
+                })
+                .collect();
+            idx.assets.insert(1, v[..1].to_vec());
+            idx.assets.insert(2, v[1..].to_vec());
+            idx
+        };
+        let whole = set(0, 0, "uploaded");
+        let got: Vec<_> = whole
+            .complete_parts(&p)
+            .unwrap()
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(got, vec![9, 8, 7], "in part order");
+        assert!(whole.locate(&p).is_some());
+        assert!(
+            set(2, 0, "uploaded").complete_parts(&p).is_none(),
+            "a part missing"
+        );
+        assert!(
+            set(0, 3, "uploaded").complete_parts(&p).is_none(),
+            "a wrong size"
+        );
+        assert!(
+            set(0, 0, "starter").complete_parts(&p).is_none(),
+            "half-uploaded"
+        );
+        assert!(set(2, 0, "uploaded").locate(&p).is_none());
+        // Another blob's parts never count.
+        let other = Pointer {
+            sha256: [8; 32],
+            size: 10,
+        };
+        assert!(whole.complete_parts(&other).is_none());
+        // An incomplete layout next to a complete one: the complete one.
+        let mut mixed = set(0, 0, "uploaded");
+        mixed
+            .assets
+            .get_mut(&1)
+            .unwrap()
+            .push(asset(50, part_name(&oid, 1, 2), 5, "uploaded"));
+        assert_eq!(mixed.complete_parts(&p).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn limits_can_only_be_lowered() {
+        let s = GithubStore::new(API, "o/r", "blobs", None)
+            .unwrap()
+            .with_lower_limits(usize::MAX, u64::MAX);
+        assert_eq!(s.max_assets.load(Ordering::Relaxed), MAX_ASSETS);
+        assert_eq!(s.max_asset_size, MAX_ASSET_SIZE);
+        assert_eq!(s.part_size(), 1 << 30);
+        let s = s.with_lower_limits(0, 0);
+        assert_eq!(s.max_assets.load(Ordering::Relaxed), 1);
+        assert_eq!(s.part_size(), 1);
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! Setup the persistence tests share (`persist.rs`, `large_files.rs`): the
+//! git CLI with a fixed identity, and a temp root holding a bare remote and
+//! the data to back up to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use stackctl::persist::{Config, PathConfig};
+
+/// Run a command (tests only: stackctl itself never runs git), panicking
+/// with its output on failure; its stdout.
+pub fn run(dir: &Path, prog: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "someone")
+        .env("GIT_AUTHOR_EMAIL", "someone@example.org")
+        .env("GIT_COMMITTER_NAME", "someone")
+        .env("GIT_COMMITTER_EMAIL", "someone@example.org")
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} in {} failed: {}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The git CLI; its stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(dir, "git", args))
+        .trim()
+        .to_string()
+}
+
+/// A temp root (removed on drop) with a bare repository `remote.git` whose
+/// HEAD is `main`, and `data`, the path to persist (not created here).
+pub struct Dirs {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub data: PathBuf,
+    pub remote: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let remote = root.join("remote.git");
+        git(
+            &root,
+            &[
+                "init",
+                "--bare",
+                "-q",
+                "-b",
+                "main",
+                remote.to_str().unwrap(),
+            ],
+        );
+        let data = root.join("data");
+        Self {
+            _tmp: tmp,
+            root,
+            data,
+            remote,
+        }
+    }
+
+    /// Back up `data` to the remote over `file://` from `root/<workdir>`:
+    /// files of 1 MiB or more are large, nothing excluded, the whole
+    /// history kept, no lease to wait for, quick retries.
+    pub fn config(&self, workdir: &str) -> Config {
+        Config {
+            remote: format!("file://{}", self.remote.display()),
+            token: None,
+            branch: "main".into(),
+            workdir: self.root.join(workdir),
+            paths: vec![PathConfig {
+                path: self.data.clone(),
+                exclude: vec![],
+            }],
+            exclude: vec![],
+            threshold: 1 << 20,
+            keep: 0,
+            instance: "test".into(),
+            lease_ttl: Duration::ZERO,
+            readiness_file: None,
+            retries: 2,
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(50),
+        }
+    }
+}
