@@ -8,6 +8,7 @@ mod admin_ui;
 mod astrbot;
 mod deployment;
 mod gateway;
+mod hf_lfs;
 mod large_files;
 mod lifecycle;
 mod manifest;
