@@ -29,12 +29,17 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
         .and_then(|w| w.parse::<usize>().ok())
         .filter(|w| *w > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("stackctl")
-        .enable_all()
-        .build()
-    {
+    // One worker: tokio's current-thread scheduler does the same job
+    // without the work-stealing machinery (no cross-thread queues or
+    // wake-ups to check), which the gateway's per-request cost shows.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.thread_name("stackctl").enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -37,6 +37,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod migrate;
 pub mod proxy;
@@ -45,9 +46,11 @@ pub mod router;
 pub mod rules;
 pub mod state;
 pub mod ui;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -324,18 +327,35 @@ impl Gateway {
                 });
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error");
+                // At shutdown the connection is asked to finish its request
+                // and close. Not a `select!` on `stop.cancelled()`: that
+                // would poll the token's waiter list (a lock) each time the
+                // connection is woken, several times per request. Polled
+                // once, the token holds this task's waker (the same for the
+                // task's whole life); after that an atomic load says
+                // whether it fired.
+                let cancelled = stop.cancelled();
+                tokio::pin!(cancelled);
+                let mut armed = false;
+                let mut draining = false;
+                let ended = std::future::poll_fn(|cx| {
+                    if !draining {
+                        let fired = if armed {
+                            stop.is_cancelled()
+                        } else {
+                            armed = true;
+                            cancelled.as_mut().poll(cx).is_ready()
+                        };
+                        if fired {
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
                         }
                     }
-                    () = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "gateway: connection ended with an error while draining");
-                        }
-                    }
+                    conn.as_mut().poll(cx)
+                })
+                .await;
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
                 }
             });
         }

@@ -1,50 +1,36 @@
 //! Forwarding one request to a backend (the I/O half of the data plane).
 //!
-//! Bodies are streamed both ways frame by frame: hyper writes each frame as
+//! Bodies are streamed both ways frame by frame: each frame is written as
 //! it arrives, so Server-Sent Events reach the client one by one and a
 //! 200 MB upload never sits in memory.
 //!
-//! Upstream connections are pooled per backend address by [`Pool`]: a stack
-//! of idle HTTP/1.1 `SendRequest` handles. A connection goes back to the
-//! pool when its response body has been read to the end, and is reused at
-//! most `pool_idle` after that (below uvicorn's 5 s keep-alive), so a pooled
-//! connection is never reused just as the backend closes it. A request that
-//! hyper could not even start writing (its pooled connection had closed
-//! meanwhile) is retried on another connection; a request that was sent is
-//! never retried.
-//!
-//! WebSocket (any `Upgrade`): the client's upgrade future is taken before
-//! the request is forwarded; when the backend answers 101, both upgraded
-//! connections are joined with `copy_bidirectional` in a task that has no
-//! read timeout and is tracked and cancelled at shutdown.
+//! Ordinary requests go through [`super::upstream`]: pooled HTTP/1.1
+//! connections driven from the client connection's own task. WebSocket
+//! (any `Upgrade`): the client's upgrade future is taken before the request
+//! is forwarded on a fresh connection with hyper's client; when the backend
+//! answers 101, both upgraded connections are joined with
+//! `copy_bidirectional` in a task that has no read timeout and is tracked
+//! and cancelled at shutdown.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::gateway::body::{Body, BoxError};
+use crate::gateway::body::Body;
+use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
 use crate::gateway::router::Target;
-
-/// Idle connections kept per backend; more are closed when they come back.
-/// Matches a generous nginx `keepalive` setting: enough for every client
-/// connection of a busy container to find a warm backend connection.
-const MAX_IDLE_PER_BACKEND: usize = 256;
+use crate::gateway::upstream::{self, Outgoing, Pool};
 
 /// How forwarding failed, before it is turned into a status (which also
 /// depends on the backend's service state).
@@ -53,7 +39,8 @@ pub enum ForwardError {
     /// Could not connect (refused, unreachable).
     #[error("connection refused")]
     Connect,
-    /// Connecting or waiting for the response head took too long.
+    /// Connecting, waiting for the response head, or a backend that
+    /// stopped reading the request took too long.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     /// The connection broke (reset, closed early, bad response).
@@ -69,7 +56,8 @@ pub enum ForwardError {
 pub struct UpstreamConfig {
     /// Connect timeout.
     pub connect: Duration,
-    /// Time until the response head.
+    /// Time until the response head once the request is sent; also the
+    /// longest pause allowed while the request body is being sent.
     pub response: Duration,
     /// Idle pooled connections are closed after this.
     pub pool_idle: Duration,
@@ -86,10 +74,6 @@ pub struct Tunnels {
     pub stop: CancellationToken,
 }
 
-/// The body sent upstream: the client's, streamed, counted against
-/// `max_body`. One concrete type, so the request is not boxed.
-type UpBody = Limited<Incoming>;
-
 /// The pooled HTTP/1.1 client to backends.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -101,11 +85,7 @@ impl Upstream {
     /// A client with `cfg`.
     pub fn new(cfg: UpstreamConfig) -> Self {
         Upstream {
-            pool: Arc::new(Pool {
-                idle: Mutex::new(Vec::new()),
-                max_idle_age: cfg.pool_idle,
-                sweeper: AtomicBool::new(false),
-            }),
+            pool: Arc::new(Pool::new(cfg.pool_idle)),
             cfg,
         }
     }
@@ -120,15 +100,12 @@ impl Upstream {
         tunnels: &Tunnels,
     ) -> Result<Response<Body>, ForwardError> {
         let limit = self.cfg.max_body;
-        if limit > 0 {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit) {
-                return Err(ForwardError::TooLarge(limit));
-            }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+        if limit > 0 && declared.flatten().is_some_and(|n| n > limit) {
+            return Err(ForwardError::TooLarge(limit));
         }
         let upgrade = headers::upgrade_protocol(req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -155,123 +132,87 @@ impl Upstream {
             target.forwarded_prefix,
             target.set_headers,
         );
+
+        let Some(client_side) = client_upgrade else {
+            // The body is streamed right after the head, so the client's
+            // `Expect: 100-continue` is answered by our server side (hyper
+            // sends 100 when the body is first read) and not passed on: a
+            // backend's 100 would only be skipped.
+            parts.headers.remove(header::EXPECT);
+            let framing = RequestFraming::for_body(body.size_hint().exact(), declared.is_some());
+            let head = h1::encode_request_head(&parts.method, &parts.uri, &parts.headers, framing);
+            let out = Outgoing {
+                method: parts.method,
+                head,
+                framing,
+                body,
+            };
+            let resp = upstream::exchange(&self.pool, &self.cfg, addr, out).await?;
+            let mut resp = resp.map(|b| b.boxed_unsync());
+            headers::prepare_response(resp.headers_mut(), false);
+            return Ok(resp);
+        };
+
         let limit_bytes = match limit {
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let outgoing = Request::from_parts(parts, Limited::new(body, limit_bytes));
-
-        let (mut resp, sender) =
-            match tokio::time::timeout(self.cfg.response, self.send(addr, outgoing)).await {
-                Err(_) => return Err(ForwardError::Timeout(self.cfg.response)),
-                Ok(Err(e)) => return Err(e.into_forward_error(self.cfg.connect, limit)),
-                Ok(Ok(pair)) => pair,
-            };
-
+        let mut resp = match tokio::time::timeout(
+            self.cfg.response,
+            self.send_upgrade(addr, outgoing),
+        )
+        .await
+        {
+            Err(_) => return Err(ForwardError::Timeout(self.cfg.response)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(resp)) => resp,
+        };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
-            match client_upgrade {
-                Some(client_side) => {
-                    let backend_side = hyper::upgrade::on(&mut resp);
-                    spawn_tunnel(tunnels, client_side, backend_side, addr);
-                }
-                // A 101 to a request that did not ask for it cannot be
-                // relayed: the client would not speak the new protocol.
-                None => return Err(ForwardError::Broken),
-            }
+            let backend_side = hyper::upgrade::on(&mut resp);
+            spawn_tunnel(tunnels, client_side, backend_side, addr);
         }
         headers::prepare_response(resp.headers_mut(), switching);
-        // An upgraded connection belongs to its tunnel, never to the pool.
-        let lease = (!switching).then(|| Lease {
-            pool: self.pool.clone(),
-            addr,
-            sender,
-        });
-        Ok(resp.map(|inner| PooledBody { inner, lease }.boxed_unsync()))
+        Ok(resp.map(upstream::boxed_incoming))
     }
 
-    /// Send on a pooled connection, or a new one. A request that never left
-    /// (its pooled connection closed before hyper wrote a byte) is retried
-    /// on the next connection; one that was sent is not, since the backend
-    /// may have acted on it.
-    async fn send(
+    /// Send an upgrade request on a new connection of its own (an upgraded
+    /// connection is never pooled).
+    async fn send_upgrade(
         &self,
         addr: SocketAddr,
-        mut req: Request<UpBody>,
-    ) -> Result<(Response<Incoming>, SendRequest<UpBody>), SendError> {
-        loop {
-            let (mut sender, pooled) = match self.pool.take(addr) {
-                Some(s) => (s, true),
-                None => (self.connect(addr).await?, false),
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, sender)),
-                Err(mut e) => match e.take_message() {
-                    // `pooled` bounds the loop: a fresh connection that
-                    // fails is an answer, and the idle stack only shrinks.
-                    Some(unsent) if pooled => {
-                        tracing::debug!(%addr, error = %e.error(), "pooled connection closed before the request was sent; retrying");
-                        req = unsent;
-                    }
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
-            }
-        }
-    }
-
-    /// Open a new HTTP/1.1 connection to `addr` and start its task.
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpBody>, SendError> {
-        self.pool.start_sweeper();
-        let stream = match tokio::time::timeout(self.cfg.connect, TcpStream::connect(addr)).await {
-            Err(_) => return Err(SendError::ConnectTimeout),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(SendError::ConnectTimeout)
-            }
-            Ok(Err(_)) => return Err(SendError::Connect),
-            Ok(Ok(s)) => s,
-        };
-        // Small requests and SSE events must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
+        req: Request<Limited<Incoming>>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let stream = upstream::connect(addr, self.cfg.connect).await?;
+        let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|_| SendError::Connect)?;
+            .map_err(|_| ForwardError::Connect)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "gateway: upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| classify(&e, self.cfg.max_body))
     }
 }
 
-/// Why [`Upstream::send`] failed, before classification.
-#[derive(Debug)]
-enum SendError {
-    Connect,
-    ConnectTimeout,
-    Http(hyper::Error),
-}
-
-impl SendError {
-    /// Sort into refused / timed out / broken / too large.
-    fn into_forward_error(self, connect_timeout: Duration, limit: u64) -> ForwardError {
-        let e = match self {
-            SendError::Connect => return ForwardError::Connect,
-            SendError::ConnectTimeout => return ForwardError::Timeout(connect_timeout),
-            SendError::Http(e) => e,
-        };
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        while let Some(s) = source {
-            if s.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return ForwardError::TooLarge(limit);
-            }
-            source = s.source();
+/// Sort a hyper client error into too large / broken.
+fn classify(e: &hyper::Error, limit: u64) -> ForwardError {
+    let mut source: Option<&(dyn StdError + 'static)> = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            return ForwardError::TooLarge(limit);
         }
-        ForwardError::Broken
+        source = s.source();
     }
+    ForwardError::Broken
 }
 
 /// The request target for the backend: origin-form `path?query`. The
@@ -293,189 +234,6 @@ fn origin_form(client: &Uri, path: &str) -> Option<Uri> {
     }
     .ok()?;
     Some(Uri::from(pq))
-}
-
-/// Idle connections per backend address.
-#[derive(Debug)]
-struct Pool {
-    /// A short list: one entry per backend address, each a stack (most
-    /// recently used on top, so the warmest connection is reused first).
-    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
-    max_idle_age: Duration,
-    /// The idle sweeper task has been started.
-    sweeper: AtomicBool,
-}
-
-#[derive(Debug)]
-struct Idle {
-    sender: SendRequest<UpBody>,
-    since: Instant,
-}
-
-impl Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Vec<Idle>)>> {
-        // The lock is held only for pushes and pops that cannot panic
-        // half-way; a poisoned list is still consistent.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A ready idle connection to `addr`, if any. Expired or closed ones
-    /// met on the way are dropped, which closes them.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpBody>> {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        let stack = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
-        while let Some(c) = stack.pop() {
-            if now.saturating_duration_since(c.since) < self.max_idle_age && c.sender.is_ready() {
-                return Some(c.sender);
-            }
-        }
-        None
-    }
-
-    /// Return a connection whose exchange is complete.
-    fn put(self: &Arc<Self>, addr: SocketAddr, mut sender: SendRequest<UpBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if !sender.is_ready() {
-            // The connection task has not caught up yet with the end of the
-            // response (another worker thread), or the request body is
-            // still streaming after an early response: wait for it in a
-            // small task instead of handing out a busy connection.
-            // A body dropped while the runtime shuts down has no runtime
-            // to wait on: the connection just closes (never a panic).
-            let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let pool = Arc::downgrade(self);
-            let wait = self.max_idle_age;
-            rt.spawn(async move {
-                if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.push(addr, sender);
-                    }
-                }
-            });
-            return;
-        }
-        self.push(addr, sender);
-    }
-
-    fn push(&self, addr: SocketAddr, sender: SendRequest<UpBody>) {
-        let c = Idle {
-            sender,
-            since: Instant::now(),
-        };
-        let mut idle = self.lock();
-        match idle.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, stack)) if stack.len() >= MAX_IDLE_PER_BACKEND => {
-                // Full: the oldest connection (bottom) gives way.
-                stack.remove(0);
-                stack.push(c);
-            }
-            Some((_, stack)) => stack.push(c),
-            None => idle.push((addr, vec![c])),
-        }
-    }
-
-    /// Close connections idle for longer than `max_idle_age`, and forget
-    /// backends without idle connections.
-    fn sweep(&self) {
-        let now = Instant::now();
-        let mut idle = self.lock();
-        for (_, stack) in idle.iter_mut() {
-            stack.retain(|c| {
-                now.saturating_duration_since(c.since) < self.max_idle_age && !c.sender.is_closed()
-            });
-        }
-        idle.retain(|(_, stack)| !stack.is_empty());
-    }
-
-    /// Start the task that sweeps idle connections, once, from inside the
-    /// runtime. It ends when the pool is dropped.
-    fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let pool: Weak<Pool> = Arc::downgrade(self);
-        let every = self.max_idle_age.max(Duration::from_millis(100));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match pool.upgrade() {
-                    Some(p) => p.sweep(),
-                    None => return,
-                }
-            }
-        });
-    }
-}
-
-/// A pooled connection on loan to one response.
-struct Lease {
-    pool: Arc<Pool>,
-    addr: SocketAddr,
-    sender: SendRequest<UpBody>,
-}
-
-/// A backend response body that gives its connection back to the pool once
-/// read to the end. Dropped early (the client went away), it takes the
-/// connection with it: hyper closes a connection whose response was not
-/// read out, so it could not be reused anyway.
-struct PooledBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(l) = self.lease.take() {
-            l.pool.put(l.addr, l.sender);
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            // hyper stops polling a body whose length says it is complete,
-            // so the end is also noticed right after the last frame.
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.lease = None,
-            _ => {}
-        }
-        polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body (204, 304, HEAD, `Content-Length: 0`) is complete
-        // without ever being polled.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
-    }
 }
 
 fn spawn_tunnel(
@@ -509,7 +267,7 @@ fn spawn_tunnel(
 mod tests {
     use super::*;
     use std::borrow::Cow;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use crate::gateway::headers::Peer;
     use crate::gateway::rules::Backend;
@@ -692,5 +450,333 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(get_n(gw, 1).await, vec!["HTTP/1.1 200 OK ok"]);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// What a scripted backend saw of one request.
+    struct Seen {
+        head: String,
+        body: Vec<u8>,
+    }
+
+    /// Read one request (head and body, by its framing) off `s`.
+    async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        buf.drain(..end);
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map(|v| v.trim().parse::<usize>().unwrap());
+        let done = |b: &[u8]| match length {
+            Some(n) => b.len() >= n,
+            None if head.contains("transfer-encoding: chunked") => b.ends_with(b"0\r\n\r\n"),
+            None => true,
+        };
+        while !done(buf) {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let take = length.unwrap_or(buf.len());
+        let body = buf.drain(..take).collect();
+        Some(Seen { head, body })
+    }
+
+    /// When a scripted backend answers.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// After reading the whole request.
+        AfterBody,
+        /// Right after the head, then it reads nothing more.
+        EarlyThenStall,
+        /// Right after the head, then it reads the body and drops it, as
+        /// nginx's `return` does.
+        EarlyThenDiscard,
+    }
+
+    /// A backend that answers each request with `answer(request)`: the
+    /// bytes to write and whether to close afterwards.
+    async fn scripted(
+        mode: Mode,
+        answer: fn(&Seen) -> (Vec<u8>, bool),
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let seen = if mode == Mode::AfterBody {
+                            match read_request(&mut s, &mut buf).await {
+                                Some(r) => r,
+                                None => return,
+                            }
+                        } else {
+                            let mut chunk = [0u8; 4096];
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match s.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            Seen {
+                                head: String::from_utf8_lossy(&buf).to_lowercase(),
+                                body: Vec::new(),
+                            }
+                        };
+                        let (bytes, close) = answer(&seen);
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                        match mode {
+                            Mode::AfterBody => {}
+                            // Keep the connection open without reading on.
+                            Mode::EarlyThenStall => std::future::pending::<()>().await,
+                            Mode::EarlyThenDiscard => {
+                                if read_request(&mut s, &mut buf).await.is_none() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Send raw requests one after another on one client connection; each
+    /// response's status line and decoded body, read with hyper's client.
+    async fn send_all(gw: SocketAddr, reqs: Vec<Request<Body>>) -> Vec<(u16, String, String)> {
+        let s = tokio::net::TcpStream::connect(gw).await.unwrap();
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut out = Vec::new();
+        for r in reqs {
+            let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(r))
+                .await
+                .unwrap()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let cl = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            out.push((status, cl, String::from_utf8_lossy(&body).to_string()));
+        }
+        out
+    }
+
+    fn req(method: &str, body: Body) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/x")
+            .header(header::HOST, "t")
+            .body(body)
+            .unwrap()
+    }
+
+    /// A body of unknown length (sent chunked).
+    fn streamed(data: &'static str) -> Body {
+        let frames = futures_util::stream::iter(vec![Ok::<_, BoxErr>(hyper::body::Frame::data(
+            bytes::Bytes::from(data),
+        ))]);
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
+    type BoxErr = crate::gateway::body::BoxError;
+
+    /// `n` MiB streamed in 1 MiB frames: far more than socket buffers hold,
+    /// so a backend's early answer comes while most of it is still unsent.
+    fn mebibytes(n: usize) -> Body {
+        let frames = futures_util::stream::iter((0..n).map(|_| {
+            Ok::<_, BoxErr>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+                b'x';
+                1 << 20
+            ])))
+        }));
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_stream_and_keep_the_connection() {
+        let (b, accepted) = scripted(Mode::AfterBody, |_| {
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n".to_vec(),
+                false,
+            )
+        })
+        .await;
+        let gw = front(upstream(), b).await;
+        let empty = || crate::gateway::body::empty();
+        let got = send_all(gw, vec![req("GET", empty()), req("GET", empty())]).await;
+        assert_eq!(got, vec![(200, String::new(), "ok!!!".to_string()); 2]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_keep_their_length_or_go_chunked() {
+        fn echo(r: &Seen) -> (Vec<u8>, bool) {
+            let framing = if r.head.contains("content-length: 5\r\n") {
+                "length"
+            } else if r.head.contains("transfer-encoding: chunked\r\n") {
+                "chunked"
+            } else {
+                "none"
+            };
+            let text = format!("{framing} {}", String::from_utf8_lossy(&r.body));
+            let mut out =
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", text.len()).into_bytes();
+            out.extend_from_slice(text.as_bytes());
+            (out, false)
+        }
+        let (b, accepted) = scripted(Mode::AfterBody, echo).await;
+        let gw = front(upstream(), b).await;
+        let got = send_all(
+            gw,
+            vec![
+                req("POST", crate::gateway::body::full("hello")),
+                req("POST", streamed("hello")),
+                req("GET", crate::gateway::body::empty()),
+            ],
+        )
+        .await;
+        let bodies: Vec<&str> = got.iter().map(|(_, _, b)| b.as_str()).collect();
+        assert_eq!(
+            bodies,
+            ["length hello", "chunked 5\r\nhello\r\n0\r\n\r\n", "none "]
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_relayed_and_its_connection_not_reused() {
+        let (b, accepted) = scripted(Mode::EarlyThenStall, |_| {
+            (
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig".to_vec(),
+                false,
+            )
+        })
+        .await;
+        let gw = front(upstream(), b).await;
+        // A body the backend never reads.
+        let body = mebibytes(64);
+        let got = send_all(gw, vec![req("POST", body)]).await;
+        assert_eq!((got[0].0, got[0].2.as_str()), (413, "big"));
+        let got = send_all(gw, vec![req("GET", crate::gateway::body::empty())]).await;
+        assert_eq!(got[0].0, 413);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the cut-short connection was not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_early_success_keeps_the_upload_going() {
+        let (b, accepted) = scripted(Mode::EarlyThenDiscard, |_| {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+                false,
+            )
+        })
+        .await;
+        let gw = front(upstream(), b).await;
+        // With a length this time.
+        let body = mebibytes(64);
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(header::HOST, "t")
+            .header(header::CONTENT_LENGTH, (64u64 << 20).to_string())
+            .body(body)
+            .unwrap();
+        let got = send_all(gw, vec![upload, req("GET", crate::gateway::body::empty())]).await;
+        assert_eq!(got[0], (200, "3".to_string(), "ok\n".to_string()));
+        assert_eq!(got[1].0, 200, "the client connection survived the upload");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the upload completed: connection reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_body_or_no_length_mean_no_reuse() {
+        let (b, accepted) = scripted(Mode::AfterBody, |r| {
+            if r.head.starts_with("get") {
+                (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA".to_vec(),
+                    false,
+                )
+            } else {
+                (b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec(), true)
+            }
+        })
+        .await;
+        let gw = front(upstream(), b).await;
+        let e = crate::gateway::body::empty;
+        let got = send_all(gw, vec![req("GET", e()), req("GET", e()), req("PUT", e())]).await;
+        let bodies: Vec<&str> = got.iter().map(|(_, _, b)| b.as_str()).collect();
+        assert_eq!(bodies, ["ok", "ok", "until close"]);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn head_answers_keep_their_length_and_the_connection() {
+        let (b, accepted) = scripted(Mode::AfterBody, |r| {
+            if r.head.starts_with("head") {
+                (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n".to_vec(),
+                    false,
+                )
+            } else {
+                (b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), false)
+            }
+        })
+        .await;
+        let gw = front(upstream(), b).await;
+        let e = crate::gateway::body::empty;
+        let got = send_all(
+            gw,
+            vec![req("HEAD", e()), req("GET", e()), req("HEAD", e())],
+        )
+        .await;
+        assert_eq!(got[0], (200, "10".to_string(), String::new()));
+        assert_eq!((got[1].0, got[1].2.as_str()), (204, ""));
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_post_never_goes_out_on_a_connection_the_backend_closed() {
+        let (b, accepted) = backend(true).await;
+        let gw = front(upstream(), b).await;
+        let posts = (0..4)
+            .map(|_| req("POST", crate::gateway::body::full("data")))
+            .collect();
+        let got = send_all(gw, posts).await;
+        assert!(
+            got.iter().all(|(s, _, b)| *s == 200 && b == "ok"),
+            "{got:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
 }

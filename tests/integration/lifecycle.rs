@@ -331,6 +331,17 @@ fn an_imported_default_password_is_replaced_by_a_generated_one() {
 /// healthy while a service is not ready yet.
 #[test]
 fn healthz_is_503_from_the_first_answer_until_every_service_is_ready() {
+    healthz_until_ready(None);
+}
+
+/// The same with one worker, where `up` runs tokio's current-thread
+/// scheduler: gateway, probes and supervisor share one thread.
+#[test]
+fn one_worker_runs_the_whole_stack_on_the_current_thread_scheduler() {
+    healthz_until_ready(Some("1"));
+}
+
+fn healthz_until_ready(workers: Option<&str>) {
     let port = free_port();
     let s = Stack::new(&format!(
         r#"
@@ -345,6 +356,10 @@ gateway:
   admin: {{ password: "correct-horse-battery" }}
 "#
     ));
+    let s = match workers {
+        Some(n) => s.env("STACKCTL_WORKERS", n),
+        None => s.env_remove("STACKCTL_WORKERS"),
+    };
     let mut up = s.up();
     let url = format!("http://127.0.0.1:{port}/admin/healthz");
     let (code, _, body) = poll(T, "a first healthz answer", || http_get(&url));

@@ -1,0 +1,645 @@
+//! Pooled HTTP/1.1 connections to backends, driven from the request's own
+//! task.
+//!
+//! Why not hyper's client: its connection runs in a task of its own, and a
+//! proxied request then hops between the client connection's task and the
+//! backend connection's task through channels about four times (request
+//! sent, head received, body frames, end). Profiles showed those wake-ups,
+//! not the syscalls, as most of the gateway's CPU per request. Here the
+//! request future writes the head and reads the response head itself, and
+//! the response body reads the backend socket from inside `poll_frame`, so
+//! a proxied exchange runs in the one task hyper's server gives the client
+//! connection: the same two reads and two writes per request as nginx, and
+//! no hand-offs. The wire format is in [`super::h1`]; WebSocket upgrades
+//! still use hyper's client (see [`super::proxy`]), since an upgraded
+//! connection is never pooled and is long-lived.
+//!
+//! Pooling: a connection goes back to the pool when its response was read
+//! to the end, it said nothing about closing, and no stray byte followed
+//! the body. It is reused at most `pool_idle` later (below uvicorn's 5 s
+//! keep-alive). A pooled connection can still have been closed by the
+//! backend a moment ago; an idempotent request without a body that fails
+//! on it before any response byte arrives is therefore sent again on
+//! another connection (nothing was acted on, or it is safe to repeat, as
+//! RFC 9110 §9.2.2 allows). Any other request gets its pooled connection
+//! probed first (one non-blocking read) and is never repeated.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use super::body::BoxError;
+use super::h1::{self, Chunked, Decoded, RequestFraming, ResponseFraming};
+use super::proxy::{ForwardError, UpstreamConfig};
+
+/// Idle connections kept per backend; more are closed when they come back.
+/// Matches a generous nginx `keepalive` setting: enough for every client
+/// connection of a busy container to find a warm backend connection.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+
+/// Read buffer growth step: one small response fits in one read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Read size for the rest of a long body of known length.
+const BIG_READ: usize = 64 * 1024;
+
+/// One connection to a backend, with bytes read but not yet used.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Whether an idle connection still looks usable: the backend has not
+    /// closed it and has sent nothing unasked. Costs one non-blocking read
+    /// (none when tokio already knows the socket is not readable).
+    fn looks_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle connections per backend address.
+#[derive(Debug)]
+pub struct Pool {
+    /// A short list: one entry per backend address, each a stack (most
+    /// recently used on top, so the warmest connection is reused first).
+    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
+    max_idle_age: Duration,
+    /// The idle sweeper task has been started.
+    sweeper: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Duration,
+}
+
+/// Now, on the coarse monotonic clock. Idle ages are compared with limits
+/// of seconds, so its few milliseconds of resolution are plenty, and it is
+/// several times cheaper to read than the precise clock, twice per request.
+fn coarse_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+impl Pool {
+    /// An empty pool whose connections expire after `max_idle_age`.
+    pub fn new(max_idle_age: Duration) -> Self {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle_age,
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Vec<Idle>)>> {
+        // The lock is held only for pushes and pops that cannot panic
+        // half-way; a poisoned list is still consistent.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection to `addr` that has not
+    /// expired. Expired ones met on the way are dropped, which closes them.
+    fn take(&self, addr: SocketAddr) -> Option<Conn> {
+        let now = coarse_now();
+        let mut idle = self.lock();
+        let stack = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
+        while let Some(c) = stack.pop() {
+            if now.saturating_sub(c.since) < self.max_idle_age {
+                return Some(c.conn);
+            }
+        }
+        None
+    }
+
+    /// Keep a connection whose exchange is complete.
+    fn put(&self, addr: SocketAddr, conn: Conn) {
+        let c = Idle {
+            conn,
+            since: coarse_now(),
+        };
+        let mut idle = self.lock();
+        match idle.iter_mut().find(|(a, _)| *a == addr) {
+            Some((_, stack)) if stack.len() >= MAX_IDLE_PER_BACKEND => {
+                // Full: the oldest connection (bottom) gives way.
+                stack.remove(0);
+                stack.push(c);
+            }
+            Some((_, stack)) => stack.push(c),
+            None => idle.push((addr, vec![c])),
+        }
+    }
+
+    /// Close connections idle for longer than `max_idle_age`, and forget
+    /// backends without idle connections.
+    fn sweep(&self) {
+        let now = coarse_now();
+        let mut idle = self.lock();
+        for (_, stack) in idle.iter_mut() {
+            stack.retain(|c| now.saturating_sub(c.since) < self.max_idle_age);
+        }
+        idle.retain(|(_, stack)| !stack.is_empty());
+    }
+
+    /// Start the task that sweeps idle connections, once, from inside the
+    /// runtime. It ends when the pool is dropped.
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Pool> = Arc::downgrade(self);
+        let every = self.max_idle_age.max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(p) => p.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+
+    /// Idle connections held for `addr` (tests).
+    #[cfg(test)]
+    pub fn idle_count(&self, addr: SocketAddr) -> usize {
+        self.lock()
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map_or(0, |(_, s)| s.len())
+    }
+}
+
+/// Open a TCP connection to a backend, within the connect timeout.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ForwardError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ForwardError::Timeout(timeout)),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(ForwardError::Timeout(timeout))
+        }
+        Ok(Err(_)) => return Err(ForwardError::Connect),
+        Ok(Ok(s)) => s,
+    };
+    // Small requests and SSE events must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One request ready to go: its encoded head and its body, if it has one.
+pub struct Outgoing {
+    pub method: Method,
+    pub head: Vec<u8>,
+    pub framing: RequestFraming,
+    pub body: Incoming,
+}
+
+/// How one attempt failed.
+struct Failed {
+    error: ForwardError,
+    /// Nothing of a response had arrived: on a pooled connection that the
+    /// backend had just closed, the request can be sent again if it is
+    /// safe to repeat.
+    before_response: bool,
+}
+
+impl From<ForwardError> for Failed {
+    fn from(error: ForwardError) -> Self {
+        Failed {
+            error,
+            before_response: false,
+        }
+    }
+}
+
+/// Send `req` to `addr` on a pooled or new connection and read the
+/// response head; the response body then streams from the backend.
+pub async fn exchange(
+    pool: &Arc<Pool>,
+    cfg: &UpstreamConfig,
+    addr: SocketAddr,
+    req: Outgoing,
+) -> Result<Response<UpstreamBody>, ForwardError> {
+    let Outgoing {
+        method,
+        head,
+        framing,
+        body,
+    } = req;
+    // Repeating the request is safe only if nothing was consumed from the
+    // client (no body) and the method says a repeat changes nothing.
+    let repeatable = framing == RequestFraming::None && method.is_idempotent();
+    let mut body = (framing != RequestFraming::None).then_some(body);
+    loop {
+        let (mut conn, pooled) = match pool.take(addr) {
+            Some(c) => (c, true),
+            None => {
+                pool.start_sweeper();
+                let io = connect(addr, cfg.connect).await?;
+                let conn = Conn {
+                    io,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                };
+                (conn, false)
+            }
+        };
+        if pooled && !repeatable && !conn.looks_open() {
+            continue;
+        }
+        match send(&mut conn, &head, framing, body.take(), cfg).await {
+            Ok((mut resp_head, complete)) => {
+                let state = match h1::response_framing(&method, &mut resp_head) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "gateway: bad response framing");
+                        return Err(ForwardError::Broken);
+                    }
+                };
+                let reuse = (resp_head.keep_alive && complete).then(|| (pool.clone(), addr));
+                let body = UpstreamBody::new(conn, state, reuse);
+                let mut resp = Response::new(body);
+                *resp.status_mut() = resp_head.status;
+                *resp.version_mut() = Version::HTTP_11;
+                *resp.headers_mut() = resp_head.headers;
+                return Ok(resp);
+            }
+            Err(f) if f.before_response && pooled && repeatable => {
+                tracing::debug!(%addr, error = %f.error, "gateway: pooled connection closed under the request; sending it again");
+            }
+            Err(f) => return Err(f.error),
+        }
+    }
+}
+
+/// Write the request and read the response head. `complete` in the result
+/// says the whole request went out (an early error answer cuts it short,
+/// and such a connection is not reused).
+async fn send(
+    conn: &mut Conn,
+    head: &[u8],
+    framing: RequestFraming,
+    body: Option<Incoming>,
+    cfg: &UpstreamConfig,
+) -> Result<(h1::ResponseHead, bool), Failed> {
+    let mut early = None;
+    let mut complete = write_watching(conn, head, cfg, &mut early).await?;
+    if complete {
+        if let Some(body) = body {
+            complete = send_body(conn, framing, body, cfg, &mut early).await?;
+        }
+    }
+    let head = match early {
+        Some(h) => h,
+        None => tokio::time::timeout(cfg.response, read_head(conn))
+            .await
+            .map_err(|_| Failed::from(ForwardError::Timeout(cfg.response)))??,
+    };
+    Ok((head, complete))
+}
+
+/// Stream the client's body to the backend. `Ok(false)`: the backend
+/// answered with an error (or closed) before the body was all sent.
+async fn send_body(
+    conn: &mut Conn,
+    framing: RequestFraming,
+    mut body: Incoming,
+    cfg: &UpstreamConfig,
+    early: &mut Option<h1::ResponseHead>,
+) -> Result<bool, Failed> {
+    let limit = cfg.max_body;
+    let chunked = framing == RequestFraming::Chunked;
+    let mut sent: u64 = 0;
+    loop {
+        // The client's pace sets the upload's; a client that stalls for
+        // the whole response timeout gives up its backend connection.
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            r = conn.io.readable(), if early.is_none() => {
+                r.map_err(broken)?;
+                if answered(conn, cfg, early).await? {
+                    continue;
+                }
+                return Ok(false);
+            }
+            () = tokio::time::sleep(cfg.response) => return Err(ForwardError::Timeout(cfg.response).into()),
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(broken)?;
+        let Ok(data) = frame.into_data() else {
+            continue; // request trailers are not forwarded
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if limit > 0 && sent > limit {
+            return Err(ForwardError::TooLarge(limit).into());
+        }
+        let all = if chunked {
+            let mut piece = Vec::with_capacity(data.len() + 12);
+            piece.extend_from_slice(h1::chunk_header(data.len()).as_bytes());
+            piece.extend_from_slice(&data);
+            piece.extend_from_slice(b"\r\n");
+            write_watching(conn, &piece, cfg, early).await?
+        } else {
+            write_watching(conn, &data, cfg, early).await?
+        };
+        if !all {
+            return Ok(false);
+        }
+    }
+    if chunked {
+        return write_watching(conn, h1::CHUNKED_END, cfg, early).await;
+    }
+    Ok(true)
+}
+
+fn broken<E>(_: E) -> Failed {
+    Failed::from(ForwardError::Broken)
+}
+
+/// A write failed: the backend has not answered anything yet (on a pooled
+/// connection, it had closed it).
+fn unsent<E>(_: E) -> Failed {
+    Failed {
+        error: ForwardError::Broken,
+        before_response: true,
+    }
+}
+
+/// Write all of `data`. While no answer has come, the backend speaking
+/// first is noticed: see [`answered`]; `Ok(false)` means stop sending. A
+/// backend that neither reads nor answers for the response timeout is an
+/// error.
+async fn write_watching(
+    conn: &mut Conn,
+    mut data: &[u8],
+    cfg: &UpstreamConfig,
+    early: &mut Option<h1::ResponseHead>,
+) -> Result<bool, Failed> {
+    while !data.is_empty() {
+        match conn.io.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let watch = early.is_none();
+                tokio::select! {
+                    r = conn.io.writable() => r.map_err(unsent)?,
+                    r = conn.io.readable(), if watch => {
+                        r.map_err(broken)?;
+                        if !answered(conn, cfg, early).await? {
+                            return Ok(false);
+                        }
+                    }
+                    () = tokio::time::sleep(cfg.response) => {
+                        return Err(ForwardError::Timeout(cfg.response).into())
+                    }
+                }
+            }
+            Err(e) => return Err(unsent(e)),
+        }
+    }
+    Ok(true)
+}
+
+/// The backend spoke while the request was still going out: read its
+/// answer into `early`. A success on a connection it keeps open means it
+/// takes (or discards) the rest of the body, so sending goes on (`true`),
+/// as RFC 9112 §9.3 asks of clients; an error answer, or one that closes,
+/// stops the upload (`false`), and the client gets the answer at once.
+async fn answered(
+    conn: &mut Conn,
+    cfg: &UpstreamConfig,
+    early: &mut Option<h1::ResponseHead>,
+) -> Result<bool, Failed> {
+    let head = tokio::time::timeout(cfg.response, read_head(conn))
+        .await
+        .map_err(|_| Failed::from(ForwardError::Timeout(cfg.response)))??;
+    let go_on = head.keep_alive && head.status.as_u16() < 400;
+    *early = Some(head);
+    Ok(go_on)
+}
+
+/// Read until a final response head is complete; interim 1xx responses
+/// (100 Continue, 103 Early Hints) are skipped.
+async fn read_head(conn: &mut Conn) -> Result<h1::ResponseHead, Failed> {
+    let mut received = false;
+    loop {
+        match h1::parse_response_head(&mut conn.buf) {
+            Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                // Upgrades never come this way: a 101 here is not HTTP/1.1
+                // we can relay.
+                return Err(ForwardError::Broken.into());
+            }
+            Ok(Some(h)) if h.status.is_informational() => received = true,
+            Ok(Some(h)) => return Ok(h),
+            Ok(None) => {
+                if conn.buf.capacity() - conn.buf.len() < 1024 {
+                    conn.buf.reserve(READ_CHUNK);
+                }
+                match conn.io.read_buf(&mut conn.buf).await {
+                    Ok(0) | Err(_) => {
+                        return Err(Failed {
+                            error: ForwardError::Broken,
+                            before_response: !received && conn.buf.is_empty(),
+                        })
+                    }
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "gateway: unreadable response from backend");
+                return Err(ForwardError::Broken.into());
+            }
+        }
+    }
+}
+
+/// Where a response body is in its framing.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
+}
+
+/// A backend response body, read from the backend socket as the client
+/// connection asks for frames. Its connection goes back to the pool when
+/// the body has been read to its end; dropped early (the client went
+/// away), the connection is closed with it.
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    state: State,
+    /// Where the connection goes when the body is complete (`None`: it is
+    /// closed instead).
+    reuse: Option<(Arc<Pool>, SocketAddr)>,
+}
+
+impl UpstreamBody {
+    fn new(conn: Conn, framing: ResponseFraming, reuse: Option<(Arc<Pool>, SocketAddr)>) -> Self {
+        let state = match framing {
+            ResponseFraming::Empty | ResponseFraming::Length(0) => State::Done,
+            ResponseFraming::Length(n) => State::Length(n),
+            ResponseFraming::Chunked => State::Chunked(Chunked::Size),
+            ResponseFraming::UntilClose => State::UntilClose,
+        };
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            state,
+            reuse,
+        };
+        if matches!(body.state, State::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body is complete: pool the connection if it is clean.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        let conn = self.conn.take();
+        if let (Some(conn), Some((pool, addr))) = (conn, self.reuse.take()) {
+            // A byte past the body's end means the backend and we disagree
+            // about framing: never reuse such a connection.
+            if conn.buf.is_empty() {
+                let mut conn = conn;
+                // An idle connection keeps a small buffer, not the large
+                // one a download grew.
+                if conn.buf.capacity() > READ_CHUNK {
+                    conn.buf = BytesMut::new();
+                }
+                pool.put(addr, conn);
+            }
+        }
+    }
+
+    /// The connection broke or lied: close it.
+    fn fail(&mut self, why: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = State::Done;
+        self.conn = None;
+        self.reuse = None;
+        Poll::Ready(Some(Err(why.into())))
+    }
+
+    /// The next data already in the buffer, if the framing allows one.
+    fn buffered(&mut self) -> Result<Option<Bytes>, h1::ParseError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        match &mut self.state {
+            State::Done => Ok(None),
+            State::Length(left) => {
+                if conn.buf.is_empty() {
+                    return Ok(None);
+                }
+                let take = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(conn.buf.len());
+                *left -= take as u64;
+                let data = conn.buf.split_to(take).freeze();
+                if *left == 0 {
+                    self.finish();
+                }
+                Ok(Some(data))
+            }
+            State::Chunked(d) => match d.decode(&mut conn.buf)? {
+                Decoded::Data(b) => Ok(Some(b)),
+                Decoded::NeedMore => Ok(None),
+                Decoded::Done => {
+                    self.finish();
+                    Ok(None)
+                }
+            },
+            State::UntilClose => Ok((!conn.buf.is_empty()).then(|| conn.buf.split().freeze())),
+        }
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.buffered() {
+                Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(None) => {}
+                Err(e) => return this.fail(e),
+            }
+            if matches!(this.state, State::Done) {
+                return Poll::Ready(None);
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                // Large bodies are read in larger pieces (fewer syscalls);
+                // memory stays bounded, as hyper writes each frame out
+                // before it asks for the next.
+                let want = match this.state {
+                    State::Length(n) => usize::try_from(n)
+                        .unwrap_or(BIG_READ)
+                        .clamp(READ_CHUNK, BIG_READ),
+                    _ => READ_CHUNK,
+                };
+                conn.buf.reserve(want);
+            }
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut conn.buf
+            )) {
+                Ok(0) if matches!(this.state, State::UntilClose) => {
+                    // The close is the end of this body; the connection is
+                    // spent.
+                    this.reuse = None;
+                    this.conn = None;
+                    this.state = State::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    return this
+                        .fail("the backend closed the connection before the end of the body")
+                }
+                Ok(_) => {}
+                Err(e) => return this.fail(e),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// Box an upgrade response's body (hyper's client) like every other.
+pub fn boxed_incoming(body: Incoming) -> super::body::Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
