@@ -328,6 +328,46 @@ pub struct LargeFiles {
     pub tag: String,
     /// LFS endpoint override for `lfs`.
     pub url: Option<String>,
+    /// `offload_binary:`: binary files below the threshold go to the store too.
+    pub offload_binary: OffloadBinary,
+}
+
+/// `large_files.offload_binary`: whether a binary file (git's test: a NUL in
+/// its first 8000 bytes) below `threshold` is committed as an LFS pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffloadBinary {
+    /// When the remote is on Hugging Face and the store is `lfs`.
+    #[default]
+    Auto,
+    /// Whenever there is a blob store (a host with a hook like Hugging Face's).
+    Always,
+    /// Never: only size decides.
+    Never,
+}
+
+impl LargeFiles {
+    /// Does `offload_binary` hold for this `remote`?
+    ///
+    /// Hugging Face's pre-receive hook refuses binary files outside LFS/Xet,
+    /// and any file of 10 MiB or more outside LFS. What is on record:
+    /// huggingface/huggingface_hub#657 and #687 (2022-02, Hub staff): "The hub
+    /// now prevents binary files over 1MB from being committed (unless LFS)",
+    /// "Non binary files still 10MB"; huggingface/huggingface_hub#825 and
+    /// git-lfs/git-lfs#5834 show the message ("Your push was rejected
+    /// because it contains binary files."); qdonnars/ohmywind#289 (2026-08)
+    /// shows a 1.67 MB mp4 refused with "Please use
+    /// https://huggingface.co/docs/hub/xet to store binary files" and says
+    /// the rule no longer depends on size. No record gives today's lower
+    /// bound, so every binary file is offloaded: a pointer is always accepted.
+    pub fn offloads_binary(&self, remote: &str) -> bool {
+        match self.offload_binary {
+            OffloadBinary::Never => false,
+            OffloadBinary::Always => self.store != BlobStore::None,
+            OffloadBinary::Auto => {
+                self.store == BlobStore::Lfs && super::read::looks_like_hugging_face(remote)
+            }
+        }
+    }
 }
 
 /// `large_files.store`.

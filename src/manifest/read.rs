@@ -1164,12 +1164,13 @@ impl Reader<'_> {
             },
             tag: "blobs".into(),
             url: None,
+            offload_binary: OffloadBinary::Auto,
         };
         if let Some(lf) = f.get("large_files") {
             if let Some(l) = self.fields(
                 lf,
                 "persist.large_files",
-                &["threshold", "store", "tag", "url"],
+                &["threshold", "store", "tag", "url", "offload_binary"],
             ) {
                 large_files.threshold = self.size(&l, "threshold", large_files.threshold);
                 if let Some(store) = {
@@ -1182,6 +1183,9 @@ impl Reader<'_> {
                     large_files.tag = tag;
                 }
                 large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
+                    large_files.offload_binary = o;
+                }
                 if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
                     self.problem(
                         lf.pos,
@@ -1191,6 +1195,9 @@ impl Reader<'_> {
                     );
                 }
             }
+        }
+        if looks_like_hugging_face(&remote) {
+            self.hugging_face_warnings(&f, &large_files);
         }
         if let Some(inside) = paths
             .iter()
@@ -1237,6 +1244,43 @@ impl Reader<'_> {
             large_files,
             readiness_file,
         })
+    }
+
+    /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
+    /// binary file, outside LFS (see [`LargeFiles::offloads_binary`]): say
+    /// which setting would make every push fail, and what to set instead.
+    fn hugging_face_warnings(&mut self, f: &Fields, lf: &LargeFiles) {
+        let at = |k: &str| {
+            f.get("large_files")
+                .and_then(|n| match &n.value {
+                    Value::Map(e) => e.iter().find(|(key, _)| key.name == k).map(|(_, v)| v.pos),
+                    _ => None,
+                })
+                .or_else(|| f.get("large_files").map(|n| n.pos))
+                .unwrap_or(f.pos)
+        };
+        if lf.store != BlobStore::Lfs {
+            self.warn(
+                at("store"),
+                "persist.large_files.store",
+                "Hugging Face refuses pushes with binary files or files of 10 MiB or more outside LFS: set `store: lfs` (and `threshold: 1MiB`)",
+            );
+            return;
+        }
+        if lf.threshold == 0 || lf.threshold > HF_MAX_NON_LFS {
+            self.warn(
+                at("threshold"),
+                "persist.large_files.threshold",
+                "Hugging Face refuses pushes with files of 10 MiB or more outside LFS: set `threshold: 10MiB` or lower (`1MiB` is a good choice)",
+            );
+        }
+        if lf.offload_binary == OffloadBinary::Never {
+            self.warn(
+                at("offload_binary"),
+                "persist.large_files.offload_binary",
+                "Hugging Face refuses pushes with binary files outside LFS: remove `offload_binary: never` (the default, `auto`, offloads them)",
+            );
+        }
     }
 
     fn gateway(&mut self, node: &Node, name: &str, persist: Option<&Persist>) -> Option<Gateway> {
@@ -1632,6 +1676,36 @@ fn parse_store(t: &str, dir: &Path) -> Result<BlobStore, String> {
     }
 }
 
+/// Largest file Hugging Face takes outside LFS (it refuses 10 MiB or more).
+const HF_MAX_NON_LFS: u64 = 10 << 20;
+
+fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
+    match t {
+        "auto" | "" => Ok(OffloadBinary::Auto),
+        "always" => Ok(OffloadBinary::Always),
+        "never" => Ok(OffloadBinary::Never),
+        _ => Err(format!("unknown value `{t}` (use auto, always or never)")),
+    }
+}
+
+/// An `http(s)://` URL on Hugging Face (`huggingface.co` or `hf.co`, any
+/// letter case, with or without a port): the remotes `offload_binary: auto`
+/// is for. Other schemes have no LFS endpoint to offload to.
+pub fn looks_like_hugging_face(remote: &str) -> bool {
+    let r = remote.trim();
+    let Some(rest) = r
+        .strip_prefix("https://")
+        .or_else(|| r.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = host.split(':').next().unwrap_or_default();
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "huggingface.co" || host == "hf.co"
+}
+
 /// `owner/repo` or a github.com URL.
 pub fn looks_like_github(remote: &str) -> bool {
     let r = remote.trim();
@@ -1662,4 +1736,95 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn persist_with(remote: &str, large_files: &str) -> Result<Manifest, ManifestError> {
+        let text = format!(
+            "services: {{}}\npersist:\n  remote: {remote}\n  paths: [/data]\n  large_files: {large_files}\n"
+        );
+        load_str(&text, Path::new("/x/stack.yaml"), &ContainerEnv::new())
+    }
+
+    fn warned_keys(m: &Manifest) -> Vec<&str> {
+        m.warnings.iter().map(|w| w.key.as_str()).collect()
+    }
+
+    #[test]
+    fn hugging_face_remotes_are_recognised_by_host() {
+        for (remote, yes) in [
+            ("https://huggingface.co/datasets/u/d", true),
+            ("https://HuggingFace.co/datasets/u/d.git", true),
+            ("http://hf.co/datasets/u/d", true),
+            ("https://huggingface.co:443/u/d", true),
+            ("https://huggingface.co./u/d", true),
+            ("https://huggingface.com/u/d", false),
+            ("https://evil.example/huggingface.co/u/d", false),
+            ("https://huggingface.co.evil.example/u/d", false),
+            ("git@hf.co:u/d", false),
+            ("u/d", false),
+            ("/srv/huggingface.co", false),
+        ] {
+            assert_eq!(looks_like_hugging_face(remote), yes, "{remote}");
+        }
+    }
+
+    #[test]
+    fn offload_binary_parses_and_auto_follows_the_remote() {
+        let hf = "https://huggingface.co/datasets/u/d";
+        let m = persist_with(hf, "{ store: lfs, threshold: 1MiB }").unwrap();
+        let lf = &m.persist.as_ref().unwrap().large_files;
+        assert_eq!(lf.offload_binary, OffloadBinary::Auto);
+        assert!(lf.offloads_binary(hf));
+        assert!(!lf.offloads_binary("https://gitea.example/u/d"));
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+
+        let other = "https://gitea.example/u/d";
+        for (value, want) in [("always", true), ("never", false), ("auto", false)] {
+            let m =
+                persist_with(other, &format!("{{ store: lfs, offload_binary: {value} }}")).unwrap();
+            let lf = &m.persist.as_ref().unwrap().large_files;
+            assert_eq!(lf.offloads_binary(other), want, "{value}");
+        }
+        // Without a store there is nowhere to offload to.
+        let m = persist_with(other, "{ store: none, offload_binary: always }").unwrap();
+        assert!(!m.persist.unwrap().large_files.offloads_binary(other));
+
+        let e = persist_with(other, "{ store: lfs, offload_binary: yes }").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("persist.large_files.offload_binary")
+                && text.contains("use auto, always or never"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hugging_face_settings_that_make_pushes_fail_are_warned_about() {
+        let hf = "https://huggingface.co/datasets/u/d";
+        let m = persist_with(hf, "{ store: lfs, threshold: 50MiB }").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.large_files.threshold"]);
+        assert!(
+            m.warnings[0]
+                .message
+                .contains("`threshold: 10MiB` or lower"),
+            "{:?}",
+            m.warnings
+        );
+        let m = persist_with(hf, "{ store: lfs, threshold: 10MiB }").unwrap();
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+        let m = persist_with(hf, "{ store: lfs, threshold: 0 }").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.large_files.threshold"]);
+        let m = persist_with(hf, "{ store: none }").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.large_files.store"]);
+        assert!(m.warnings[0].message.contains("set `store: lfs`"));
+        let m = persist_with(hf, "{ store: lfs, threshold: 1MiB, offload_binary: never }").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.large_files.offload_binary"]);
+        // The same settings on another host are fine.
+        let m = persist_with("https://gitea.example/u/d", "{ store: none }").unwrap();
+        assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
 }

@@ -409,6 +409,9 @@ pub struct Persister {
     lease: Mutex<Option<(Oid, std::time::Instant)>>,
     /// Where large files' bytes go (`None`: they are skipped).
     blobs: Option<Arc<dyn BlobStore>>,
+    /// Binary files below the threshold go to `blobs` too (the remote
+    /// refuses them outside LFS; `large_files.offload_binary`).
+    offload_binary: bool,
     /// Blobs known to be complete in the store (checked or uploaded by us).
     stored: Mutex<HashSet<Pointer>>,
     /// Unreferenced blobs younger than this are kept ([`gc::DEFAULT_GRACE`]).
@@ -429,7 +432,8 @@ impl Persister {
     pub fn open(p: &crate::manifest::Persist) -> Result<Self, PersistError> {
         let cfg = Config::from(p);
         let store = store_config(&cfg, &p.large_files)?;
-        Self::with_store(cfg, &store)
+        let offload_binary = p.large_files.offloads_binary(&p.remote);
+        Ok(Self::with_store(cfg, &store)?.with_offload_binary(offload_binary))
     }
 
     /// Open with a blob store for large files, described by `store`.
@@ -456,6 +460,13 @@ impl Persister {
         let mut p = Self::with_config(cfg)?;
         p.blobs = blobs;
         Ok(p)
+    }
+
+    /// Commit binary files below the threshold as LFS pointers too (with a
+    /// blob store; without one this has no effect).
+    pub fn with_offload_binary(mut self, on: bool) -> Self {
+        self.offload_binary = on;
+        self
     }
 
     /// Keep unreferenced blobs this long before garbage collection deletes
@@ -561,6 +572,7 @@ impl Persister {
             instance,
             lease: Mutex::new(None),
             blobs: None,
+            offload_binary: false,
             stored: Mutex::new(HashSet::new()),
             gc_grace: gc::DEFAULT_GRACE,
             // The log by default: `up` shows a long restore or upload moving
@@ -847,7 +859,9 @@ impl Persister {
     ) -> snapshot::TreeBuilder<'a> {
         let b = snapshot::TreeBuilder::new(repo, self.cfg.threshold, tmp, cache);
         match &self.blobs {
-            Some(store) => b.with_pointers(store.lfs_url()),
+            Some(store) => b
+                .with_pointers(store.lfs_url())
+                .with_offload_binary(self.offload_binary),
             None => b,
         }
     }

@@ -24,6 +24,11 @@ pub const KEEP_MARKER: &str = ".stackctl-keep";
 /// Top-level tree directory holding stackctl's metadata.
 pub const META_DIR: &str = ".stackctl";
 
+/// How many leading bytes git looks at to call a file binary (its
+/// `buffer_is_binary`: a NUL among the first 8000 bytes). Hosts that refuse
+/// binary files outside LFS apply git's notion, so the sniff uses the same.
+pub const SNIFF_LEN: usize = 8000;
+
 /// Errors of snapshot planning.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -128,6 +133,20 @@ pub fn is_sqlite_header(first_bytes: &[u8]) -> bool {
     first_bytes.len() >= SQLITE_HEADER.len() && &first_bytes[..16] == SQLITE_HEADER
 }
 
+/// Would git call a file starting with `head` binary? A NUL in its first
+/// [`SNIFF_LEN`] bytes; bytes past that are ignored, as git ignores them.
+pub fn looks_binary(head: &[u8]) -> bool {
+    head.iter().take(SNIFF_LEN).any(|&b| b == 0)
+}
+
+/// Should a regular file go to the blob store as an LFS pointer? At or
+/// above `threshold` (0: no size limit) always; below it only when it is
+/// `binary` and `binary_rule` holds (the remote refuses binary files outside
+/// LFS whatever their size, see [`offloads_binary`](crate::manifest::LargeFiles::offloads_binary)).
+pub fn offload(size: u64, threshold: u64, binary: bool, binary_rule: bool) -> bool {
+    (threshold > 0 && size >= threshold) || (binary_rule && binary)
+}
+
 /// Why a path is left out of the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Excluded {
@@ -146,9 +165,10 @@ pub enum Decision {
     Blob,
     /// Copy with SQLite's backup API, then store the copy.
     Sqlite,
-    /// At or above `large_files.threshold`: an LFS pointer when a blob store
-    /// is configured, else skipped with a warning.
-    TooLarge {
+    /// Goes to the blob store (see [`offload`]): an LFS pointer when a blob
+    /// store is configured, else (only at or above `large_files.threshold`)
+    /// skipped with a warning.
+    Offload {
         /// The file's size in bytes.
         size: u64,
     },
@@ -250,15 +270,17 @@ impl PathRules {
             .map(|&i| Excluded::Glob(self.patterns[i].clone()))
     }
 
-    /// Decide what to do with the entry at `rel`. `header` is the first 16
-    /// bytes of a regular file (read only when needed: see [`needs_header`]).
+    /// Decide what to do with the entry at `rel`. `head` is the first bytes
+    /// of a regular file, as many as [`head_len`] asks for (none when it
+    /// asks for none); `binary_rule` as in [`offload`].
     pub fn decide(
         &self,
         rel: &Path,
         ty: FileType,
         size: u64,
-        header: Option<&[u8]>,
+        head: Option<&[u8]>,
         threshold: u64,
+        binary_rule: bool,
     ) -> Decision {
         if let Some(why) = self.excluded(rel, ty) {
             return Decision::Excluded(why);
@@ -268,9 +290,13 @@ impl PathRules {
             FileType::Symlink => Decision::Symlink,
             FileType::Other => Decision::Special,
             FileType::File => {
-                if threshold > 0 && size >= threshold {
-                    Decision::TooLarge { size }
-                } else if header.is_some_and(is_sqlite_header) {
+                let sqlite = head.is_some_and(is_sqlite_header);
+                // A SQLite database is binary by definition (its header
+                // holds a NUL), whatever the sniff saw.
+                let binary = sqlite || head.is_some_and(looks_binary);
+                if offload(size, threshold, binary, binary_rule) {
+                    Decision::Offload { size }
+                } else if sqlite {
                     Decision::Sqlite
                 } else {
                     Decision::Blob
@@ -280,9 +306,20 @@ impl PathRules {
     }
 }
 
-/// Does deciding on a regular file of this size need its first bytes?
-pub fn needs_header(size: u64, threshold: u64) -> bool {
-    size >= SQLITE_HEADER.len() as u64 && (threshold == 0 || size < threshold)
+/// How many leading bytes deciding on a regular file of this size needs
+/// (0: none). At or above the threshold nothing: it is offloaded anyway.
+/// Below it, the SQLite header, or with `binary_rule` the whole sniff
+/// window, in the same single read.
+pub fn head_len(size: u64, threshold: u64, binary_rule: bool) -> usize {
+    if size == 0 || (threshold > 0 && size >= threshold) {
+        0
+    } else if binary_rule {
+        SNIFF_LEN
+    } else if size >= SQLITE_HEADER.len() as u64 {
+        SQLITE_HEADER.len()
+    } else {
+        0
+    }
 }
 
 /// Check that no persisted path contains another.
@@ -323,6 +360,71 @@ pub struct CacheEntry {
     /// (restore hashes such a file rather than trust it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub copy: bool,
+    /// What the binary sniff said about the file when this entry was made
+    /// (`None`: not sniffed). Lets an unchanged file below the threshold keep
+    /// its offload decision without being read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<bool>,
+}
+
+/// What a cached blob id holds for a file, as far as the object database
+/// can tell without reading the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    /// The file's bytes (or, for a SQLite database, a backup-API copy).
+    Raw,
+    /// An LFS pointer to them.
+    Pointer,
+    /// Cannot tell, or it does not fit the file: read the file again.
+    Unsure,
+}
+
+/// Classify a cached blob of `blob_size` bytes (`pointer_size`: the size an
+/// LFS pointer in it names, if it parses as one) for a file of `file_size`
+/// bytes. `copy`: the entry is of a SQLite backup-API copy, whose size may
+/// differ from the live file's, but which never parses as a pointer (it
+/// starts with the SQLite header). Otherwise sizes decide: a raw blob has the
+/// file's size, a pointer names it. Both at once (a pointer text the size it
+/// names, ~130 bytes) is ambiguous, and only reading the file can tell.
+pub fn cached_kind(
+    copy: bool,
+    file_size: u64,
+    blob_size: u64,
+    pointer_size: Option<u64>,
+) -> Cached {
+    match pointer_size {
+        _ if copy => match pointer_size {
+            Some(_) => Cached::Pointer,
+            None => Cached::Raw,
+        },
+        Some(p) if p == file_size && blob_size != file_size => Cached::Pointer,
+        Some(p) if p == file_size => Cached::Unsure,
+        _ if blob_size == file_size => Cached::Raw,
+        _ => Cached::Unsure,
+    }
+}
+
+/// May an unchanged file reuse its cached blob of kind `kind`? Only if that
+/// is what [`offload`] would choose now. Below the threshold with
+/// `binary_rule`, the sniff recorded in the entry (`binary`) answers; when
+/// there is none, a pointer is kept (offloading is always accepted by the
+/// remote, and the file was offloaded while being what it still is) and a
+/// raw blob is not (it may be a binary file the remote refuses: read it).
+pub fn reuse_cached(
+    kind: Cached,
+    size: u64,
+    threshold: u64,
+    binary_rule: bool,
+    binary: Option<bool>,
+) -> bool {
+    let large = threshold > 0 && size >= threshold;
+    match kind {
+        Cached::Unsure => false,
+        Cached::Pointer if large => true,
+        Cached::Raw if large => false,
+        Cached::Pointer => binary_rule && binary != Some(false),
+        Cached::Raw => !binary_rule || binary == Some(false),
+    }
 }
 
 /// A file whose mtime is this close to the scan may still be changing within
@@ -589,14 +691,14 @@ mod tests {
                 FileType::File,
                 100,
                 None,
-                Decision::TooLarge { size: 100 },
+                Decision::Offload { size: 100 },
             ),
             (
                 "big.db",
                 FileType::File,
                 500,
                 Some(sqlite),
-                Decision::TooLarge { size: 500 },
+                Decision::Offload { size: 500 },
             ),
             (
                 "x.db-wal",
@@ -654,14 +756,14 @@ mod tests {
         ];
         for (rel, ty, size, header, want) in table {
             assert_eq!(
-                &r.decide(Path::new(rel), *ty, *size, *header, t),
+                &r.decide(Path::new(rel), *ty, *size, *header, t, false),
                 want,
                 "{rel}"
             );
         }
         // Threshold 0 disables the size limit.
         assert_eq!(
-            r.decide(Path::new("big"), FileType::File, 1 << 40, None, 0),
+            r.decide(Path::new("big"), FileType::File, 1 << 40, None, 0, false),
             Decision::Blob
         );
     }
@@ -689,10 +791,128 @@ mod tests {
 
     #[test]
     fn header_is_read_only_when_it_can_matter() {
-        assert!(!needs_header(10, 100));
-        assert!(needs_header(16, 100));
-        assert!(!needs_header(100, 100));
-        assert!(needs_header(1 << 40, 0));
+        let h = SQLITE_HEADER.len();
+        for (size, threshold, rule, want) in [
+            (10, 100, false, 0),
+            (16, 100, false, h),
+            (100, 100, false, 0),
+            (1 << 40, 0, false, h),
+            // With the binary rule, small files too, and the whole window.
+            (1, 100, true, SNIFF_LEN),
+            (99, 100, true, SNIFF_LEN),
+            (100, 100, true, 0),
+            (0, 100, true, 0),
+        ] {
+            assert_eq!(
+                head_len(size, threshold, rule),
+                want,
+                "{size} {threshold} {rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn binary_means_a_nul_in_the_first_8000_bytes_as_git_says() {
+        let at = |i: usize| {
+            let mut v = vec![b'a'; SNIFF_LEN + 100];
+            v[i] = 0;
+            v
+        };
+        assert!(looks_binary(&at(0)));
+        assert!(looks_binary(&at(SNIFF_LEN - 1)));
+        assert!(!looks_binary(&at(SNIFF_LEN)), "past git's window");
+        assert!(!looks_binary(b""));
+        assert!(!looks_binary("héllo, 世界\n\tdone\r\n".as_bytes()));
+        assert!(looks_binary(SQLITE_HEADER));
+    }
+
+    #[test]
+    fn offload_by_size_always_and_binary_only_under_the_rule() {
+        let t = 1 << 20;
+        for (size, threshold, binary, rule, want) in [
+            (t, t, false, false, true),
+            (t - 1, t, false, false, false),
+            (t - 1, t, true, false, false),
+            (t - 1, t, true, true, true),
+            (t - 1, t, false, true, false),
+            (5, 0, true, true, true),
+            (1 << 40, 0, false, true, false),
+            (0, t, false, true, false),
+        ] {
+            assert_eq!(
+                offload(size, threshold, binary, rule),
+                want,
+                "{size} {threshold} {binary} {rule}"
+            );
+        }
+    }
+
+    #[test]
+    fn small_binary_files_and_databases_are_offloaded_under_the_rule() {
+        let r = rules(&[], &[]);
+        let d = |head: &[u8], size: u64, rule: bool| {
+            r.decide(Path::new("f"), FileType::File, size, Some(head), 100, rule)
+        };
+        let sqlite = b"SQLite format 3\0rest";
+        assert_eq!(d(b"ab\0c", 4, true), Decision::Offload { size: 4 });
+        assert_eq!(d(b"ab\0c", 4, false), Decision::Blob);
+        assert_eq!(d(b"text", 4, true), Decision::Blob);
+        assert_eq!(d(sqlite, 50, true), Decision::Offload { size: 50 });
+        assert_eq!(d(sqlite, 50, false), Decision::Sqlite);
+    }
+
+    #[test]
+    fn cached_blobs_are_told_apart_by_size() {
+        use Cached::*;
+        // (copy, file size, blob size, pointer's size, want)
+        for (copy, file, blob, ptr, want) in [
+            (false, 500, 500, None, Raw),
+            (false, 500, 130, Some(500), Pointer),
+            (false, 500, 130, Some(499), Unsure),
+            (false, 500, 400, None, Unsure),
+            // A raw file that happens to hold a pointer to something else.
+            (false, 130, 130, Some(77), Raw),
+            // A pointer text the size it names: raw or pointer? Read it.
+            (false, 128, 128, Some(128), Unsure),
+            // A database copy's size need not be the live file's.
+            (true, 500, 4096, None, Raw),
+            (true, 500, 130, Some(4096), Pointer),
+        ] {
+            assert_eq!(
+                cached_kind(copy, file, blob, ptr),
+                want,
+                "{copy} {file} {blob} {ptr:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cached_blob_is_reused_only_if_the_decision_still_holds() {
+        use Cached::*;
+        let t = 100;
+        // (kind, size, rule, sniffed binary, reuse)
+        for (kind, size, rule, binary, want) in [
+            (Unsure, 5, false, None, false),
+            (Pointer, 100, false, None, true),
+            (Raw, 100, true, Some(false), false),
+            (Raw, 5, false, None, true),
+            (Pointer, 5, false, Some(true), false),
+            (Raw, 5, true, Some(false), true),
+            (Raw, 5, true, Some(true), false),
+            // Never sniffed (an older cache, a restore): a raw blob may be a
+            // binary file the remote refuses; a pointer is always accepted.
+            (Raw, 5, true, None, false),
+            (Pointer, 5, true, None, true),
+            (Pointer, 5, true, Some(true), true),
+            // Offloaded by an older, lower threshold, and text: back to a blob.
+            (Pointer, 5, true, Some(false), false),
+        ] {
+            assert_eq!(
+                reuse_cached(kind, size, t, rule, binary),
+                want,
+                "{kind:?} {size} {rule} {binary:?}"
+            );
+        }
     }
 
     #[test]
@@ -712,6 +932,7 @@ mod tests {
                 wal: None,
                 oid: "abc".into(),
                 copy: false,
+                binary: None,
             },
             now,
         );
@@ -740,6 +961,7 @@ mod tests {
                 wal: None,
                 oid: "def".into(),
                 copy: false,
+                binary: None,
             },
             now,
         );
@@ -799,6 +1021,7 @@ mod tests {
                 wal: None,
                 oid: "abc".into(),
                 copy: false,
+                binary: None,
             },
         );
         assert_eq!(c.lookup(p, key, None), Some("abc"));

@@ -498,6 +498,7 @@ fn holds(
                         wal,
                         oid: oid.to_string(),
                         copy: false,
+                        binary: None,
                     },
                     now_ns(),
                 );
@@ -716,6 +717,9 @@ pub fn apply(
                         wal: wal_key(path),
                         oid: oid.to_string(),
                         copy: false,
+                        // The bytes are at hand: the next snapshot keeps
+                        // this blob without sniffing the file.
+                        binary: Some(plan::looks_binary(blob.content())),
                     },
                 ));
                 done.files += 1;
@@ -1011,6 +1015,7 @@ fn hydrate(
         wal: wal_key(path),
         oid: pointer_oid(p).to_string(),
         copy: false,
+        binary: None,
     }))
 }
 

@@ -14,6 +14,11 @@
 //! upload before it commits. A large SQLite database is copied with the
 //! backup API first, like a small one, and the copy is what gets hashed and
 //! uploaded.
+//!
+//! With [`TreeBuilder::with_offload_binary`], a binary file below the
+//! threshold (git's test: a NUL in the first 8000 bytes; every SQLite
+//! database) takes the same path as a large one, for remotes that refuse
+//! binary files outside LFS (Hugging Face).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -151,6 +156,9 @@ pub struct TreeBuilder<'a> {
     pointers: bool,
     /// The LFS endpoint written to `.lfsconfig`, if any.
     lfs_url: Option<String>,
+    /// Binary files below the threshold become LFS pointers too (only with
+    /// `pointers`).
+    offload_binary: bool,
 }
 
 pub(crate) fn stat_key(m: &fs::Metadata) -> StatKey {
@@ -216,6 +224,7 @@ impl<'a> TreeBuilder<'a> {
             sqlite_busy_timeout: Duration::from_secs(10),
             pointers: false,
             lfs_url: None,
+            offload_binary: false,
         }
     }
 
@@ -225,6 +234,19 @@ impl<'a> TreeBuilder<'a> {
         self.pointers = true;
         self.lfs_url = lfs_url;
         self
+    }
+
+    /// Also commit binary files below the threshold as LFS pointers. Has an
+    /// effect only with [`with_pointers`](Self::with_pointers): without a
+    /// blob store such files would have nowhere to go but the skipped list.
+    pub fn with_offload_binary(mut self, on: bool) -> Self {
+        self.offload_binary = on;
+        self
+    }
+
+    /// Is the binary rule in force for this build?
+    fn binary_rule(&self) -> bool {
+        self.pointers && self.offload_binary
     }
 
     /// Build the tree of all `paths` plus `.stackctl/` metadata.
@@ -343,7 +365,7 @@ impl<'a> TreeBuilder<'a> {
                 Err(e) => return Err(read_err(&child_abs)(e)),
             };
             let node = if meta.is_dir() {
-                match rules.decide(&child_rel, FileType::Dir, 0, None, self.threshold) {
+                match rules.decide(&child_rel, FileType::Dir, 0, None, self.threshold, false) {
                     Decision::Dir => {
                         let n = self.walk_dir(rules, &child_abs, &child_rel)?;
                         if n.is_some() {
@@ -406,25 +428,16 @@ impl<'a> TreeBuilder<'a> {
             None
         };
         let large = self.threshold > 0 && size >= self.threshold;
+        let binary_rule = self.binary_rule();
         if ty == FileType::File && !excluded && (!large || self.pointers) {
-            if let Some(oid) = self
-                .cache
-                .lookup(abs, key, wal)
-                .and_then(|s| Oid::from_str(s).ok())
-            {
-                let cached_pointer = if large {
-                    self.repo
-                        .find_blob(oid)
-                        .ok()
-                        .and_then(|b| Pointer::parse(b.content()))
-                } else {
-                    None
-                };
-                if (!large || cached_pointer.is_some()) && self.repo.odb()?.exists(oid) {
-                    if let Some(pointer) = cached_pointer {
+            if let Some(entry) = self.cache.entry(abs, key, wal).cloned() {
+                if let Some(hit) = self.cached(&entry, size)? {
+                    let (oid, pointer) = hit;
+                    if let Some(pointer) = pointer {
                         // No copy now: the caller makes one only if the
                         // store turns out not to hold the blob yet.
-                        let sqlite = read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h));
+                        let sqlite = entry.copy
+                            || read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h));
                         self.push_large(rules, rel, abs, pointer, sqlite, None);
                     }
                     self.seen.insert(abs.to_path_buf());
@@ -436,8 +449,13 @@ impl<'a> TreeBuilder<'a> {
                 }
             }
         }
-        let header = if ty == FileType::File && plan::needs_header(size, self.threshold) {
-            match read_header(abs) {
+        let want = if ty == FileType::File {
+            plan::head_len(size, self.threshold, binary_rule)
+        } else {
+            0
+        };
+        let head = if want > 0 {
+            match read_head(abs, want) {
                 Ok(h) => Some(h),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(read_err(abs)(e)),
@@ -445,7 +463,13 @@ impl<'a> TreeBuilder<'a> {
         } else {
             None
         };
-        let decision = rules.decide(rel, ty, size, header.as_deref(), self.threshold);
+        // Recorded only when the whole window was read: a 16-byte header
+        // says nothing about byte 17.
+        let binary = head
+            .as_deref()
+            .filter(|_| want == plan::SNIFF_LEN)
+            .map(plan::looks_binary);
+        let decision = rules.decide(rel, ty, size, head.as_deref(), self.threshold, binary_rule);
         let node = match decision {
             Decision::Blob | Decision::Sqlite => {
                 let oid = if decision == Decision::Sqlite {
@@ -469,6 +493,7 @@ impl<'a> TreeBuilder<'a> {
                     wal,
                     oid: oid.to_string(),
                     copy: decision == Decision::Sqlite,
+                    binary,
                 };
                 self.record_read(abs, meta, entry, false);
                 self.count_file(rules, rel, meta);
@@ -489,16 +514,20 @@ impl<'a> TreeBuilder<'a> {
                     mode: 0o120000,
                 }
             }
-            Decision::TooLarge { size } if !self.pointers => {
+            Decision::Offload { size } if !self.pointers => {
                 self.built.too_large.push((abs.to_path_buf(), size));
                 return Ok(None);
             }
-            Decision::TooLarge { .. }
-                if read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h)) =>
+            Decision::Offload { .. }
+                if match &head {
+                    Some(h) => plan::is_sqlite_header(h),
+                    None => read_header(abs).is_ok_and(|h| plan::is_sqlite_header(&h)),
+                } =>
             {
-                // A large database gets what a small one gets: a consistent
-                // copy through the backup API; the copy is hashed and later
-                // uploaded, never the live file.
+                // An offloaded database (large, or binary under the rule)
+                // gets what a small one gets: a consistent copy through the
+                // backup API; the copy is hashed and later uploaded, never
+                // the live file.
                 self.built.sqlite += 1;
                 let copy = self.tmp_dir.join(format!(
                     "{LARGE_COPY_PREFIX}{}-{}.db",
@@ -525,6 +554,7 @@ impl<'a> TreeBuilder<'a> {
                     wal,
                     oid: oid.to_string(),
                     copy: true,
+                    binary: Some(true),
                 };
                 self.record_read(abs, meta, entry, false);
                 self.push_large(rules, rel, abs, pointer, true, Some(copy));
@@ -534,7 +564,7 @@ impl<'a> TreeBuilder<'a> {
                     mode: git_mode(meta.mode()),
                 }
             }
-            Decision::TooLarge { .. } => {
+            Decision::Offload { .. } => {
                 // Streamed: memory stays flat whatever the size.
                 let pointer = match blob::hash_file(abs) {
                     Ok(p) => p,
@@ -547,6 +577,7 @@ impl<'a> TreeBuilder<'a> {
                     wal,
                     oid: oid.to_string(),
                     copy: false,
+                    binary,
                 };
                 // Hashed straight from the live file: the stat must be the
                 // one the hash saw.
@@ -568,6 +599,40 @@ impl<'a> TreeBuilder<'a> {
             Decision::Excluded(_) | Decision::Dir => return Ok(None),
         };
         Ok(Some(node))
+    }
+
+    /// The cached blob `entry` names, if it still is what this file of
+    /// `size` bytes should become: its id and, for an LFS pointer, the
+    /// pointer. Only the object database is read, never the file.
+    fn cached(
+        &self,
+        entry: &CacheEntry,
+        size: u64,
+    ) -> Result<Option<(Oid, Option<Pointer>)>, SnapshotError> {
+        let Ok(oid) = Oid::from_str(&entry.oid) else {
+            return Ok(None);
+        };
+        // Missing (a pruned object database): read the file again.
+        let Ok((blob_size, git2::ObjectType::Blob)) = self.repo.odb()?.read_header(oid) else {
+            return Ok(None);
+        };
+        // Only a small blob can be a pointer: larger ones are not loaded.
+        let pointer = if blob_size <= pointer::MAX_POINTER_SIZE {
+            self.repo
+                .find_blob(oid)
+                .ok()
+                .and_then(|b| Pointer::parse(b.content()))
+        } else {
+            None
+        };
+        let kind = plan::cached_kind(entry.copy, size, blob_size as u64, pointer.map(|p| p.size));
+        if !plan::reuse_cached(kind, size, self.threshold, self.binary_rule(), entry.binary) {
+            return Ok(None);
+        }
+        Ok(Some((
+            oid,
+            pointer.filter(|_| kind == plan::Cached::Pointer),
+        )))
     }
 
     /// `abs` (lstat `meta`) was read into the snapshot: count it, keep its
@@ -661,8 +726,15 @@ pub(crate) fn wal_key(db: &Path) -> Option<StatKey> {
 }
 
 fn read_header(path: &Path) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(16);
-    fs::File::open(path)?.take(16).read_to_end(&mut buf)?;
+    read_head(path, plan::SQLITE_HEADER.len())
+}
+
+/// At most the first `len` bytes of a file.
+fn read_head(path: &Path, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    fs::File::open(path)?
+        .take(len as u64)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -887,6 +959,39 @@ mod tests {
         let rel = format!("{}/empty/{KEEP_MARKER}", plan::tree_path(&data).unwrap());
         assert!(tree.get_path(Path::new(&rel)).is_ok(), "{rel}");
         assert!(tree.get_path(Path::new(".stackctl/modes")).is_ok());
+    }
+
+    #[test]
+    fn small_binary_files_become_pointers_and_unchanged_ones_are_not_read_again() {
+        let (d, repo) = repo();
+        let data = d.path().join("data");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("a.bin"), b"ab\0cd").unwrap();
+        fs::write(data.join("a.txt"), "hello").unwrap();
+        let rules = vec![PathRules::new(&data, &[], &[], &[]).unwrap()];
+        let tmp = d.path().join("tmp");
+        let mut cache = StatCache::default();
+        let build = |cache: &mut StatCache, rule: bool| {
+            let mut tb = TreeBuilder::new(&repo, 1 << 20, &tmp, cache)
+                .with_pointers(None)
+                .with_offload_binary(rule);
+            // As if the scan came long after the writes: the cache may be trusted.
+            tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
+            tb.build(&rules).unwrap()
+        };
+        let b1 = build(&mut cache, true);
+        assert_eq!((b1.files, b1.read), (2, 2));
+        let large: Vec<_> = b1.large.iter().map(|l| l.path.clone()).collect();
+        assert_eq!(large, [data.join("a.bin")]);
+        let b2 = build(&mut cache, true);
+        assert_eq!((b2.files, b2.read), (2, 0), "served from the cache");
+        assert_eq!(b2.tree, b1.tree);
+        // Still listed: its blob must be in the store before a commit names it.
+        assert_eq!(b2.large, b1.large);
+        // Without the rule the cached pointer no longer fits: read again.
+        let b3 = build(&mut cache, false);
+        assert_eq!((b3.read, b3.large.len()), (1, 0));
+        assert_ne!(b3.tree, b1.tree);
     }
 
     #[test]

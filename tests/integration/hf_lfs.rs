@@ -607,11 +607,9 @@ fn tree_path(p: &Path) -> String {
     p.display().to_string().trim_start_matches('/').to_string()
 }
 
-#[test]
-fn a_multipart_upload_round_trips_through_backup_and_restore() {
-    // Parts of 1 MiB above 2 MiB; part 2 fails once with a 500.
-    let fake = fake_hf::Fake::start(TOKEN, MIB as u64, 2 * MIB as u64);
-    fake.state.lock().unwrap().fail_once = vec![2];
+/// A stack backing `./data` up to a bare `remote.git`, large files (1 MiB
+/// and up, plus `extra` large_files keys) through the fake's LFS endpoint.
+fn hf_stack(fake: &fake_hf::Fake, extra: &str) -> (Stack, PathBuf) {
     let s = Stack::new(&format!(
         r#"
 name: hf
@@ -621,7 +619,7 @@ persist:
   token: ${{HF_TOKEN}}
   workdir: ./work
   paths: [./data]
-  large_files: {{ threshold: 1MiB, store: lfs, url: "{}" }}
+  large_files: {{ threshold: 1MiB, store: lfs, url: "{}"{extra} }}
 "#,
         fake.endpoint
     ))
@@ -632,6 +630,15 @@ persist:
     );
     let data = s.path("data");
     fs::create_dir_all(&data).unwrap();
+    (s, data)
+}
+
+#[test]
+fn a_multipart_upload_round_trips_through_backup_and_restore() {
+    // Parts of 1 MiB above 2 MiB; part 2 fails once with a 500.
+    let fake = fake_hf::Fake::start(TOKEN, MIB as u64, 2 * MIB as u64);
+    fake.state.lock().unwrap().fail_once = vec![2];
+    let (s, data) = hf_stack(&fake, "");
     // Four parts (the last one short), one single PUT, one small file.
     let files = [
         ("big.bin", noise(3 * MIB + MIB / 2 + 17, 1)),
@@ -857,4 +864,102 @@ fn the_store_against_the_fake_checks_credentials_and_never_shows_the_token() {
     assert_eq!(st.part_attempts.len(), 5, "300 KiB + 1 in 64 KiB parts");
     assert!(st.part_attempts.values().all(|a| *a == 1));
     assert_eq!(st.leaked_auth, 0);
+}
+
+#[test]
+fn small_binary_files_and_databases_go_to_lfs_under_offload_binary_and_text_stays() {
+    // `offload_binary: always` stands in for a huggingface.co remote (`auto`
+    // turns it on there): the fake cannot be reached under that name.
+    let fake = fake_hf::Fake::start(TOKEN, MIB as u64, 2 * MIB as u64);
+    let (s, data) = hf_stack(&fake, ", offload_binary: always");
+    // 200 KiB each, far below the threshold. The binary one has its only
+    // sure NUL late in git's 8000-byte window; the text one has none.
+    let mut binary = noise(200 * 1024, 11);
+    binary.iter_mut().for_each(|b| *b = (*b).max(1));
+    binary[7999] = 0;
+    let text: Vec<u8> = (0..)
+        .flat_map(|i| format!("line {i}: plain UTF-8 text, café\n").into_bytes())
+        .take(200 * 1024)
+        .collect();
+    fs::write(data.join("blob.bin"), &binary).unwrap();
+    fs::write(data.join("notes.txt"), &text).unwrap();
+    // A small database: snapshotted through the backup API, and binary.
+    let db = data.join("app.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("create table t(x); insert into t values ('kept'), ('too');")
+            .unwrap();
+    }
+
+    s.run(&["restore"]).code(0);
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+
+    let remote = s.path("remote.git");
+    let at = |name: &str| format!("main:{}", tree_path(&data.join(name)));
+    let bin_oid = sha256_hex(&binary);
+    let pointer = git(&remote, &["cat-file", "-p", &at("blob.bin")]);
+    // (Only the start is shown: on failure this is 200 KiB of noise.)
+    let start = |t: &str| t.chars().take(100).collect::<String>();
+    assert!(
+        pointer
+            == format!(
+                "version https://git-lfs.github.com/spec/v1\noid sha256:{bin_oid}\nsize {}",
+                binary.len()
+            ),
+        "the binary file is not an LFS pointer: {:?}",
+        start(&pointer)
+    );
+    let db_pointer = git(&remote, &["cat-file", "-p", &at("app.db")]);
+    assert!(
+        db_pointer.starts_with("version https://git-lfs.github.com/spec/v1\noid sha256:"),
+        "the database is not an LFS pointer: {:?}",
+        start(&db_pointer)
+    );
+    // The text file is stored as it is: its blob id is its content's.
+    let text_file = data.join("notes.txt");
+    assert_eq!(
+        git(&remote, &["rev-parse", &at("notes.txt")]),
+        git(s.dir.path(), &["hash-object", text_file.to_str().unwrap()]),
+    );
+    let attributes = git(&remote, &["cat-file", "-p", "main:.gitattributes"]);
+    for (name, tracked) in [("blob.bin", true), ("app.db", true), ("notes.txt", false)] {
+        assert_eq!(
+            attributes.contains(&tree_path(&data.join(name))),
+            tracked,
+            "`{name}` in .gitattributes:\n{attributes}"
+        );
+    }
+    let puts = {
+        let st = fake.state.lock().unwrap();
+        assert_eq!(st.objects.get(&bin_oid), Some(&binary));
+        assert_eq!(st.objects.len(), 2, "the binary file and the database");
+        st.single_puts
+    };
+
+    // Nothing changed: the same tree, nothing uploaded again.
+    s.run(&["backup"])
+        .code(0)
+        .stdout_has("nothing changed since the last snapshot");
+    assert_eq!(fake.state.lock().unwrap().single_puts, puts);
+
+    // A wiped disk: everything comes back byte-identical.
+    fs::remove_dir_all(&data).unwrap();
+    fs::remove_dir_all(s.path("work")).unwrap();
+    s.run(&["restore"]).code(0);
+    assert_eq!(fs::read(data.join("blob.bin")).unwrap(), binary);
+    assert_eq!(fs::read(&text_file).unwrap(), text);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let rows: Vec<String> = c
+        .prepare("select x from t order by rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows, ["kept", "too"]);
+    drop(c);
+    // And a snapshot right after the restore commits nothing.
+    s.run(&["backup"])
+        .code(0)
+        .stdout_has("nothing changed since the last snapshot");
 }
