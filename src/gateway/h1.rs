@@ -41,16 +41,17 @@ impl RequestFraming {
     }
 }
 
-/// Encode a request head. `headers` must already be stripped of hop-by-hop
-/// headers; `Content-Length` in it is replaced by what `framing` says.
-pub fn encode_request_head(
+/// Encode a request head. `headers` must already be free of hop-by-hop
+/// headers; a `Content-Length` among them is replaced by what `framing`
+/// says.
+pub fn encode_request_head<'a>(
     method: &Method,
     target: &Uri,
-    headers: &HeaderMap,
+    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     framing: RequestFraming,
 ) -> Vec<u8> {
     let target = target.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut out = Vec::with_capacity(256 + headers.len() * 32);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());

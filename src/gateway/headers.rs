@@ -24,12 +24,13 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 // Built at compile time: naming a header by `&str` parses it on every use.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+// Statics, not consts, so that the forwarded headers can be lent out.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// A connection-level header a rule may not set.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -54,22 +55,12 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the few names present is
+    // Most messages carry none: one pass over the few names present is
     // cheaper than nine hashed removals.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `keep-alive` is removed below anyway (and parsing it allocates).
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in connection_named(headers) {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
@@ -204,7 +195,107 @@ pub fn forwarded(
     }
 }
 
-/// Turn a client request's headers into the forwarded request's headers.
+/// Incoming headers only the gateway may set: they are never passed on.
+fn is_ours(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-real-ip"
+    )
+}
+
+/// The headers of a forwarded request: the client's, without hop-by-hop
+/// ones (and those its `Connection` names), without the forwarding headers
+/// only we may set and those a rule sets; then ours, then the rule's.
+///
+/// A view rather than an edited `HeaderMap`: the proxy writes the request
+/// head straight from it, which spares the hashed removals and inserts
+/// (and the map growing) that editing the client's map cost per request.
+/// RFC 7239 `Forwarded` is not produced; an incoming one is dropped so
+/// backends see only the facts we vouch for.
+pub struct RequestHeaders<'a> {
+    client: &'a HeaderMap,
+    ours: [(&'static HeaderName, Option<HeaderValue>); 6],
+    set_headers: &'a [(HeaderName, HeaderValue)],
+    /// Extra hop-by-hop names listed in the client's `Connection` header
+    /// (rarely any).
+    named: Vec<HeaderName>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// The forwarded view of `client`'s headers.
+    pub fn new(
+        client: &'a HeaderMap,
+        fwd: &Forwarded,
+        forwarded_prefix: Option<&str>,
+        set_headers: &'a [(HeaderName, HeaderValue)],
+    ) -> Self {
+        RequestHeaders {
+            client,
+            ours: [
+                (&X_FORWARDED_FOR, Some(fwd.xff.clone())),
+                (&X_FORWARDED_PROTO, Some(fwd.proto.clone())),
+                (&X_FORWARDED_HOST, fwd.host.clone()),
+                (&X_FORWARDED_PORT, Some(fwd.port.clone())),
+                (&X_REAL_IP, Some(fwd.client_ip_text.clone())),
+                (
+                    &X_FORWARDED_PREFIX,
+                    forwarded_prefix.and_then(|p| HeaderValue::from_str(p).ok()),
+                ),
+            ],
+            set_headers,
+            named: connection_named(client),
+        }
+    }
+
+    fn rule_sets(&self, name: &HeaderName) -> bool {
+        self.set_headers.iter().any(|(n, _)| n == name)
+    }
+
+    fn passes(&self, name: &HeaderName) -> bool {
+        !(is_hop_by_hop(name) || is_ours(name) || self.rule_sets(name) || self.named.contains(name))
+    }
+
+    /// Every header of the forwarded request, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        let client = self.client.iter().filter(|(n, _)| self.passes(n));
+        let ours = self
+            .ours
+            .iter()
+            .filter_map(|(n, v)| Some((*n, v.as_ref()?)))
+            .filter(|(n, _)| !self.rule_sets(n));
+        let rule = self.set_headers.iter().map(|(n, v)| (n, v));
+        client.chain(ours).chain(rule)
+    }
+}
+
+/// Header names the `Connection` header lists as hop-by-hop, besides the
+/// standard ones (which are removed anyway).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // `keep-alive` and `close` are the common tokens; `keep-alive` is
+        // removed anyway and parsing them would allocate.
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case("keep-alive")
+                && !t.eq_ignore_ascii_case("close")
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect()
+}
+
+/// Turn a client request's headers into the forwarded request's headers
+/// (the upgrade path, which hands a `HeaderMap` to hyper's client).
 pub fn prepare_request(
     headers: &mut HeaderMap,
     upgrade: Option<&HeaderValue>,
@@ -212,37 +303,15 @@ pub fn prepare_request(
     forwarded_prefix: Option<&str>,
     set_headers: &[(HeaderName, HeaderValue)],
 ) {
-    strip_hop_by_hop(headers);
+    let mut out = HeaderMap::with_capacity(headers.len() + 8);
+    for (n, v) in RequestHeaders::new(headers, fwd, forwarded_prefix, set_headers).iter() {
+        out.append(n.clone(), v.clone());
+    }
     if let Some(proto) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.insert(header::UPGRADE, proto.clone());
     }
-    // RFC 7239 `Forwarded` is not produced; an incoming one is dropped so
-    // backends see only the facts we vouch for.
-    headers.remove(header::FORWARDED);
-    headers.insert(X_FORWARDED_FOR, fwd.xff.clone());
-    headers.insert(X_FORWARDED_PROTO, fwd.proto.clone());
-    match &fwd.host {
-        Some(h) => {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
-    }
-    headers.insert(X_FORWARDED_PORT, fwd.port.clone());
-    headers.insert(X_REAL_IP, fwd.client_ip_text.clone());
-    match forwarded_prefix.map(HeaderValue::from_str) {
-        Some(Ok(p)) => {
-            headers.insert(X_FORWARDED_PREFIX, p);
-        }
-        _ => {
-            headers.remove(X_FORWARDED_PREFIX);
-        }
-    }
-    for (name, value) in set_headers {
-        headers.insert(name.clone(), value.clone());
-    }
+    *headers = out;
 }
 
 /// Clean a backend response's headers before passing it on. A 101 keeps
@@ -404,6 +473,37 @@ mod tests {
                 "x-forwarded-prefix: /gemini",
                 "x-forwarded-proto: http",
                 "x-real-ip: 127.0.0.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rule_may_override_a_forwarding_header_once() {
+        let h = map(&[
+            ("host", "h"),
+            ("x-forwarded-proto", "forged"),
+            ("expect", "100-continue"),
+        ]);
+        let fwd = fwd("127.0.0.1", "127.0.0.1", Some("h"), "1");
+        let set = [(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        )];
+        let view = RequestHeaders::new(&h, &fwd, None, &set);
+        let got: Vec<String> = view
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "host: h",
+                "expect: 100-continue",
+                "x-forwarded-for: 127.0.0.1",
+                "x-forwarded-host: h",
+                "x-forwarded-port: 1",
+                "x-real-ip: 127.0.0.1",
+                "x-forwarded-proto: https",
             ]
         );
     }

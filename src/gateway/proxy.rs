@@ -125,22 +125,25 @@ impl Upstream {
         }
         parts.uri = origin_form(&parts.uri, &target.path).ok_or(ForwardError::Broken)?;
         parts.version = Version::HTTP_11;
-        headers::prepare_request(
-            &mut parts.headers,
-            upgrade.as_ref(),
-            fwd,
-            target.forwarded_prefix,
-            target.set_headers,
-        );
 
         let Some(client_side) = client_upgrade else {
             // The body is streamed right after the head, so the client's
             // `Expect: 100-continue` is answered by our server side (hyper
             // sends 100 when the body is first read) and not passed on: a
             // backend's 100 would only be skipped.
-            parts.headers.remove(header::EXPECT);
+            let forwarded = headers::RequestHeaders::new(
+                &parts.headers,
+                fwd,
+                target.forwarded_prefix,
+                target.set_headers,
+            );
             let framing = RequestFraming::for_body(body.size_hint().exact(), declared.is_some());
-            let head = h1::encode_request_head(&parts.method, &parts.uri, &parts.headers, framing);
+            let head = h1::encode_request_head(
+                &parts.method,
+                &parts.uri,
+                forwarded.iter().filter(|(n, _)| *n != header::EXPECT),
+                framing,
+            );
             let out = Outgoing {
                 method: parts.method,
                 head,
@@ -153,6 +156,13 @@ impl Upstream {
             return Ok(resp);
         };
 
+        headers::prepare_request(
+            &mut parts.headers,
+            upgrade.as_ref(),
+            fwd,
+            target.forwarded_prefix,
+            target.set_headers,
+        );
         let limit_bytes = match limit {
             0 => usize::MAX,
             n => usize::try_from(n).unwrap_or(usize::MAX),
