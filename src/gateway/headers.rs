@@ -220,7 +220,10 @@ fn is_ours(name: &HeaderName) -> bool {
 /// backends see only the facts we vouch for.
 pub struct RequestHeaders<'a> {
     client: &'a HeaderMap,
-    ours: [(&'static HeaderName, Option<HeaderValue>); 6],
+    /// Borrowed from the `Forwarded` facts: cloning a shared header value
+    /// is an atomic increment and decrement, per header, per request.
+    ours: [(&'static HeaderName, Option<&'a HeaderValue>); 5],
+    prefix: Option<HeaderValue>,
     set_headers: &'a [(HeaderName, HeaderValue)],
     /// Extra hop-by-hop names listed in the client's `Connection` header
     /// (rarely any).
@@ -231,23 +234,20 @@ impl<'a> RequestHeaders<'a> {
     /// The forwarded view of `client`'s headers.
     pub fn new(
         client: &'a HeaderMap,
-        fwd: &Forwarded,
+        fwd: &'a Forwarded,
         forwarded_prefix: Option<&str>,
         set_headers: &'a [(HeaderName, HeaderValue)],
     ) -> Self {
         RequestHeaders {
             client,
             ours: [
-                (&X_FORWARDED_FOR, Some(fwd.xff.clone())),
-                (&X_FORWARDED_PROTO, Some(fwd.proto.clone())),
-                (&X_FORWARDED_HOST, fwd.host.clone()),
-                (&X_FORWARDED_PORT, Some(fwd.port.clone())),
-                (&X_REAL_IP, Some(fwd.client_ip_text.clone())),
-                (
-                    &X_FORWARDED_PREFIX,
-                    forwarded_prefix.and_then(|p| HeaderValue::from_str(p).ok()),
-                ),
+                (&X_FORWARDED_FOR, Some(&fwd.xff)),
+                (&X_FORWARDED_PROTO, Some(&fwd.proto)),
+                (&X_FORWARDED_HOST, fwd.host.as_ref()),
+                (&X_FORWARDED_PORT, Some(&fwd.port)),
+                (&X_REAL_IP, Some(&fwd.client_ip_text)),
             ],
+            prefix: forwarded_prefix.and_then(|p| HeaderValue::from_str(p).ok()),
             set_headers,
             named: connection_named(client),
         }
@@ -264,10 +264,12 @@ impl<'a> RequestHeaders<'a> {
     /// Every header of the forwarded request, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         let client = self.client.iter().filter(|(n, _)| self.passes(n));
+        let prefix = self.prefix.as_ref().map(|p| (&X_FORWARDED_PREFIX, p));
         let ours = self
             .ours
             .iter()
-            .filter_map(|(n, v)| Some((*n, v.as_ref()?)))
+            .filter_map(|(n, v)| Some((*n, (*v)?)))
+            .chain(prefix)
             .filter(|(n, _)| !self.rule_sets(n));
         let rule = self.set_headers.iter().map(|(n, v)| (n, v));
         client.chain(ours).chain(rule)
