@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -151,7 +151,7 @@ impl Upstream {
                 body,
             };
             let resp = upstream::exchange(&self.pool, &self.cfg, addr, out).await?;
-            let mut resp = resp.map(|b| b.boxed_unsync());
+            let mut resp = resp.map(Body::Upstream);
             headers::prepare_response(resp.headers_mut(), false);
             return Ok(resp);
         };
@@ -276,6 +276,7 @@ fn spawn_tunnel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use std::borrow::Cow;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -610,7 +611,9 @@ mod tests {
         let frames = futures_util::stream::iter(vec![Ok::<_, BoxErr>(hyper::body::Frame::data(
             bytes::Bytes::from(data),
         ))]);
-        http_body_util::StreamBody::new(frames).boxed_unsync()
+        http_body_util::StreamBody::new(frames)
+            .boxed_unsync()
+            .into()
     }
     type BoxErr = crate::gateway::body::BoxError;
 
@@ -623,7 +626,9 @@ mod tests {
                 1 << 20
             ])))
         }));
-        http_body_util::StreamBody::new(frames).boxed_unsync()
+        http_body_util::StreamBody::new(frames)
+            .boxed_unsync()
+            .into()
     }
 
     #[tokio::test]

@@ -641,5 +641,5 @@ impl hyper::body::Body for UpstreamBody {
 
 /// Box an upgrade response's body (hyper's client) like every other.
 pub fn boxed_incoming(body: Incoming) -> super::body::Body {
-    body.map_err(BoxError::from).boxed_unsync()
+    body.map_err(BoxError::from).boxed_unsync().into()
 }

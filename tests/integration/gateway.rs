@@ -171,7 +171,7 @@ async fn echo(name: &'static str, ctl: Arc<Ctl>, mut req: Request<Incoming>) -> 
                 Some((Ok(Frame::data(chunk.slice(..n))), sent + n as u64))
             }
         });
-        let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+        let mut r = Response::new(StreamBody::new(stream).boxed_unsync().into());
         r.headers_mut().insert("content-length", total.into());
         return r;
     }
@@ -183,7 +183,7 @@ async fn echo(name: &'static str, ctl: Arc<Ctl>, mut req: Request<Incoming>) -> 
                 .await
                 .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
         });
-        let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+        let mut r = Response::new(StreamBody::new(stream).boxed_unsync().into());
         r.headers_mut()
             .insert("content-type", "text/event-stream".parse().unwrap());
         r.headers_mut()
@@ -663,7 +663,7 @@ async fn a_200_mb_upload_and_download_stream_through() {
     });
     let req = Request::post(gw.url("/upload"))
         .header("content-length", TOTAL)
-        .body(StreamBody::new(stream).boxed_unsync())
+        .body(StreamBody::new(stream).boxed_unsync().into())
         .unwrap();
     let resp = tokio::time::timeout(Duration::from_secs(120), client().request(req))
         .await
@@ -717,7 +717,7 @@ async fn request_body_limit_is_413() {
         "POST",
         &gw.url("/upload"),
         &[],
-        StreamBody::new(stream).boxed_unsync(),
+        StreamBody::new(stream).boxed_unsync().into(),
     )
     .await;
     assert_eq!(r.status, 413, "{}", r.body);
