@@ -157,7 +157,7 @@ impl HttpError {
 }
 
 /// A browser navigation (`Accept: text/html…`) gets HTML; APIs get JSON.
-fn wants_html(headers: &HeaderMap) -> bool {
+pub fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -135,8 +135,10 @@ pub fn forwarded(
     trusted_proxies: &[IpNet],
 ) -> Forwarded {
     let host_header = match headers.get(header::HOST) {
-        // Shares the request's bytes: no copy.
-        Some(v) => Some(v.clone()),
+        // A copy, not a slice sharing the request's bytes: those would keep
+        // hyper's read buffer shared while the request is forwarded, and
+        // reading the next request would then allocate a new buffer.
+        Some(v) => HeaderValue::from_bytes(v.as_bytes()).ok(),
         None => uri_host.and_then(|h| HeaderValue::from_str(h).ok()),
     };
     if !trusted(peer.ip, trusted_proxies) {

@@ -567,8 +567,10 @@ impl Shared {
                         target.rule_id,
                     )
                 } else {
-                    // Kept for an error page; the request itself moves on.
-                    let accept = req.headers().get(header::ACCEPT).cloned();
+                    // Decided now for an error page; the request itself
+                    // moves on (and no slice of its head is kept: see
+                    // `Upstream::forward`).
+                    let html = error::wants_html(req.headers());
                     match self
                         .upstream
                         .forward(req, &target, &fwd, &self.tunnels)
@@ -578,7 +580,7 @@ impl Shared {
                         Err(f) => {
                             let e = self.failure(f, target.backend);
                             tracing::warn!(backend = %target.backend, rule = target.rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
-                            (e.response(&accept_only(accept)), target.rule_id)
+                            (e.response(&accept_only(html)), target.rule_id)
                         }
                     }
                 }
@@ -642,10 +644,10 @@ impl Shared {
 }
 
 /// Just the `Accept` header, which picks an error page's format.
-fn accept_only(accept: Option<HeaderValue>) -> HeaderMap {
+fn accept_only(html: bool) -> HeaderMap {
     let mut out = HeaderMap::new();
-    if let Some(a) = accept {
-        out.insert(header::ACCEPT, a);
+    if html {
+        out.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
     }
     out
 }

@@ -144,6 +144,13 @@ impl Upstream {
                 forwarded.iter().filter(|(n, _)| *n != header::EXPECT),
                 framing,
             );
+            // Nothing of the client's request head is needed any more:
+            // letting go of it now, before waiting for the backend, leaves
+            // hyper's read buffer unshared, so reading the next request
+            // reuses it instead of allocating a new one.
+            drop(forwarded);
+            drop(parts.headers);
+            drop(parts.uri);
             let out = Outgoing {
                 method: parts.method,
                 head,
