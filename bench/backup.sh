@@ -39,7 +39,8 @@ fi
 work=$(mktemp -d /tmp/stackctl-bench-backup.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-exec python3 - "$bin" "$work" "$rounds" "$files" <<'PY'
+# Not `exec python3`: the EXIT trap must outlive it to remove $work.
+python3 - "$bin" "$work" "$rounds" "$files" <<'PY'
 import os, random, shutil, statistics, subprocess, sys, time
 
 stackctl, work, rounds, nfiles = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -44,7 +44,8 @@ fi
 work=$(mktemp -d /tmp/stackctl-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-exec python3 - "$bin" "$work" "$rounds" <<'PY'
+# Not `exec python3`: the EXIT trap must outlive it to remove $work.
+python3 - "$bin" "$work" "$rounds" <<'PY'
 import os, shutil, signal, statistics, subprocess, sys, time
 
 stackctl, work, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
