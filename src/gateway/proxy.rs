@@ -801,4 +801,42 @@ mod tests {
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
+
+    #[tokio::test]
+    async fn the_response_timeout_holds_on_a_reused_connection() {
+        // Answers the first request, then never the second.
+        let (b, accepted) = scripted(Mode::AfterBody, |r| {
+            if r.head.contains("x-slow") {
+                (Vec::new(), false)
+            } else {
+                (
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+                    false,
+                )
+            }
+        })
+        .await;
+        let up = Upstream::new(UpstreamConfig {
+            connect: Duration::from_secs(5),
+            response: Duration::from_millis(300),
+            pool_idle: Duration::from_secs(4),
+            max_body: 0,
+        });
+        let gw = front(up, b).await;
+        let mut slow = req("GET", crate::gateway::body::empty());
+        slow.headers_mut()
+            .insert("x-slow", HeaderValue::from_static("1"));
+        let got = send_all(gw, vec![req("GET", crate::gateway::body::empty()), slow]).await;
+        assert_eq!((got[0].0, got[0].2.as_str()), (200, "ok"));
+        assert_eq!(
+            got[1].0, 502,
+            "the test front answers every failure with 502"
+        );
+        assert!(got[1].2.starts_with("timed out"), "{:?}", got[1]);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the second went on the pooled connection"
+        );
+    }
 }

@@ -58,6 +58,11 @@ const BIG_READ: usize = 64 * 1024;
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The response timeout, kept with the connection and moved forward
+    /// for each request: pushing a registered deadline later is a lock-free
+    /// update in tokio's timer, where a new timer per request costs a
+    /// registration and a removal under the timer's lock.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -254,6 +259,7 @@ pub async fn exchange(
                 let conn = Conn {
                     io,
                     buf: BytesMut::with_capacity(READ_CHUNK),
+                    timer: None,
                 };
                 (conn, false)
             }
@@ -305,9 +311,7 @@ async fn send(
     }
     let head = match early {
         Some(h) => h,
-        None => tokio::time::timeout(cfg.response, read_head(conn))
-            .await
-            .map_err(|_| Failed::from(ForwardError::Timeout(cfg.response)))??,
+        None => read_head_within(conn, cfg.response).await?,
     };
     Ok((head, complete))
 }
@@ -426,12 +430,29 @@ async fn answered(
     cfg: &UpstreamConfig,
     early: &mut Option<h1::ResponseHead>,
 ) -> Result<bool, Failed> {
-    let head = tokio::time::timeout(cfg.response, read_head(conn))
-        .await
-        .map_err(|_| Failed::from(ForwardError::Timeout(cfg.response)))??;
+    let head = read_head_within(conn, cfg.response).await?;
     let go_on = head.keep_alive && head.status.as_u16() < 400;
     *early = Some(head);
     Ok(go_on)
+}
+
+/// [`read_head`], given up after `timeout` (a 504).
+async fn read_head_within(conn: &mut Conn, timeout: Duration) -> Result<h1::ResponseHead, Failed> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut timer = match conn.timer.take() {
+        Some(mut t) => {
+            t.as_mut().reset(deadline);
+            t
+        }
+        None => Box::pin(tokio::time::sleep_until(deadline)),
+    };
+    let head = tokio::select! {
+        biased;
+        h = read_head(conn) => h,
+        () = timer.as_mut() => Err(ForwardError::Timeout(timeout).into()),
+    };
+    conn.timer = Some(timer);
+    head
 }
 
 /// Read until a final response head is complete; interim 1xx responses
