@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -51,6 +51,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 mod fake_hf {
     use super::*;
+    use crate::fake_http::{read_req, respond, Req};
 
     /// What the fake saw and holds.
     #[derive(Default)]
@@ -91,83 +92,6 @@ mod fake_hf {
         pub state: Arc<Mutex<State>>,
         /// The LFS endpoint (`.../datasets/u/d.git/info/lfs`).
         pub endpoint: String,
-    }
-
-    struct Req {
-        method: String,
-        path: String,
-        query: String,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    }
-
-    impl Req {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-        fn param(&self, name: &str) -> Option<&str> {
-            self.query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        }
-    }
-
-    fn read_req(stream: &TcpStream) -> Option<Req> {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .ok()?;
-        let mut r = BufReader::new(stream.try_clone().ok()?);
-        let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let mut it = line.split_whitespace();
-        let method = it.next()?.to_string();
-        let target = it.next()?.to_string();
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (target, String::new()),
-        };
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).ok()?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':')?;
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        // A body that breaks off (the client withheld its end) is no request.
-        r.read_exact(&mut body).ok()?;
-        Some(Req {
-            method,
-            path,
-            query,
-            headers,
-            body,
-        })
-    }
-
-    fn respond(mut stream: TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
-        let mut head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
     }
 
     fn lfs_json(stream: TcpStream, status: u16, v: serde_json::Value) {

@@ -631,8 +631,9 @@ fn an_lfs_server_that_is_down_fails_the_snapshot_without_pushing() {
 /// documentation states the limits but not the answer).
 mod fake_github {
     use super::*;
+    use crate::fake_http::{read_req, respond, Req};
     use sha2::{Digest, Sha256};
-    use std::io::{BufRead, BufReader, Read};
+
     use std::net::TcpStream;
 
     #[derive(Clone)]
@@ -688,79 +689,6 @@ mod fake_github {
     pub struct Fake {
         pub state: Arc<Mutex<State>>,
         pub api: String,
-    }
-
-    struct Req {
-        method: String,
-        path: String,
-        query: String,
-        headers: Vec<(String, String)>,
-        body: Vec<u8>,
-    }
-
-    impl Req {
-        fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        }
-        fn param(&self, name: &str) -> Option<&str> {
-            self.query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        }
-    }
-
-    fn read_req(stream: &TcpStream) -> Option<Req> {
-        let mut r = BufReader::new(stream.try_clone().ok()?);
-        let mut line = String::new();
-        r.read_line(&mut line).ok()?;
-        let mut parts = line.split_whitespace();
-        let method = parts.next()?.to_string();
-        let target = parts.next()?.to_string();
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p.to_string(), q.to_string()),
-            None => (target, String::new()),
-        };
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).ok()?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':')?;
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).ok()?;
-        Some(Req {
-            method,
-            path,
-            query,
-            headers,
-            body,
-        })
-    }
-
-    fn respond(mut stream: TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
-        let mut head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(body);
     }
 
     fn asset_json(a: &Asset) -> serde_json::Value {

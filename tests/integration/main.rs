@@ -2,6 +2,7 @@
 //! Each module runs the real `stackctl` binary against temp dirs.
 
 mod common_persist;
+mod fake_http;
 mod harness;
 
 mod admin_ui;
