@@ -37,6 +37,28 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .to_string()
 }
 
+/// `git clone` of `remote` into `root/clone` with the LFS filters off: the
+/// working tree holds the pointers as committed. Returns the clone.
+pub fn clone_without_lfs(root: &Path, remote: &Path) -> PathBuf {
+    let clone = root.join("clone");
+    git(
+        root,
+        &[
+            "-c",
+            "filter.lfs.smudge=",
+            "-c",
+            "filter.lfs.process=",
+            "-c",
+            "filter.lfs.required=false",
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    clone
+}
+
 /// A temp root (removed on drop) with a bare repository `remote.git` whose
 /// HEAD is `main`, and `data`, the path to persist (not created here).
 pub struct Dirs {

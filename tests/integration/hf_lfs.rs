@@ -18,7 +18,6 @@ use std::fs;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use stackctl::persist::blob::lfs::LfsStore;
 use stackctl::persist::blob::{self, BlobError, BlobStore, Retry, StoreConfig};
 use stackctl::persist::{Config, PathConfig, PersistError, Persister, RestoreOptions};
 
+use crate::common_persist::git;
 use crate::harness::Stack;
 
 const TOKEN: &str = "hf_FakeTokenForTests0123456789";
@@ -511,20 +511,6 @@ mod fake_hf {
             }
         }
     }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn tree_path(p: &Path) -> String {

@@ -18,7 +18,7 @@ use stackctl::persist::pointer::Pointer;
 use stackctl::persist::restore::RestoreError;
 use stackctl::persist::{Config, PersistError, Persister, RestoreOptions};
 
-use super::common_persist::{git, run, Dirs};
+use super::common_persist::{clone_without_lfs, git, run, Dirs};
 
 fn has_git_lfs() -> bool {
     let ok = Command::new("git")
@@ -155,22 +155,7 @@ fn large_files_become_pointers_identical_to_git_lfs_and_the_live_files_stay() {
         "{attrs}"
     );
     // git itself agrees which paths are LFS files.
-    let clone = s.root.join("clone");
-    git(
-        &s.root,
-        &[
-            "-c",
-            "filter.lfs.smudge=",
-            "-c",
-            "filter.lfs.process=",
-            "-c",
-            "filter.lfs.required=false",
-            "clone",
-            "-q",
-            s.remote.to_str().unwrap(),
-            clone.to_str().unwrap(),
-        ],
-    );
+    let clone = clone_without_lfs(&s.root, &s.remote);
     let attr = git(
         &clone,
         &[
@@ -555,22 +540,7 @@ fn the_lfs_store_works_with_giftless_and_git_lfs_pull_gives_the_bytes_back() {
     drop(p);
 
     // A plain git + git-lfs user gets the bytes back from the backup repository.
-    let clone = s.root.join("clone");
-    git(
-        &s.root,
-        &[
-            "-c",
-            "filter.lfs.smudge=",
-            "-c",
-            "filter.lfs.process=",
-            "-c",
-            "filter.lfs.required=false",
-            "clone",
-            "-q",
-            s.remote.to_str().unwrap(),
-            clone.to_str().unwrap(),
-        ],
-    );
+    let clone = clone_without_lfs(&s.root, &s.remote);
     let lfsconfig = fs::read_to_string(clone.join(".lfsconfig")).unwrap();
     assert!(lfsconfig.contains(&server.url()), "{lfsconfig}");
     git(&clone, &["lfs", "install", "--local"]);
