@@ -8,7 +8,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// The largest response head accepted from a backend (status line and
 /// headers); nginx's default `proxy_buffer_size` is 4–8 KiB, so this is
@@ -45,24 +45,23 @@ impl RequestFraming {
 /// headers; a `Content-Length` among them is replaced by what `framing`
 /// says.
 pub fn encode_request_head<'a>(
-    method: &Method,
-    target: &Uri,
-    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    method: &str,
+    target: &str,
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     framing: RequestFraming,
 ) -> Vec<u8> {
-    let target = target.path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH {
+        if name.eq_ignore_ascii_case(b"content-length") {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -372,6 +371,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::headers::HeadersRef;
 
     fn head(text: &str) -> ResponseHead {
         let mut buf = BytesMut::from(text.as_bytes());
@@ -383,7 +383,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("b"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-        let uri: Uri = "/v1/x?q=1".parse().unwrap();
         let cases = [
             (
                 RequestFraming::None,
@@ -399,7 +398,7 @@ mod tests {
             ),
         ];
         for (framing, want) in cases {
-            let got = encode_request_head(&Method::GET, &uri, &h, framing);
+            let got = encode_request_head("GET", "/v1/x?q=1", HeadersRef::Map(&h).pairs(), framing);
             assert_eq!(String::from_utf8(got).unwrap(), want);
         }
         assert_eq!(

@@ -37,6 +37,87 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
+/// The request headers, as hyper parsed them (`HeaderMap`) or as the
+/// gateway's own HTTP/1 front end parsed them (httparse's slices of the
+/// connection's read buffer, names in any case). Lookups take a
+/// lower-case [`HeaderName`] and compare without regard to case.
+#[derive(Debug, Clone, Copy)]
+pub enum HeadersRef<'a> {
+    /// Parsed by hyper.
+    Map(&'a HeaderMap),
+    /// Parsed in place by [`super::front`].
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> From<&'a HeaderMap> for HeadersRef<'a> {
+    fn from(map: &'a HeaderMap) -> Self {
+        HeadersRef::Map(map)
+    }
+}
+
+impl<'a> HeadersRef<'a> {
+    /// Every value of `name`, in order.
+    pub fn values(self, name: &'a HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let (map, raw) = match self {
+            HeadersRef::Map(m) => (
+                Some(m.get_all(name).iter().map(HeaderValue::as_bytes)),
+                None,
+            ),
+            HeadersRef::Raw(r) => {
+                let want = name.as_str().as_bytes();
+                let hits = r
+                    .iter()
+                    .filter(move |h| h.name.as_bytes().eq_ignore_ascii_case(want))
+                    .map(|h| h.value);
+                (None, Some(hits))
+            }
+        };
+        map.into_iter().flatten().chain(raw.into_iter().flatten())
+    }
+
+    /// The first value of `name`.
+    pub fn get(self, name: &'a HeaderName) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+
+    /// The first value of `name`, if it is text.
+    pub fn get_str(self, name: &'a HeaderName) -> Option<&'a str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header, in order, as (name, value).
+    pub fn pairs(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let (map, raw) = match self {
+            HeadersRef::Map(m) => (
+                Some(m.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))),
+                None,
+            ),
+            HeadersRef::Raw(r) => (None, Some(r.iter().map(|h| (h.name.as_bytes(), h.value)))),
+        };
+        map.into_iter().flatten().chain(raw.into_iter().flatten())
+    }
+}
+
+/// Whether a header name (any case) is one the gateway never passes on in
+/// a request: hop-by-hop (RFC 9110 §7.6.1) or a forwarding header only the
+/// gateway may set. Matched on the length first: this runs once per
+/// header per request.
+fn is_dropped_request_header(name: &[u8]) -> bool {
+    let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("trailer") || is("upgrade"),
+        9 => is("forwarded") || is("x-real-ip"),
+        10 => is("connection") || is("keep-alive"),
+        15 => is("x-forwarded-for"),
+        16 => is("proxy-connection") || is("x-forwarded-host") || is("x-forwarded-port"),
+        17 => is("transfer-encoding") || is("x-forwarded-proto"),
+        18 => is("proxy-authenticate") || is("x-forwarded-prefix"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
+}
+
 /// The protocol asked for by an upgrade request (`Connection: upgrade` +
 /// `Upgrade: websocket`), if any.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
@@ -60,7 +141,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    for name in connection_named(headers) {
+    for name in connection_named(HeadersRef::Map(headers)) {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
@@ -118,27 +199,27 @@ fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
-fn first_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+fn first_value<'a>(headers: HeadersRef<'a>, name: &'a HeaderName) -> Option<&'a str> {
     headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
+        .get_str(name)
         .map(|v| v.split(',').next().unwrap_or("").trim())
         .filter(|v| !v.is_empty())
 }
 
 /// Work out the forwarded facts of a request that arrived from `peer`.
 /// `uri_host` is the URI's authority (HTTP/2 requests have no Host).
-pub fn forwarded(
-    headers: &HeaderMap,
+pub fn forwarded<'a>(
+    headers: impl Into<HeadersRef<'a>>,
     uri_host: Option<&str>,
     peer: &Peer,
     trusted_proxies: &[IpNet],
 ) -> Forwarded {
-    let host_header = match headers.get(header::HOST) {
+    let headers = headers.into();
+    let host_header = match headers.get(&header::HOST) {
         // A copy, not a slice sharing the request's bytes: those would keep
         // hyper's read buffer shared while the request is forwarded, and
         // reading the next request would then allocate a new buffer.
-        Some(v) => HeaderValue::from_bytes(v.as_bytes()).ok(),
+        Some(v) => HeaderValue::from_bytes(v).ok(),
         None => uri_host.and_then(|h| HeaderValue::from_str(h).ok()),
     };
     if !trusted(peer.ip, trusted_proxies) {
@@ -152,9 +233,8 @@ pub fn forwarded(
         };
     }
     let chain: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .values(&X_FORWARDED_FOR)
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -197,20 +277,6 @@ pub fn forwarded(
     }
 }
 
-/// Incoming headers only the gateway may set: they are never passed on.
-fn is_ours(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "forwarded"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-forwarded-port"
-            | "x-forwarded-prefix"
-            | "x-real-ip"
-    )
-}
-
 /// The headers of a forwarded request: the client's, without hop-by-hop
 /// ones (and those its `Connection` names), without the forwarding headers
 /// only we may set and those a rule sets; then ours, then the rule's.
@@ -221,7 +287,7 @@ fn is_ours(name: &HeaderName) -> bool {
 /// RFC 7239 `Forwarded` is not produced; an incoming one is dropped so
 /// backends see only the facts we vouch for.
 pub struct RequestHeaders<'a> {
-    client: &'a HeaderMap,
+    client: HeadersRef<'a>,
     /// Borrowed from the `Forwarded` facts: cloning a shared header value
     /// is an atomic increment and decrement, per header, per request.
     ours: [(&'static HeaderName, Option<&'a HeaderValue>); 5],
@@ -235,11 +301,12 @@ pub struct RequestHeaders<'a> {
 impl<'a> RequestHeaders<'a> {
     /// The forwarded view of `client`'s headers.
     pub fn new(
-        client: &'a HeaderMap,
+        client: impl Into<HeadersRef<'a>>,
         fwd: &'a Forwarded,
         forwarded_prefix: Option<&str>,
         set_headers: &'a [(HeaderName, HeaderValue)],
     ) -> Self {
+        let client = client.into();
         RequestHeaders {
             client,
             ours: [
@@ -255,36 +322,47 @@ impl<'a> RequestHeaders<'a> {
         }
     }
 
-    fn rule_sets(&self, name: &HeaderName) -> bool {
-        self.set_headers.iter().any(|(n, _)| n == name)
+    /// Whether the rule sets `name` (any case).
+    fn rule_sets(&self, name: &[u8]) -> bool {
+        self.set_headers
+            .iter()
+            .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
     }
 
-    fn passes(&self, name: &HeaderName) -> bool {
-        !(is_hop_by_hop(name) || is_ours(name) || self.rule_sets(name) || self.named.contains(name))
+    fn passes(&self, name: &[u8]) -> bool {
+        !(is_dropped_request_header(name)
+            || self.rule_sets(name)
+            || self
+                .named
+                .iter()
+                .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name)))
     }
 
-    /// Every header of the forwarded request, in order.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        let client = self.client.iter().filter(|(n, _)| self.passes(n));
+    /// Every header of the forwarded request, in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let client = self.client.pairs().filter(|(n, _)| self.passes(n));
         let prefix = self.prefix.as_ref().map(|p| (&X_FORWARDED_PREFIX, p));
         let ours = self
             .ours
             .iter()
             .filter_map(|(n, v)| Some((*n, (*v)?)))
             .chain(prefix)
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
             .filter(|(n, _)| !self.rule_sets(n));
-        let rule = self.set_headers.iter().map(|(n, v)| (n, v));
+        let rule = self
+            .set_headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
         client.chain(ours).chain(rule)
     }
 }
 
 /// Header names the `Connection` header lists as hop-by-hop, besides the
 /// standard ones (which are removed anyway).
-fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+fn connection_named(headers: HeadersRef<'_>) -> Vec<HeaderName> {
     headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .values(&header::CONNECTION)
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         // `keep-alive` and `close` are the common tokens; `keep-alive` is
@@ -308,8 +386,12 @@ pub fn prepare_request(
     set_headers: &[(HeaderName, HeaderValue)],
 ) {
     let mut out = HeaderMap::with_capacity(headers.len() + 8);
-    for (n, v) in RequestHeaders::new(headers, fwd, forwarded_prefix, set_headers).iter() {
-        out.append(n.clone(), v.clone());
+    for (n, v) in RequestHeaders::new(&*headers, fwd, forwarded_prefix, set_headers).iter() {
+        // Rare (upgrades only): re-parsing the names and copying the
+        // values is fine here.
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(v)) {
+            out.append(n, v);
+        }
     }
     if let Some(proto) = upgrade {
         out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -496,7 +578,13 @@ mod tests {
         let view = RequestHeaders::new(&h, &fwd, None, &set);
         let got: Vec<String> = view
             .iter()
-            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .map(|(k, v)| {
+                format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -510,6 +598,58 @@ mod tests {
                 "x-forwarded-proto: https",
             ]
         );
+    }
+
+    #[test]
+    fn dropped_request_headers_are_hop_by_hop_ones_and_ours_in_any_case() {
+        let ours = [
+            "forwarded",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-real-ip",
+        ];
+        for name in HOP_BY_HOP.iter().map(HeaderName::as_str).chain(ours) {
+            assert!(is_dropped_request_header(name.as_bytes()), "{name}");
+            let upper = name.to_ascii_uppercase();
+            assert!(is_dropped_request_header(upper.as_bytes()), "{upper}");
+        }
+        for name in [
+            "host",
+            "accept",
+            "x-forwarded",
+            "tE2",
+            "upgrade-insecure-requests",
+        ] {
+            assert!(!is_dropped_request_header(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn raw_headers_are_looked_up_without_regard_to_case() {
+        let raw = [
+            httparse::Header {
+                name: "Host",
+                value: b"h",
+            },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"1.2.3.4",
+            },
+            httparse::Header {
+                name: "x-forwarded-for",
+                value: b"5.6.7.8",
+            },
+        ];
+        let h = HeadersRef::Raw(&raw);
+        assert_eq!(h.get(&header::HOST), Some(&b"h"[..]));
+        let all: Vec<&[u8]> = h.values(&X_FORWARDED_FOR).collect();
+        assert_eq!(all, [&b"1.2.3.4"[..], b"5.6.7.8"]);
+        let f = forwarded(h, None, &peer("10.2.2.2", 80), &proxies());
+        assert_eq!(text(&f.xff), "1.2.3.4, 5.6.7.8, 10.2.2.2");
+        assert_eq!(f.client_ip.to_string(), "5.6.7.8");
     }
 
     #[test]

@@ -36,7 +36,9 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+mod conn;
 pub mod error;
+pub mod front;
 pub mod h1;
 pub mod headers;
 pub mod migrate;
@@ -49,8 +51,6 @@ pub mod ui;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,8 +60,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{header, HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -80,8 +79,6 @@ use crate::gateway::state::{State, StateError};
 
 pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table};
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `serve` waits for open requests after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -129,6 +126,7 @@ pub(crate) struct Shared {
     /// Restore has been seen finished (it never un-finishes).
     restored: AtomicBool,
     tunnels: Tunnels,
+    client_timeouts: conn::ClientTimeouts,
 }
 
 /// Fingerprint of the manifest's routes and default backend.
@@ -253,6 +251,10 @@ impl Gateway {
             listen: RwLock::new(cfg.listen),
             service_ports: HashMap::new(),
             restored: AtomicBool::new(false),
+            client_timeouts: conn::ClientTimeouts {
+                header_read: cfg.timeouts.header_read,
+                idle: cfg.timeouts.idle,
+            },
             tunnels: Tunnels {
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),
@@ -292,13 +294,17 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(shared.client_timeouts.header_read)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
-        let builder = Arc::new(builder);
         let tracker = shared.tunnels.tracker.clone();
         let stop = shared.tunnels.stop.clone();
         tracing::info!(listen = %shared.listen(), rules = shared.router.load().rule_count(), "gateway: listening");
+        let ctx = Arc::new(conn::Ctx {
+            shared: shared.clone(),
+            builder: Arc::new(builder),
+            stop: stop.clone(),
+        });
 
         loop {
             let (stream, peer) = tokio::select! {
@@ -315,49 +321,7 @@ impl Gateway {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let shared = shared.clone();
-            let builder = builder.clone();
-            let stop = stop.clone();
-            let origin = Arc::new(headers::Peer::new(peer.ip(), shared.listen().port()));
-            tracker.spawn(async move {
-                let svc = service_fn(move |req| {
-                    let shared = shared.clone();
-                    let origin = origin.clone();
-                    async move { Ok::<_, Infallible>(shared.handle(req, &origin).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                // At shutdown the connection is asked to finish its request
-                // and close. Not a `select!` on `stop.cancelled()`: that
-                // would poll the token's waiter list (a lock) each time the
-                // connection is woken, several times per request. Polled
-                // once, the token holds this task's waker (the same for the
-                // task's whole life); after that an atomic load says
-                // whether it fired.
-                let cancelled = stop.cancelled();
-                tokio::pin!(cancelled);
-                let mut armed = false;
-                let mut draining = false;
-                let ended = std::future::poll_fn(|cx| {
-                    if !draining {
-                        let fired = if armed {
-                            stop.is_cancelled()
-                        } else {
-                            armed = true;
-                            cancelled.as_mut().poll(cx).is_ready()
-                        };
-                        if fired {
-                            draining = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                    }
-                    conn.as_mut().poll(cx)
-                })
-                .await;
-                if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
-                }
-            });
+            tracker.spawn(conn::serve(ctx.clone(), stream, peer));
         }
         drop(listener);
         stop.cancel();
@@ -520,8 +484,9 @@ impl Shared {
             peer,
             &self.trusted,
         );
+        // Owned: the request itself moves on while the decision borrows it.
         let path = match normalize_path(req.uri().path()) {
-            Ok(p) => p,
+            Ok(p) => p.into_owned(),
             Err(e) => return HttpError::from(e).response(req.headers()),
         };
         let router = self.router.load_full();
@@ -535,7 +500,7 @@ impl Shared {
             path: &path,
             query: req.uri().query(),
             host,
-            headers: req.headers(),
+            headers: req.headers().into(),
         });
         let method = req.method().clone();
         let (resp, rule) = match decision {
@@ -577,25 +542,31 @@ impl Shared {
                         .await
                     {
                         Ok(r) => (r, target.rule_id),
-                        Err(f) => {
-                            let e = self.failure(f, target.backend);
-                            tracing::warn!(backend = %target.backend, rule = target.rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
-                            (e.response(&accept_only(html)), target.rule_id)
-                        }
+                        Err(f) => (
+                            self.forward_failed(f, target.backend, target.rule_id, html),
+                            target.rule_id,
+                        ),
                     }
                 }
             }
         };
-        tracing::debug!(
-            client = %fwd.client_ip,
-            %method,
-            path,
-            rule = rule.unwrap_or("default"),
-            status = resp.status().as_u16(),
-            micros = started.map_or(0, |t| t.elapsed().as_micros() as u64),
-            "gateway: request"
-        );
+        if let Some(t) = started {
+            log_request(fwd.client_ip, &method, &path, rule, resp.status(), t);
+        }
         resp
+    }
+
+    /// The client's answer when forwarding to `backend` failed (logged).
+    fn forward_failed(
+        &self,
+        f: ForwardError,
+        backend: &Backend,
+        rule_id: Option<&str>,
+        html: bool,
+    ) -> Response<Body> {
+        let e = self.failure(f, backend);
+        tracing::warn!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
+        e.response(&accept_only(html))
     }
 
     /// Turn a forwarding failure into the client's answer, using the
@@ -641,6 +612,26 @@ impl Shared {
             }
         }
     }
+}
+
+/// The debug log line of one request.
+fn log_request(
+    client: std::net::IpAddr,
+    method: &http::Method,
+    path: &str,
+    rule: Option<&str>,
+    status: http::StatusCode,
+    started: Instant,
+) {
+    tracing::debug!(
+        client = %client,
+        %method,
+        path,
+        rule = rule.unwrap_or("default"),
+        status = status.as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "gateway: request"
+    );
 }
 
 /// Just the `Accept` header, which picks an error page's format.

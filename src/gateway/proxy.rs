@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Limited;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
@@ -95,7 +95,7 @@ impl Upstream {
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
-        target: &Target<'_>,
+        target: &Target<'_, '_>,
         fwd: &Forwarded,
         tunnels: &Tunnels,
     ) -> Result<Response<Body>, ForwardError> {
@@ -138,10 +138,13 @@ impl Upstream {
                 target.set_headers,
             );
             let framing = RequestFraming::for_body(body.size_hint().exact(), declared.is_some());
+            let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let head = h1::encode_request_head(
-                &parts.method,
-                &parts.uri,
-                forwarded.iter().filter(|(n, _)| *n != header::EXPECT),
+                parts.method.as_str(),
+                target,
+                forwarded
+                    .iter()
+                    .filter(|(n, _)| !n.eq_ignore_ascii_case(b"expect")),
                 framing,
             );
             // Nothing of the client's request head is needed any more:
@@ -155,12 +158,9 @@ impl Upstream {
                 method: parts.method,
                 head,
                 framing,
-                body,
+                body: Some(body),
             };
-            let resp = upstream::exchange(&self.pool, &self.cfg, addr, out).await?;
-            let mut resp = resp.map(Body::Upstream);
-            headers::prepare_response(resp.headers_mut(), false);
-            return Ok(resp);
+            return self.send(out, addr).await;
         };
 
         headers::prepare_request(
@@ -192,6 +192,32 @@ impl Upstream {
         }
         headers::prepare_response(resp.headers_mut(), switching);
         Ok(resp.map(upstream::boxed_incoming))
+    }
+
+    /// Forward a request without a body whose head (`head`, for the
+    /// backend) is already encoded: the gateway's own front end.
+    pub async fn forward_plain(
+        &self,
+        method: Method,
+        head: Vec<u8>,
+        addr: SocketAddr,
+    ) -> Result<Response<Body>, ForwardError> {
+        let out = Outgoing {
+            method,
+            head,
+            framing: RequestFraming::None,
+            body: None,
+        };
+        self.send(out, addr).await
+    }
+
+    /// Exchange `out` with the backend at `addr` (pooled connections) and
+    /// clean the response's headers for the client.
+    async fn send(&self, out: Outgoing, addr: SocketAddr) -> Result<Response<Body>, ForwardError> {
+        let resp = upstream::exchange(&self.pool, &self.cfg, addr, out).await?;
+        let mut resp = resp.map(Body::Upstream);
+        headers::prepare_response(resp.headers_mut(), false);
+        Ok(resp)
     }
 
     /// Send an upgrade request on a new connection of its own (an upgraded

@@ -11,7 +11,9 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::gateway::headers::HeadersRef;
 
 use crate::gateway::rules::{
     compile_regex, parse_backend, Action, Backend, Rule, RuleError, Table,
@@ -45,16 +47,16 @@ pub fn is_admin_path(path: &str) -> bool {
 /// and `..`, merge repeated slashes (as nginx does); refuse encoded
 /// separators and paths that climb above the root. The backend receives the
 /// normalised path, so what was matched is what is served.
-pub fn normalize_path(raw: &str) -> Result<String, PathError> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if raw.is_empty() {
-        return Ok("/".into());
+        return Ok(Cow::Borrowed("/"));
     }
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: the overwhelmingly common already-normal path.
     if !raw.contains('%') && !raw.contains("/.") && !raw.contains("//") {
-        return Ok(raw.to_string());
+        return Ok(Cow::Borrowed(raw));
     }
     let bytes = raw.as_bytes();
     let mut decoded = String::with_capacity(raw.len());
@@ -110,7 +112,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
     if out.is_empty() || trailing {
         out.push('/');
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// `path` is under `prefix`, at a segment boundary: `/foo` and `/foo/`
@@ -136,20 +138,20 @@ pub struct RequestHead<'a, 'p> {
     /// Host (header, or URI authority in HTTP/2), with or without port.
     pub host: Option<&'a str>,
     /// The request headers (Referer and header rules).
-    pub headers: &'a HeaderMap,
+    pub headers: HeadersRef<'a>,
 }
 
 /// What to do with a request.
 #[derive(Debug, PartialEq)]
-pub enum Decision<'a> {
+pub enum Decision<'r, 'p> {
     /// The admin API or page.
     Admin,
     /// Forward to a backend.
-    Proxy(Target<'a>),
+    Proxy(Target<'r, 'p>),
     /// Answer with a redirect.
     Redirect {
         /// The rule that matched.
-        rule_id: &'a str,
+        rule_id: &'r str,
         /// The `Location`, query string kept.
         location: String,
         /// 302 unless the rule says otherwise.
@@ -161,17 +163,17 @@ pub enum Decision<'a> {
 
 /// Where and how to forward.
 #[derive(Debug, PartialEq)]
-pub struct Target<'a> {
+pub struct Target<'r, 'p> {
     /// The rule that matched; `None` for the default backend.
-    pub rule_id: Option<&'a str>,
+    pub rule_id: Option<&'r str>,
     /// The backend.
-    pub backend: &'a Backend,
+    pub backend: &'r Backend,
     /// The path sent to the backend (prefix stripped if asked).
-    pub path: Cow<'a, str>,
+    pub path: Cow<'p, str>,
     /// The stripped prefix without its trailing slash, for X-Forwarded-Prefix.
-    pub forwarded_prefix: Option<&'a str>,
+    pub forwarded_prefix: Option<&'r str>,
     /// Headers the rule sets.
-    pub set_headers: &'a [(HeaderName, HeaderValue)],
+    pub set_headers: &'r [(HeaderName, HeaderValue)],
 }
 
 #[derive(Debug)]
@@ -263,17 +265,15 @@ impl Router {
         &self.etag
     }
 
-    /// Decide what to do with a request. The decision may borrow the
-    /// request's path (no copy when it is forwarded unchanged).
-    pub fn route<'a>(&'a self, req: &RequestHead<'_, 'a>) -> Decision<'a> {
+    /// Decide what to do with a request. The decision borrows the router
+    /// (`'r`) and may borrow the request's path (`'p`: no copy when it is
+    /// forwarded unchanged).
+    pub fn route<'r, 'p>(&'r self, req: &RequestHead<'_, 'p>) -> Decision<'r, 'p> {
         if is_admin_path(req.path) {
             return Decision::Admin;
         }
         let host = req.host.map(strip_port);
-        let referer = req
-            .headers
-            .get(http::header::REFERER)
-            .and_then(|v| v.to_str().ok());
+        let referer = req.headers.get_str(&http::header::REFERER);
         for rule in &self.rules {
             if !rule.cond.holds(req, host, referer) {
                 continue;
@@ -403,8 +403,10 @@ impl Cond {
             }
         }
         self.headers.iter().all(|c| {
-            req.headers.get_all(&c.name).iter().any(|v| {
-                let Ok(v) = v.to_str() else { return false };
+            req.headers.values(&c.name).any(|v| {
+                let Ok(v) = std::str::from_utf8(v) else {
+                    return false;
+                };
                 !matches!(&c.contains, Some(s) if !v.contains(s.as_str()))
                     && !matches!(&c.regex, Some(re) if !re.is_match(v))
             })
@@ -536,7 +538,7 @@ mod tests {
 
     /// (rule id or "default"/"admin"/"none"/"redirect:LOCATION", backend path)
     fn decide(r: &Router, q: &Req<'_>) -> (String, String) {
-        let mut headers = HeaderMap::new();
+        let mut headers = http::HeaderMap::new();
         for (k, v) in &q.headers {
             headers.append(
                 HeaderName::from_bytes(k.as_bytes()).unwrap(),
@@ -549,7 +551,7 @@ mod tests {
             path: &path,
             query: q.query,
             host: q.host,
-            headers: &headers,
+            headers: HeadersRef::Map(&headers),
         };
         match r.route(&head) {
             Decision::Admin => ("admin".into(), String::new()),

@@ -211,7 +211,8 @@ pub struct Outgoing {
     pub method: Method,
     pub head: Vec<u8>,
     pub framing: RequestFraming,
-    pub body: Incoming,
+    /// The client's body; `None` (or ignored) when `framing` says none.
+    pub body: Option<Incoming>,
 }
 
 /// How one attempt failed.
@@ -249,7 +250,7 @@ pub async fn exchange(
     // Repeating the request is safe only if nothing was consumed from the
     // client (no body) and the method says a repeat changes nothing.
     let repeatable = framing == RequestFraming::None && method.is_idempotent();
-    let mut body = (framing != RequestFraming::None).then_some(body);
+    let mut body = body.filter(|_| framing != RequestFraming::None);
     loop {
         let (mut conn, pooled) = match pool.take(addr) {
             Some(c) => (c, true),

@@ -279,6 +279,12 @@ pub struct GatewayTimeouts {
     pub response: Duration,
     /// Idle pooled upstream connections are closed after this.
     pub pool_idle: Duration,
+    /// A client must send a whole request head within this (from the
+    /// connection's start, or from the first byte of a later request).
+    pub header_read: Duration,
+    /// A kept-alive client connection with no request in progress is
+    /// closed after this.
+    pub idle: Duration,
 }
 
 /// `persist:` section.

@@ -1381,14 +1381,20 @@ impl Reader<'_> {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(600),
             pool_idle: Duration::from_secs(4),
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
         };
         if let Some(t) = f.get("timeouts") {
-            if let Some(tf) =
-                self.fields(t, "gateway.timeouts", &["connect", "response", "pool_idle"])
-            {
+            if let Some(tf) = self.fields(
+                t,
+                "gateway.timeouts",
+                &["connect", "response", "pool_idle", "header_read", "idle"],
+            ) {
                 timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
                 timeouts.response = self.duration(&tf, "response", timeouts.response);
                 timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
+                timeouts.header_read = self.duration(&tf, "header_read", timeouts.header_read);
+                timeouts.idle = self.duration(&tf, "idle", timeouts.idle);
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);

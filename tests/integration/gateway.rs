@@ -36,8 +36,8 @@ use stackctl::manifest::{Admin, GatewayTimeouts};
 use stackctl::shutdown::CancellationToken;
 use stackctl::status::{Phase, StatusBoard};
 
-const PASSWORD: &str = "test-password-123";
-const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const PASSWORD: &str = "test-password-123";
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 // ---- backends ------------------------------------------------------------
 
@@ -52,13 +52,13 @@ struct Ctl {
     sse: Mutex<Option<mpsc::Sender<Bytes>>>,
 }
 
-struct Backend {
-    addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     ctl: Arc<Ctl>,
 }
 
 impl Backend {
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 }
@@ -96,7 +96,7 @@ fn json_resp(v: Value) -> Response<Body> {
     r
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) -> bool {
+pub(crate) async fn wait_until(what: &str, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + DEADLINE;
     while !f() {
         if Instant::now() > deadline {
@@ -110,7 +110,7 @@ async fn wait_until(what: &str, mut f: impl FnMut() -> bool) -> bool {
 
 /// An echo backend called `name`: answers JSON describing the request,
 /// and has special paths for streaming tests.
-async fn backend(name: &'static str) -> Backend {
+pub(crate) async fn backend(name: &'static str) -> Backend {
     let ctl = Arc::new(Ctl::default());
     let c = ctl.clone();
     let addr = serve_fn(move |req: Request<Incoming>| {
@@ -241,19 +241,19 @@ async fn echo(name: &'static str, ctl: Arc<Ctl>, mut req: Request<Incoming>) -> 
 
 // ---- the gateway under test ---------------------------------------------------
 
-struct Gw {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+pub(crate) struct Gw {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: CancellationToken,
+    pub(crate) task: tokio::task::JoinHandle<()>,
     dir: tempfile::TempDir,
 }
 
 impl Gw {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn shutdown(self) -> tempfile::TempDir {
+    pub(crate) async fn shutdown(self) -> tempfile::TempDir {
         self.stop.cancel();
         tokio::time::timeout(DEADLINE, self.task)
             .await
@@ -263,7 +263,7 @@ impl Gw {
     }
 }
 
-fn config(
+pub(crate) fn config(
     dir: &Path,
     default_backend: Option<String>,
     routes: Value,
@@ -285,13 +285,15 @@ fn config(
             connect: Duration::from_secs(2),
             response: Duration::from_secs(5),
             pool_idle: Duration::from_secs(4),
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
         },
         max_body: 1 << 30,
         import_from: None,
     }
 }
 
-async fn start_with(
+pub(crate) async fn start_with(
     cfg: stackctl::manifest::Gateway,
     dir: tempfile::TempDir,
     status: StatusBoard,
@@ -316,13 +318,13 @@ async fn start_with(
     }
 }
 
-fn restored() -> StatusBoard {
+pub(crate) fn restored() -> StatusBoard {
     let s = StatusBoard::new();
     s.update(|st| st.restored = true);
     s
 }
 
-async fn start(default_backend: Option<String>, routes: Value) -> Gw {
+pub(crate) async fn start(default_backend: Option<String>, routes: Value) -> Gw {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), default_backend, routes);
     start_with(cfg, dir, restored(), |g| g).await

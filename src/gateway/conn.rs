@@ -1,0 +1,591 @@
+//! One client connection. Plain requests (see [`super::front`]) are served
+//! by the front end's own loop; at the first request that is not plain,
+//! the connection, with every byte read so far, is handed to hyper, which
+//! serves it from then on.
+//!
+//! Timeouts on the front end's side: the first request head must arrive
+//! within `timeouts.header_read` of the connection's start; between
+//! requests a connection may sit idle for `timeouts.idle`, and once a
+//! later request has begun its head must be complete within
+//! `timeouts.header_read`. When they pass, the connection is closed
+//! without an answer (as nginx does). At shutdown, idle connections are
+//! closed at once and busy ones after their current response.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Response};
+use hyper::body::Body as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFuture;
+
+use crate::gateway::body::Body;
+use crate::gateway::front::{self, BodyOut, Parsed};
+use crate::gateway::h1::{self, RequestFraming};
+use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
+use crate::gateway::router::{normalize_path, Decision, RequestHead};
+use crate::gateway::Shared;
+use crate::shutdown::CancellationToken;
+
+/// Room kept free in the read buffer before each read.
+const READ_SPACE: usize = 4096;
+/// Body frames up to this size are copied behind the head (or the chunk
+/// size line) into one write; larger ones are written from where they are.
+const COALESCE: usize = 16 * 1024;
+
+/// What every connection of one listener shares.
+pub(super) struct Ctx {
+    pub shared: Arc<Shared>,
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub stop: CancellationToken,
+}
+
+/// Serve one accepted connection until it closes.
+pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    let origin = Arc::new(Peer::new(peer.ip(), ctx.shared.listen().port()));
+    let timeouts = ctx.shared.client_timeouts;
+    let mut conn = Front {
+        io: stream,
+        buf: BytesMut::with_capacity(READ_SPACE * 2),
+        out: Vec::with_capacity(1024),
+        timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+        armed: false,
+    };
+    let mut stop = Stop::new(&ctx.stop);
+    if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
+        let io = Prefixed {
+            prefix: conn.buf.freeze(),
+            io: conn.io,
+        };
+        hyper_serve(&ctx, io, origin, peer, &mut stop).await;
+    }
+}
+
+/// The timeouts of client connections.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientTimeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+}
+
+/// How the front end's loop ended.
+enum End {
+    /// The connection is done with (closed, broken, timed out, shut down).
+    Closed,
+    /// A request the front end does not serve is at the start of `buf`.
+    HandOver,
+}
+
+/// The gateway-wide stop signal, as one connection watches it. Polled
+/// once, the token keeps this task's waker (the same for the task's whole
+/// life); after that an atomic load says whether it fired, instead of a
+/// lock on the token's waiter list at every wake-up.
+struct Stop<'a> {
+    token: &'a CancellationToken,
+    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
+    armed: bool,
+}
+
+impl<'a> Stop<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        Stop {
+            token,
+            wait: Box::pin(token.cancelled()),
+            armed: false,
+        }
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed {
+            self.token.is_cancelled()
+        } else {
+            self.armed = true;
+            self.wait.as_mut().poll(cx).is_ready()
+        }
+    }
+}
+
+/// The front end's side of a connection.
+struct Front {
+    io: TcpStream,
+    /// Bytes from the client not yet used: the next request's head, or
+    /// what has arrived of it.
+    buf: BytesMut,
+    /// The response head being written (reused from request to request).
+    out: Vec<u8>,
+    /// The header-read or idle deadline; armed only when a read has to
+    /// wait, so a request that is already there costs no timer work.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+/// Why a wait for the client ended early.
+struct Gone;
+
+impl Front {
+    async fn run(&mut self, ctx: &Ctx, origin: &Peer, stop: &mut Stop<'_>) -> End {
+        let timeouts = ctx.shared.client_timeouts;
+        let mut first = true;
+        loop {
+            // Wait until a whole head is buffered.
+            self.armed = false;
+            let mut idle = !first && self.buf.is_empty();
+            while !head_complete(&self.buf) {
+                if self.buf.len() >= front::MAX_HEAD {
+                    return End::HandOver;
+                }
+                let limit = if idle {
+                    timeouts.idle
+                } else {
+                    timeouts.header_read
+                };
+                if !self.fill(limit, stop).await {
+                    return End::Closed;
+                }
+                if idle {
+                    // The next request has begun: its head now has
+                    // `header_read` to arrive in full.
+                    idle = false;
+                    self.armed = false;
+                }
+            }
+            first = false;
+            match self.one_request(ctx, origin).await {
+                Ok(true) if !ctx.stop.is_cancelled() => {}
+                Ok(_) => {
+                    let _ = self.io.shutdown().await;
+                    return End::Closed;
+                }
+                Err(Served::HandOver) => return End::HandOver,
+                Err(Served::Broken) => return End::Closed,
+            }
+        }
+    }
+
+    /// Read more from the client within `limit` (counted from the first
+    /// time this wait had to block). `false`: closed, broken, timed out,
+    /// or the gateway is stopping.
+    async fn fill(&mut self, limit: Duration, stop: &mut Stop<'_>) -> bool {
+        if self.buf.capacity() - self.buf.len() < READ_SPACE {
+            self.buf.reserve(READ_SPACE);
+        }
+        poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => {}
+            }
+            if stop.poll_fired(cx) {
+                return Poll::Ready(false);
+            }
+            if !self.armed {
+                self.armed = true;
+                self.timer.as_mut().reset((Instant::now() + limit).into());
+            }
+            if self.timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Serve the request whose head is at the start of `buf`. `Ok(keep)`:
+    /// answered, and whether the connection stays open.
+    async fn one_request(&mut self, ctx: &Ctx, origin: &Peer) -> Result<bool, Served> {
+        let shared = &ctx.shared;
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
+        let router = shared.router.load_full();
+        // Everything taken from the head is copied out in this block, so
+        // that the buffer is free again (for a pipelined request, and for
+        // noticing the client leave) while the backend answers.
+        let (len, method, head, close, html, log_path, client_ip, target) = {
+            let mut slots = front::header_slots();
+            let Parsed::Plain(req) = front::parse(&self.buf, &mut slots) else {
+                return Err(Served::HandOver);
+            };
+            let Ok(path) = normalize_path(req.path()) else {
+                return Err(Served::HandOver);
+            };
+            let headers = HeadersRef::Raw(req.headers);
+            let decision = router.route(&RequestHead {
+                method: req.method,
+                path: &path,
+                query: req.query(),
+                host: Some(req.host),
+                headers,
+            });
+            // Redirects, the admin API, "no route" and the restoring page
+            // are hyper's (they are rare and not worth a second copy).
+            let Decision::Proxy(target) = decision else {
+                return Err(Served::HandOver);
+            };
+            if !shared.is_restored() {
+                return Err(Served::HandOver);
+            }
+            let Ok(method) = Method::from_bytes(req.method.as_bytes()) else {
+                return Err(Served::HandOver);
+            };
+            let fwd = headers::forwarded(headers, None, origin, &shared.trusted);
+            let view =
+                RequestHeaders::new(headers, &fwd, target.forwarded_prefix, target.set_headers);
+            let upstream_target = match (&target.path, req.query()) {
+                (p, _) if *p == req.path() => std::borrow::Cow::Borrowed(req.target),
+                (p, Some(q)) => format!("{p}?{q}").into(),
+                (p, None) => p.to_string().into(),
+            };
+            let head = h1::encode_request_head(
+                req.method,
+                &upstream_target,
+                view.iter(),
+                RequestFraming::None,
+            );
+            let log_path = started.map(|_| path.to_string());
+            (
+                req.len,
+                method,
+                head,
+                req.close,
+                req.html,
+                log_path,
+                fwd.client_ip,
+                (target.rule_id, target.backend),
+            )
+        };
+        self.buf.advance(len);
+        let head_request = method == Method::HEAD;
+        let log_method = started.map(|_| method.clone());
+        let (rule_id, backend) = target;
+
+        let forwarding = shared.upstream.forward_plain(method, head, backend.addr);
+        let resp = match watching(&self.io, &mut self.buf, forwarding).await {
+            Err(Gone) => return Err(Served::Broken),
+            Ok(Ok(resp)) => resp,
+            Ok(Err(f)) => shared.forward_failed(f, backend, rule_id, html),
+        };
+        let status = resp.status();
+        let written = self.respond(resp, head_request, close).await;
+        if let (Some(t), Some(m), Some(p)) = (started, log_method, log_path) {
+            super::log_request(client_ip, &m, &p, rule_id, status, t);
+        }
+        written.map_err(|Gone| Served::Broken)?;
+        Ok(!close)
+    }
+
+    /// Write `resp` to the client. The head, and as much of the body as is
+    /// already at hand, go out in one write; the rest is passed on frame by
+    /// frame as it arrives (chunked when its length is not known).
+    async fn respond(
+        &mut self,
+        resp: Response<Body>,
+        head_request: bool,
+        close: bool,
+    ) -> Result<(), Gone> {
+        let (parts, mut body) = resp.into_parts();
+        let exact = body.size_hint().exact();
+        let mode = front::encode_response_head(
+            &mut self.out,
+            parts.status,
+            &parts.headers,
+            head_request,
+            exact,
+            close,
+        );
+        drop(parts);
+        if mode == BodyOut::None {
+            return self.io.write_all(&self.out).await.map_err(gone);
+        }
+        let chunked = mode == BodyOut::Chunked;
+        // What is ready now joins the head.
+        let mut done = false;
+        while self.out.len() < COALESCE {
+            let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        frame_into(&mut self.out, &data, chunked);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Err(Gone),
+                Poll::Ready(None) => {
+                    done = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if done && chunked {
+            self.out.extend_from_slice(h1::CHUNKED_END);
+        }
+        self.io.write_all(&self.out).await.map_err(gone)?;
+        if done {
+            return Ok(());
+        }
+        loop {
+            let next = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+            match watching(&self.io, &mut self.buf, next).await? {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if data.len() < COALESCE {
+                        self.out.clear();
+                        frame_into(&mut self.out, &data, chunked);
+                        self.io.write_all(&self.out).await.map_err(gone)?;
+                    } else if chunked {
+                        let size = h1::chunk_header(data.len());
+                        let mut parts = [
+                            IoSlice::new(size.as_bytes()),
+                            IoSlice::new(&data),
+                            IoSlice::new(b"\r\n"),
+                        ];
+                        write_all_vectored(&mut self.io, &mut parts)
+                            .await
+                            .map_err(gone)?;
+                    } else {
+                        self.io.write_all(&data).await.map_err(gone)?;
+                    }
+                }
+                // The backend broke off: so must we, or the client would
+                // take a cut body for a whole one.
+                Some(Err(_)) => return Err(Gone),
+                None => {
+                    if chunked {
+                        self.io.write_all(h1::CHUNKED_END).await.map_err(gone)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// How serving one request ended, when not with an answer.
+enum Served {
+    /// Not the front end's request: hyper takes the connection.
+    HandOver,
+    /// The client left, or a write failed.
+    Broken,
+}
+
+fn gone(_: io::Error) -> Gone {
+    Gone
+}
+
+/// Append one body frame to `out`: as it is, or as a chunk.
+fn frame_into(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if data.is_empty() {
+        // An empty chunk would end the body.
+        return;
+    }
+    if chunked {
+        out.extend_from_slice(h1::chunk_header(data.len()).as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Whether `buf` holds a complete request head (its blank line). A bare
+/// LF ends lines too, as httparse accepts.
+fn head_complete(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        match rest.get(i + 1..) {
+            Some([b'\n', ..]) | Some([b'\r', b'\n', ..]) => return true,
+            _ => rest = &rest[i + 1..],
+        }
+    }
+    false
+}
+
+/// Drive `fut` while watching the client: bytes it sends meanwhile (a
+/// pipelined request) are kept in `buf`, and if it closes the connection
+/// the wait ends with [`Gone`] (dropping `fut`, which drops the backend
+/// connection: the backend sees the abort too).
+async fn watching<F: Future>(
+    io: &TcpStream,
+    buf: &mut BytesMut,
+    fut: F,
+) -> Result<F::Output, Gone> {
+    let mut fut = std::pin::pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        // Past MAX_HEAD of pipelined bytes, stop reading: the client
+        // waits, and a close is noticed at the next write instead.
+        while buf.len() < front::MAX_HEAD {
+            match io.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Gone)),
+                Poll::Ready(Ok(())) => {}
+            }
+            if buf.capacity() - buf.len() < READ_SPACE {
+                buf.reserve(READ_SPACE);
+            }
+            match io.try_read_buf(buf) {
+                Ok(0) => return Poll::Ready(Err(Gone)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Err(Gone)),
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// `write_all` for a list of slices.
+async fn write_all_vectored(io: &mut TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
+/// HTTP/2 when it starts with the preface.
+async fn hyper_serve(
+    ctx: &Arc<Ctx>,
+    io: Prefixed,
+    origin: Arc<Peer>,
+    peer: SocketAddr,
+    stop: &mut Stop<'_>,
+) {
+    let shared = ctx.shared.clone();
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let origin = origin.clone();
+        async move { Ok::<_, std::convert::Infallible>(shared.handle(req, &origin).await) }
+    });
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // At shutdown the connection is asked to finish its request and close.
+    let mut draining = false;
+    let ended = poll_fn(|cx| {
+        if !draining && stop.poll_fired(cx) {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
+    }
+}
+
+/// A connection handed to hyper: the bytes the front end already read
+/// come first, then the socket.
+struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_complete_at_its_blank_line() {
+        for (text, want) in [
+            ("GET / HTTP/1.1\r\nHost: h\r\n\r\n", true),
+            ("GET / HTTP/1.1\nHost: h\n\n", true),
+            ("GET / HTTP/1.1\r\nHost: h\r\n\r", false),
+            ("GET / HTTP/1.1\r\nHost: h\r\n", false),
+            ("", false),
+            ("\n", false),
+        ] {
+            assert_eq!(head_complete(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_read_before_the_hand_over_come_first() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b" world").await.unwrap();
+        });
+        let (io, _) = listener.accept().await.unwrap();
+        let mut p = Prefixed {
+            prefix: Bytes::from_static(b"hello"),
+            io,
+        };
+        let mut got = String::new();
+        p.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "hello world");
+        client.await.unwrap();
+    }
+}

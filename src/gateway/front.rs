@@ -1,0 +1,415 @@
+//! The client side of the gateway's own HTTP/1.1 front end, as pure
+//! functions: which requests it serves itself, and the response head it
+//! writes. The connection loop around them is [`super::conn`].
+//!
+//! # Why a front end of our own
+//!
+//! Most traffic through a Space is plain: a bodiless HTTP/1.1 request that
+//! a rule forwards to a backend. For those, hyper's server costs more than
+//! the proxying itself: it builds a `HeaderMap` and a `Request` per
+//! request, shares its read buffer with the header values, and arms a
+//! timer per request. The front end parses the head in place (httparse
+//! slices of the connection's buffer), writes the backend's request head
+//! straight from those slices, and writes the response head from one
+//! reused buffer.
+//!
+//! Everything else goes to hyper, which then serves the rest of the
+//! connection: requests with a body, `Expect`, upgrades (WebSocket),
+//! HTTP/1.0, absolute-form targets, HTTP/2, the admin API and page,
+//! redirects, the restoring page, and any head the front end does not
+//! understand (hyper answers malformed ones with its own 400/431). So the
+//! front end only ever has to be right about the simple case, and hyper's
+//! tested code keeps the rest.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderMap, StatusCode};
+
+/// Headers a request head may carry (hyper's default limit too).
+pub const MAX_HEADERS: usize = 100;
+/// The largest request head the front end waits for; a longer one goes to
+/// hyper, which answers 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Space for one request's parsed headers.
+pub type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+/// An empty set of header slots.
+pub fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// What the front end makes of the bytes received so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'b, 'h> {
+    /// The head is not complete yet: read more.
+    Partial,
+    /// Not a request the front end serves: hand the connection to hyper.
+    Other,
+    /// A plain request the front end may forward itself.
+    Plain(Plain<'b, 'h>),
+}
+
+/// A plain request: HTTP/1.1, origin-form target, one Host, no body, no
+/// `Expect`, no upgrade, and a `Connection` header (if any) naming only
+/// `keep-alive` or `close`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plain<'b, 'h> {
+    /// Bytes of the head (request line, headers, blank line).
+    pub len: usize,
+    pub method: &'b str,
+    /// The request target as sent (`/path?query`).
+    pub target: &'b str,
+    pub host: &'b str,
+    pub headers: &'h [httparse::Header<'b>],
+    /// The client asked to close the connection after this response.
+    pub close: bool,
+    /// The client prefers HTML (an error page is then HTML, not JSON).
+    pub html: bool,
+}
+
+impl Plain<'_, '_> {
+    /// The path part of the target.
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(self.target, |(p, _)| p)
+    }
+
+    /// The query string without `?`, if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// Parse the request head at the start of `buf` and decide whether the
+/// front end serves it.
+pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b, 'h> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Parsed::Partial,
+        // Too long, too many headers, malformed, HTTP/2's preface: hyper
+        // gives each its proper answer.
+        _ => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    // Origin-form only, and only the bytes a URI may hold: anything odd
+    // gets hyper's stricter parse (and its 400).
+    if !target.starts_with('/') || !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Parsed::Other;
+    }
+    if method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let mut host = None;
+    let mut close = false;
+    let mut html = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let is = |want: &[u8]| name.eq_ignore_ascii_case(want);
+        match name.len() {
+            4 if is(b"host") => {
+                if host.is_some() {
+                    return Parsed::Other;
+                }
+                host = Some(h.value);
+            }
+            6 if is(b"accept") => {
+                html |= h.value.windows(9).any(|w| w == b"text/html");
+            }
+            // A body, or the promise of one.
+            6 if is(b"expect") => return Parsed::Other,
+            14 if is(b"content-length") => return Parsed::Other,
+            17 if is(b"transfer-encoding") => return Parsed::Other,
+            7 if is(b"upgrade") => return Parsed::Other,
+            10 if is(b"connection") => {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                        // Names more hop-by-hop headers, or `upgrade`.
+                        return Parsed::Other;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) else {
+        return Parsed::Other;
+    };
+    Parsed::Plain(Plain {
+        len,
+        method,
+        target,
+        host,
+        headers: req.headers,
+        close,
+        html,
+    })
+}
+
+/// How the response body goes out to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOut {
+    /// No body (HEAD, 204, 304): the headers say what they say.
+    None,
+    /// As many bytes as the `Content-Length` header says.
+    Length,
+    /// Chunked transfer coding: one chunk per body frame, so a streamed
+    /// response (SSE) is passed on event by event.
+    Chunked,
+}
+
+/// Encode a response head into `out` (cleared first). `exact` is the
+/// body's length when known up front; `close` adds `Connection: close`.
+/// As hyper does, a missing `Date` is added.
+pub fn encode_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    head_request: bool,
+    exact: Option<u64>,
+    close: bool,
+) -> BodyOut {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let s = status.as_u16();
+    let body = if head_request || s == 204 || s == 304 || (100..200).contains(&s) {
+        BodyOut::None
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        BodyOut::Length
+    } else if let Some(n) = exact {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(n.to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        BodyOut::Length
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        BodyOut::Chunked
+    };
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    body
+}
+
+thread_local! {
+    /// The `Date` text of the current second, formatted once per second
+    /// per thread.
+    static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// Call `f` with the current IMF-fixdate (RFC 9110 §5.6.7).
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            cached.1 = httpdate::fmt_http_date(now).into_bytes();
+            cached.0 = secs;
+        }
+        f(&cached.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn plain(text: &str) -> Option<(usize, String, String, bool, bool)> {
+        let mut slots = header_slots();
+        match parse(text.as_bytes(), &mut slots) {
+            Parsed::Plain(p) => Some((
+                p.len,
+                p.target.to_string(),
+                p.host.to_string(),
+                p.close,
+                p.html,
+            )),
+            _ => None,
+        }
+    }
+
+    fn verdict(text: &str) -> &'static str {
+        let mut slots = header_slots();
+        match parse(text.as_bytes(), &mut slots) {
+            Parsed::Partial => "partial",
+            Parsed::Other => "other",
+            Parsed::Plain(_) => "plain",
+        }
+    }
+
+    #[test]
+    fn plain_requests_are_served_by_the_front_end() {
+        let get = "GET /a/b?x=1 HTTP/1.1\r\nHost: h:1\r\nAccept: text/html,*/*\r\n\r\n";
+        assert_eq!(
+            plain(get),
+            Some((get.len(), "/a/b?x=1".into(), "h:1".into(), false, true))
+        );
+        let close = "DELETE /x HTTP/1.1\r\nhost: h\r\nConnection: keep-alive, Close\r\n\r\nGET";
+        assert_eq!(
+            plain(close),
+            Some((close.len() - 3, "/x".into(), "h".into(), true, false))
+        );
+        let mut slots = header_slots();
+        let Parsed::Plain(p) = parse(get.as_bytes(), &mut slots) else {
+            panic!("not plain")
+        };
+        assert_eq!(
+            (p.method, p.path(), p.query()),
+            ("GET", "/a/b", Some("x=1"))
+        );
+        assert_eq!(p.headers.len(), 2);
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: h\r\n", "partial"),
+            ("GET / HTTP/1.0\r\nHost: h\r\n\r\n", "other"),
+            ("GET http://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "other"),
+            ("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "other"),
+            ("CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", "other"),
+            ("GET / HTTP/1.1\r\n\r\n", "other"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "other"),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "other",
+            ),
+            (
+                "PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+                "other",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+                "other",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n\r\n",
+                "other",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: x-secret\r\n\r\n",
+                "other",
+            ),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "other"),
+            ("GET /\x01 HTTP/1.1\r\nHost: h\r\n\r\n", "other"),
+            ("G@T / HTTP/1.1\r\nHost: h\r\n\r\n", "other"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(verdict(text), want, "{text:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(
+            verdict(&format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n")),
+            "other"
+        );
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(verdict(&long), "other");
+    }
+
+    fn head(
+        status: u16,
+        headers: &[(&str, &str)],
+        head_req: bool,
+        exact: Option<u64>,
+        close: bool,
+    ) -> (String, BodyOut) {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = b"stale".to_vec();
+        let body = encode_response_head(
+            &mut out,
+            StatusCode::from_u16(status).unwrap(),
+            &map,
+            head_req,
+            exact,
+            close,
+        );
+        (String::from_utf8(out).unwrap(), body)
+    }
+
+    #[test]
+    fn response_heads_say_how_the_body_is_framed() {
+        let date = [("date", "Thu, 01 Jan 1970 00:00:00 GMT")];
+        let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+            date.iter().chain(extra).copied().collect()
+        };
+        assert_eq!(
+            head(200, &with(&[("content-length", "3")]), false, None, false),
+            (
+                "HTTP/1.1 200 OK\r\ndate: Thu, 01 Jan 1970 00:00:00 GMT\r\ncontent-length: 3\r\n\r\n".into(),
+                BodyOut::Length
+            )
+        );
+        assert_eq!(
+            head(502, &date, false, Some(12), true),
+            (
+                "HTTP/1.1 502 Bad Gateway\r\ndate: Thu, 01 Jan 1970 00:00:00 GMT\r\ncontent-length: 12\r\nconnection: close\r\n\r\n".into(),
+                BodyOut::Length
+            )
+        );
+        assert_eq!(
+            head(200, &date, false, None, false),
+            (
+                "HTTP/1.1 200 OK\r\ndate: Thu, 01 Jan 1970 00:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+                BodyOut::Chunked
+            )
+        );
+        for (status, head_req) in [(200, true), (204, false), (304, false)] {
+            let (text, body) = head(
+                status,
+                &with(&[("content-length", "9")]),
+                head_req,
+                None,
+                false,
+            );
+            assert_eq!(body, BodyOut::None);
+            assert!(text.ends_with("content-length: 9\r\n\r\n"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_missing_date_is_added() {
+        let (text, _) = head(200, &[], false, Some(0), false);
+        let date = text
+            .lines()
+            .find_map(|l| l.strip_prefix("date: "))
+            .expect("a date header");
+        let parsed = httpdate::parse_http_date(date).unwrap();
+        let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
+        assert!(age.as_secs() < 5, "{date}");
+    }
+}
