@@ -22,10 +22,11 @@
 //! tested code keeps the rest.
 
 use std::cell::RefCell;
-use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap, StatusCode};
+
+use super::h1::{Decided, RawHead, ResponseFraming};
 
 /// Headers a request head may carry (hyper's default limit too).
 pub const MAX_HEADERS: usize = 100;
@@ -34,11 +35,11 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Space for one request's parsed headers.
-pub type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+pub type HeaderSlots<'b> = super::h1::HeaderSlots<'b, MAX_HEADERS>;
 
 /// An empty set of header slots.
 pub fn header_slots<'b>() -> HeaderSlots<'b> {
-    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+    super::h1::header_slots()
 }
 
 /// What the front end makes of the bytes received so far.
@@ -165,15 +166,24 @@ pub enum BodyOut {
     Chunked,
 }
 
-/// Encode a response head into `out` (cleared first). `exact` is the
-/// body's length when known up front; `close` adds `Connection: close`.
-/// As hyper does, a missing `Date` is added.
-pub fn encode_response_head(
+/// What the head adds to frame the body.
+enum Add {
+    /// Nothing: no body, or the headers already carry its length.
+    Nothing(BodyOut),
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Encode a response head into `out` (cleared first): status line,
+/// `headers`, the framing header, `Date` when the headers have none (as
+/// hyper does), and `Connection: close` when `close`.
+fn encode_head<'a>(
     out: &mut Vec<u8>,
     status: StatusCode,
-    headers: &HeaderMap,
-    head_request: bool,
-    exact: Option<u64>,
+    headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    add: Add,
     close: bool,
 ) -> BodyOut {
     out.clear();
@@ -182,27 +192,28 @@ pub fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+        dated |= name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    let s = status.as_u16();
-    let body = if head_request || s == 204 || s == 304 || (100..200).contains(&s) {
-        BodyOut::None
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        BodyOut::Length
-    } else if let Some(n) = exact {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(n.to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        BodyOut::Length
-    } else {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        BodyOut::Chunked
+    let body = match add {
+        Add::Nothing(body) => body,
+        Add::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            BodyOut::Length
+        }
+        Add::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            BodyOut::Chunked
+        }
     };
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
@@ -212,6 +223,50 @@ pub fn encode_response_head(
     }
     out.extend_from_slice(b"\r\n");
     body
+}
+
+/// Encode the head of a response the gateway makes itself (an error
+/// page). `exact` is the body's length when known up front.
+pub fn encode_response_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    head_request: bool,
+    exact: Option<u64>,
+    close: bool,
+) -> BodyOut {
+    let s = status.as_u16();
+    let add = if head_request || s == 204 || s == 304 || (100..200).contains(&s) {
+        Add::Nothing(BodyOut::None)
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        Add::Nothing(BodyOut::Length)
+    } else if let Some(n) = exact {
+        Add::Length(n)
+    } else {
+        Add::Chunked
+    };
+    let pairs = headers
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    encode_head(out, status, pairs, add, close)
+}
+
+/// Encode the client's head of a backend's response, straight from the
+/// backend's head: its relayed headers as they are, and the framing
+/// `decided` for its body (a body of unknown length is chunked).
+pub fn encode_relayed_head(
+    out: &mut Vec<u8>,
+    head: &RawHead<'_, '_>,
+    decided: Decided,
+    close: bool,
+) -> BodyOut {
+    let add = match decided.framing {
+        ResponseFraming::Empty => Add::Nothing(BodyOut::None),
+        // The length is among the relayed headers.
+        ResponseFraming::Length(_) => Add::Nothing(BodyOut::Length),
+        ResponseFraming::Chunked | ResponseFraming::UntilClose => Add::Chunked,
+    };
+    encode_head(out, head.status, head.relayed_headers(), add, close)
 }
 
 thread_local! {

@@ -8,7 +8,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::headers;
 
 /// The largest response head accepted from a backend (status line and
 /// headers); nginx's default `proxy_buffer_size` is 4–8 KiB, so this is
@@ -16,7 +18,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Headers a response head may carry.
-const MAX_HEADERS: usize = 128;
+pub const MAX_HEADERS: usize = 128;
 
 /// How the request body is framed on the way to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,29 +100,42 @@ pub enum ParseError {
     BadChunk,
 }
 
-/// A parsed response head.
+/// Space for one head's parsed headers.
+pub type HeaderSlots<'b, const N: usize> = [MaybeUninit<httparse::Header<'b>>; N];
+
+/// An empty set of header slots.
+pub fn header_slots<'b, const N: usize>() -> HeaderSlots<'b, N> {
+    [const { MaybeUninit::uninit() }; N]
+}
+
+/// A response head parsed in place: its header names and values are
+/// slices of the connection's read buffer, so parsing allocates nothing.
 #[derive(Debug)]
-pub struct ResponseHead {
+pub struct RawHead<'b, 'h> {
+    /// The head's bytes, status line to blank line.
+    pub bytes: &'b [u8],
     pub status: StatusCode,
-    pub headers: HeaderMap,
     /// HTTP/1.1 without `Connection: close`: the connection may carry the
     /// next request once this response's body is read.
     pub keep_alive: bool,
+    pub headers: &'h [httparse::Header<'b>],
+    /// `Connection` names headers besides `keep-alive` and `close`; those
+    /// stay behind too.
+    names_hop_by_hop: bool,
+    /// A `Transfer-Encoding` is present: it decides the framing, and a
+    /// `Content-Length` next to it is not passed on.
+    has_coding: bool,
 }
 
-/// Parse a response head at the start of `buf`. `Ok(None)`: more bytes are
-/// needed. On success the head's bytes are removed from `buf`.
-///
-/// Header values are slices of the head's bytes (no copy per header), and
-/// the connection-level `Connection` and `Keep-Alive` headers are read
-/// here and left out, so the proxy's hop-by-hop strip usually finds
-/// nothing to do. A `Connection` header naming other headers is kept, so
-/// that the strip removes those too.
-pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ParseError> {
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+/// Parse the response head at the start of `buf`. `Ok(None)`: more bytes
+/// are needed.
+pub fn parse_response<'b, 'h, const N: usize>(
+    buf: &'b [u8],
+    slots: &'h mut HeaderSlots<'b, N>,
+) -> Result<Option<RawHead<'b, 'h>>, ParseError> {
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
-    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(ParseError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -132,43 +147,117 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ParseError::Malformed)?;
     let mut keep_alive = parsed.version == Some(1);
-    // Where each kept header's name and value sit in the head, so that the
-    // values can be cut from it once it is frozen.
-    let base = buf.as_ptr() as usize;
-    let mut kept: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    let mut names_hop_by_hop = false;
+    let mut has_coding = false;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ParseError::Malformed)?;
-        if name == header::CONNECTION {
-            let mut others = false;
+        if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|b| *b == b',') {
                 let token = trim_ows(token);
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
-                    others = true;
+                    names_hop_by_hop = true;
                 }
             }
-            if !others {
-                continue;
-            }
-        } else if name.as_str() == "keep-alive" || name.as_str() == "proxy-connection" {
-            continue;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_coding = true;
         }
-        let start = h.value.as_ptr() as usize - base;
-        kept.push((name, start, start + h.value.len()));
     }
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(kept.len());
-    for (name, start, end) in kept {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| ParseError::Malformed)?;
-        headers.append(name, value);
-    }
-    Ok(Some(ResponseHead {
+    Ok(Some(RawHead {
+        bytes: &buf[..len],
         status,
-        headers,
         keep_alive,
+        headers: parsed.headers,
+        names_hop_by_hop,
+        has_coding,
     }))
+}
+
+impl RawHead<'_, '_> {
+    /// Whether the header `name` goes on to the client: not hop-by-hop,
+    /// not named by `Connection`, and not a `Content-Length` beside a
+    /// `Transfer-Encoding` (the framing is re-done for the client).
+    pub fn relayed(&self, name: &str) -> bool {
+        let n = name.as_bytes();
+        if headers::is_hop_by_hop_name(n) {
+            return false;
+        }
+        if self.has_coding && n.eq_ignore_ascii_case(b"content-length") {
+            return false;
+        }
+        if self.names_hop_by_hop {
+            let named = self
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| h.value.split(|b| *b == b','))
+                .any(|t| trim_ows(t).eq_ignore_ascii_case(n));
+            if named {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The headers that go on to the client, in order.
+    pub fn relayed_headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .filter(|h| self.relayed(h.name))
+            .map(|h| (h.name.as_bytes(), h.value))
+    }
+
+    /// The relayed headers as a `HeaderMap` (for hyper's server). The head
+    /// is copied once and the values are slices of the copy.
+    pub fn header_map(&self) -> Result<HeaderMap, ParseError> {
+        let copy = Bytes::copy_from_slice(self.bytes);
+        let base = self.bytes.as_ptr() as usize;
+        let mut map = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in self.relayed_headers() {
+            let name = HeaderName::from_bytes(name).map_err(|_| ParseError::Malformed)?;
+            let start = value.as_ptr() as usize - base;
+            let value = HeaderValue::from_maybe_shared(copy.slice(start..start + value.len()))
+                .map_err(|_| ParseError::Malformed)?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+
+    /// Every value of the header `name`.
+    fn values<'s>(&'s self, name: &'s str) -> impl DoubleEndedIterator<Item = &'s [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// The status code at the start of a response head, read from its status
+/// line alone (`HTTP/1.x NNN`), for skipping interim responses without
+/// parsing their headers.
+pub fn peek_status(buf: &[u8]) -> Option<u16> {
+    match buf {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _, b' ', a, b, c, ..]
+            if a.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit() =>
+        {
+            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `buf` holds a complete head (its blank line). A bare LF ends
+/// lines too, as httparse accepts. Cheaper than a parse, so the head is
+/// parsed once, when it is all there.
+pub fn head_complete(buf: &[u8]) -> bool {
+    let mut rest = buf;
+    while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+        match rest.get(i + 1..) {
+            Some([b'\n', ..]) | Some([b'\r', b'\n', ..]) => return true,
+            _ => rest = &rest[i + 1..],
+        }
+    }
+    false
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).
@@ -185,59 +274,71 @@ pub enum ResponseFraming {
     UntilClose,
 }
 
+/// How a response's body is framed, and whether its connection can carry
+/// another request afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decided {
+    pub framing: ResponseFraming,
+    pub keep_alive: bool,
+}
+
 /// The framing of the body that follows `head`, sent in answer to a
 /// request with `method`. `Transfer-Encoding` wins over `Content-Length`
 /// (and such a message is never reused: the two disagreeing is how request
 /// smuggling starts); differing `Content-Length` values are an error.
-pub fn response_framing(
-    method: &Method,
-    head: &mut ResponseHead,
-) -> Result<ResponseFraming, ParseError> {
+pub fn decide(method: &Method, head: &RawHead<'_, '_>) -> Result<Decided, ParseError> {
     let s = head.status.as_u16();
+    let mut keep_alive = head.keep_alive;
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
-        return Ok(ResponseFraming::Empty);
-    }
-    // Only the last coding matters: chunked must be the final one.
-    let chunked_last = head
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|te| {
-            te.to_str()
-                .ok()
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        return Ok(Decided {
+            framing: ResponseFraming::Empty,
+            keep_alive,
         });
-    if let Some(chunked_last) = chunked_last {
-        // The coding is this hop's business; the client gets its own.
-        head.headers.remove(header::TRANSFER_ENCODING);
-        if head.headers.contains_key(header::CONTENT_LENGTH) {
-            head.keep_alive = false;
-            head.headers.remove(header::CONTENT_LENGTH);
+    }
+    let lengths = head.values("content-length");
+    if head.has_coding {
+        // Only the last coding matters: chunked must be the final one.
+        let chunked_last = head
+            .values("transfer-encoding")
+            .next_back()
+            .and_then(|te| te.rsplit(|b| *b == b',').next())
+            .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"));
+        if lengths.count() > 0 || !chunked_last {
+            keep_alive = false;
         }
-        if chunked_last {
-            return Ok(ResponseFraming::Chunked);
-        }
-        head.keep_alive = false;
-        return Ok(ResponseFraming::UntilClose);
+        let framing = if chunked_last {
+            ResponseFraming::Chunked
+        } else {
+            ResponseFraming::UntilClose
+        };
+        return Ok(Decided {
+            framing,
+            keep_alive,
+        });
     }
     let mut length = None;
-    for v in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| ParseError::BadLength)?.split(',') {
-            let n: u64 = part.trim().parse().map_err(|_| ParseError::BadLength)?;
+    for v in lengths {
+        for part in v.split(|b| *b == b',') {
+            let n: u64 = std::str::from_utf8(trim_ows(part))
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or(ParseError::BadLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ParseError::BadLength);
             }
             length = Some(n);
         }
     }
-    Ok(match length {
+    let framing = match length {
         Some(n) => ResponseFraming::Length(n),
         None => {
-            head.keep_alive = false;
+            keep_alive = false;
             ResponseFraming::UntilClose
         }
+    };
+    Ok(Decided {
+        framing,
+        keep_alive,
     })
 }
 
@@ -372,10 +473,24 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::gateway::headers::HeadersRef;
+    use http::header;
 
-    fn head(text: &str) -> ResponseHead {
-        let mut buf = BytesMut::from(text.as_bytes());
-        parse_response_head(&mut buf).unwrap().unwrap()
+    /// Parse `text` as one whole response head and look at it with `f`.
+    fn with_head<T>(text: &str, f: impl FnOnce(&RawHead<'_, '_>) -> T) -> T {
+        let mut slots = header_slots::<MAX_HEADERS>();
+        let h = parse_response(text.as_bytes(), &mut slots)
+            .unwrap()
+            .unwrap_or_else(|| panic!("incomplete: {text:?}"));
+        assert_eq!(h.bytes.len(), text.len());
+        f(&h)
+    }
+
+    fn relayed_names(text: &str) -> Vec<String> {
+        with_head(text, |h| {
+            h.relayed_headers()
+                .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
+                .collect()
+        })
     }
 
     #[test]
@@ -424,59 +539,94 @@ mod tests {
     fn response_heads_parse_incrementally() {
         let full = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\nX-A: 2\r\n\r\nok";
         for cut in 0..full.len() - 2 {
-            let mut buf = BytesMut::from(&full[..cut]);
+            let mut slots = header_slots::<MAX_HEADERS>();
             assert!(
-                parse_response_head(&mut buf).unwrap().is_none(),
+                parse_response(&full[..cut], &mut slots).unwrap().is_none(),
                 "cut {cut}"
             );
+            assert!(!head_complete(&full[..cut]), "cut {cut}");
         }
-        let mut buf = BytesMut::from(&full[..]);
-        let h = parse_response_head(&mut buf).unwrap().unwrap();
+        assert!(head_complete(full));
+        let mut slots = header_slots::<MAX_HEADERS>();
+        let h = parse_response(full, &mut slots).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert!(h.keep_alive);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
-        assert_eq!(&buf[..], b"ok", "the body stays in the buffer");
+        assert_eq!(h.values("x-a").count(), 2);
+        assert_eq!(
+            h.bytes.len(),
+            full.len() - 2,
+            "the body is not part of the head"
+        );
+        let map = h.header_map().unwrap();
+        let got: Vec<_> = map.get_all("x-a").iter().collect();
+        assert_eq!(got, ["1", "2"]);
+        assert_eq!(map["content-length"], "2");
+    }
+
+    #[test]
+    fn heads_end_at_a_blank_line_and_their_status_can_be_peeked() {
+        for (text, want) in [
+            ("HTTP/1.1 200 OK\r\nA: b\r\n\r\n", true),
+            ("HTTP/1.1 200 OK\nA: b\n\n", true),
+            ("HTTP/1.1 200 OK\r\nA: b\r\n\r", false),
+            ("", false),
+            ("\n", false),
+        ] {
+            assert_eq!(head_complete(text.as_bytes()), want, "{text:?}");
+        }
+        assert_eq!(peek_status(b"HTTP/1.1 103 Early Hints\r\n"), Some(103));
+        assert_eq!(peek_status(b"HTTP/1.0 200 OK"), Some(200));
+        assert_eq!(peek_status(b"HTTP/1.1 2x0 OK"), None);
+        assert_eq!(peek_status(b"HTTP/1.1 20"), None);
     }
 
     #[test]
     fn keep_alive_needs_http11_without_close() {
-        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
-        assert!(!head("HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n").keep_alive);
-        assert!(head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!with_head("HTTP/1.0 200 OK\r\n\r\n", |h| h.keep_alive));
+        assert!(!with_head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n\r\n",
+            |h| h.keep_alive
+        ));
+        assert!(with_head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n",
+            |h| h.keep_alive
+        ));
     }
 
     #[test]
     fn connection_level_headers_stay_behind() {
-        let h = head(
-            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n",
-        );
-        let names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["x-a"]);
-        // Naming another header keeps `Connection` for the strip to use.
-        let h = head("HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n");
-        assert!(!h.keep_alive);
-        assert_eq!(h.headers["connection"], "close, X-Hop");
-        let mut h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(
-            response_framing(&Method::GET, &mut h),
-            Ok(ResponseFraming::Chunked)
+            relayed_names(
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\n\r\n"
+            ),
+            ["X-A"]
         );
-        assert!(h.headers.is_empty(), "the hop's coding is not passed on");
+        // Headers the `Connection` header names stay behind with it.
+        let text = "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nX-B: 2\r\n\r\n";
+        assert_eq!(relayed_names(text), ["X-B"]);
+        assert!(!with_head(text, |h| h.keep_alive));
+        // The hop's coding, and a length beside it, are not passed on.
+        let text =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nX-C: 3\r\n\r\n";
+        assert_eq!(relayed_names(text), ["X-C"]);
+        let map = with_head(text, |h| h.header_map().unwrap());
+        assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
     }
 
     #[test]
     fn broken_heads_are_errors() {
-        let mut junk = BytesMut::from(&b"HTTP/1.1 abc\r\n\r\n"[..]);
+        let mut slots = header_slots::<MAX_HEADERS>();
         assert_eq!(
-            parse_response_head(&mut junk).unwrap_err(),
+            parse_response(b"HTTP/1.1 abc\r\n\r\n", &mut slots).unwrap_err(),
             ParseError::Malformed
         );
-        let mut huge = BytesMut::from(&b"HTTP/1.1 200 OK\r\n"[..]);
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
         while huge.len() < MAX_HEAD {
             huge.extend_from_slice(b"x-pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
         }
+        let mut slots = header_slots::<MAX_HEADERS>();
         assert_eq!(
-            parse_response_head(&mut huge).unwrap_err(),
+            parse_response(&huge, &mut slots).unwrap_err(),
             ParseError::TooLarge
         );
     }
@@ -547,9 +697,11 @@ mod tests {
             ),
         ];
         for (method, text, want, reuse) in cases {
-            let mut h = head(text);
-            assert_eq!(response_framing(method, &mut h), want, "{text:?}");
-            assert_eq!(h.keep_alive, reuse, "reuse after {text:?}");
+            let got = with_head(text, |h| decide(method, h));
+            assert_eq!(got.map(|d| d.framing), want, "{text:?}");
+            if let Ok(d) = got {
+                assert_eq!(d.keep_alive, reuse, "reuse after {text:?}");
+            }
         }
     }
 

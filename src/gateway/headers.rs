@@ -98,24 +98,36 @@ impl<'a> HeadersRef<'a> {
     }
 }
 
-/// Whether a header name (any case) is one the gateway never passes on in
-/// a request: hop-by-hop (RFC 9110 §7.6.1) or a forwarding header only the
-/// gateway may set. Matched on the length first: this runs once per
-/// header per request.
-fn is_dropped_request_header(name: &[u8]) -> bool {
+/// Whether a header name (any case) is hop-by-hop (the nine of
+/// [`HOP_BY_HOP`]). Matched on the length first: this runs once per
+/// header per message.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
     match name.len() {
         2 => is("te"),
         7 => is("trailer") || is("upgrade"),
-        9 => is("forwarded") || is("x-real-ip"),
         10 => is("connection") || is("keep-alive"),
-        15 => is("x-forwarded-for"),
-        16 => is("proxy-connection") || is("x-forwarded-host") || is("x-forwarded-port"),
-        17 => is("transfer-encoding") || is("x-forwarded-proto"),
-        18 => is("proxy-authenticate") || is("x-forwarded-prefix"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
         19 => is("proxy-authorization"),
         _ => false,
     }
+}
+
+/// Whether a header name (any case) is one the gateway never passes on in
+/// a request: hop-by-hop, or a forwarding header only the gateway may set.
+fn is_dropped_request_header(name: &[u8]) -> bool {
+    let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
+    is_hop_by_hop_name(name)
+        || match name.len() {
+            9 => is("forwarded") || is("x-real-ip"),
+            15 => is("x-forwarded-for"),
+            16 => is("x-forwarded-host") || is("x-forwarded-port"),
+            17 => is("x-forwarded-proto"),
+            18 => is("x-forwarded-prefix"),
+            _ => false,
+        }
 }
 
 /// The protocol asked for by an upgrade request (`Connection: upgrade` +
@@ -611,6 +623,15 @@ mod tests {
             "x-forwarded-prefix",
             "x-real-ip",
         ];
+        for name in HOP_BY_HOP.iter().map(HeaderName::as_str) {
+            assert!(
+                is_hop_by_hop_name(name.to_ascii_uppercase().as_bytes()),
+                "{name}"
+            );
+        }
+        for name in ours {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
         for name in HOP_BY_HOP.iter().map(HeaderName::as_str).chain(ours) {
             assert!(is_dropped_request_header(name.as_bytes()), "{name}");
             let upper = name.to_ascii_uppercase();

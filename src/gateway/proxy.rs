@@ -27,10 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::body::Body;
+use crate::gateway::front::{self, BodyOut};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
 use crate::gateway::router::Target;
-use crate::gateway::upstream::{self, Outgoing, Pool};
+use crate::gateway::upstream::{self, Outgoing, Pool, UpstreamBody};
 
 /// How forwarding failed, before it is turned into a status (which also
 /// depends on the backend's service state).
@@ -195,28 +196,45 @@ impl Upstream {
     }
 
     /// Forward a request without a body whose head (`head`, for the
-    /// backend) is already encoded: the gateway's own front end.
+    /// backend) is already encoded: the gateway's own front end. The
+    /// client's response head is written into `out` straight from the
+    /// backend's (see [`front::encode_relayed_head`]); returned are the
+    /// status, how the body is framed for the client, and the body.
     pub async fn forward_plain(
         &self,
         method: Method,
         head: Vec<u8>,
         addr: SocketAddr,
-    ) -> Result<Response<Body>, ForwardError> {
-        let out = Outgoing {
+        out: &mut Vec<u8>,
+        close: bool,
+    ) -> Result<(StatusCode, BodyOut, UpstreamBody), ForwardError> {
+        let req = Outgoing {
             method,
             head,
             framing: RequestFraming::None,
             body: None,
         };
-        self.send(out, addr).await
+        let ((status, mode), body) =
+            upstream::exchange(&self.pool, &self.cfg, addr, req, |raw, decided| {
+                let mode = front::encode_relayed_head(out, raw, decided, close);
+                Ok((raw.status, mode))
+            })
+            .await?;
+        Ok((status, mode, body))
     }
 
-    /// Exchange `out` with the backend at `addr` (pooled connections) and
-    /// clean the response's headers for the client.
-    async fn send(&self, out: Outgoing, addr: SocketAddr) -> Result<Response<Body>, ForwardError> {
-        let resp = upstream::exchange(&self.pool, &self.cfg, addr, out).await?;
-        let mut resp = resp.map(Body::Upstream);
-        headers::prepare_response(resp.headers_mut(), false);
+    /// Exchange `req` with the backend at `addr` (pooled connections), for
+    /// hyper's server: the relayed headers become a `HeaderMap`.
+    async fn send(&self, req: Outgoing, addr: SocketAddr) -> Result<Response<Body>, ForwardError> {
+        let ((status, headers), body) =
+            upstream::exchange(&self.pool, &self.cfg, addr, req, |raw, _| {
+                Ok((raw.status, raw.header_map()?))
+            })
+            .await?;
+        let mut resp = Response::new(Body::Upstream(body));
+        *resp.status_mut() = status;
+        *resp.version_mut() = Version::HTTP_11;
+        *resp.headers_mut() = headers;
         Ok(resp)
     }
 

@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use http::{Method, Response, StatusCode, Version};
+use bytes::{Buf, Bytes, BytesMut};
+use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::io::AsyncReadExt;
@@ -95,7 +95,7 @@ struct Idle {
 /// Now, on the coarse monotonic clock. Idle ages are compared with limits
 /// of seconds, so its few milliseconds of resolution are plenty, and it is
 /// several times cheaper to read than the precise clock, twice per request.
-fn coarse_now() -> Duration {
+pub(crate) fn coarse_now() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .map(Duration::from)
         .unwrap_or_default()
@@ -235,12 +235,17 @@ impl From<ForwardError> for Failed {
 
 /// Send `req` to `addr` on a pooled or new connection and read the
 /// response head; the response body then streams from the backend.
-pub async fn exchange(
+///
+/// The head is handed to `take_head` parsed in place, with its framing
+/// decided: hyper's server path builds a `HeaderMap` from it, the front
+/// end writes the client's head from it directly.
+pub async fn exchange<T>(
     pool: &Arc<Pool>,
     cfg: &UpstreamConfig,
     addr: SocketAddr,
     req: Outgoing,
-) -> Result<Response<UpstreamBody>, ForwardError> {
+    take_head: impl FnOnce(&h1::RawHead<'_, '_>, h1::Decided) -> Result<T, h1::ParseError>,
+) -> Result<(T, UpstreamBody), ForwardError> {
     let Outgoing {
         method,
         head,
@@ -251,7 +256,7 @@ pub async fn exchange(
     // client (no body) and the method says a repeat changes nothing.
     let repeatable = framing == RequestFraming::None && method.is_idempotent();
     let mut body = body.filter(|_| framing != RequestFraming::None);
-    loop {
+    let (mut conn, complete) = loop {
         let (mut conn, pooled) = match pool.take(addr) {
             Some(c) => (c, true),
             None => {
@@ -269,52 +274,54 @@ pub async fn exchange(
             continue;
         }
         match send(&mut conn, &head, framing, body.take(), cfg).await {
-            Ok((mut resp_head, complete)) => {
-                let state = match h1::response_framing(&method, &mut resp_head) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "gateway: bad response framing");
-                        return Err(ForwardError::Broken);
-                    }
-                };
-                let reuse = (resp_head.keep_alive && complete).then(|| (pool.clone(), addr));
-                let body = UpstreamBody::new(conn, state, reuse);
-                let mut resp = Response::new(body);
-                *resp.status_mut() = resp_head.status;
-                *resp.version_mut() = Version::HTTP_11;
-                *resp.headers_mut() = resp_head.headers;
-                return Ok(resp);
-            }
+            Ok(complete) => break (conn, complete),
             Err(f) if f.before_response && pooled && repeatable => {
                 tracing::debug!(%addr, error = %f.error, "gateway: pooled connection closed under the request; sending it again");
             }
             Err(f) => return Err(f.error),
         }
-    }
+    };
+    // `send` returned with a whole final head at the start of the buffer.
+    let mut slots = h1::header_slots::<{ h1::MAX_HEADERS }>();
+    let taken = h1::parse_response(&conn.buf, &mut slots).and_then(|parsed| {
+        let raw = parsed.ok_or(h1::ParseError::Malformed)?;
+        let decided = h1::decide(&method, &raw)?;
+        Ok((raw.bytes.len(), decided, take_head(&raw, decided)?))
+    });
+    let (len, decided, out) = match taken {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "gateway: unreadable response head");
+            return Err(ForwardError::Broken);
+        }
+    };
+    conn.buf.advance(len);
+    let reuse = (decided.keep_alive && complete).then(|| (pool.clone(), addr));
+    Ok((out, UpstreamBody::new(conn, decided.framing, reuse)))
 }
 
-/// Write the request and read the response head. `complete` in the result
-/// says the whole request went out (an early error answer cuts it short,
-/// and such a connection is not reused).
+/// Write the request and wait for a final response head, which is then
+/// whole at the start of `conn.buf`. `Ok(complete)` says the whole request
+/// went out (an early error answer cuts it short, and such a connection
+/// is not reused).
 async fn send(
     conn: &mut Conn,
     head: &[u8],
     framing: RequestFraming,
     body: Option<Incoming>,
     cfg: &UpstreamConfig,
-) -> Result<(h1::ResponseHead, bool), Failed> {
-    let mut early = None;
+) -> Result<bool, Failed> {
+    let mut early = false;
     let mut complete = write_watching(conn, head, cfg, &mut early).await?;
     if complete {
         if let Some(body) = body {
             complete = send_body(conn, framing, body, cfg, &mut early).await?;
         }
     }
-    let head = match early {
-        Some(h) => h,
-        None => read_head_within(conn, cfg.response).await?,
-    };
-    Ok((head, complete))
+    if !early {
+        read_head_within(conn, cfg.response).await?;
+    }
+    Ok(complete)
 }
 
 /// Stream the client's body to the backend. `Ok(false)`: the backend
@@ -324,7 +331,7 @@ async fn send_body(
     framing: RequestFraming,
     mut body: Incoming,
     cfg: &UpstreamConfig,
-    early: &mut Option<h1::ResponseHead>,
+    early: &mut bool,
 ) -> Result<bool, Failed> {
     let limit = cfg.max_body;
     let chunked = framing == RequestFraming::Chunked;
@@ -334,7 +341,7 @@ async fn send_body(
         // the whole response timeout gives up its backend connection.
         let frame = tokio::select! {
             f = body.frame() => f,
-            r = conn.io.readable(), if early.is_none() => {
+            r = conn.io.readable(), if !*early => {
                 r.map_err(broken)?;
                 if answered(conn, cfg, early).await? {
                     continue;
@@ -395,13 +402,13 @@ async fn write_watching(
     conn: &mut Conn,
     mut data: &[u8],
     cfg: &UpstreamConfig,
-    early: &mut Option<h1::ResponseHead>,
+    early: &mut bool,
 ) -> Result<bool, Failed> {
     while !data.is_empty() {
         match conn.io.try_write(data) {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let watch = early.is_none();
+                let watch = !*early;
                 tokio::select! {
                     r = conn.io.writable() => r.map_err(unsent)?,
                     r = conn.io.readable(), if watch => {
@@ -421,24 +428,24 @@ async fn write_watching(
     Ok(true)
 }
 
-/// The backend spoke while the request was still going out: read its
-/// answer into `early`. A success on a connection it keeps open means it
-/// takes (or discards) the rest of the body, so sending goes on (`true`),
-/// as RFC 9112 §9.3 asks of clients; an error answer, or one that closes,
-/// stops the upload (`false`), and the client gets the answer at once.
-async fn answered(
-    conn: &mut Conn,
-    cfg: &UpstreamConfig,
-    early: &mut Option<h1::ResponseHead>,
-) -> Result<bool, Failed> {
-    let head = read_head_within(conn, cfg.response).await?;
-    let go_on = head.keep_alive && head.status.as_u16() < 400;
-    *early = Some(head);
-    Ok(go_on)
+/// The backend spoke while the request was still going out: wait for its
+/// answer's head (`early` is then set). A success on a connection it keeps
+/// open means it takes (or discards) the rest of the body, so sending goes
+/// on (`true`), as RFC 9112 §9.3 asks of clients; an error answer, or one
+/// that closes, stops the upload (`false`), and the client gets the answer
+/// at once.
+async fn answered(conn: &mut Conn, cfg: &UpstreamConfig, early: &mut bool) -> Result<bool, Failed> {
+    read_head_within(conn, cfg.response).await?;
+    *early = true;
+    let mut slots = h1::header_slots::<{ h1::MAX_HEADERS }>();
+    match h1::parse_response(&conn.buf, &mut slots) {
+        Ok(Some(h)) => Ok(h.keep_alive && h.status.as_u16() < 400),
+        _ => Err(ForwardError::Broken.into()),
+    }
 }
 
 /// [`read_head`], given up after `timeout` (a 504).
-async fn read_head_within(conn: &mut Conn, timeout: Duration) -> Result<h1::ResponseHead, Failed> {
+async fn read_head_within(conn: &mut Conn, timeout: Duration) -> Result<(), Failed> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut timer = match conn.timer.take() {
         Some(mut t) => {
@@ -456,37 +463,47 @@ async fn read_head_within(conn: &mut Conn, timeout: Duration) -> Result<h1::Resp
     head
 }
 
-/// Read until a final response head is complete; interim 1xx responses
-/// (100 Continue, 103 Early Hints) are skipped.
-async fn read_head(conn: &mut Conn) -> Result<h1::ResponseHead, Failed> {
+/// Read until a final response head is whole at the start of `conn.buf`;
+/// interim 1xx responses (100 Continue, 103 Early Hints) are skipped. The
+/// head is parsed once, by the caller, when it is all there.
+async fn read_head(conn: &mut Conn) -> Result<(), Failed> {
     let mut received = false;
     loop {
-        match h1::parse_response_head(&mut conn.buf) {
-            Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+        if h1::head_complete(&conn.buf) {
+            match h1::peek_status(&conn.buf) {
                 // Upgrades never come this way: a 101 here is not HTTP/1.1
                 // we can relay.
-                return Err(ForwardError::Broken.into());
-            }
-            Ok(Some(h)) if h.status.is_informational() => received = true,
-            Ok(Some(h)) => return Ok(h),
-            Ok(None) => {
-                if conn.buf.capacity() - conn.buf.len() < 1024 {
-                    conn.buf.reserve(READ_CHUNK);
-                }
-                match conn.io.read_buf(&mut conn.buf).await {
-                    Ok(0) | Err(_) => {
-                        return Err(Failed {
-                            error: ForwardError::Broken,
-                            before_response: !received && conn.buf.is_empty(),
-                        })
+                Some(101) => return Err(ForwardError::Broken.into()),
+                Some(100..=199) => {
+                    let mut slots = h1::header_slots::<{ h1::MAX_HEADERS }>();
+                    match h1::parse_response(&conn.buf, &mut slots) {
+                        Ok(Some(h)) => {
+                            let len = h.bytes.len();
+                            conn.buf.advance(len);
+                            received = true;
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(_) => return Err(ForwardError::Broken.into()),
                     }
-                    Ok(_) => {}
                 }
+                _ => return Ok(()),
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "gateway: unreadable response from backend");
-                return Err(ForwardError::Broken.into());
+        } else if conn.buf.len() >= h1::MAX_HEAD {
+            tracing::debug!("gateway: response head from backend too large");
+            return Err(ForwardError::Broken.into());
+        }
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(READ_CHUNK);
+        }
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) => {
+                return Err(Failed {
+                    error: ForwardError::Broken,
+                    before_response: !received && conn.buf.is_empty(),
+                })
             }
+            Ok(_) => {}
         }
     }
 }
