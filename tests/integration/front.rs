@@ -367,3 +367,25 @@ async fn shutdown_closes_idle_kept_alive_connections() {
         .expect("serve returns after shutdown")
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_with_prior_knowledge_is_handed_to_hyper() {
+    use http_body_util::BodyExt;
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for path in ["/h2/a", "/h2/b"] {
+        let resp = tokio::time::timeout(DEADLINE, client.get(gw.url(path).parse().unwrap()))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["path"], path);
+    }
+    gw.shutdown().await;
+}
