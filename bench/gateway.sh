@@ -262,8 +262,22 @@ echo "   (peak includes the wrk runs above; growth = peak - idle = $(( (after_do
 echo
 echo "== SSE: 200 events, one every 20 ms; delay from the backend's send to the client's read"
 printf '%-10s %8s %12s %12s %10s\n' path events "p50 (us)" "p99 (us)" coalesced
+SSE_COALESCED=0
 for name in direct nginx stackctl; do
     case $name in direct) port=$SSE_BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
     read -r n p50 p99 co < <(pin_load python3 "$work/sse.py" client "$port" 200)
     printf '%-10s %8s %12s %12s %10s\n' "$name" "$n" "$p50" "$p99" "$co"
+    if [ "$name" = stackctl ]; then SSE_COALESCED=$co; fi
 done
+
+# ---- the gateway issue's targets ---------------------------------------------------------
+verdict() { if [ "$1" = 1 ]; then echo met; else echo "NOT met"; fi; }
+R_RATIO=$(awk -v s="$(col stackctl 1)" -v n="$(col nginx 1)" 'BEGIN { printf "%.3f", s / n }')
+ADDED_S=$(( $(col stackctl 3) - $(col direct 3) ))
+ADDED_N=$(( $(col nginx 3) - $(col direct 3) ))
+echo
+echo "== targets"
+echo "R(stackctl) >= R(nginx): R(stackctl)/R(nginx) = $R_RATIO: $(verdict "$(awk -v r="$R_RATIO" 'BEGIN { print (r >= 1) }')")"
+echo "added p99 <= nginx's: stackctl +${ADDED_S} us, nginx +${ADDED_N} us: $(verdict "$(( ADDED_S <= ADDED_N ))")"
+echo "idle RSS of stackctl up <= 20 MB: $((IDLE_STACKCTL / 1024)) MiB: $(verdict "$(( IDLE_STACKCTL * 1024 <= 20000000 ))")"
+echo "SSE events never coalesced: $SSE_COALESCED coalesced: $(verdict "$(( SSE_COALESCED == 0 ))")"

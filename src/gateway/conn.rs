@@ -15,6 +15,7 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,15 +28,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::gateway::body::Body;
+use crate::gateway::deadline::Deadline;
 use crate::gateway::front::{self, BodyOut, Parsed};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
 use crate::gateway::router::{normalize_path, Decision, RequestHead};
-use crate::gateway::{upstream, Shared};
+use crate::gateway::Shared;
 use crate::shutdown::CancellationToken;
 
 /// Room kept free in the read buffer before each read.
@@ -49,6 +50,21 @@ pub(super) struct Ctx {
     pub shared: Arc<Shared>,
     pub builder: Arc<auto::Builder<TokioExecutor>>,
     pub stop: CancellationToken,
+    /// Set just before `stop` fires. `CancellationToken::is_cancelled`
+    /// takes a lock; connections ask after every request.
+    pub stopping: AtomicBool,
+}
+
+impl Ctx {
+    /// Begin the shutdown: connections finish their request and close.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.stop.cancel();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
 }
 
 /// Serve one accepted connection until it closes.
@@ -59,11 +75,10 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         io: stream,
         buf: BytesMut::with_capacity(READ_SPACE * 2),
         out: Vec::with_capacity(1024),
-        timer: Box::pin(tokio::time::sleep(timeouts.header_read)),
+        timer: Deadline::after(timeouts.header_read),
         armed: false,
-        deadline: upstream::coarse_now() + timeouts.header_read,
     };
-    let mut stop = Stop::new(&ctx.stop);
+    let mut stop = Stop::new(&ctx);
     if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
         let io = Prefixed {
             prefix: conn.buf.freeze(),
@@ -90,26 +105,26 @@ enum End {
 
 /// The gateway-wide stop signal, as one connection watches it. Polled
 /// once, the token keeps this task's waker (the same for the task's whole
-/// life); after that an atomic load says whether it fired, instead of a
-/// lock on the token's waiter list at every wake-up.
+/// life) to wake it at shutdown; after that an atomic load says whether it
+/// fired, instead of a lock on the token at every wake-up.
 struct Stop<'a> {
-    token: &'a CancellationToken,
+    ctx: &'a Ctx,
     wait: Pin<Box<WaitForCancellationFuture<'a>>>,
     armed: bool,
 }
 
 impl<'a> Stop<'a> {
-    fn new(token: &'a CancellationToken) -> Self {
+    fn new(ctx: &'a Ctx) -> Self {
         Stop {
-            token,
-            wait: Box::pin(token.cancelled()),
+            ctx,
+            wait: Box::pin(ctx.stop.cancelled()),
             armed: false,
         }
     }
 
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.armed {
-            self.token.is_cancelled()
+            self.ctx.stopping()
         } else {
             self.armed = true;
             self.wait.as_mut().poll(cx).is_ready()
@@ -127,10 +142,8 @@ struct Front {
     out: Vec<u8>,
     /// The header-read or idle deadline; armed only when a read has to
     /// wait, so a request that is already there costs no timer work.
-    timer: Pin<Box<Sleep>>,
+    timer: Deadline,
     armed: bool,
-    /// The timer's deadline on the coarse clock (see `arm`).
-    deadline: Duration,
 }
 
 /// Why a wait for the client ended early.
@@ -165,7 +178,7 @@ impl Front {
             }
             first = false;
             match self.one_request(ctx, origin).await {
-                Ok(true) if !ctx.stop.is_cancelled() => {}
+                Ok(true) if !ctx.stopping() => {}
                 Ok(_) => {
                     let _ = self.io.shutdown().await;
                     return End::Closed;
@@ -194,29 +207,14 @@ impl Front {
             }
             if !self.armed {
                 self.armed = true;
-                self.arm(limit);
+                self.timer.reset(limit);
             }
-            if self.timer.as_mut().poll(cx).is_ready() {
+            if self.timer.poll_passed(cx) {
                 return Poll::Ready(false);
             }
             Poll::Pending
         })
         .await
-    }
-
-    /// Set the timer to `limit` from now. A busy connection waits between
-    /// every two requests, and moving the timer each time was a visible
-    /// share of a request's cost; like nginx (which leaves a timer alone
-    /// when it would move by under 300 ms), a deadline that would move
-    /// later by less than `SLACK` stays where it is. Checked on the coarse
-    /// clock, which is cheaper to read than the precise one.
-    fn arm(&mut self, limit: Duration) {
-        const SLACK: Duration = Duration::from_millis(500);
-        let want = upstream::coarse_now() + limit;
-        if want < self.deadline || want > self.deadline + SLACK {
-            self.deadline = want;
-            self.timer.as_mut().reset((Instant::now() + limit).into());
-        }
     }
 
     /// Serve the request whose head is at the start of `buf`. `Ok(keep)`:
@@ -292,8 +290,13 @@ impl Front {
                 .forward_plain(method, head, backend.addr, &mut self.out, close);
         let status = match watching(&self.io, &mut self.buf, forwarding).await {
             Err(Gone) => return Err(Served::Broken),
-            Ok(Ok((status, mode, body))) => {
-                let written = self.send_body(mode, body).await;
+            Ok(Ok((status, mode, mut body))) => {
+                let written =
+                    if mode == BodyOut::Length && body.take_whole_into(&mut self.out, COALESCE) {
+                        self.io.write_all(&self.out).await.map_err(gone)
+                    } else {
+                        self.send_body(mode, body).await
+                    };
                 written.map(|()| status)
             }
             Ok(Err(f)) => {

@@ -37,6 +37,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 mod conn;
+mod deadline;
 pub mod error;
 pub mod front;
 pub mod h1;
@@ -304,6 +305,7 @@ impl Gateway {
             shared: shared.clone(),
             builder: Arc::new(builder),
             stop: stop.clone(),
+            stopping: AtomicBool::new(false),
         });
 
         loop {
@@ -324,7 +326,7 @@ impl Gateway {
             tracker.spawn(conn::serve(ctx.clone(), stream, peer));
         }
         drop(listener);
-        stop.cancel();
+        ctx.begin_stop();
         tracker.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
             .await

@@ -40,6 +40,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::body::BoxError;
+use super::deadline::{self, Deadline};
 use super::h1::{self, Chunked, Decoded, RequestFraming, ResponseFraming};
 use super::proxy::{ForwardError, UpstreamConfig};
 
@@ -58,11 +59,9 @@ const BIG_READ: usize = 64 * 1024;
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    /// The response timeout, kept with the connection and moved forward
-    /// for each request: pushing a registered deadline later is a lock-free
-    /// update in tokio's timer, where a new timer per request costs a
-    /// registration and a removal under the timer's lock.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The response timeout, kept with the connection and moved for each
+    /// request (see [`Deadline`]).
+    timer: Option<Deadline>,
 }
 
 impl Conn {
@@ -92,15 +91,6 @@ struct Idle {
     since: Duration,
 }
 
-/// Now, on the coarse monotonic clock. Idle ages are compared with limits
-/// of seconds, so its few milliseconds of resolution are plenty, and it is
-/// several times cheaper to read than the precise clock, twice per request.
-pub(crate) fn coarse_now() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map(Duration::from)
-        .unwrap_or_default()
-}
-
 impl Pool {
     /// An empty pool whose connections expire after `max_idle_age`.
     pub fn new(max_idle_age: Duration) -> Self {
@@ -120,7 +110,7 @@ impl Pool {
     /// The most recently used idle connection to `addr` that has not
     /// expired. Expired ones met on the way are dropped, which closes them.
     fn take(&self, addr: SocketAddr) -> Option<Conn> {
-        let now = coarse_now();
+        let now = deadline::coarse_now();
         let mut idle = self.lock();
         let stack = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
         while let Some(c) = stack.pop() {
@@ -135,7 +125,7 @@ impl Pool {
     fn put(&self, addr: SocketAddr, conn: Conn) {
         let c = Idle {
             conn,
-            since: coarse_now(),
+            since: deadline::coarse_now(),
         };
         let mut idle = self.lock();
         match idle.iter_mut().find(|(a, _)| *a == addr) {
@@ -152,7 +142,7 @@ impl Pool {
     /// Close connections idle for longer than `max_idle_age`, and forget
     /// backends without idle connections.
     fn sweep(&self) {
-        let now = coarse_now();
+        let now = deadline::coarse_now();
         let mut idle = self.lock();
         for (_, stack) in idle.iter_mut() {
             stack.retain(|c| now.saturating_sub(c.since) < self.max_idle_age);
@@ -446,18 +436,17 @@ async fn answered(conn: &mut Conn, cfg: &UpstreamConfig, early: &mut bool) -> Re
 
 /// [`read_head`], given up after `timeout` (a 504).
 async fn read_head_within(conn: &mut Conn, timeout: Duration) -> Result<(), Failed> {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut timer = match conn.timer.take() {
         Some(mut t) => {
-            t.as_mut().reset(deadline);
+            t.reset(timeout);
             t
         }
-        None => Box::pin(tokio::time::sleep_until(deadline)),
+        None => Deadline::after(timeout),
     };
     let head = tokio::select! {
         biased;
         h = read_head(conn) => h,
-        () = timer.as_mut() => Err(ForwardError::Timeout(timeout).into()),
+        () = &mut timer => Err(ForwardError::Timeout(timeout).into()),
     };
     conn.timer = Some(timer);
     head
@@ -564,6 +553,29 @@ impl UpstreamBody {
                 }
                 pool.put(addr, conn);
             }
+        }
+    }
+
+    /// When the whole of a body of known length is already in the buffer
+    /// (a small response arrives with its head), append it to `out`, end
+    /// the body and say so; otherwise leave everything as it is. Copying
+    /// it spares cutting a shared `Bytes` from the buffer for one frame.
+    pub fn take_whole_into(&mut self, out: &mut Vec<u8>, max: usize) -> bool {
+        match (self.state, self.conn.as_mut()) {
+            (State::Done, _) => true,
+            (State::Length(left), Some(conn)) => {
+                let Ok(n) = usize::try_from(left) else {
+                    return false;
+                };
+                if n > max || conn.buf.len() < n {
+                    return false;
+                }
+                out.extend_from_slice(&conn.buf[..n]);
+                conn.buf.advance(n);
+                self.finish();
+                true
+            }
+            _ => false,
         }
     }
 

@@ -1,0 +1,103 @@
+//! A reusable deadline for a connection that waits again and again: the
+//! client side between requests (`timeouts.idle`, `header_read`) and a
+//! backend connection for each response head (`timeouts.response`).
+//!
+//! A new `Sleep` per wait costs a registration and a removal under the
+//! timer's lock; moving one `Sleep` later is a lock-free update in tokio,
+//! but still a visible share of a proxied request's cost when done twice
+//! per request. So, as nginx does (it leaves a timer alone when it would
+//! move by less than 300 ms), a deadline that would move later by less
+//! than a small slack stays where it is: the wait ends at most that slack
+//! early. An earlier deadline is always set. Whether to move is decided on
+//! the coarse monotonic clock, which is several times cheaper to read
+//! than the precise one.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+/// The most a deadline may end early (see the module docs).
+const MAX_SLACK: Duration = Duration::from_millis(500);
+
+/// Now, on the coarse monotonic clock (a few milliseconds of resolution,
+/// plenty for limits of seconds).
+pub fn coarse_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// One timer, moved from wait to wait.
+#[derive(Debug)]
+pub struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    /// Where `sleep` ends, on the coarse clock.
+    at: Duration,
+}
+
+impl Deadline {
+    /// A deadline `limit` from now.
+    pub fn after(limit: Duration) -> Self {
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            at: coarse_now() + limit,
+        }
+    }
+
+    /// End the wait `limit` from now, give or take the slack: at most
+    /// `limit / 16`, at most [`MAX_SLACK`].
+    pub fn reset(&mut self, limit: Duration) {
+        let want = coarse_now() + limit;
+        let slack = (limit / 16).min(MAX_SLACK);
+        if want < self.at || want > self.at + slack {
+            self.at = want;
+            self.sleep.as_mut().reset(Instant::now() + limit);
+        }
+    }
+
+    /// Whether the deadline has passed (registering the waker if not).
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_deadline_moves_later_only_past_the_slack_and_earlier_always() {
+        let mut d = Deadline::after(Duration::from_secs(60));
+        let first = d.at;
+        // Asked again at once: within the slack, left alone.
+        d.reset(Duration::from_secs(60));
+        assert_eq!(d.at, first);
+        // Earlier: always moved.
+        d.reset(Duration::from_secs(1));
+        assert!(d.at < first);
+        // Later by more than the slack: moved.
+        let earlier = d.at;
+        d.reset(Duration::from_secs(60));
+        assert!(d.at > earlier);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_passes() {
+        let mut d = Deadline::after(Duration::from_secs(5));
+        d.reset(Duration::from_millis(10));
+        tokio::time::timeout(Duration::from_secs(1), &mut d)
+            .await
+            .expect("the deadline passed");
+    }
+}
