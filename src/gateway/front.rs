@@ -456,6 +456,57 @@ mod tests {
         }
     }
 
+    /// The client's head for a backend's `head` answering `method`.
+    fn relayed(method: &http::Method, head: &str, close: bool) -> (String, BodyOut) {
+        let mut slots = crate::gateway::h1::header_slots::<16>();
+        let raw = crate::gateway::h1::parse_response(head.as_bytes(), &mut slots)
+            .unwrap()
+            .unwrap();
+        let decided = crate::gateway::h1::decide(method, &raw).unwrap();
+        let mut out = Vec::new();
+        let body = encode_relayed_head(&mut out, &raw, decided, close);
+        (String::from_utf8(out).unwrap(), body)
+    }
+
+    #[test]
+    fn relayed_heads_keep_the_backends_headers_and_redo_the_framing() {
+        let date = "Date: Thu, 01 Jan 1970 00:00:00 GMT\r\n";
+        let get = http::Method::GET;
+        assert_eq!(
+            relayed(
+                &get,
+                &format!("HTTP/1.1 200 OK\r\nServer: b\r\n{date}Content-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n"),
+                false
+            ),
+            (
+                format!("HTTP/1.1 200 OK\r\nServer: b\r\n{date}Content-Length: 2\r\n\r\n"),
+                BodyOut::Length
+            )
+        );
+        // The backend's coding is its own: the client gets chunks of ours,
+        // and a body delimited by the backend's close is chunked too.
+        for framing in ["Transfer-Encoding: chunked\r\nContent-Length: 9\r\n", ""] {
+            let (text, body) = relayed(
+                &get,
+                &format!("HTTP/1.0 200 OK\r\n{date}{framing}X-A: 1\r\n\r\n"),
+                true,
+            );
+            assert_eq!(
+                text,
+                format!("HTTP/1.1 200 OK\r\n{date}X-A: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+            );
+            assert_eq!(body, BodyOut::Chunked);
+        }
+        // HEAD keeps the length it announces, with no body.
+        let (text, body) = relayed(
+            &http::Method::HEAD,
+            &format!("HTTP/1.1 200 OK\r\n{date}Content-Length: 7\r\n\r\n"),
+            false,
+        );
+        assert!(text.ends_with("Content-Length: 7\r\n\r\n"), "{text}");
+        assert_eq!(body, BodyOut::None);
+    }
+
     #[test]
     fn a_missing_date_is_added() {
         let (text, _) = head(200, &[], false, Some(0), false);
