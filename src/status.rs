@@ -65,6 +65,9 @@ pub struct StackStatus {
     pub restored: bool,
     /// Restore progress while it runs, e.g. "restoring (12 of 40 files)".
     pub restore_progress: Option<String>,
+    /// While large files are downloaded during the restore, their bytes,
+    /// e.g. "large files: 412 MiB of 1.0 GiB (41%)".
+    pub restore_large_files: Option<String>,
     /// Services by name.
     pub services: BTreeMap<String, ServiceStatus>,
     /// Persistence state, filled by the persist subsystem.
@@ -72,6 +75,16 @@ pub struct StackStatus {
 }
 
 impl StackStatus {
+    /// The restore's progress as the public 503 page shows it: files, and
+    /// the bytes of large files while those move (a restore of one big
+    /// database would otherwise sit at "0 of 1 files" for minutes).
+    pub fn restore_line(&self) -> Option<String> {
+        match (&self.restore_progress, &self.restore_large_files) {
+            (Some(p), Some(b)) => Some(format!("{p}, {b}")),
+            (p, _) => p.clone(),
+        }
+    }
+
     /// Healthy: restored and every enabled service is ready (or finished its
     /// one-shot job successfully).
     pub fn healthy(&self) -> bool {
@@ -116,5 +129,26 @@ impl StatusBoard {
     /// Change one service's state (creating its entry).
     pub fn service<R>(&self, name: &str, f: impl FnOnce(&mut ServiceStatus) -> R) -> R {
         self.update(|s| f(s.services.entry(name.to_string()).or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restore_line_adds_large_file_bytes_while_they_move() {
+        let mut s = StackStatus::default();
+        assert_eq!(s.restore_line(), None);
+        s.restore_progress = Some("restoring (0 of 1 files)".into());
+        assert_eq!(
+            s.restore_line().as_deref(),
+            Some("restoring (0 of 1 files)")
+        );
+        s.restore_large_files = Some("large files: 3 MiB of 9 MiB (33%)".into());
+        assert_eq!(
+            s.restore_line().as_deref(),
+            Some("restoring (0 of 1 files), large files: 3 MiB of 9 MiB (33%)")
+        );
     }
 }

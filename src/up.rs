@@ -14,7 +14,8 @@ use crate::app::code;
 use crate::cli::LogFormat;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
-use crate::persist::{lifecycle, Persister};
+use crate::persist::lifecycle::{self, BoardSink};
+use crate::persist::{progress, Persister};
 use crate::shutdown::CancellationToken;
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
@@ -82,7 +83,13 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
 
     let persister = match &manifest.persist {
         Some(p) => match Persister::open(p) {
-            Ok(p) => Some(Arc::new(p)),
+            Ok(p) => {
+                // Log lines as usual, plus the restore's bytes on the
+                // status board for the 503 page.
+                let log = Arc::new(progress::Lines::log(progress::interval()));
+                let sink = Arc::new(BoardSink::new(status.clone(), log));
+                Some(Arc::new(p.with_progress_sink(sink)))
+            }
             Err(e) => {
                 error!("{e}");
                 return code::FAILURE;

@@ -528,7 +528,7 @@ impl Shared {
             }
             Decision::Proxy(target) => {
                 if !self.is_restored() {
-                    let progress = self.status.snapshot().restore_progress;
+                    let progress = self.status.snapshot().restore_line();
                     (
                         HttpError::Restoring(progress).response(req.headers()),
                         target.rule_id,

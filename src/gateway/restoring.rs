@@ -43,7 +43,7 @@ pub async fn serve(
         let status = status.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let progress = status.snapshot().restore_progress;
+                let progress = status.snapshot().restore_line();
                 let mut resp = HttpError::Restoring(progress).response(req.headers());
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::persist::progress::{self, ProgressSink, Reading};
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
     PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport,
@@ -53,6 +54,43 @@ async fn blocking<T: Send + 'static>(
 pub fn publish(p: &Persister, status: &StatusBoard) {
     let value = serde_json::to_value(p.status()).ok();
     status.update(|s| s.backup = value);
+}
+
+/// A progress sink for `stackctl up`: every reading goes on to `inner`
+/// (the log lines), and while a restore moves large files their bytes
+/// also go to the status board, for the 503 "restoring" page and
+/// `/admin/status`.
+pub struct BoardSink {
+    board: StatusBoard,
+    inner: Arc<dyn ProgressSink>,
+}
+
+impl BoardSink {
+    /// Feed `board`, and pass every reading on to `inner`.
+    pub fn new(board: StatusBoard, inner: Arc<dyn ProgressSink>) -> Self {
+        BoardSink { board, inner }
+    }
+}
+
+impl ProgressSink for BoardSink {
+    fn update(&self, r: &Reading) {
+        if r.label == "restore" {
+            let line = progress::public_line(r);
+            self.board.update(|s| s.restore_large_files = Some(line));
+        }
+        self.inner.update(r);
+    }
+
+    fn finish(&self, r: &Reading) {
+        if r.label == "restore" {
+            self.board.update(|s| s.restore_large_files = None);
+        }
+        self.inner.finish(r);
+    }
+
+    fn tick(&self) -> Duration {
+        self.inner.tick()
+    }
 }
 
 /// Restore the persisted paths before any service starts. A remote that
@@ -261,4 +299,58 @@ fn watch(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::Reco
         }
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what reaches it.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<String>>);
+
+    impl ProgressSink for Record {
+        fn update(&self, r: &Reading) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("update {} {}", r.label, r.done));
+        }
+        fn finish(&self, r: &Reading) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("finish {} {}", r.label, r.done));
+        }
+    }
+
+    #[test]
+    fn the_board_sink_shows_restore_bytes_and_passes_everything_on() {
+        let board = StatusBoard::new();
+        let record = Arc::new(Record::default());
+        let sink = BoardSink::new(board.clone(), record.clone());
+        let restore = progress::Transfer::new("restore", 4 << 20, 1);
+        restore.begin_file(std::path::Path::new("data/big.db"), 4 << 20);
+        restore.counter().add(1 << 20);
+        sink.update(&restore.read());
+        assert_eq!(
+            board.snapshot().restore_large_files.as_deref(),
+            Some("large files: 1 MiB of 4 MiB (25%)")
+        );
+        sink.finish(&restore.read());
+        assert_eq!(board.snapshot().restore_large_files, None);
+        // A backup's bytes are not the restore page's business.
+        let backup = progress::Transfer::new("backup", 10, 1);
+        sink.update(&backup.read());
+        assert_eq!(board.snapshot().restore_large_files, None);
+        assert_eq!(
+            *record.0.lock().unwrap(),
+            [
+                "update restore 1048576",
+                "finish restore 1048576",
+                "update backup 0"
+            ]
+        );
+    }
 }

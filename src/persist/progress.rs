@@ -232,6 +232,21 @@ pub fn plain_line(r: &Reading) -> String {
     s
 }
 
+/// The short line for a public page: bytes and percentage, no paths
+/// (`large files: 412 MiB of 1.0 GiB (41%)`).
+pub fn public_line(r: &Reading) -> String {
+    let mut s = format!(
+        "large files: {} of {}",
+        human_bytes(r.done),
+        human_bytes(r.total)
+    );
+    if r.total > 0 {
+        let pct = u128::from(r.done) * 100 / u128::from(r.total);
+        let _ = write!(s, " ({pct}%)");
+    }
+    s
+}
+
 /// When a plain line is due: at most one per `every`, none in the first
 /// `every` (a short transfer prints nothing), and none that would repeat
 /// the last line's byte count (so the counts printed only ever grow).
@@ -378,6 +393,15 @@ mod tests {
         assert_eq!(human_bytes((1 << 30) - 1), "1023 MiB");
         assert_eq!(human_bytes(1 << 30), "1.0 GiB");
         assert_eq!(human_bytes(5 * (1 << 30) / 2), "2.5 GiB");
+    }
+
+    #[test]
+    fn the_public_line_shows_bytes_and_percent_but_no_path() {
+        assert_eq!(
+            public_line(&reading(412 << 20, 1 << 30)),
+            "large files: 412 MiB of 1.0 GiB (40%)"
+        );
+        assert_eq!(public_line(&reading(0, 0)), "large files: 0 B of 0 B");
     }
 
     #[test]

@@ -155,6 +155,67 @@ fn up_logs_byte_progress_of_its_restore_at_start() {
     up.wait_for("restore finished", Duration::from_secs(60));
     let log = up.log();
     assert_moving(&byte_lines(&log, "restore", "data/big.bin"), &log);
+    stop_cleanly(&mut up);
+}
+
+#[test]
+fn the_restoring_page_shows_the_bytes_of_a_large_file_on_its_way() {
+    let port = free_port();
+    let s = stack(port);
+    s.run(&["restore"]).code(0);
+    let content = big_file();
+    std::fs::write(s.path("data/big.bin"), &content).unwrap();
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+    std::fs::remove_dir_all(s.path("data")).unwrap();
+
+    // The stored blob becomes a named pipe: the restore reads what this
+    // test writes into it, when it writes it, so the page is looked at
+    // while the file is provably half-way.
+    let blob = walk_files(&s.path("blobs"))
+        .into_iter()
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == content.len() as u64))
+        .expect("the big file's blob in the dir: store");
+    std::fs::remove_file(&blob).unwrap();
+    let ok = Command::new("mkfifo")
+        .arg(&blob)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+
+    let mut up = s.up();
+    let mut pipe = open_pipe_for_writing(&blob);
+    let half = content.len() / 2;
+    std::io::Write::write_all(&mut pipe, &content[..half]).unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let line = crate::harness::poll(
+        Duration::from_secs(30),
+        "byte progress on the 503 page",
+        || {
+            let (status, _, body) = crate::harness::http_get(&url)?;
+            (status == 503 && body.contains("large files: ") && !body.contains("large files: 0 B"))
+                .then_some(body)
+        },
+    );
+    assert!(line.contains(&format!("of {SIZE_MIB} MiB")), "{line}");
+    assert!(line.contains("restoring (0 of 1 files)"), "{line}");
+    assert!(
+        !line.contains("big.bin"),
+        "no paths on the public page: {line}"
+    );
+    std::io::Write::write_all(&mut pipe, &content[half..]).unwrap();
+    drop(pipe);
+
+    up.wait_for("restore finished", Duration::from_secs(60));
+    assert!(
+        std::fs::read(s.path("data/big.bin")).unwrap() == content,
+        "the restored file has the content backed up"
+    );
+    stop_cleanly(&mut up);
+}
+
+/// SIGTERM, and a clean exit.
+fn stop_cleanly(up: &mut crate::harness::Running) {
     up.signal(libc::SIGTERM);
     assert_eq!(
         up.wait_exit(Duration::from_secs(30)).code(),
@@ -162,4 +223,47 @@ fn up_logs_byte_progress_of_its_restore_at_start() {
         "{}",
         up.log()
     );
+}
+
+/// Open a named pipe for writing once its reader has opened it: polled
+/// with a deadline (a blocking open would hang the test if the reader
+/// never came), then switched back to blocking writes.
+fn open_pipe_for_writing(path: &std::path::Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let f = crate::harness::poll(
+        Duration::from_secs(60),
+        "the restore to open the blob",
+        || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
+                .ok()
+        },
+    );
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        assert!(flags >= 0);
+        assert_eq!(
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK),
+            0
+        );
+    }
+    f
+}
+
+/// Every file under `dir`, recursively.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
