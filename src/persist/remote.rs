@@ -28,6 +28,17 @@ pub enum RemoteError {
         /// What the transport said.
         message: String,
     },
+    /// The server answered that the repository does not exist (HTTP 404).
+    /// Not retried: a misspelled repository would otherwise keep a Space
+    /// "restoring" forever. GitHub also says 404 for a private repository
+    /// the token cannot see.
+    #[error("the backup repository `{url}` was not found: {message}; check `persist.remote` (GITHUB_REPO / github_project) and that the token can read it, and create the repository first if it is new")]
+    NotFound {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What the transport said.
+        message: String,
+    },
     /// The remote could not be reached or the transfer failed: retryable.
     #[error("cannot reach `{url}`: {message}; will retry, check the network or the URL")]
     Network {
@@ -274,6 +285,9 @@ impl Remote {
             || tries.get() > 0 && message.contains("credentials")
         {
             return RemoteError::Auth { url, message };
+        }
+        if e.class() == git2::ErrorClass::Http && message.contains("404") {
+            return RemoteError::NotFound { url, message };
         }
         match e.class() {
             git2::ErrorClass::Net

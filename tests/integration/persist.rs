@@ -758,19 +758,34 @@ fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
     let server = HttpGit::start(&s.root, token);
     let url = format!("http://127.0.0.1:{}/remote.git", server.port);
 
-    // A wrong token: an authentication error that names neither token, and no endless retry.
-    let mut cfg = s.config("work-bad");
-    cfg.remote = url.clone();
-    cfg.token = Some("ghp_WrongToken0000".into());
-    let e = Persister::with_config(cfg)
-        .unwrap()
-        .restore(&RestoreOptions::default())
-        .unwrap_err();
+    // A restore from `remote` with `token` that must fail at once (no
+    // endless retry), with an error that names no token.
+    let failing_restore = |workdir: &str, remote: String, token: &str| {
+        let mut cfg = s.config(workdir);
+        cfg.remote = remote;
+        cfg.token = Some(token.into());
+        let e = Persister::with_config(cfg)
+            .unwrap()
+            .restore(&RestoreOptions::default())
+            .unwrap_err();
+        assert!(!e.is_retryable(), "{e}");
+        assert!(!e.to_string().contains("ghp_"), "{e}");
+        e
+    };
+    // A wrong token: an authentication error.
+    let e = failing_restore("work-bad", url.clone(), "ghp_WrongToken0000");
     assert!(
         matches!(e, PersistError::Remote(RemoteError::Auth { .. })),
         "{e:?}"
     );
-    assert!(!e.to_string().contains("ghp_"), "{e}");
+    // A misspelled repository: "not found".
+    let typo = format!("http://127.0.0.1:{}/remote-typo.git", server.port);
+    let e = failing_restore("work-typo", typo, token);
+    assert!(
+        matches!(e, PersistError::Remote(RemoteError::NotFound { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("was not found"), "{e}");
 
     // Two snapshots over HTTP.
     let mut cfg = s.config("work");
