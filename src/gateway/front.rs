@@ -390,6 +390,25 @@ mod tests {
         assert_eq!(verdict(&long), "other");
     }
 
+    #[test]
+    fn mangled_heads_never_panic_and_plain_ones_hold_their_promises() {
+        let base = b"GET /a/b?x=1 HTTP/1.1\r\nHost: h:1\r\nAccept: text/html\r\nConnection: keep-alive\r\n\r\n";
+        for buf in crate::gateway::h1::mangled(base, 20_000) {
+            let mut slots = header_slots();
+            if let Parsed::Plain(p) = parse(&buf, &mut slots) {
+                assert!(p.len <= buf.len());
+                assert!(p.target.starts_with('/'), "{:?}", p.target);
+                assert!(p.target.bytes().all(|b| (0x21..0x7f).contains(&b)));
+                let bodyish = p.headers.iter().any(|h| {
+                    ["content-length", "transfer-encoding", "expect", "upgrade"]
+                        .iter()
+                        .any(|n| h.name.eq_ignore_ascii_case(n))
+                });
+                assert!(!bodyish, "{:?}", String::from_utf8_lossy(&buf));
+            }
+        }
+    }
+
     fn head(
         status: u16,
         headers: &[(&str, &str)],

@@ -469,6 +469,30 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// `n` copies of `base`, each with a few random bytes changed, inserted or
+/// cut off (seeded: the same every run), for tests that parsers never
+/// panic and keep their promises on broken input.
+#[cfg(test)]
+pub(crate) fn mangled(base: &[u8], n: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    (0..n).map(move |_| {
+        let mut buf = base.to_vec();
+        for _ in 0..rng.random_range(1..4) {
+            if buf.is_empty() {
+                break;
+            }
+            let i = rng.random_range(0..buf.len());
+            match rng.random_range(0..3) {
+                0 => buf[i] = rng.random(),
+                1 => buf.truncate(i),
+                _ => buf.insert(i, rng.random()),
+            }
+        }
+        buf
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,6 +635,24 @@ mod tests {
         assert_eq!(relayed_names(text), ["X-C"]);
         let map = with_head(text, |h| h.header_map().unwrap());
         assert_eq!(map.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-c"]);
+    }
+
+    #[test]
+    fn mangled_response_heads_never_panic() {
+        let base = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\nok";
+        for buf in mangled(base, 20_000) {
+            let mut slots = header_slots::<MAX_HEADERS>();
+            if let Ok(Some(h)) = parse_response(&buf, &mut slots) {
+                assert!(h.bytes.len() <= buf.len());
+                let _ = decide(&Method::GET, &h);
+                let _ = h.header_map();
+                assert!(h
+                    .relayed_headers()
+                    .all(|(n, _)| !headers::is_hop_by_hop_name(n)));
+            }
+            let _ = peek_status(&buf);
+            let _ = head_complete(&buf);
+        }
     }
 
     #[test]
