@@ -48,7 +48,7 @@ const COALESCE: usize = 16 * 1024;
 /// What every connection of one listener shares.
 pub(super) struct Ctx {
     pub shared: Arc<Shared>,
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub builder: auto::Builder<TokioExecutor>,
     pub stop: CancellationToken,
     /// Set just before `stop` fires. `CancellationToken::is_cancelled`
     /// takes a lock; connections ask after every request.

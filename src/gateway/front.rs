@@ -1,6 +1,6 @@
 //! The client side of the gateway's own HTTP/1.1 front end, as pure
 //! functions: which requests it serves itself, and the response head it
-//! writes. The connection loop around them is [`super::conn`].
+//! writes. The connection loop around them is `conn`.
 //!
 //! # Why a front end of our own
 //!

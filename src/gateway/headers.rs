@@ -99,7 +99,7 @@ impl<'a> HeadersRef<'a> {
 }
 
 /// Whether a header name (any case) is hop-by-hop (the nine of
-/// [`HOP_BY_HOP`]). Matched on the length first: this runs once per
+/// `HOP_BY_HOP`). Matched on the length first: this runs once per
 /// header per message.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());

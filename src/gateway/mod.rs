@@ -7,7 +7,12 @@
 //! - [`rules`]: the wire rule model and its validation (pure).
 //! - [`router`]: path normalisation and matching (pure).
 //! - [`headers`]: hop-by-hop, X-Forwarded-*, `set_headers` (pure).
-//! - [`proxy`]: forwarding, pooling, upgrades (I/O).
+//! - [`front`]: the own HTTP/1.1 front end's request parse and response
+//!   heads (pure); `conn` runs a client connection with it and hands
+//!   anything else to hyper (I/O).
+//! - [`h1`]: the HTTP/1.1 wire format towards backends (pure).
+//! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
+//!   pooled backend client, `deadline` the timer both sides reuse.
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
@@ -303,7 +308,7 @@ impl Gateway {
         tracing::info!(listen = %shared.listen(), rules = shared.router.load().rule_count(), "gateway: listening");
         let ctx = Arc::new(conn::Ctx {
             shared: shared.clone(),
-            builder: Arc::new(builder),
+            builder,
             stop: stop.clone(),
             stopping: AtomicBool::new(false),
         });
