@@ -4,7 +4,7 @@
 //!
 //! - [`cli`]: command-line definitions (clap) only.
 //! - [`manifest`]: `stack.yaml` → validated [`manifest::Manifest`] (pure).
-//! - [`env`]: resolution of env aliases, defaults and secrets (pure).
+//! - [`env`](mod@env): resolution of env aliases, defaults and secrets (pure).
 //! - [`check`]: the `check` command's plan rendering, secrets masked.
 //! - [`supervisor`]: the PID-1 process supervisor behind `up`.
 //! - [`gateway`]: the reverse proxy on the public port, its admin API and page.

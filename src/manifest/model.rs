@@ -362,7 +362,7 @@ impl LargeFiles {
     /// git-lfs/git-lfs#5834 show the message ("Your push was rejected
     /// because it contains binary files."); qdonnars/ohmywind#289 (2026-08)
     /// shows a 1.67 MB mp4 refused with "Please use
-    /// https://huggingface.co/docs/hub/xet to store binary files" and says
+    /// `https://huggingface.co/docs/hub/xet` to store binary files" and says
     /// the rule no longer depends on size. No record gives today's lower
     /// bound, so every binary file is offloaded: a pointer is always accepted.
     pub fn offloads_binary(&self, remote: &str) -> bool {

@@ -6,7 +6,7 @@
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
-//! - [`pointer`]: Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
+//! - [`pointer`](mod@pointer): Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
 //! - [`progress`]: byte progress of large-file uploads and downloads (bars, plain lines, log lines).
 //! - [`snapshot`]: build a tree from the live files (SQLite via the backup API) and commit it.
 //! - [`remote`]: fetch and push with git2; token only through the credentials callback.

@@ -1,6 +1,6 @@
 //! Restore: write a snapshot's files back in place, with their modes.
 //!
-//! Two steps. [`plan`] walks the commit's tree for each persisted path and
+//! Two steps. [`plan`](fn@plan) walks the commit's tree for each persisted path and
 //! turns it into operations, refusing every entry that could write outside
 //! the declared paths (`..`, `/` or NUL in a name, absolute or escaping
 //! symlinks, submodules): a hostile or damaged repository must not reach

@@ -11,7 +11,7 @@
 //! - [`group`]: a run's process group until it is really empty.
 //! - [`probe`]: readiness and liveness checks (http, tcp, exec, file, log).
 //! - [`logs`]: service output to stdout (text or JSON) and rotated files.
-//! - [`run`]: the event loop that ties them together.
+//! - [`run`](mod@run): the event loop that ties them together.
 
 pub mod backoff;
 pub mod deps;

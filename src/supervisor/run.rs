@@ -2,7 +2,7 @@
 //! signals) into tracker inputs, and tracker effects into I/O.
 //!
 //! One task owns every [`Tracker`]; everything else (group watchers, probe
-//! loops, log readers) runs in its own task and only sends [`Event`]s back,
+//! loops, log readers) runs in its own task and only sends `Event`s back,
 //! tagged with the run's generation so a report from an old run is ignored.
 //!
 //! Shutdown: services stop in reverse dependency order (a service is sent

@@ -3,7 +3,7 @@
 //! [`Tracker::step`] takes an [`Input`] (something that happened) and returns
 //! at most one [`Effect`] (something the I/O shell must do). Time and jitter
 //! are arguments, so the table tests at the bottom read as behaviour. The
-//! event loop ([`super::run`]) owns one tracker per service and decides *when*
+//! event loop ([`super::run`](mod@super::run)) owns one tracker per service and decides *when*
 //! inputs like `Start` and `Shutdown` are due (dependencies, stop order).
 
 use std::time::{Duration, Instant};
