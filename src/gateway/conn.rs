@@ -75,6 +75,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         io: stream,
         buf: BytesMut::with_capacity(READ_SPACE * 2),
         out: Vec::with_capacity(1024),
+        req_head: Vec::with_capacity(1024),
         timer: Deadline::after(timeouts.header_read),
         armed: false,
     };
@@ -140,6 +141,8 @@ struct Front {
     buf: BytesMut,
     /// The response head being written (reused from request to request).
     out: Vec<u8>,
+    /// The backend's request head being written (reused too).
+    req_head: Vec<u8>,
     /// The header-read or idle deadline; armed only when a read has to
     /// wait, so a request that is already there costs no timer work.
     timer: Deadline,
@@ -226,7 +229,7 @@ impl Front {
         // Everything taken from the head is copied out in this block, so
         // that the buffer is free again (for a pipelined request, and for
         // noticing the client leave) while the backend answers.
-        let (len, method, head, close, html, log_path, client_ip, target) = {
+        let (len, method, close, html, log_path, client_ip, target) = {
             let mut slots = front::header_slots();
             let Parsed::Plain(req) = front::parse(&self.buf, &mut slots) else {
                 return Err(Served::HandOver);
@@ -261,7 +264,8 @@ impl Front {
                 (p, Some(q)) => format!("{p}?{q}").into(),
                 (p, None) => p.to_string().into(),
             };
-            let head = h1::encode_request_head(
+            h1::encode_request_head(
+                &mut self.req_head,
                 req.method,
                 &upstream_target,
                 view.iter(),
@@ -271,7 +275,6 @@ impl Front {
             (
                 req.len,
                 method,
-                head,
                 req.close,
                 req.html,
                 log_path,
@@ -284,10 +287,13 @@ impl Front {
         let log_method = started.map(|_| method.clone());
         let (rule_id, backend) = target;
 
-        let forwarding =
-            shared
-                .upstream
-                .forward_plain(method, head, backend.addr, &mut self.out, close);
+        let forwarding = shared.upstream.forward_plain(
+            method,
+            &self.req_head,
+            backend.addr,
+            &mut self.out,
+            close,
+        );
         let status = match watching(&self.io, &mut self.buf, forwarding).await {
             Err(Gone) => return Err(Served::Broken),
             Ok(Ok((status, mode, mut body))) => {

@@ -516,6 +516,17 @@ mod tests {
             );
             assert_eq!(body, BodyOut::Chunked);
         }
+        // Every line goes out as `name: value CRLF`, whatever the
+        // backend's spacing and line ends; a dropped header leaves no gap.
+        let (text, _) = relayed(
+            &get,
+            &format!("HTTP/1.1 200 OK\r\n{date}X-A:1\r\nConnection: keep-alive\r\nX-B: 2\nX-C: 3  \r\nX-D:\r\nContent-Length: 0\r\n\r\n"),
+            false,
+        );
+        assert_eq!(
+            text,
+            format!("HTTP/1.1 200 OK\r\n{date}X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: \r\nContent-Length: 0\r\n\r\n")
+        );
         // HEAD keeps the length it announces, with no body.
         let (text, body) = relayed(
             &http::Method::HEAD,

@@ -43,16 +43,18 @@ impl RequestFraming {
     }
 }
 
-/// Encode a request head. `headers` must already be free of hop-by-hop
+/// Encode a request head into `out` (cleared first; a connection reuses
+/// one buffer). `headers` must already be free of hop-by-hop
 /// headers; a `Content-Length` among them is replaced by what `framing`
 /// says.
 pub fn encode_request_head<'a>(
+    out: &mut Vec<u8>,
     method: &str,
     target: &str,
     headers: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     framing: RequestFraming,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
+) {
+    out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -76,7 +78,6 @@ pub fn encode_request_head<'a>(
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The size line that starts a chunk of `len` bytes.
@@ -537,7 +538,14 @@ mod tests {
             ),
         ];
         for (framing, want) in cases {
-            let got = encode_request_head("GET", "/v1/x?q=1", HeadersRef::Map(&h).pairs(), framing);
+            let mut got = b"stale".to_vec();
+            encode_request_head(
+                &mut got,
+                "GET",
+                "/v1/x?q=1",
+                HeadersRef::Map(&h).pairs(),
+                framing,
+            );
             assert_eq!(String::from_utf8(got).unwrap(), want);
         }
         assert_eq!(
@@ -644,11 +652,15 @@ mod tests {
             let mut slots = header_slots::<MAX_HEADERS>();
             if let Ok(Some(h)) = parse_response(&buf, &mut slots) {
                 assert!(h.bytes.len() <= buf.len());
-                let _ = decide(&Method::GET, &h);
                 let _ = h.header_map();
                 assert!(h
                     .relayed_headers()
                     .all(|(n, _)| !headers::is_hop_by_hop_name(n)));
+                if let Ok(d) = decide(&Method::GET, &h) {
+                    let mut out = Vec::new();
+                    crate::gateway::front::encode_relayed_head(&mut out, &h, d, false);
+                    assert!(out.ends_with(b"\r\n\r\n"));
+                }
             }
             let _ = peek_status(&buf);
             let _ = head_complete(&buf);

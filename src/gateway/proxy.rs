@@ -140,7 +140,9 @@ impl Upstream {
             );
             let framing = RequestFraming::for_body(body.size_hint().exact(), declared.is_some());
             let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let head = h1::encode_request_head(
+            let mut head = Vec::with_capacity(512);
+            h1::encode_request_head(
+                &mut head,
                 parts.method.as_str(),
                 target,
                 forwarded
@@ -157,7 +159,7 @@ impl Upstream {
             drop(parts.uri);
             let out = Outgoing {
                 method: parts.method,
-                head,
+                head: &head,
                 framing,
                 body: Some(body),
             };
@@ -203,7 +205,7 @@ impl Upstream {
     pub async fn forward_plain(
         &self,
         method: Method,
-        head: Vec<u8>,
+        head: &[u8],
         addr: SocketAddr,
         out: &mut Vec<u8>,
         close: bool,
@@ -225,7 +227,11 @@ impl Upstream {
 
     /// Exchange `req` with the backend at `addr` (pooled connections), for
     /// hyper's server: the relayed headers become a `HeaderMap`.
-    async fn send(&self, req: Outgoing, addr: SocketAddr) -> Result<Response<Body>, ForwardError> {
+    async fn send(
+        &self,
+        req: Outgoing<'_>,
+        addr: SocketAddr,
+    ) -> Result<Response<Body>, ForwardError> {
         let ((status, headers), body) =
             upstream::exchange(&self.pool, &self.cfg, addr, req, |raw, _| {
                 Ok((raw.status, raw.header_map()?))

@@ -197,9 +197,9 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
 }
 
 /// One request ready to go: its encoded head and its body, if it has one.
-pub struct Outgoing {
+pub struct Outgoing<'a> {
     pub method: Method,
-    pub head: Vec<u8>,
+    pub head: &'a [u8],
     pub framing: RequestFraming,
     /// The client's body; `None` (or ignored) when `framing` says none.
     pub body: Option<Incoming>,
@@ -233,7 +233,7 @@ pub async fn exchange<T>(
     pool: &Arc<Pool>,
     cfg: &UpstreamConfig,
     addr: SocketAddr,
-    req: Outgoing,
+    req: Outgoing<'_>,
     take_head: impl FnOnce(&h1::RawHead<'_, '_>, h1::Decided) -> Result<T, h1::ParseError>,
 ) -> Result<(T, UpstreamBody), ForwardError> {
     let Outgoing {
@@ -263,7 +263,7 @@ pub async fn exchange<T>(
         if pooled && !repeatable && !conn.looks_open() {
             continue;
         }
-        match send(&mut conn, &head, framing, body.take(), cfg).await {
+        match send(&mut conn, head, framing, body.take(), cfg).await {
             Ok(complete) => break (conn, complete),
             Err(f) if f.before_response && pooled && repeatable => {
                 tracing::debug!(%addr, error = %f.error, "gateway: pooled connection closed under the request; sending it again");
