@@ -59,7 +59,7 @@ WORKERS=$half
 # a shell function), so that $! is the process itself and cleanup kills it.
 pin_load() { taskset -c "$LOAD_CPUS" "$@"; }
 
-BACKEND=18181; NGINX_PROXY=18182; GATEWAY=18180; SSE_BACKEND=18183
+BACKEND=18181; NGINX_PROXY=18182; GATEWAY=18180; SSE_BACKEND=18183; WS_BACKEND=18184
 
 # ---- backend: nginx returning a tiny body, plus a 200 MB file ----------------
 head -c $((200 * 1024 * 1024)) /dev/zero > "$work/big.bin"
@@ -101,9 +101,17 @@ http {
     proxy_temp_path $work/proxy/tmp;
     upstream backend { server 127.0.0.1:$BACKEND; keepalive 128; }
     upstream sse { server 127.0.0.1:$SSE_BACKEND; keepalive 16; }
+    upstream ws { server 127.0.0.1:$WS_BACKEND; }
     server {
         listen 127.0.0.1:$NGINX_PROXY;
         client_max_body_size 0;
+        location /ws {
+            proxy_pass http://ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+        }
         location /sse {
             proxy_pass http://sse;
             proxy_http_version 1.1;
@@ -130,6 +138,7 @@ gateway:
   default_backend: http://127.0.0.1:$BACKEND
   routes:
     - { id: sse, prefix: /sse, backend: "http://127.0.0.1:$SSE_BACKEND" }
+    - { id: ws, prefix: /ws, backend: "http://127.0.0.1:$WS_BACKEND" }
   admin:
     password: bench-password-123
     password_file: $work/admin-password
@@ -189,6 +198,72 @@ else:
     client(int(sys.argv[2]), int(sys.argv[3]))
 EOF
 taskset -c "$LOAD_CPUS" python3 "$work/sse.py" serve "$SSE_BACKEND" 200 &
+pids+=($!)
+
+# ---- WebSocket echo backend and client (python3, standard library only) --------------
+cat > "$work/ws.py" <<'EOF'
+import asyncio, base64, hashlib, os, socket, struct, sys, time
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+async def handle(reader, writer):
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")][0]
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    await writer.drain()
+    try:
+        while True:
+            b0, b1 = await reader.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await reader.readexactly(2))[0]
+            mask = await reader.readexactly(4) if b1 & 0x80 else b"\0\0\0\0"
+            data = bytes(c ^ mask[i % 4] for i, c in enumerate(await reader.readexactly(n)))
+            if b0 & 0x0F == 8:
+                break
+            writer.write(bytes([b0, n]) + data)
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    writer.close()
+
+def client(port, n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(4096)
+    assert buf.startswith(b"HTTP/1.1 101"), buf[:40]
+    payload = b"x" * 32
+    mask = b"\1\2\3\4"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+    rtts = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        s.sendall(frame)
+        got = b""
+        while len(got) < 2 + len(payload):
+            got += s.recv(4096)
+        rtts.append((time.perf_counter_ns() - t) / 1000.0)
+    rtts.sort()
+    p = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))]
+    print(f"{len(rtts)} {p(0.5):.0f} {p(0.99):.0f}")
+
+if sys.argv[1] == "serve":
+    async def main():
+        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
+        async with srv:
+            await srv.serve_forever()
+    asyncio.run(main())
+else:
+    client(int(sys.argv[2]), int(sys.argv[3]))
+EOF
+taskset -c "$LOAD_CPUS" python3 "$work/ws.py" serve "$WS_BACKEND" &
 pids+=($!)
 
 wait_port() {
@@ -275,6 +350,18 @@ for name in direct nginx stackctl; do
     if [ "$name" = stackctl ]; then SSE_COALESCED=$co; fi
 done
 
+# ---- WebSocket ----------------------------------------------------------------------------
+echo
+echo "== WebSocket: 2000 echoes of a 32-byte text message, one at a time; round-trip time"
+printf '%-10s %8s %12s %12s\n' path messages "p50 (us)" "p99 (us)"
+declare -A WS_P99
+for name in direct nginx stackctl; do
+    case $name in direct) port=$WS_BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
+    read -r n p50 p99 < <(pin_load python3 "$work/ws.py" client "$port" 2000)
+    printf '%-10s %8s %12s %12s\n' "$name" "$n" "$p50" "$p99"
+    WS_P99[$name]=$p99
+done
+
 # ---- the gateway issue's targets ---------------------------------------------------------
 verdict() { if [ "$1" = 1 ]; then echo met; else echo "NOT met"; fi; }
 R_RATIO=$(awk -v s="$(col stackctl 1)" -v n="$(col nginx 1)" 'BEGIN { printf "%.3f", s / n }')
@@ -286,4 +373,5 @@ echo "R(stackctl) >= R(nginx): R(stackctl)/R(nginx) = $R_RATIO: $(verdict "$(awk
 echo "added p99 <= nginx's: stackctl +${ADDED_S} us, nginx +${ADDED_N} us: $(verdict "$(( ADDED_S <= ADDED_N ))")"
 echo "idle RSS of stackctl up <= 20 MB: $((IDLE_STACKCTL / 1024)) MiB: $(verdict "$(( IDLE_STACKCTL * 1024 <= 20000000 ))")"
 echo "SSE events never coalesced: $SSE_COALESCED coalesced: $(verdict "$(( SSE_COALESCED == 0 ))")"
+echo "WebSocket echo p99 <= nginx's + 0.2 ms: stackctl ${WS_P99[stackctl]} us, nginx ${WS_P99[nginx]} us: $(verdict "$(( WS_P99[stackctl] <= WS_P99[nginx] + 200 ))")"
 echo "200 MB up and down grow RSS by <= 8 MB: $((TRANSFER_GROWTH / 1024)) MiB: $(verdict "$(( TRANSFER_GROWTH * 1024 <= 8000000 ))")"
