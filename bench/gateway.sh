@@ -148,16 +148,19 @@ RUST_LOG=warn STACKCTL_WORKERS=$WORKERS taskset -c "$PROXY_CPUS" "$STACKCTL" -f 
 STACKCTL_PID=$!
 pids+=($STACKCTL_PID)
 
-# ---- SSE backend and client (python3, standard library only) ------------------------
-cat > "$work/sse.py" <<'EOF'
-import asyncio, re, socket, statistics, sys, time
+# ---- SSE and WebSocket backends and clients (python3, standard library only) --------
+cat > "$work/peers.py" <<'EOF'
+import asyncio, base64, hashlib, os, re, socket, struct, sys, time
 
-async def handle(reader, writer):
+# ---- SSE: the backend sends N events, one every 20 ms, each stamped with
+# its send time; the client measures each event's delay and whether any
+# two arrived in one read (coalesced).
+async def sse_handle(reader, writer, n):
     await reader.readuntil(b"\r\n\r\n")
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n")
     await writer.drain()
-    for _ in range(int(sys.argv[3])):
+    for _ in range(n):
         ev = b"data: %d\n\n" % time.time_ns()
         writer.write(b"%x\r\n%s\r\n" % (len(ev), ev))
         await writer.drain()
@@ -166,7 +169,7 @@ async def handle(reader, writer):
     await writer.drain()
     writer.close()
 
-def client(port, n):
+def sse_client(port, n):
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s.sendall(b"GET /sse HTTP/1.1\r\nHost: bench\r\nAccept: text/event-stream\r\n\r\n")
@@ -188,25 +191,11 @@ def client(port, n):
     p = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))]
     print(f"{len(delays)} {p(0.5):.0f} {p(0.99):.0f} {coalesced}")
 
-if sys.argv[1] == "serve":
-    async def main():
-        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
-        async with srv:
-            await srv.serve_forever()
-    asyncio.run(main())
-else:
-    client(int(sys.argv[2]), int(sys.argv[3]))
-EOF
-taskset -c "$LOAD_CPUS" python3 "$work/sse.py" serve "$SSE_BACKEND" 200 &
-pids+=($!)
-
-# ---- WebSocket echo backend and client (python3, standard library only) --------------
-cat > "$work/ws.py" <<'EOF'
-import asyncio, base64, hashlib, os, socket, struct, sys, time
-
+# ---- WebSocket: an RFC 6455 echo backend; the client sends N small text
+# messages one at a time and measures each round trip.
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-async def handle(reader, writer):
+async def ws_handle(reader, writer, n):
     head = await reader.readuntil(b"\r\n\r\n")
     key = [l.split(b":", 1)[1].strip() for l in head.split(b"\r\n") if l.lower().startswith(b"sec-websocket-key:")][0]
     accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
@@ -229,7 +218,7 @@ async def handle(reader, writer):
         pass
     writer.close()
 
-def client(port, n):
+def ws_client(port, n):
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     key = base64.b64encode(os.urandom(16))
@@ -254,16 +243,22 @@ def client(port, n):
     p = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))]
     print(f"{len(rtts)} {p(0.5):.0f} {p(0.99):.0f}")
 
-if sys.argv[1] == "serve":
+# usage: peers.py sse|ws serve|client PORT N
+KINDS = {"sse": (sse_handle, sse_client), "ws": (ws_handle, ws_client)}
+handle, client = KINDS[sys.argv[1]]
+port, n = int(sys.argv[3]), int(sys.argv[4])
+if sys.argv[2] == "serve":
     async def main():
-        srv = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[2]))
+        srv = await asyncio.start_server(lambda r, w: handle(r, w, n), "127.0.0.1", port)
         async with srv:
             await srv.serve_forever()
     asyncio.run(main())
 else:
-    client(int(sys.argv[2]), int(sys.argv[3]))
+    client(port, n)
 EOF
-taskset -c "$LOAD_CPUS" python3 "$work/ws.py" serve "$WS_BACKEND" &
+taskset -c "$LOAD_CPUS" python3 "$work/peers.py" sse serve "$SSE_BACKEND" 200 &
+pids+=($!)
+taskset -c "$LOAD_CPUS" python3 "$work/peers.py" ws serve "$WS_BACKEND" 0 &
 pids+=($!)
 
 wait_port() {
@@ -345,7 +340,7 @@ printf '%-10s %8s %12s %12s %10s\n' path events "p50 (us)" "p99 (us)" coalesced
 SSE_COALESCED=0
 for name in direct nginx stackctl; do
     case $name in direct) port=$SSE_BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
-    read -r n p50 p99 co < <(pin_load python3 "$work/sse.py" client "$port" 200)
+    read -r n p50 p99 co < <(pin_load python3 "$work/peers.py" sse client "$port" 200)
     printf '%-10s %8s %12s %12s %10s\n' "$name" "$n" "$p50" "$p99" "$co"
     if [ "$name" = stackctl ]; then SSE_COALESCED=$co; fi
 done
@@ -357,7 +352,7 @@ printf '%-10s %8s %12s %12s\n' path messages "p50 (us)" "p99 (us)"
 declare -A WS_P99
 for name in direct nginx stackctl; do
     case $name in direct) port=$WS_BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
-    read -r n p50 p99 < <(pin_load python3 "$work/ws.py" client "$port" 2000)
+    read -r n p50 p99 < <(pin_load python3 "$work/peers.py" ws client "$port" 2000)
     printf '%-10s %8s %12s %12s\n' "$name" "$n" "$p50" "$p99"
     WS_P99[$name]=$p99
 done
