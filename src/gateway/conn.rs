@@ -35,7 +35,7 @@ use crate::gateway::deadline::Deadline;
 use crate::gateway::front::{self, BodyOut, Parsed};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
-use crate::gateway::router::{normalize_path, Decision, RequestHead};
+use crate::gateway::router::{self, normalize_path, Decision, RequestHead};
 use crate::gateway::Shared;
 use crate::shutdown::CancellationToken;
 
@@ -259,11 +259,7 @@ impl Front {
             let fwd = headers::forwarded(headers, None, origin, &shared.trusted);
             let view =
                 RequestHeaders::new(headers, &fwd, target.forwarded_prefix, target.set_headers);
-            let upstream_target = match (&target.path, req.query()) {
-                (p, _) if *p == req.path() => std::borrow::Cow::Borrowed(req.target),
-                (p, Some(q)) => format!("{p}?{q}").into(),
-                (p, None) => p.to_string().into(),
-            };
+            let upstream_target = router::backend_target(req.target, &target.path, req.query());
             h1::encode_request_head(
                 &mut self.req_head,
                 req.method,

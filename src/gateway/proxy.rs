@@ -12,6 +12,7 @@
 //! `copy_bidirectional` in a task that has no read timeout and is tracked
 //! and cancelled at shutdown.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use crate::gateway::body::Body;
 use crate::gateway::front::{self, BodyOut};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
-use crate::gateway::router::Target;
+use crate::gateway::router::{self, Target};
 use crate::gateway::upstream::{self, Outgoing, Pool, UpstreamBody};
 
 /// How forwarding failed, before it is turned into a status (which also
@@ -282,25 +283,18 @@ fn classify(e: &hyper::Error, limit: u64) -> ForwardError {
     ForwardError::Broken
 }
 
-/// The request target for the backend: origin-form `path?query`. The
-/// client's URI is reused as is when it already says exactly that (the
-/// common case), so nothing is parsed or allocated.
+/// The request target for the backend as a URI (see
+/// [`router::backend_target`]); the client's URI is reused as is when it
+/// already says exactly that, so nothing is parsed or allocated.
 fn origin_form(client: &Uri, path: &str) -> Option<Uri> {
-    if client.scheme().is_none() && client.authority().is_none() && client.path() == path {
-        return Some(client.clone());
+    let raw = match (client.scheme(), client.authority()) {
+        (None, None) => client.path_and_query().map_or("", |pq| pq.as_str()),
+        _ => "",
+    };
+    match router::backend_target(raw, path, client.query()) {
+        Cow::Borrowed(t) if !raw.is_empty() && t == raw => Some(client.clone()),
+        t => PathAndQuery::try_from(t.as_ref()).ok().map(Uri::from),
     }
-    let pq = match client.query() {
-        Some(q) => {
-            let mut s = String::with_capacity(path.len() + 1 + q.len());
-            s.push_str(path);
-            s.push('?');
-            s.push_str(q);
-            PathAndQuery::try_from(s)
-        }
-        None => PathAndQuery::try_from(path),
-    }
-    .ok()?;
-    Some(Uri::from(pq))
 }
 
 fn spawn_tunnel(

@@ -115,6 +115,28 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
+/// The request target for the backend: `path` (the normalised path, with
+/// a prefix stripped if the rule says so) followed by the client's query.
+/// `client_target` is the client's origin-form target (`path?query`, or
+/// empty for another form); when its path is already `path`, it is
+/// returned as it is, so the common case allocates nothing.
+pub fn backend_target<'a>(
+    client_target: &'a str,
+    path: &'a str,
+    query: Option<&str>,
+) -> Cow<'a, str> {
+    let client_path = client_target
+        .split_once('?')
+        .map_or(client_target, |(p, _)| p);
+    if !client_target.is_empty() && client_path == path {
+        return Cow::Borrowed(client_target);
+    }
+    match query {
+        Some(q) => Cow::Owned(format!("{path}?{q}")),
+        None => Cow::Borrowed(path),
+    }
+}
+
 /// `path` is under `prefix`, at a segment boundary: `/foo` and `/foo/`
 /// match `/foo/x`; neither matches `/foobar`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -593,6 +615,27 @@ mod tests {
                 {"match": {"path_equal": "/gemini"}, "redirect_to": "/gemini/", "action": "redirect", "id": "redirect-gemini-slash", "priority": 175}
             ]),
         )
+    }
+
+    #[test]
+    fn backend_targets_keep_the_query_and_reuse_the_clients_target() {
+        let cases = [
+            ("/a/b?x=1", "/a/b", Some("x=1"), "/a/b?x=1", true),
+            ("/gemini/v1?x=1", "/v1", Some("x=1"), "/v1?x=1", false),
+            ("/gemini/", "/", None, "/", false),
+            ("", "/a", Some("q"), "/a?q", false),
+            ("/a//b", "/a/b", None, "/a/b", false),
+            ("/a?", "/a", Some(""), "/a?", true),
+        ];
+        for (client, path, query, want, reused) in cases {
+            let got = backend_target(client, path, query);
+            assert_eq!(got, want, "{client}");
+            assert_eq!(
+                matches!(got, Cow::Borrowed(t) if std::ptr::eq(t, client)),
+                reused,
+                "{client}"
+            );
+        }
     }
 
     #[test]
