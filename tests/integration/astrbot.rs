@@ -203,17 +203,7 @@ fn astrbot_data_written_through_the_gateway_survives_a_wiped_disk() {
     let gw = free_port();
     let remotes = tempfile::tempdir().unwrap();
     let remote = remotes.path().join("backup.git");
-    git(
-        remotes.path(),
-        &[
-            "init",
-            "--bare",
-            "-q",
-            "-b",
-            "main",
-            remote.to_str().unwrap(),
-        ],
-    );
+    crate::common_persist::init_bare(&remote);
 
     let yaml = format!(
         r#"

@@ -59,6 +59,30 @@ pub fn clone_without_lfs(root: &Path, remote: &Path) -> PathBuf {
     clone
 }
 
+/// Create an empty bare repository at `path` whose HEAD is `main`.
+pub fn init_bare(path: &Path) {
+    let ok = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git init --bare {}", path.display());
+}
+
+/// Bytes that do not compress or repeat (a pseudo-random sequence).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 /// A temp root (removed on drop) with a bare repository `remote.git` whose
 /// HEAD is `main`, and `data`, the path to persist (not created here).
 pub struct Dirs {
@@ -73,17 +97,7 @@ impl Dirs {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         let remote = root.join("remote.git");
-        git(
-            &root,
-            &[
-                "init",
-                "--bare",
-                "-q",
-                "-b",
-                "main",
-                remote.to_str().unwrap(),
-            ],
-        );
+        init_bare(&remote);
         let data = root.join("data");
         Self {
             _tmp: tmp,

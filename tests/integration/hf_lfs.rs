@@ -24,26 +24,13 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use stackctl::persist::blob::lfs::LfsStore;
 use stackctl::persist::blob::{self, BlobError, BlobStore, Retry, StoreConfig};
-use stackctl::persist::{Config, PathConfig, PersistError, Persister, RestoreOptions};
+use stackctl::persist::{Config, PersistError, Persister, RestoreOptions};
 
-use crate::common_persist::git;
+use crate::common_persist::{git, noise, Dirs};
 use crate::harness::Stack;
 
 const TOKEN: &str = "hf_FakeTokenForTests0123456789";
 const MIB: usize = 1 << 20;
-
-/// Bytes that do not compress or repeat (a pseudo-random sequence).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -626,47 +613,27 @@ fn a_multipart_upload_round_trips_through_backup_and_restore() {
 }
 
 /// A bare remote and a data dir, for the library-level tests.
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    remote: PathBuf,
+/// The shared temp root and remote, backing up with the fake's token.
+struct Setup(Dirs);
+
+impl std::ops::Deref for Setup {
+    type Target = Dirs;
+    fn deref(&self) -> &Dirs {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        git(&root, &["init", "--bare", "-q", "-b", "main", "remote.git"]);
-        let data = root.join("data");
-        fs::create_dir_all(&data).unwrap();
-        Setup {
-            _tmp: tmp,
-            remote: root.join("remote.git"),
-            root,
-            data,
-        }
+        let dirs = Dirs::new();
+        fs::create_dir_all(&dirs.data).unwrap();
+        Self(dirs)
     }
 
     fn config(&self, workdir: &str) -> Config {
         Config {
-            remote: format!("file://{}", self.remote.display()),
             token: Some(TOKEN.into()),
-            branch: "main".into(),
-            workdir: self.root.join(workdir),
-            paths: vec![PathConfig {
-                path: self.data.clone(),
-                exclude: vec![],
-            }],
-            exclude: vec![],
-            threshold: MIB as u64,
-            keep: 0,
-            instance: "test".into(),
-            lease_ttl: Duration::ZERO,
-            readiness_file: None,
-            retries: 2,
-            retry_initial: Duration::from_millis(10),
-            retry_max: Duration::from_millis(50),
+            ..self.0.config(workdir)
         }
     }
 

@@ -18,7 +18,7 @@ use stackctl::persist::pointer::Pointer;
 use stackctl::persist::restore::RestoreError;
 use stackctl::persist::{Config, PersistError, Persister, RestoreOptions};
 
-use super::common_persist::{clone_without_lfs, git, run, Dirs};
+use super::common_persist::{clone_without_lfs, git, noise, run, Dirs};
 
 fn has_git_lfs() -> bool {
     let ok = Command::new("git")
@@ -33,19 +33,6 @@ fn has_git_lfs() -> bool {
         eprintln!("notice: git-lfs is not installed (apt-get install git-lfs); test skipped");
     }
     ok
-}
-
-/// Bytes that do not compress or repeat (a pseudo-random sequence).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// The shared temp root and remote; `data/sub` exists.

@@ -37,13 +37,7 @@ persist:
 }
 
 fn bare_repo(s: &Stack) {
-    let ok = Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .arg(s.path("remote.git"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git init --bare");
+    crate::common_persist::init_bare(&s.path("remote.git"));
 }
 
 /// The remote branch's file `path` (tree path), or None.

@@ -28,13 +28,7 @@ persist:
 "#
     ))
     .env("STACKCTL_PROGRESS_INTERVAL", "1ms");
-    let ok = Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .arg(s.path("remote.git"))
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git init --bare");
+    crate::common_persist::init_bare(&s.path("remote.git"));
     std::fs::create_dir_all(s.path("data")).unwrap();
     s
 }
