@@ -339,11 +339,12 @@ impl Router {
                         (Some(to), _, _) => to.clone(),
                         (None, Some(tp), Some(prefix)) => {
                             let rest = &req.path[prefix.len()..];
-                            join_path(tp, rest)
+                            join_path(tp, &escape_backslashes(rest))
                         }
                         // Validation guarantees one of the above.
                         _ => "/".to_string(),
                     };
+                    no_protocol_relative(&mut location);
                     if let Some(q) = req.query.filter(|q| !q.is_empty()) {
                         location.push(if location.contains('?') { '&' } else { '?' });
                         location.push_str(q);
@@ -371,6 +372,28 @@ impl Router {
     /// How many rules the table has.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+}
+
+/// A raw `\` from the request path, percent-encoded: browsers read `/\host`
+/// in a `Location` as `//host`, another site (an open redirect).
+fn escape_backslashes(rest: &str) -> Cow<'_, str> {
+    if rest.contains('\\') {
+        Cow::Owned(rest.replace('\\', "%5C"))
+    } else {
+        Cow::Borrowed(rest)
+    }
+}
+
+/// Never answer with a `Location` that a browser reads as another host:
+/// leading `//` (or `/\`, which browsers treat alike) collapses to one `/`.
+/// Validation refuses such targets in rules; this holds for any path a
+/// request can bring in, too.
+fn no_protocol_relative(location: &mut String) {
+    let b = location.as_bytes();
+    if b.first() == Some(&b'/') && matches!(b.get(1), Some(b'/' | b'\\')) {
+        let keep = location.trim_start_matches(['/', '\\']).to_string();
+        *location = format!("/{keep}");
     }
 }
 
@@ -882,6 +905,29 @@ mod tests {
             ),
             (get("/old/z"), "redirect 302 /new/z"),
             (get("/old"), "redirect 302 /new"),
+        ];
+        for (req, want) in cases {
+            assert_eq!(decide(&r, &req).0, want, "{}", req.path);
+        }
+    }
+
+    /// Issue 16: `/old/\evil.com` with `redirect_to_prefix: "/"` answered
+    /// `Location: /\evil.com`, which browsers follow to `//evil.com`.
+    #[test]
+    fn redirects_never_point_at_another_host() {
+        let r = router(
+            "",
+            json!([
+                {"id": "root", "action": "redirect", "match": {"path_prefix": "/old/"}, "redirect_to_prefix": "/"},
+                {"id": "bare", "action": "redirect", "match": {"path_prefix": "/x"}, "redirect_to_prefix": "/"}
+            ]),
+        );
+        let cases = [
+            (get("/old/\\evil.com"), "redirect 302 /%5Cevil.com"),
+            (get("/old/\\\\evil.com/a"), "redirect 302 /%5C%5Cevil.com/a"),
+            (get("/x/\\evil.com"), "redirect 302 /%5Cevil.com"),
+            (get("/old/a\\b"), "redirect 302 /a%5Cb"),
+            (get("/old/fine"), "redirect 302 /fine"),
         ];
         for (req, want) in cases {
             assert_eq!(decide(&r, &req).0, want, "{}", req.path);
