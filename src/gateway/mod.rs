@@ -511,7 +511,7 @@ impl Shared {
         });
         let method = req.method().clone();
         let (resp, rule) = match decision {
-            Decision::Admin => return admin::handle(self, req, &path, fwd.client_ip).await,
+            Decision::Admin => return admin::handle(self, req, &path, &fwd).await,
             Decision::NoRoute => (HttpError::NoRoute.response(req.headers()), None),
             Decision::Redirect {
                 rule_id,

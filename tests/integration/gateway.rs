@@ -1013,6 +1013,17 @@ async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     .await;
     assert_eq!((r.status, r.json()), (200, json!({"ok": true})));
     let new_etag = r.header("etag").to_string();
+    // Issue 16: If-Match uses the strong comparison (RFC 9110 §13.1.1), so
+    // a weak tag never matches, not even the current one.
+    let weak = format!("W/{new_etag}");
+    let r = admin_post(
+        &gw,
+        "/admin/routes.json",
+        new_rules.clone(),
+        &[("if-match", &weak)],
+    )
+    .await;
+    assert_eq!(r.status, 412, "weak If-Match: {}", r.body);
     assert_ne!(new_etag, etag);
     let r = admin_post(
         &gw,
@@ -1140,6 +1151,22 @@ async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("cross-site"));
+    // Issue 16: X-Forwarded-Host from a peer outside `trusted_proxies` is
+    // the client's own claim; it must not make a foreign Origin pass.
+    let forged = [
+        ("x-admin-password", PASSWORD),
+        ("content-type", "application/json"),
+        ("origin", "https://evil.example"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    let r = call(
+        "POST",
+        &gw.url("/admin/routes.json"),
+        &forged,
+        full("{\"rules\": []}"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "forged X-Forwarded-Host: {}", r.body);
     let r = call(
         "GET",
         &gw.url("/admin/routes.json"),
