@@ -98,6 +98,11 @@ pub fn routes(manifest: &Manifest, args: &RoutesArgs) -> Result<()> {
             if new.is_empty() {
                 bail!("no new password given: type it on stdin or pass --new");
             }
+            // The gateway refuses it too; saying so here spares a round trip
+            // and names the flag.
+            if let Some(problem) = crate::gateway::auth::password_problem(&new) {
+                bail!("the new password {problem}");
+            }
             let note = admin.change_password(&new)?;
             print_out(&format!("admin password changed{note}"))
         }

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::gateway::auth::{hash_password, MIN_PASSWORD_LEN};
+use crate::gateway::auth::{hash_password, password_problem};
 use crate::gateway::body::{empty, full, Body};
 use crate::gateway::error::HttpError;
 use crate::gateway::headers::Forwarded;
@@ -344,16 +344,8 @@ async fn post_password(
             ))
         }
     };
-    let len = new.chars().count();
-    if len < MIN_PASSWORD_LEN {
-        return Err(HttpError::BadRequest(format!(
-            "`new_password`: too short ({len} characters); use at least {MIN_PASSWORD_LEN}"
-        )));
-    }
-    if new.len() > 1024 || new.chars().any(char::is_control) {
-        return Err(HttpError::BadRequest(
-            "`new_password`: at most 1024 bytes, no control characters".into(),
-        ));
+    if let Some(problem) = password_problem(&new) {
+        return Err(HttpError::BadRequest(format!("`new_password`: {problem}")));
     }
     let pw = new.clone();
     let phc = tokio::task::spawn_blocking(move || hash_password(&pw))

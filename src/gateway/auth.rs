@@ -22,6 +22,58 @@ pub const MIN_PASSWORD_LEN: usize = 10;
 /// Longer presented passwords are refused without hashing.
 const MAX_PASSWORD_LEN: usize = 1024;
 
+/// What is wrong with `password` as a new admin password, or `None` when it
+/// can be used.
+///
+/// The rule (issue 16: passwords that could be set but never used): at
+/// least [`MIN_PASSWORD_LEN`] characters, at most 1024 bytes, printable
+/// ASCII only (space allowed inside), no space at either end. The password
+/// travels in the `X-Admin-Password` header: browsers refuse to send
+/// characters outside Latin-1 there and send Latin-1 ones as single bytes
+/// (not UTF-8), and every HTTP parser strips spaces at the ends of a value,
+/// so any other password would be stored but never match. One rule for the
+/// API, the page (which mirrors it in `app.js`), `stackctl routes password`
+/// and `gateway.admin.password`.
+pub fn password_problem(password: &str) -> Option<String> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Some(format!(
+            "too short ({len} characters); use at least {MIN_PASSWORD_LEN}"
+        ));
+    }
+    header_problem(password)
+}
+
+/// The part of [`password_problem`] that makes a password unusable at any
+/// length: what no `X-Admin-Password` header can carry.
+pub fn header_problem(password: &str) -> Option<String> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Some(format!(
+            "too long ({} bytes); use at most {MAX_PASSWORD_LEN}",
+            password.len()
+        ));
+    }
+    if let Some(c) = password.chars().find(|c| !matches!(c, ' '..='~')) {
+        let what = if c.is_control() {
+            "a control character".to_string()
+        } else {
+            format!("`{c}`")
+        };
+        return Some(format!(
+            "contains {what}; use printable ASCII only (letters, digits, punctuation, inner spaces): \
+             the password travels in an HTTP header, where other characters cannot be sent reliably"
+        ));
+    }
+    if password.starts_with(' ') || password.ends_with(' ') {
+        return Some(
+            "starts or ends with a space; HTTP drops spaces at the ends of a header value, \
+             so such a password could never match"
+                .into(),
+        );
+    }
+    None
+}
+
 /// Password-module failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -320,6 +372,40 @@ mod tests {
         assert!(!verify_password("not a hash", "x"));
         assert!(check_hash(&h).is_ok());
         assert!(check_hash("plaintext").is_err());
+    }
+
+    #[test]
+    fn only_passwords_a_header_can_carry_are_accepted() {
+        let ok = [
+            "correct horse",
+            "0123456789",
+            "~!@#$%^&*()_+{}|:\"<>?",
+            "a b c d e f",
+        ];
+        for pw in ok {
+            assert_eq!(password_problem(pw), None, "{pw:?}");
+        }
+        let long = "x".repeat(1025);
+        let bad = [
+            ("short", "too short (5 characters); use at least 10"),
+            (
+                "caf\u{e9}-caf\u{e9}-caf\u{e9}",
+                "contains `\u{e9}`; use printable ASCII only",
+            ),
+            (
+                "\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}",
+                "contains `\u{5bc6}`",
+            ),
+            ("tab\there-long", "contains a control character"),
+            (" padded-password", "starts or ends with a space"),
+            ("padded-password ", "starts or ends with a space"),
+            (&long, "too long (1025 bytes)"),
+        ];
+        for (pw, want) in bad {
+            let got = password_problem(pw).unwrap_or_default();
+            assert!(got.starts_with(want), "{pw:?}: {got}");
+        }
+        assert_eq!(password_problem(&generate_password()), None);
     }
 
     #[test]

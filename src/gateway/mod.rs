@@ -105,6 +105,9 @@ pub enum GatewayError {
     /// The password could not be hashed, or the stored hash is corrupt.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// `gateway.admin.password` could be stored but never typed in.
+    #[error("`gateway.admin.password` {0}; change the value it comes from (e.g. the ADMIN_PASSWORD variable)")]
+    Password(String),
 }
 
 /// The gateway, built from the manifest; run it with [`Gateway::serve`].
@@ -398,6 +401,9 @@ fn import_original(
 
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
+        if let Some(problem) = auth::header_problem(pw) {
+            return Err(GatewayError::Password(problem));
+        }
         if pw.chars().count() < auth::MIN_PASSWORD_LEN {
             tracing::warn!(
                 min = auth::MIN_PASSWORD_LEN,

@@ -330,6 +330,11 @@ fn routes_and_status_commands_drive_the_running_gateway() {
     let out = stack.run(&["routes", "password", "--new", "short"]);
     out.code(1);
     assert!(!out.stderr.trim().is_empty(), "an explanation\n{out}");
+    // Issue 16: a password no header can carry is refused before it is sent.
+    stack
+        .run(&["routes", "password", "--new", "new-password-  "])
+        .code(1)
+        .stderr_has("the new password starts or ends with a space");
     assert_eq!(
         std::fs::read_to_string(&pw_file).expect("read the password file"),
         "fresh-password-123\n"

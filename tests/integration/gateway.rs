@@ -1285,6 +1285,20 @@ async fn password_change_and_state_file_survive_a_restart() {
         "{}",
         r.body
     );
+    // Issue 16: passwords no X-Admin-Password header can carry are refused
+    // when set, instead of locking the owner out afterwards.
+    for (pw, why) in [
+        (" padded-password", "starts or ends with a space"),
+        ("padded-password ", "starts or ends with a space"),
+        ("caf\u{e9}-caf\u{e9}-caf\u{e9}", "printable ASCII only"),
+    ] {
+        let r = admin_post(&gw, "/admin/password", json!({"new_password": pw}), &[]).await;
+        assert!(
+            r.status == 400 && r.body.contains(why),
+            "{pw:?}: {}",
+            r.body
+        );
+    }
     let r = admin_post(
         &gw,
         "/admin/password",
@@ -1365,6 +1379,23 @@ async fn password_change_and_state_file_survive_a_restart() {
         (200, Some("edited"))
     );
     gw.shutdown().await;
+}
+
+/// Issue 16: a configured password that no header can carry (here with a
+/// trailing space, as a pasted Space variable may have) stops the start with
+/// a message that names the key, instead of locking the owner out.
+#[test]
+fn a_configured_password_no_header_can_carry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None, json!([]));
+    cfg.admin.password = Some("pasted-password ".into());
+    let err = Gateway::new(&cfg, restored()).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("`gateway.admin.password` starts or ends with a space"),
+        "{msg}"
+    );
+    assert!(!msg.contains("pasted-password"), "no secret in it: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
