@@ -14,6 +14,7 @@
 //! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
 //! - [`pid1`]: as PID 1, a tiny parent that forwards signals and reaps.
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
+//! - [`redact`]: hides credentials in URLs before any message, log line or file.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
 
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod manifest;
 pub mod persist;
 pub mod pid1;
+pub mod redact;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;

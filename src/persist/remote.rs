@@ -5,14 +5,24 @@
 //! workdir's `.git/config` (remotes are anonymous, nothing is saved), in a log
 //! line or in an error message (messages are scrubbed anyway). A push checks
 //! every ref's status, because `Remote::push` returns `Ok` on a rejected ref.
+//!
+//! Credentials never leave the remote's host (issue 12 item 4): libgit2 is
+//! told to follow no redirect to another host, and the credentials callback
+//! refuses any URL whose host and port are not the remote's, whatever
+//! libgit2 decided about the redirect.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use git2::{
-    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
+    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks,
+    RemoteRedirect, Repository,
 };
+
+/// Marks the credentials callback's refusal of another host, so
+/// [`Remote::classify`] can tell it from a network error.
+const OFFSITE: &str = "refusing to send credentials to another host";
 
 /// Errors talking to the remote.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +53,14 @@ pub enum RemoteError {
     #[error("cannot reach `{url}`: {message}; will retry, check the network or the URL")]
     Network {
         /// The remote URL.
+        url: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The server redirected to another host: not followed, never retried.
+    #[error("the backup repository `{url}` redirected to another host ({message}); credentials are only sent to the remote's own host: set `persist.remote` to the repository's real URL")]
+    Redirect {
+        /// The remote URL (never with credentials).
         url: String,
         /// What the transport said.
         message: String,
@@ -262,7 +280,15 @@ impl Remote {
     fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let token = self.token.as_deref();
-        cb.credentials(move |_url, _user, allowed| {
+        let home = crate::redact::origin(&self.url.url);
+        cb.credentials(move |url, _user, allowed| {
+            // libgit2 asks with the URL it is talking to, which after a
+            // redirect may be another server: it gets nothing from us.
+            let there = crate::redact::origin(url);
+            if there != home {
+                let host = there.map_or_else(|| crate::redact::url(url), |(h, _)| h);
+                return Err(git2::Error::from_str(&format!("{OFFSITE} `{host}`")));
+            }
             // libgit2 calls again after a refusal: give up after one try
             // instead of looping forever on a wrong token.
             let n = tries.get();
@@ -277,6 +303,18 @@ impl Remote {
         cb
     }
 
+    /// An anonymous remote for our URL (nothing saved in `.git/config`).
+    /// Connections opened with `connect_auth` take their redirect policy
+    /// from the repository's configuration, not from options: say there,
+    /// once, that no redirect to another host is followed.
+    fn anonymous<'r>(&self, repo: &'r Repository) -> Result<git2::Remote<'r>, git2::Error> {
+        let mut config = repo.config()?;
+        if !matches!(config.get_bool("http.followRedirects"), Ok(false)) {
+            config.set_bool("http.followRedirects", false)?;
+        }
+        repo.remote_anonymous(&self.url.url)
+    }
+
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
         let message = self.scrub(e.message());
         let url = self.url.url.clone();
@@ -285,6 +323,9 @@ impl Remote {
             || tries.get() > 0 && message.contains("credentials")
         {
             return RemoteError::Auth { url, message };
+        }
+        if message.contains(OFFSITE) || message.contains("cannot redirect") {
+            return RemoteError::Redirect { url, message };
         }
         if e.class() == git2::ErrorClass::Http && message.contains("404") {
             return RemoteError::NotFound { url, message };
@@ -327,12 +368,13 @@ impl Remote {
         };
         if repo.find_commit(oid).is_err() {
             let tries = Cell::new(0);
-            let mut remote = repo
-                .remote_anonymous(&self.url.url)
+            let mut remote = self
+                .anonymous(repo)
                 .map_err(|e| self.classify(&e, &tries))?;
             let mut fo = FetchOptions::new();
             fo.remote_callbacks(self.callbacks(&tries));
             fo.download_tags(git2::AutotagOption::None);
+            fo.follow_redirects(RemoteRedirect::None);
             let spec = format!("+{src}:{dst}");
             remote
                 .fetch(&[spec.as_str()], Some(&mut fo), None)
@@ -346,8 +388,8 @@ impl Remote {
     /// Ask the remote where the ref `want` is.
     pub fn advertised(&self, repo: &Repository, want: &str) -> Result<RemoteHead, RemoteError> {
         let tries = Cell::new(0);
-        let mut remote = repo
-            .remote_anonymous(&self.url.url)
+        let mut remote = self
+            .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
         let conn = remote
             .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
@@ -380,8 +422,8 @@ impl Remote {
         let deepen = depth == Depth::Full && repo.is_shallow();
         if deepen || repo.find_commit(oid).is_err() {
             let tries = Cell::new(0);
-            let mut remote = repo
-                .remote_anonymous(&self.url.url)
+            let mut remote = self
+                .anonymous(repo)
                 .map_err(|e| self.classify(&e, &tries))?;
             let mut fo = FetchOptions::new();
             let mut cb = self.callbacks(&tries);
@@ -391,6 +433,7 @@ impl Remote {
             });
             fo.remote_callbacks(cb);
             fo.download_tags(git2::AutotagOption::None);
+            fo.follow_redirects(RemoteRedirect::None);
             if self.url.shallow_ok {
                 match depth {
                     Depth::Shallow(d) => {
@@ -447,8 +490,8 @@ impl Remote {
         let tries = Cell::new(0);
         let connect_tries = Cell::new(0);
         let rejected: RefCell<Option<(String, String)>> = RefCell::new(None);
-        let mut remote = repo
-            .remote_anonymous(&self.url.url)
+        let mut remote = self
+            .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
         let mut cb = self.callbacks(&tries);
         cb.push_update_reference(|refname, status| {
@@ -459,6 +502,7 @@ impl Remote {
         });
         let mut po = PushOptions::new();
         po.remote_callbacks(cb);
+        po.follow_redirects(RemoteRedirect::None);
         let res = match lease {
             None => {
                 let spec = format!("{src}:{dst}");
