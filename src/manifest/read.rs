@@ -1063,6 +1063,8 @@ impl Reader<'_> {
         if remote.starts_with("./") || remote.starts_with("../") {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
         }
+        let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
+        self.url_credentials(remote_pos, "persist.remote", &remote);
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
             .opt_text(&f, "branch")
@@ -1244,6 +1246,28 @@ impl Reader<'_> {
             large_files,
             readiness_file,
         })
+    }
+
+    /// Credentials belong in `persist.token`, never in a URL (issue 12 item
+    /// 5): user-info would be sent as it is and lands in logs and files, so
+    /// it is refused; a query string is allowed (some servers want one) but
+    /// warned about, since stackctl hides it everywhere it shows the URL.
+    fn url_credentials(&mut self, pos: Pos, key: &str, url: &str) {
+        let shown = crate::redact::url(url);
+        if crate::redact::has_userinfo(url) && !url.starts_with("ssh://") {
+            self.problem(
+                pos,
+                key,
+                format!("`{shown}` holds credentials (`user:password@`): they would end up in logs and files"),
+                Some("remove them from the URL and put the token in `persist.token`".into()),
+            );
+        } else if crate::redact::has_query(url) {
+            self.warn(
+                pos,
+                key,
+                format!("`{shown}` has a query string: if it carries a token, put the token in `persist.token` instead (stackctl hides the query in its messages, but the server may log it)"),
+            );
+        }
     }
 
     /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
@@ -1757,6 +1781,24 @@ mod tests {
 
     fn warned_keys(m: &Manifest) -> Vec<&str> {
         m.warnings.iter().map(|w| w.key.as_str()).collect()
+    }
+
+    /// Issue 12 item 5: credentials belong in `persist.token`.
+    #[test]
+    fn credentials_in_the_remote_url_are_refused_or_warned_about() {
+        let e = persist_with("https://x:ghp_inurl@github.com/o/r.git", "{}").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("holds credentials"), "{text}");
+        assert!(text.contains("persist.token"), "{text}");
+        assert!(!text.contains("ghp_inurl"), "{text}");
+        let m = persist_with("https://h/o/r.git?access_token=ghp_q", "{}").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.remote"]);
+        assert!(
+            !m.warnings[0].message.contains("ghp_q"),
+            "{}",
+            m.warnings[0]
+        );
+        assert!(m.warnings[0].message.contains("persist.token"));
     }
 
     #[test]

@@ -1362,7 +1362,7 @@ fn store_config(
                     blob::lfs_endpoint(&remote.url).ok_or_else(|| {
                         PersistError::BlobStore(BlobError::Unsupported(format!(
                             "the remote `{}` has no LFS endpoint: set `persist.large_files.url`",
-                            remote.url
+                            crate::redact::url(&remote.url)
                         )))
                     })?
                 }
@@ -1373,7 +1373,7 @@ fn store_config(
             repo: blob::github_repo(&cfg.remote).ok_or_else(|| {
                 PersistError::BlobStore(BlobError::Unsupported(format!(
                     "`github-release` needs a GitHub remote (owner/repo), not `{}`",
-                    cfg.remote
+                    crate::redact::url(&cfg.remote)
                 )))
             })?,
             tag: lf.tag.clone(),

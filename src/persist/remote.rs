@@ -113,7 +113,7 @@ pub struct RemoteUrl {
 /// path or `file://` URL → a local repository.
 pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
     let r = remote.trim();
-    let bad = || RemoteError::BadRemote(redact_userinfo(r));
+    let bad = || RemoteError::BadRemote(crate::redact::url(r));
     if r.is_empty() {
         return Err(bad());
     }
@@ -169,18 +169,6 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
     }
 }
 
-/// Replace the user-info part of a URL by `***`.
-pub fn redact_userinfo(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            let slash = if rest.contains('/') { "/" } else { "" };
-            return format!("{scheme}://***@{host}{slash}{path}");
-        }
-    }
-    url.to_string()
-}
-
 /// How much history a fetch brings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
@@ -193,6 +181,8 @@ pub enum Depth {
 /// The connection to one remote branch.
 pub struct Remote {
     url: RemoteUrl,
+    /// The URL as messages, logs and files show it (credentials redacted).
+    shown: String,
     token: Option<String>,
     branch: String,
     /// Per-operation timeout for the server to answer (libgit2's HTTP transport).
@@ -213,6 +203,7 @@ impl Remote {
     pub fn new(url: RemoteUrl, token: Option<String>, branch: &str) -> Self {
         let token = token.filter(|t| !t.is_empty());
         Self {
+            shown: crate::redact::url(&url.url),
             url,
             token,
             branch: branch.to_string(),
@@ -220,9 +211,9 @@ impl Remote {
         }
     }
 
-    /// The URL (no credentials).
+    /// The URL as users see it (user-info and query redacted).
     pub fn url(&self) -> &str {
-        &self.url.url
+        &self.shown
     }
 
     /// `refs/heads/<branch>`.
@@ -308,6 +299,8 @@ impl Remote {
     /// from the repository's configuration, not from options: say there,
     /// once, that no redirect to another host is followed.
     fn anonymous<'r>(&self, repo: &'r Repository) -> Result<git2::Remote<'r>, git2::Error> {
+        // Earlier versions let libgit2 write FETCH_HEAD, with the URL in it.
+        let _ = std::fs::remove_file(repo.path().join("FETCH_HEAD"));
         let mut config = repo.config()?;
         if !matches!(config.get_bool("http.followRedirects"), Ok(false)) {
             config.set_bool("http.followRedirects", false)?;
@@ -317,7 +310,7 @@ impl Remote {
 
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
         let message = self.scrub(e.message());
-        let url = self.url.url.clone();
+        let url = self.shown.clone();
         if e.code() == git2::ErrorCode::Auth
             || e.class() == git2::ErrorClass::Http && message.contains("401")
             || tries.get() > 0 && message.contains("credentials")
@@ -342,11 +335,13 @@ impl Remote {
         }
     }
 
-    /// Remove the token from any text that may reach a user.
+    /// Remove the token, and credentials in any URL, from text that may
+    /// reach a user, a log line or a file.
     pub fn scrub(&self, text: &str) -> String {
+        let text = crate::redact::text(text);
         match &self.token {
             Some(t) if t.len() >= 4 => text.replace(t.as_str(), "***"),
-            _ => text.to_string(),
+            _ => text,
         }
     }
 
@@ -375,6 +370,8 @@ impl Remote {
             fo.remote_callbacks(self.callbacks(&tries));
             fo.download_tags(git2::AutotagOption::None);
             fo.follow_redirects(RemoteRedirect::None);
+            // FETCH_HEAD would hold the URL, query and all; we keep our own refs.
+            fo.update_fetchhead(false);
             let spec = format!("+{src}:{dst}");
             remote
                 .fetch(&[spec.as_str()], Some(&mut fo), None)
@@ -434,6 +431,8 @@ impl Remote {
             fo.remote_callbacks(cb);
             fo.download_tags(git2::AutotagOption::None);
             fo.follow_redirects(RemoteRedirect::None);
+            // FETCH_HEAD would hold the URL, query and all; we keep our own refs.
+            fo.update_fetchhead(false);
             if self.url.shallow_ok {
                 match depth {
                     Depth::Shallow(d) => {
@@ -650,8 +649,27 @@ mod tests {
     fn a_refused_url_does_not_echo_its_token() {
         let e = resolve_url("https://x-access-token:ghp_secret@github.com/o/r.git").unwrap_err();
         assert!(!e.to_string().contains("ghp_secret"), "{e}");
-        assert_eq!(redact_userinfo("https://a:b@h/p"), "https://***@h/p");
-        assert_eq!(redact_userinfo("https://h/p"), "https://h/p");
+    }
+
+    /// Issue 12 item 5: a query-string token or an ssh password is in no
+    /// message about the remote.
+    #[test]
+    fn messages_about_the_remote_hide_credentials_in_its_url() {
+        for (url, secret) in [
+            ("https://h/o/r.git?access_token=ghp_query", "ghp_query"),
+            ("ssh://git:hunter2pw@h/o/r.git", "hunter2pw"),
+        ] {
+            let r = Remote::new(resolve_url(url).unwrap(), None, "main");
+            assert!(!r.url().contains(secret), "{}", r.url());
+            let e = git2::Error::new(
+                git2::ErrorCode::GenericError,
+                git2::ErrorClass::Net,
+                format!("failed to connect to '{url}': refused"),
+            );
+            let shown = r.classify(&e, &Cell::new(0)).to_string();
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("h/o/r.git"), "{shown}");
+        }
     }
 
     #[test]

@@ -801,6 +801,50 @@ fn a_redirect_to_another_host_gets_no_credentials_and_a_clear_error() {
     }
 }
 
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    listing(dir)
+        .into_iter()
+        .filter(|(_, (kind, _, bytes))| {
+            *kind == 'f' && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Issue 12 item 5: a token in the remote URL's query string reaches no
+/// file of the workdir (libgit2 wrote it into `FETCH_HEAD`) and no error.
+#[test]
+fn a_token_in_the_remote_query_string_is_in_no_workdir_file() {
+    let s = Setup::new();
+    git(&s.remote, &["config", "http.receivepack", "true"]);
+    populate(&s.data);
+    let token = "ghp_QueryTokenStaysOut7";
+    let server = HttpGit::start(&s.root, token);
+    let secret = "qs_SecretInTheQuery99";
+    let mut cfg = s.config("work");
+    cfg.remote = format!(
+        "http://127.0.0.1:{}/remote.git?access_token={secret}",
+        server.port
+    );
+    cfg.token = Some(token.into());
+    let p = Persister::with_config(cfg.clone()).unwrap();
+    assert!(!p.remote_url().contains(secret), "{}", p.remote_url());
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    drop(p);
+    // A wiped disk: the restore fetches.
+    fs::remove_dir_all(s.root.join("work")).unwrap();
+    let p = Persister::with_config(cfg).unwrap();
+    p.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    let leaked = files_containing(&s.root.join("work"), secret);
+    assert!(leaked.is_empty(), "the query's token is in {leaked:?}");
+}
+
 #[test]
 fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
     let s = Setup::new();

@@ -309,17 +309,11 @@ impl Read for PartReader {
     }
 }
 
-/// A URL without its query (signed storage URLs carry secrets there) nor
-/// user info (`https://user:token@host/...`).
+/// A URL with its query (signed storage URLs carry secrets there) and
+/// user info (`https://user:token@host/...`) hidden: the crate's one
+/// redaction, [`crate::redact::url`].
 pub(crate) fn shown(url: &str) -> String {
-    let base = url.split(['?', '#']).next().unwrap_or_default();
-    if let Some((scheme, rest)) = base.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://{}", &rest[at + 1..]);
-        }
-    }
-    base.to_string()
+    crate::redact::url(url)
 }
 
 /// Map a transport error: connection and body problems are retryable.
@@ -1022,11 +1016,11 @@ mod tests {
     fn urls_in_errors_lose_query_and_user_info() {
         assert_eq!(
             shown("https://s3.example/b/o?X-Amz-Signature=secret#f"),
-            "https://s3.example/b/o"
+            "https://s3.example/b/o?***"
         );
         assert_eq!(
             shown("https://user:hf_secret@huggingface.co/datasets/u/d.git/info/lfs"),
-            "https://huggingface.co/datasets/u/d.git/info/lfs"
+            "https://***@huggingface.co/datasets/u/d.git/info/lfs"
         );
         assert_eq!(shown("http://127.0.0.1:9/a@b"), "http://127.0.0.1:9/a@b");
     }
