@@ -1185,6 +1185,10 @@ impl Reader<'_> {
                     large_files.tag = tag;
                 }
                 large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if let Some(url) = large_files.url.clone() {
+                    let pos = l.get("url").map_or(l.pos, |n| n.pos);
+                    self.url_credentials(pos, "persist.large_files.url", &url);
+                }
                 if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
                     large_files.offload_binary = o;
                 }
@@ -1791,6 +1795,18 @@ mod tests {
         assert!(text.contains("holds credentials"), "{text}");
         assert!(text.contains("persist.token"), "{text}");
         assert!(!text.contains("ghp_inurl"), "{text}");
+        // Issue 17 item 7: the same for the LFS endpoint.
+        let e = persist_with(
+            "o/r",
+            "{ store: lfs, url: \"https://u:hf_inurl@huggingface.co/d/u/r.git/info/lfs\" }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("persist.large_files.url"), "{e}");
+        assert!(
+            e.contains("holds credentials") && !e.contains("hf_inurl"),
+            "{e}"
+        );
         let m = persist_with("https://h/o/r.git?access_token=ghp_q", "{}").unwrap();
         assert_eq!(warned_keys(&m), ["persist.remote"]);
         assert!(

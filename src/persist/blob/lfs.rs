@@ -409,6 +409,15 @@ impl LfsStore {
                 shown(&endpoint)
             )));
         };
+        // Credentials in the URL would be sent as they are and written into
+        // `.lfsconfig`, which is pushed (issue 17 item 7): refused, as in
+        // `persist.remote`.
+        if crate::redact::has_userinfo(&endpoint) {
+            return Err(BlobError::Unsupported(format!(
+                "`persist.large_files.url` `{}` holds credentials (`user:password@`): remove them and put the token in `persist.token`",
+                shown(&endpoint)
+            )));
+        }
         let bearer = parsed
             .host_str()
             .is_some_and(|h| HF_HOSTS.iter().any(|hf| h.eq_ignore_ascii_case(hf)));
@@ -833,8 +842,10 @@ impl BlobStore for LfsStore {
         Ok(None)
     }
 
+    /// Never with credentials: a query string (which may carry a token)
+    /// keeps the endpoint out of `.lfsconfig`, a file of the repository.
     fn lfs_url(&self) -> Option<String> {
-        Some(self.endpoint.clone())
+        (!crate::redact::has_query(&self.endpoint)).then(|| self.endpoint.clone())
     }
 }
 
@@ -1010,6 +1021,22 @@ mod tests {
         std::fs::write(&path, &bytes[..7000]).unwrap();
         let (_, res, changed) = read_parts(&path, p, 3000, &[1, 1, 1, 1]);
         assert!(res.is_err() && changed);
+    }
+
+    /// Issue 17 item 7: credentials in the endpoint are refused, and a
+    /// query string never reaches `.lfsconfig`.
+    #[test]
+    fn credentials_in_the_endpoint_never_reach_a_file() {
+        let e = LfsStore::new("https://u:TOKEN_in_url@h/o/r.git/info/lfs", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("holds credentials"), "{e}");
+        assert!(!e.contains("TOKEN_in_url"), "{e}");
+        let s = LfsStore::new("https://h/o/r.git/info/lfs?t=TOKEN_q", None).unwrap();
+        assert_eq!(s.lfs_url(), None);
+        let s = LfsStore::new("https://h/o/r.git/info/lfs", None).unwrap();
+        assert_eq!(s.lfs_url().as_deref(), Some("https://h/o/r.git/info/lfs"));
     }
 
     #[test]
