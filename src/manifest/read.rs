@@ -1064,7 +1064,20 @@ impl Reader<'_> {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
         }
         let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
-        self.url_credentials(remote_pos, "persist.remote", &remote);
+        if crate::persist::remote::is_ssh(&remote) {
+            // Issue 17 item 8: it passed `check`, then failed at every start.
+            self.problem(
+                remote_pos,
+                "persist.remote",
+                format!(
+                    "`{}`: SSH remotes are not supported (stackctl's git has no SSH)",
+                    crate::redact::url(&remote)
+                ),
+                Some("use the repository's https URL (or `owner/repo` for GitHub) and put a token in `persist.token`".into()),
+            );
+        } else {
+            self.url_credentials(remote_pos, "persist.remote", &remote);
+        }
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
             .opt_text(&f, "branch")
@@ -1258,7 +1271,7 @@ impl Reader<'_> {
     /// warned about, since stackctl hides it everywhere it shows the URL.
     fn url_credentials(&mut self, pos: Pos, key: &str, url: &str) {
         let shown = crate::redact::url(url);
-        if crate::redact::has_userinfo(url) && !url.starts_with("ssh://") {
+        if crate::redact::has_userinfo(url) {
             self.problem(
                 pos,
                 key,
@@ -1785,6 +1798,16 @@ mod tests {
 
     fn warned_keys(m: &Manifest) -> Vec<&str> {
         m.warnings.iter().map(|w| w.key.as_str()).collect()
+    }
+
+    /// Issue 17 item 8: libgit2 here has no SSH; `check` says so.
+    #[test]
+    fn ssh_remotes_are_refused() {
+        for remote in ["ssh://git@github.com/o/r.git", "git@github.com:o/r.git"] {
+            let text = persist_with(remote, "{}").unwrap_err().to_string();
+            assert!(text.contains("SSH remotes are not supported"), "{text}");
+            assert!(text.contains("https URL"), "{text}");
+        }
     }
 
     /// Issue 12 item 5: credentials belong in `persist.token`.

@@ -153,7 +153,7 @@ impl PersistError {
 
 impl From<git2::Error> for PersistError {
     fn from(e: git2::Error) -> Self {
-        PersistError::Git(e.message().to_string())
+        PersistError::Git(remote::reason(&e))
     }
 }
 

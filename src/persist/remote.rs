@@ -57,6 +57,23 @@ pub enum RemoteError {
         /// What the transport said.
         message: String,
     },
+    /// The URL's protocol is not built in (SSH: libgit2 here has none).
+    #[error("`persist.remote` `{url}`: {message}; this stackctl speaks https, http, git:// and local paths, not SSH: use the repository's https URL (or `owner/repo` for GitHub) with the token in `persist.token`")]
+    Unsupported {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What is not supported.
+        message: String,
+    },
+    /// The disk is full or a directory is not writable (the workdir, or a
+    /// local-path remote): not a network problem, so not retried.
+    #[error("cannot write while talking to `{url}`: {message}; free disk space or fix the permissions of `persist.workdir` (and of a local-path remote), then try again")]
+    Storage {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What the system said.
+        message: String,
+    },
     /// The server redirected to another host: not followed, never retried.
     #[error("the backup repository `{url}` redirected to another host ({message}); credentials are only sent to the remote's own host: set `persist.remote` to the repository's real URL")]
     Redirect {
@@ -135,11 +152,17 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
         });
     }
     if let Some((scheme, rest)) = r.split_once("://") {
-        if !matches!(scheme, "http" | "https" | "ssh" | "git") {
+        if is_ssh(r) {
+            return Err(RemoteError::Unsupported {
+                url: crate::redact::url(r),
+                message: "SSH remotes are not supported".into(),
+            });
+        }
+        if !matches!(scheme, "http" | "https" | "git") {
             return Err(bad());
         }
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') && scheme != "ssh" {
+        if authority.contains('@') {
             // A token in the URL would end up in logs and errors: refuse it.
             return Err(bad());
         }
@@ -167,6 +190,50 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
         }
         _ => Err(bad()),
     }
+}
+
+/// Is `remote` an SSH URL (`ssh://`, `git+ssh://`, or scp-like
+/// `user@host:path`)? libgit2 is built here without SSH.
+pub fn is_ssh(remote: &str) -> bool {
+    let r = remote.trim();
+    match r.split_once("://") {
+        Some((scheme, _)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            scheme == "ssh" || scheme == "git+ssh" || scheme == "ssh+git"
+        }
+        None => {
+            // scp-like: `user@host:path` (a colon before any slash).
+            let head = r.split('/').next().unwrap_or_default();
+            !r.starts_with('/') && head.contains('@') && head.contains(':')
+        }
+    }
+}
+
+/// What libgit2 said, or, when it set no message (it answers "no error"
+/// after some failed writes, e.g. on a full disk), what usually causes that.
+pub fn reason(e: &git2::Error) -> String {
+    let m = e.message().trim();
+    if m.is_empty() || m == "no error" || m == "an unknown git error occurred" {
+        "git gave no reason (usually a full disk or a directory it cannot write)".into()
+    } else {
+        m.to_string()
+    }
+}
+
+/// Does `message` (any case) say the local disk is full or not writable?
+/// Those are not network errors: retrying does not help.
+pub fn is_storage_problem(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "no space left on device",
+        "disk quota exceeded",
+        "read-only file system",
+        "permission denied",
+        "operation not permitted",
+        "git gave no reason",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// How much history a fetch brings.
@@ -309,7 +376,7 @@ impl Remote {
     }
 
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
-        let message = self.scrub(e.message());
+        let message = self.scrub(&reason(e));
         let url = self.shown.clone();
         if e.code() == git2::ErrorCode::Auth
             || e.class() == git2::ErrorClass::Http && message.contains("401")
@@ -319,6 +386,12 @@ impl Remote {
         }
         if message.contains(OFFSITE) || message.contains("cannot redirect") {
             return RemoteError::Redirect { url, message };
+        }
+        if message.contains("unsupported URL protocol") {
+            return RemoteError::Unsupported { url, message };
+        }
+        if is_storage_problem(&message) {
+            return RemoteError::Storage { url, message };
         }
         if e.class() == git2::ErrorClass::Http && message.contains("404") {
             return RemoteError::NotFound { url, message };
@@ -378,7 +451,7 @@ impl Remote {
                 .map_err(|e| self.classify(&e, &tries))?;
         }
         repo.reference(dst, oid, true, "stackctl fetch")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(head)
     }
 
@@ -451,7 +524,7 @@ impl Remote {
                 .map_err(|e| self.classify(&e, &tries))?;
         }
         repo.reference(&self.tracking_ref(), oid, true, "stackctl fetch")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(RemoteHead::At(oid))
     }
 
@@ -469,7 +542,7 @@ impl Remote {
     ) -> Result<(), RemoteError> {
         self.push_to(repo, commit, &self.branch_ref(), lease)?;
         repo.reference(&self.tracking_ref(), commit, true, "stackctl push")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(())
     }
 
@@ -485,7 +558,7 @@ impl Remote {
         // Pushes go from a ref: point a private one at the commit.
         let src = "refs/stackctl/push";
         repo.reference(src, commit, true, "stackctl push")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         let tries = Cell::new(0);
         let connect_tries = Cell::new(0);
         let rejected: RefCell<Option<(String, String)>> = RefCell::new(None);
@@ -547,7 +620,7 @@ impl Remote {
             {
                 return Err(RemoteError::Rejected {
                     refname: dst.to_string(),
-                    message: self.scrub(e.message()),
+                    message: self.scrub(&reason(&e)),
                 })
             }
             Err(e) => return Err(self.classify(&e, &tries)),
@@ -617,11 +690,8 @@ mod tests {
                 gh("https://example.org/x/y.git"),
                 false,
             ),
-            (
-                "ssh://git@example.org/x/y.git",
-                gh("ssh://git@example.org/x/y.git"),
-                false,
-            ),
+            ("ssh://git@example.org/x/y.git", None, false),
+            ("git@github.com:o/r.git", None, false),
             ("/srv/backup.git", gh("/srv/backup.git"), true),
             ("file:///srv/backup.git", gh("file:///srv/backup.git"), true),
             (
@@ -659,7 +729,13 @@ mod tests {
             ("https://h/o/r.git?access_token=ghp_query", "ghp_query"),
             ("ssh://git:hunter2pw@h/o/r.git", "hunter2pw"),
         ] {
-            let r = Remote::new(resolve_url(url).unwrap(), None, "main");
+            // (SSH is refused by resolve_url now; the message still hides it.)
+            let remote = RemoteUrl {
+                url: url.into(),
+                local: None,
+                shallow_ok: true,
+            };
+            let r = Remote::new(remote, None, "main");
             assert!(!r.url().contains(secret), "{}", r.url());
             let e = git2::Error::new(
                 git2::ErrorCode::GenericError,
@@ -670,6 +746,44 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
             assert!(shown.contains("h/o/r.git"), "{shown}");
         }
+    }
+
+    /// Issue 17 item 8: SSH is refused up front; a full disk, a permission
+    /// problem or an unknown protocol is not a network error.
+    #[test]
+    fn errors_are_classified_by_what_they_are() {
+        let e = resolve_url("ssh://git:pw@example.org/x/y.git").unwrap_err();
+        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
+        assert!(e.to_string().contains("not SSH") && !e.to_string().contains("pw@"));
+        assert!(is_ssh("git@github.com:o/r.git"));
+        assert!(!is_ssh("https://github.com/o/r.git") && !is_ssh("/srv/a:b@c"));
+        let r = Remote::new(resolve_url("/srv/backup.git").unwrap(), None, "main");
+        let class = |class, msg: &str| {
+            let e = git2::Error::new(git2::ErrorCode::GenericError, class, msg);
+            r.classify(&e, &Cell::new(0))
+        };
+        use git2::ErrorClass as C;
+        for (c, msg) in [
+            (
+                C::Os,
+                "failed to write '/w/objects/ab': No space left on device",
+            ),
+            (C::Os, "could not open '/w/x.lock': Permission denied"),
+            (C::Odb, "no error"),
+            (
+                C::Filesystem,
+                "failed to make directory: Read-only file system",
+            ),
+        ] {
+            let e = class(c, msg);
+            assert!(matches!(e, RemoteError::Storage { .. }), "{msg}: {e:?}");
+            assert!(!e.is_retryable());
+            assert!(!e.to_string().contains(": no error"), "{e}");
+        }
+        let e = class(C::Net, "unsupported URL protocol");
+        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
+        let e = class(C::Os, "failed to connect to 127.0.0.1: Connection refused");
+        assert!(e.is_retryable(), "{e:?}");
     }
 
     #[test]

@@ -369,3 +369,57 @@ gateway:
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
 }
+
+/// Can this test mount a tmpfs in a private mount namespace?
+fn can_mount_tmpfs() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs in a user+mount namespace here");
+    }
+    ok
+}
+
+/// Issue 17 item 8: a full disk (the workdir's, or a local-path remote's) is
+/// not "cannot reach …, check the network" retried forever, nor "…: no
+/// error": `backup` fails at once and says the disk is full.
+#[test]
+fn a_full_disk_is_named_as_such_and_not_retried() {
+    if !can_mount_tmpfs() {
+        return;
+    }
+    for full in ["remote.git", "work"] {
+        let s = stack(free_port(), "./remote.git");
+        std::fs::create_dir_all(s.path(full)).unwrap();
+        if full == "work" {
+            bare_repo(&s);
+        }
+        std::fs::write(
+            s.path("data/blob.bin"),
+            crate::common_persist::noise(2 << 20, 7),
+        )
+        .unwrap();
+        // A 512 KiB tmpfs over `full` (a fresh bare repository when it is
+        // the remote), only for this process.
+        let mount = r#"mount -t tmpfs -o size=512k tmpfs "$1" || exit 99
+            if [ "$2" = remote.git ]; then git init -q --bare -b main "$1" || exit 98; fi
+            shift 2; "$@" restore || exit 97; exec "$@" backup"#;
+        let dir = s.path(full).display().to_string();
+        let wrapper = ["unshare", "-rm", "sh", "-c", mount, "sh", &dir, full];
+        // `stackctl -f FILE` + `restore`, then `backup` in the same namespace.
+        let mut run = s.spawn(&[], Some(&wrapper));
+        let status = run.wait_exit(T);
+        let log = run.log();
+        assert_eq!(status.code(), Some(1), "{full}: {log}");
+        assert!(
+            log.to_lowercase().contains("no space left on device")
+                || log.contains("usually a full disk"),
+            "{full}: {log}"
+        );
+        assert!(!log.contains("cannot reach"), "{full}: {log}");
+        assert!(!log.contains("retry"), "{full}: {log}");
+        assert!(!log.contains(": no error"), "{full}: {log}");
+    }
+}
