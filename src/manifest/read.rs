@@ -1368,16 +1368,34 @@ impl Reader<'_> {
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let password_file = password_file.unwrap_or_else(|| {
-            let home = self
-                .container
-                .get("HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| self.dir.clone());
-            home.join(".config/stackctl")
-                .join(format!("{name}.admin-password"))
-        });
+        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+            Some(s) => self.path(&self.dir.clone(), &s),
+            None => match persist {
+                Some(p) => p.workdir.join("state/gateway.json"),
+                None => self.dir.join(".stackctl/gateway.json"),
+            },
+        };
+        // The default file is keyed by the state file's location too: two
+        // stacks of the same name elsewhere (issue 12 item 6) each keep
+        // their own. The name-only file of earlier versions is read once,
+        // to migrate (see `Admin::legacy_password_file`).
+        let (password_file, legacy_password_file) = match password_file {
+            Some(p) => (p, None),
+            None => {
+                let dir = self
+                    .container
+                    .get("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.dir.clone())
+                    .join(".config/stackctl");
+                let key = password_file_key(&state_file);
+                (
+                    dir.join(format!("{name}-{key}.admin-password")),
+                    Some(dir.join(format!("{name}.admin-password"))),
+                )
+            }
+        };
         if let Some(p) = persist.and_then(|p| {
             p.paths
                 .iter()
@@ -1411,13 +1429,6 @@ impl Reader<'_> {
             ],
         );
         let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
-        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
-            Some(s) => self.path(&self.dir.clone(), &s),
-            None => match persist {
-                Some(p) => p.workdir.join("state/gateway.json"),
-                None => self.dir.join(".stackctl/gateway.json"),
-            },
-        };
         let mut timeouts = GatewayTimeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(600),
@@ -1472,6 +1483,7 @@ impl Reader<'_> {
             admin: Admin {
                 password: admin_password,
                 password_file,
+                legacy_password_file,
             },
             allow_backends,
             trusted_proxies,
@@ -1733,6 +1745,14 @@ fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
         "never" => Ok(OffloadBinary::Never),
         _ => Err(format!("unknown value `{t}` (use auto, always or never)")),
     }
+}
+
+/// 12 hex digits of the SHA-256 of the state file's path: what tells the
+/// default admin-password files of two same-named stacks apart.
+fn password_file_key(state_file: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_file.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
 }
 
 /// An `http(s)://` URL on Hugging Face (`huggingface.co` or `hf.co`, any

@@ -423,3 +423,82 @@ fn a_full_disk_is_named_as_such_and_not_retried() {
         assert!(!log.contains(": no error"), "{full}: {log}");
     }
 }
+
+/// A stack named `twin` with a generated admin password, its `HOME` shared
+/// with other stacks.
+fn twin(port: u16, home: &std::path::Path) -> Stack {
+    Stack::new(&format!(
+        r#"
+name: twin
+services:
+  app:
+    command: [sleep, "1000"]
+    stop_timeout: 2s
+gateway:
+  listen: 127.0.0.1:{port}
+"#
+    ))
+    .env("HOME", home.to_str().unwrap())
+}
+
+/// Run `up` until the gateway has settled its password; return the
+/// generated password if one was printed, and the log.
+fn up_once(s: &Stack, port: u16) -> (Option<String>, String) {
+    let mut up = s.up();
+    poll(T, "the admin API", || {
+        http_get(&format!("http://127.0.0.1:{port}/admin/healthz")).filter(|(c, _, _)| *c == 200)
+    });
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    let log = up.log();
+    let pw = log
+        .lines()
+        .find_map(|l| l.split_once("generated admin password (shown once): "))
+        .map(|(_, pw)| pw.trim().to_string());
+    (pw, log)
+}
+
+/// Issue 12 item 6: two stacks with the same `name` (and `HOME`) each keep
+/// their own admin-password file; the name-only file of earlier versions is
+/// still read, and moved once to the stack's own file.
+#[test]
+fn same_named_stacks_keep_their_own_admin_password_files() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join(".config/stackctl");
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (twin(pa, home.path()), twin(pb, home.path()));
+    let (pw_a, log) = up_once(&a, pa);
+    let pw_a = pw_a.unwrap_or_else(|| panic!("no password generated\n{log}"));
+    let (pw_b, log) = up_once(&b, pb);
+    let pw_b = pw_b.unwrap_or_else(|| panic!("no password generated\n{log}"));
+    assert_ne!(pw_a, pw_b);
+    let mut files: Vec<String> = std::fs::read_dir(&config)
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    let mut want = vec![pw_a.clone(), pw_b.clone()];
+    want.sort();
+    assert_eq!(
+        files, want,
+        "one file per stack, each with its own password"
+    );
+
+    // An install of an earlier version: A's password in `twin.admin-password`.
+    let own = std::fs::read_dir(&config)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().trim() == pw_a)
+        .unwrap();
+    let legacy = config.join("twin.admin-password");
+    std::fs::rename(&own, &legacy).unwrap();
+    let (generated, log) = up_once(&a, pa);
+    assert_eq!(generated, None, "the stored hash is kept\n{log}");
+    assert!(!legacy.exists(), "the old file was moved\n{log}");
+    assert_eq!(std::fs::read_to_string(&own).unwrap().trim(), pw_a, "{log}");
+}
