@@ -17,6 +17,7 @@
 //! - [`redact`]: hides credentials in URLs before any message, log line or file.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
+//! - [`fault`]: test-only panics (debug builds) proving a panicking task fails alone.
 
 pub mod app;
 pub mod check;
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod env;
+pub mod fault;
 pub mod gateway;
 pub mod manifest;
 pub mod persist;

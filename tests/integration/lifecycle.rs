@@ -502,3 +502,60 @@ fn same_named_stacks_keep_their_own_admin_password_files() {
     assert!(!legacy.exists(), "the old file was moved\n{log}");
     assert_eq!(std::fs::read_to_string(&own).unwrap().trim(), pw_a, "{log}");
 }
+
+/// Issue 12 item 8: a panicking gateway connection task (injected by the
+/// debug-only `STACKCTL_TEST_PANIC=conn`) fails that connection only: the
+/// gateway keeps answering, the service keeps running, and the stop is clean.
+#[test]
+fn a_panicking_connection_task_does_not_stop_the_stack() {
+    let port = free_port();
+    let s = stack(port, "./remote.git").env("STACKCTL_TEST_PANIC", "conn");
+    bare_repo(&s);
+    let mut up = s.up();
+    up.wait_for("app | saw: nothing", T);
+    // The first connection's task panics: no answer on it.
+    let url = format!("http://127.0.0.1:{port}/admin/healthz");
+    assert_eq!(http_get(&url), None, "{}", up.log());
+    up.wait_for("injected panic at `conn`", T);
+    let (code, _, _) = poll(T, "the gateway after the panic", || {
+        http_get(&url).filter(|(c, _, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    std::fs::write(s.path("data/late.txt"), "after the panic").unwrap();
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    assert_eq!(
+        remote_file(&s, &format!("{}/late.txt", tree_path(&s, "data"))).as_deref(),
+        Some("after the panic")
+    );
+}
+
+/// Issue 12 item 8: when the supervisor or `up` itself panics (a bug), the
+/// final snapshot is still taken, and the exit code says it failed (1).
+#[test]
+fn a_panic_in_the_supervisor_or_up_still_takes_the_final_snapshot() {
+    for point in ["supervisor", "up"] {
+        let port = free_port();
+        let s = stack(port, "./remote.git").env("STACKCTL_TEST_PANIC", point);
+        bare_repo(&s);
+        std::fs::write(s.path("data/late.txt"), point).unwrap();
+        let mut up = s.up();
+        if point == "up" {
+            up.wait_for("app | saw: nothing", T);
+            up.signal(libc::SIGTERM);
+        }
+        assert_eq!(up.wait_exit(T).code(), Some(1), "{point}: {}", up.log());
+        assert!(
+            up.has_line(&format!("injected panic at `{point}`")),
+            "{}",
+            up.log()
+        );
+        assert!(up.has_line("taking the final snapshot"), "{}", up.log());
+        assert_eq!(
+            remote_file(&s, &format!("{}/late.txt", tree_path(&s, "data"))).as_deref(),
+            Some(point),
+            "{point}: {}",
+            up.log()
+        );
+    }
+}
