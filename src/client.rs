@@ -189,9 +189,12 @@ impl Admin {
         if let Some(p) = args.password.as_deref().filter(|p| !p.is_empty()) {
             candidates.push((p.to_string(), Source::Flag));
         } else {
-            if let Some(file) = &password_file {
+            // The file of earlier versions, until `up` has moved it.
+            let legacy = gateway.and_then(|g| g.admin.legacy_password_file.clone());
+            for file in password_file.iter().chain(legacy.iter()) {
                 if let Some(p) = read_password_file(file)? {
                     candidates.push((p, Source::File(file.clone())));
+                    break;
                 }
             }
             if let Some(p) = gateway

@@ -69,6 +69,7 @@ impl Ctx {
 
 /// Serve one accepted connection until it closes.
 pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    crate::fault::panic_once("conn");
     let origin = Arc::new(Peer::new(peer.ip(), ctx.shared.listen().port()));
     let timeouts = ctx.shared.client_timeouts;
     let mut conn = Front {

@@ -399,6 +399,29 @@ fn import_original(
     Ok(Some(path.clone()))
 }
 
+/// Move the password file of earlier versions (keyed by the stack name
+/// only) to this stack's own file, if it holds this stack's password: a
+/// same-named stack elsewhere may have written it. True when moved.
+fn migrate_password_file(admin: &crate::manifest::Admin, hash: &str) -> bool {
+    let Some(old) = &admin.legacy_password_file else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(old) else {
+        return false;
+    };
+    let pw = text.trim_end_matches(['\r', '\n']);
+    if pw.is_empty() || !auth::verify_password(hash, pw) {
+        return false;
+    }
+    if let Err(e) = state::write_atomic(&admin.password_file, format!("{pw}\n").as_bytes()) {
+        tracing::warn!(error = %e, "gateway: cannot move the admin password file");
+        return false;
+    }
+    let _ = std::fs::remove_file(old);
+    tracing::info!(from = %old.display(), to = %admin.password_file.display(), "gateway: moved the admin password file to its per-stack name");
+    true
+}
+
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
         if let Some(problem) = auth::header_problem(pw) {
@@ -425,7 +448,7 @@ fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<Str
     }
     if let Some(current) = &st.password_hash {
         auth::check_hash(current)?;
-        if !cfg.admin.password_file.exists() {
+        if !cfg.admin.password_file.exists() && !migrate_password_file(&cfg.admin, current) {
             tracing::info!(state_file = %cfg.state_file.display(), "gateway: the admin password was set earlier (its hash is in the state file); if it is lost, set `gateway.admin.password` to replace it");
         }
         return Ok(current.clone());

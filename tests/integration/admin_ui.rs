@@ -238,11 +238,19 @@ fn routes_and_status_commands_drive_the_running_gateway() {
     wait_healthy(&mut up, gport);
     // No password configured: `up` generated one into the password file
     // (under $HOME, which the harness points at the temp dir).
-    let pw_file = stack.path(".config/stackctl/uitest.admin-password");
-    poll(
+    // `uitest-<key>.admin-password`, the key naming the state file.
+    let pw_file = poll(
         Duration::from_secs(10),
         "the generated password file",
-        || pw_file.is_file().then_some(()),
+        || {
+            std::fs::read_dir(stack.path(".config/stackctl"))
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    name.starts_with("uitest-") && name.ends_with(".admin-password")
+                })
+        },
     );
     let generated = std::fs::read_to_string(&pw_file).expect("read the password file");
     let generated = generated.trim_end();

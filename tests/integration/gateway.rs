@@ -281,6 +281,7 @@ pub(crate) fn config(
         admin: Admin {
             password: Some(PASSWORD.into()),
             password_file: dir.join("home/admin-password"),
+            legacy_password_file: None,
         },
         allow_backends: vec![],
         trusted_proxies: vec![],
