@@ -9,7 +9,7 @@
 //! other sites from reading answers.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::gateway::auth::{hash_password, password_problem};
+use crate::gateway::auth::{self, hash_password, password_problem};
 use crate::gateway::body::{empty, full, Body};
 use crate::gateway::error::HttpError;
 use crate::gateway::headers::Forwarded;
@@ -46,8 +46,10 @@ pub(crate) async fn handle(
     let client = Client {
         ip: fwd.client_ip,
         host: fwd.host.as_ref().and_then(|h| h.to_str().ok()),
+        https: fwd.proto == "https",
+        device_cookie: OnceLock::new(),
     };
-    match route(gw, req, path, &client).await {
+    let mut resp = match route(gw, req, path, &client).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status().is_server_error() {
@@ -55,7 +57,11 @@ pub(crate) async fn handle(
             }
             e.response(&headers)
         }
+    };
+    if let Some(v) = client.device_cookie.get() {
+        resp.headers_mut().append(header::SET_COOKIE, v.clone());
     }
+    resp
 }
 
 /// Who sent an admin request, as far as the gateway trusts it.
@@ -64,6 +70,10 @@ struct Client<'a> {
     /// The host the client asked for: `Host`, or `X-Forwarded-Host` only
     /// from a trusted proxy.
     host: Option<&'a str>,
+    /// The client reached us over HTTPS (directly or via a trusted proxy).
+    https: bool,
+    /// A `Set-Cookie` value for the device cookie, once the password passed.
+    device_cookie: OnceLock<HeaderValue>,
 }
 
 async fn route(
@@ -130,7 +140,25 @@ async fn guard(
         return Err(HttpError::CrossSite);
     }
     let presented = headers.get(PASSWORD_HEADER).and_then(|v| v.to_str().ok());
-    gw.auth.check(client.ip, presented).await
+    let device = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| auth::cookie(v, auth::DEVICE_COOKIE));
+    if let Some(token) = gw.auth.check(client.ip, presented, device).await? {
+        // Secure only over HTTPS: a browser drops a Secure cookie set over
+        // plain HTTP (a local stack), and it would help nobody there.
+        let cookie = format!(
+            "{}={token}; Path=/admin/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            auth::DEVICE_COOKIE,
+            auth::DEVICE_FOR.as_secs(),
+            if client.https { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            let _ = client.device_cookie.set(v);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request may drive the admin API: `Sec-Fetch-Site` (set by

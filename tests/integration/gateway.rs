@@ -982,6 +982,111 @@ async fn admin_requires_the_password_and_rate_limits_failures() {
     gw.shutdown().await;
 }
 
+/// Issue 16: wrong passwords from many addresses (behind a trusted proxy,
+/// as on a Space) kept the owner's correct password at 429. Known clients
+/// stay in: an address that signed in before, a browser with the device
+/// cookie from its last sign-in, and loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_lock_the_owner_out() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(a.url()), json!([]));
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let limits = LimitConfig {
+        ip_burst: 10.0,
+        ip_refill: 0.01,
+        global_burst: 20.0,
+        global_refill: 0.01,
+    };
+    let gw = start_with(cfg, dir, restored(), move |g| g.with_rate_limits(limits)).await;
+    let from = |addr: &'static str, pw: &'static str| {
+        let url = gw.url("/admin/status");
+        async move {
+            call(
+                "GET",
+                &url,
+                &[("x-forwarded-for", addr), ("x-admin-password", pw)],
+                empty(),
+            )
+            .await
+        }
+    };
+
+    let r = from("198.51.100.77", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set_cookie = r.header("set-cookie").to_string();
+    assert!(
+        set_cookie.starts_with("stackctl_admin_device=v1.")
+            && set_cookie.contains("; Path=/admin/; ")
+            && set_cookie.contains("; HttpOnly; SameSite=Strict")
+            && !set_cookie.contains("Secure"),
+        "{set_cookie}"
+    );
+    let device = set_cookie.split(';').next().unwrap().to_string();
+
+    const STRANGERS: [&str; 15] = [
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.3",
+        "203.0.113.4",
+        "203.0.113.5",
+        "203.0.113.6",
+        "203.0.113.7",
+        "203.0.113.8",
+        "203.0.113.9",
+        "203.0.113.10",
+        "203.0.113.11",
+        "203.0.113.12",
+        "203.0.113.13",
+        "203.0.113.14",
+        "203.0.113.15",
+    ];
+    for stranger in STRANGERS.iter().cycle().take(30) {
+        let r = from(stranger, "wrong-password").await;
+        assert!(matches!(r.status, 403 | 429), "{}", r.status);
+    }
+    let r = from("198.51.100.200", PASSWORD).await;
+    assert_eq!(r.status, 429, "a new address waits for the global limit");
+
+    assert_eq!(
+        from("198.51.100.77", PASSWORD).await.status,
+        200,
+        "known address"
+    );
+    let r = call(
+        "GET",
+        &gw.url("/admin/status"),
+        &[
+            ("x-forwarded-for", "198.51.100.201"),
+            ("x-admin-password", PASSWORD),
+            ("cookie", device.as_str()),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "known browser at a new address: {}", r.body);
+    assert!(r.headers.get("set-cookie").is_none(), "its cookie is valid");
+    assert_eq!(
+        admin_get(&gw, "/admin/status").await.status,
+        200,
+        "loopback"
+    );
+    // A forged cookie is no key.
+    let r = call(
+        "GET",
+        &gw.url("/admin/status"),
+        &[
+            ("x-forwarded-for", "198.51.100.202"),
+            ("x-admin-password", PASSWORD),
+            ("cookie", "stackctl_admin_device=v1.99999999999.00"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     let a = backend("a").await;
