@@ -64,7 +64,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -422,6 +422,32 @@ fn migrate_password_file(admin: &crate::manifest::Admin, hash: &str) -> bool {
     true
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with
+/// more than one, is a 400 — a proxy must not pick one (the backend may pick
+/// the other) nor invent one. HTTP/1.0 may omit it; HTTP/2 carries
+/// `:authority` instead. CONNECT (a tunnel to anywhere) is not proxied: 405.
+/// The front end hands such requests to this path, so this one check covers
+/// both.
+fn request_line_rules<B>(req: &Request<B>) -> Result<(), HttpError> {
+    if req.method() == Method::CONNECT {
+        return Err(HttpError::MethodNotAllowed(
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ));
+    }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(HttpError::BadRequest(
+            "more than one Host header (RFC 9112 §3.2)".into(),
+        ));
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 {
+        return Err(HttpError::BadRequest(
+            "an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
         if let Some(problem) = auth::header_problem(pw) {
@@ -520,6 +546,9 @@ impl Shared {
             peer,
             &self.trusted,
         );
+        if let Err(e) = request_line_rules(&req) {
+            return e.response(req.headers());
+        }
         // Owned: the request itself moves on while the decision borrows it.
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p.into_owned(),

@@ -389,3 +389,38 @@ async fn http2_with_prior_knowledge_is_handed_to_hyper() {
     }
     gw.shutdown().await;
 }
+
+/// Issue 16 (RFC 9112 §3.2): an HTTP/1.1 request without Host or with two
+/// gets 400 and never reaches the backend (before, one Host was picked or
+/// invented); CONNECT gets 405. HTTP/1.0 may omit Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_and_connect_are_enforced() {
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    for (req, want) in [
+        ("GET /x HTTP/1.1\r\n\r\n", 400),
+        ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
+        ("GET http://h/x HTTP/1.1\r\n\r\n", 400),
+        (
+            "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+            405,
+        ),
+        ("GET /x HTTP/1.0\r\n\r\n", 200),
+    ] {
+        let mut c = Client::connect(&gw).await;
+        c.send(req).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, want, "{req:?}: {r:?}");
+        if want == 200 {
+            assert_eq!(r.json()["path"], "/x");
+        }
+    }
+    // The same on a connection the front end served first.
+    let mut c = Client::connect(&gw).await;
+    c.send(&format!("{}GET /y HTTP/1.1\r\n\r\n", get("/one")))
+        .await;
+    assert_eq!(c.response(false).await.status, 200);
+    assert_eq!(c.response(false).await.status, 400);
+    gw.shutdown().await;
+}
