@@ -27,12 +27,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{header, HeaderMap, StatusCode};
 
 use super::h1::{Decided, RawHead, ResponseFraming};
+use super::limits;
 
-/// Headers a request head may carry (hyper's default limit too).
-pub const MAX_HEADERS: usize = 100;
-/// The largest request head the front end waits for; a longer one goes to
-/// hyper, which answers 431.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Headers a request head may carry (see [`super::limits`]).
+pub const MAX_HEADERS: usize = limits::MAX_HEADERS;
+/// The largest request head the front end waits for (see
+/// [`super::limits`]).
+pub const MAX_HEAD: usize = limits::MAX_HEAD;
 
 /// Space for one request's parsed headers.
 pub type HeaderSlots<'b> = super::h1::HeaderSlots<'b, MAX_HEADERS>;
@@ -97,6 +98,11 @@ pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
+    // Over the limits: hyper's side refuses it (`limits::parsed`).
+    let line = limits::request_line_len(method, target.len());
+    if limits::complete(line, req.headers.len(), len).is_some() {
+        return Parsed::Other;
+    }
     // Origin-form only, and only the bytes a URI may hold: anything odd
     // gets hyper's stricter parse (and its 400).
     if !target.starts_with('/') || !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
