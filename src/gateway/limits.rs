@@ -14,6 +14,10 @@
 //!
 //! A refused request is answered and its connection closed: what follows a
 //! head cut short cannot be told apart from the rest of that head.
+//!
+//! The same goes for a head whose body framing two parsers could read two
+//! ways ([`ambiguous_framing`], 400; nginx says 501): the way requests are
+//! smuggled past a proxy.
 
 use http::{HeaderMap, StatusCode, Uri};
 
@@ -105,6 +109,24 @@ pub fn parsed(method: &str, uri: &Uri, headers: &HeaderMap) -> Option<Exceeded> 
     complete(line, headers.len(), line + 2 + fields + 2)
 }
 
+/// Why a request's body framing is refused, if it is: a
+/// `Transfer-Encoding` other than exactly one `chunked` (hyper would take
+/// `identity, chunked` as chunked; nginx refuses it, and a backend may read
+/// it another way). `Content-Length` beside `Transfer-Encoding` and
+/// repeated equal lengths never get here on HTTP/1: hyper drops the
+/// length in favour of the coding (and closes the connection after the
+/// answer, as RFC 9112 §6.1 asks), and keeps one of equal lengths.
+pub fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let only_chunked = codings
+        .next()
+        .is_none_or(|c| c.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    if !only_chunked || codings.next().is_some() {
+        return Some("the only `Transfer-Encoding` accepted on a request is `chunked`");
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +185,29 @@ mod tests {
         assert_eq!(complete(20, 10, MAX_HEAD), None);
         assert_eq!(complete(20, 10, MAX_HEAD + 1), Some(Exceeded::Headers));
         assert_eq!(Exceeded::Headers.status().as_u16(), 431);
+    }
+
+    #[test]
+    fn framing_two_parsers_could_read_two_ways_is_refused() {
+        let map = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, v.parse().unwrap());
+            }
+            m
+        };
+        let te = "transfer-encoding";
+        for ok in [vec![], vec![(te, "chunked")], vec![(te, " Chunked ")]] {
+            assert_eq!(ambiguous_framing(&map(&ok)), None, "{ok:?}");
+        }
+        for bad in [
+            vec![(te, "identity, chunked")],
+            vec![(te, "chunked, identity")],
+            vec![(te, "gzip")],
+            vec![(te, "chunked"), (te, "chunked")],
+        ] {
+            assert!(ambiguous_framing(&map(&bad)).is_some(), "{bad:?}");
+        }
     }
 
     #[test]

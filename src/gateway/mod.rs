@@ -499,7 +499,10 @@ impl Shared {
         peer: &headers::Peer,
     ) -> Response<Body> {
         if let Some(over) = limits::parsed(req.method().as_str(), req.uri(), req.headers()) {
-            return refuse_head(&req, over);
+            return refuse_head(&req, HttpError::from(over));
+        }
+        if let Some(why) = limits::ambiguous_framing(req.headers()) {
+            return refuse_head(&req, HttpError::BadRequest(why.into()));
         }
         // Timing is only for the debug log line; skip the clock otherwise.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
@@ -600,6 +603,9 @@ impl Shared {
         let b = backend.to_string();
         match f {
             ForwardError::TooLarge(n) => HttpError::BodyTooLarge(n),
+            ForwardError::ClientBody => HttpError::BadRequest(
+                "the request body is malformed or cut off (chunked framing)".into(),
+            ),
             ForwardError::Timeout(d) => HttpError::Timeout {
                 backend: b,
                 secs: d.as_secs(),
@@ -659,11 +665,12 @@ fn log_request(
     );
 }
 
-/// The answer to a request whose head is over a limit; an HTTP/1
-/// connection is closed after it, as nginx does.
-fn refuse_head<B>(req: &Request<B>, over: limits::Exceeded) -> Response<Body> {
-    tracing::debug!(limit = ?over, "gateway: request head over the limits");
-    let mut resp = HttpError::from(over).response(req.headers());
+/// The answer to a request whose head is refused before routing (over a
+/// limit, or framed ambiguously); an HTTP/1 connection is closed after
+/// it, as nginx does: what follows such a head cannot be trusted.
+fn refuse_head<B>(req: &Request<B>, e: HttpError) -> Response<Body> {
+    tracing::debug!(error = %e, "gateway: request head refused");
+    let mut resp = e.response(req.headers());
     if req.version() < http::Version::HTTP_2 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
