@@ -92,13 +92,28 @@ pub fn request_line_len(method: &str, target_len: usize) -> usize {
 }
 
 /// The checks of [`complete`] on a request hyper has parsed (HTTP/1 or
-/// HTTP/2): its head's size is counted as HTTP/1.1 would spell it, with
-/// the target as sent (an absolute or HTTP/2 target with its scheme and
-/// authority).
-pub fn parsed(method: &str, uri: &Uri, headers: &HeaderMap) -> Option<Exceeded> {
-    let target = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+/// HTTP/2): its head's size is counted as HTTP/1.1 would spell it. An
+/// HTTP/1 target counts as sent (an absolute-form one with its scheme and
+/// authority); an HTTP/2 one is its path and query (`:path`), its
+/// authority counting as a Host field would.
+pub fn parsed(
+    method: &str,
+    version: http::Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Exceeded> {
+    let path = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let prefix = uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let (target, host_field) = if version >= http::Version::HTTP_2 {
+        (
+            path,
+            uri.authority()
+                .map_or(0, |a| "host: \r\n".len() + a.as_str().len()),
+        )
+    } else {
+        (prefix + path, 0)
+    };
     let line = request_line_len(method, target);
     // `name: value CRLF` per field, then the request line's CRLF and the
     // blank line.
@@ -106,7 +121,7 @@ pub fn parsed(method: &str, uri: &Uri, headers: &HeaderMap) -> Option<Exceeded> 
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    complete(line, headers.len(), line + 2 + fields + 2)
+    complete(line, headers.len(), line + 2 + host_field + fields + 2)
 }
 
 /// Why a request's body framing is refused, if it is: a
@@ -210,23 +225,45 @@ mod tests {
         }
     }
 
+    const H1: http::Version = http::Version::HTTP_11;
+
     #[test]
     fn parsed_requests_are_measured_as_http11_spells_them() {
         let mut headers = HeaderMap::new();
         headers.insert("host", "h".parse().unwrap());
         let uri: Uri = format!("/{}", "a".repeat(100)).parse().unwrap();
-        assert_eq!(parsed("GET", &uri, &headers), None);
+        assert_eq!(parsed("GET", H1, &uri, &headers), None);
         let line_max = MAX_REQUEST_LINE - request_line_len("GET", 0);
         let uri: Uri = format!("/{}", "a".repeat(line_max)).parse().unwrap();
-        assert_eq!(parsed("GET", &uri, &headers), Some(Exceeded::RequestLine));
+        assert_eq!(
+            parsed("GET", H1, &uri, &headers),
+            Some(Exceeded::RequestLine)
+        );
         let uri: Uri = format!("http://h/{}", "a".repeat(line_max - 9))
             .parse()
             .unwrap();
-        assert_eq!(parsed("GET", &uri, &headers), None);
+        assert_eq!(parsed("GET", H1, &uri, &headers), None);
         let uri: Uri = format!("http://h/{}", "a".repeat(line_max - 8))
             .parse()
             .unwrap();
-        assert_eq!(parsed("GET", &uri, &headers), Some(Exceeded::RequestLine));
+        assert_eq!(
+            parsed("GET", H1, &uri, &headers),
+            Some(Exceeded::RequestLine)
+        );
+
+        // HTTP/2: the target is `:path`; the authority is a Host field.
+        let h2 = http::Version::HTTP_2;
+        let uri: Uri = format!("http://h/{}", "a".repeat(line_max - 1))
+            .parse()
+            .unwrap();
+        assert_eq!(parsed("GET", h2, &uri, &HeaderMap::new()), None);
+        let uri: Uri = format!("http://h/{}", "a".repeat(line_max))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            parsed("GET", h2, &uri, &HeaderMap::new()),
+            Some(Exceeded::RequestLine)
+        );
 
         let uri: Uri = "/".parse().unwrap();
         for i in 0..MAX_HEADERS {
@@ -235,9 +272,9 @@ mod tests {
                 "v".parse().unwrap(),
             );
         }
-        assert_eq!(parsed("GET", &uri, &headers), Some(Exceeded::Headers));
+        assert_eq!(parsed("GET", H1, &uri, &headers), Some(Exceeded::Headers));
         let mut big = HeaderMap::new();
         big.insert("cookie", "c".repeat(MAX_HEAD).parse().unwrap());
-        assert_eq!(parsed("GET", &uri, &big), Some(Exceeded::Headers));
+        assert_eq!(parsed("GET", H1, &uri, &big), Some(Exceeded::Headers));
     }
 }

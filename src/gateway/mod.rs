@@ -498,7 +498,12 @@ impl Shared {
         req: Request<Incoming>,
         peer: &headers::Peer,
     ) -> Response<Body> {
-        if let Some(over) = limits::parsed(req.method().as_str(), req.uri(), req.headers()) {
+        if let Some(over) = limits::parsed(
+            req.method().as_str(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+        ) {
             return refuse_head(&req, HttpError::from(over));
         }
         if let Some(why) = limits::ambiguous_framing(req.headers()) {

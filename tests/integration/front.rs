@@ -455,5 +455,20 @@ async fn heads_over_the_limits_are_414_or_431_on_both_paths() {
             refused_on_one_path(&gw, prefix, request, want).await;
         }
     }
+
+    // HTTP/2 (hyper's path from the start): the same limit on the target.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for (path, want) in [
+        (longest.clone(), 200),
+        (format!("{longest}{}", "b".repeat(100)), 414),
+    ] {
+        let resp = tokio::time::timeout(DEADLINE, client.get(gw.url(&path).parse().unwrap()))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(resp.status(), want, "HTTP/2 target of {} bytes", path.len());
+    }
     gw.shutdown().await;
 }
