@@ -11,6 +11,8 @@
 //!   heads (pure); `conn` runs a client connection with it and hands
 //!   anything else to hyper (I/O).
 //! - [`h1`]: the HTTP/1.1 wire format towards backends (pure).
+//! - [`limits`]: how large a client's request head may be, checked on
+//!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
 //!   pooled backend client, `deadline` the timer both sides reuse.
 //! - [`admin`]: the `/admin/` endpoints.
@@ -47,6 +49,7 @@ pub mod error;
 pub mod front;
 pub mod h1;
 pub mod headers;
+pub mod limits;
 pub mod migrate;
 pub mod proxy;
 pub mod restoring;
@@ -87,6 +90,9 @@ pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table}
 
 /// How long `serve` waits for open requests after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// hyper's HTTP/1 read buffer limit: twice the largest head accepted.
+const HYPER_MAX_BUF: usize = 2 * limits::MAX_HEAD;
 
 /// Why the gateway could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -304,8 +310,17 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(shared.client_timeouts.header_read)
+            // Room for every head within the limits and a good deal past
+            // them, which `handle` then refuses with the precise status and
+            // a message; only a head past even these gets hyper's bare 431.
+            .max_headers(2 * limits::MAX_HEADERS)
+            .max_buf_size(HYPER_MAX_BUF)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
+            .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
         let tracker = shared.tunnels.tracker.clone();
         let stop = shared.tunnels.stop.clone();
         tracing::info!(listen = %shared.listen(), rules = shared.router.load().rule_count(), "gateway: listening");
@@ -538,6 +553,20 @@ impl Shared {
         req: Request<Incoming>,
         peer: &headers::Peer,
     ) -> Response<Body> {
+        if let Some(over) = limits::parsed(
+            req.method().as_str(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+        ) {
+            return refuse_head(&req, HttpError::from(over));
+        }
+        if let Some(why) = limits::ambiguous_framing(req.headers()) {
+            return refuse_head(&req, HttpError::BadRequest(why.into()));
+        }
+        if let Err(e) = request_line_rules(&req) {
+            return refuse_head(&req, e);
+        }
         // Timing is only for the debug log line; skip the clock otherwise.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let fwd = headers::forwarded(
@@ -546,9 +575,6 @@ impl Shared {
             peer,
             &self.trusted,
         );
-        if let Err(e) = request_line_rules(&req) {
-            return e.response(req.headers());
-        }
         // Owned: the request itself moves on while the decision borrows it.
         let path = match normalize_path(req.uri().path()) {
             Ok(p) => p.into_owned(),
@@ -640,6 +666,9 @@ impl Shared {
         let b = backend.to_string();
         match f {
             ForwardError::TooLarge(n) => HttpError::BodyTooLarge(n),
+            ForwardError::ClientBody => HttpError::BadRequest(
+                "the request body is malformed or cut off (chunked framing)".into(),
+            ),
             ForwardError::Timeout(d) => HttpError::Timeout {
                 backend: b,
                 secs: d.as_secs(),
@@ -697,6 +726,19 @@ fn log_request(
         micros = started.elapsed().as_micros() as u64,
         "gateway: request"
     );
+}
+
+/// The answer to a request whose head is refused before routing (over a
+/// limit, or framed ambiguously); an HTTP/1 connection is closed after
+/// it, as nginx does: what follows such a head cannot be trusted.
+fn refuse_head<B>(req: &Request<B>, e: HttpError) -> Response<Body> {
+    tracing::debug!(error = %e, "gateway: request head refused");
+    let mut resp = e.response(req.headers());
+    if req.version() < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Just the `Accept` header, which picks an error page's format.
