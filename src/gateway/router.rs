@@ -96,8 +96,14 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
             }
             i += 3;
         } else {
-            decoded.push(b as char);
-            i += 1;
+            // Copy the run up to the next escape as text: a raw UTF-8 path
+            // (`/café//x`) stays the same bytes. Pushing byte by byte as
+            // `char` read each byte as Latin-1 and sent mojibake on. Both
+            // ends of the run are ASCII (`%` or an escape's end), so they
+            // are char boundaries.
+            let end = raw[i..].find('%').map_or(raw.len(), |n| i + n);
+            decoded.push_str(&raw[i..end]);
+            i = end;
         }
     }
     // A trailing slash survives when the last segment is empty, `.` or
@@ -979,6 +985,9 @@ mod tests {
             ("//admin/", "/admin/"),
             ("/webui/.%2E/gemini", "/gemini"),
             ("/a/...", "/a/..."),
+            // Issue 16: raw UTF-8 stays the same bytes when normalised.
+            ("/caf\u{e9}//x", "/caf\u{e9}/x"),
+            ("/\u{5bc6}/./%41/\u{1f600}//", "/\u{5bc6}/A/\u{1f600}/"),
         ];
         for (raw, want) in ok {
             assert_eq!(normalize_path(raw).as_deref(), Ok(want), "{raw}");

@@ -507,3 +507,22 @@ async fn heads_over_the_limits_are_414_or_431_on_both_paths() {
     }
     gw.shutdown().await;
 }
+
+/// Issue 16: a raw UTF-8 path that is also normalised reached the backend
+/// as mojibake; it must arrive as the same bytes, on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_utf8_paths_keep_their_bytes() {
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut c = Client::connect(&gw).await;
+        c.send(&format!(
+            "GET /caf\u{e9}//x/./\u{5bc6} {version}\r\nHost: h\r\n\r\n"
+        ))
+        .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{version}: {r:?}");
+        assert_eq!(r.json()["path"], "/caf\u{e9}/x/\u{5bc6}", "{version}");
+    }
+    gw.shutdown().await;
+}
