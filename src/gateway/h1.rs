@@ -283,6 +283,16 @@ pub struct Decided {
     pub keep_alive: bool,
 }
 
+/// A `Content-Length` value: one or more ASCII digits and nothing else
+/// (RFC 9110 §8.6). `str::parse` would also take `+5`, which other parsers
+/// on the way may read differently.
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// The framing of the body that follows `head`, sent in answer to a
 /// request with `method`. `Transfer-Encoding` wins over `Content-Length`
 /// (and such a message is never reused: the two disagreeing is how request
@@ -325,10 +335,7 @@ pub fn decide(method: &Method, head: &RawHead<'_, '_>) -> Result<Decided, ParseE
     let mut length = None;
     for v in lengths {
         for part in v.split(|b| *b == b',') {
-            let n: u64 = std::str::from_utf8(trim_ows(part))
-                .ok()
-                .and_then(|t| t.parse().ok())
-                .ok_or(ParseError::BadLength)?;
+            let n = digits(trim_ows(part)).ok_or(ParseError::BadLength)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ParseError::BadLength);
             }
@@ -940,7 +947,7 @@ mod tests {
     #[test]
     fn body_framing_follows_rfc9112() {
         use ResponseFraming::*;
-        let cases: [(&Method, &str, Result<ResponseFraming, ParseError>, bool); 11] = [
+        let cases: [(&Method, &str, Result<ResponseFraming, ParseError>, bool); 13] = [
             // Both framings: never reused, even where no body follows.
             (
                 &Method::HEAD,
@@ -1005,6 +1012,19 @@ mod tests {
             (
                 &Method::GET,
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                Err(ParseError::BadLength),
+                true,
+            ),
+            // Issue 16: only digits make a length.
+            (
+                &Method::GET,
+                "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+                Err(ParseError::BadLength),
+                true,
+            ),
+            (
+                &Method::GET,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\n",
                 Err(ParseError::BadLength),
                 true,
             ),

@@ -116,10 +116,15 @@ pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
 }
 
 /// Whether a header name (any case) is one the gateway never passes on in
-/// a request: hop-by-hop, or a forwarding header only the gateway may set.
+/// a request: hop-by-hop, a forwarding header only the gateway may set, or
+/// a name with an underscore. The last as nginx does by default
+/// (`underscores_in_headers off`): frameworks that map headers to variables
+/// (CGI, WSGI, PHP) read `X_Forwarded_For` and `X-Forwarded-For` alike, so a
+/// client could pose as the gateway with it.
 fn is_dropped_request_header(name: &[u8]) -> bool {
     let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
     is_hop_by_hop_name(name)
+        || name.contains(&b'_')
         || match name.len() {
             9 => is("forwarded") || is("x-real-ip"),
             15 => is("x-forwarded-for"),
@@ -369,6 +374,14 @@ impl<'a> RequestHeaders<'a> {
     }
 }
 
+/// Headers a client's `Connection` may not remove: `Connection: Host` would
+/// send the request on without the host it was routed by, and
+/// `Connection: Content-Length` a body without its length — a request the
+/// backend frames differently from us.
+fn is_end_to_end_only(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"host") || name.eq_ignore_ascii_case(b"content-length")
+}
+
 /// Header names the `Connection` header lists as hop-by-hop, besides the
 /// standard ones (which are removed anyway).
 fn connection_named(headers: HeadersRef<'_>) -> Vec<HeaderName> {
@@ -383,6 +396,7 @@ fn connection_named(headers: HeadersRef<'_>) -> Vec<HeaderName> {
             !t.is_empty()
                 && !t.eq_ignore_ascii_case("keep-alive")
                 && !t.eq_ignore_ascii_case("close")
+                && !is_end_to_end_only(t.as_bytes())
         })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
@@ -608,6 +622,41 @@ mod tests {
                 "x-forwarded-port: 1",
                 "x-real-ip: 127.0.0.1",
                 "x-forwarded-proto: https",
+            ]
+        );
+    }
+
+    /// Issue 16: `X_Forwarded_For` could pose as `X-Forwarded-For` to a
+    /// backend that normalises names, and `Connection: Host` (or
+    /// `Content-Length`) removed what routing and framing depend on.
+    #[test]
+    fn underscores_are_dropped_and_connection_cannot_remove_host_or_length() {
+        let h = map(&[
+            ("host", "h"),
+            ("connection", "Host, Content-Length, X-Custom"),
+            ("content-length", "3"),
+            ("x_forwarded_for", "10.9.9.9"),
+            ("X_Real_IP", "10.9.9.9"),
+            ("x-custom", "gone"),
+            ("x-kept", "yes"),
+        ]);
+        let fwd = fwd("127.0.0.1", "127.0.0.1", Some("h"), "1");
+        let view = RequestHeaders::new(&h, &fwd, None, &[]);
+        let names: Vec<String> = view
+            .iter()
+            .map(|(k, _)| String::from_utf8_lossy(k).to_ascii_lowercase())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "host",
+                "content-length",
+                "x-kept",
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-port",
+                "x-real-ip",
             ]
         );
     }

@@ -526,3 +526,33 @@ async fn raw_utf8_paths_keep_their_bytes() {
     }
     gw.shutdown().await;
 }
+
+/// Issue 16: headers with underscores are dropped (nginx's default), and a
+/// client's `Connection` cannot remove Host or Content-Length; on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_headers_are_dropped_and_connection_keeps_host() {
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    for (version, body) in [("HTTP/1.1", ""), ("HTTP/1.1", "abc"), ("HTTP/1.0", "")] {
+        let mut c = Client::connect(&gw).await;
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        c.send(&format!(
+            "{method} /h {version}\r\nHost: h\r\nConnection: Host, Content-Length, X-Custom\r\n\
+             X_Forwarded_For: 10.9.9.9\r\nX-Custom: 1\r\nX-Kept: 1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{version} {method}: {r:?}");
+        let h = &r.json()["headers"];
+        assert_eq!(h["host"], "h", "{version} {method}: {h}");
+        assert_eq!(h["x-kept"], "1");
+        assert!(h.get("x_forwarded_for").is_none(), "{h}");
+        assert!(h.get("x-custom").is_none(), "{h}");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        if !body.is_empty() {
+            assert_eq!(h["content-length"], "3", "{h}");
+        }
+    }
+    gw.shutdown().await;
+}
