@@ -15,5 +15,6 @@ mod large_files;
 mod lifecycle;
 mod manifest;
 mod persist;
+mod pool;
 mod progress;
 mod supervisor;
