@@ -6,7 +6,7 @@
 //!
 //! Ordinary requests go through [`super::upstream`]: pooled HTTP/1.1
 //! connections driven from the client connection's own task. WebSocket
-//! (any `Upgrade`): the client's upgrade future is taken before the request
+//! (the one upgrade passed on: see [`headers::upgrade_protocol`]): the client's upgrade future is taken before the request
 //! is forwarded on a fresh connection with hyper's client; when the backend
 //! answers 101, both upgraded connections are joined with
 //! `copy_bidirectional` in a task that has no read timeout and is tracked

@@ -10,6 +10,7 @@ mod astrbot;
 mod deployment;
 mod front;
 mod gateway;
+mod h2c;
 mod hf_lfs;
 mod large_files;
 mod lifecycle;

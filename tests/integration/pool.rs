@@ -3,6 +3,7 @@
 //! other than the one whose request it answers. Raw sockets on both sides;
 //! every wait has a deadline.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,8 +27,8 @@ fn answer(user: &str, tag: &str) -> Vec<u8> {
 }
 
 /// Read one request (head, and a body of `Content-Length` bytes) off `s`;
-/// the `user=` value of its query. `None` at EOF.
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+/// its head, lower-cased. `None` at EOF.
+pub(crate) async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     let mut chunk = [0u8; 4096];
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -50,45 +51,59 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
         }
     }
     buf.drain(..end + length);
+    Some(head)
+}
+
+/// The `user=` value of a request head's target.
+fn user_of(head: &str) -> String {
     let target = head.split(' ').nth(1).unwrap_or("");
-    Some(
-        target
-            .split_once("user=")
-            .map_or("", |(_, u)| u)
-            .to_string(),
-    )
+    target
+        .split_once("user=")
+        .map_or("", |(_, u)| u)
+        .to_string()
+}
+
+/// A backend on a raw socket: `serve` runs for each connection.
+pub(crate) async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
 }
 
 /// A backend with a handler bug: it answers every request, and 50 ms later
 /// answers it again (a second complete response, in a segment of its
 /// own), on a connection it keeps open. Counts the stray answers sent.
 async fn double_answering() -> (SocketAddr, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let strays = Arc::new(AtomicUsize::new(0));
     let sent = strays.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some(user) = read_request(&mut s, &mut buf).await {
-                    if s.write_all(&answer(&user, "")).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    let stray = s.write_all(&answer(&user, "-stray")).await;
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    if stray.is_err() {
-                        return;
-                    }
+    let addr = raw_backend(move |mut s| {
+        let sent = sent.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(head) = read_request(&mut s, &mut buf).await {
+                let user = user_of(&head);
+                if s.write_all(&answer(&user, "")).await.is_err() {
+                    return;
                 }
-            });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let stray = s.write_all(&answer(&user, "-stray")).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if stray.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     (addr, strays)
 }
 
@@ -175,7 +190,7 @@ async fn a_stray_answer_on_an_idle_pooled_connection_closes_it_at_once() {
     let seen = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let mut buf = Vec::new();
-        let user = read_request(&mut s, &mut buf).await.unwrap();
+        let user = user_of(&read_request(&mut s, &mut buf).await.unwrap());
         s.write_all(&answer(&user, "")).await.unwrap();
         send_stray.await.unwrap();
         s.write_all(&answer(&user, "-stray")).await.unwrap();
