@@ -8,6 +8,7 @@ mod harness;
 mod admin_ui;
 mod astrbot;
 mod deployment;
+mod fds;
 mod front;
 mod gateway;
 mod h2c;
