@@ -41,6 +41,8 @@ use crate::shutdown::CancellationToken;
 
 /// Room kept free in the read buffer before each read.
 const READ_SPACE: usize = 4096;
+/// Room for a request or response head, reserved before writing one.
+const HEAD_SPACE: usize = 1024;
 /// Body frames up to this size are copied behind the head (or the chunk
 /// size line) into one write; larger ones are written from where they are.
 const COALESCE: usize = 16 * 1024;
@@ -73,9 +75,9 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let timeouts = ctx.shared.client_timeouts;
     let mut conn = Front {
         io: stream,
-        buf: BytesMut::with_capacity(READ_SPACE * 2),
-        out: Vec::with_capacity(1024),
-        req_head: Vec::with_capacity(1024),
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        req_head: Vec::new(),
         timer: Deadline::after(timeouts.header_read),
         armed: false,
     };
@@ -85,7 +87,9 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             prefix: conn.buf.freeze(),
             io: conn.io,
         };
-        hyper_serve(&ctx, io, origin, peer, &mut stop).await;
+        // Boxed: hyper's connection state is large, and this future is
+        // the task of every connection, idle ones included.
+        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop)).await;
     }
 }
 
@@ -180,7 +184,10 @@ impl Front {
                 }
             }
             first = false;
-            match self.one_request(ctx, origin).await {
+            // Boxed, and so allocated per request: the state of forwarding
+            // a request is several KiB, which an idle connection's task
+            // would otherwise keep (issue 11: memory per idle connection).
+            match Box::pin(self.one_request(ctx, origin)).await {
                 Ok(true) if !ctx.stopping() => {}
                 Ok(_) => {
                     let _ = self.io.shutdown().await;
@@ -195,15 +202,31 @@ impl Front {
     /// Read more from the client within `limit` (counted from the first
     /// time this wait had to block). `false`: closed, broken, timed out,
     /// or the gateway is stopping.
+    ///
+    /// With nothing of a request buffered, the connection waits for one
+    /// holding no buffers: they are allocated when the client sends, so an
+    /// idle kept-alive connection costs little more than its task.
     async fn fill(&mut self, limit: Duration, stop: &mut Stop<'_>) -> bool {
-        if self.buf.capacity() - self.buf.len() < READ_SPACE {
-            self.buf.reserve(READ_SPACE);
-        }
         poll_fn(|cx| {
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-                Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
-                Poll::Ready(Err(_)) => return Poll::Ready(false),
-                Poll::Pending => {}
+            let waiting = self.buf.is_empty() && {
+                match self.io.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => true,
+                }
+            };
+            if !waiting {
+                if self.buf.capacity() - self.buf.len() < READ_SPACE {
+                    self.buf.reserve(READ_SPACE);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                    Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            if self.buf.is_empty() {
+                self.release();
             }
             if stop.poll_fired(cx) {
                 return Poll::Ready(false);
@@ -220,12 +243,29 @@ impl Front {
         .await
     }
 
+    /// Let go of the buffers while no request is under way.
+    fn release(&mut self) {
+        if self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
+        if self.req_head.capacity() > 0 {
+            self.req_head = Vec::new();
+        }
+    }
+
     /// Serve the request whose head is at the start of `buf`. `Ok(keep)`:
     /// answered, and whether the connection stays open.
     async fn one_request(&mut self, ctx: &Ctx, origin: &Peer) -> Result<bool, Served> {
         let shared = &ctx.shared;
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let router = shared.router.load_full();
+        // Both were let go of if the connection was idle: one allocation
+        // each, not a string of small ones as the heads are written.
+        self.req_head.reserve(HEAD_SPACE);
+        self.out.reserve(HEAD_SPACE);
         // Everything taken from the head is copied out in this block, so
         // that the buffer is free again (for a pipelined request, and for
         // noticing the client leave) while the backend answers.
