@@ -195,8 +195,31 @@ impl Front {
                 }
                 Err(Served::HandOver) => return End::HandOver,
                 Err(Served::Broken) => return End::Closed,
+                // The body did not all come with the head: take what has
+                // arrived since, without waiting. Still short, hyper takes
+                // the request and streams its body, as for any other body
+                // on its way (its timeouts and answers, unchanged).
+                Err(Served::BodyPending(want)) => {
+                    if !self.read_now(want) {
+                        return End::HandOver;
+                    }
+                }
             }
         }
+    }
+
+    /// Read what the client has already sent, without waiting, until `buf`
+    /// holds `want` bytes. Whether anything came.
+    fn read_now(&mut self, want: usize) -> bool {
+        let mut got = false;
+        while self.buf.len() < want {
+            self.buf.reserve(want - self.buf.len());
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) if n > 0 => got = true,
+                _ => break,
+            }
+        }
+        got
     }
 
     /// Read more from the client within `limit` (counted from the first
@@ -269,11 +292,24 @@ impl Front {
         // Everything taken from the head is copied out in this block, so
         // that the buffer is free again (for a pipelined request, and for
         // noticing the client leave) while the backend answers.
-        let (len, method, close, html, log_path, client_ip, target) = {
+        let (len, body_len, method, close, html, log_path, client_ip, target) = {
             let mut slots = front::header_slots();
             let Parsed::Plain(req) = front::parse(&self.buf, &mut slots) else {
                 return Err(Served::HandOver);
             };
+            // A small body goes out with the head once it is all here. One
+            // over the body limit is hyper's, whose 413 every other body
+            // gets too.
+            let body_len = match req.content_length {
+                Some(n) if shared.upstream.body_allowed(n) => {
+                    usize::try_from(n).map_err(|_| Served::HandOver)?
+                }
+                Some(_) => return Err(Served::HandOver),
+                None => 0,
+            };
+            if self.buf.len() < req.len + body_len {
+                return Err(Served::BodyPending(req.len + body_len));
+            }
             let Ok(path) = normalize_path(req.path()) else {
                 return Err(Served::HandOver);
             };
@@ -305,11 +341,13 @@ impl Front {
                 req.method,
                 &upstream_target,
                 view.iter(),
-                RequestFraming::None,
+                req.content_length
+                    .map_or(RequestFraming::None, RequestFraming::Length),
             );
             let log_path = started.map(|_| path.to_string());
             (
                 req.len,
+                body_len,
                 method,
                 req.close,
                 req.html,
@@ -319,6 +357,9 @@ impl Front {
             )
         };
         self.buf.advance(len);
+        // The body follows the head in the same write.
+        self.req_head.extend_from_slice(&self.buf[..body_len]);
+        self.buf.advance(body_len);
         let head_request = method == Method::HEAD;
         let log_method = started.map(|_| method.clone());
         let (rule_id, backend) = target;
@@ -457,6 +498,9 @@ impl Front {
 enum Served {
     /// Not the front end's request: hyper takes the connection.
     HandOver,
+    /// A small body is not all in the buffer yet: the request ends at
+    /// this many bytes of it.
+    BodyPending(usize),
     /// The client left, or a write failed.
     Broken,
 }

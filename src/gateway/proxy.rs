@@ -198,8 +198,14 @@ impl Upstream {
         Ok(resp.map(upstream::boxed_incoming))
     }
 
-    /// Forward a request without a body whose head (`head`, for the
-    /// backend) is already encoded: the gateway's own front end. The
+    /// Whether a request body of `len` bytes is within the body limit.
+    pub fn body_allowed(&self, len: u64) -> bool {
+        self.cfg.max_body == 0 || len <= self.cfg.max_body
+    }
+
+    /// Forward a request whose head (`head`, for the backend) is already
+    /// encoded, followed by its whole body if it has one: the gateway's
+    /// own front end. The
     /// client's response head is written into `out` straight from the
     /// backend's (see [`front::encode_relayed_head`]); returned are the
     /// status, how the body is framed for the client, and the body.

@@ -283,6 +283,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
 /// One request ready to go: its encoded head and its body, if it has one.
 pub struct Outgoing<'a> {
     pub method: Method,
+    /// The head, and (from the front end) the whole body after it.
     pub head: &'a [u8],
     pub framing: RequestFraming,
     /// The client's body; `None` (or ignored) when `framing` says none.
@@ -326,10 +327,11 @@ pub async fn exchange<T>(
         framing,
         body,
     } = req;
-    // Repeating the request is safe only if nothing was consumed from the
-    // client (no body) and the method says a repeat changes nothing.
-    let repeatable = framing == RequestFraming::None && method.is_idempotent();
+    // Repeating the request is safe only if it can be sent whole again
+    // (nothing streamed from the client) and the method says a repeat
+    // changes nothing.
     let mut body = body.filter(|_| framing != RequestFraming::None);
+    let repeatable = body.is_none() && method.is_idempotent();
     let (mut conn, complete) = loop {
         let (mut conn, pooled) = match pool.take(addr) {
             Some(c) => (c, true),

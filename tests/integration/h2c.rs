@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::gateway::{start, DEADLINE};
-use super::pool::{raw_backend, read_request};
+use super::pool::{raw_backend, read_request, whole_answer};
 
 /// A backend that would switch to h2c if asked (101), and otherwise
 /// answers `ok`; it keeps every request head it saw, lower-cased.
@@ -46,10 +46,8 @@ async fn status_of(gw: SocketAddr, request: &str) -> u16 {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut slots);
-        if let Ok(httparse::Status::Complete(_)) = r.parse(&buf) {
-            return r.code.unwrap_or(0);
+        if let Some((answer, _)) = whole_answer(&buf) {
+            return answer.status;
         }
         let n = tokio::time::timeout(DEADLINE, s.read(&mut chunk))
             .await

@@ -27,7 +27,7 @@ fn answer(user: &str, tag: &str) -> Vec<u8> {
 }
 
 /// Read one request (head, and a body of `Content-Length` bytes) off `s`;
-/// its head, lower-cased. `None` at EOF.
+/// its head, lower-cased, then its body. `None` at EOF.
 pub(crate) async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     let mut chunk = [0u8; 4096];
     let end = loop {
@@ -50,8 +50,9 @@ pub(crate) async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+    let body = String::from_utf8_lossy(&buf[end..end + length]).into_owned();
     buf.drain(..end + length);
-    Some(head)
+    Some(head + &body)
 }
 
 /// The `user=` value of a request head's target.
@@ -61,6 +62,37 @@ fn user_of(head: &str) -> String {
         .split_once("user=")
         .map_or("", |(_, u)| u)
         .to_string()
+}
+
+/// One response with a `Content-Length` body (or none), as read off the
+/// wire: header names as spelled.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) names: Vec<String>,
+    pub(crate) body: String,
+}
+
+/// The response at the start of `buf` once it is all there, and its size.
+pub(crate) fn whole_answer(buf: &[u8]) -> Option<(Answer, usize)> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let mut r = httparse::Response::new(&mut slots);
+    let Ok(httparse::Status::Complete(len)) = r.parse(buf) else {
+        return None;
+    };
+    let cl: usize = r
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+        .unwrap_or(0);
+    let body = buf.get(len..len + cl)?;
+    let answer = Answer {
+        status: r.code.unwrap_or(0),
+        names: r.headers.iter().map(|h| h.name.to_string()).collect(),
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    Some((answer, len + cl))
 }
 
 /// A backend on a raw socket: `serve` runs for each connection.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use super::harness::{free_port, http_get, Running, Stack};
-use super::pool::{raw_backend, read_request};
+use super::pool::{raw_backend, read_request, whole_answer};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// What the log says when `accept` fails for want of descriptors, before
@@ -53,19 +53,8 @@ fn get_on(s: &mut TcpStream) -> (u16, String) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; 16];
-        let mut r = httparse::Response::new(&mut slots);
-        if let Ok(httparse::Status::Complete(len)) = r.parse(&buf) {
-            let cl: usize = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= len + cl {
-                let body = String::from_utf8_lossy(&buf[len..len + cl]).into_owned();
-                return (r.code.unwrap_or(0), body);
-            }
+        if let Some((answer, _)) = whole_answer(&buf) {
+            return (answer.status, answer.body);
         }
         let n = s.read(&mut chunk).expect("an answer in time");
         assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
