@@ -9,6 +9,7 @@ mod admin_ui;
 mod astrbot;
 mod bodies;
 mod deployment;
+mod differential;
 mod front;
 mod gateway;
 mod h2c;
