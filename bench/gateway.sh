@@ -250,7 +250,7 @@ def ws_client(port, n):
 # ---- idle: N kept-alive client connections, each after one request (a GET,
 # or with "chunked" a POST with a chunked body, which stackctl serves with
 # hyper); prints "ready" once all are open and idle, then holds them until
-# killed.
+# killed (5 minutes at most).
 def idle_client(port, n, kind="get"):
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -271,7 +271,7 @@ def idle_client(port, n, kind="get"):
             body += s.recv(4096)
         socks.append(s)
     print("ready", flush=True)
-    time.sleep(3600)
+    time.sleep(300)  # killed long before; bounded all the same
 
 # usage: peers.py sse|ws serve|client PORT N; peers.py idle client PORT N [get|chunked]
 KINDS = {"sse": (sse_handle, sse_client), "ws": (ws_handle, ws_client), "idle": (None, idle_client)}
@@ -415,7 +415,9 @@ done
 # an earlier one freed.
 IDLE_N=${IDLE_N:-3000}
 idle_pids=()
-idle_bytes() { # proxy-pid-or-"nginx" port get|chunked -> bytes of RSS per idle connection
+# Not called in $(…): the clients' pids must reach this shell, which kills
+# them once all sets are measured (and at exit).
+idle_bytes() { # proxy-pid-or-"nginx" port get|chunked -> IDLE_BYTES: RSS per idle connection
     local rss before after out
     if [ "$1" = nginx ]; then rss=nginx_rss_kb; else rss="rss_kb $1"; fi
     before=$($rss)
@@ -425,13 +427,13 @@ idle_bytes() { # proxy-pid-or-"nginx" port get|chunked -> bytes of RSS per idle 
     for _ in $(seq 1 600); do grep -q ready "$out" 2>/dev/null && break; sleep 0.1; done
     sleep 0.5
     after=$($rss)
-    echo $(( (after - before) * 1024 / IDLE_N ))
+    IDLE_BYTES=$(( (after - before) * 1024 / IDLE_N ))
 }
 echo
 echo "== $IDLE_N idle keep-alive client connections (each after one request): RSS growth per connection"
-IDLE_S=$(idle_bytes $STACKCTL_PID $GATEWAY get)
-IDLE_S_HYPER=$(idle_bytes $STACKCTL_PID $GATEWAY chunked)
-IDLE_NG=$(idle_bytes nginx $NGINX_PROXY get)
+idle_bytes $STACKCTL_PID $GATEWAY get; IDLE_S=$IDLE_BYTES
+idle_bytes $STACKCTL_PID $GATEWAY chunked; IDLE_S_HYPER=$IDLE_BYTES
+idle_bytes nginx $NGINX_PROXY get; IDLE_NG=$IDLE_BYTES
 kill "${idle_pids[@]}" 2>/dev/null || true
 printf '%-40s %10s\n' path "bytes/conn"
 printf '%-40s %10s\n' "stackctl (GET: own front end)" "$IDLE_S"
