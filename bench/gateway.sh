@@ -11,10 +11,12 @@
 # worker threads (`STACKCTL_WORKERS`) are both set to the number of proxy
 # CPUs, so neither runs more threads than it has cores. Runs are interleaved
 # (direct, nginx, stackctl, direct, …) and medians are printed, with
-# R = proxied req/s ÷ direct req/s. Also: idle RSS of `stackctl up` and of
+# R = proxied req/s ÷ direct req/s; each round runs GETs and then POSTs of
+# a 1 KiB JSON body (a chat completion's request). Also: idle RSS of `stackctl up` and of
 # nginx, RSS growth of stackctl through a 200 MB upload and download, and an
 # SSE run (one event every 20 ms) showing per-event delay and whether any
-# events were coalesced into one read.
+# events were coalesced into one read, and the RSS each of 3000 idle
+# kept-alive client connections costs (IDLE_N).
 #
 # Needs root or sudo for apt-get if wrk/nginx are missing (Debian packages).
 set -euo pipefail
@@ -67,6 +69,7 @@ chmod 644 "$work/big.bin"; chmod 755 "$work"
 mkdir -p "$work/backend" "$work/proxy"
 cat > "$work/backend/nginx.conf" <<EOF
 worker_processes $half;
+worker_rlimit_nofile 16384;
 daemon off;
 pid $work/backend/nginx.pid;
 error_log $work/backend/error.log;
@@ -90,6 +93,7 @@ pids+=($!)
 # ---- nginx as the proxy under comparison ----------------------------------------
 cat > "$work/proxy/nginx.conf" <<EOF
 worker_processes $WORKERS;
+worker_rlimit_nofile 16384;
 daemon off;
 pid $work/proxy/nginx.pid;
 error_log $work/proxy/error.log;
@@ -243,10 +247,39 @@ def ws_client(port, n):
     p = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))]
     print(f"{len(rtts)} {p(0.5):.0f} {p(0.99):.0f}")
 
-# usage: peers.py sse|ws serve|client PORT N
-KINDS = {"sse": (sse_handle, sse_client), "ws": (ws_handle, ws_client)}
+# ---- idle: N kept-alive client connections, each after one request (a GET,
+# or with "chunked" a POST with a chunked body, which stackctl serves with
+# hyper); prints "ready" once all are open and idle, then holds them until
+# killed (5 minutes at most).
+def idle_client(port, n, kind="get"):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n + 64:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 64), hard))
+    req = (b"POST / HTTP/1.1\r\nHost: bench\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+           if kind == "chunked" else b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(req)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, _, body = buf.partition(b"\r\n\r\n")
+        m = re.search(rb"(?i)content-length: *(\d+)", head)
+        while m and len(body) < int(m.group(1)):
+            body += s.recv(4096)
+        socks.append(s)
+    print("ready", flush=True)
+    time.sleep(300)  # killed long before; bounded all the same
+
+# usage: peers.py sse|ws serve|client PORT N; peers.py idle client PORT N [get|chunked]
+KINDS = {"sse": (sse_handle, sse_client), "ws": (ws_handle, ws_client), "idle": (None, idle_client)}
 handle, client = KINDS[sys.argv[1]]
 port, n = int(sys.argv[3]), int(sys.argv[4])
+if sys.argv[1] == "idle":
+    client(port, n, *sys.argv[5:])
+    sys.exit(0)
 if sys.argv[2] == "serve":
     async def main():
         srv = await asyncio.start_server(lambda r, w: handle(r, w, n), "127.0.0.1", port)
@@ -283,8 +316,20 @@ IDLE_STACKCTL=$(rss_kb $STACKCTL_PID)
 IDLE_NGINX=$(nginx_rss_kb)
 
 # ---- throughput and latency, interleaved -----------------------------------------------
-run_wrk() { # port -> "req/s p50_us p99_us"
-    pin_load wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$1/" 2>/dev/null | awk '
+# POSTs carry a chat completion's request: about 1 KiB of JSON.
+cat > "$work/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local msgs = {}
+for i = 1, 12 do
+    msgs[#msgs + 1] = string.format('{"role":"%s","content":"message number %d of a conversation, long enough to matter"}',
+        i % 2 == 1 and "user" or "assistant", i)
+end
+wrk.body = '{"model":"gpt-4o-mini","stream":false,"temperature":0.7,"messages":[' .. table.concat(msgs, ",") .. ']}'
+EOF
+run_wrk() { # port [wrk options…] -> "req/s p50_us p99_us"
+    local port=$1; shift
+    pin_load wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency "$@" "http://127.0.0.1:$port/" 2>/dev/null | awk '
         function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
         /Requests\/sec/ { rps = $2 }
         /^ +50%/ { p50 = us($2) }
@@ -292,26 +337,33 @@ run_wrk() { # port -> "req/s p50_us p99_us"
         END { printf "%.0f %.0f %.0f\n", rps, p50, p99 }'
 }
 declare -A results
-for name in direct nginx stackctl; do results[$name]=""; done
+for name in direct nginx stackctl; do results[$name]=""; results[post:$name]=""; done
 for r in $(seq 1 "$ROUNDS"); do
     for name in direct nginx stackctl; do
         case $name in direct) port=$BACKEND ;; nginx) port=$NGINX_PROXY ;; stackctl) port=$GATEWAY ;; esac
         results[$name]+="$(run_wrk $port)"$'\n'
+        results[post:$name]+="$(run_wrk $port -s "$work/post.lua")"$'\n'
     done
     echo "round $r/$ROUNDS done" >&2
 done
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}' | median; }
 
-DIRECT=$(col direct 1)
 echo
 echo "== HTTP/1.1 keep-alive, wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS interleaved rounds, medians"
 echo "   (proxy on CPUs $PROXY_CPUS with $WORKERS worker(s); wrk and backend on CPUs $LOAD_CPUS)"
-printf '%-10s %12s %8s %10s %10s\n' path "req/s" R "p50 (us)" "p99 (us)"
-for name in direct nginx stackctl; do
-    rps=$(col $name 1)
-    printf '%-10s %12.0f %8.3f %10.0f %10.0f\n' "$name" "$rps" "$(awk -v a="$rps" -v b="$DIRECT" 'BEGIN { printf "%.3f", a / b }')" "$(col $name 2)" "$(col $name 3)"
-done
+table() { # prefix ("" or "post:")
+    local direct; direct=$(col "${1}direct" 1)
+    printf '%-10s %12s %8s %10s %10s\n' path "req/s" R "p50 (us)" "p99 (us)"
+    for name in direct nginx stackctl; do
+        rps=$(col "$1$name" 1)
+        printf '%-10s %12.0f %8.3f %10.0f %10.0f\n' "$name" "$rps" "$(awk -v a="$rps" -v b="$direct" 'BEGIN { printf "%.3f", a / b }')" "$(col "$1$name" 2)" "$(col "$1$name" 3)"
+    done
+}
+table ""
+echo
+echo "== POST of a 1 KiB JSON body (a chat completion's request), same rounds, medians"
+table "post:"
 
 echo
 echo "== idle RSS"
@@ -357,6 +409,37 @@ for name in direct nginx stackctl; do
     WS_P99[$name]=$p99
 done
 
+# ---- idle keep-alive connections -----------------------------------------------------------
+# RSS growth while IDLE_N more connections sit idle after one request each.
+# Each set stays open until all are measured, so no set reuses memory that
+# an earlier one freed.
+IDLE_N=${IDLE_N:-3000}
+idle_pids=()
+# Not called in $(…): the clients' pids must reach this shell, which kills
+# them once all sets are measured (and at exit).
+idle_bytes() { # proxy-pid-or-"nginx" port get|chunked -> IDLE_BYTES: RSS per idle connection
+    local rss before after out
+    if [ "$1" = nginx ]; then rss=nginx_rss_kb; else rss="rss_kb $1"; fi
+    before=$($rss)
+    out="$work/idle.$3.$2"
+    taskset -c "$LOAD_CPUS" python3 "$work/peers.py" idle client "$2" "$IDLE_N" "$3" >"$out" 2>&1 &
+    idle_pids+=($!); pids+=($!)
+    for _ in $(seq 1 600); do grep -q ready "$out" 2>/dev/null && break; sleep 0.1; done
+    sleep 0.5
+    after=$($rss)
+    IDLE_BYTES=$(( (after - before) * 1024 / IDLE_N ))
+}
+echo
+echo "== $IDLE_N idle keep-alive client connections (each after one request): RSS growth per connection"
+idle_bytes $STACKCTL_PID $GATEWAY get; IDLE_S=$IDLE_BYTES
+idle_bytes $STACKCTL_PID $GATEWAY chunked; IDLE_S_HYPER=$IDLE_BYTES
+idle_bytes nginx $NGINX_PROXY get; IDLE_NG=$IDLE_BYTES
+kill "${idle_pids[@]}" 2>/dev/null || true
+printf '%-40s %10s\n' path "bytes/conn"
+printf '%-40s %10s\n' "stackctl (GET: own front end)" "$IDLE_S"
+printf '%-40s %10s\n' "stackctl (chunked POST: hyper's side)" "$IDLE_S_HYPER"
+printf '%-40s %10s\n' "nginx (GET)" "$IDLE_NG"
+
 # ---- the gateway issue's targets ---------------------------------------------------------
 verdict() { if [ "$1" = 1 ]; then echo met; else echo "NOT met"; fi; }
 R_RATIO=$(awk -v s="$(col stackctl 1)" -v n="$(col nginx 1)" 'BEGIN { printf "%.3f", s / n }')
@@ -366,7 +449,10 @@ echo
 echo "== targets"
 echo "R(stackctl) >= R(nginx): R(stackctl)/R(nginx) = $R_RATIO: $(verdict "$(awk -v r="$R_RATIO" 'BEGIN { print (r >= 1) }')")"
 echo "added p99 <= nginx's: stackctl +${ADDED_S} us, nginx +${ADDED_N} us: $(verdict "$(( ADDED_S <= ADDED_N ))")"
+R_POST=$(awk -v s="$(col post:stackctl 1)" -v n="$(col post:nginx 1)" 'BEGIN { printf "%.3f", s / n }')
+echo "POST 1 KiB JSON: R(stackctl) >= R(nginx): R(stackctl)/R(nginx) = $R_POST: $(verdict "$(awk -v r="$R_POST" 'BEGIN { print (r >= 1) }')")"
 echo "idle RSS of stackctl up <= 20 MB: $((IDLE_STACKCTL / 1024)) MiB: $(verdict "$(( IDLE_STACKCTL * 1024 <= 20000000 ))")"
 echo "SSE events never coalesced: $SSE_COALESCED coalesced: $(verdict "$(( SSE_COALESCED == 0 ))")"
 echo "WebSocket echo p99 <= nginx's + 0.2 ms: stackctl ${WS_P99[stackctl]} us, nginx ${WS_P99[nginx]} us: $(verdict "$(( WS_P99[stackctl] <= WS_P99[nginx] + 200 ))")"
+echo "idle keep-alive connection <= 4 KiB: stackctl $IDLE_S bytes: $(verdict "$(( IDLE_S <= 4096 ))")"
 echo "200 MB up and down grow RSS by <= 8 MB: $((TRANSFER_GROWTH / 1024)) MiB: $(verdict "$(( TRANSFER_GROWTH * 1024 <= 8000000 ))")"

@@ -22,6 +22,14 @@ use crate::supervisor::{self, Outcome, Reaper};
 
 /// Run the stack until a signal stops it or a service gives up.
 pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
+    // Before any thread or descriptor exists: a gateway under load needs
+    // more than the usual soft limit of 1024 (issue 11).
+    if let Some((from, to)) = supervisor::nofile::raise() {
+        info!(
+            from,
+            to, "raised the open-file limit (services keep the one stackctl was started with)"
+        );
+    }
     // One worker per core, like nginx's `worker_processes auto`: the gateway
     // scales with them, the supervisor needs almost nothing.
     // STACKCTL_WORKERS overrides it (benchmarks pin equal worker counts).

@@ -46,6 +46,8 @@ use crate::shutdown::CancellationToken;
 const LINGER: Duration = Duration::from_secs(5);
 /// Room kept free in the read buffer before each read.
 const READ_SPACE: usize = 4096;
+/// Room for a request or response head, reserved before writing one.
+const HEAD_SPACE: usize = 1024;
 /// Body frames up to this size are copied behind the head (or the chunk
 /// size line) into one write; larger ones are written from where they are.
 const COALESCE: usize = 16 * 1024;
@@ -79,9 +81,9 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let timeouts = ctx.shared.client_timeouts;
     let mut conn = Front {
         io: stream,
-        buf: BytesMut::with_capacity(READ_SPACE * 2),
-        out: Vec::with_capacity(1024),
-        req_head: Vec::with_capacity(1024),
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        req_head: Vec::new(),
         timer: Deadline::after(timeouts.header_read),
         armed: false,
     };
@@ -91,7 +93,9 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             prefix: conn.buf.freeze(),
             io: conn.io,
         };
-        hyper_serve(&ctx, io, origin, peer, &mut stop).await;
+        // Boxed: hyper's connection state is large, and this future is
+        // the task of every connection, idle ones included.
+        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop)).await;
     }
 }
 
@@ -187,7 +191,10 @@ impl Front {
                 }
             }
             first = false;
-            match self.one_request(ctx, origin).await {
+            // Boxed, and so allocated per request: the state of forwarding
+            // a request is several KiB, which an idle connection's task
+            // would otherwise keep (issue 11: memory per idle connection).
+            match Box::pin(self.one_request(ctx, origin)).await {
                 Ok(true) if !ctx.stopping() => {}
                 Ok(_) => {
                     let _ = self.io.shutdown().await;
@@ -195,8 +202,31 @@ impl Front {
                 }
                 Err(Served::HandOver) => return End::HandOver,
                 Err(Served::Broken) => return End::Closed,
+                // The body did not all come with the head: take what has
+                // arrived since, without waiting. Still short, hyper takes
+                // the request and streams its body, as for any other body
+                // on its way (its timeouts and answers, unchanged).
+                Err(Served::BodyPending(want)) => {
+                    if !self.read_now(want) {
+                        return End::HandOver;
+                    }
+                }
             }
         }
+    }
+
+    /// Read what the client has already sent, without waiting, until `buf`
+    /// holds `want` bytes. Whether anything came.
+    fn read_now(&mut self, want: usize) -> bool {
+        let mut got = false;
+        while self.buf.len() < want {
+            self.buf.reserve(want - self.buf.len());
+            match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) if n > 0 => got = true,
+                _ => break,
+            }
+        }
+        got
     }
 
     /// Answer a head that passed a limit before its end arrived (see
@@ -219,15 +249,31 @@ impl Front {
     /// Read more from the client within `limit` (counted from the first
     /// time this wait had to block). `false`: closed, broken, timed out,
     /// or the gateway is stopping.
+    ///
+    /// With nothing of a request buffered, the connection waits for one
+    /// holding no buffers: they are allocated when the client sends, so an
+    /// idle kept-alive connection costs little more than its task.
     async fn fill(&mut self, limit: Duration, stop: &mut Stop<'_>) -> bool {
-        if self.buf.capacity() - self.buf.len() < READ_SPACE {
-            self.buf.reserve(READ_SPACE);
-        }
         poll_fn(|cx| {
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
-                Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
-                Poll::Ready(Err(_)) => return Poll::Ready(false),
-                Poll::Pending => {}
+            let waiting = self.buf.is_empty() && {
+                match self.io.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => true,
+                }
+            };
+            if !waiting {
+                if self.buf.capacity() - self.buf.len() < READ_SPACE {
+                    self.buf.reserve(READ_SPACE);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                    Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            if self.buf.is_empty() {
+                self.release();
             }
             if stop.poll_fired(cx) {
                 return Poll::Ready(false);
@@ -244,20 +290,50 @@ impl Front {
         .await
     }
 
+    /// Let go of the buffers while no request is under way.
+    fn release(&mut self) {
+        if self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > 0 {
+            self.out = Vec::new();
+        }
+        if self.req_head.capacity() > 0 {
+            self.req_head = Vec::new();
+        }
+    }
+
     /// Serve the request whose head is at the start of `buf`. `Ok(keep)`:
     /// answered, and whether the connection stays open.
     async fn one_request(&mut self, ctx: &Ctx, origin: &Peer) -> Result<bool, Served> {
         let shared = &ctx.shared;
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let router = shared.router.load_full();
+        // Both were let go of if the connection was idle: one allocation
+        // each, not a string of small ones as the heads are written.
+        self.req_head.reserve(HEAD_SPACE);
+        self.out.reserve(HEAD_SPACE);
         // Everything taken from the head is copied out in this block, so
         // that the buffer is free again (for a pipelined request, and for
         // noticing the client leave) while the backend answers.
-        let (len, method, close, html, log_path, client_ip, target) = {
+        let (len, body_len, method, close, html, log_path, client_ip, target) = {
             let mut slots = front::header_slots();
             let Parsed::Plain(req) = front::parse(&self.buf, &mut slots) else {
                 return Err(Served::HandOver);
             };
+            // A small body goes out with the head once it is all here. One
+            // over the body limit is hyper's, whose 413 every other body
+            // gets too.
+            let body_len = match req.content_length {
+                Some(n) if shared.upstream.body_allowed(n) => {
+                    usize::try_from(n).map_err(|_| Served::HandOver)?
+                }
+                Some(_) => return Err(Served::HandOver),
+                None => 0,
+            };
+            if self.buf.len() < req.len + body_len {
+                return Err(Served::BodyPending(req.len + body_len));
+            }
             let Ok(path) = normalize_path(req.path()) else {
                 return Err(Served::HandOver);
             };
@@ -289,11 +365,13 @@ impl Front {
                 req.method,
                 &upstream_target,
                 view.iter(),
-                RequestFraming::None,
+                req.content_length
+                    .map_or(RequestFraming::None, RequestFraming::Length),
             );
             let log_path = started.map(|_| path.to_string());
             (
                 req.len,
+                body_len,
                 method,
                 req.close,
                 req.html,
@@ -303,6 +381,9 @@ impl Front {
             )
         };
         self.buf.advance(len);
+        // The body follows the head in the same write.
+        self.req_head.extend_from_slice(&self.buf[..body_len]);
+        self.buf.advance(body_len);
         let head_request = method == Method::HEAD;
         let log_method = started.map(|_| method.clone());
         let (rule_id, backend) = target;
@@ -441,6 +522,9 @@ impl Front {
 enum Served {
     /// Not the front end's request: hyper takes the connection.
     HandOver,
+    /// A small body is not all in the buffer yet: the request ends at
+    /// this many bytes of it.
+    BodyPending(usize),
     /// The client left, or a write failed.
     Broken,
 }

@@ -13,8 +13,13 @@
 //! straight from those slices, and writes the response head from one
 //! reused buffer.
 //!
+//! Small request bodies of a declared length (up to [`MAX_BODY`]; a chat
+//! completion's JSON) are forwarded by the front end too, once the whole
+//! body is in its buffer: with the head, in one write to the backend.
+//!
 //! Everything else goes to hyper, which then serves the rest of the
-//! connection: requests with a body, `Expect`, upgrades (WebSocket),
+//! connection: chunked or larger bodies, a body still on its way when the
+//! head is complete, `Expect`, upgrades (WebSocket),
 //! HTTP/1.0, absolute-form targets, HTTP/2, the admin API and page,
 //! redirects, the restoring page, and any head the front end does not
 //! understand (hyper answers malformed ones with its own 400/431). So the
@@ -35,6 +40,10 @@ pub const MAX_HEADERS: usize = limits::MAX_HEADERS;
 /// [`super::limits`]).
 pub const MAX_HEAD: usize = limits::MAX_HEAD;
 
+/// The largest request body the front end forwards itself (declared with
+/// `Content-Length`); a larger one is streamed by hyper's side.
+pub const MAX_BODY: u64 = 64 * 1024;
+
 /// Space for one request's parsed headers.
 pub type HeaderSlots<'b> = super::h1::HeaderSlots<'b, MAX_HEADERS>;
 
@@ -54,9 +63,10 @@ pub enum Parsed<'b, 'h> {
     Plain(Plain<'b, 'h>),
 }
 
-/// A plain request: HTTP/1.1, origin-form target, one Host, no body, no
-/// `Expect`, no upgrade, and a `Connection` header (if any) naming only
-/// `keep-alive` or `close`.
+/// A plain request: HTTP/1.1, origin-form target, one Host, no body or
+/// one of a length declared by a single `Content-Length` of at most
+/// [`MAX_BODY`], no `Transfer-Encoding`, no `Expect`, no upgrade, and a
+/// `Connection` header (if any) naming only `keep-alive` or `close`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Plain<'b, 'h> {
     /// Bytes of the head (request line, headers, blank line).
@@ -66,6 +76,9 @@ pub struct Plain<'b, 'h> {
     pub target: &'b str,
     pub host: &'b str,
     pub headers: &'h [httparse::Header<'b>],
+    /// The body's declared length (`Content-Length`), if any; the body
+    /// follows the head's `len` bytes.
+    pub content_length: Option<u64>,
     /// The client asked to close the connection after this response.
     pub close: bool,
     /// The client prefers HTML (an error page is then HTML, not JSON).
@@ -112,6 +125,7 @@ pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b
         return Parsed::Other;
     }
     let mut host = None;
+    let mut content_length = None;
     let mut close = false;
     let mut html = false;
     for h in req.headers.iter() {
@@ -127,10 +141,15 @@ pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b
             6 if is(b"accept") => {
                 html |= h.value.windows(9).any(|w| w == b"text/html");
             }
-            // A body, or the promise of one.
+            // The promise of a body, or one of a length not declared.
             6 if is(b"expect") => return Parsed::Other,
-            14 if is(b"content-length") => return Parsed::Other,
             17 if is(b"transfer-encoding") => return Parsed::Other,
+            // One length, digits only, small: anything else (a list, a
+            // second header, a sign) is hyper's to judge.
+            14 if is(b"content-length") => match (content_length, small_length(h.value)) {
+                (None, Some(n)) => content_length = Some(n),
+                _ => return Parsed::Other,
+            },
             7 if is(b"upgrade") => return Parsed::Other,
             10 if is(b"connection") => {
                 for token in h.value.split(|b| *b == b',') {
@@ -155,9 +174,19 @@ pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b
         target,
         host,
         headers: req.headers,
+        content_length,
         close,
         html,
     })
+}
+
+/// A `Content-Length` value of at most [`MAX_BODY`]: 1 to 6 ASCII digits.
+fn small_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    (n <= MAX_BODY).then_some(n)
 }
 
 /// How the response body goes out to the client.
@@ -344,6 +373,18 @@ mod tests {
             ("GET", "/a/b", Some("x=1"))
         );
         assert_eq!(p.headers.len(), 2);
+        assert_eq!(p.content_length, None);
+        // Small bodies of a declared length, the body not part of `len`.
+        for (length, want) in [("0", 0), ("1024", 1024), ("65536", MAX_BODY), ("007", 7)] {
+            let post = format!(
+                "POST /v1/chat HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
+            );
+            let mut slots = header_slots();
+            let Parsed::Plain(p) = parse(post.as_bytes(), &mut slots) else {
+                panic!("not plain: {post:?}")
+            };
+            assert_eq!((p.len, p.content_length), (post.len() - 2, Some(want)));
+        }
     }
 
     #[test]
@@ -357,7 +398,27 @@ mod tests {
             ("GET / HTTP/1.1\r\n\r\n", "other"),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "other"),
             (
-                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65537\r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2, 2\r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +2\r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \r\n\r\n",
+                "other",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "other",
             ),
             (
@@ -425,11 +486,25 @@ mod tests {
                         .filter(|h| h.name.eq_ignore_ascii_case(n))
                         .count()
                 };
-                let bodyish = ["content-length", "transfer-encoding", "expect", "upgrade"]
+                let bodyish = ["transfer-encoding", "expect", "upgrade"]
                     .iter()
                     .any(|n| named(n) > 0);
                 assert!(!bodyish, "{}", shown());
                 assert_eq!(named("host"), 1, "{}", shown());
+                // A body's length is the one header that says it, whole.
+                let lengths: Vec<&[u8]> = p
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map(|h| h.value)
+                    .collect();
+                match p.content_length {
+                    None => assert!(lengths.is_empty(), "{}", shown()),
+                    Some(n) => {
+                        assert!(n <= MAX_BODY, "{}", shown());
+                        assert_eq!(lengths, [n.to_string().as_bytes()], "{}", shown());
+                    }
+                }
                 let line = limits::request_line_len(p.method, p.target.len());
                 assert_eq!(limits::complete(line, p.headers.len(), p.len), None);
                 let mut again = header_slots();

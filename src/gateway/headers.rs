@@ -116,17 +116,19 @@ pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
 }
 
 /// Whether a header name (any case) is one the gateway never passes on in
-/// a request: hop-by-hop, a forwarding header only the gateway may set, or
-/// a name with an underscore. The last as nginx does by default
-/// (`underscores_in_headers off`): frameworks that map headers to variables
-/// (CGI, WSGI, PHP) read `X_Forwarded_For` and `X-Forwarded-For` alike, so a
-/// client could pose as the gateway with it.
+/// a request: hop-by-hop, a forwarding header only the gateway may set,
+/// h2c's `HTTP2-Settings`, or a name with an underscore. The last as nginx
+/// does by default (`underscores_in_headers off`): frameworks that map
+/// headers to variables (CGI, WSGI, PHP) read `X_Forwarded_For` and
+/// `X-Forwarded-For` alike, so a client could pose as the gateway with it.
 fn is_dropped_request_header(name: &[u8]) -> bool {
     let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
     is_hop_by_hop_name(name)
         || name.contains(&b'_')
         || match name.len() {
             9 => is("forwarded") || is("x-real-ip"),
+            // Only meaningful with `Upgrade: h2c`, which is never passed on.
+            14 => is("http2-settings"),
             15 => is("x-forwarded-for"),
             16 => is("x-forwarded-host") || is("x-forwarded-port"),
             17 => is("x-forwarded-proto"),
@@ -135,20 +137,26 @@ fn is_dropped_request_header(name: &[u8]) -> bool {
         }
 }
 
-/// The protocol asked for by an upgrade request (`Connection: upgrade` +
-/// `Upgrade: websocket`), if any.
+/// The protocol an upgrade request (`Connection: upgrade` + `Upgrade`)
+/// may switch to: WebSocket only, whatever its case and whatever else the
+/// `Upgrade` header lists. Any other upgrade (h2c above all: an HTTP/2
+/// connection to the backend would carry requests past routing and the
+/// forwarding headers) is not passed on, as nginx does; the request then
+/// goes to the backend as a plain one, its `Upgrade` header dropped.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
+    (lists(headers, &header::CONNECTION, "upgrade")
+        && lists(headers, &header::UPGRADE, "websocket"))
+    .then(|| HeaderValue::from_static("websocket"))
+}
+
+/// Whether a comma-separated list header `name` holds `token` (any case).
+fn lists(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
@@ -671,6 +679,7 @@ mod tests {
             "x-forwarded-port",
             "x-forwarded-prefix",
             "x-real-ip",
+            "http2-settings",
         ];
         for name in HOP_BY_HOP.iter().map(HeaderName::as_str) {
             assert!(
@@ -731,6 +740,13 @@ mod tests {
         let up = upgrade_protocol(&h).unwrap();
         assert_eq!(up, "websocket");
         assert_eq!(upgrade_protocol(&map(&[("upgrade", "websocket")])), None);
+        // Issue 11: only WebSocket is passed on, in any case, from any list.
+        let with = |up: &str| upgrade_protocol(&map(&[("connection", "Upgrade"), ("upgrade", up)]));
+        assert_eq!(with("WebSocket").unwrap(), "websocket");
+        assert_eq!(with("h2c, websocket").unwrap(), "websocket");
+        for other in ["h2c", "H2C", "h2c, h2", "websocket/13", "TLS/1.2", ""] {
+            assert_eq!(with(other), None, "{other}");
+        }
         let mut req = h.clone();
         let fwd = fwd("127.0.0.1", "x", None, "1");
         prepare_request(&mut req, Some(&up), &fwd, None, &[]);

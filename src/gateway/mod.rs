@@ -15,6 +15,7 @@
 //!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
 //!   pooled backend client, `deadline` the timer both sides reuse.
+//! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
@@ -40,6 +41,7 @@
 //! none stored, one is generated, printed once on stderr and written (0600)
 //! to `admin.password_file` for `stackctl routes`.
 
+mod accept;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -331,20 +333,25 @@ impl Gateway {
             stopping: AtomicBool::new(false),
         });
 
+        let mut failures = accept::Throttle::default();
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // Out of file descriptors and the like: pause
-                        // instead of spinning, keep serving.
-                        tracing::warn!(error = %e, "gateway: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        let pause = accept_failed(&e, &mut failures);
+                        // Open connections go on being served meanwhile.
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
                     }
                 },
             };
+            if let Some(failed) = failures.accepted() {
+                tracing::info!(failed, "gateway: accepting connections again");
+            }
             let _ = stream.set_nodelay(true);
             tracker.spawn(conn::serve(ctx.clone(), stream, peer));
         }
@@ -362,6 +369,30 @@ impl Gateway {
         }
         tracing::info!("gateway: stopped");
     }
+}
+
+/// Log a failed `accept` (throttled) and say how long to pause accepting.
+fn accept_failed(e: &std::io::Error, failures: &mut accept::Throttle) -> Duration {
+    let failure = accept::classify(e);
+    let pause = match failure {
+        accept::Failure::Client => {
+            tracing::debug!(error = %e, "gateway: a connection was gone before it was accepted");
+            return Duration::ZERO;
+        }
+        accept::Failure::Exhausted => accept::EXHAUSTED_PAUSE,
+        accept::Failure::Other => accept::OTHER_PAUSE,
+    };
+    let Some(failed) = failures.failed(Instant::now()) else {
+        return pause;
+    };
+    let pause_ms = pause.as_millis() as u64;
+    let every_s = accept::LOG_EVERY.as_secs();
+    if failure == accept::Failure::Exhausted {
+        tracing::warn!(error = %e, failed, pause_ms, every_s, "gateway: out of file descriptors or memory: new connections wait, open ones are still served; raise the open-file limit (`ulimit -n`, docker's `--ulimit nofile=`)");
+    } else {
+        tracing::warn!(error = %e, failed, pause_ms, every_s, "gateway: accept failed");
+    }
+    pause
 }
 
 /// Decide the password hash at start (see the module docs) and return it.

@@ -6,7 +6,7 @@
 //!
 //! Ordinary requests go through [`super::upstream`]: pooled HTTP/1.1
 //! connections driven from the client connection's own task. WebSocket
-//! (any `Upgrade`): the client's upgrade future is taken before the request
+//! (the one upgrade passed on: see [`headers::upgrade_protocol`]): the client's upgrade future is taken before the request
 //! is forwarded on a fresh connection with hyper's client; when the backend
 //! answers 101, both upgraded connections are joined with
 //! `copy_bidirectional` in a task that has no read timeout and is tracked
@@ -201,8 +201,14 @@ impl Upstream {
         Ok(resp.map(upstream::boxed_incoming))
     }
 
-    /// Forward a request without a body whose head (`head`, for the
-    /// backend) is already encoded: the gateway's own front end. The
+    /// Whether a request body of `len` bytes is within the body limit.
+    pub fn body_allowed(&self, len: u64) -> bool {
+        self.cfg.max_body == 0 || len <= self.cfg.max_body
+    }
+
+    /// Forward a request whose head (`head`, for the backend) is already
+    /// encoded, followed by its whole body if it has one: the gateway's
+    /// own front end. The
     /// client's response head is written into `out` straight from the
     /// backend's (see [`front::encode_relayed_head`]); returned are the
     /// status, how the body is framed for the client, and the body.

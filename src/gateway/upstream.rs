@@ -17,19 +17,26 @@
 //! Pooling: a connection goes back to the pool when its response was read
 //! to the end, it said nothing about closing, and no stray byte followed
 //! the body. It is reused at most `pool_idle` later (below uvicorn's 5 s
-//! keep-alive). A pooled connection can still have been closed by the
-//! backend a moment ago; an idempotent request without a body that fails
-//! on it before any response byte arrives is therefore sent again on
-//! another connection (nothing was acted on, or it is safe to repeat, as
-//! RFC 9110 §9.2.2 allows). Any other request gets its pooled connection
-//! probed first (one non-blocking read) and is never repeated.
+//! keep-alive). Nothing may arrive on an idle connection: a byte there is
+//! an answer to no request (a backend that answered one request twice),
+//! and handing it to the next request would give one client another's
+//! response (issue 11). So an idle connection is watched while it sits in
+//! the pool (one keeper task per pool is woken by any byte or EOF on it
+//! and closes it), and checked once more with a non-blocking peek right
+//! before reuse, for bytes the keeper has not been told of yet. A pooled
+//! connection can still have been closed by the backend a moment ago; an
+//! idempotent request without a body that fails on it before any response
+//! byte arrives is therefore sent again on another connection (nothing was
+//! acted on, or it is safe to repeat, as RFC 9110 §9.2.2 allows); any
+//! other request is never repeated.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -65,24 +72,68 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Whether an idle connection still looks usable: the backend has not
-    /// closed it and has sent nothing unasked. Costs one non-blocking read
-    /// (none when tokio already knows the socket is not readable).
-    fn looks_open(&self) -> bool {
+    /// Whether the backend has sent nothing since the connection went
+    /// idle: not a byte, not a close. Asks the kernel (one `recv` with
+    /// `MSG_PEEK`), not tokio's readiness, which lags until the runtime
+    /// next polls for events.
+    fn silent(&self) -> bool {
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        // SAFETY: `recv` writes at most 1 byte into `probe`, which lives
+        // across the call; the descriptor is owned by `self.io` and open.
+        let n = unsafe {
+            libc::recv(
+                self.io.as_raw_fd(),
+                probe.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
+}
+
+/// Whether an idle connection is still quiet; if so, `cx` is woken when
+/// anything arrives on it. tokio's readiness can say "readable" after a
+/// read that happened to empty the socket exactly: a read then tells, and
+/// clears it.
+fn quiet(io: &TcpStream, cx: &mut Context<'_>) -> bool {
+    // A stale "readable" is cleared by the first read; a second one means
+    // the backend did send something meanwhile.
+    for _ in 0..2 {
+        match io.poll_read_ready(cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Err(_)) => return false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                match io.try_read(&mut probe) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    // A byte (an answer to no request), EOF, or an error.
+                    _ => return false,
+                }
+            }
+        }
+    }
+    false
 }
 
 /// Idle connections per backend address.
 #[derive(Debug)]
 pub struct Pool {
+    idle: Mutex<Idles>,
+    max_idle_age: Duration,
+    /// The keeper task has been started.
+    keeper: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Idles {
     /// A short list: one entry per backend address, each a stack (most
     /// recently used on top, so the warmest connection is reused first).
-    idle: Mutex<Vec<(SocketAddr, Vec<Idle>)>>,
-    max_idle_age: Duration,
-    /// The idle sweeper task has been started.
-    sweeper: AtomicBool,
+    stacks: Vec<(SocketAddr, Vec<Idle>)>,
+    /// The keeper task's waker: every idle connection wakes it when
+    /// anything arrives (`None` until the keeper first runs; it then
+    /// registers the connections already pooled).
+    keeper: Option<Waker>,
 }
 
 #[derive(Debug)]
@@ -95,30 +146,33 @@ impl Pool {
     /// An empty pool whose connections expire after `max_idle_age`.
     pub fn new(max_idle_age: Duration) -> Self {
         Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(Idles::default()),
             max_idle_age,
-            sweeper: AtomicBool::new(false),
+            keeper: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(SocketAddr, Vec<Idle>)>> {
-        // The lock is held only for pushes and pops that cannot panic
-        // half-way; a poisoned list is still consistent.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idles> {
+        // The lock is held only for pushes, pops and readiness checks that
+        // cannot panic half-way; a poisoned list is still consistent.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The most recently used idle connection to `addr` that has not
-    /// expired. Expired ones met on the way are dropped, which closes them.
+    /// expired and on which the backend has sent nothing. The others met
+    /// on the way are dropped, which closes them.
     fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let now = deadline::coarse_now();
-        let mut idle = self.lock();
-        let stack = &mut idle.iter_mut().find(|(a, _)| *a == addr)?.1;
-        while let Some(c) = stack.pop() {
-            if now.saturating_sub(c.since) < self.max_idle_age {
+        loop {
+            let c = {
+                let mut idle = self.lock();
+                let stack = &mut idle.stacks.iter_mut().find(|(a, _)| *a == addr)?.1;
+                stack.pop()?
+            };
+            if now.saturating_sub(c.since) < self.max_idle_age && c.conn.silent() {
                 return Some(c.conn);
             }
         }
-        None
     }
 
     /// Keep a connection whose exchange is complete.
@@ -128,32 +182,56 @@ impl Pool {
             since: deadline::coarse_now(),
         };
         let mut idle = self.lock();
-        match idle.iter_mut().find(|(a, _)| *a == addr) {
+        if let Some(waker) = &idle.keeper {
+            if !quiet(&c.conn.io, &mut Context::from_waker(waker)) {
+                return;
+            }
+        }
+        match idle.stacks.iter_mut().find(|(a, _)| *a == addr) {
             Some((_, stack)) if stack.len() >= MAX_IDLE_PER_BACKEND => {
                 // Full: the oldest connection (bottom) gives way.
                 stack.remove(0);
                 stack.push(c);
             }
             Some((_, stack)) => stack.push(c),
-            None => idle.push((addr, vec![c])),
+            None => idle.stacks.push((addr, vec![c])),
         }
     }
 
-    /// Close connections idle for longer than `max_idle_age`, and forget
-    /// backends without idle connections.
-    fn sweep(&self) {
+    /// The keeper's round: close idle connections on which anything
+    /// arrived, and (`sweep`) those idle for longer than `max_idle_age`;
+    /// forget backends without idle connections. Every connection left
+    /// wakes `cx` when anything arrives on it.
+    fn keep(&self, cx: &mut Context<'_>, sweep: bool) {
         let now = deadline::coarse_now();
         let mut idle = self.lock();
-        for (_, stack) in idle.iter_mut() {
-            stack.retain(|c| now.saturating_sub(c.since) < self.max_idle_age);
+        if !idle
+            .keeper
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            idle.keeper = Some(cx.waker().clone());
         }
-        idle.retain(|(_, stack)| !stack.is_empty());
+        let mut closed = 0usize;
+        for (_, stack) in idle.stacks.iter_mut() {
+            stack.retain(|c| {
+                let keep = (!sweep || now.saturating_sub(c.since) < self.max_idle_age)
+                    && quiet(&c.conn.io, cx);
+                closed += usize::from(!keep);
+                keep
+            });
+        }
+        idle.stacks.retain(|(_, stack)| !stack.is_empty());
+        if closed > 0 {
+            tracing::debug!(closed, "gateway: closed idle backend connections (expired, closed by the backend, or sent an answer to no request)");
+        }
     }
 
-    /// Start the task that sweeps idle connections, once, from inside the
-    /// runtime. It ends when the pool is dropped.
-    fn start_sweeper(self: &Arc<Self>) {
-        if self.sweeper.swap(true, Ordering::Relaxed) {
+    /// Start the keeper task, once, from inside the runtime. It watches
+    /// the idle connections and sweeps expired ones, and ends when the
+    /// pool is dropped.
+    fn start_keeper(self: &Arc<Self>) {
+        if self.keeper.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool: Weak<Pool> = Arc::downgrade(self);
@@ -161,13 +239,18 @@ impl Pool {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match pool.upgrade() {
-                    Some(p) => p.sweep(),
-                    None => return,
+            std::future::poll_fn(|cx| {
+                let Some(pool) = pool.upgrade() else {
+                    return Poll::Ready(());
+                };
+                let mut sweep = false;
+                while tick.poll_tick(cx).is_ready() {
+                    sweep = true;
                 }
-            }
+                pool.keep(cx, sweep);
+                Poll::Pending
+            })
+            .await;
         });
     }
 
@@ -175,6 +258,7 @@ impl Pool {
     #[cfg(test)]
     pub fn idle_count(&self, addr: SocketAddr) -> usize {
         self.lock()
+            .stacks
             .iter()
             .find(|(a, _)| *a == addr)
             .map_or(0, |(_, s)| s.len())
@@ -199,6 +283,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
 /// One request ready to go: its encoded head and its body, if it has one.
 pub struct Outgoing<'a> {
     pub method: Method,
+    /// The head, and (from the front end) the whole body after it.
     pub head: &'a [u8],
     pub framing: RequestFraming,
     /// The client's body; `None` (or ignored) when `framing` says none.
@@ -242,15 +327,16 @@ pub async fn exchange<T>(
         framing,
         body,
     } = req;
-    // Repeating the request is safe only if nothing was consumed from the
-    // client (no body) and the method says a repeat changes nothing.
-    let repeatable = framing == RequestFraming::None && method.is_idempotent();
+    // Repeating the request is safe only if it can be sent whole again
+    // (nothing streamed from the client) and the method says a repeat
+    // changes nothing.
     let mut body = body.filter(|_| framing != RequestFraming::None);
+    let repeatable = body.is_none() && method.is_idempotent();
     let (mut conn, complete) = loop {
         let (mut conn, pooled) = match pool.take(addr) {
             Some(c) => (c, true),
             None => {
-                pool.start_sweeper();
+                pool.start_keeper();
                 let io = connect(addr, cfg.connect).await?;
                 let conn = Conn {
                     io,
@@ -260,9 +346,6 @@ pub async fn exchange<T>(
                 (conn, false)
             }
         };
-        if pooled && !repeatable && !conn.looks_open() {
-            continue;
-        }
         match send(&mut conn, head, framing, body.take(), cfg).await {
             Ok(complete) => break (conn, complete),
             Err(f) if f.before_response && pooled && repeatable => {
@@ -695,4 +778,67 @@ impl hyper::body::Body for UpstreamBody {
 /// Box an upgrade response's body (hyper's client) like every other.
 pub fn boxed_incoming(body: Incoming) -> super::body::Body {
     body.map_err(BoxError::from).boxed_unsync().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A pool holding one idle connection to a plain socket, and that
+    /// socket's other end (the "backend").
+    async fn pooled(pool: &Pool) -> (SocketAddr, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = l.accept().unwrap();
+        let conn = Conn {
+            io,
+            buf: BytesMut::new(),
+            timer: None,
+        };
+        pool.put(addr, conn);
+        (addr, peer)
+    }
+
+    #[tokio::test]
+    async fn a_byte_or_a_close_just_before_reuse_keeps_the_connection_out_of_use() {
+        // Issue 11: no task switch happens between the backend's write and
+        // the reuse, so only the check at reuse can see it.
+        let pool = Pool::new(Duration::from_secs(60));
+        let (addr, mut peer) = pooled(&pool).await;
+        let again = pool.take(addr).expect("a quiet connection is reused");
+        pool.put(addr, again);
+        peer.write_all(b"H").unwrap();
+        assert!(pool.take(addr).is_none(), "reused after a stray byte");
+
+        let (addr, peer) = pooled(&pool).await;
+        drop(peer);
+        assert!(pool.take(addr).is_none(), "reused after the backend closed");
+    }
+
+    #[tokio::test]
+    async fn the_keeper_closes_an_idle_connection_on_which_anything_arrives() {
+        let pool = Arc::new(Pool::new(Duration::from_secs(60)));
+        pool.start_keeper();
+        let (addr, mut peer) = pooled(&pool).await;
+        let (quiet_addr, _quiet_peer) = pooled(&pool).await;
+        // Let the keeper run once and take charge of both.
+        tokio::task::yield_now().await;
+        peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while pool.idle_count(addr) > 0 {
+            assert!(std::time::Instant::now() < deadline, "still pooled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The backend sees the close (a reset: the answer is left unread);
+        // the quiet connection stays.
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rest = Vec::new();
+        if let Err(e) = std::io::Read::read_to_end(&mut peer, &mut rest) {
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+        }
+        assert_eq!(pool.idle_count(quiet_addr), 1);
+    }
 }

@@ -89,11 +89,13 @@ pub fn spawn(
     // argv[0] as the user wrote it, like a shell does.
     cmd.arg0(program);
     // SAFETY: the closure runs in the child between fork and exec, where
-    // only async-signal-safe calls are allowed; `signal` is one, and the
-    // closure allocates nothing and takes no lock.
+    // only async-signal-safe calls are allowed; `signal` and `setrlimit`
+    // are plain system calls, and the closure allocates nothing and takes
+    // no lock.
     unsafe {
         cmd.pre_exec(|| {
             reset_signal_dispositions();
+            super::nofile::restore_in_child();
             Ok(())
         });
     }

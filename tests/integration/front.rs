@@ -40,25 +40,25 @@ impl Raw {
 }
 
 /// A client connection that writes bytes as given and parses responses.
-struct Client {
+pub(crate) struct Client {
     s: TcpStream,
-    buf: Vec<u8>,
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Client {
-    async fn connect(gw: &Gw) -> Client {
+    pub(crate) async fn connect(gw: &Gw) -> Client {
         Client {
             s: TcpStream::connect(gw.addr).await.unwrap(),
             buf: Vec::new(),
         }
     }
 
-    async fn send(&mut self, text: &str) {
+    pub(crate) async fn send(&mut self, text: &str) {
         self.s.write_all(text.as_bytes()).await.unwrap();
     }
 
     /// Read more; panics at EOF or past the deadline.
-    async fn more(&mut self) {
+    pub(crate) async fn more(&mut self) {
         let mut chunk = [0u8; 16384];
         let n = tokio::time::timeout(DEADLINE, self.s.read(&mut chunk))
             .await

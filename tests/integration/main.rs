@@ -7,14 +7,18 @@ mod harness;
 
 mod admin_ui;
 mod astrbot;
+mod bodies;
 mod deployment;
 mod differential;
 mod front;
 mod gateway;
+mod h2c;
 mod hf_lfs;
 mod large_files;
 mod lifecycle;
 mod manifest;
 mod persist;
+mod pool;
 mod progress;
+mod resources;
 mod supervisor;
