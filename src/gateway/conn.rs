@@ -92,6 +92,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         let io = Prefixed {
             prefix: conn.buf.freeze(),
             io: conn.io,
+            linger: None,
         };
         // Boxed: hyper's connection state is large, and this future is
         // the task of every connection, idle ones included.
@@ -632,10 +633,13 @@ async fn hyper_serve(
 }
 
 /// A connection handed to hyper: the bytes the front end already read
-/// come first, then the socket.
+/// come first, then the socket. Closing it lingers (see `poll_shutdown`).
 struct Prefixed {
     prefix: Bytes,
     io: TcpStream,
+    /// Set once our side is shut down: until then, what the client still
+    /// sends is read and dropped.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Prefixed {
@@ -680,8 +684,32 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    /// A lingering close, as nginx's `lingering_close`: send our FIN, then
+    /// read and drop what the client still sends until it closes or
+    /// [`LINGER`] passes. Closing a socket with unread bytes resets the
+    /// connection, and a client still uploading (a 413 for an over-limit
+    /// body) would then see "connection reset" instead of the answer.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            if let Some(t) = this.linger.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // EOF or an error: the client is done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -700,6 +728,7 @@ mod tests {
         });
         let (io, _) = listener.accept().await.unwrap();
         let mut p = Prefixed {
+            linger: None,
             prefix: Bytes::from_static(b"hello"),
             io,
         };

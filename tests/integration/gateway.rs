@@ -735,6 +735,53 @@ async fn request_body_limit_is_413() {
     gw.shutdown().await;
 }
 
+/// Issue 16: the 413 for an over-limit upload must reach a client that is
+/// still sending its body: the gateway lingers (reads and drops) before
+/// closing, instead of resetting the connection under the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_reaches_a_client_still_uploading() {
+    let b = backend("files").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(b.url()), json!([]));
+    cfg.max_body = 1000;
+    let gw = start_with(cfg, dir, restored(), |g| g).await;
+    let addr = gw.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let len = 64 << 20;
+        let head = format!("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        // The whole body, as a client that does not read while it sends.
+        let chunk = vec![0u8; 64 << 10];
+        let mut sent = 0;
+        while sent < len {
+            match s.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got);
+        (
+            sent,
+            read.map_err(|e| e.to_string()),
+            String::from_utf8_lossy(&got).to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    let (sent, read, text) = answer;
+    // Like nginx: the client can send its whole body (no "broken pipe"
+    // halfway, which clients report instead of the answer), then reads it.
+    assert!(
+        sent == 64 << 20 && read.is_ok() && text.starts_with("HTTP/1.1 413"),
+        "sent {sent} bytes; read {read:?}: {text:?}"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_is_502_slow_is_504_and_other_routes_keep_working() {
     let a = backend("a").await;
