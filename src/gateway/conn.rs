@@ -93,6 +93,7 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
             prefix: conn.buf.freeze(),
             io: conn.io,
             linger: None,
+            ctx: Some(ctx.clone()),
         };
         // Boxed: hyper's connection state is large, and this future is
         // the task of every connection, idle ones included.
@@ -640,6 +641,9 @@ struct Prefixed {
     /// Set once our side is shut down: until then, what the client still
     /// sends is read and dropped.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// While the gateway stops, closing does not linger: a client that
+    /// keeps its end open must not hold up the shutdown.
+    ctx: Option<Arc<Ctx>>,
 }
 
 impl AsyncRead for Prefixed {
@@ -697,6 +701,9 @@ impl AsyncWrite for Prefixed {
         }
         let mut sink = [0u8; 4096];
         loop {
+            if this.ctx.as_ref().is_some_and(|c| c.stopping()) {
+                return Poll::Ready(Ok(()));
+            }
             if let Some(t) = this.linger.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Ok(()));
@@ -729,6 +736,7 @@ mod tests {
         let (io, _) = listener.accept().await.unwrap();
         let mut p = Prefixed {
             linger: None,
+            ctx: None,
             prefix: Bytes::from_static(b"hello"),
             io,
         };

@@ -82,6 +82,12 @@ pub enum HttpError {
     /// Something on our side failed (state file not writable, …).
     #[error("{0}")]
     Internal(String),
+    /// The client stopped sending its request body (its fault: 408, as
+    /// nginx's `client_body_timeout`, not the backend's 504).
+    #[error(
+        "the request body stalled: nothing of it arrived for {0} s (`gateway.timeouts.response`)"
+    )]
+    RequestTimeout(u64),
 }
 
 impl HttpError {
@@ -101,6 +107,7 @@ impl HttpError {
             HttpError::BadGateway { .. } | HttpError::ServiceDown { .. } => StatusCode::BAD_GATEWAY,
             HttpError::Starting { .. } | HttpError::Restoring(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            HttpError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -252,6 +259,7 @@ mod tests {
                 },
                 504,
             ),
+            (HttpError::RequestTimeout(1), 408),
         ];
         for (e, code) in table {
             assert_eq!(e.status().as_u16(), code, "{e:?}");

@@ -687,7 +687,13 @@ impl Shared {
         html: bool,
     ) -> Response<Body> {
         let e = self.failure(f, backend);
-        tracing::warn!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
+        if f.is_client_fault() {
+            // A client's broken or stalled upload says nothing about the
+            // backend: logged as the client's, below warning level.
+            tracing::info!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: the client's request failed");
+        } else {
+            tracing::warn!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
+        }
         e.response(&accept_only(html))
     }
 
@@ -700,6 +706,7 @@ impl Shared {
             ForwardError::ClientBody => HttpError::BadRequest(
                 "the request body is malformed or cut off (chunked framing)".into(),
             ),
+            ForwardError::ClientStalled(d) => HttpError::RequestTimeout(d.as_secs()),
             ForwardError::Timeout(d) => HttpError::Timeout {
                 backend: b,
                 secs: d.as_secs(),

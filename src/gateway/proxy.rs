@@ -51,9 +51,22 @@ pub enum ForwardError {
     /// The client's request body was malformed (a bad chunk) or cut off.
     #[error("malformed or cut request body")]
     ClientBody,
+    /// The client sent nothing of its request body for this long.
+    #[error("the client's request body stalled for {0:?}")]
+    ClientStalled(Duration),
     /// The request body passed `max_body`.
     #[error("request body over {0} bytes")]
     TooLarge(u64),
+}
+
+impl ForwardError {
+    /// Whether the client caused it (its body), not the backend.
+    pub fn is_client_fault(self) -> bool {
+        matches!(
+            self,
+            ForwardError::ClientBody | ForwardError::ClientStalled(_) | ForwardError::TooLarge(_)
+        )
+    }
 }
 
 /// Upstream timing and limits.

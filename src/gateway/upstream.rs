@@ -421,7 +421,8 @@ async fn send_body(
                 }
                 return Ok(false);
             }
-            () = tokio::time::sleep(cfg.response) => return Err(ForwardError::Timeout(cfg.response).into()),
+            // Waiting on the client's body, not on the backend: its fault.
+            () = tokio::time::sleep(cfg.response) => return Err(ForwardError::ClientStalled(cfg.response).into()),
         };
         let Some(frame) = frame else { break };
         // The client's body broke its own framing (a bad chunk) or the

@@ -556,3 +556,24 @@ async fn underscored_headers_are_dropped_and_connection_keeps_host() {
     }
     gw.shutdown().await;
 }
+
+/// Issue 16: a client that stops sending its body is the client's fault:
+/// 408 (nginx's `client_body_timeout`), not the backend's 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_408_not_504() {
+    let b = backend("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(b.url()), json!([]));
+    cfg.timeouts.response = Duration::from_millis(400);
+    let gw = start_with(cfg, dir, restored(), |g| g).await;
+    let mut c = Client::connect(&gw).await;
+    c.send("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nonly-a-little")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 408, "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("request body stalled"),
+        "{r:?}"
+    );
+    gw.shutdown().await;
+}
