@@ -712,6 +712,17 @@ fn container(img: &Image, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     env
 }
 
+/// The repository's `stack.yaml` as the image's container reads it, with
+/// `extra` variables set.
+fn stack_yaml_in_image(extra: &[(&str, &str)]) -> stackctl::manifest::Manifest {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    load(&repo().join("stack.yaml"), &container(&img, extra))
+}
+
+/// A Space with a backup repository: persistence on.
+const WITH_REMOTE: &[(&str, &str)] = &[("github_project", "someone/data"), ("github_secret", "t")];
+
 fn dockerfile() -> (String, String) {
     let read = |n: &str| {
         std::fs::read_to_string(repo().join(n)).unwrap_or_else(|e| panic!("read `{n}`: {e}"))
@@ -1200,4 +1211,171 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------
+// NapCat under the real stackctl (issue 13, items 1–3)
+
+/// A stand-in for QQ's `AppRun` as NapCatAppImageBuild ships it: electron-
+/// builder's AppImage template, which, when `APPDIR` is unset, walks up from
+/// its own location until `<dir>/<first argument>` exists — so a flag as the
+/// first argument leaves it empty and it runs `/qq` — plus the line the
+/// build adds on top, `NAPCAT_WORKDIR=$(pwd)` (NapCat reads `<it>/config`).
+const STAND_IN_APPRUN: &str = r#"#!/bin/bash
+export NAPCAT_WORKDIR=$(pwd)
+set -e
+if [ -z "$APPDIR" ]; then
+  here="$(dirname "$(readlink -f "$0")")"
+  while [[ -n "$here" && ! -e "$here/$1" ]]; do here=${here%/*}; done
+  APPDIR="$here"
+fi
+exec "$APPDIR/qq" "$@"
+"#;
+
+/// A stand-in for QQ with NapCat: says which arguments it got and which
+/// `webui.json` it read, then stays up.
+const STAND_IN_QQ: &str = r#"#!/bin/bash
+{ printf 'args=%s\n' "$*"; printf 'config='; cat "$NAPCAT_WORKDIR/config/webui.json"; } >"$NAPCAT_SEEN.tmp"
+mv "$NAPCAT_SEEN.tmp" "$NAPCAT_SEEN"
+exec sleep 600
+"#;
+
+/// `path` moved under `root` when it is one of the image's absolute paths.
+fn rebase(root: &Path, path: &str) -> String {
+    if ["/app/", "/home/user"].iter().any(|p| path.starts_with(p)) {
+        format!("{}{path}", root.display())
+    } else {
+        path.to_string()
+    }
+}
+
+#[test]
+fn napcat_runs_with_flags_and_reads_the_migrated_config() {
+    // Regression (issue 13, items 1 and 3): any NAPCAT_FLAGS made QQ's AppRun
+    // exit 127 (`/qq: not found`), and NapCat read `/app/napcat/config`
+    // while a migrated backup restores its config to `/home/user/config`.
+    let flags = "--no-sandbox -q 12345";
+    let m = stack_yaml_in_image(&[("NAPCAT_FLAGS", flags)]);
+    let napcat = m.service("napcat").expect("stack.yaml has napcat");
+
+    // What a migration restores from the original's `home/user/config` must
+    // be where NapCat looks: `<working dir>/config`, a persisted path.
+    let config_dir = napcat.working_dir.join("config");
+    let paths = stack_yaml_in_image(WITH_REMOTE)
+        .persist
+        .expect("persist on")
+        .paths;
+    assert!(
+        paths.iter().any(|p| p.path == config_dir),
+        "NapCat reads `{}`, which is not persisted: a migrated webui.json is never read",
+        config_dir.display()
+    );
+
+    // The service, as stack.yaml defines it, moved under a temp root.
+    let stack = crate::harness::Stack::new("");
+    let root = stack.path("root");
+    let appdir = root.join("app/napcat");
+    std::fs::create_dir_all(&appdir).unwrap();
+    for (name, body) in [("AppRun", STAND_IN_APPRUN), ("qq", STAND_IN_QQ)] {
+        let p = appdir.join(name);
+        std::fs::write(&p, body).unwrap();
+        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&p, exec).unwrap();
+    }
+    // The migrated config, and the one the image used to read.
+    let rel = |p: &Path| root.join(p.strip_prefix("/").expect("absolute"));
+    std::fs::create_dir_all(rel(&config_dir)).unwrap();
+    std::fs::write(rel(&config_dir).join("webui.json"), "{\"migrated\":true}").unwrap();
+    std::fs::create_dir_all(appdir.join("config")).unwrap();
+    std::fs::write(appdir.join("config/webui.json"), "{\"image\":true}").unwrap();
+
+    let argv: Vec<String> = napcat.command.iter().map(|a| rebase(&root, a)).collect();
+    let env: Vec<String> = napcat
+        .environment
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={}", rebase(&root, v)),
+            None => k.clone(),
+        })
+        .collect();
+    let yaml = format!(
+        "version: 1\nservices:\n  napcat:\n    command: {}\n    working_dir: {}\n    environment: {}\n    restart: \"no\"\n",
+        serde_json::to_string(&argv).unwrap(),
+        serde_json::to_string(&rebase(&root, &napcat.working_dir.to_string_lossy())).unwrap(),
+        serde_json::to_string(&env).unwrap(),
+    );
+    stack.write("stack.yaml", &yaml);
+    let seen = stack.path("seen");
+    let stack = stack.env("NAPCAT_SEEN", &seen.to_string_lossy());
+    let mut up = stack.up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let got = loop {
+        if let Ok(s) = std::fs::read_to_string(&seen) {
+            break s;
+        }
+        if std::time::Instant::now() > deadline || up.child.try_wait().ok().flatten().is_some() {
+            up.fail(&format!(
+                "NapCat's stand-in never ran with NAPCAT_FLAGS={flags:?}\n{yaml}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(got.contains(&format!("args={flags}")), "{got}");
+    assert!(
+        got.contains("config={\"migrated\":true}"),
+        "NapCat read the image's config, not the migrated one: {got}"
+    );
+}
+
+#[test]
+fn only_astrbot_giving_up_stops_the_stack() {
+    // Regression (issue 13, item 2): NapCat's crash loop ended the whole
+    // stack after the give-up, AstrBot's dashboard with it. A bridge that
+    // fails is shown as `failed` by `stackctl status` and `/admin/status`.
+    let m = stack_yaml_in_image(&[("API_KEYS", "[\"k\"]"), ("AUTH_TOKEN", "sk-t")]);
+    let wrong: Vec<String> = m
+        .services
+        .iter()
+        .filter(|s| s.optional == (s.name == "astrbot"))
+        .map(|s| format!("`{}` optional: {}", s.name, s.optional))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "only astrbot may stop the stack: {wrong:?}"
+    );
+}
+
+#[test]
+fn napcat_temp_files_and_electron_caches_are_not_backed_up() {
+    // Regression (issue 13, item 4): NapCat's temp dir and QQ's Electron
+    // caches went into every snapshot.
+    use stackctl::persist::plan::{FileType, PathRules};
+    let p = stack_yaml_in_image(WITH_REMOTE)
+        .persist
+        .expect("persist on");
+    let qq = p
+        .paths
+        .iter()
+        .find(|pp| pp.path == Path::new("/app/.config/QQ"))
+        .expect("the QQ dir is persisted");
+    let rules = PathRules::new(&qq.path, &qq.exclude, &p.exclude, &[]).expect("valid globs");
+    for (rel, keep) in [
+        ("NapCat/temp/0a1b.jpg", false),
+        ("NapCat/temp/sub/voice.amr", false),
+        ("GPUCache/data_0", false),
+        ("Code Cache/js/index", false),
+        ("Cache/Cache_Data/f_000001", false),
+        ("nt_qq/global/nt_data/Emoji/GPUCache/data_1", false),
+        ("nt_qq_0123/nt_db/nt_msg.db", true),
+        ("NapCat/data/cache.json", true),
+        ("global/nt_data/Log/x.txt", true),
+    ] {
+        let excluded = rules.excluded(Path::new(rel), FileType::File).is_some();
+        assert_eq!(
+            !excluded,
+            keep,
+            "`{rel}` should be {}",
+            if keep { "kept" } else { "excluded" }
+        );
+    }
 }
