@@ -872,6 +872,7 @@ fn dockerfile_and_stack_yaml_agree() {
             ("github_project", "someone/astrbot-data"),
             ("github_secret", &secrets.token),
             ("API_KEYS", &secrets.api_keys),
+            ("AUTH_TOKEN", &secrets.auth),
         ],
     );
     let file = repo().join("stack.yaml");
@@ -1096,6 +1097,41 @@ fn check_passes_on_stack_yaml_in_a_space_environment() {
     assert!(!out.stdout.contains("disabled: gemini"), "{out}");
     assert_no_secret(&out, &secrets);
 
+    // What users get wrong in Space variables (issue 13, items 6 and 14):
+    // each error names the variable, never its value.
+    let remote = format!(
+        "https://x-access-token:{}@github.com/me/data.git",
+        secrets.token
+    );
+    let short = "short1";
+    for (vars, want) in [
+        (
+            vec![("API_KEYS", secrets.api_keys.as_str())],
+            "`services.gemini.requires_one_of`: service `gemini` needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set, and none is",
+        ),
+        (
+            vec![("API_KEYS", secrets.api_keys.as_str()), ("ALLOWED_TOKENS", "[]")],
+            "needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set",
+        ),
+        (
+            vec![("API_KEYS", secrets.auth.as_str()), ("AUTH_TOKEN", secrets.admin.as_str())],
+            "`API_KEYS` is not a JSON list of strings",
+        ),
+        (
+            vec![("ADMIN_PASSWORD", short)],
+            "the admin password is too short: 6 characters (from `ADMIN_PASSWORD`)",
+        ),
+        (
+            vec![("github_project", remote.as_str())],
+            "the remote URL has credentials in it (from `GITHUB_REPO`)",
+        ),
+    ] {
+        let out = check(&file, &with(&base, &vars));
+        out.code(2).stderr_has(want);
+        assert_no_secret(&out, &secrets);
+        assert!(!out.stderr.contains(short), "{out}");
+    }
+
     // No API_KEYS: Gemini Balance is switched off, the rest still valid.
     let no_gemini = with(
         &base,
@@ -1145,6 +1181,7 @@ fn the_examples_pass_check() {
                 ("github_project", "someone/astrbot-data"),
                 ("github_secret", &secrets.token),
                 ("API_KEYS", &secrets.api_keys),
+                ("AUTH_TOKEN", &secrets.auth),
             ],
         );
         out.code(0);
