@@ -815,6 +815,10 @@ fn dockerfile_and_stack_yaml_agree() {
         }
     }
 
+    // Every download is verified (issue 13, items 5 and 8).
+    problems.extend(unverified_downloads(&img));
+    problems.extend(missing_tools(&img));
+
     // USER, HOME, CMD, the manifest.
     if st.user != 1000 {
         problems.push(format!("the image runs as UID {}, not 1000", st.user));
@@ -919,6 +923,15 @@ fn dockerfile_and_stack_yaml_agree() {
                 prog_path.display()
             ));
         }
+        // `astrbot run` takes its working directory as its root only when
+        // it holds the `.astrbot` marker.
+        if prog.ends_with("/astrbot") && !st.fs.contains_key(&wd.join(".astrbot")) {
+            problems.push(format!(
+                "service `{}`: `astrbot run` needs `{}/.astrbot` in the image",
+                s.name,
+                wd.display()
+            ));
+        }
         for a in &s.command[1..] {
             // A script (`main.py`) or an ASGI app (`app.main:app`) must exist.
             let needed = if a.ends_with(".py") && !a.starts_with('-') {
@@ -1010,6 +1023,142 @@ fn dockerfile_and_stack_yaml_agree() {
     }
 }
 
+/// Downloads the image would use unverified: a `curl` whose file is not
+/// checked with `sha256sum -c` in the same `RUN` (or that is piped straight
+/// into another program), a `*_SHA256` build argument with a default or not
+/// required (`${NAME:?…}`), a `git fetch` whose commit is not compared with
+/// its `*_COMMIT` argument, and a `pip install` not from a committed lock
+/// file with `--require-hashes`.
+fn unverified_downloads(img: &Image) -> Vec<String> {
+    let mut problems = Vec::new();
+    for st in &img.stages {
+        for (k, v) in &st.args {
+            if k.ends_with("_SHA256") && !v.is_empty() {
+                problems.push(format!(
+                    "ARG {k} has a default: a hash must come from whoever checked the file"
+                ));
+            }
+        }
+        for r in &st.runs {
+            // The hash a file is checked against must be a required build
+            // argument (`${NAME:?…}` stays as written in the model; a plain
+            // `${NAME}` is already expanded, to nothing when it is unset).
+            let required = st
+                .args
+                .keys()
+                .any(|k| k.ends_with("_SHA256") && r.contains(&format!("${{{k}:?")));
+            if r.contains("sha256sum") && !required {
+                problems.push(format!(
+                    "a file is checked against a hash that is not a required `*_SHA256` build argument (`${{NAME:?…}}`): {r}"
+                ));
+            }
+            let words = shell_words::split(r).unwrap_or_default();
+            let simple: Vec<&[String]> = words
+                .split(|t| matches!(t.as_str(), "&&" | "||" | ";"))
+                .collect();
+            for cmd in &simple {
+                let Some(prog) = cmd.first() else { continue };
+                match prog.as_str() {
+                    "curl" | "wget" => {
+                        if cmd.iter().any(|w| w == "|") {
+                            problems.push(format!(
+                                "a download is piped unverified into a program: {}",
+                                cmd.join(" ")
+                            ));
+                            continue;
+                        }
+                        let out = cmd
+                            .iter()
+                            .position(|w| w == "-o" || w == "-O" || w == "--output")
+                            .and_then(|i| cmd.get(i + 1));
+                        let Some(out) = out else {
+                            problems
+                                .push(format!("a download without `-o FILE`: {}", cmd.join(" ")));
+                            continue;
+                        };
+                        let checked = simple.iter().any(|c| {
+                            c.iter().any(|w| w == "sha256sum")
+                                && c.iter().any(|w| w == "-c")
+                                && c.iter().any(|w| w.contains(out.as_str()))
+                        }) || r.contains(&format!("  {out}\" | sha256sum -c"));
+                        if !checked {
+                            problems.push(format!(
+                                "`{out}` is downloaded but not checked with `sha256sum -c`"
+                            ));
+                        }
+                    }
+                    "git" if cmd.get(1).map(String::as_str) == Some("fetch") => {
+                        let commit = st.args.iter().find(|(k, _)| k.ends_with("_COMMIT"));
+                        let verified = commit.is_some_and(|(_, v)| {
+                            r.contains("git rev-parse HEAD") && r.contains(v.as_str())
+                        });
+                        if !verified {
+                            problems.push(format!("`{}` is not checked against a pinned commit (`test \"$(git rev-parse HEAD)\" = …`)", cmd.join(" ")));
+                        }
+                    }
+                    _ => {}
+                }
+                if cmd.iter().any(|w| w.ends_with("pip")) && cmd.iter().any(|w| w == "install") {
+                    let req = cmd
+                        .iter()
+                        .position(|w| w == "-r")
+                        .and_then(|i| cmd.get(i + 1));
+                    let locked = cmd.iter().any(|w| w == "--require-hashes")
+                        && req.is_some_and(|f| f.ends_with(".lock"));
+                    if !locked {
+                        problems.push(format!(
+                            "`{}` does not install a committed lock file with `--require-hashes`",
+                            cmd.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// What the original image had that users rely on (issue 13, item 9): a C
+/// compiler and Python headers (plugins and `pilk` build from source), git,
+/// Node.js with npm (`npx` MCP servers), uv/uvx, and `socksio` for SOCKS
+/// proxies in both Python apps.
+fn missing_tools(img: &Image) -> Vec<String> {
+    let mut problems = Vec::new();
+    let st = img.final_stage();
+    let runs = st.runs.join("\n");
+    for pkg in [
+        "build-essential",
+        "python3-dev",
+        "libffi-dev",
+        "libssl-dev",
+        "git",
+        "nodejs",
+        "npm",
+    ] {
+        if !runs.split_whitespace().any(|w| w == pkg) {
+            problems.push(format!("the runtime stage does not install `{pkg}`"));
+        }
+    }
+    for tool in ["uv", "uvx"] {
+        if !st
+            .fs
+            .get(&Path::new("/usr/local/bin").join(tool))
+            .is_some_and(|e| e.exec)
+        {
+            problems.push(format!(
+                "no executable `/usr/local/bin/{tool}` (assert it with `test -x`)"
+            ));
+        }
+    }
+    for lock in ["deploy/astrbot.lock", "deploy/gemini-balance.lock"] {
+        let text = std::fs::read_to_string(repo().join(lock)).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with("socksio==")) {
+            problems.push(format!("`{lock}` lacks socksio (SOCKS proxies)"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn the_image_model_sees_what_the_dockerfile_makes() {
     // A guard for the parser itself: a stage copy, an asserted file, a venv,
@@ -1053,6 +1202,14 @@ CMD ["stackctl", "up"]
     assert!(context_includes("*\n!src/\n", "src/main.rs"));
     assert!(!context_includes("*\n!src/\n", "target/debug/x"));
     assert!(context_includes("", "anything"));
+
+    // Each way a download can go unverified is seen.
+    let bad = build_image(
+        "FROM debian:12\nARG X_SHA256=abc\nARG Y_SHA256\nRUN curl -o f https://x/f \\\n && curl -o g https://x/g && echo \"${Y_SHA256}  g\" | sha256sum -c - \\\n && curl https://x/t | tar -x && pip install -r requirements.txt\n",
+        "*\n",
+    );
+    let p = unverified_downloads(&bad);
+    assert_eq!(p.len(), 5, "{p:#?}");
 }
 
 #[test]
