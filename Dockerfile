@@ -149,7 +149,8 @@ COPY deploy/ /opt/deploy/
 RUN python3 -m venv /opt/uv \
  && /opt/uv/bin/pip install --no-cache-dir --require-hashes --no-deps -r /opt/deploy/tools.lock \
  && ln -s /opt/uv/bin/uv /opt/uv/bin/uvx /usr/local/bin/ \
- && test -x /usr/local/bin/uv -a -x /usr/local/bin/uvx
+ && test -x /usr/local/bin/uv -a -x /usr/local/bin/uvx \
+ && test -f /opt/deploy/astrbot-data-guard.py
 
 USER 1000:1000
 

@@ -1530,7 +1530,8 @@ fn only_astrbot_giving_up_stops_the_stack() {
     let wrong: Vec<String> = m
         .services
         .iter()
-        .filter(|s| s.optional == (s.name == "astrbot"))
+        // The guard stops AstrBot from starting on data from a newer AstrBot.
+        .filter(|s| s.optional == ["astrbot", "astrbot-guard"].contains(&s.name.as_str()))
         .map(|s| format!("`{}` optional: {}", s.name, s.optional))
         .collect();
     assert!(
@@ -1572,4 +1573,130 @@ fn napcat_temp_files_and_electron_caches_are_not_backed_up() {
             if keep { "kept" } else { "excluded" }
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// AstrBot refuses data from a newer AstrBot (issue 13, item 10)
+
+/// Run `deploy/astrbot-data-guard.py` in `root` as the image's
+/// `astrbot-guard` service does, AstrBot 4.14.6 "installed", the tables it
+/// knows defined in a stand-in package.
+fn guard(root: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let package = root.join("pkg");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(
+        package.join("po.py"),
+        "class Persona:\n    __tablename__: str = \"personas\"\nclass P:\n    __tablename__ = \"preferences\"\n",
+    )
+    .unwrap();
+    let mut c = Command::new("python3");
+    c.arg(repo().join("deploy/astrbot-data-guard.py"))
+        .args(["--installed", "4.14.6", "--package"])
+        .arg(&package)
+        .current_dir(root)
+        .env_remove("ASTRBOT_ALLOW_DOWNGRADE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("python3 runs")
+}
+
+fn sqlite_with_tables(db: &Path, tables: &[&str]) {
+    let sql: String = tables
+        .iter()
+        .map(|t| format!("CREATE TABLE {t} (id INTEGER);"))
+        .collect();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; sqlite3.connect(sys.argv[1]).executescript(sys.argv[2])",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn astrbot_does_not_start_on_data_from_a_newer_astrbot() {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    let m = stack_yaml_in_image(&[]);
+    let astrbot = m.service("astrbot").expect("astrbot");
+    let g = m
+        .service("astrbot-guard")
+        .expect("stack.yaml runs the guard first");
+    assert!(
+        astrbot.depends_on.iter().any(|d| d.service == g.name
+            && d.condition == stackctl::manifest::Condition::CompletedSuccessfully),
+        "astrbot must wait for the guard to pass"
+    );
+    assert!(
+        g.command
+            .iter()
+            .any(|a| a.ends_with("astrbot-data-guard.py"))
+            && img
+                .final_stage()
+                .fs
+                .contains_key(Path::new(g.command.last().expect("an argument"))),
+        "the guard script must be in the image: {:?}",
+        g.command
+    );
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out = guard(fresh.path(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let marker = fresh.path().join("data/.astrbot-version");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "4.14.6\n");
+    assert!(
+        guard(fresh.path(), &[]).status.success(),
+        "the same version again"
+    );
+
+    let refused = |root: &Path, why: &str| {
+        let out = guard(root, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("the restored AstrBot data is newer than the installed AstrBot 4.14.6")
+                && err.contains(why),
+            "{err}"
+        );
+        let out = guard(root, &[("ASTRBOT_ALLOW_DOWNGRADE", "1")]);
+        assert!(
+            out.status.success(),
+            "the override starts it anyway: {out:?}"
+        );
+    };
+    // A version this guard recorded under a newer image.
+    std::fs::write(&marker, "4.27.4\n").unwrap();
+    refused(
+        fresh.path(),
+        "data/.astrbot-version says it was written by AstrBot 4.27.4",
+    );
+
+    // The original's backup: its web UI's version, or tables of a newer AstrBot.
+    let original = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(original.path().join("data/dist/assets")).unwrap();
+    std::fs::write(
+        original.path().join("data/dist/assets/version"),
+        "v4.22.1\n",
+    )
+    .unwrap();
+    refused(original.path(), "written by AstrBot v4.22.1");
+    let original = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(original.path().join("data")).unwrap();
+    let db = original.path().join("data/data_v4.db");
+    sqlite_with_tables(&db, &["personas", "preferences"]);
+    assert!(
+        guard(original.path(), &[]).status.success(),
+        "only known tables"
+    );
+    std::fs::remove_file(original.path().join("data/.astrbot-version")).unwrap();
+    sqlite_with_tables(&db, &["skills_registry"]);
+    refused(
+        original.path(),
+        "data/data_v4.db has tables this AstrBot does not define (skills_registry)",
+    );
 }
