@@ -176,5 +176,6 @@ EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
   CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:7860/admin/healthz"]
 # stackctl is PID 1: it reaps orphans, forwards SIGTERM to the services, takes
-# the final backup and exits within Docker's 10 s.
+# the final backup and exits within stack.yaml's shutdown_timeout (110 s:
+# run with `docker run --stop-timeout 120`; a Space's card asks for 2 minutes).
 CMD ["stackctl", "up"]

@@ -1372,6 +1372,20 @@ fn the_space_example_is_a_docker_space_on_the_gateway_port() {
         keys.contains(&("app_port", port.as_str())),
         "app_port must be the gateway port {port}: {front}"
     );
+    // Regression (issue 13, item 13): Spaces give a stopping container about
+    // 10 s unless the card asks for more, too little for the final backup
+    // of a large upload; stackctl's budget must fit inside what is asked.
+    let grace = keys
+        .iter()
+        .find(|(k, _)| *k == "termination_grace_period")
+        .map(|(_, v)| stackctl::manifest::units::parse_duration(v).expect("a duration"))
+        .expect("the card sets termination_grace_period");
+    let budget = m.shutdown_timeout;
+    assert!(
+        budget + std::time::Duration::from_secs(5) <= grace && budget * 4 >= grace * 3,
+        "shutdown_timeout {budget:?} must fill termination_grace_period {grace:?} with 5 s to spare"
+    );
+
     // The Space builds the repository's Dockerfile and runs its stack.yaml.
     let ours = std::fs::read_to_string(repo().join("stack.yaml")).unwrap();
     let theirs = std::fs::read_to_string(dir.join("stack.yaml")).unwrap();
