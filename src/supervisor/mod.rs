@@ -8,6 +8,7 @@
 //! - [`exit`]: how a process ended, kept as exit code or signal.
 //! - [`reaper`]: subreaper + the one `waitpid(-1)` loop and its pid table.
 //! - [`spawn`]: starting a process group with exactly the service's env.
+//! - [`preflight`]: what would keep a service from starting here, found first.
 //! - [`group`]: a run's process group until it is really empty.
 //! - [`probe`]: readiness and liveness checks (http, tcp, exec, file, log).
 //! - [`logs`]: service output to stdout (text or JSON) and rotated files.
@@ -18,6 +19,7 @@ pub mod deps;
 pub mod exit;
 pub mod group;
 pub mod logs;
+pub mod preflight;
 pub mod probe;
 pub mod reaper;
 pub mod run;

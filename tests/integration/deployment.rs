@@ -670,10 +670,12 @@ const DECLARED: &[&str] = &[
     "ADMIN_PASSWORD",
 ];
 
-/// `stackctl -f FILE check` with exactly `env` (plus PATH).
+/// `stackctl -f FILE check --manifest-only` with exactly `env` (plus PATH):
+/// the programs are in the image, not on this machine (the image model
+/// checks them).
 fn check(file: &Path, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
-    c.arg("-f").arg(file).arg("check");
+    c.arg("-f").arg(file).args(["check", "--manifest-only"]);
     c.env_clear();
     c.env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
