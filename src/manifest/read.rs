@@ -344,11 +344,13 @@ impl Reader<'_> {
     ) -> Option<T> {
         let node = f.get(name)?;
         let key = f.key(name);
-        let text = self.text(node, &key)?;
+        let (text, used) = self.text_used(node, &key)?;
         match parse(&text) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.problem(node.pos, &key, e, None);
+                // A value made from a variable names it: the fix is in the
+                // container's environment, not in the YAML line.
+                self.problem(node.pos, &key, format!("{e}{}", from_vars(&used)), None);
                 None
             }
         }
@@ -2026,6 +2028,14 @@ services:
             e.contains("`API_KEYS` is not a JSON list of strings"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_bad_value_from_a_variable_names_the_variable() {
+        let yaml = "env:\n  BACKUP_INTERVAL_SECONDS: { default: \"180\" }\nservices: {}\npersist:\n  remote: me/data\n  interval: ${BACKUP_INTERVAL_SECONDS}\n  paths: [/data]\n";
+        let e = errors_of(yaml, &[("BACKUP_INTERVAL_SECONDS", "soon")]);
+        assert!(e.contains("`persist.interval`: "), "{e}");
+        assert!(e.contains("(from `BACKUP_INTERVAL_SECONDS`)"), "{e}");
     }
 
     #[test]
