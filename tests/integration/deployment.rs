@@ -1716,3 +1716,53 @@ fn astrbot_does_not_start_on_data_from_a_newer_astrbot() {
         "data/data_v4.db has tables this AstrBot does not define (skills_registry)",
     );
 }
+
+#[test]
+fn the_deployment_docs_follow_hugging_faces_current_rules() {
+    // Regression (issue 13, items 11-13): since July 2026 a Docker Space
+    // needs a paid plan, Spaces offer Storage Buckets, and a stopping Space
+    // gets ~10 s unless its card asks for more.
+    for doc in ["README.md", "README.zh-CN.md", "examples/space/README.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for claim in [
+            "free Hugging Face",
+            "free CPU basic",
+            "free **CPU basic**",
+            "A free\nSpace",
+            "免费",
+        ] {
+            assert!(!text.contains(claim), "{doc} still says {claim:?}");
+        }
+    }
+    for (doc, needed) in [
+        (
+            "README.md",
+            &[
+                "paid plan",
+                "Storage Bucket",
+                "docker run -d",
+                "--stop-timeout 120",
+                "termination_grace_period",
+            ][..],
+        ),
+        (
+            "README.zh-CN.md",
+            &[
+                "付费套餐",
+                "Storage Bucket",
+                "docker run -d",
+                "--stop-timeout 120",
+                "termination_grace_period",
+            ][..],
+        ),
+        (
+            "examples/space/README.md",
+            &["paid plan", "termination_grace_period"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for n in needed {
+            assert!(text.contains(n), "{doc} does not mention {n:?}");
+        }
+    }
+}
