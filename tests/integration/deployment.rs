@@ -674,17 +674,26 @@ const DECLARED: &[&str] = &[
 /// the programs are in the image, not on this machine (the image model
 /// checks them).
 fn check(file: &Path, env: &[(&str, &str)]) -> Output {
+    stackctl(file, &["check", "--manifest-only"], env)
+}
+
+/// `stackctl -f FILE ARGS` with exactly `env` (plus PATH).
+fn stackctl(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
-    c.arg("-f").arg(file).args(["check", "--manifest-only"]);
+    c.arg("-f").arg(file).args(args);
     c.env_clear();
     c.env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         c.env(k, v);
     }
     c.stdin(Stdio::null());
-    let out = c.output().expect("run stackctl check");
+    let out = c.output().expect("run stackctl");
     Output {
-        args: vec!["check".into(), file.display().to_string()],
+        args: args
+            .iter()
+            .map(|a| a.to_string())
+            .chain([file.display().to_string()])
+            .collect(),
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -1290,6 +1299,15 @@ fn check_passes_on_stack_yaml_in_a_space_environment() {
         assert_no_secret(&out, &secrets);
         assert!(!out.stderr.contains(short), "{out}");
     }
+    // `up` refuses the same, before anything starts.
+    let out = stackctl(
+        &file,
+        &["up"],
+        &with(&base, &[("API_KEYS", &secrets.api_keys)]),
+    );
+    out.code(2)
+        .stderr_has("needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set");
+    assert_no_secret(&out, &secrets);
 
     // No API_KEYS: Gemini Balance is switched off, the rest still valid.
     let no_gemini = with(
