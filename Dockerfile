@@ -1,12 +1,15 @@
-# The Hugging Face Space image: AstrBot + NapCat + Gemini Balance run by
-# stackctl (PID 1) from the repository's stack.yaml.
+# The image of AstrBot + NapCat + Gemini Balance run by stackctl (PID 1) from
+# the repository's stack.yaml, for a Hugging Face Space or any container host.
 #
-#   docker build -t astrbot-space .
-#   docker run -p 7860:7860 -e github_project=you/astrbot-data -e github_secret=ghp_... astrbot-space
+#   docker build -t astrbot-space \
+#     --build-arg ASTRBOT_DIST_SHA256=... --build-arg NAPCAT_APPIMAGE_SHA256=... .
+#   docker run --stop-timeout 120 -p 7860:7860 \
+#     -e github_project=you/astrbot-data -e github_secret=ghp_... astrbot-space
 #
 # Every path below is the one stack.yaml names; tests/integration/deployment.rs
-# checks that the two files agree. Versions are pinned here (never HEAD); to
-# upgrade an app, change its ARG and rebuild.
+# checks that the two files agree, and that every download is verified.
+# Versions are pinned here and in deploy/*.lock (never HEAD); to upgrade an
+# app, change its ARG and its lock file, and rebuild.
 
 # stackctl's toolchain: the one CI builds and tests with.
 ARG RUST_VERSION=1.95
