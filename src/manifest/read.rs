@@ -153,7 +153,6 @@ pub fn load_str(
         container,
         declared: BTreeMap::new(),
         secrets: Vec::new(),
-        hidden: Vec::new(),
         dir,
     };
     let manifest = r.manifest(&root, file);
@@ -186,9 +185,6 @@ struct Reader<'e> {
     declared: BTreeMap<String, String>,
     /// Names of secret entries and their aliases.
     secrets: Vec<String>,
-    /// Values never to be shown although no secret entry holds them (the
-    /// credentials written into a remote URL).
-    hidden: Vec<String>,
     dir: PathBuf,
 }
 
@@ -242,9 +238,7 @@ impl Reader<'_> {
     }
 
     fn secret_values(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.secrets.iter().filter_map(|n| self.lookup(n)).collect();
-        out.extend(self.hidden.iter().cloned());
-        out
+        self.secrets.iter().filter_map(|n| self.lookup(n)).collect()
     }
 
     /// `name` (declared or a container variable) has a value that means
@@ -1122,22 +1116,24 @@ impl Reader<'_> {
         let (mut remote, remote_vars) = remote_node
             .and_then(|n| self.text_used(n, "persist.remote"))
             .unwrap_or_default();
-        if let (Some(cred), Some(n)) = (url_credentials(&remote), remote_node) {
-            // Never shown, here or in any later message.
-            self.hidden.push(cred.to_string());
-            self.problem(
-                n.pos,
-                "persist.remote",
-                format!(
-                    "the remote URL has credentials in it{}",
-                    from_vars(&remote_vars)
-                ),
-                Some("give the URL without them and the token in `persist.token` (e.g. `${GITHUB_TOKEN}`): a token in the URL ends up in logs and `.git/config`".into()),
-            );
-        }
         // A relative local path is relative to the manifest, like every path.
         if remote.starts_with("./") || remote.starts_with("../") {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
+        }
+        let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
+        if crate::persist::remote::is_ssh(&remote) {
+            // Issue 17 item 8: it passed `check`, then failed at every start.
+            self.problem(
+                remote_pos,
+                "persist.remote",
+                format!(
+                    "`{}`: SSH remotes are not supported (stackctl's git has no SSH)",
+                    crate::redact::url(&remote)
+                ),
+                Some("use the repository's https URL (or `owner/repo` for GitHub) and put a token in `persist.token`".into()),
+            );
+        } else {
+            self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
         }
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
@@ -1259,6 +1255,10 @@ impl Reader<'_> {
                     large_files.tag = tag;
                 }
                 large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if let Some(url) = large_files.url.clone() {
+                    let pos = l.get("url").map_or(l.pos, |n| n.pos);
+                    self.url_credentials(pos, "persist.large_files.url", &url, &[]);
+                }
                 if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
                     large_files.offload_binary = o;
                 }
@@ -1320,6 +1320,29 @@ impl Reader<'_> {
             large_files,
             readiness_file,
         })
+    }
+
+    /// Credentials belong in `persist.token`, never in a URL (issue 12 item
+    /// 5): user-info would be sent as it is and lands in logs and files, so
+    /// it is refused; a query string is allowed (some servers want one) but
+    /// warned about, since stackctl hides it everywhere it shows the URL.
+    /// `used`: the variables the URL was made of, named in the error.
+    fn url_credentials(&mut self, pos: Pos, key: &str, url: &str, used: &[String]) {
+        let shown = crate::redact::url(url);
+        if crate::redact::has_userinfo(url) {
+            self.problem(
+                pos,
+                key,
+                format!("`{shown}` holds credentials (`user:password@`){}: they would end up in logs and files", from_vars(used)),
+                Some("remove them from the URL and put the token in `persist.token`".into()),
+            );
+        } else if crate::redact::has_query(url) {
+            self.warn(
+                pos,
+                key,
+                format!("`{shown}` has a query string: if it carries a token, put the token in `persist.token` instead (stackctl hides the query in its messages, but the server may log it)"),
+            );
+        }
     }
 
     /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
@@ -1399,16 +1422,19 @@ impl Reader<'_> {
                 if let Some(n) = af.get("password") {
                     let key = af.key("password");
                     if let Some((pw, used)) = self.text_used(n, &key) {
-                        let len = pw.chars().count();
-                        if len > 0 && len < crate::gateway::auth::MIN_PASSWORD_LEN {
+                        // The one password rule of the API, page and CLI,
+                        // at `check` time rather than in a live Space.
+                        let problem =
+                            crate::gateway::auth::password_problem(&pw).filter(|_| !pw.is_empty());
+                        if let Some(problem) = problem {
                             self.problem(
                                 n.pos,
                                 &key,
-                                format!("the admin password is too short: {len} characters{}", from_vars(&used)),
-                                Some(format!(
-                                    "use at least {} characters, or leave it empty to have one generated and printed once",
-                                    crate::gateway::auth::MIN_PASSWORD_LEN
-                                )),
+                                format!("the admin password{} is {problem}", from_vars(&used)),
+                                Some(
+                                    "or leave it empty to have one generated and printed once"
+                                        .into(),
+                                ),
                             );
                         }
                         admin_password = Some(pw).filter(|p| !p.is_empty());
@@ -1420,16 +1446,34 @@ impl Reader<'_> {
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let password_file = password_file.unwrap_or_else(|| {
-            let home = self
-                .container
-                .get("HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| self.dir.clone());
-            home.join(".config/stackctl")
-                .join(format!("{name}.admin-password"))
-        });
+        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+            Some(s) => self.path(&self.dir.clone(), &s),
+            None => match persist {
+                Some(p) => p.workdir.join("state/gateway.json"),
+                None => self.dir.join(".stackctl/gateway.json"),
+            },
+        };
+        // The default file is keyed by the state file's location too: two
+        // stacks of the same name elsewhere (issue 12 item 6) each keep
+        // their own. The name-only file of earlier versions is read once,
+        // to migrate (see `Admin::legacy_password_file`).
+        let (password_file, legacy_password_file) = match password_file {
+            Some(p) => (p, None),
+            None => {
+                let dir = self
+                    .container
+                    .get("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.dir.clone())
+                    .join(".config/stackctl");
+                let key = password_file_key(&state_file);
+                (
+                    dir.join(format!("{name}-{key}.admin-password")),
+                    Some(dir.join(format!("{name}.admin-password"))),
+                )
+            }
+        };
         if let Some(p) = persist.and_then(|p| {
             p.paths
                 .iter()
@@ -1463,13 +1507,6 @@ impl Reader<'_> {
             ],
         );
         let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
-        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
-            Some(s) => self.path(&self.dir.clone(), &s),
-            None => match persist {
-                Some(p) => p.workdir.join("state/gateway.json"),
-                None => self.dir.join(".stackctl/gateway.json"),
-            },
-        };
         let mut timeouts = GatewayTimeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(600),
@@ -1524,6 +1561,7 @@ impl Reader<'_> {
             admin: Admin {
                 password: admin_password,
                 password_file,
+                legacy_password_file,
             },
             allow_backends,
             trusted_proxies,
@@ -1683,16 +1721,6 @@ fn is_json_string_list(v: &str) -> bool {
     matches!(serde_json::from_str::<serde_json::Value>(v), Ok(serde_json::Value::Array(a)) if a.iter().all(|x| x.is_string()))
 }
 
-/// The user-info of a URL that carries credentials (`https://user:token@host/…`,
-/// or any `https://token@host/…`); an ssh user alone (`ssh://git@host`) is none.
-fn url_credentials(url: &str) -> Option<&str> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let web = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
-    (!userinfo.is_empty() && (web || userinfo.contains(':'))).then_some(userinfo)
-}
-
 /// " (from `A`)" for the variables a value was made of, or nothing.
 fn from_vars(used: &[String]) -> String {
     if used.is_empty() {
@@ -1826,6 +1854,14 @@ fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
     }
 }
 
+/// 12 hex digits of the SHA-256 of the state file's path: what tells the
+/// default admin-password files of two same-named stacks apart.
+fn password_file_key(state_file: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_file.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}
+
 /// An `http(s)://` URL on Hugging Face (`huggingface.co` or `hf.co`, any
 /// letter case, with or without a port): the remotes `offload_binary: auto`
 /// is for. Other schemes have no LFS endpoint to offload to.
@@ -1889,6 +1925,46 @@ mod tests {
 
     fn warned_keys(m: &Manifest) -> Vec<&str> {
         m.warnings.iter().map(|w| w.key.as_str()).collect()
+    }
+
+    /// Issue 17 item 8: libgit2 here has no SSH; `check` says so.
+    #[test]
+    fn ssh_remotes_are_refused() {
+        for remote in ["ssh://git@github.com/o/r.git", "git@github.com:o/r.git"] {
+            let text = persist_with(remote, "{}").unwrap_err().to_string();
+            assert!(text.contains("SSH remotes are not supported"), "{text}");
+            assert!(text.contains("https URL"), "{text}");
+        }
+    }
+
+    /// Issue 12 item 5: credentials belong in `persist.token`.
+    #[test]
+    fn credentials_in_the_remote_url_are_refused_or_warned_about() {
+        let e = persist_with("https://x:ghp_inurl@github.com/o/r.git", "{}").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("holds credentials"), "{text}");
+        assert!(text.contains("persist.token"), "{text}");
+        assert!(!text.contains("ghp_inurl"), "{text}");
+        // Issue 17 item 7: the same for the LFS endpoint.
+        let e = persist_with(
+            "o/r",
+            "{ store: lfs, url: \"https://u:hf_inurl@huggingface.co/d/u/r.git/info/lfs\" }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("persist.large_files.url"), "{e}");
+        assert!(
+            e.contains("holds credentials") && !e.contains("hf_inurl"),
+            "{e}"
+        );
+        let m = persist_with("https://h/o/r.git?access_token=ghp_q", "{}").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.remote"]);
+        assert!(
+            !m.warnings[0].message.contains("ghp_q"),
+            "{}",
+            m.warnings[0]
+        );
+        assert!(m.warnings[0].message.contains("persist.token"));
     }
 
     #[test]
@@ -2043,7 +2119,7 @@ services:
         let yaml = "env:\n  ADMIN_PASSWORD: { secret: true }\ngateway:\n  admin: { password: \"${ADMIN_PASSWORD}\" }\n";
         let e = errors_of(yaml, &[("ADMIN_PASSWORD", "hunter2")]);
         assert!(
-            e.contains("`gateway.admin.password`: the admin password is too short: 7 characters (from `ADMIN_PASSWORD`)"),
+            e.contains("`gateway.admin.password`: the admin password (from `ADMIN_PASSWORD`) is too short (7 characters); use at least 10"),
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
@@ -2055,28 +2131,21 @@ services:
     }
 
     #[test]
-    fn a_remote_url_with_credentials_is_refused_without_showing_them() {
+    fn a_remote_url_with_credentials_names_its_variable() {
+        // Issue 13 item 14: the error caused by a variable names it.
         let yaml = "services: {}\npersist:\n  remote: ${GITHUB_REPO}\n  paths: [/data]\n";
         for remote in [
             "https://x-access-token:ghp_SECRET1@github.com/me/data.git",
             "https://ghp_SECRET1@github.com/me/data.git",
-            "ssh://me:SECRET1@host/data.git",
         ] {
             let e = errors_of(yaml, &[("GITHUB_REPO", remote)]);
             assert!(
-                e.contains(
-                    "`persist.remote`: the remote URL has credentials in it (from `GITHUB_REPO`)"
-                ),
+                e.contains("holds credentials (`user:password@`) (from `GITHUB_REPO`)"),
                 "{e}"
             );
             assert!(!e.contains("SECRET1"), "{e}");
         }
-        for fine in [
-            "me/data",
-            "https://github.com/me/data.git",
-            "ssh://git@github.com/me/data.git",
-            "git@github.com:me/data.git",
-        ] {
+        for fine in ["me/data", "https://github.com/me/data.git"] {
             assert_eq!(errors_of(yaml, &[("GITHUB_REPO", fine)]), "", "{fine}");
         }
     }

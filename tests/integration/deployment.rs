@@ -1287,11 +1287,11 @@ fn check_passes_on_stack_yaml_in_a_space_environment() {
         ),
         (
             vec![("ADMIN_PASSWORD", short)],
-            "the admin password is too short: 6 characters (from `ADMIN_PASSWORD`)",
+            "the admin password (from `ADMIN_PASSWORD`) is too short (6 characters)",
         ),
         (
             vec![("github_project", remote.as_str())],
-            "the remote URL has credentials in it (from `GITHUB_REPO`)",
+            "holds credentials (`user:password@`) (from `GITHUB_REPO`)",
         ),
     ] {
         let out = check(&file, &with(&base, &vars));

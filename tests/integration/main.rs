@@ -8,6 +8,7 @@ mod harness;
 mod admin_ui;
 mod astrbot;
 mod deployment;
+mod differential;
 mod front;
 mod gateway;
 mod hf_lfs;
