@@ -64,9 +64,23 @@ pub fn run(cli: Cli) -> u8 {
     let container = crate::env::container_env();
     let load = || manifest::load(&cli.file, &container);
     match &cli.command {
-        Command::Check => match load() {
+        Command::Check(args) => match load() {
             Ok(m) => {
                 print!("{}", crate::check::render(&m));
+                let blocked = if args.manifest_only {
+                    Vec::new()
+                } else {
+                    crate::supervisor::preflight::check(&m, &container)
+                };
+                let secrets = m.secret_values();
+                for b in &blocked {
+                    let level = if b.soft { "warning" } else { "error" };
+                    eprintln!("{level}: {}", crate::check::mask(&b.to_string(), &secrets));
+                }
+                if blocked.iter().any(|b| !b.soft) {
+                    eprintln!("hint: install what is missing or fix `command` / `working_dir`; `check --manifest-only` skips this machine's files");
+                    return code::USAGE;
+                }
                 println!("\n`{}` is valid", cli.file.display());
                 code::OK
             }

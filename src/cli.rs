@@ -52,7 +52,7 @@ pub enum Command {
     Up(UpArgs),
     /// Validate the manifest and print the resolved plan (secrets masked);
     /// exits 2 on any error.
-    Check,
+    Check(CheckArgs),
     /// Take a snapshot now and push it (asks a running `up` to do it).
     Backup,
     /// Restore persisted paths from the remote.
@@ -63,6 +63,16 @@ pub enum Command {
     Routes(RoutesArgs),
     /// Services, gateway and backup state of the running `up`.
     Status(AdminArgs),
+}
+
+/// `check` options.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Validate the manifest alone: do not look on this machine for the
+    /// services' programs and working directories (for a manifest that runs
+    /// elsewhere, e.g. in an image).
+    #[arg(long)]
+    pub manifest_only: bool,
 }
 
 /// `up` options.

@@ -163,6 +163,24 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     };
     status.update(|s| s.restored = true);
 
+    // Before any service starts (and after the restore, which may create a
+    // working directory): a required service that cannot start here stops
+    // `up` now, with the reason, instead of a crash loop.
+    let blocked = crate::supervisor::preflight::check(&manifest, &crate::env::container_env());
+    let secrets = manifest.secret_values();
+    for b in &blocked {
+        let text = crate::check::mask(&b.to_string(), &secrets);
+        if b.soft {
+            warn!("{text}");
+        } else {
+            error!("{text}");
+        }
+    }
+    if blocked.iter().any(|b| !b.soft) {
+        error!("not starting: a required service cannot start on this machine (fix `command` / `working_dir`, or make the service `optional`)");
+        return code::USAGE;
+    }
+
     // The gateway stops after the services (and the final backup), so it
     // keeps answering instead of refusing connections while they stop.
     let gateway_stop = CancellationToken::new();

@@ -52,6 +52,15 @@ pub enum HttpError {
         /// Service name.
         service: String,
     },
+    /// The backend's service could not even be started (its program or
+    /// working directory is missing); retrying will not help by itself.
+    #[error("the service `{service}` cannot start: {why}")]
+    CannotStart {
+        /// Service name.
+        service: String,
+        /// Why, as the supervisor said it.
+        why: String,
+    },
     /// Persisted data is being restored; services are not up yet.
     #[error("restoring data{}; retry in a few seconds", .0.as_deref().map(|p| format!(" ({p})")).unwrap_or_default())]
     Restoring(Option<String>),
@@ -105,7 +114,9 @@ impl HttpError {
             HttpError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::BadGateway { .. } | HttpError::ServiceDown { .. } => StatusCode::BAD_GATEWAY,
-            HttpError::Starting { .. } | HttpError::Restoring(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::Starting { .. }
+            | HttpError::Restoring(_)
+            | HttpError::CannotStart { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             HttpError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
@@ -252,6 +263,13 @@ mod tests {
                 503,
             ),
             (HttpError::Restoring(None), 503),
+            (
+                HttpError::CannotStart {
+                    service: "s".into(),
+                    why: "x".into(),
+                },
+                503,
+            ),
             (
                 HttpError::Timeout {
                     backend: b(),

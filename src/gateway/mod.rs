@@ -716,12 +716,20 @@ impl Shared {
                 let Some(service) = self.service_ports.get(&backend.addr.port()) else {
                     return HttpError::BadGateway { backend: b };
                 };
-                let phase = self
-                    .status
-                    .snapshot()
-                    .services
-                    .get(service)
-                    .map(|s| s.phase);
+                let state = self.status.snapshot().services.get(service).cloned();
+                let phase = state.as_ref().map(|s| s.phase);
+                // Its last try never got as far as a process (program or
+                // working directory missing): say so, not "starting".
+                let cannot = state
+                    .as_ref()
+                    .and_then(|s| s.last_exit.as_deref())
+                    .and_then(|e| e.strip_prefix(crate::supervisor::state::SPAWN_FAILED));
+                if let (Some(Phase::Backoff | Phase::Failed), Some(why)) = (phase, cannot) {
+                    return HttpError::CannotStart {
+                        service: service.clone(),
+                        why: why.to_string(),
+                    };
+                }
                 match phase {
                     Some(Phase::Waiting | Phase::Starting | Phase::Backoff) => {
                         HttpError::Starting {

@@ -1067,4 +1067,117 @@ mod tests {
         assert_eq!(a.etag(), router("http://127.0.0.1:1", json!([])).etag());
         assert!(a.etag().starts_with('"') && a.etag().len() == 18);
     }
+
+    /// The repository's `stack.yaml` route table, as a Space with Gemini
+    /// Balance on runs it.
+    fn deployment() -> Router {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stack.yaml");
+        let text = std::fs::read_to_string(&file).unwrap();
+        let env = [("API_KEYS", "[\"k\"]"), ("AUTH_TOKEN", "sk-t")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into();
+        let m = crate::manifest::load_str(&text, &file, &env).unwrap();
+        let g = m.gateway.unwrap();
+        let t = validate_table(
+            g.default_backend.as_deref().unwrap_or(""),
+            &g.routes,
+            &BackendPolicy::default(),
+        )
+        .unwrap();
+        Router::new(t).unwrap()
+    }
+
+    #[test]
+    fn the_deployment_serves_gemini_balances_pages_under_its_prefix() {
+        // Regression (issue 13, item 7): Gemini Balance's pages use absolute
+        // paths — the login form posts to `/auth`, which redirects to
+        // `/config`; the pages link `/keys` and `/logs`, load `/static/...`
+        // and call `/api/...` and its native `/gemini/v1beta/...` — so they
+        // landed on AstrBot. The shapes below are those its pages make (at
+        // gemini-balance 2.1.6).
+        let r = deployment();
+        let page = |p: &str| format!("https://me-bot.hf.space{p}");
+        let from = |method: &'static str, path: &'static str, referer: String| {
+            let mut q = get(path);
+            q.method = method;
+            if !referer.is_empty() {
+                q.headers = vec![("referer", &*Box::leak(referer.into_boxed_str()))];
+            }
+            q
+        };
+        let gemini = |want: &str, q: &Req<'_>| {
+            let (rule, path) = decide(&r, q);
+            assert!(
+                rule.ends_with("@8000") && path.split(" prefix=").next() == Some(want),
+                "{} {} (Referer {:?}) went to {rule} {path}, not Gemini Balance's {want}",
+                q.method,
+                q.path,
+                q.headers
+            );
+        };
+        gemini("/", &get("/gemini/"));
+        gemini("/auth", &from("POST", "/auth", page("/gemini/")));
+        // A failed login redirects to `/`: its form must still reach Gemini.
+        gemini("/auth", &from("POST", "/auth", page("/")));
+        for p in ["/config", "/keys", "/logs"] {
+            gemini(p, &get(p));
+            gemini(p, &from("GET", p, page("/config")));
+        }
+        for (method, path) in [
+            ("GET", "/static/js/config_editor.js"),
+            ("GET", "/static/icons/logo.png"),
+            ("GET", "/api/config"),
+            ("PUT", "/api/config"),
+            ("GET", "/api/config/ui/models"),
+            ("POST", "/api/scheduler/start"),
+            ("GET", "/api/version/check"),
+            ("GET", "/api/stats/details"),
+            ("GET", "/api/key-usage-details/AIzaKEY"),
+            ("DELETE", "/api/config/keys/AIzaKEY"),
+            ("GET", "/api/logs/errors"),
+        ] {
+            for referer in ["/config", "/keys", "/logs", "/keys?x=1", "/gemini/"] {
+                gemini(path, &from(method, path, page(referer)));
+            }
+        }
+        // Its native API keeps its own prefix (the key actions live only there).
+        for p in [
+            "/gemini/v1beta/verify-key/AIzaKEY",
+            "/gemini/v1beta/verify-selected-keys",
+            "/gemini/v1beta/reset-fail-count/AIzaKEY",
+            "/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+        ] {
+            gemini(p, &from("POST", p, page("/keys")));
+            gemini(p, &from("POST", p, String::new()));
+        }
+        // API clients use the stripped prefix for the other paths.
+        gemini("/hf/v1/models", &get("/gemini/hf/v1/models"));
+        gemini(
+            "/v1/chat/completions",
+            &from("POST", "/gemini/v1/chat/completions", String::new()),
+        );
+
+        // AstrBot and NapCat keep theirs (AstrBot's pages are `/#/...`, so
+        // their Referer is the root).
+        for (path, referer, want) in [
+            ("/api/config/get", page("/"), "default@6185"),
+            ("/api/stat/start-time", String::new(), "default@6185"),
+            ("/config.js", page("/"), "default@6185"),
+            ("/configure", page("/"), "default@6185"),
+            ("/api/config", page("/configure"), "default@6185"),
+            ("/api/ws/", page("/"), "napcat-ws@6099"),
+            ("/webui/", String::new(), "webui@6099"),
+            (
+                "/api/QQLogin/CheckLoginStatus",
+                page("/webui/"),
+                "webui-referer@6099",
+            ),
+        ] {
+            assert_eq!(
+                decide(&r, &from("GET", path, referer.clone())).0,
+                want,
+                "{path} from {referer:?}"
+            );
+        }
+    }
 }

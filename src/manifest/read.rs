@@ -37,6 +37,7 @@ const ENV_KEYS: &[&str] = &[
     "secret",
     "description",
     "deprecated",
+    "format",
 ];
 const SERVICE_KEYS: &[&str] = &[
     "command",
@@ -55,6 +56,7 @@ const SERVICE_KEYS: &[&str] = &[
     "optional",
     "logs",
     "description",
+    "requires_one_of",
 ];
 const PROBE_KEYS: &[&str] = &[
     "http",
@@ -239,6 +241,18 @@ impl Reader<'_> {
         self.secrets.iter().filter_map(|n| self.lookup(n)).collect()
     }
 
+    /// `name` (declared or a container variable) has a value that means
+    /// something: not empty, and not an empty JSON list or object (`[]` is
+    /// how the original deployment spelled "no tokens").
+    fn is_set(&self, name: &str) -> bool {
+        self.lookup(name)
+            .is_some_and(|v| match serde_json::from_str(&v) {
+                Ok(serde_json::Value::Array(a)) => !a.is_empty(),
+                Ok(serde_json::Value::Object(o)) => !o.is_empty(),
+                _ => !v.trim().is_empty(),
+            })
+    }
+
     /// A mapping with only `known` keys; null counts as an empty mapping.
     fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
         let entries = match &node.value {
@@ -324,11 +338,13 @@ impl Reader<'_> {
     ) -> Option<T> {
         let node = f.get(name)?;
         let key = f.key(name);
-        let text = self.text(node, &key)?;
+        let (text, used) = self.text_used(node, &key)?;
         match parse(&text) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.problem(node.pos, &key, e, None);
+                // A value made from a variable names it: the fix is in the
+                // container's environment, not in the YAML line.
+                self.problem(node.pos, &key, format!("{e}{}", from_vars(&used)), None);
                 None
             }
         }
@@ -520,6 +536,7 @@ impl Reader<'_> {
             };
             let mut default = None;
             let mut deprecated = None;
+            let mut format = None;
             match &v.value {
                 // `NAME: value` is shorthand for `NAME: { default: value }`.
                 Value::Scalar { .. } => default = self.text(v, &key),
@@ -546,6 +563,10 @@ impl Reader<'_> {
                     decl.required = self.flag(&f, "required", false);
                     decl.description = self.opt_text(&f, "description");
                     deprecated = self.opt_text(&f, "deprecated");
+                    format = self.parsed(&f, "format", |t| match t {
+                        "json-list" => Ok(EnvFormat::JsonList),
+                        other => Err(format!("unknown format `{other}` (use json-list)")),
+                    });
                 }
             }
             // The entry's own name is always a candidate, after the listed
@@ -565,12 +586,7 @@ impl Reader<'_> {
                 None => {}
             }
             if decl.required && decl.value.as_deref().unwrap_or("").is_empty() {
-                let names = decl
-                    .candidates
-                    .iter()
-                    .map(|c| format!("`{c}`"))
-                    .collect::<Vec<_>>()
-                    .join(" or ");
+                let names = backticked(&decl.candidates, " or ");
                 self.problem(
                     k.pos,
                     &key,
@@ -580,6 +596,27 @@ impl Reader<'_> {
             }
             if decl.secret {
                 self.secrets.extend(decl.candidates.iter().cloned());
+            }
+            if let (Some(EnvFormat::JsonList), Some(v)) = (format, &decl.value) {
+                if !v.trim().is_empty() && !is_json_string_list(v) {
+                    // The value is never quoted: it may be a list of keys.
+                    let from = match &decl.source {
+                        EnvSource::Variable(n) => format!("`{n}`"),
+                        _ => format!("the default of `{}`", decl.name),
+                    };
+                    self.problem(
+                        k.pos,
+                        &key,
+                        format!("{from} is not a JSON list of strings"),
+                        Some(format!(
+                            "write it as a JSON list, e.g. {}=[\"first\",\"second\"]",
+                            match &decl.source {
+                                EnvSource::Variable(n) => n.as_str(),
+                                _ => decl.name.as_str(),
+                            }
+                        )),
+                    );
+                }
             }
             // A variable that no longer means anything is accepted, with a
             // word on why, so an old deployment's settings keep working.
@@ -772,6 +809,23 @@ impl Reader<'_> {
             None => true,
         };
         let optional = self.flag(&f, "optional", false);
+        if let Some(n) = f.get("requires_one_of") {
+            let key = f.key("requires_one_of");
+            let names = self.text_list(n, &key);
+            // Checked only for a service that runs: `enabled:` switches off
+            // a service together with what it needs.
+            if enabled && !names.is_empty() && !names.iter().any(|v| self.is_set(v)) {
+                let list = backticked(&names, ", ");
+                self.problem(
+                    n.pos,
+                    &key,
+                    format!("service `{name}` needs one of {list} set, and none is"),
+                    Some(format!(
+                        "set one of {list} in the container's environment (an empty JSON list `[]` counts as unset), or switch the service off"
+                    )),
+                );
+            }
+        }
         let logs = f.get("logs").and_then(|n| {
             let key = f.key("logs");
             let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
@@ -1058,7 +1112,10 @@ impl Reader<'_> {
 
     fn persist(&mut self, node: &Node) -> Option<Persist> {
         let f = self.fields(node, "persist", PERSIST_KEYS)?;
-        let mut remote = self.opt_text(&f, "remote").unwrap_or_default();
+        let remote_node = f.get("remote");
+        let (mut remote, remote_vars) = remote_node
+            .and_then(|n| self.text_used(n, "persist.remote"))
+            .unwrap_or_default();
         // A relative local path is relative to the manifest, like every path.
         if remote.starts_with("./") || remote.starts_with("../") {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
@@ -1076,7 +1133,7 @@ impl Reader<'_> {
                 Some("use the repository's https URL (or `owner/repo` for GitHub) and put a token in `persist.token`".into()),
             );
         } else {
-            self.url_credentials(remote_pos, "persist.remote", &remote);
+            self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
         }
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
@@ -1200,7 +1257,7 @@ impl Reader<'_> {
                 large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
                 if let Some(url) = large_files.url.clone() {
                     let pos = l.get("url").map_or(l.pos, |n| n.pos);
-                    self.url_credentials(pos, "persist.large_files.url", &url);
+                    self.url_credentials(pos, "persist.large_files.url", &url, &[]);
                 }
                 if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
                     large_files.offload_binary = o;
@@ -1269,13 +1326,14 @@ impl Reader<'_> {
     /// 5): user-info would be sent as it is and lands in logs and files, so
     /// it is refused; a query string is allowed (some servers want one) but
     /// warned about, since stackctl hides it everywhere it shows the URL.
-    fn url_credentials(&mut self, pos: Pos, key: &str, url: &str) {
+    /// `used`: the variables the URL was made of, named in the error.
+    fn url_credentials(&mut self, pos: Pos, key: &str, url: &str, used: &[String]) {
         let shown = crate::redact::url(url);
         if crate::redact::has_userinfo(url) {
             self.problem(
                 pos,
                 key,
-                format!("`{shown}` holds credentials (`user:password@`): they would end up in logs and files"),
+                format!("`{shown}` holds credentials (`user:password@`){}: they would end up in logs and files", from_vars(used)),
                 Some("remove them from the URL and put the token in `persist.token`".into()),
             );
         } else if crate::redact::has_query(url) {
@@ -1361,7 +1419,27 @@ impl Reader<'_> {
         let mut password_file = None;
         if let Some(a) = f.get("admin") {
             if let Some(af) = self.fields(a, "gateway.admin", &["password", "password_file"]) {
-                admin_password = self.opt_text(&af, "password").filter(|p| !p.is_empty());
+                if let Some(n) = af.get("password") {
+                    let key = af.key("password");
+                    if let Some((pw, used)) = self.text_used(n, &key) {
+                        // The one password rule of the API, page and CLI,
+                        // at `check` time rather than in a live Space.
+                        let problem =
+                            crate::gateway::auth::password_problem(&pw).filter(|_| !pw.is_empty());
+                        if let Some(problem) = problem {
+                            self.problem(
+                                n.pos,
+                                &key,
+                                format!("the admin password{} is {problem}", from_vars(&used)),
+                                Some(
+                                    "or leave it empty to have one generated and printed once"
+                                        .into(),
+                                ),
+                            );
+                        }
+                        admin_password = Some(pw).filter(|p| !p.is_empty());
+                    }
+                }
                 password_file = self
                     .opt_text(&af, "password_file")
                     .filter(|p| !p.is_empty())
@@ -1630,6 +1708,35 @@ pub(crate) fn find_cycle(services: &[Service]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+/// A value checked by an env entry's `format:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvFormat {
+    /// A JSON list of strings, as Gemini Balance reads `API_KEYS`.
+    JsonList,
+}
+
+fn is_json_string_list(v: &str) -> bool {
+    matches!(serde_json::from_str::<serde_json::Value>(v), Ok(serde_json::Value::Array(a)) if a.iter().all(|x| x.is_string()))
+}
+
+/// " (from `A`)" for the variables a value was made of, or nothing.
+fn from_vars(used: &[String]) -> String {
+    if used.is_empty() {
+        String::new()
+    } else {
+        format!(" (from {})", backticked(used, ", "))
+    }
+}
+
+/// `a`, `b` → "`a`, `b`".
+fn backticked(names: &[String], sep: &str) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn valid_var_name(n: &str) -> bool {
@@ -1933,5 +2040,113 @@ mod tests {
         // The same settings on another host are fine.
         let m = persist_with("https://gitea.example/u/d", "{ store: none }").unwrap();
         assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    }
+
+    /// The rendered error of `yaml` read with `env`, or "" when it is valid.
+    fn errors_of(yaml: &str, env: &[(&str, &str)]) -> String {
+        let env: ContainerEnv = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match load_str(yaml, Path::new("/x/stack.yaml"), &env) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const GEMINI: &str = r#"
+env:
+  API_KEYS: { secret: true, format: json-list }
+  ALLOWED_TOKENS: { secret: true, format: json-list, default: "[]" }
+  AUTH_TOKEN: { secret: true }
+services:
+  gemini:
+    command: uvicorn app.main:app
+    enabled: ${API_KEYS}
+    requires_one_of: [ALLOWED_TOKENS, AUTH_TOKEN]
+"#;
+
+    #[test]
+    fn a_service_that_needs_a_token_is_refused_without_one() {
+        // Regression (issue 13, item 6): Gemini Balance with no token is an
+        // open proxy for the user's keys.
+        let keys = ("API_KEYS", r#"["AIzaSECRET"]"#);
+        let e = errors_of(GEMINI, &[keys]);
+        assert!(
+            e.contains("`services.gemini.requires_one_of`: service `gemini` needs one of `ALLOWED_TOKENS`, `AUTH_TOKEN` set, and none is"),
+            "{e}"
+        );
+        assert!(!e.contains("AIzaSECRET"), "{e}");
+        assert!(errors_of(GEMINI, &[keys, ("ALLOWED_TOKENS", "[]")]).contains("needs one of"));
+        assert_eq!(errors_of(GEMINI, &[keys, ("AUTH_TOKEN", "sk-1")]), "");
+        assert_eq!(
+            errors_of(GEMINI, &[keys, ("ALLOWED_TOKENS", r#"["sk-1"]"#)]),
+            ""
+        );
+        // Switched off: nothing is needed.
+        assert_eq!(errors_of(GEMINI, &[]), "");
+    }
+
+    #[test]
+    fn a_json_list_variable_that_is_not_one_is_named_never_shown() {
+        let e = errors_of(
+            GEMINI,
+            &[("API_KEYS", "AIzaSECRET,AIzaOTHER"), ("AUTH_TOKEN", "sk-1")],
+        );
+        assert!(
+            e.contains("`env.API_KEYS`: `API_KEYS` is not a JSON list of strings"),
+            "{e}"
+        );
+        assert!(e.contains(r#"API_KEYS=["first","second"]"#), "{e}");
+        assert!(!e.contains("AIzaSECRET"), "{e}");
+        let e = errors_of(GEMINI, &[("API_KEYS", "[1, 2]"), ("AUTH_TOKEN", "sk-1")]);
+        assert!(
+            e.contains("`API_KEYS` is not a JSON list of strings"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_from_a_variable_names_the_variable() {
+        let yaml = "env:\n  BACKUP_INTERVAL_SECONDS: { default: \"180\" }\nservices: {}\npersist:\n  remote: me/data\n  interval: ${BACKUP_INTERVAL_SECONDS}\n  paths: [/data]\n";
+        let e = errors_of(yaml, &[("BACKUP_INTERVAL_SECONDS", "soon")]);
+        assert!(e.contains("`persist.interval`: "), "{e}");
+        assert!(e.contains("(from `BACKUP_INTERVAL_SECONDS`)"), "{e}");
+    }
+
+    #[test]
+    fn a_short_admin_password_names_its_variable() {
+        let yaml = "env:\n  ADMIN_PASSWORD: { secret: true }\ngateway:\n  admin: { password: \"${ADMIN_PASSWORD}\" }\n";
+        let e = errors_of(yaml, &[("ADMIN_PASSWORD", "hunter2")]);
+        assert!(
+            e.contains("`gateway.admin.password`: the admin password (from `ADMIN_PASSWORD`) is too short (7 characters); use at least 10"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        assert_eq!(
+            errors_of(yaml, &[("ADMIN_PASSWORD", "a-long-enough-one")]),
+            ""
+        );
+        assert_eq!(errors_of(yaml, &[]), "", "empty: one is generated");
+    }
+
+    #[test]
+    fn a_remote_url_with_credentials_names_its_variable() {
+        // Issue 13 item 14: the error caused by a variable names it.
+        let yaml = "services: {}\npersist:\n  remote: ${GITHUB_REPO}\n  paths: [/data]\n";
+        for remote in [
+            "https://x-access-token:ghp_SECRET1@github.com/me/data.git",
+            "https://ghp_SECRET1@github.com/me/data.git",
+        ] {
+            let e = errors_of(yaml, &[("GITHUB_REPO", remote)]);
+            assert!(
+                e.contains("holds credentials (`user:password@`) (from `GITHUB_REPO`)"),
+                "{e}"
+            );
+            assert!(!e.contains("SECRET1"), "{e}");
+        }
+        for fine in ["me/data", "https://github.com/me/data.git"] {
+            assert_eq!(errors_of(yaml, &[("GITHUB_REPO", fine)]), "", "{fine}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`reaper`]: subreaper + the one `waitpid(-1)` loop and its pid table.
 //! - [`spawn`]: starting a process group with exactly the service's env.
 //! - [`nofile`]: the open-file limit, raised for stackctl, as it was for services.
+//! - [`preflight`]: what would keep a service from starting here, found first.
 //! - [`group`]: a run's process group until it is really empty.
 //! - [`probe`]: readiness and liveness checks (http, tcp, exec, file, log).
 //! - [`logs`]: service output to stdout (text or JSON) and rotated files.
@@ -20,6 +21,7 @@ pub mod exit;
 pub mod group;
 pub mod logs;
 pub mod nofile;
+pub mod preflight;
 pub mod probe;
 pub mod reaper;
 pub mod run;

@@ -31,6 +31,9 @@ pub enum SpawnError {
         /// The `PATH` searched.
         path: String,
     },
+    /// A program named by its path is not there.
+    #[error("`{0}` does not exist")]
+    NoSuchFile(PathBuf),
     /// The named file exists but cannot be executed.
     #[error("`{0}` is not an executable file")]
     NotExecutable(PathBuf),
@@ -69,13 +72,7 @@ pub fn spawn(
     if !dir.is_dir() {
         return Err(SpawnError::NoWorkingDir(dir.to_path_buf()));
     }
-    let path_var = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(DEFAULT_PATH);
-    let resolved = resolve_program(program, dir, path_var, is_executable)?;
+    let resolved = resolve_program(program, dir, path_of(env), is_executable)?;
 
     let mut cmd = Command::new(&resolved);
     cmd.args(args)
@@ -164,6 +161,15 @@ pub fn seal_inherited_fds() {
     }
 }
 
+/// The `PATH` of an environment (its last setting wins), or [`DEFAULT_PATH`].
+pub fn path_of(env: &[(String, String)]) -> &str {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH)
+}
+
 /// Find the file `program` names: a path with a slash is taken relative to
 /// the working directory; a bare name is searched in `path_var`.
 pub fn resolve_program(
@@ -177,10 +183,7 @@ pub fn resolve_program(
         return match executable(&p) {
             Some(true) => Ok(p),
             Some(false) => Err(SpawnError::NotExecutable(p)),
-            None => Err(SpawnError::NotFound {
-                program: program.to_string(),
-                path: format!("relative to {}", dir.display()),
-            }),
+            None => Err(SpawnError::NoSuchFile(p)),
         };
     }
     let mut not_executable = None;
@@ -209,7 +212,7 @@ pub fn resolve_program(
 
 /// `Some(true)` for a regular file with an execute bit, `Some(false)` for
 /// another existing file, `None` if nothing is there.
-fn is_executable(p: &Path) -> Option<bool> {
+pub fn is_executable(p: &Path) -> Option<bool> {
     let meta = std::fs::metadata(p).ok()?;
     Some(meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }

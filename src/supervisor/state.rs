@@ -13,6 +13,10 @@ use super::exit::Exit;
 use crate::manifest::{RestartPolicy, Service};
 use crate::status::Phase;
 
+/// How `last_exit` begins when a run never became a process (the program or
+/// working directory is missing); the gateway's 503 page says "cannot start".
+pub const SPAWN_FAILED: &str = "failed to start: ";
+
 /// Where a service is; richer than [`Phase`], which is what users see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -186,7 +190,7 @@ impl Tracker {
                 None
             }
             (State::Waiting | State::Backoff { .. }, Input::SpawnFailed(why)) => {
-                self.last_exit = Some(format!("failed to start: {why}"));
+                self.last_exit = Some(format!("{SPAWN_FAILED}{why}"));
                 self.after_run(None, true, svc, now, jitter)
             }
             (

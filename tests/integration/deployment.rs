@@ -670,19 +670,30 @@ const DECLARED: &[&str] = &[
     "ADMIN_PASSWORD",
 ];
 
-/// `stackctl -f FILE check` with exactly `env` (plus PATH).
+/// `stackctl -f FILE check --manifest-only` with exactly `env` (plus PATH):
+/// the programs are in the image, not on this machine (the image model
+/// checks them).
 fn check(file: &Path, env: &[(&str, &str)]) -> Output {
+    stackctl(file, &["check", "--manifest-only"], env)
+}
+
+/// `stackctl -f FILE ARGS` with exactly `env` (plus PATH).
+fn stackctl(file: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
-    c.arg("-f").arg(file).arg("check");
+    c.arg("-f").arg(file).args(args);
     c.env_clear();
     c.env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         c.env(k, v);
     }
     c.stdin(Stdio::null());
-    let out = c.output().expect("run stackctl check");
+    let out = c.output().expect("run stackctl");
     Output {
-        args: vec!["check".into(), file.display().to_string()],
+        args: args
+            .iter()
+            .map(|a| a.to_string())
+            .chain([file.display().to_string()])
+            .collect(),
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -711,6 +722,17 @@ fn container(img: &Image, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
     }
     env
 }
+
+/// The repository's `stack.yaml` as the image's container reads it, with
+/// `extra` variables set.
+fn stack_yaml_in_image(extra: &[(&str, &str)]) -> stackctl::manifest::Manifest {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    load(&repo().join("stack.yaml"), &container(&img, extra))
+}
+
+/// A Space with a backup repository: persistence on.
+const WITH_REMOTE: &[(&str, &str)] = &[("github_project", "someone/data"), ("github_secret", "t")];
 
 fn dockerfile() -> (String, String) {
     let read = |n: &str| {
@@ -804,6 +826,10 @@ fn dockerfile_and_stack_yaml_agree() {
         }
     }
 
+    // Every download is verified (issue 13, items 5 and 8).
+    problems.extend(unverified_downloads(&img));
+    problems.extend(missing_tools(&img));
+
     // USER, HOME, CMD, the manifest.
     if st.user != 1000 {
         problems.push(format!("the image runs as UID {}, not 1000", st.user));
@@ -861,6 +887,7 @@ fn dockerfile_and_stack_yaml_agree() {
             ("github_project", "someone/astrbot-data"),
             ("github_secret", &secrets.token),
             ("API_KEYS", &secrets.api_keys),
+            ("AUTH_TOKEN", &secrets.auth),
         ],
     );
     let file = repo().join("stack.yaml");
@@ -905,6 +932,15 @@ fn dockerfile_and_stack_yaml_agree() {
                 "service `{}`: `{}` is not an executable the Dockerfile creates (assert it with `test -x`)",
                 s.name,
                 prog_path.display()
+            ));
+        }
+        // `astrbot run` takes its working directory as its root only when
+        // it holds the `.astrbot` marker.
+        if prog.ends_with("/astrbot") && !st.fs.contains_key(&wd.join(".astrbot")) {
+            problems.push(format!(
+                "service `{}`: `astrbot run` needs `{}/.astrbot` in the image",
+                s.name,
+                wd.display()
             ));
         }
         for a in &s.command[1..] {
@@ -998,6 +1034,142 @@ fn dockerfile_and_stack_yaml_agree() {
     }
 }
 
+/// Downloads the image would use unverified: a `curl` whose file is not
+/// checked with `sha256sum -c` in the same `RUN` (or that is piped straight
+/// into another program), a `*_SHA256` build argument with a default or not
+/// required (`${NAME:?…}`), a `git fetch` whose commit is not compared with
+/// its `*_COMMIT` argument, and a `pip install` not from a committed lock
+/// file with `--require-hashes`.
+fn unverified_downloads(img: &Image) -> Vec<String> {
+    let mut problems = Vec::new();
+    for st in &img.stages {
+        for (k, v) in &st.args {
+            if k.ends_with("_SHA256") && !v.is_empty() {
+                problems.push(format!(
+                    "ARG {k} has a default: a hash must come from whoever checked the file"
+                ));
+            }
+        }
+        for r in &st.runs {
+            // The hash a file is checked against must be a required build
+            // argument (`${NAME:?…}` stays as written in the model; a plain
+            // `${NAME}` is already expanded, to nothing when it is unset).
+            let required = st
+                .args
+                .keys()
+                .any(|k| k.ends_with("_SHA256") && r.contains(&format!("${{{k}:?")));
+            if r.contains("sha256sum") && !required {
+                problems.push(format!(
+                    "a file is checked against a hash that is not a required `*_SHA256` build argument (`${{NAME:?…}}`): {r}"
+                ));
+            }
+            let words = shell_words::split(r).unwrap_or_default();
+            let simple: Vec<&[String]> = words
+                .split(|t| matches!(t.as_str(), "&&" | "||" | ";"))
+                .collect();
+            for cmd in &simple {
+                let Some(prog) = cmd.first() else { continue };
+                match prog.as_str() {
+                    "curl" | "wget" => {
+                        if cmd.iter().any(|w| w == "|") {
+                            problems.push(format!(
+                                "a download is piped unverified into a program: {}",
+                                cmd.join(" ")
+                            ));
+                            continue;
+                        }
+                        let out = cmd
+                            .iter()
+                            .position(|w| w == "-o" || w == "-O" || w == "--output")
+                            .and_then(|i| cmd.get(i + 1));
+                        let Some(out) = out else {
+                            problems
+                                .push(format!("a download without `-o FILE`: {}", cmd.join(" ")));
+                            continue;
+                        };
+                        let checked = simple.iter().any(|c| {
+                            c.iter().any(|w| w == "sha256sum")
+                                && c.iter().any(|w| w == "-c")
+                                && c.iter().any(|w| w.contains(out.as_str()))
+                        }) || r.contains(&format!("  {out}\" | sha256sum -c"));
+                        if !checked {
+                            problems.push(format!(
+                                "`{out}` is downloaded but not checked with `sha256sum -c`"
+                            ));
+                        }
+                    }
+                    "git" if cmd.get(1).map(String::as_str) == Some("fetch") => {
+                        let commit = st.args.iter().find(|(k, _)| k.ends_with("_COMMIT"));
+                        let verified = commit.is_some_and(|(_, v)| {
+                            r.contains("git rev-parse HEAD") && r.contains(v.as_str())
+                        });
+                        if !verified {
+                            problems.push(format!("`{}` is not checked against a pinned commit (`test \"$(git rev-parse HEAD)\" = …`)", cmd.join(" ")));
+                        }
+                    }
+                    _ => {}
+                }
+                if cmd.iter().any(|w| w.ends_with("pip")) && cmd.iter().any(|w| w == "install") {
+                    let req = cmd
+                        .iter()
+                        .position(|w| w == "-r")
+                        .and_then(|i| cmd.get(i + 1));
+                    let locked = cmd.iter().any(|w| w == "--require-hashes")
+                        && req.is_some_and(|f| f.ends_with(".lock"));
+                    if !locked {
+                        problems.push(format!(
+                            "`{}` does not install a committed lock file with `--require-hashes`",
+                            cmd.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// What the original image had that users rely on (issue 13, item 9): a C
+/// compiler and Python headers (plugins and `pilk` build from source), git,
+/// Node.js with npm (`npx` MCP servers), uv/uvx, and `socksio` for SOCKS
+/// proxies in both Python apps.
+fn missing_tools(img: &Image) -> Vec<String> {
+    let mut problems = Vec::new();
+    let st = img.final_stage();
+    let runs = st.runs.join("\n");
+    for pkg in [
+        "build-essential",
+        "python3-dev",
+        "libffi-dev",
+        "libssl-dev",
+        "git",
+        "nodejs",
+        "npm",
+    ] {
+        if !runs.split_whitespace().any(|w| w == pkg) {
+            problems.push(format!("the runtime stage does not install `{pkg}`"));
+        }
+    }
+    for tool in ["uv", "uvx"] {
+        if !st
+            .fs
+            .get(&Path::new("/usr/local/bin").join(tool))
+            .is_some_and(|e| e.exec)
+        {
+            problems.push(format!(
+                "no executable `/usr/local/bin/{tool}` (assert it with `test -x`)"
+            ));
+        }
+    }
+    for lock in ["deploy/astrbot.lock", "deploy/gemini-balance.lock"] {
+        let text = std::fs::read_to_string(repo().join(lock)).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with("socksio==")) {
+            problems.push(format!("`{lock}` lacks socksio (SOCKS proxies)"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn the_image_model_sees_what_the_dockerfile_makes() {
     // A guard for the parser itself: a stage copy, an asserted file, a venv,
@@ -1041,6 +1213,14 @@ CMD ["stackctl", "up"]
     assert!(context_includes("*\n!src/\n", "src/main.rs"));
     assert!(!context_includes("*\n!src/\n", "target/debug/x"));
     assert!(context_includes("", "anything"));
+
+    // Each way a download can go unverified is seen.
+    let bad = build_image(
+        "FROM debian:12\nARG X_SHA256=abc\nARG Y_SHA256\nRUN curl -o f https://x/f \\\n && curl -o g https://x/g && echo \"${Y_SHA256}  g\" | sha256sum -c - \\\n && curl https://x/t | tar -x && pip install -r requirements.txt\n",
+        "*\n",
+    );
+    let p = unverified_downloads(&bad);
+    assert_eq!(p.len(), 5, "{p:#?}");
 }
 
 #[test]
@@ -1083,6 +1263,50 @@ fn check_passes_on_stack_yaml_in_a_space_environment() {
         .stdout_has("remote          someone/astrbot-data (branch main)")
         .stdout_has("/home/user/gemini-balance-main/.venv/bin/uvicorn");
     assert!(!out.stdout.contains("disabled: gemini"), "{out}");
+    assert_no_secret(&out, &secrets);
+
+    // What users get wrong in Space variables (issue 13, items 6 and 14):
+    // each error names the variable, never its value.
+    let remote = format!(
+        "https://x-access-token:{}@github.com/me/data.git",
+        secrets.token
+    );
+    let short = "short1";
+    for (vars, want) in [
+        (
+            vec![("API_KEYS", secrets.api_keys.as_str())],
+            "`services.gemini.requires_one_of`: service `gemini` needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set, and none is",
+        ),
+        (
+            vec![("API_KEYS", secrets.api_keys.as_str()), ("ALLOWED_TOKENS", "[]")],
+            "needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set",
+        ),
+        (
+            vec![("API_KEYS", secrets.auth.as_str()), ("AUTH_TOKEN", secrets.admin.as_str())],
+            "`API_KEYS` is not a JSON list of strings",
+        ),
+        (
+            vec![("ADMIN_PASSWORD", short)],
+            "the admin password (from `ADMIN_PASSWORD`) is too short (6 characters)",
+        ),
+        (
+            vec![("github_project", remote.as_str())],
+            "holds credentials (`user:password@`) (from `GITHUB_REPO`)",
+        ),
+    ] {
+        let out = check(&file, &with(&base, &vars));
+        out.code(2).stderr_has(want);
+        assert_no_secret(&out, &secrets);
+        assert!(!out.stderr.contains(short), "{out}");
+    }
+    // `up` refuses the same, before anything starts.
+    let out = stackctl(
+        &file,
+        &["up"],
+        &with(&base, &[("API_KEYS", &secrets.api_keys)]),
+    );
+    out.code(2)
+        .stderr_has("needs one of `AUTH_TOKEN`, `ALLOWED_TOKENS` set");
     assert_no_secret(&out, &secrets);
 
     // No API_KEYS: Gemini Balance is switched off, the rest still valid.
@@ -1134,6 +1358,7 @@ fn the_examples_pass_check() {
                 ("github_project", "someone/astrbot-data"),
                 ("github_secret", &secrets.token),
                 ("API_KEYS", &secrets.api_keys),
+                ("AUTH_TOKEN", &secrets.auth),
             ],
         );
         out.code(0);
@@ -1167,6 +1392,20 @@ fn the_space_example_is_a_docker_space_on_the_gateway_port() {
         keys.contains(&("app_port", port.as_str())),
         "app_port must be the gateway port {port}: {front}"
     );
+    // Regression (issue 13, item 13): Spaces give a stopping container about
+    // 10 s unless the card asks for more, too little for the final backup
+    // of a large upload; stackctl's budget must fit inside what is asked.
+    let grace = keys
+        .iter()
+        .find(|(k, _)| *k == "termination_grace_period")
+        .map(|(_, v)| stackctl::manifest::units::parse_duration(v).expect("a duration"))
+        .expect("the card sets termination_grace_period");
+    let budget = m.shutdown_timeout;
+    assert!(
+        budget + std::time::Duration::from_secs(5) <= grace && budget * 4 >= grace * 3,
+        "shutdown_timeout {budget:?} must fill termination_grace_period {grace:?} with 5 s to spare"
+    );
+
     // The Space builds the repository's Dockerfile and runs its stack.yaml.
     let ours = std::fs::read_to_string(repo().join("stack.yaml")).unwrap();
     let theirs = std::fs::read_to_string(dir.join("stack.yaml")).unwrap();
@@ -1200,4 +1439,348 @@ fn hadolint_finds_nothing_in_the_dockerfile() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------------------
+// NapCat under the real stackctl (issue 13, items 1–3)
+
+/// A stand-in for QQ's `AppRun` as NapCatAppImageBuild ships it: electron-
+/// builder's AppImage template, which, when `APPDIR` is unset, walks up from
+/// its own location until `<dir>/<first argument>` exists — so a flag as the
+/// first argument leaves it empty and it runs `/qq` — plus the line the
+/// build adds on top, `NAPCAT_WORKDIR=$(pwd)` (NapCat reads `<it>/config`).
+const STAND_IN_APPRUN: &str = r#"#!/bin/bash
+export NAPCAT_WORKDIR=$(pwd)
+set -e
+if [ -z "$APPDIR" ]; then
+  here="$(dirname "$(readlink -f "$0")")"
+  while [[ -n "$here" && ! -e "$here/$1" ]]; do here=${here%/*}; done
+  APPDIR="$here"
+fi
+exec "$APPDIR/qq" "$@"
+"#;
+
+/// A stand-in for QQ with NapCat: says which arguments it got and which
+/// `webui.json` it read, then stays up.
+const STAND_IN_QQ: &str = r#"#!/bin/bash
+{ printf 'args=%s\n' "$*"; printf 'config='; cat "$NAPCAT_WORKDIR/config/webui.json"; } >"$NAPCAT_SEEN.tmp"
+mv "$NAPCAT_SEEN.tmp" "$NAPCAT_SEEN"
+exec sleep 600
+"#;
+
+/// `path` moved under `root` when it is one of the image's absolute paths.
+fn rebase(root: &Path, path: &str) -> String {
+    if ["/app/", "/home/user"].iter().any(|p| path.starts_with(p)) {
+        format!("{}{path}", root.display())
+    } else {
+        path.to_string()
+    }
+}
+
+#[test]
+fn napcat_runs_with_flags_and_reads_the_migrated_config() {
+    // Regression (issue 13, items 1 and 3): any NAPCAT_FLAGS made QQ's AppRun
+    // exit 127 (`/qq: not found`), and NapCat read `/app/napcat/config`
+    // while a migrated backup restores its config to `/home/user/config`.
+    let flags = "--no-sandbox -q 12345";
+    let m = stack_yaml_in_image(&[("NAPCAT_FLAGS", flags)]);
+    let napcat = m.service("napcat").expect("stack.yaml has napcat");
+
+    // What a migration restores from the original's `home/user/config` must
+    // be where NapCat looks: `<working dir>/config`, a persisted path.
+    let config_dir = napcat.working_dir.join("config");
+    let paths = stack_yaml_in_image(WITH_REMOTE)
+        .persist
+        .expect("persist on")
+        .paths;
+    assert!(
+        paths.iter().any(|p| p.path == config_dir),
+        "NapCat reads `{}`, which is not persisted: a migrated webui.json is never read",
+        config_dir.display()
+    );
+
+    // The service, as stack.yaml defines it, moved under a temp root.
+    let stack = crate::harness::Stack::new("");
+    let root = stack.path("root");
+    let appdir = root.join("app/napcat");
+    std::fs::create_dir_all(&appdir).unwrap();
+    for (name, body) in [("AppRun", STAND_IN_APPRUN), ("qq", STAND_IN_QQ)] {
+        let p = appdir.join(name);
+        std::fs::write(&p, body).unwrap();
+        let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&p, exec).unwrap();
+    }
+    // The migrated config, and the one the image used to read.
+    let rel = |p: &Path| root.join(p.strip_prefix("/").expect("absolute"));
+    std::fs::create_dir_all(rel(&config_dir)).unwrap();
+    std::fs::write(rel(&config_dir).join("webui.json"), "{\"migrated\":true}").unwrap();
+    std::fs::create_dir_all(appdir.join("config")).unwrap();
+    std::fs::write(appdir.join("config/webui.json"), "{\"image\":true}").unwrap();
+
+    let argv: Vec<String> = napcat.command.iter().map(|a| rebase(&root, a)).collect();
+    let env: Vec<String> = napcat
+        .environment
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={}", rebase(&root, v)),
+            None => k.clone(),
+        })
+        .collect();
+    let yaml = format!(
+        "version: 1\nservices:\n  napcat:\n    command: {}\n    working_dir: {}\n    environment: {}\n    restart: \"no\"\n",
+        serde_json::to_string(&argv).unwrap(),
+        serde_json::to_string(&rebase(&root, &napcat.working_dir.to_string_lossy())).unwrap(),
+        serde_json::to_string(&env).unwrap(),
+    );
+    stack.write("stack.yaml", &yaml);
+    let seen = stack.path("seen");
+    let stack = stack.env("NAPCAT_SEEN", &seen.to_string_lossy());
+    let mut up = stack.up();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let got = loop {
+        if let Ok(s) = std::fs::read_to_string(&seen) {
+            break s;
+        }
+        if std::time::Instant::now() > deadline || up.child.try_wait().ok().flatten().is_some() {
+            up.fail(&format!(
+                "NapCat's stand-in never ran with NAPCAT_FLAGS={flags:?}\n{yaml}"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(got.contains(&format!("args={flags}")), "{got}");
+    assert!(
+        got.contains("config={\"migrated\":true}"),
+        "NapCat read the image's config, not the migrated one: {got}"
+    );
+}
+
+#[test]
+fn only_astrbot_giving_up_stops_the_stack() {
+    // Regression (issue 13, item 2): NapCat's crash loop ended the whole
+    // stack after the give-up, AstrBot's dashboard with it. A bridge that
+    // fails is shown as `failed` by `stackctl status` and `/admin/status`.
+    let m = stack_yaml_in_image(&[("API_KEYS", "[\"k\"]"), ("AUTH_TOKEN", "sk-t")]);
+    let wrong: Vec<String> = m
+        .services
+        .iter()
+        // The guard stops AstrBot from starting on data from a newer AstrBot.
+        .filter(|s| s.optional == ["astrbot", "astrbot-guard"].contains(&s.name.as_str()))
+        .map(|s| format!("`{}` optional: {}", s.name, s.optional))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "only astrbot may stop the stack: {wrong:?}"
+    );
+}
+
+#[test]
+fn napcat_temp_files_and_electron_caches_are_not_backed_up() {
+    // Regression (issue 13, item 4): NapCat's temp dir and QQ's Electron
+    // caches went into every snapshot.
+    use stackctl::persist::plan::{FileType, PathRules};
+    let p = stack_yaml_in_image(WITH_REMOTE)
+        .persist
+        .expect("persist on");
+    let qq = p
+        .paths
+        .iter()
+        .find(|pp| pp.path == Path::new("/app/.config/QQ"))
+        .expect("the QQ dir is persisted");
+    let rules = PathRules::new(&qq.path, &qq.exclude, &p.exclude, &[]).expect("valid globs");
+    for (rel, keep) in [
+        ("NapCat/temp/0a1b.jpg", false),
+        ("NapCat/temp/sub/voice.amr", false),
+        ("GPUCache/data_0", false),
+        ("Code Cache/js/index", false),
+        ("Cache/Cache_Data/f_000001", false),
+        ("nt_qq/global/nt_data/Emoji/GPUCache/data_1", false),
+        ("nt_qq_0123/nt_db/nt_msg.db", true),
+        ("NapCat/data/cache.json", true),
+        ("global/nt_data/Log/x.txt", true),
+    ] {
+        let excluded = rules.excluded(Path::new(rel), FileType::File).is_some();
+        assert_eq!(
+            !excluded,
+            keep,
+            "`{rel}` should be {}",
+            if keep { "kept" } else { "excluded" }
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// AstrBot refuses data from a newer AstrBot (issue 13, item 10)
+
+/// Run `deploy/astrbot-data-guard.py` in `root` as the image's
+/// `astrbot-guard` service does, AstrBot 4.14.6 "installed", the tables it
+/// knows defined in a stand-in package.
+fn guard(root: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let package = root.join("pkg");
+    std::fs::create_dir_all(&package).unwrap();
+    std::fs::write(
+        package.join("po.py"),
+        "class Persona:\n    __tablename__: str = \"personas\"\nclass P:\n    __tablename__ = \"preferences\"\n",
+    )
+    .unwrap();
+    let mut c = Command::new("python3");
+    c.arg(repo().join("deploy/astrbot-data-guard.py"))
+        .args(["--installed", "4.14.6", "--package"])
+        .arg(&package)
+        .current_dir(root)
+        .env_remove("ASTRBOT_ALLOW_DOWNGRADE");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("python3 runs")
+}
+
+fn sqlite_with_tables(db: &Path, tables: &[&str]) {
+    let sql: String = tables
+        .iter()
+        .map(|t| format!("CREATE TABLE {t} (id INTEGER);"))
+        .collect();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; sqlite3.connect(sys.argv[1]).executescript(sys.argv[2])",
+        ])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn astrbot_does_not_start_on_data_from_a_newer_astrbot() {
+    let (text, ignore) = dockerfile();
+    let img = build_image(&text, &ignore);
+    let m = stack_yaml_in_image(&[]);
+    let astrbot = m.service("astrbot").expect("astrbot");
+    let g = m
+        .service("astrbot-guard")
+        .expect("stack.yaml runs the guard first");
+    assert!(
+        astrbot.depends_on.iter().any(|d| d.service == g.name
+            && d.condition == stackctl::manifest::Condition::CompletedSuccessfully),
+        "astrbot must wait for the guard to pass"
+    );
+    assert!(
+        g.command
+            .iter()
+            .any(|a| a.ends_with("astrbot-data-guard.py"))
+            && img
+                .final_stage()
+                .fs
+                .contains_key(Path::new(g.command.last().expect("an argument"))),
+        "the guard script must be in the image: {:?}",
+        g.command
+    );
+
+    let fresh = tempfile::tempdir().unwrap();
+    let out = guard(fresh.path(), &[]);
+    assert!(out.status.success(), "{out:?}");
+    let marker = fresh.path().join("data/.astrbot-version");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "4.14.6\n");
+    assert!(
+        guard(fresh.path(), &[]).status.success(),
+        "the same version again"
+    );
+
+    let refused = |root: &Path, why: &str| {
+        let out = guard(root, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("the restored AstrBot data is newer than the installed AstrBot 4.14.6")
+                && err.contains(why),
+            "{err}"
+        );
+        let out = guard(root, &[("ASTRBOT_ALLOW_DOWNGRADE", "1")]);
+        assert!(
+            out.status.success(),
+            "the override starts it anyway: {out:?}"
+        );
+    };
+    // A version this guard recorded under a newer image.
+    std::fs::write(&marker, "4.27.4\n").unwrap();
+    refused(
+        fresh.path(),
+        "data/.astrbot-version says it was written by AstrBot 4.27.4",
+    );
+
+    // The original's backup: its web UI's version, or tables of a newer AstrBot.
+    let original = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(original.path().join("data/dist/assets")).unwrap();
+    std::fs::write(
+        original.path().join("data/dist/assets/version"),
+        "v4.22.1\n",
+    )
+    .unwrap();
+    refused(original.path(), "written by AstrBot v4.22.1");
+    let original = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(original.path().join("data")).unwrap();
+    let db = original.path().join("data/data_v4.db");
+    sqlite_with_tables(&db, &["personas", "preferences"]);
+    assert!(
+        guard(original.path(), &[]).status.success(),
+        "only known tables"
+    );
+    std::fs::remove_file(original.path().join("data/.astrbot-version")).unwrap();
+    sqlite_with_tables(&db, &["skills_registry"]);
+    refused(
+        original.path(),
+        "data/data_v4.db has tables this AstrBot does not define (skills_registry)",
+    );
+}
+
+#[test]
+fn the_deployment_docs_follow_hugging_faces_current_rules() {
+    // Regression (issue 13, items 11-13): since July 2026 a Docker Space
+    // needs a paid plan, Spaces offer Storage Buckets, and a stopping Space
+    // gets ~10 s unless its card asks for more.
+    for doc in ["README.md", "README.zh-CN.md", "examples/space/README.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for claim in [
+            "free Hugging Face",
+            "free CPU basic",
+            "free **CPU basic**",
+            "A free\nSpace",
+            "免费",
+        ] {
+            assert!(!text.contains(claim), "{doc} still says {claim:?}");
+        }
+    }
+    for (doc, needed) in [
+        (
+            "README.md",
+            &[
+                "paid plan",
+                "Storage Bucket",
+                "docker run -d",
+                "--stop-timeout 120",
+                "termination_grace_period",
+            ][..],
+        ),
+        (
+            "README.zh-CN.md",
+            &[
+                "付费套餐",
+                "Storage Bucket",
+                "docker run -d",
+                "--stop-timeout 120",
+                "termination_grace_period",
+            ][..],
+        ),
+        (
+            "examples/space/README.md",
+            &["paid plan", "termination_grace_period"][..],
+        ),
+    ] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for n in needed {
+            assert!(text.contains(n), "{doc} does not mention {n:?}");
+        }
+    }
 }

@@ -857,7 +857,27 @@ async fn restoring_and_starting_services_get_503_not_502() {
         (503, json!(["astrbot"]))
     );
 
-    status.service("astrbot", |s| s.phase = Phase::Failed);
+    // Regression (issue 13, item 15): a service that cannot start at all
+    // said "starting" through its backoff, for minutes.
+    let missing = "failed to start: program `astrbot` not found in PATH (/usr/bin)";
+    for phase in [Phase::Backoff, Phase::Failed] {
+        status.service("astrbot", |s| {
+            s.phase = phase;
+            s.last_exit = Some(missing.into());
+        });
+        let r = call("GET", &gw.url("/"), &[("accept", "text/html")], empty()).await;
+        assert_eq!(r.status, 503, "{phase:?}: {}", r.body);
+        assert!(
+            r.body.contains("the service `astrbot` cannot start: program `astrbot` not found in PATH (/usr/bin)"),
+            "{phase:?}: {}",
+            r.body
+        );
+    }
+
+    status.service("astrbot", |s| {
+        s.phase = Phase::Failed;
+        s.last_exit = Some("exited 1".into());
+    });
     let r = get(&gw.url("/")).await;
     assert_eq!(r.status, 502);
     assert!(r.body.contains("is failed"), "{}", r.body);

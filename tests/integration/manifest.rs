@@ -224,14 +224,40 @@ fn a_secret_never_appears_in_an_error() {
 }
 
 #[test]
+fn check_reports_a_program_or_working_dir_that_is_not_on_this_machine() {
+    // Regression (issue 13, item 14): these were found only when `up` tried
+    // to start the service, and then retried for minutes.
+    let s = Stack::new(
+        "services:\n  ghost: { command: no-such-program-xyz --flag }\n  lost: { command: /bin/sh, working_dir: ./nowhere }\n  extra: { command: ./missing.sh, optional: true }\n",
+    );
+    let out = s.run(&["check"]);
+    out.code(2)
+        .stderr_has("error: service `ghost` cannot start: program `no-such-program-xyz` not found in PATH (")
+        .stderr_has(&format!(
+            "error: service `lost` cannot start: working directory `{}` does not exist",
+            s.path("nowhere").display()
+        ))
+        .stderr_has(&format!(
+            "warning: service `extra` cannot start: `{}/./missing.sh` does not exist",
+            s.dir.path().display()
+        ))
+        .stderr_has("`check --manifest-only` skips this machine's files");
+    s.run(&["check", "--manifest-only"]).code(0);
+}
+
+#[test]
 fn the_quickstart_and_the_real_stack_are_valid() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["examples/quickstart/stack.yaml", "stack.yaml"] {
+    // The real stack runs in its image: its programs are not on this machine.
+    for (f, args) in [
+        ("examples/quickstart/stack.yaml", &["check"][..]),
+        ("stack.yaml", &["check", "--manifest-only"][..]),
+    ] {
         let s = Stack::new("");
         let out = std::process::Command::new(crate::harness::bin())
             .arg("-f")
             .arg(root.join(f))
-            .arg("check")
+            .args(args)
             .env("HOME", s.dir.path())
             .output()
             .unwrap();

@@ -279,15 +279,19 @@ services:
     restart: "no"
 "#,
     );
+    // Found before any service starts (issue 13, item 14): exit 2, the
+    // manifest's services cannot run on this machine.
     let mut run = stack.up();
     let status = run.wait_exit(T);
-    assert_eq!(status.code(), Some(1), "{}", run.log());
+    assert_eq!(status.code(), Some(2), "{}", run.log());
     assert!(
-        run.has_line("program `no-such-program-xyz` not found in PATH"),
+        run.has_line(
+            "service `ghost` cannot start: program `no-such-program-xyz` not found in PATH"
+        ),
         "{}",
         run.log()
     );
-    assert!(run.has_line("ghost"), "{}", run.log());
+    assert!(!run.has_line("started service"), "{}", run.log());
 }
 
 #[test]
