@@ -3,8 +3,11 @@
 //! Two steps. [`plan`](fn@plan) walks the commit's tree for each persisted path and
 //! turns it into operations, refusing every entry that could write outside
 //! the declared paths (`..`, `/` or NUL in a name, absolute or escaping
-//! symlinks, submodules): a hostile or damaged repository must not reach
-//! `/etc`. If anything is refused, nothing is written. [`apply`] then writes
+//! symlinks, submodules, and the same for names derived from entries: the
+//! file an original `*.pointer` stands for): a hostile or damaged repository
+//! must not reach `/etc`. If anything is refused, nothing is written. Every
+//! removal and write then goes through one check ([`guard`]): the path is a
+//! persisted root or below one by plain names. [`apply`] then writes
 //! each file atomically (temp file + rename, so a symlink planted at the
 //! destination is replaced, never followed), never writes through a symlinked
 //! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to
@@ -36,6 +39,9 @@ use super::pointer::{self, OriginalPointer, Pointer};
 use super::progress::Transfer;
 use super::snapshot::{now_ns, stat_key, wal_key};
 use super::Progress;
+
+mod guard;
+use guard::{Guard, Inside};
 
 /// Errors while restoring.
 #[derive(Debug, thiserror::Error)]
@@ -322,9 +328,21 @@ fn walk(
                                 .is_some_and(|b| b.size() <= 64 * 1024) =>
                     {
                         let blob = repo.find_blob(entry.id())?;
-                        OriginalPointer::parse(blob.content()).map(|o| (root.join(rel.join(t)), o))
+                        OriginalPointer::parse(blob.content()).map(|o| (t, o))
                     }
                     _ => None,
+                };
+                // The name it stands for comes from the repository too: the
+                // same rule as a tree entry's (`...pointer` stands for `..`).
+                let original = match original {
+                    Some((t, _)) if !plan::safe_entry_name(t.as_bytes()) => {
+                        out.refused.push(format!(
+                            "`{shown}`: a large-file pointer for `{t}`, an unsafe name"
+                        ));
+                        continue;
+                    }
+                    Some((t, o)) => Some((root.join(rel.join(t)), o)),
+                    None => None,
                 };
                 out.ops.push(file_op(
                     repo,
@@ -552,18 +570,14 @@ fn check_real_dirs(root: &Path, dir: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// A temp name beside `path` for an atomic replace.
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let short: String = name.chars().take(100).collect();
-    path.with_file_name(format!(".{short}.stackctl-tmp-{}", std::process::id()))
+/// Set the permission bits of `at`.
+fn set_mode(at: &Inside, mode: u32) -> Result<(), RestoreError> {
+    fs::set_permissions(at.path(), fs::Permissions::from_mode(mode)).map_err(werr(at.path()))
 }
 
-/// Remove whatever is at `path` unless it is a real directory.
-fn ensure_dir(path: &Path) -> Result<(), RestoreError> {
+/// Remove whatever is at `at` unless it is a real directory.
+fn ensure_dir(at: &Inside) -> Result<(), RestoreError> {
+    let path = at.path();
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => fs::remove_file(path).map_err(werr(path))?,
@@ -573,8 +587,9 @@ fn ensure_dir(path: &Path) -> Result<(), RestoreError> {
     fs::create_dir(path).map_err(werr(path))
 }
 
-/// Make room for a non-directory at `path`: a directory there goes (the snapshot wins).
-fn clear_dir_at(path: &Path) -> Result<(), RestoreError> {
+/// Make room for a non-directory at `at`: a directory there goes (the snapshot wins).
+fn clear_dir_at(at: &Inside) -> Result<(), RestoreError> {
+    let path = at.path();
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(werr(path)),
         _ => Ok(()),
@@ -625,27 +640,34 @@ pub fn apply(
         .count() as u64;
     let mut files_done = 0u64;
     let mut real_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    // Every path is checked before anything is touched: a plan with one
+    // path outside the roots is refused whole (see `guard`).
+    let unsafe_plan = |r: guard::Refusal| RestoreError::Unsafe(vec![r]);
+    let guard = Guard::new(&plan.roots).map_err(unsafe_plan)?;
+    let checked = plan
+        .ops
+        .iter()
+        .map(|op| guard.check(op.path()))
+        .collect::<Result<Vec<Inside>, _>>()
+        .map_err(unsafe_plan)?;
     progress(Progress::restoring(0, total));
-    for op in &plan.ops {
-        let path = op.path();
-        let root = plan.roots.iter().find(|r| path.starts_with(r));
-        let Some(root) = root else {
-            return Err(RestoreError::Unsafe(vec![format!(
-                "`{}` is outside the persisted paths",
-                path.display()
-            )]));
-        };
-        if path == root {
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(werr(parent))?;
+    for (op, at) in plan.ops.iter().zip(&checked) {
+        let path = at.path();
+        match at.parent() {
+            // The declared path's own parents are made as the user declared them.
+            None => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(werr(parent))?;
+                }
             }
-        } else if let Some(parent) = path.parent() {
-            // Once per directory: nothing else writes here during a restore,
-            // and no later operation of the plan can turn a checked
-            // directory into something else and still write below it.
-            if !real_dirs.contains(parent) {
-                check_real_dirs(root, parent)?;
-                real_dirs.insert(parent.to_path_buf());
+            Some(parent) => {
+                // Once per directory: nothing else writes here during a restore,
+                // and no later operation of the plan can turn a checked
+                // directory into something else and still write below it.
+                if !real_dirs.contains(parent.path()) {
+                    check_real_dirs(at.root(), parent.path())?;
+                    real_dirs.insert(parent.path().to_path_buf());
+                }
             }
         }
         let state = on_disk(repo, op, cache)?;
@@ -653,60 +675,54 @@ pub fn apply(
             done.changed.push(path.to_path_buf());
         }
         match op {
-            Op::Dir { path, mode } => {
-                if path == root {
-                    // The declared path may be a symlink the user set up: follow it.
-                    if !path.is_dir() {
-                        ensure_dir(path)?;
-                    }
-                } else {
-                    ensure_dir(path)?;
+            Op::Dir { mode, .. } => {
+                // The declared path may be a symlink the user set up: follow it.
+                if !(at.is_root() && path.is_dir()) {
+                    ensure_dir(at)?;
                 }
                 if state != State::Same {
-                    dir_modes.push((path.clone(), *mode));
+                    dir_modes.push((at.clone(), *mode));
                 }
                 done.dirs += 1;
             }
-            Op::File { path, mode, .. } if state != State::Content => {
+            Op::File { mode, .. } if state != State::Content => {
                 if state == State::Mode {
-                    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                        .map_err(werr(path))?;
+                    set_mode(at, *mode)?;
                 }
                 done.unchanged += 1;
             }
             Op::File { path, oid, mode } => {
                 let blob = repo.find_blob(*oid)?;
-                clear_dir_at(path)?;
-                let tmp = temp_beside(path);
-                let _ = fs::remove_file(&tmp);
+                clear_dir_at(at)?;
+                let tmp = at.temp();
+                let tmp = tmp.path();
+                let _ = fs::remove_file(tmp);
                 // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
                 let write = || -> io::Result<fs::Metadata> {
                     let mut f = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .mode(0o600)
-                        .open(&tmp)?;
+                        .open(tmp)?;
                     f.write_all(blob.content())?;
                     f.set_permissions(fs::Permissions::from_mode(*mode))?;
                     let meta = f.metadata()?;
-                    fs::rename(&tmp, path)?;
+                    fs::rename(tmp, at.path())?;
                     Ok(meta)
                 };
                 let meta = match write() {
                     Ok(m) => m,
                     Err(e) => {
-                        let _ = fs::remove_file(&tmp);
+                        let _ = fs::remove_file(tmp);
                         return Err(werr(path)(e));
                     }
                 };
                 if plan::is_sqlite_header(blob.content()) {
                     for s in SQLITE_SIDECARS {
-                        let mut side = path.as_os_str().to_os_string();
-                        side.push(s);
-                        let side = PathBuf::from(side);
-                        if fs::symlink_metadata(&side).is_ok() {
-                            fs::remove_file(&side).map_err(werr(&side))?;
-                            done.removed_sidecars.push(side);
+                        let side = at.with_suffix(s);
+                        if fs::symlink_metadata(side.path()).is_ok() {
+                            fs::remove_file(side.path()).map_err(werr(side.path()))?;
+                            done.removed_sidecars.push(side.path().to_path_buf());
                         }
                     }
                 }
@@ -732,7 +748,7 @@ pub fn apply(
             } => {
                 let mode = Some(*mode);
                 match hydrate(
-                    path,
+                    at,
                     pointer,
                     mode,
                     None,
@@ -756,7 +772,7 @@ pub fn apply(
             } => {
                 let orig = Some(&**original);
                 match hydrate(
-                    path,
+                    at,
                     pointer,
                     None,
                     orig,
@@ -775,12 +791,13 @@ pub fn apply(
             }
             Op::Symlink { .. } if state == State::Same => done.unchanged += 1,
             Op::Symlink { path, target } => {
-                clear_dir_at(path)?;
-                let tmp = temp_beside(path);
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(target, &tmp).map_err(werr(path))?;
-                if let Err(e) = fs::rename(&tmp, path) {
-                    let _ = fs::remove_file(&tmp);
+                clear_dir_at(at)?;
+                let tmp = at.temp();
+                let tmp = tmp.path();
+                let _ = fs::remove_file(tmp);
+                std::os::unix::fs::symlink(target, tmp).map_err(werr(path))?;
+                if let Err(e) = fs::rename(tmp, at.path()) {
+                    let _ = fs::remove_file(tmp);
                     return Err(werr(path)(e));
                 }
                 done.symlinks += 1;
@@ -793,8 +810,8 @@ pub fn apply(
     }
     // Directory modes last, deepest first, so a read-only directory does not
     // block writing its own files.
-    for (path, mode) in dir_modes.iter().rev() {
-        fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(werr(path))?;
+    for (at, mode) in dir_modes.iter().rev() {
+        set_mode(at, *mode)?;
     }
     if !done.changed.is_empty() || !done.removed_sidecars.is_empty() {
         // Why one `syncfs` instead of an fdatasync per file is safe: the
@@ -930,7 +947,7 @@ fn has_content(path: &Path, p: &Pointer) -> bool {
 /// (verified). Returns the stat-cache entry of a file it wrote.
 #[allow(clippy::too_many_arguments)]
 fn hydrate(
-    path: &Path,
+    at: &Inside,
     p: &Pointer,
     mode: Option<u32>,
     original: Option<&OriginalPointer>,
@@ -939,6 +956,7 @@ fn hydrate(
     hydrated: &mut HashMap<Pointer, PathBuf>,
     done: &mut Applied,
 ) -> Result<Option<CacheEntry>, HydrateError> {
+    let path = at.path();
     if state != State::Content {
         if let Some(t) = blobs.transfer {
             t.skip_file(p.size);
@@ -950,11 +968,12 @@ fn hydrate(
         hydrated.insert(*p, path.to_path_buf());
         return Ok(None);
     }
-    clear_dir_at(path).map_err(|e| match e {
+    clear_dir_at(at).map_err(|e| match e {
         RestoreError::Write { source, .. } => HydrateError::Io(source),
         other => HydrateError::Io(io::Error::other(other.to_string())),
     })?;
-    let tmp = temp_beside(path);
+    let tmp = at.temp();
+    let tmp = tmp.path();
     let local = hydrated.get(p).filter(|src| has_content(src, p)).cloned();
     // Without a caller's transfer the bytes are counted into one nobody
     // reads: one code path either way.
@@ -967,7 +986,7 @@ fn hydrate(
                 attempts: 1,
                 ..blobs.retry
             };
-            blob::download_to(&retry, p, &tmp, |w| {
+            blob::download_to(&retry, p, tmp, |w| {
                 let mut f = fs::File::open(src).map_err(|source| blob::BlobError::Io {
                     what: "read",
                     path: src.clone(),
@@ -982,7 +1001,7 @@ fn hydrate(
             })
             .map_err(HydrateError::Blob)
         }
-        (None, Some(store)) => blob::download_to(&blobs.retry, p, &tmp, |w| match original {
+        (None, Some(store)) => blob::download_to(&blobs.retry, p, tmp, |w| match original {
             Some(o) => store.get_original(o, p, w),
             None => store.get(p, w),
         })
@@ -992,15 +1011,15 @@ fn hydrate(
     transfer.end_file();
     fetched?;
     let finish = || -> io::Result<fs::Metadata> {
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
-        let meta = fs::symlink_metadata(&tmp)?;
-        fs::rename(&tmp, path)?;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+        let meta = fs::symlink_metadata(tmp)?;
+        fs::rename(tmp, path)?;
         Ok(meta)
     };
     let meta = match finish() {
         Ok(m) => m,
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(tmp);
             return Err(HydrateError::Io(e));
         }
     };
@@ -1091,6 +1110,121 @@ mod tests {
             "{:?}",
             p.refused
         );
+    }
+
+    /// The original's release-asset JSON, for a blob of `size` bytes.
+    fn original_json(size: u64) -> String {
+        let sha = "ab".repeat(32);
+        format!(
+            r#"{{"type":"release-asset","repo":"o/r","release_tag":"blobs","asset_name":"{sha}-x","asset_id":1,"size":{size},"sha256":"{sha}"}}"#
+        )
+    }
+
+    /// `srv/data` holding `...pointer` and `sub/..pointer` (the original's
+    /// pointer JSON): stripping `.pointer` gives `..` and `.` (issue 17).
+    fn hostile_pointer_repo() -> (tempfile::TempDir, Repository, Oid) {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let json = repo.blob(original_json(5).as_bytes()).unwrap();
+        let ok = repo.blob(b"fine").unwrap();
+        let mut sub_b = repo.treebuilder(None).unwrap();
+        sub_b.insert("..pointer", json, 0o100644).unwrap();
+        let sub = sub_b.write().unwrap();
+        let mut data_b = repo.treebuilder(None).unwrap();
+        data_b.insert("...pointer", json, 0o100644).unwrap();
+        data_b.insert("ok.txt", ok, 0o100644).unwrap();
+        data_b.insert("sub", sub, 0o040000).unwrap();
+        let data = data_b.write().unwrap();
+        let mut srv_b = repo.treebuilder(None).unwrap();
+        srv_b.insert("data", data, 0o040000).unwrap();
+        let srv = srv_b.write().unwrap();
+        let top = {
+            let mut top = repo.treebuilder(None).unwrap();
+            top.insert("srv", srv, 0o040000).unwrap();
+            top.write().unwrap()
+        };
+        drop((sub_b, data_b, srv_b));
+        (d, repo, top)
+    }
+
+    #[test]
+    fn a_pointer_named_to_climb_out_is_refused_and_nothing_is_removed() {
+        let (d, repo, top) = hostile_pointer_repo();
+        let tree = repo.find_tree(top).unwrap();
+        let root = d.path().join("srv/data");
+        let sibling = d.path().join("srv/app/keep.txt");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, b"mine").unwrap();
+        fs::write(root.join("sub/local.txt"), b"mine").unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv/data".into())]).unwrap();
+        assert_eq!(
+            p.refused,
+            [
+                "`srv/data/...pointer`: a large-file pointer for `..`, an unsafe name",
+                "`srv/data/sub/..pointer`: a large-file pointer for `.`, an unsafe name",
+            ]
+        );
+        assert!(apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).is_err());
+        assert_eq!(fs::read(&sibling).unwrap(), b"mine");
+        assert_eq!(fs::read(root.join("sub/local.txt")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn apply_removes_and_writes_nothing_outside_the_roots_whatever_the_plan_says() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let root = d.path().join("srv/data");
+        let sibling = d.path().join("srv/app/keep.txt");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, b"mine").unwrap();
+        let (_, pointer) = OriginalPointer::parse(original_json(5).as_bytes()).unwrap();
+        let blob = repo.blob(b"x").unwrap();
+        // Plans no planner makes: each path climbs out of (or is) a root by a
+        // name that `Path::starts_with` lets through.
+        for path in [
+            root.join(".."),
+            root.join("sub/.."),
+            root.join("sub/../.."),
+            root.join("."),
+        ] {
+            for op in [
+                Op::Original {
+                    path: path.clone(),
+                    original: Box::new(
+                        OriginalPointer::parse(original_json(5).as_bytes())
+                            .unwrap()
+                            .0,
+                    ),
+                    pointer,
+                },
+                Op::File {
+                    path: path.clone(),
+                    oid: blob,
+                    mode: 0o644,
+                },
+                Op::Dir {
+                    path: path.clone(),
+                    mode: 0o755,
+                },
+            ] {
+                let p = Plan {
+                    ops: vec![op],
+                    roots: vec![root.clone()],
+                    ..Plan::default()
+                };
+                let e =
+                    apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).unwrap_err();
+                assert!(
+                    e.to_string().contains("is outside the persisted paths"),
+                    "{}: {e}",
+                    path.display()
+                );
+                assert_eq!(fs::read(&sibling).unwrap(), b"mine");
+                assert!(root.join("sub").is_dir());
+            }
+        }
     }
 
     #[test]

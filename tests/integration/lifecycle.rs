@@ -175,6 +175,37 @@ fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
     );
 }
 
+/// Issue 17, under `up`: a pointer named `...pointer` in the backup must
+/// not remove the stack directory holding `data` (and `app` beside it).
+#[test]
+fn up_refuses_a_pointer_named_to_climb_out_and_removes_nothing() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    s.write("app/keep.txt", "mine");
+    crate::common_persist::push_tree(
+        &s.path(""),
+        &s.path("remote.git"),
+        &s.path("data"),
+        "orig",
+        &crate::common_persist::hostile_pointer_files(),
+    );
+    let mut up = s.up();
+    let status = up.wait_exit(T);
+    assert_eq!(status.code(), Some(1), "{}", up.log());
+    assert!(
+        up.has_line("a large-file pointer for `..`, an unsafe name"),
+        "{}",
+        up.log()
+    );
+    assert!(!up.has_line("app |"), "{}", up.log());
+    assert_eq!(
+        std::fs::read_to_string(s.path("app/keep.txt")).unwrap(),
+        "mine"
+    );
+    assert!(s.file().exists(), "the manifest is still there");
+}
+
 #[test]
 fn snapshots_and_restore_work_without_a_running_stack() {
     let port = free_port();

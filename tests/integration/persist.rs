@@ -17,7 +17,9 @@ use stackctl::persist::{
     Config, PathConfig, PersistError, Persister, RestoreOptions, RestoreState,
 };
 
-use super::common_persist::{git, Dirs};
+use stackctl::persist::blob::StoreConfig;
+
+use super::common_persist::{git, hostile_pointer_files, push_tree, Dirs};
 
 /// The shared temp root and remote, backing up with excludes and a
 /// readiness file.
@@ -500,6 +502,52 @@ fn a_hostile_repository_writes_nothing_outside_the_paths() {
         p.snapshot_and_push(),
         Err(PersistError::NotRestored)
     ));
+}
+
+/// Issue 17: `...pointer` minus `.pointer` is `..`, so restore used to
+/// clear the directory holding the persisted path (here the temp root,
+/// with a sibling application directory) before any download.
+#[test]
+fn a_pointer_named_to_climb_out_removes_nothing_with_or_without_a_blob_store() {
+    for with_store in [false, true] {
+        let s = Setup::new();
+        let sibling = s.root.join("app/keep.txt");
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, "mine").unwrap();
+        push_tree(
+            &s.root,
+            &s.remote,
+            &s.data,
+            "orig",
+            &hostile_pointer_files(),
+        );
+        fs::create_dir_all(s.data.join("sub")).unwrap();
+        fs::write(s.data.join("sub/local.txt"), "mine").unwrap();
+        let p = if with_store {
+            let store = StoreConfig::Dir(s.root.join("blobs"));
+            Persister::with_store(s.config("work"), &store).unwrap()
+        } else {
+            Persister::with_config(s.config("work")).unwrap()
+        };
+        let e = p.restore(&RestoreOptions::default()).unwrap_err();
+        let data = s.data.strip_prefix("/").unwrap().display().to_string();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing to restore: the snapshot holds 2 unsafe entries \
+                 (`{data}/...pointer`: a large-file pointer for `..`, an unsafe name; \
+                 `{data}/sub/..pointer`: a large-file pointer for `.`, an unsafe name); \
+                 nothing was written. Inspect the repository, or restore an older snapshot"
+            )
+        );
+        assert_eq!(fs::read_to_string(&sibling).unwrap(), "mine");
+        assert_eq!(
+            fs::read_to_string(s.data.join("sub/local.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!s.data.join("ok.txt").exists(), "nothing written");
+        assert_eq!(p.restore_state(), RestoreState::Pending);
+    }
 }
 
 #[test]
