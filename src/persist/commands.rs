@@ -194,9 +194,10 @@ fn open(p: &Persist) -> Result<Persister> {
     Persister::open(p).map_err(|e| anyhow!("{e}"))
 }
 
-/// Whether the workdir has git state from an earlier restore or snapshot.
-fn workdir_known(p: &Persist) -> bool {
-    p.workdir.join("repo.git").join("HEAD").exists()
+/// Whether a restore into the workdir completed (its marker; not merely a
+/// `repo.git` that opening it or a look at the remote created).
+fn restored_here(p: &Persist) -> bool {
+    crate::persist::restore::marker::exists(&p.workdir)
 }
 
 /// `stackctl backup`.
@@ -208,15 +209,17 @@ pub fn backup(m: &Manifest) -> Result<()> {
     }
     // No `up` runs: do it here, but never push over the remote from a
     // workdir that has not seen it (that is how a fresh container would
-    // overwrite a good backup with empty data).
-    if !workdir_known(p) {
+    // overwrite a good backup with empty data, or roll newer local files
+    // back to the remote's). Opened first: it records a restore that an
+    // earlier version completed.
+    let view = ProgressView::new();
+    let persister = open(p)?.with_progress_sink(view.clone());
+    if !restored_here(p) {
         bail!(
             "no `stackctl up` is running and workdir `{}` has never restored: run `stackctl restore` first (or `stackctl up`)",
             p.workdir.display()
         );
     }
-    let view = ProgressView::new();
-    let persister = open(p)?.with_progress_sink(view.clone());
     let restored = persister
         .restore_with_progress(
             &RestoreOptions {
@@ -293,7 +296,7 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     };
     // A workdir that has never seen these files cannot tell newer local data
     // from old: look first, and ask for --force before overwriting.
-    if !args.force && !args.dry_run && !workdir_known(p) {
+    if !args.force && !args.dry_run && !restored_here(p) {
         opts.dry_run = true;
         let plan = persister.restore(&opts).map_err(|e| anyhow!("{e}"))?;
         let clobbered: Vec<_> = plan.changes.iter().filter(|c| c.exists()).collect();

@@ -557,6 +557,14 @@ impl Persister {
         } else {
             cfg.instance.clone()
         };
+        // A workdir of an earlier version has no restore marker; a branch
+        // ref there was set by a completed restore (or a snapshot after one).
+        if !restore::marker::exists(&cfg.workdir)
+            && ref_oid(&repo, &format!("refs/heads/{}", cfg.branch)).is_ok_and(|r| r.is_some())
+        {
+            restore::marker::write(&cfg.workdir, "restored (recorded by an earlier version)")
+                .map_err(|e| wd(&e))?;
+        }
         let cache = fs::read(cfg.workdir.join("stat-cache.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -775,7 +783,15 @@ impl Persister {
         Ok(())
     }
 
+    /// Called once a restore completed (the state is set): the workdir's
+    /// own record of it first, then the readiness file.
     fn write_readiness(&self) -> Result<(), PersistError> {
+        restore::marker::write(&self.cfg.workdir, &self.status().restore).map_err(|e| {
+            PersistError::Workdir {
+                path: self.cfg.workdir.clone(),
+                message: format!("cannot record the restore: {e}"),
+            }
+        })?;
         let Some(path) = &self.cfg.readiness_file else {
             return Ok(());
         };

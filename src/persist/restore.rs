@@ -41,6 +41,7 @@ use super::snapshot::{now_ns, stat_key, wal_key};
 use super::Progress;
 
 mod guard;
+pub mod marker;
 use guard::{Guard, Inside};
 
 /// Errors while restoring.

@@ -235,6 +235,80 @@ fn snapshots_and_restore_work_without_a_running_stack() {
     );
 }
 
+/// The remote's `main` head, or None.
+fn remote_head(s: &Stack) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(s.path("remote.git"))
+        .args(["rev-parse", "-q", "--verify", "refs/heads/main"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Issue 17: in a workdir that never completed a restore (wiped, or only
+/// looked at the remote with `snapshots` / `restore --dry-run`), neither
+/// `restore` without `--force` nor `backup` replaces local files that
+/// differ from the snapshot; after a completed restore, `backup` keeps and
+/// pushes newer local data.
+#[test]
+fn without_a_completed_restore_nothing_overwrites_local_data() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    s.write("data/note.txt", "old");
+    s.run(&["restore"]).code(0);
+    s.run(&["backup"]).code(0);
+    let pushed = remote_head(&s);
+    assert!(pushed.is_some());
+    let note = || std::fs::read_to_string(s.path("data/note.txt")).unwrap();
+    // A wiped workdir, but the same writer (its lease is still held).
+    let id = std::fs::read_to_string(s.path("work/instance-id")).unwrap();
+    let fresh = |local: &str| {
+        std::fs::remove_dir_all(s.path("work")).unwrap();
+        s.write("work/instance-id", &id);
+        s.write("data/note.txt", local);
+    };
+
+    // 1. `restore` in a fresh workdir.
+    fresh("newer local");
+    s.run(&["restore"])
+        .code(1)
+        .stderr_has("1 local file(s) differ from the snapshot")
+        .stderr_has("note.txt")
+        .stderr_has("--force");
+    assert_eq!(note(), "newer local");
+    // 2. `snapshots`, then `backup`.
+    fresh("newer local");
+    s.run(&["snapshots"]).code(0);
+    s.run(&["backup"]).code(1).stderr_has("has never restored");
+    assert_eq!(note(), "newer local");
+    // 3. `restore --dry-run`, then `backup`.
+    fresh("newer local");
+    s.run(&["restore", "--dry-run"])
+        .code(0)
+        .stdout_has("note.txt");
+    s.run(&["backup"]).code(1).stderr_has("has never restored");
+    assert_eq!(note(), "newer local");
+    // 4. `restore --dry-run`, then `restore`.
+    s.run(&["restore"]).code(1).stderr_has("--force");
+    assert_eq!(note(), "newer local");
+    assert_eq!(remote_head(&s), pushed, "nothing was pushed");
+
+    // After a completed restore, newer local data is kept and pushed.
+    s.run(&["restore", "--force"]).code(0);
+    assert_eq!(note(), "old");
+    s.write("data/note.txt", "newest");
+    s.run(&["backup"]).code(0);
+    assert_eq!(note(), "newest");
+    assert_eq!(
+        remote_file(&s, &format!("{}/note.txt", tree_path(&s, "data"))).as_deref(),
+        Some("newest")
+    );
+}
+
 #[test]
 fn backup_without_persistence_says_how_to_turn_it_on() {
     let s = Stack::new("services: {}\n");
