@@ -320,13 +320,21 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     drop(persister);
     drop(view);
     if args.dry_run {
-        if report.changes.is_empty() {
+        // Deletions first: they are what a forced restore cannot take back.
+        let with = if args.force { "" } else { " (with --force)" };
+        for d in &report.deletions {
+            println!("would delete {}{with}", d.display());
+        }
+        if report.changes.is_empty() && report.deletions.is_empty() {
             println!("nothing would change");
         }
         for c in &report.changes {
             println!("would restore {}", c.display());
         }
         return Ok(());
+    }
+    for d in &report.deletions {
+        println!("deleted {} (not in the snapshot)", d.display());
     }
     match report.state {
         RestoreState::ConfirmedEmpty => {

@@ -255,7 +255,9 @@ pub struct RestoreOptions {
     pub at: Option<String>,
     /// Restore only these paths (each a persisted path or below one); empty: all.
     pub paths: Vec<PathBuf>,
-    /// Overwrite local data changed since the last snapshot.
+    /// Overwrite local data changed since the last snapshot, and delete
+    /// what the snapshot does not hold (excluded files stay): the paths
+    /// become equal to the snapshot. A dry run lists those deletions.
     pub force: bool,
     /// Instead of refusing over newer local data, keep it and open the gate
     /// (what `up` wants on a machine whose disk survived).
@@ -276,6 +278,9 @@ pub struct RestoreReport {
     /// Paths whose content, type or mode on disk differs from the snapshot
     /// (what `--dry-run` lists; after a real restore, what was changed).
     pub changes: Vec<PathBuf>,
+    /// Entries the snapshot does not hold: deleted by a forced restore
+    /// (what a dry run would delete with `force`).
+    pub deletions: Vec<PathBuf>,
 }
 
 /// How far a long operation got: for `status`, a progress bar, or log lines.
@@ -657,6 +662,7 @@ impl Persister {
                     absent: self.cfg.paths.iter().map(|p| p.path.clone()).collect(),
                     ops: Vec::new(),
                     changes: Vec::new(),
+                    deletions: Vec::new(),
                 });
             }
             RemoteHead::At(oid) => oid,
@@ -680,6 +686,7 @@ impl Persister {
                         absent: Vec::new(),
                         ops: Vec::new(),
                         changes: Vec::new(),
+                        deletions: Vec::new(),
                     });
                 }
                 other => other?,
@@ -687,15 +694,22 @@ impl Persister {
         }
         let tree = repo.find_commit(target)?.tree()?;
         let paths = self.restore_paths(&opts.paths)?;
-        let plan = restore::plan(&repo, &tree, &paths)?;
+        let mut plan = restore::plan(&repo, &tree, &paths)?;
         if !plan.refused.is_empty() {
             return Err(RestoreError::Unsafe(plan.refused).into());
+        }
+        if opts.force || opts.dry_run {
+            plan.prune = restore::prune::extras(&plan, &self.rules);
         }
         let mut cache = lock(&self.cache);
         let (applied, changes) = if opts.dry_run {
             let changes = restore::changes(&repo, &plan, &mut cache)?;
             (restore::Applied::default(), changes)
         } else {
+            // Only a forced restore deletes (a dry run only lists).
+            if !opts.force {
+                plan.prune.clear();
+            }
             let (count, total) = plan.large_files();
             let transfer = Transfer::new("restore", total, count);
             let blobs = restore::Blobs {
@@ -725,12 +739,18 @@ impl Persister {
             tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes,
                 unchanged = applied.unchanged, "persist restore finished");
         }
+        let deletions = if opts.dry_run {
+            plan.prune
+        } else {
+            applied.deleted.clone()
+        };
         Ok(RestoreReport {
             state: RestoreState::Restored(target),
             applied,
             absent: plan.absent,
             ops: plan.ops,
             changes,
+            deletions,
         })
     }
 

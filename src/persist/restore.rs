@@ -42,6 +42,7 @@ use super::Progress;
 
 mod guard;
 pub mod marker;
+pub mod prune;
 use guard::{Guard, Inside};
 
 /// Errors while restoring.
@@ -128,6 +129,9 @@ pub struct Plan {
     pub absent: Vec<PathBuf>,
     /// Persisted roots (each operation is below one of them).
     pub roots: Vec<PathBuf>,
+    /// Entries the snapshot does not hold, deleted after the operations
+    /// (children first; see [`prune::extras`]). Empty unless asked for.
+    pub prune: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -167,6 +171,8 @@ pub struct Applied {
     pub unchanged: u64,
     /// Paths whose content, type or mode was changed.
     pub changed: Vec<PathBuf>,
+    /// Entries deleted because the snapshot does not hold them ([`Plan::prune`]).
+    pub deleted: Vec<PathBuf>,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -597,6 +603,31 @@ fn clear_dir_at(at: &Inside) -> Result<(), RestoreError> {
     }
 }
 
+/// Delete the entry at `at` that the snapshot does not hold: a file or
+/// symlink (with a file's SQLite side files), or a directory that is empty
+/// by now. False when there was nothing to delete, or the directory still
+/// holds something (written meanwhile: kept).
+fn delete(at: &Inside) -> Result<bool, RestoreError> {
+    let path = at.path();
+    let gone = |r: io::Result<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
+        Err(e) => Err(werr(path)(e)),
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => gone(fs::remove_dir(path)),
+        Ok(_) => {
+            for s in SQLITE_SIDECARS {
+                gone(fs::remove_file(at.with_suffix(s).path()))?;
+            }
+            gone(fs::remove_file(path))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(werr(path)(e)),
+    }
+}
+
 /// Where large files come from during [`apply`].
 pub struct Blobs<'a> {
     /// The configured store (`None`: large files fail with a hint).
@@ -809,12 +840,18 @@ pub fn apply(
             progress(Progress::restoring(files_done, total));
         }
     }
+    for path in &plan.prune {
+        let at = guard.check(path).map_err(unsafe_plan)?;
+        if delete(&at)? {
+            done.deleted.push(path.clone());
+        }
+    }
     // Directory modes last, deepest first, so a read-only directory does not
     // block writing its own files.
     for (at, mode) in dir_modes.iter().rev() {
         set_mode(at, *mode)?;
     }
-    if !done.changed.is_empty() || !done.removed_sidecars.is_empty() {
+    if !done.changed.is_empty() || !done.removed_sidecars.is_empty() || !done.deleted.is_empty() {
         // Why one `syncfs` instead of an fdatasync per file is safe: the
         // restore gate lives in memory only, and the caller opens it (and
         // moves the workdir's branch, writes the readiness file, saves the

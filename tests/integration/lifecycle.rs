@@ -220,19 +220,23 @@ fn snapshots_and_restore_work_without_a_running_stack() {
 
     s.run(&["snapshots"]).code(0).stdout_has("files");
     std::fs::write(s.path("data/note.txt"), "edited by hand").unwrap();
+    std::fs::write(s.path("data/extra.txt"), "not in the snapshot").unwrap();
     s.run(&["restore", "--dry-run"])
         .code(0)
         .stdout_has("would restore")
-        .stdout_has("note.txt");
+        .stdout_has("note.txt")
+        .stdout_has("extra.txt (with --force)");
     // Newer local data is not overwritten without --force.
     s.run(&["restore"]).code(1).stderr_has("--force");
     s.run(&["restore", "--force"])
         .code(0)
+        .stdout_has("extra.txt (not in the snapshot)")
         .stdout_has("restored snapshot");
     assert_eq!(
         std::fs::read_to_string(s.path("data/note.txt")).unwrap(),
         "kept"
     );
+    assert!(!s.path("data/extra.txt").exists());
 }
 
 /// The remote's `main` head, or None.

@@ -1008,6 +1008,63 @@ fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
     );
 }
 
+/// Issue 17: a forced point-in-time restore makes the paths equal to the
+/// snapshot: files and directories it does not hold are deleted (a dry run
+/// lists them first), excluded files and SQLite side files stay, and
+/// nothing outside the restored path is touched.
+#[test]
+fn a_forced_restore_at_an_older_snapshot_deletes_what_it_does_not_hold() {
+    let s = Setup::new();
+    populate(&s.data);
+    let p = Persister::with_config(s.config("work")).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    let first = p.snapshot_and_push().unwrap().pushed.unwrap();
+    let before = without_excluded(listing(&s.data));
+    fs::write(s.data.join("config/new.json"), "new").unwrap();
+    fs::create_dir_all(s.data.join("added/deep")).unwrap();
+    fs::write(s.data.join("added/deep/file"), "new").unwrap();
+    fs::create_dir_all(s.data.join("added/x/cache")).unwrap();
+    fs::write(s.data.join("added/x/cache/kept"), "excluded").unwrap();
+    make_sqlite(&s.data.join("new.db"), 3);
+    p.snapshot_and_push().unwrap();
+    fs::write(s.data.join("later.log"), "excluded").unwrap();
+
+    let at = |dry_run| RestoreOptions {
+        at: Some(first.to_string()),
+        force: true,
+        dry_run,
+        ..RestoreOptions::default()
+    };
+    let r = p.restore(&at(true)).unwrap();
+    let rel = |v: &[PathBuf]| -> Vec<String> {
+        v.iter()
+            .map(|p| p.strip_prefix(&s.data).unwrap().display().to_string())
+            .collect()
+    };
+    // `added` and `added/x/cache` hold an excluded file: they stay.
+    let gone = ["added/deep/file", "added/deep", "config/new.json", "new.db"];
+    assert_eq!(rel(&r.deletions), gone);
+    assert!(
+        s.data.join("config/new.json").exists(),
+        "a dry run deletes nothing"
+    );
+
+    let r = p.restore(&at(false)).unwrap();
+    assert_eq!(r.state, RestoreState::Restored(first));
+    assert_eq!(rel(&r.deletions), gone);
+    let mut after = without_excluded(listing(&s.data));
+    for kept in ["added", "added/x", "added/x/cache", "added/x/cache/kept"] {
+        assert!(after.remove(Path::new(kept)).is_some(), "{kept}");
+    }
+    assert_eq!(after, before);
+    assert_eq!(
+        fs::read(s.data.join("added/x/cache/kept")).unwrap(),
+        b"excluded"
+    );
+    assert!(s.data.join("later.log").exists());
+    assert!(!s.data.join("new.db-wal").exists());
+}
+
 #[test]
 fn wiped_data_with_a_surviving_workdir_restores_without_force() {
     let s = Setup::new();
