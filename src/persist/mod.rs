@@ -671,6 +671,8 @@ impl Persister {
             Some(at) => resolve_at(&repo, head, at)?,
             None => head,
         };
+        // First: a path that is not persisted is the answer, whatever the local data.
+        let paths = self.restore_paths(&opts.paths)?;
         if !opts.force && !opts.dry_run {
             match self.refuse_newer_local_data(&repo) {
                 Err(PersistError::LocalNewer { snapshot }) if opts.keep_newer_local => {
@@ -693,7 +695,6 @@ impl Persister {
             }
         }
         let tree = repo.find_commit(target)?.tree()?;
-        let paths = self.restore_paths(&opts.paths)?;
         let mut plan = restore::plan(&repo, &tree, &paths)?;
         if !plan.refused.is_empty() {
             return Err(RestoreError::Unsafe(plan.refused).into());

@@ -938,6 +938,14 @@ fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
         fs::read(s.data.join("config/app.json")).unwrap(),
         b"unsaved"
     );
+    // A path that is not persisted says so, whatever the local data (issue 17).
+    let e = p
+        .restore(&RestoreOptions {
+            paths: vec!["/etc".into()],
+            ..RestoreOptions::default()
+        })
+        .unwrap_err();
+    assert!(matches!(e, PersistError::NotPersisted(_)), "{e:?}");
 
     // `up` on a surviving disk keeps the newer local data instead.
     let r = p
