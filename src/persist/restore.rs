@@ -181,34 +181,47 @@ pub fn plan(
     tree: &Tree,
     paths: &[(PathBuf, String)],
 ) -> Result<Plan, RestoreError> {
-    let modes = match tree.get_path(Path::new(&format!("{META_DIR}/modes"))) {
-        Ok(e) => match e.to_object(repo)?.into_blob() {
-            Ok(b) => plan::parse_modes(&String::from_utf8_lossy(b.content())),
-            Err(_) => HashMap::new(),
-        },
-        Err(_) => HashMap::new(),
+    let mut out = Plan::default();
+    let mut text = |path: &str| -> Result<Option<String>, RestoreError> {
+        Ok(match lookup(repo, tree, path)? {
+            Ok(Some(e)) => e
+                .to_object(repo)?
+                .into_blob()
+                .ok()
+                .map(|b| String::from_utf8_lossy(b.content()).into_owned()),
+            Ok(None) => None,
+            Err(why) => {
+                if !out.refused.contains(&why) {
+                    out.refused.push(why);
+                }
+                None
+            }
+        })
     };
-    let lfs = match tree.get_path(Path::new(".gitattributes")) {
-        Ok(e) => match e.to_object(repo)?.into_blob() {
-            Ok(b) => pointer::lfs_patterns(&String::from_utf8_lossy(b.content())),
-            Err(_) => Default::default(),
-        },
-        Err(_) => Default::default(),
-    };
+    let modes = text(&format!("{META_DIR}/modes"))?
+        .map(|t| plan::parse_modes(&t))
+        .unwrap_or_default();
+    let lfs = text(".gitattributes")?
+        .map(|t| pointer::lfs_patterns(&t))
+        .unwrap_or_default();
     let ctx = Ctx {
         modes: &modes,
         lfs: &lfs,
     };
-    let mut out = Plan::default();
     for (abs, tree_path) in paths {
         out.roots.push(abs.clone());
-        let entry = match tree.get_path(Path::new(tree_path)) {
-            Ok(e) => e,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+        let entry = match lookup(repo, tree, tree_path)? {
+            Ok(Some(e)) => e,
+            Ok(None) => {
                 out.absent.push(abs.clone());
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(why) => {
+                if !out.refused.contains(&why) {
+                    out.refused.push(why);
+                }
+                continue;
+            }
         };
         match (entry.kind(), entry.filemode()) {
             (Some(ObjectType::Tree), _) => {
@@ -241,6 +254,65 @@ pub fn plan(
         }
     }
     Ok(out)
+}
+
+/// Are `tree`'s entries in git's order: names strictly increasing, a
+/// subtree's compared as if followed by `/`, none twice? libgit2 finds a
+/// name by binary search, so a tree out of order (hostile or damaged)
+/// would read as missing entries: "nothing for this path", and the gate
+/// would open on empty data.
+fn in_git_order(tree: &Tree) -> bool {
+    let mut names = std::collections::HashSet::new();
+    let mut prev: Option<Vec<u8>> = None;
+    for e in tree.iter() {
+        let mut key = e.name_bytes().to_vec();
+        if !names.insert(key.clone()) {
+            return false;
+        }
+        if e.kind() == Some(ObjectType::Tree) {
+            key.push(b'/');
+        }
+        if prev.as_ref().is_some_and(|p| *p >= key) {
+            return false;
+        }
+        prev = Some(key);
+    }
+    true
+}
+
+/// The entry at `tree_path` (`a/b/c`), checking each tree on the way is in
+/// git's order: `Ok(None)` when it is not there, `Err(why)` for a tree out
+/// of order.
+fn lookup(
+    repo: &Repository,
+    tree: &Tree,
+    tree_path: &str,
+) -> Result<Result<Option<git2::TreeEntry<'static>>, String>, RestoreError> {
+    let mut cur = tree.clone();
+    let mut shown = "/";
+    let parts: Vec<&str> = tree_path.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !in_git_order(&cur) {
+            return Ok(Err(format!("`{shown}`: tree entries out of git's order")));
+        }
+        let Some(e) = cur
+            .iter()
+            .find(|e| e.name_bytes() == part.as_bytes())
+            .map(|e| e.to_owned())
+        else {
+            return Ok(Ok(None));
+        };
+        if i + 1 == parts.len() {
+            return Ok(Ok(Some(e)));
+        }
+        if e.kind() != Some(ObjectType::Tree) {
+            return Ok(Ok(None));
+        }
+        cur = repo.find_tree(e.id())?;
+        let end = parts[..=i].iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+        shown = &tree_path[..end];
+    }
+    Ok(Ok(None))
 }
 
 /// What the walk consults besides the tree.
@@ -283,6 +355,11 @@ fn walk(
     out: &mut Plan,
 ) -> Result<(), RestoreError> {
     let modes = ctx.modes;
+    if !in_git_order(tree) {
+        out.refused
+            .push(format!("`{tree_prefix}`: tree entries out of git's order"));
+        return Ok(());
+    }
     for entry in tree.iter() {
         let name = entry.name_bytes();
         let shown = format!("{tree_prefix}/{}", String::from_utf8_lossy(name));
@@ -1263,6 +1340,54 @@ mod tests {
                 assert!(root.join("sub").is_dir());
             }
         }
+    }
+
+    /// A raw tree object with these entries, in this order (as a hostile
+    /// or broken server could send it).
+    fn raw_tree(repo: &Repository, entries: &[(&str, &str, Oid)]) -> Oid {
+        let mut raw = Vec::new();
+        for (mode, name, oid) in entries {
+            raw.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            raw.extend_from_slice(oid.as_bytes());
+        }
+        repo.odb().unwrap().write(ObjectType::Tree, &raw).unwrap()
+    }
+
+    #[test]
+    fn a_tree_out_of_git_order_is_refused_not_read_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let f = repo.blob(b"x").unwrap();
+        let sorted = raw_tree(&repo, &[("100644", "a", f), ("100644", "b", f)]);
+        let unsorted = raw_tree(&repo, &[("100644", "b", f), ("100644", "a", f)]);
+        let root = d.path().join("srv");
+        // Out of order at the top: `srv` sorts last but comes first, so a
+        // binary search for it lands in the wrong half.
+        let top = raw_tree(
+            &repo,
+            &[
+                ("40000", "srv", sorted),
+                ("100644", "b", f),
+                ("100644", "c", f),
+                ("100644", "d", f),
+                ("100644", "e", f),
+            ],
+        );
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`/`: tree entries out of git's order"]);
+        assert!(p.absent.is_empty());
+        // Out of order below the path.
+        let top = raw_tree(&repo, &[("40000", "srv", unsorted)]);
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`srv`: tree entries out of git's order"]);
+        // A name twice.
+        let twice = raw_tree(&repo, &[("100644", "a", f), ("100644", "a", f)]);
+        let top = raw_tree(&repo, &[("40000", "srv", twice)]);
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root, "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`srv`: tree entries out of git's order"]);
     }
 
     #[test]
