@@ -132,6 +132,11 @@ pub struct Plan {
     /// Entries the snapshot does not hold, deleted after the operations
     /// (children first; see [`prune::extras`]). Empty unless asked for.
     pub prune: Vec<PathBuf>,
+    /// SQLite `-wal`/`-shm`/`-journal` files in the snapshot (the original
+    /// deployment committed them raw), not restored: a side file copied
+    /// apart from its database cannot be trusted to match it, and stackctl
+    /// snapshots a database whole through SQLite's backup API.
+    pub dropped_sidecars: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -173,6 +178,8 @@ pub struct Applied {
     pub changed: Vec<PathBuf>,
     /// Entries deleted because the snapshot does not hold them ([`Plan::prune`]).
     pub deleted: Vec<PathBuf>,
+    /// SQLite side files in the snapshot, not restored ([`Plan::dropped_sidecars`]).
+    pub dropped_sidecars: Vec<PathBuf>,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -394,6 +401,10 @@ fn walk(
             }
             (Some(ObjectType::Blob), m) => {
                 if name == KEEP_MARKER {
+                    continue;
+                }
+                if plan::is_sqlite_sidecar(name) {
+                    out.dropped_sidecars.push(path);
                     continue;
                 }
                 let mode =
@@ -759,6 +770,10 @@ pub fn apply(
         .map(|op| guard.check(op.path()))
         .collect::<Result<Vec<Inside>, _>>()
         .map_err(unsafe_plan)?;
+    for path in &plan.dropped_sidecars {
+        tracing::warn!(path = %path.display(), "SQLite side file in the snapshot not restored: its database is restored as committed, without it");
+    }
+    done.dropped_sidecars = plan.dropped_sidecars.clone();
     progress(Progress::restoring(0, total));
     for (op, at) in plan.ops.iter().zip(&checked) {
         let path = at.path();

@@ -1583,6 +1583,12 @@ fn a_backup_repository_of_the_original_restores_as_it_is() {
     set_mode(&clone.join(rel).join("start.sh"), 0o755);
     fs::write(clone.join(".backup_ready"), "1").unwrap();
     fs::write(clone.join("backup.log"), "log").unwrap();
+    // It committed SQLite's side files as they were (issue 17): dropped.
+    make_sqlite(&clone.join(rel).join("data.db"), 3);
+    for side in ["data.db-wal", "data.db-shm"] {
+        fs::write(clone.join(rel).join(side), "stale").unwrap();
+        set_mode(&clone.join(rel).join(side), 0o755);
+    }
     git(&clone, &["add", "-A"]);
     git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
     git(&clone, &["push", "-q", s.remote.to_str().unwrap(), "main"]);
@@ -1599,6 +1605,12 @@ fn a_backup_repository_of_the_original_restores_as_it_is() {
         0o755
     );
     assert!(!s.root.join(".backup_ready").exists());
+    assert_eq!(rows(&s.data.join("data.db")), ("ok".into(), 3));
+    assert!(!s.data.join("data.db-wal").exists() && !s.data.join("data.db-shm").exists());
+    assert_eq!(
+        r.applied.dropped_sidecars,
+        [s.data.join("data.db-shm"), s.data.join("data.db-wal")]
+    );
     // The first snapshot on top keeps the history and adds the metadata.
     let pushed = p.snapshot_and_push().unwrap().pushed.unwrap();
     assert_eq!(
