@@ -101,6 +101,10 @@ pub enum Op {
         mode: u32,
     },
     /// Hydrate the file one of the original's `*.pointer` files stands for.
+    /// Once hydrated the pointer file goes from the live directory (and so
+    /// from the branch at the next snapshot, which holds the file); if the
+    /// blob cannot be had, the pointer file is written instead, so the
+    /// next snapshot still refers to it.
     Original {
         /// Absolute path of the file (the pointer's name without `.pointer`).
         path: PathBuf,
@@ -108,6 +112,8 @@ pub enum Op {
         original: Box<OriginalPointer>,
         /// The blob.
         pointer: Pointer,
+        /// The pointer file: absolute path, git blob, permission bits.
+        file: (PathBuf, Oid, u32),
     },
     /// Create a symlink (already checked to stay inside).
     Symlink {
@@ -439,20 +445,17 @@ fn walk(
                     Some((t, o)) => Some((root.join(rel.join(t)), o)),
                     None => None,
                 };
-                out.ops.push(file_op(
-                    repo,
-                    ctx,
-                    &shown,
-                    path,
-                    entry.id(),
-                    plan::safe_mode(mode),
-                )?);
-                if let Some((path, (original, pointer))) = original {
-                    out.ops.push(Op::Original {
-                        path,
+                let mode = plan::safe_mode(mode);
+                match original {
+                    Some((target, (original, pointer))) => out.ops.push(Op::Original {
+                        path: target,
                         original: Box::new(original),
                         pointer,
-                    });
+                        file: (path, entry.id(), mode),
+                    }),
+                    None => out
+                        .ops
+                        .push(file_op(repo, ctx, &shown, path, entry.id(), mode)?),
                 }
             }
             _ => out
@@ -665,6 +668,67 @@ fn check_real_dirs(root: &Path, dir: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// Write git blob `oid` at `at` with `mode` (temp file + rename), removing
+/// stale SQLite side files beside a database. Returns its stat-cache entry.
+fn write_blob(
+    repo: &Repository,
+    at: &Inside,
+    oid: Oid,
+    mode: u32,
+    done: &mut Applied,
+) -> Result<(PathBuf, CacheEntry), RestoreError> {
+    let path = at.path();
+    let blob = repo.find_blob(oid)?;
+    clear_dir_at(at)?;
+    let tmp = at.temp();
+    let tmp = tmp.path();
+    let _ = fs::remove_file(tmp);
+    // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
+    let write = || -> io::Result<fs::Metadata> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(blob.content())?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        let meta = f.metadata()?;
+        fs::rename(tmp, at.path())?;
+        Ok(meta)
+    };
+    let meta = match write() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(werr(path)(e));
+        }
+    };
+    if plan::is_sqlite_header(blob.content()) {
+        for s in SQLITE_SIDECARS {
+            let side = at.with_suffix(s);
+            if fs::symlink_metadata(side.path()).is_ok() {
+                fs::remove_file(side.path()).map_err(werr(side.path()))?;
+                done.removed_sidecars.push(side.path().to_path_buf());
+            }
+        }
+    }
+    let entry = (
+        path.to_path_buf(),
+        CacheEntry {
+            key: stat_key(&meta),
+            wal: wal_key(path),
+            oid: oid.to_string(),
+            copy: false,
+            // The bytes are at hand: the next snapshot keeps
+            // this blob without sniffing the file.
+            binary: Some(plan::looks_binary(blob.content())),
+        },
+    );
+    done.files += 1;
+    done.bytes += blob.size() as u64;
+    Ok(entry)
+}
+
 /// Set the permission bits of `at`.
 fn set_mode(at: &Inside, mode: u32) -> Result<(), RestoreError> {
     fs::set_permissions(at.path(), fs::Permissions::from_mode(mode)).map_err(werr(at.path()))
@@ -770,6 +834,13 @@ pub fn apply(
         .map(|op| guard.check(op.path()))
         .collect::<Result<Vec<Inside>, _>>()
         .map_err(unsafe_plan)?;
+    let pointer_files = plan.ops.iter().filter_map(|op| match op {
+        Op::Original { file, .. } => Some(&file.0),
+        _ => None,
+    });
+    for path in pointer_files.chain(&plan.prune) {
+        guard.check(path).map_err(unsafe_plan)?;
+    }
     for path in &plan.dropped_sidecars {
         tracing::warn!(path = %path.display(), "SQLite side file in the snapshot not restored: its database is restored as committed, without it");
     }
@@ -815,55 +886,8 @@ pub fn apply(
                 }
                 done.unchanged += 1;
             }
-            Op::File { path, oid, mode } => {
-                let blob = repo.find_blob(*oid)?;
-                clear_dir_at(at)?;
-                let tmp = at.temp();
-                let tmp = tmp.path();
-                let _ = fs::remove_file(tmp);
-                // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
-                let write = || -> io::Result<fs::Metadata> {
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(tmp)?;
-                    f.write_all(blob.content())?;
-                    f.set_permissions(fs::Permissions::from_mode(*mode))?;
-                    let meta = f.metadata()?;
-                    fs::rename(tmp, at.path())?;
-                    Ok(meta)
-                };
-                let meta = match write() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = fs::remove_file(tmp);
-                        return Err(werr(path)(e));
-                    }
-                };
-                if plan::is_sqlite_header(blob.content()) {
-                    for s in SQLITE_SIDECARS {
-                        let side = at.with_suffix(s);
-                        if fs::symlink_metadata(side.path()).is_ok() {
-                            fs::remove_file(side.path()).map_err(werr(side.path()))?;
-                            done.removed_sidecars.push(side.path().to_path_buf());
-                        }
-                    }
-                }
-                written.push((
-                    path.clone(),
-                    CacheEntry {
-                        key: stat_key(&meta),
-                        wal: wal_key(path),
-                        oid: oid.to_string(),
-                        copy: false,
-                        // The bytes are at hand: the next snapshot keeps
-                        // this blob without sniffing the file.
-                        binary: Some(plan::looks_binary(blob.content())),
-                    },
-                ));
-                done.files += 1;
-                done.bytes += blob.size() as u64;
+            Op::File { oid, mode, .. } => {
+                written.push(write_blob(repo, at, *oid, *mode, &mut done)?);
             }
             Op::Large {
                 path,
@@ -893,8 +917,10 @@ pub fn apply(
                 path,
                 original,
                 pointer,
+                file: (file, oid, mode),
             } => {
                 let orig = Some(&**original);
+                let file = guard.check(file).map_err(unsafe_plan)?;
                 match hydrate(
                     at,
                     pointer,
@@ -906,10 +932,15 @@ pub fn apply(
                     &mut done,
                 ) {
                     // Not in the tree under this path: nothing to cache.
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if fs::symlink_metadata(file.path()).is_ok_and(|m| m.is_file()) {
+                            fs::remove_file(file.path()).map_err(werr(file.path()))?;
+                        }
+                    }
                     Err(e) => {
                         retryable &= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
+                        written.push(write_blob(repo, &file, *oid, *mode, &mut done)?);
                     }
                 }
             }
@@ -1322,6 +1353,7 @@ mod tests {
             for op in [
                 Op::Original {
                     path: path.clone(),
+                    file: (root.join("x.pointer"), blob, 0o644),
                     original: Box::new(
                         OriginalPointer::parse(original_json(5).as_bytes())
                             .unwrap()

@@ -340,8 +340,20 @@ fn the_originals_pointer_files_are_hydrated() {
     let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(fs::read(s.data.join("model.bin")).unwrap(), content);
-    assert!(s.data.join("model.bin.pointer").exists());
     assert_eq!(r.applied.downloaded, 1);
+    // Hydrated: the pointer leaves the live directory, and so the branch
+    // at the next snapshot, which holds the file instead (issue 17).
+    assert!(!s.data.join("model.bin.pointer").exists());
+    p.snapshot_and_push().unwrap();
+    let tree = git(
+        &s.remote,
+        &[
+            "ls-tree",
+            "--name-only",
+            &format!("main:{}", s.tree_path("")),
+        ],
+    );
+    assert_eq!(tree.lines().collect::<Vec<_>>(), ["model.bin", "sub"]);
 }
 
 #[test]
