@@ -299,6 +299,8 @@ pub struct Progress {
 pub enum Stage {
     /// Receiving the snapshot's git objects (units: objects).
     Fetching,
+    /// The remote could not be reached; trying again (`done`: failed attempts).
+    Waiting,
     /// Writing files in place (units: files).
     Restoring,
     /// Uploading large files to the blob store (units: bytes).
@@ -321,6 +323,11 @@ impl std::fmt::Display for Progress {
         let (done, total) = (self.done, self.total);
         match self.stage {
             Stage::Fetching => write!(f, "fetching the last snapshot ({done} of {total} objects)"),
+            Stage::Waiting => write!(
+                f,
+                "waiting for the backup repository (attempt {})",
+                done + 1
+            ),
             Stage::Restoring => write!(f, "restoring ({done} of {total} files)"),
             Stage::Uploading => {
                 let mib = |b: u64| b as f64 / f64::from(1 << 20);
@@ -640,7 +647,17 @@ impl Persister {
                 total: total as u64,
             })
         };
+        let mut failed = 0;
         let head = self.retry(|| {
+            // Not "fetching" while the remote cannot be reached (issue 17).
+            if failed > 0 {
+                progress(Progress {
+                    stage: Stage::Waiting,
+                    done: failed,
+                    total: 0,
+                });
+            }
+            failed += 1;
             self.remote
                 .fetch_with_progress(&repo, depth, &fetch_progress)
         })?;

@@ -158,6 +158,13 @@ fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
     });
     assert_eq!(code, 503);
     assert!(body.contains("restoring"), "{body}");
+    // Once the first attempt failed, the page says it waits, with the
+    // attempt, not "fetching" (issue 17).
+    let (_, _, body) = poll(T, "the waiting line", || {
+        http_get(&format!("http://127.0.0.1:{port}/"))
+            .filter(|(_, _, b)| b.contains("waiting for the backup repository (attempt 2)"))
+    });
+    assert!(!body.contains("fetching"), "{body}");
     let (code, _, _) = http_get(&format!("http://127.0.0.1:{port}/admin/healthz")).unwrap();
     assert_eq!(code, 503);
     up.wait_for("restore failed; retrying", T);
