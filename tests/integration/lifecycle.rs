@@ -320,6 +320,34 @@ fn without_a_completed_restore_nothing_overwrites_local_data() {
     );
 }
 
+/// Issue 17: a workdir path longer than a Unix socket path can be (108
+/// bytes) still gets a control socket `stackctl backup` finds.
+#[test]
+fn a_long_workdir_path_keeps_the_control_socket_working() {
+    let long = format!("./{}/work", "w".repeat(120));
+    let s = Stack::new(&format!(
+        r#"
+services:
+  app:
+    command: [sh, -c, "echo started; exec sleep 1000"]
+    stop_timeout: 2s
+persist:
+  remote: ./remote.git
+  workdir: {long}
+  paths: [./data]
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    bare_repo(&s);
+    std::fs::write(s.path("data/note.txt"), "x").unwrap();
+    let mut up = s.up();
+    up.wait_for("app | started", T);
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+    assert!(!up.has_line("no control socket"), "{}", up.log());
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
+
 #[test]
 fn backup_without_persistence_says_how_to_turn_it_on() {
     let s = Stack::new("services: {}\n");
