@@ -229,6 +229,9 @@ pub fn backup(m: &Manifest) -> Result<()> {
             &|pr| view.show(pr),
         )
         .map_err(|e| anyhow!("{e}"))?;
+    for (path, why) in &restored.applied.failed {
+        eprintln!("warning: not restored: {}: {why}", path.display());
+    }
     if restored.state != RestoreState::ConfirmedEmpty && !restored.changes.is_empty() {
         eprintln!(
             "restored {} newer file(s) from the remote before the snapshot",
@@ -350,6 +353,20 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     }
     for a in &report.absent {
         println!("note: the snapshot has nothing for {}", a.display());
+    }
+    unrestored(&report.applied.failed)
+}
+
+/// Name every large file a restore left absent; an error if there is one.
+fn unrestored(failed: &[(std::path::PathBuf, String)]) -> Result<()> {
+    for (path, why) in failed {
+        eprintln!("not restored: {}: {why}", path.display());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} large file(s) could not be restored (their blob is missing or corrupt in the store); everything else was restored. Check `persist.large_files`, or restore an older snapshot",
+            failed.len()
+        );
     }
     Ok(())
 }

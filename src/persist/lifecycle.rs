@@ -169,6 +169,29 @@ pub async fn restore_at_start(
     }
 }
 
+/// The strict opt-in of issue 17: a large file the restore left absent
+/// (missing or corrupt blob) lies at or below an enabled service's
+/// `required_paths`. Then `up` stops rather than start without it; the
+/// message names the service, the file and why.
+pub fn required_but_unrestored(
+    services: &[crate::manifest::Service],
+    failed: &[(PathBuf, String)],
+) -> Option<String> {
+    services
+        .iter()
+        .filter(|s| s.enabled)
+        .find_map(|s| {
+            let (path, why) = failed
+                .iter()
+                .find(|(f, _)| s.required_paths.iter().any(|r| f.starts_with(r)))?;
+            Some(format!(
+                "service `{}` requires `{}`, which could not be restored: {why}; check `persist.large_files` (or restore an older snapshot), or drop it from `required_paths` to start without it",
+                s.name,
+                path.display()
+            ))
+        })
+}
+
 /// The snapshot loop: after a change (debounced, never starved past the
 /// ceiling), at least every `interval`, and on request. Runs until `stop`.
 pub async fn run_loop(

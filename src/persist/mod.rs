@@ -388,6 +388,10 @@ pub struct PersistStatus {
     pub pending: usize,
     /// The last operation's error (token scrubbed), `None` after a success.
     pub last_error: Option<String>,
+    /// Large files the last restore left absent (`<path>: <why>`): their
+    /// blob is missing or corrupt in the store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrestored: Vec<String>,
 }
 
 /// One snapshot in the branch.
@@ -742,6 +746,11 @@ impl Persister {
                 apply()?
             };
             let changes = applied.changed.clone();
+            lock(&self.status).unrestored = applied
+                .failed
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect();
             (applied, changes)
         };
         // Only now (after `apply` synced what it wrote): the entries for the

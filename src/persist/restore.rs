@@ -186,6 +186,10 @@ pub struct Applied {
     pub deleted: Vec<PathBuf>,
     /// SQLite side files in the snapshot, not restored ([`Plan::dropped_sidecars`]).
     pub dropped_sidecars: Vec<PathBuf>,
+    /// Large files left absent because their blob is missing or corrupt in
+    /// the store (retrying would not help), and why: everything else was
+    /// restored.
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -998,12 +1002,16 @@ pub fn apply(
             }
         }
     }
-    if !failed.is_empty() {
-        for (path, error) in &failed {
-            tracing::error!(path = %path.display(), %error, "large file not restored");
-        }
+    for (path, error) in &failed {
+        tracing::error!(path = %path.display(), %error, "large file not restored");
+    }
+    // Trying again may help (the network): fail, the caller retries. Else
+    // (missing or corrupt in the store) one file must not keep everything
+    // else down (issue 17): done, with the failures named.
+    if !failed.is_empty() && retryable {
         return Err(RestoreError::Blobs { failed, retryable });
     }
+    done.failed = failed;
     Ok(done)
 }
 

@@ -348,6 +348,78 @@ persist:
     assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
 }
 
+/// A stack whose service prints `data/small.txt`, with large files (1 KiB
+/// and up) in a `dir:` store; `required` goes into the service's
+/// `required_paths`.
+fn large_file_stack(required: &str) -> Stack {
+    let s = Stack::new(&format!(
+        r#"
+services:
+  app:
+    command: [sh, -c, "echo \"saw: $(cat data/small.txt)\"; exec sleep 1000"]
+    stop_timeout: 2s
+    required_paths: [{required}]
+persist:
+  remote: ./remote.git
+  workdir: ./work
+  paths: [./data]
+  large_files: {{ store: "dir:./blobs", threshold: 1KiB }}
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    s
+}
+
+/// Issue 17: a large file whose blob is gone does not keep the stack down:
+/// the rest is restored and the services start, the file is named in the
+/// log; a service that lists it in `required_paths` keeps the old, strict
+/// behaviour (`up` exits 1 naming it).
+#[test]
+fn a_missing_large_file_leaves_the_stack_up_unless_a_service_requires_it() {
+    let s = large_file_stack("./data/other");
+    bare_repo(&s);
+    std::fs::write(s.path("data/small.txt"), "small").unwrap();
+    std::fs::write(
+        s.path("data/big.bin"),
+        crate::common_persist::noise(4096, 3),
+    )
+    .unwrap();
+    let mut up = s.up();
+    up.wait_for("app | saw: small", T);
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    drop(up);
+    let wipe = || {
+        for d in ["data", "work"] {
+            std::fs::remove_dir_all(s.path(d)).unwrap();
+        }
+    };
+    wipe();
+    std::fs::remove_dir_all(s.path("blobs")).unwrap();
+
+    let strict = large_file_stack("./data/big.bin");
+    std::fs::copy(strict.file(), s.file()).unwrap();
+    let mut up = s.up();
+    assert_eq!(up.wait_exit(T).code(), Some(1), "{}", up.log());
+    assert!(
+        up.has_line("service `app` requires `")
+            && up.has_line("big.bin`, which could not be restored"),
+        "{}",
+        up.log()
+    );
+    assert!(!up.has_line("app | saw"), "{}", up.log());
+    drop(up);
+    wipe();
+
+    std::fs::copy(large_file_stack("./data/other").file(), s.file()).unwrap();
+    let mut up = s.up();
+    up.wait_for("app | saw: small", T);
+    assert!(up.has_line("large file not restored"), "{}", up.log());
+    assert!(!s.path("data/big.bin").exists());
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
+
 #[test]
 fn backup_without_persistence_says_how_to_turn_it_on() {
     let s = Stack::new("services: {}\n");
