@@ -25,6 +25,7 @@
 //!
 //! Workdir layout: `repo.git/` (bare repository, objects only, no remote or
 //! token in its config), `tmp/` (SQLite copies), `stat-cache.json`,
+//! `restored` (written only by a completed restore: see [`restore::marker`]),
 //! `instance-id` (this writer's id in the lease), `lock` (flock: one process
 //! per workdir).
 
