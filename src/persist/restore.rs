@@ -64,7 +64,7 @@ pub enum RestoreError {
     Blobs {
         /// Each failed path and why.
         failed: Vec<(PathBuf, String)>,
-        /// Would trying again help (network errors only)?
+        /// Would trying again help some of them (network errors)?
         retryable: bool,
     },
     /// Reading the snapshot from the workdir's repository failed.
@@ -817,7 +817,8 @@ pub fn apply(
     // content is copied from the first, not downloaded again.
     let mut hydrated: HashMap<Pointer, PathBuf> = HashMap::new();
     let mut failed: Vec<(PathBuf, String)> = Vec::new();
-    let mut retryable = true;
+    // Some failure that trying again may fix (the network)?
+    let mut retryable = false;
     // Stat-cache entries of the files written here; trusted only once they
     // are durable and the clock has moved on (see `settle`).
     let mut written: Vec<(PathBuf, CacheEntry)> = Vec::new();
@@ -912,7 +913,7 @@ pub fn apply(
                     Ok(Some(entry)) => written.push((path.clone(), entry)),
                     Ok(None) => {}
                     Err(e) => {
-                        retryable &= e.is_retryable();
+                        retryable |= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
                     }
                 }
@@ -942,7 +943,7 @@ pub fn apply(
                         }
                     }
                     Err(e) => {
-                        retryable &= e.is_retryable();
+                        retryable |= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
                         written.push(write_blob(repo, &file, *oid, *mode, &mut done)?);
                     }
@@ -1005,10 +1006,11 @@ pub fn apply(
     for (path, error) in &failed {
         tracing::error!(path = %path.display(), %error, "large file not restored");
     }
-    // Trying again may help (the network): fail, the caller retries. Else
-    // (missing or corrupt in the store) one file must not keep everything
-    // else down (issue 17): done, with the failures named.
-    if !failed.is_empty() && retryable {
+    // Trying again may help one of them (the network): fail, the caller
+    // retries (files already in place are not fetched again). Else (missing
+    // or corrupt in the store) one file must not keep everything else down
+    // (issue 17): done, with the failures named.
+    if retryable {
         return Err(RestoreError::Blobs { failed, retryable });
     }
     done.failed = failed;
