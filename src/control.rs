@@ -1,4 +1,8 @@
-//! The control socket of a running `stackctl up`: `<persist.workdir>/control.sock`.
+//! The control socket of a running `stackctl up`: `<persist.workdir>/control.sock`,
+//! or, when that path is too long for a Unix socket (108 bytes with the NUL;
+//! issue 17), `/tmp/stackctl-<uid>/<hash of the workdir>.sock` in a
+//! directory only this user may use. Both sides compute the same path from
+//! the workdir.
 //!
 //! `stackctl backup` and `stackctl snapshots` must go through the running
 //! `up` (it holds the workdir lock and the write lease). A Unix socket with
@@ -21,9 +25,47 @@ use crate::persist::lifecycle::Request;
 use crate::persist::{Persister, SnapshotReport};
 use crate::shutdown::CancellationToken;
 
+/// The longest socket path the kernel takes (`sun_path` holds 108 bytes
+/// with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// The socket of the `up` using `workdir`.
 pub fn socket_path(workdir: &Path) -> PathBuf {
-    workdir.join("control.sock")
+    let beside = workdir.join("control.sock");
+    if beside.as_os_str().len() <= MAX_SOCKET_PATH {
+        return beside;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(workdir.as_os_str().as_encoded_bytes());
+    short_dir().join(format!("{}.sock", &hex::encode(digest)[..24]))
+}
+
+/// The directory of sockets whose workdir path is too long.
+fn short_dir() -> PathBuf {
+    PathBuf::from(format!("/tmp/stackctl-{}", nix::unistd::getuid()))
+}
+
+/// Make sure the socket's directory exists and only we can use it: `/tmp`
+/// is shared, and another user could have made the directory first.
+fn own_socket_dir(socket: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let Some(dir) = socket.parent().filter(|d| *d == short_dir()) else {
+        return Ok(());
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != nix::unistd::getuid().as_raw() || m.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "`{}` is not a private directory of this user; remove it, or give `persist.workdir` a path shorter than {} bytes",
+            dir.display(),
+            MAX_SOCKET_PATH - "/control.sock".len()
+        )));
+    }
+    Ok(())
 }
 
 /// Serve the control socket until `stop`.
@@ -35,6 +77,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // A socket file left by a killed process would make bind fail; the
     // workdir lock (held by the persister) proves no one else serves it.
+    own_socket_dir(&path)?;
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
@@ -140,4 +183,22 @@ pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
     serde_json::from_str(&line)
         .map(Some)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workdir_too_long_for_a_socket_gets_a_short_private_path() {
+        let short = Path::new("/data/work");
+        assert_eq!(socket_path(short), Path::new("/data/work/control.sock"));
+        let long = PathBuf::from(format!("/{}/work", "w".repeat(120)));
+        let p = socket_path(&long);
+        assert!(p.as_os_str().len() <= MAX_SOCKET_PATH, "{}", p.display());
+        assert_eq!(p.parent(), Some(short_dir().as_path()));
+        // The same workdir always gives the same path; another, another.
+        assert_eq!(socket_path(&long), p);
+        assert_ne!(socket_path(&long.join("x")), p);
+    }
 }

@@ -148,7 +148,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         None => None,
     };
     let listener = match &persister {
-        Some(p) => match restore_first(p, listener, &status, &shutdown).await {
+        Some(p) => match restore_first(p, listener, &status, &shutdown, &manifest.services).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 info!("stopped before the restore finished; nothing was started or pushed");
@@ -270,6 +270,7 @@ async fn restore_first(
     listener: Option<tokio::net::TcpListener>,
     status: &StatusBoard,
     shutdown: &CancellationToken,
+    services: &[crate::manifest::Service],
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = CancellationToken::new();
     let placeholder =
@@ -284,7 +285,12 @@ async fn restore_first(
         None => None,
     };
     match restored {
-        Ok(lifecycle::Restored::Done(_)) => Ok(Some(listener)),
+        Ok(lifecycle::Restored::Done(report)) => {
+            match lifecycle::required_but_unrestored(services, &report.applied.failed) {
+                Some(msg) => Err(msg),
+                None => Ok(Some(listener)),
+            }
+        }
         Ok(lifecycle::Restored::Stopped) => Ok(None),
         Err(e) => Err(format!("restore failed: {e}")),
     }

@@ -136,6 +136,10 @@ pub struct Service {
     pub optional: bool,
     /// `logs:` file with size rotation.
     pub logs: Option<LogFile>,
+    /// `required_paths:` persisted paths (absolute) this service cannot run
+    /// without: if a large file at or below one cannot be restored, `up`
+    /// stops instead of starting the stack without it.
+    pub required_paths: Vec<PathBuf>,
 }
 
 /// `depends_on:` entry.

@@ -55,6 +55,7 @@ const SERVICE_KEYS: &[&str] = &[
     "enabled",
     "optional",
     "logs",
+    "required_paths",
     "description",
     "requires_one_of",
 ];
@@ -350,6 +351,18 @@ impl Reader<'_> {
         }
     }
 
+    /// A list of paths (relative to the manifest's directory) under `name`.
+    fn path_list(&mut self, f: &Fields, name: &str) -> Vec<PathBuf> {
+        match f.get(name) {
+            Some(n) => self
+                .text_list(n, &f.key(name))
+                .iter()
+                .map(|t| self.path(&self.dir.clone(), t))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     fn duration(&mut self, f: &Fields, name: &str, default: Duration) -> Duration {
         self.parsed(f, name, parse_duration).unwrap_or(default)
     }
@@ -482,6 +495,7 @@ impl Reader<'_> {
         let gateway = top
             .get("gateway")
             .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+        self.check_required_paths(&services, persist.as_ref());
         let mut persist = persist;
         if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {
             // Live route edits and the password hash must survive a wiped
@@ -506,6 +520,29 @@ impl Reader<'_> {
             persist,
             shutdown_timeout,
             warnings: Vec::new(),
+        }
+    }
+
+    /// A service's `required_paths` must be persisted: only a restore can
+    /// fail to bring them back.
+    fn check_required_paths(&mut self, services: &[Service], persist: Option<&Persist>) {
+        for s in services {
+            for (i, p) in s.required_paths.iter().enumerate() {
+                let key = format!("services.{}.required_paths[{i}]", s.name);
+                let inside =
+                    persist.is_some_and(|pc| pc.paths.iter().any(|pp| p.starts_with(&pp.path)));
+                if !inside {
+                    self.problem(
+                        s.pos,
+                        &key,
+                        format!("`{}` is not inside a persisted path", p.display()),
+                        Some(
+                            "list it under `persist.paths` (or a directory above it), or remove it"
+                                .into(),
+                        ),
+                    );
+                }
+            }
         }
     }
 
@@ -711,14 +748,7 @@ impl Reader<'_> {
             Some(n) => self.environment(n, &f.key("environment")),
             None => Vec::new(),
         };
-        let env_files = match f.get("env_file") {
-            Some(n) => self
-                .text_list(n, &f.key("env_file"))
-                .iter()
-                .map(|t| self.path(&self.dir.clone(), t))
-                .collect(),
-            None => Vec::new(),
-        };
+        let env_files = self.path_list(&f, "env_file");
         let (depends_on, dep_pos) = match f.get("depends_on") {
             Some(n) => self.depends_on(n, &f.key("depends_on")),
             None => (Vec::new(), Vec::new()),
@@ -826,6 +856,7 @@ impl Reader<'_> {
                 );
             }
         }
+        let required_paths = self.path_list(&f, "required_paths");
         let logs = f.get("logs").and_then(|n| {
             let key = f.key("logs");
             let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
@@ -858,6 +889,7 @@ impl Reader<'_> {
                 enabled,
                 optional,
                 logs,
+                required_paths,
             },
             dep_pos,
         ))
@@ -1915,6 +1947,35 @@ fn normalize(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn required_paths_must_be_persisted() {
+        let load = |persist: &str| {
+            let text = format!(
+                "services:\n  app:\n    command: [x]\n    required_paths: [./data/model.bin, /data/db]\n{persist}"
+            );
+            load_str(&text, Path::new("/x/stack.yaml"), &ContainerEnv::new())
+        };
+        let m = load("persist:\n  remote: ./r.git\n  paths: [/data, ./data]\n").unwrap();
+        assert_eq!(
+            m.services[0].required_paths,
+            [
+                PathBuf::from("/x/data/model.bin"),
+                PathBuf::from("/data/db")
+            ]
+        );
+        let text = load("persist:\n  remote: ./r.git\n  paths: [/data]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("services.app.required_paths[0]")
+                && text.contains("`/x/data/model.bin` is not inside a persisted path")
+                && !text.contains("required_paths[1]"),
+            "{text}"
+        );
+        let text = load("").unwrap_err().to_string();
+        assert!(text.contains("required_paths[1]"), "{text}");
+    }
 
     fn persist_with(remote: &str, large_files: &str) -> Result<Manifest, ManifestError> {
         let text = format!(

@@ -194,9 +194,10 @@ fn open(p: &Persist) -> Result<Persister> {
     Persister::open(p).map_err(|e| anyhow!("{e}"))
 }
 
-/// Whether the workdir has git state from an earlier restore or snapshot.
-fn workdir_known(p: &Persist) -> bool {
-    p.workdir.join("repo.git").join("HEAD").exists()
+/// Whether a restore into the workdir completed (its marker; not merely a
+/// `repo.git` that opening it or a look at the remote created).
+fn restored_here(p: &Persist) -> bool {
+    crate::persist::restore::marker::exists(&p.workdir)
 }
 
 /// `stackctl backup`.
@@ -208,15 +209,17 @@ pub fn backup(m: &Manifest) -> Result<()> {
     }
     // No `up` runs: do it here, but never push over the remote from a
     // workdir that has not seen it (that is how a fresh container would
-    // overwrite a good backup with empty data).
-    if !workdir_known(p) {
+    // overwrite a good backup with empty data, or roll newer local files
+    // back to the remote's). Opened first: it records a restore that an
+    // earlier version completed.
+    let view = ProgressView::new();
+    let persister = open(p)?.with_progress_sink(view.clone());
+    if !restored_here(p) {
         bail!(
             "no `stackctl up` is running and workdir `{}` has never restored: run `stackctl restore` first (or `stackctl up`)",
             p.workdir.display()
         );
     }
-    let view = ProgressView::new();
-    let persister = open(p)?.with_progress_sink(view.clone());
     let restored = persister
         .restore_with_progress(
             &RestoreOptions {
@@ -226,6 +229,9 @@ pub fn backup(m: &Manifest) -> Result<()> {
             &|pr| view.show(pr),
         )
         .map_err(|e| anyhow!("{e}"))?;
+    for (path, why) in &restored.applied.failed {
+        eprintln!("warning: not restored: {}: {why}", path.display());
+    }
     if restored.state != RestoreState::ConfirmedEmpty && !restored.changes.is_empty() {
         eprintln!(
             "restored {} newer file(s) from the remote before the snapshot",
@@ -293,7 +299,7 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     };
     // A workdir that has never seen these files cannot tell newer local data
     // from old: look first, and ask for --force before overwriting.
-    if !args.force && !args.dry_run && !workdir_known(p) {
+    if !args.force && !args.dry_run && !restored_here(p) {
         opts.dry_run = true;
         let plan = persister.restore(&opts).map_err(|e| anyhow!("{e}"))?;
         let clobbered: Vec<_> = plan.changes.iter().filter(|c| c.exists()).collect();
@@ -317,13 +323,21 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     drop(persister);
     drop(view);
     if args.dry_run {
-        if report.changes.is_empty() {
+        // Deletions first: they are what a forced restore cannot take back.
+        let with = if args.force { "" } else { " (with --force)" };
+        for d in &report.deletions {
+            println!("would delete {}{with}", d.display());
+        }
+        if report.changes.is_empty() && report.deletions.is_empty() {
             println!("nothing would change");
         }
         for c in &report.changes {
             println!("would restore {}", c.display());
         }
         return Ok(());
+    }
+    for d in &report.deletions {
+        println!("deleted {} (not in the snapshot)", d.display());
     }
     match report.state {
         RestoreState::ConfirmedEmpty => {
@@ -339,6 +353,20 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     }
     for a in &report.absent {
         println!("note: the snapshot has nothing for {}", a.display());
+    }
+    unrestored(&report.applied.failed)
+}
+
+/// Name every large file a restore left absent; an error if there is one.
+fn unrestored(failed: &[(std::path::PathBuf, String)]) -> Result<()> {
+    for (path, why) in failed {
+        eprintln!("not restored: {}: {why}", path.display());
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} large file(s) could not be restored (their blob is missing or corrupt in the store); everything else was restored. Check `persist.large_files`, or restore an older snapshot",
+            failed.len()
+        );
     }
     Ok(())
 }

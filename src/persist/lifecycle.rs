@@ -6,6 +6,7 @@
 //! tokio's blocking pool; this module is the thin async shell around it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::persist::progress::{self, ProgressSink, Reading};
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
-    PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport,
+    PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport, Stage,
     DEFAULT_LEASE_TTL,
 };
 use crate::shutdown::CancellationToken;
@@ -104,15 +105,27 @@ pub async fn restore_at_start(
 ) -> Result<Restored, PersistError> {
     let mut delay = Duration::from_secs(1);
     let mut attempt = 1u32;
+    // Failed attempts to reach the remote, here and in the persister's own
+    // retries: the page counts them all.
+    let failures = Arc::new(AtomicU64::new(0));
+    let waiting = |n: u64| format!("waiting for the backup repository (attempt {})", n + 1);
     loop {
-        status.update(|s| s.restore_progress = Some("fetching the last snapshot".into()));
+        if failures.load(Ordering::Relaxed) == 0 {
+            status.update(|s| s.restore_progress = Some("fetching the last snapshot".into()));
+        }
         info!(remote = %p.remote_url(), attempt, "restoring persisted paths");
         let pc = p.clone();
         let board = status.clone();
+        let seen = failures.clone();
         let result = tokio::task::spawn_blocking(move || {
             // "restoring (N of M files)" on `/admin/status` and the 503 page.
             let progress = |pr: Progress| {
-                board.update(|s| s.restore_progress = Some(pr.to_string()));
+                let line = if pr.stage == Stage::Waiting {
+                    waiting(seen.fetch_add(1, Ordering::Relaxed) + 1)
+                } else {
+                    pr.to_string()
+                };
+                board.update(|s| s.restore_progress = Some(line));
             };
             pc.restore_with_progress(
                 &RestoreOptions {
@@ -139,11 +152,8 @@ pub async fn restore_at_start(
             }
             Ok(Err(e)) if e.is_retryable() => {
                 warn!(error = %e, attempt, retry_in_s = delay.as_secs(), "restore failed; retrying (services wait)");
-                status.update(|s| {
-                    s.restore_progress = Some(format!(
-                        "waiting for the backup repository (attempt {attempt})"
-                    ))
-                });
+                let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                status.update(|s| s.restore_progress = Some(waiting(n)));
                 tokio::select! {
                     () = stop.cancelled() => return Ok(Restored::Stopped),
                     () = tokio::time::sleep(delay) => {}
@@ -157,6 +167,29 @@ pub async fn restore_at_start(
             }
         }
     }
+}
+
+/// The strict opt-in of issue 17: a large file the restore left absent
+/// (missing or corrupt blob) lies at or below an enabled service's
+/// `required_paths`. Then `up` stops rather than start without it; the
+/// message names the service, the file and why.
+pub fn required_but_unrestored(
+    services: &[crate::manifest::Service],
+    failed: &[(PathBuf, String)],
+) -> Option<String> {
+    services
+        .iter()
+        .filter(|s| s.enabled)
+        .find_map(|s| {
+            let (path, why) = failed
+                .iter()
+                .find(|(f, _)| s.required_paths.iter().any(|r| f.starts_with(r)))?;
+            Some(format!(
+                "service `{}` requires `{}`, which could not be restored: {why}; check `persist.large_files` (or restore an older snapshot), or drop it from `required_paths` to start without it",
+                s.name,
+                path.display()
+            ))
+        })
 }
 
 /// The snapshot loop: after a change (debounced, never starved past the

@@ -25,6 +25,7 @@
 //!
 //! Workdir layout: `repo.git/` (bare repository, objects only, no remote or
 //! token in its config), `tmp/` (SQLite copies), `stat-cache.json`,
+//! `restored` (written only by a completed restore: see [`restore::marker`]),
 //! `instance-id` (this writer's id in the lease), `lock` (flock: one process
 //! per workdir).
 
@@ -255,7 +256,9 @@ pub struct RestoreOptions {
     pub at: Option<String>,
     /// Restore only these paths (each a persisted path or below one); empty: all.
     pub paths: Vec<PathBuf>,
-    /// Overwrite local data changed since the last snapshot.
+    /// Overwrite local data changed since the last snapshot, and delete
+    /// what the snapshot does not hold (excluded files stay): the paths
+    /// become equal to the snapshot. A dry run lists those deletions.
     pub force: bool,
     /// Instead of refusing over newer local data, keep it and open the gate
     /// (what `up` wants on a machine whose disk survived).
@@ -276,6 +279,9 @@ pub struct RestoreReport {
     /// Paths whose content, type or mode on disk differs from the snapshot
     /// (what `--dry-run` lists; after a real restore, what was changed).
     pub changes: Vec<PathBuf>,
+    /// Entries the snapshot does not hold: deleted by a forced restore
+    /// (what a dry run would delete with `force`).
+    pub deletions: Vec<PathBuf>,
 }
 
 /// How far a long operation got: for `status`, a progress bar, or log lines.
@@ -294,6 +300,8 @@ pub struct Progress {
 pub enum Stage {
     /// Receiving the snapshot's git objects (units: objects).
     Fetching,
+    /// The remote could not be reached; trying again (`done`: failed attempts).
+    Waiting,
     /// Writing files in place (units: files).
     Restoring,
     /// Uploading large files to the blob store (units: bytes).
@@ -316,6 +324,11 @@ impl std::fmt::Display for Progress {
         let (done, total) = (self.done, self.total);
         match self.stage {
             Stage::Fetching => write!(f, "fetching the last snapshot ({done} of {total} objects)"),
+            Stage::Waiting => write!(
+                f,
+                "waiting for the backup repository (attempt {})",
+                done + 1
+            ),
             Stage::Restoring => write!(f, "restoring ({done} of {total} files)"),
             Stage::Uploading => {
                 let mib = |b: u64| b as f64 / f64::from(1 << 20);
@@ -376,6 +389,10 @@ pub struct PersistStatus {
     pub pending: usize,
     /// The last operation's error (token scrubbed), `None` after a success.
     pub last_error: Option<String>,
+    /// Large files the last restore left absent (`<path>: <why>`): their
+    /// blob is missing or corrupt in the store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrestored: Vec<String>,
 }
 
 /// One snapshot in the branch.
@@ -557,6 +574,14 @@ impl Persister {
         } else {
             cfg.instance.clone()
         };
+        // A workdir of an earlier version has no restore marker; a branch
+        // ref there was set by a completed restore (or a snapshot after one).
+        if !restore::marker::exists(&cfg.workdir)
+            && ref_oid(&repo, &format!("refs/heads/{}", cfg.branch)).is_ok_and(|r| r.is_some())
+        {
+            restore::marker::write(&cfg.workdir, "restored (recorded by an earlier version)")
+                .map_err(|e| wd(&e))?;
+        }
         let cache = fs::read(cfg.workdir.join("stat-cache.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -627,7 +652,17 @@ impl Persister {
                 total: total as u64,
             })
         };
+        let mut failed = 0;
         let head = self.retry(|| {
+            // Not "fetching" while the remote cannot be reached (issue 17).
+            if failed > 0 {
+                progress(Progress {
+                    stage: Stage::Waiting,
+                    done: failed,
+                    total: 0,
+                });
+            }
+            failed += 1;
             self.remote
                 .fetch_with_progress(&repo, depth, &fetch_progress)
         })?;
@@ -649,6 +684,7 @@ impl Persister {
                     absent: self.cfg.paths.iter().map(|p| p.path.clone()).collect(),
                     ops: Vec::new(),
                     changes: Vec::new(),
+                    deletions: Vec::new(),
                 });
             }
             RemoteHead::At(oid) => oid,
@@ -657,6 +693,8 @@ impl Persister {
             Some(at) => resolve_at(&repo, head, at)?,
             None => head,
         };
+        // First: a path that is not persisted is the answer, whatever the local data.
+        let paths = self.restore_paths(&opts.paths)?;
         if !opts.force && !opts.dry_run {
             match self.refuse_newer_local_data(&repo) {
                 Err(PersistError::LocalNewer { snapshot }) if opts.keep_newer_local => {
@@ -672,22 +710,29 @@ impl Persister {
                         absent: Vec::new(),
                         ops: Vec::new(),
                         changes: Vec::new(),
+                        deletions: Vec::new(),
                     });
                 }
                 other => other?,
             }
         }
         let tree = repo.find_commit(target)?.tree()?;
-        let paths = self.restore_paths(&opts.paths)?;
-        let plan = restore::plan(&repo, &tree, &paths)?;
+        let mut plan = restore::plan(&repo, &tree, &paths)?;
         if !plan.refused.is_empty() {
             return Err(RestoreError::Unsafe(plan.refused).into());
+        }
+        if opts.force || opts.dry_run {
+            plan.prune = restore::prune::extras(&plan, &self.rules);
         }
         let mut cache = lock(&self.cache);
         let (applied, changes) = if opts.dry_run {
             let changes = restore::changes(&repo, &plan, &mut cache)?;
             (restore::Applied::default(), changes)
         } else {
+            // Only a forced restore deletes (a dry run only lists).
+            if !opts.force {
+                plan.prune.clear();
+            }
             let (count, total) = plan.large_files();
             let transfer = Transfer::new("restore", total, count);
             let blobs = restore::Blobs {
@@ -702,6 +747,11 @@ impl Persister {
                 apply()?
             };
             let changes = applied.changed.clone();
+            lock(&self.status).unrestored = applied
+                .failed
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect();
             (applied, changes)
         };
         // Only now (after `apply` synced what it wrote): the entries for the
@@ -717,12 +767,18 @@ impl Persister {
             tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes,
                 unchanged = applied.unchanged, "persist restore finished");
         }
+        let deletions = if opts.dry_run {
+            plan.prune
+        } else {
+            applied.deleted.clone()
+        };
         Ok(RestoreReport {
             state: RestoreState::Restored(target),
             applied,
             absent: plan.absent,
             ops: plan.ops,
             changes,
+            deletions,
         })
     }
 
@@ -775,7 +831,15 @@ impl Persister {
         Ok(())
     }
 
+    /// Called once a restore completed (the state is set): the workdir's
+    /// own record of it first, then the readiness file.
     fn write_readiness(&self) -> Result<(), PersistError> {
+        restore::marker::write(&self.cfg.workdir, &self.status().restore).map_err(|e| {
+            PersistError::Workdir {
+                path: self.cfg.workdir.clone(),
+                message: format!("cannot record the restore: {e}"),
+            }
+        })?;
         let Some(path) = &self.cfg.readiness_file else {
             return Ok(());
         };

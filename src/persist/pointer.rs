@@ -175,8 +175,10 @@ pub struct OriginalPointer {
     /// The asset's name (`<sha256>-<basename>`).
     #[serde(default)]
     pub asset_name: String,
-    /// The asset's id: what the download goes through.
-    pub asset_id: u64,
+    /// The asset's id: what the download goes through. `null` when the
+    /// original's upload failed or the asset was past the first 30 it
+    /// listed: then the asset is found by `asset_name` in the release.
+    pub asset_id: Option<u64>,
     /// The file's absolute path in the container.
     #[serde(default)]
     pub original_path: String,
@@ -287,7 +289,12 @@ mod tests {
             r#"{{"type":"release-asset","repo":"o/r","release_tag":"blobs","asset_name":"{sha}-a.bin","asset_id":42,"download_url":"https://x","original_path":"/data/a.bin","size":7,"sha256":"{sha}","generated_at":"2025-01-01T00:00:00Z"}}"#
         );
         let (orig, ptr) = OriginalPointer::parse(json.as_bytes()).unwrap();
-        assert_eq!(orig.asset_id, 42);
+        assert_eq!(orig.asset_id, Some(42));
+        let null = json.replace(r#""asset_id":42"#, r#""asset_id":null"#);
+        assert_eq!(
+            OriginalPointer::parse(null.as_bytes()).unwrap().0.asset_id,
+            None
+        );
         assert_eq!(orig.repo, "o/r");
         assert_eq!(ptr.size, 7);
         assert_eq!(ptr.oid(), sha);

@@ -3,8 +3,11 @@
 //! Two steps. [`plan`](fn@plan) walks the commit's tree for each persisted path and
 //! turns it into operations, refusing every entry that could write outside
 //! the declared paths (`..`, `/` or NUL in a name, absolute or escaping
-//! symlinks, submodules): a hostile or damaged repository must not reach
-//! `/etc`. If anything is refused, nothing is written. [`apply`] then writes
+//! symlinks, submodules, and the same for names derived from entries: the
+//! file an original `*.pointer` stands for): a hostile or damaged repository
+//! must not reach `/etc`. If anything is refused, nothing is written. Every
+//! removal and write then goes through one check (`guard`): the path is a
+//! persisted root or below one by plain names. [`apply`] then writes
 //! each file atomically (temp file + rename, so a symlink planted at the
 //! destination is replaced, never followed), never writes through a symlinked
 //! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to
@@ -37,6 +40,11 @@ use super::progress::Transfer;
 use super::snapshot::{now_ns, stat_key, wal_key};
 use super::Progress;
 
+mod guard;
+pub mod marker;
+pub mod prune;
+use guard::{Guard, Inside};
+
 /// Errors while restoring.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -56,7 +64,7 @@ pub enum RestoreError {
     Blobs {
         /// Each failed path and why.
         failed: Vec<(PathBuf, String)>,
-        /// Would trying again help (network errors only)?
+        /// Would trying again help some of them (network errors)?
         retryable: bool,
     },
     /// Reading the snapshot from the workdir's repository failed.
@@ -93,6 +101,10 @@ pub enum Op {
         mode: u32,
     },
     /// Hydrate the file one of the original's `*.pointer` files stands for.
+    /// Once hydrated the pointer file goes from the live directory (and so
+    /// from the branch at the next snapshot, which holds the file); if the
+    /// blob cannot be had, the pointer file is written instead, so the
+    /// next snapshot still refers to it.
     Original {
         /// Absolute path of the file (the pointer's name without `.pointer`).
         path: PathBuf,
@@ -100,6 +112,8 @@ pub enum Op {
         original: Box<OriginalPointer>,
         /// The blob.
         pointer: Pointer,
+        /// The pointer file: absolute path, git blob, permission bits.
+        file: (PathBuf, Oid, u32),
     },
     /// Create a symlink (already checked to stay inside).
     Symlink {
@@ -121,6 +135,14 @@ pub struct Plan {
     pub absent: Vec<PathBuf>,
     /// Persisted roots (each operation is below one of them).
     pub roots: Vec<PathBuf>,
+    /// Entries the snapshot does not hold, deleted after the operations
+    /// (children first; see [`prune::extras`]). Empty unless asked for.
+    pub prune: Vec<PathBuf>,
+    /// SQLite `-wal`/`-shm`/`-journal` files in the snapshot (the original
+    /// deployment committed them raw), not restored: a side file copied
+    /// apart from its database cannot be trusted to match it, and stackctl
+    /// snapshots a database whole through SQLite's backup API.
+    pub dropped_sidecars: Vec<PathBuf>,
 }
 
 impl Plan {
@@ -160,6 +182,14 @@ pub struct Applied {
     pub unchanged: u64,
     /// Paths whose content, type or mode was changed.
     pub changed: Vec<PathBuf>,
+    /// Entries deleted because the snapshot does not hold them ([`Plan::prune`]).
+    pub deleted: Vec<PathBuf>,
+    /// SQLite side files in the snapshot, not restored ([`Plan::dropped_sidecars`]).
+    pub dropped_sidecars: Vec<PathBuf>,
+    /// Large files left absent because their blob is missing or corrupt in
+    /// the store (retrying would not help), and why: everything else was
+    /// restored.
+    pub failed: Vec<(PathBuf, String)>,
 }
 
 /// Plan the restore of `paths` (absolute path, tree path) from `tree`.
@@ -168,34 +198,47 @@ pub fn plan(
     tree: &Tree,
     paths: &[(PathBuf, String)],
 ) -> Result<Plan, RestoreError> {
-    let modes = match tree.get_path(Path::new(&format!("{META_DIR}/modes"))) {
-        Ok(e) => match e.to_object(repo)?.into_blob() {
-            Ok(b) => plan::parse_modes(&String::from_utf8_lossy(b.content())),
-            Err(_) => HashMap::new(),
-        },
-        Err(_) => HashMap::new(),
+    let mut out = Plan::default();
+    let mut text = |path: &str| -> Result<Option<String>, RestoreError> {
+        Ok(match lookup(repo, tree, path)? {
+            Ok(Some(e)) => e
+                .to_object(repo)?
+                .into_blob()
+                .ok()
+                .map(|b| String::from_utf8_lossy(b.content()).into_owned()),
+            Ok(None) => None,
+            Err(why) => {
+                if !out.refused.contains(&why) {
+                    out.refused.push(why);
+                }
+                None
+            }
+        })
     };
-    let lfs = match tree.get_path(Path::new(".gitattributes")) {
-        Ok(e) => match e.to_object(repo)?.into_blob() {
-            Ok(b) => pointer::lfs_patterns(&String::from_utf8_lossy(b.content())),
-            Err(_) => Default::default(),
-        },
-        Err(_) => Default::default(),
-    };
+    let modes = text(&format!("{META_DIR}/modes"))?
+        .map(|t| plan::parse_modes(&t))
+        .unwrap_or_default();
+    let lfs = text(".gitattributes")?
+        .map(|t| pointer::lfs_patterns(&t))
+        .unwrap_or_default();
     let ctx = Ctx {
         modes: &modes,
         lfs: &lfs,
     };
-    let mut out = Plan::default();
     for (abs, tree_path) in paths {
         out.roots.push(abs.clone());
-        let entry = match tree.get_path(Path::new(tree_path)) {
-            Ok(e) => e,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+        let entry = match lookup(repo, tree, tree_path)? {
+            Ok(Some(e)) => e,
+            Ok(None) => {
                 out.absent.push(abs.clone());
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Err(why) => {
+                if !out.refused.contains(&why) {
+                    out.refused.push(why);
+                }
+                continue;
+            }
         };
         match (entry.kind(), entry.filemode()) {
             (Some(ObjectType::Tree), _) => {
@@ -228,6 +271,65 @@ pub fn plan(
         }
     }
     Ok(out)
+}
+
+/// Are `tree`'s entries in git's order: names strictly increasing, a
+/// subtree's compared as if followed by `/`, none twice? libgit2 finds a
+/// name by binary search, so a tree out of order (hostile or damaged)
+/// would read as missing entries: "nothing for this path", and the gate
+/// would open on empty data.
+fn in_git_order(tree: &Tree) -> bool {
+    let mut names = std::collections::HashSet::new();
+    let mut prev: Option<Vec<u8>> = None;
+    for e in tree.iter() {
+        let mut key = e.name_bytes().to_vec();
+        if !names.insert(key.clone()) {
+            return false;
+        }
+        if e.kind() == Some(ObjectType::Tree) {
+            key.push(b'/');
+        }
+        if prev.as_ref().is_some_and(|p| *p >= key) {
+            return false;
+        }
+        prev = Some(key);
+    }
+    true
+}
+
+/// The entry at `tree_path` (`a/b/c`), checking each tree on the way is in
+/// git's order: `Ok(None)` when it is not there, `Err(why)` for a tree out
+/// of order.
+fn lookup(
+    repo: &Repository,
+    tree: &Tree,
+    tree_path: &str,
+) -> Result<Result<Option<git2::TreeEntry<'static>>, String>, RestoreError> {
+    let mut cur = tree.clone();
+    let mut shown = "/";
+    let parts: Vec<&str> = tree_path.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if !in_git_order(&cur) {
+            return Ok(Err(format!("`{shown}`: tree entries out of git's order")));
+        }
+        let Some(e) = cur
+            .iter()
+            .find(|e| e.name_bytes() == part.as_bytes())
+            .map(|e| e.to_owned())
+        else {
+            return Ok(Ok(None));
+        };
+        if i + 1 == parts.len() {
+            return Ok(Ok(Some(e)));
+        }
+        if e.kind() != Some(ObjectType::Tree) {
+            return Ok(Ok(None));
+        }
+        cur = repo.find_tree(e.id())?;
+        let end = parts[..=i].iter().map(|p| p.len() + 1).sum::<usize>() - 1;
+        shown = &tree_path[..end];
+    }
+    Ok(Ok(None))
 }
 
 /// What the walk consults besides the tree.
@@ -270,6 +372,11 @@ fn walk(
     out: &mut Plan,
 ) -> Result<(), RestoreError> {
     let modes = ctx.modes;
+    if !in_git_order(tree) {
+        out.refused
+            .push(format!("`{tree_prefix}`: tree entries out of git's order"));
+        return Ok(());
+    }
     for entry in tree.iter() {
         let name = entry.name_bytes();
         let shown = format!("{tree_prefix}/{}", String::from_utf8_lossy(name));
@@ -306,6 +413,10 @@ fn walk(
                 if name == KEEP_MARKER {
                     continue;
                 }
+                if plan::is_sqlite_sidecar(name) {
+                    out.dropped_sidecars.push(path);
+                    continue;
+                }
                 let mode =
                     modes
                         .get(&shown)
@@ -322,24 +433,33 @@ fn walk(
                                 .is_some_and(|b| b.size() <= 64 * 1024) =>
                     {
                         let blob = repo.find_blob(entry.id())?;
-                        OriginalPointer::parse(blob.content()).map(|o| (root.join(rel.join(t)), o))
+                        OriginalPointer::parse(blob.content()).map(|o| (t, o))
                     }
                     _ => None,
                 };
-                out.ops.push(file_op(
-                    repo,
-                    ctx,
-                    &shown,
-                    path,
-                    entry.id(),
-                    plan::safe_mode(mode),
-                )?);
-                if let Some((path, (original, pointer))) = original {
-                    out.ops.push(Op::Original {
-                        path,
+                // The name it stands for comes from the repository too: the
+                // same rule as a tree entry's (`...pointer` stands for `..`).
+                let original = match original {
+                    Some((t, _)) if !plan::safe_entry_name(t.as_bytes()) => {
+                        out.refused.push(format!(
+                            "`{shown}`: a large-file pointer for `{t}`, an unsafe name"
+                        ));
+                        continue;
+                    }
+                    Some((t, o)) => Some((root.join(rel.join(t)), o)),
+                    None => None,
+                };
+                let mode = plan::safe_mode(mode);
+                match original {
+                    Some((target, (original, pointer))) => out.ops.push(Op::Original {
+                        path: target,
                         original: Box::new(original),
                         pointer,
-                    });
+                        file: (path, entry.id(), mode),
+                    }),
+                    None => out
+                        .ops
+                        .push(file_op(repo, ctx, &shown, path, entry.id(), mode)?),
                 }
             }
             _ => out
@@ -552,18 +672,75 @@ fn check_real_dirs(root: &Path, dir: &Path) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// A temp name beside `path` for an atomic replace.
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let short: String = name.chars().take(100).collect();
-    path.with_file_name(format!(".{short}.stackctl-tmp-{}", std::process::id()))
+/// Write git blob `oid` at `at` with `mode` (temp file + rename), removing
+/// stale SQLite side files beside a database. Returns its stat-cache entry.
+fn write_blob(
+    repo: &Repository,
+    at: &Inside,
+    oid: Oid,
+    mode: u32,
+    done: &mut Applied,
+) -> Result<(PathBuf, CacheEntry), RestoreError> {
+    let path = at.path();
+    let blob = repo.find_blob(oid)?;
+    clear_dir_at(at)?;
+    let tmp = at.temp();
+    let tmp = tmp.path();
+    let _ = fs::remove_file(tmp);
+    // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
+    let write = || -> io::Result<fs::Metadata> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp)?;
+        f.write_all(blob.content())?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        let meta = f.metadata()?;
+        fs::rename(tmp, at.path())?;
+        Ok(meta)
+    };
+    let meta = match write() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(werr(path)(e));
+        }
+    };
+    if plan::is_sqlite_header(blob.content()) {
+        for s in SQLITE_SIDECARS {
+            let side = at.with_suffix(s);
+            if fs::symlink_metadata(side.path()).is_ok() {
+                fs::remove_file(side.path()).map_err(werr(side.path()))?;
+                done.removed_sidecars.push(side.path().to_path_buf());
+            }
+        }
+    }
+    let entry = (
+        path.to_path_buf(),
+        CacheEntry {
+            key: stat_key(&meta),
+            wal: wal_key(path),
+            oid: oid.to_string(),
+            copy: false,
+            // The bytes are at hand: the next snapshot keeps
+            // this blob without sniffing the file.
+            binary: Some(plan::looks_binary(blob.content())),
+        },
+    );
+    done.files += 1;
+    done.bytes += blob.size() as u64;
+    Ok(entry)
 }
 
-/// Remove whatever is at `path` unless it is a real directory.
-fn ensure_dir(path: &Path) -> Result<(), RestoreError> {
+/// Set the permission bits of `at`.
+fn set_mode(at: &Inside, mode: u32) -> Result<(), RestoreError> {
+    fs::set_permissions(at.path(), fs::Permissions::from_mode(mode)).map_err(werr(at.path()))
+}
+
+/// Remove whatever is at `at` unless it is a real directory.
+fn ensure_dir(at: &Inside) -> Result<(), RestoreError> {
+    let path = at.path();
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => fs::remove_file(path).map_err(werr(path))?,
@@ -573,11 +750,37 @@ fn ensure_dir(path: &Path) -> Result<(), RestoreError> {
     fs::create_dir(path).map_err(werr(path))
 }
 
-/// Make room for a non-directory at `path`: a directory there goes (the snapshot wins).
-fn clear_dir_at(path: &Path) -> Result<(), RestoreError> {
+/// Make room for a non-directory at `at`: a directory there goes (the snapshot wins).
+fn clear_dir_at(at: &Inside) -> Result<(), RestoreError> {
+    let path = at.path();
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(werr(path)),
         _ => Ok(()),
+    }
+}
+
+/// Delete the entry at `at` that the snapshot does not hold: a file or
+/// symlink (with a file's SQLite side files), or a directory that is empty
+/// by now. False when there was nothing to delete, or the directory still
+/// holds something (written meanwhile: kept).
+fn delete(at: &Inside) -> Result<bool, RestoreError> {
+    let path = at.path();
+    let gone = |r: io::Result<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
+        Err(e) => Err(werr(path)(e)),
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => gone(fs::remove_dir(path)),
+        Ok(_) => {
+            for s in SQLITE_SIDECARS {
+                gone(fs::remove_file(at.with_suffix(s).path()))?;
+            }
+            gone(fs::remove_file(path))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(werr(path)(e)),
     }
 }
 
@@ -614,7 +817,8 @@ pub fn apply(
     // content is copied from the first, not downloaded again.
     let mut hydrated: HashMap<Pointer, PathBuf> = HashMap::new();
     let mut failed: Vec<(PathBuf, String)> = Vec::new();
-    let mut retryable = true;
+    // Some failure that trying again may fix (the network)?
+    let mut retryable = false;
     // Stat-cache entries of the files written here; trusted only once they
     // are durable and the clock has moved on (see `settle`).
     let mut written: Vec<(PathBuf, CacheEntry)> = Vec::new();
@@ -625,27 +829,45 @@ pub fn apply(
         .count() as u64;
     let mut files_done = 0u64;
     let mut real_dirs: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    // Every path is checked before anything is touched: a plan with one
+    // path outside the roots is refused whole (see `guard`).
+    let unsafe_plan = |r: guard::Refusal| RestoreError::Unsafe(vec![r]);
+    let guard = Guard::new(&plan.roots).map_err(unsafe_plan)?;
+    let checked = plan
+        .ops
+        .iter()
+        .map(|op| guard.check(op.path()))
+        .collect::<Result<Vec<Inside>, _>>()
+        .map_err(unsafe_plan)?;
+    let pointer_files = plan.ops.iter().filter_map(|op| match op {
+        Op::Original { file, .. } => Some(&file.0),
+        _ => None,
+    });
+    for path in pointer_files.chain(&plan.prune) {
+        guard.check(path).map_err(unsafe_plan)?;
+    }
+    for path in &plan.dropped_sidecars {
+        tracing::warn!(path = %path.display(), "SQLite side file in the snapshot not restored: its database is restored as committed, without it");
+    }
+    done.dropped_sidecars = plan.dropped_sidecars.clone();
     progress(Progress::restoring(0, total));
-    for op in &plan.ops {
-        let path = op.path();
-        let root = plan.roots.iter().find(|r| path.starts_with(r));
-        let Some(root) = root else {
-            return Err(RestoreError::Unsafe(vec![format!(
-                "`{}` is outside the persisted paths",
-                path.display()
-            )]));
-        };
-        if path == root {
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(werr(parent))?;
+    for (op, at) in plan.ops.iter().zip(&checked) {
+        let path = at.path();
+        match at.parent() {
+            // The declared path's own parents are made as the user declared them.
+            None => {
+                if let Some(parent) = path.parent() {
+                    fs::create_dir_all(parent).map_err(werr(parent))?;
+                }
             }
-        } else if let Some(parent) = path.parent() {
-            // Once per directory: nothing else writes here during a restore,
-            // and no later operation of the plan can turn a checked
-            // directory into something else and still write below it.
-            if !real_dirs.contains(parent) {
-                check_real_dirs(root, parent)?;
-                real_dirs.insert(parent.to_path_buf());
+            Some(parent) => {
+                // Once per directory: nothing else writes here during a restore,
+                // and no later operation of the plan can turn a checked
+                // directory into something else and still write below it.
+                if !real_dirs.contains(parent.path()) {
+                    check_real_dirs(at.root(), parent.path())?;
+                    real_dirs.insert(parent.path().to_path_buf());
+                }
             }
         }
         let state = on_disk(repo, op, cache)?;
@@ -653,77 +875,24 @@ pub fn apply(
             done.changed.push(path.to_path_buf());
         }
         match op {
-            Op::Dir { path, mode } => {
-                if path == root {
-                    // The declared path may be a symlink the user set up: follow it.
-                    if !path.is_dir() {
-                        ensure_dir(path)?;
-                    }
-                } else {
-                    ensure_dir(path)?;
+            Op::Dir { mode, .. } => {
+                // The declared path may be a symlink the user set up: follow it.
+                if !(at.is_root() && path.is_dir()) {
+                    ensure_dir(at)?;
                 }
                 if state != State::Same {
-                    dir_modes.push((path.clone(), *mode));
+                    dir_modes.push((at.clone(), *mode));
                 }
                 done.dirs += 1;
             }
-            Op::File { path, mode, .. } if state != State::Content => {
+            Op::File { mode, .. } if state != State::Content => {
                 if state == State::Mode {
-                    fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                        .map_err(werr(path))?;
+                    set_mode(at, *mode)?;
                 }
                 done.unchanged += 1;
             }
-            Op::File { path, oid, mode } => {
-                let blob = repo.find_blob(*oid)?;
-                clear_dir_at(path)?;
-                let tmp = temp_beside(path);
-                let _ = fs::remove_file(&tmp);
-                // No fdatasync per file: one `syncfs` at the end (see `sync_roots`).
-                let write = || -> io::Result<fs::Metadata> {
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&tmp)?;
-                    f.write_all(blob.content())?;
-                    f.set_permissions(fs::Permissions::from_mode(*mode))?;
-                    let meta = f.metadata()?;
-                    fs::rename(&tmp, path)?;
-                    Ok(meta)
-                };
-                let meta = match write() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(werr(path)(e));
-                    }
-                };
-                if plan::is_sqlite_header(blob.content()) {
-                    for s in SQLITE_SIDECARS {
-                        let mut side = path.as_os_str().to_os_string();
-                        side.push(s);
-                        let side = PathBuf::from(side);
-                        if fs::symlink_metadata(&side).is_ok() {
-                            fs::remove_file(&side).map_err(werr(&side))?;
-                            done.removed_sidecars.push(side);
-                        }
-                    }
-                }
-                written.push((
-                    path.clone(),
-                    CacheEntry {
-                        key: stat_key(&meta),
-                        wal: wal_key(path),
-                        oid: oid.to_string(),
-                        copy: false,
-                        // The bytes are at hand: the next snapshot keeps
-                        // this blob without sniffing the file.
-                        binary: Some(plan::looks_binary(blob.content())),
-                    },
-                ));
-                done.files += 1;
-                done.bytes += blob.size() as u64;
+            Op::File { oid, mode, .. } => {
+                written.push(write_blob(repo, at, *oid, *mode, &mut done)?);
             }
             Op::Large {
                 path,
@@ -732,7 +901,7 @@ pub fn apply(
             } => {
                 let mode = Some(*mode);
                 match hydrate(
-                    path,
+                    at,
                     pointer,
                     mode,
                     None,
@@ -744,7 +913,7 @@ pub fn apply(
                     Ok(Some(entry)) => written.push((path.clone(), entry)),
                     Ok(None) => {}
                     Err(e) => {
-                        retryable &= e.is_retryable();
+                        retryable |= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
                     }
                 }
@@ -753,10 +922,12 @@ pub fn apply(
                 path,
                 original,
                 pointer,
+                file: (file, oid, mode),
             } => {
                 let orig = Some(&**original);
+                let file = guard.check(file).map_err(unsafe_plan)?;
                 match hydrate(
-                    path,
+                    at,
                     pointer,
                     None,
                     orig,
@@ -766,21 +937,27 @@ pub fn apply(
                     &mut done,
                 ) {
                     // Not in the tree under this path: nothing to cache.
-                    Ok(_) => {}
+                    Ok(_) => {
+                        if fs::symlink_metadata(file.path()).is_ok_and(|m| m.is_file()) {
+                            fs::remove_file(file.path()).map_err(werr(file.path()))?;
+                        }
+                    }
                     Err(e) => {
-                        retryable &= e.is_retryable();
+                        retryable |= e.is_retryable();
                         failed.push((path.clone(), e.to_string()));
+                        written.push(write_blob(repo, &file, *oid, *mode, &mut done)?);
                     }
                 }
             }
             Op::Symlink { .. } if state == State::Same => done.unchanged += 1,
             Op::Symlink { path, target } => {
-                clear_dir_at(path)?;
-                let tmp = temp_beside(path);
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(target, &tmp).map_err(werr(path))?;
-                if let Err(e) = fs::rename(&tmp, path) {
-                    let _ = fs::remove_file(&tmp);
+                clear_dir_at(at)?;
+                let tmp = at.temp();
+                let tmp = tmp.path();
+                let _ = fs::remove_file(tmp);
+                std::os::unix::fs::symlink(target, tmp).map_err(werr(path))?;
+                if let Err(e) = fs::rename(tmp, at.path()) {
+                    let _ = fs::remove_file(tmp);
                     return Err(werr(path)(e));
                 }
                 done.symlinks += 1;
@@ -791,12 +968,18 @@ pub fn apply(
             progress(Progress::restoring(files_done, total));
         }
     }
+    for path in &plan.prune {
+        let at = guard.check(path).map_err(unsafe_plan)?;
+        if delete(&at)? {
+            done.deleted.push(path.clone());
+        }
+    }
     // Directory modes last, deepest first, so a read-only directory does not
     // block writing its own files.
-    for (path, mode) in dir_modes.iter().rev() {
-        fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(werr(path))?;
+    for (at, mode) in dir_modes.iter().rev() {
+        set_mode(at, *mode)?;
     }
-    if !done.changed.is_empty() || !done.removed_sidecars.is_empty() {
+    if !done.changed.is_empty() || !done.removed_sidecars.is_empty() || !done.deleted.is_empty() {
         // Why one `syncfs` instead of an fdatasync per file is safe: the
         // restore gate lives in memory only, and the caller opens it (and
         // moves the workdir's branch, writes the readiness file, saves the
@@ -820,12 +1003,17 @@ pub fn apply(
             }
         }
     }
-    if !failed.is_empty() {
-        for (path, error) in &failed {
-            tracing::error!(path = %path.display(), %error, "large file not restored");
-        }
+    for (path, error) in &failed {
+        tracing::error!(path = %path.display(), %error, "large file not restored");
+    }
+    // Trying again may help one of them (the network): fail, the caller
+    // retries (files already in place are not fetched again). Else (missing
+    // or corrupt in the store) one file must not keep everything else down
+    // (issue 17): done, with the failures named.
+    if retryable {
         return Err(RestoreError::Blobs { failed, retryable });
     }
+    done.failed = failed;
     Ok(done)
 }
 
@@ -930,7 +1118,7 @@ fn has_content(path: &Path, p: &Pointer) -> bool {
 /// (verified). Returns the stat-cache entry of a file it wrote.
 #[allow(clippy::too_many_arguments)]
 fn hydrate(
-    path: &Path,
+    at: &Inside,
     p: &Pointer,
     mode: Option<u32>,
     original: Option<&OriginalPointer>,
@@ -939,6 +1127,7 @@ fn hydrate(
     hydrated: &mut HashMap<Pointer, PathBuf>,
     done: &mut Applied,
 ) -> Result<Option<CacheEntry>, HydrateError> {
+    let path = at.path();
     if state != State::Content {
         if let Some(t) = blobs.transfer {
             t.skip_file(p.size);
@@ -950,11 +1139,12 @@ fn hydrate(
         hydrated.insert(*p, path.to_path_buf());
         return Ok(None);
     }
-    clear_dir_at(path).map_err(|e| match e {
+    clear_dir_at(at).map_err(|e| match e {
         RestoreError::Write { source, .. } => HydrateError::Io(source),
         other => HydrateError::Io(io::Error::other(other.to_string())),
     })?;
-    let tmp = temp_beside(path);
+    let tmp = at.temp();
+    let tmp = tmp.path();
     let local = hydrated.get(p).filter(|src| has_content(src, p)).cloned();
     // Without a caller's transfer the bytes are counted into one nobody
     // reads: one code path either way.
@@ -967,7 +1157,7 @@ fn hydrate(
                 attempts: 1,
                 ..blobs.retry
             };
-            blob::download_to(&retry, p, &tmp, |w| {
+            blob::download_to(&retry, p, tmp, |w| {
                 let mut f = fs::File::open(src).map_err(|source| blob::BlobError::Io {
                     what: "read",
                     path: src.clone(),
@@ -982,7 +1172,7 @@ fn hydrate(
             })
             .map_err(HydrateError::Blob)
         }
-        (None, Some(store)) => blob::download_to(&blobs.retry, p, &tmp, |w| match original {
+        (None, Some(store)) => blob::download_to(&blobs.retry, p, tmp, |w| match original {
             Some(o) => store.get_original(o, p, w),
             None => store.get(p, w),
         })
@@ -992,15 +1182,15 @@ fn hydrate(
     transfer.end_file();
     fetched?;
     let finish = || -> io::Result<fs::Metadata> {
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
-        let meta = fs::symlink_metadata(&tmp)?;
-        fs::rename(&tmp, path)?;
+        fs::set_permissions(tmp, fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+        let meta = fs::symlink_metadata(tmp)?;
+        fs::rename(tmp, path)?;
         Ok(meta)
     };
     let meta = match finish() {
         Ok(m) => m,
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(tmp);
             return Err(HydrateError::Io(e));
         }
     };
@@ -1091,6 +1281,170 @@ mod tests {
             "{:?}",
             p.refused
         );
+    }
+
+    /// The original's release-asset JSON, for a blob of `size` bytes.
+    fn original_json(size: u64) -> String {
+        let sha = "ab".repeat(32);
+        format!(
+            r#"{{"type":"release-asset","repo":"o/r","release_tag":"blobs","asset_name":"{sha}-x","asset_id":1,"size":{size},"sha256":"{sha}"}}"#
+        )
+    }
+
+    /// `srv/data` holding `...pointer` and `sub/..pointer` (the original's
+    /// pointer JSON): stripping `.pointer` gives `..` and `.` (issue 17).
+    fn hostile_pointer_repo() -> (tempfile::TempDir, Repository, Oid) {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let json = repo.blob(original_json(5).as_bytes()).unwrap();
+        let ok = repo.blob(b"fine").unwrap();
+        let mut sub_b = repo.treebuilder(None).unwrap();
+        sub_b.insert("..pointer", json, 0o100644).unwrap();
+        let sub = sub_b.write().unwrap();
+        let mut data_b = repo.treebuilder(None).unwrap();
+        data_b.insert("...pointer", json, 0o100644).unwrap();
+        data_b.insert("ok.txt", ok, 0o100644).unwrap();
+        data_b.insert("sub", sub, 0o040000).unwrap();
+        let data = data_b.write().unwrap();
+        let mut srv_b = repo.treebuilder(None).unwrap();
+        srv_b.insert("data", data, 0o040000).unwrap();
+        let srv = srv_b.write().unwrap();
+        let top = {
+            let mut top = repo.treebuilder(None).unwrap();
+            top.insert("srv", srv, 0o040000).unwrap();
+            top.write().unwrap()
+        };
+        drop((sub_b, data_b, srv_b));
+        (d, repo, top)
+    }
+
+    #[test]
+    fn a_pointer_named_to_climb_out_is_refused_and_nothing_is_removed() {
+        let (d, repo, top) = hostile_pointer_repo();
+        let tree = repo.find_tree(top).unwrap();
+        let root = d.path().join("srv/data");
+        let sibling = d.path().join("srv/app/keep.txt");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, b"mine").unwrap();
+        fs::write(root.join("sub/local.txt"), b"mine").unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv/data".into())]).unwrap();
+        assert_eq!(
+            p.refused,
+            [
+                "`srv/data/...pointer`: a large-file pointer for `..`, an unsafe name",
+                "`srv/data/sub/..pointer`: a large-file pointer for `.`, an unsafe name",
+            ]
+        );
+        assert!(apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).is_err());
+        assert_eq!(fs::read(&sibling).unwrap(), b"mine");
+        assert_eq!(fs::read(root.join("sub/local.txt")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn apply_removes_and_writes_nothing_outside_the_roots_whatever_the_plan_says() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let root = d.path().join("srv/data");
+        let sibling = d.path().join("srv/app/keep.txt");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, b"mine").unwrap();
+        let (_, pointer) = OriginalPointer::parse(original_json(5).as_bytes()).unwrap();
+        let blob = repo.blob(b"x").unwrap();
+        // Plans no planner makes: each path climbs out of (or is) a root by a
+        // name that `Path::starts_with` lets through.
+        for path in [
+            root.join(".."),
+            root.join("sub/.."),
+            root.join("sub/../.."),
+            root.join("."),
+        ] {
+            for op in [
+                Op::Original {
+                    path: path.clone(),
+                    file: (root.join("x.pointer"), blob, 0o644),
+                    original: Box::new(
+                        OriginalPointer::parse(original_json(5).as_bytes())
+                            .unwrap()
+                            .0,
+                    ),
+                    pointer,
+                },
+                Op::File {
+                    path: path.clone(),
+                    oid: blob,
+                    mode: 0o644,
+                },
+                Op::Dir {
+                    path: path.clone(),
+                    mode: 0o755,
+                },
+            ] {
+                let p = Plan {
+                    ops: vec![op],
+                    roots: vec![root.clone()],
+                    ..Plan::default()
+                };
+                let e =
+                    apply(&repo, &p, &no_blobs(), &mut StatCache::default(), &|_| {}).unwrap_err();
+                assert!(
+                    e.to_string().contains("is outside the persisted paths"),
+                    "{}: {e}",
+                    path.display()
+                );
+                assert_eq!(fs::read(&sibling).unwrap(), b"mine");
+                assert!(root.join("sub").is_dir());
+            }
+        }
+    }
+
+    /// A raw tree object with these entries, in this order (as a hostile
+    /// or broken server could send it).
+    fn raw_tree(repo: &Repository, entries: &[(&str, &str, Oid)]) -> Oid {
+        let mut raw = Vec::new();
+        for (mode, name, oid) in entries {
+            raw.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+            raw.extend_from_slice(oid.as_bytes());
+        }
+        repo.odb().unwrap().write(ObjectType::Tree, &raw).unwrap()
+    }
+
+    #[test]
+    fn a_tree_out_of_git_order_is_refused_not_read_as_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(d.path().join("r.git")).unwrap();
+        let f = repo.blob(b"x").unwrap();
+        let sorted = raw_tree(&repo, &[("100644", "a", f), ("100644", "b", f)]);
+        let unsorted = raw_tree(&repo, &[("100644", "b", f), ("100644", "a", f)]);
+        let root = d.path().join("srv");
+        // Out of order at the top: `srv` sorts last but comes first, so a
+        // binary search for it lands in the wrong half.
+        let top = raw_tree(
+            &repo,
+            &[
+                ("40000", "srv", sorted),
+                ("100644", "b", f),
+                ("100644", "c", f),
+                ("100644", "d", f),
+                ("100644", "e", f),
+            ],
+        );
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`/`: tree entries out of git's order"]);
+        assert!(p.absent.is_empty());
+        // Out of order below the path.
+        let top = raw_tree(&repo, &[("40000", "srv", unsorted)]);
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root.clone(), "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`srv`: tree entries out of git's order"]);
+        // A name twice.
+        let twice = raw_tree(&repo, &[("100644", "a", f), ("100644", "a", f)]);
+        let top = raw_tree(&repo, &[("40000", "srv", twice)]);
+        let tree = repo.find_tree(top).unwrap();
+        let p = plan(&repo, &tree, &[(root, "srv".into())]).unwrap();
+        assert_eq!(p.refused, ["`srv`: tree entries out of git's order"]);
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub(crate) fn stat_key(m: &fs::Metadata) -> StatKey {
     }
 }
 
-fn file_type(m: &fs::Metadata) -> FileType {
+/// The kind of entry `lstat` saw.
+pub(crate) fn file_type(m: &fs::Metadata) -> FileType {
     let t = m.file_type();
     if t.is_symlink() {
         FileType::Symlink

@@ -32,5 +32,6 @@ pub fn service(name: &str) -> Service {
         enabled: true,
         optional: false,
         logs: None,
+        required_paths: vec![],
     }
 }

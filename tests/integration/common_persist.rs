@@ -132,3 +132,46 @@ impl Dirs {
         }
     }
 }
+
+/// The original deployment's release-asset pointer JSON for a blob of
+/// `size` bytes with SHA-256 `oid` (what it committed as `<file>.pointer`).
+pub fn original_pointer_json(oid: &str, size: u64, asset_id: Option<u64>) -> String {
+    let id = asset_id.map_or("null".to_string(), |i| i.to_string());
+    format!(
+        r#"{{"type":"release-asset","repo":"o/r","release_tag":"blobs","asset_name":"{oid}-model.bin","asset_id":{id},"original_path":"/data/model.bin","size":{size},"sha256":"{oid}","generated_at":"2025-01-01T00:00:00Z"}}"#
+    )
+}
+
+/// Push to `remote` one commit whose tree holds `files` (path relative to
+/// `data`, content) at `data`'s tree path, made with the git CLI in
+/// `root/<scratch>` as the original deployment would.
+pub fn push_tree(
+    root: &Path,
+    remote: &Path,
+    data: &Path,
+    scratch: &str,
+    files: &[(&str, Vec<u8>)],
+) {
+    let clone = root.join(scratch);
+    git(root, &["init", "-q", "-b", "main", clone.to_str().unwrap()]);
+    let base = clone.join(data.strip_prefix("/").unwrap());
+    for (rel, bytes) in files {
+        let path = base.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    git(&clone, &["add", "-A"]);
+    git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
+    git(&clone, &["push", "-q", remote.to_str().unwrap(), "main"]);
+}
+
+/// Pointers whose target name climbs out (`...pointer` stands for `..`,
+/// `sub/..pointer` for `sub/.`; issue 17), beside an ordinary file.
+pub fn hostile_pointer_files() -> Vec<(&'static str, Vec<u8>)> {
+    let json = original_pointer_json(&"ab".repeat(32), 5, Some(1)).into_bytes();
+    vec![
+        ("...pointer", json.clone()),
+        ("sub/..pointer", json),
+        ("ok.txt", b"fine".to_vec()),
+    ]
+}

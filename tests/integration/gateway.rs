@@ -919,6 +919,7 @@ fn stackctl_service(name: &str, port: u16) -> stackctl::manifest::Service {
         enabled: true,
         optional: false,
         logs: None,
+        required_paths: vec![],
     }
 }
 

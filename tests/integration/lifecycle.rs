@@ -158,6 +158,13 @@ fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
     });
     assert_eq!(code, 503);
     assert!(body.contains("restoring"), "{body}");
+    // Once the first attempt failed, the page says it waits, with the
+    // attempt, not "fetching" (issue 17).
+    let (_, _, body) = poll(T, "the waiting line", || {
+        http_get(&format!("http://127.0.0.1:{port}/"))
+            .filter(|(_, _, b)| b.contains("waiting for the backup repository (attempt 2)"))
+    });
+    assert!(!body.contains("fetching"), "{body}");
     let (code, _, _) = http_get(&format!("http://127.0.0.1:{port}/admin/healthz")).unwrap();
     assert_eq!(code, 503);
     up.wait_for("restore failed; retrying", T);
@@ -175,6 +182,37 @@ fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
     );
 }
 
+/// Issue 17, under `up`: a pointer named `...pointer` in the backup must
+/// not remove the stack directory holding `data` (and `app` beside it).
+#[test]
+fn up_refuses_a_pointer_named_to_climb_out_and_removes_nothing() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    s.write("app/keep.txt", "mine");
+    crate::common_persist::push_tree(
+        &s.path(""),
+        &s.path("remote.git"),
+        &s.path("data"),
+        "orig",
+        &crate::common_persist::hostile_pointer_files(),
+    );
+    let mut up = s.up();
+    let status = up.wait_exit(T);
+    assert_eq!(status.code(), Some(1), "{}", up.log());
+    assert!(
+        up.has_line("a large-file pointer for `..`, an unsafe name"),
+        "{}",
+        up.log()
+    );
+    assert!(!up.has_line("app |"), "{}", up.log());
+    assert_eq!(
+        std::fs::read_to_string(s.path("app/keep.txt")).unwrap(),
+        "mine"
+    );
+    assert!(s.file().exists(), "the manifest is still there");
+}
+
 #[test]
 fn snapshots_and_restore_work_without_a_running_stack() {
     let port = free_port();
@@ -189,19 +227,197 @@ fn snapshots_and_restore_work_without_a_running_stack() {
 
     s.run(&["snapshots"]).code(0).stdout_has("files");
     std::fs::write(s.path("data/note.txt"), "edited by hand").unwrap();
+    std::fs::write(s.path("data/extra.txt"), "not in the snapshot").unwrap();
     s.run(&["restore", "--dry-run"])
         .code(0)
         .stdout_has("would restore")
-        .stdout_has("note.txt");
+        .stdout_has("note.txt")
+        .stdout_has("extra.txt (with --force)");
     // Newer local data is not overwritten without --force.
     s.run(&["restore"]).code(1).stderr_has("--force");
     s.run(&["restore", "--force"])
         .code(0)
+        .stdout_has("extra.txt (not in the snapshot)")
         .stdout_has("restored snapshot");
     assert_eq!(
         std::fs::read_to_string(s.path("data/note.txt")).unwrap(),
         "kept"
     );
+    assert!(!s.path("data/extra.txt").exists());
+}
+
+/// The remote's `main` head, or None.
+fn remote_head(s: &Stack) -> Option<String> {
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(s.path("remote.git"))
+        .args(["rev-parse", "-q", "--verify", "refs/heads/main"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Issue 17: in a workdir that never completed a restore (wiped, or only
+/// looked at the remote with `snapshots` / `restore --dry-run`), neither
+/// `restore` without `--force` nor `backup` replaces local files that
+/// differ from the snapshot; after a completed restore, `backup` keeps and
+/// pushes newer local data.
+#[test]
+fn without_a_completed_restore_nothing_overwrites_local_data() {
+    let port = free_port();
+    let s = stack(port, "./remote.git");
+    bare_repo(&s);
+    s.write("data/note.txt", "old");
+    s.run(&["restore"]).code(0);
+    s.run(&["backup"]).code(0);
+    let pushed = remote_head(&s);
+    assert!(pushed.is_some());
+    let note = || std::fs::read_to_string(s.path("data/note.txt")).unwrap();
+    // A wiped workdir, but the same writer (its lease is still held).
+    let id = std::fs::read_to_string(s.path("work/instance-id")).unwrap();
+    let fresh = |local: &str| {
+        std::fs::remove_dir_all(s.path("work")).unwrap();
+        s.write("work/instance-id", &id);
+        s.write("data/note.txt", local);
+    };
+
+    // 1. `restore` in a fresh workdir.
+    fresh("newer local");
+    s.run(&["restore"])
+        .code(1)
+        .stderr_has("1 local file(s) differ from the snapshot")
+        .stderr_has("note.txt")
+        .stderr_has("--force");
+    assert_eq!(note(), "newer local");
+    // 2. `snapshots`, then `backup`.
+    fresh("newer local");
+    s.run(&["snapshots"]).code(0);
+    s.run(&["backup"]).code(1).stderr_has("has never restored");
+    assert_eq!(note(), "newer local");
+    // 3. `restore --dry-run`, then `backup`.
+    fresh("newer local");
+    s.run(&["restore", "--dry-run"])
+        .code(0)
+        .stdout_has("note.txt");
+    s.run(&["backup"]).code(1).stderr_has("has never restored");
+    assert_eq!(note(), "newer local");
+    // 4. `restore --dry-run`, then `restore`.
+    s.run(&["restore"]).code(1).stderr_has("--force");
+    assert_eq!(note(), "newer local");
+    assert_eq!(remote_head(&s), pushed, "nothing was pushed");
+
+    // After a completed restore, newer local data is kept and pushed.
+    s.run(&["restore", "--force"]).code(0);
+    assert_eq!(note(), "old");
+    s.write("data/note.txt", "newest");
+    s.run(&["backup"]).code(0);
+    assert_eq!(note(), "newest");
+    assert_eq!(
+        remote_file(&s, &format!("{}/note.txt", tree_path(&s, "data"))).as_deref(),
+        Some("newest")
+    );
+}
+
+/// Issue 17: a workdir path longer than a Unix socket path can be (108
+/// bytes) still gets a control socket `stackctl backup` finds.
+#[test]
+fn a_long_workdir_path_keeps_the_control_socket_working() {
+    let long = format!("./{}/work", "w".repeat(120));
+    let s = Stack::new(&format!(
+        r#"
+services:
+  app:
+    command: [sh, -c, "echo started; exec sleep 1000"]
+    stop_timeout: 2s
+persist:
+  remote: ./remote.git
+  workdir: {long}
+  paths: [./data]
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    bare_repo(&s);
+    std::fs::write(s.path("data/note.txt"), "x").unwrap();
+    let mut up = s.up();
+    up.wait_for("app | started", T);
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+    assert!(!up.has_line("no control socket"), "{}", up.log());
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
+
+/// A stack whose service prints `data/small.txt`, with large files (1 KiB
+/// and up) in a `dir:` store; `required` goes into the service's
+/// `required_paths`.
+fn large_file_stack(required: &str) -> Stack {
+    let s = Stack::new(&format!(
+        r#"
+services:
+  app:
+    command: [sh, -c, "echo \"saw: $(cat data/small.txt)\"; exec sleep 1000"]
+    stop_timeout: 2s
+    required_paths: [{required}]
+persist:
+  remote: ./remote.git
+  workdir: ./work
+  paths: [./data]
+  large_files: {{ store: "dir:./blobs", threshold: 1KiB }}
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    s
+}
+
+/// Issue 17: a large file whose blob is gone does not keep the stack down:
+/// the rest is restored and the services start, the file is named in the
+/// log; a service that lists it in `required_paths` keeps the old, strict
+/// behaviour (`up` exits 1 naming it).
+#[test]
+fn a_missing_large_file_leaves_the_stack_up_unless_a_service_requires_it() {
+    let s = large_file_stack("./data/other");
+    bare_repo(&s);
+    std::fs::write(s.path("data/small.txt"), "small").unwrap();
+    std::fs::write(
+        s.path("data/big.bin"),
+        crate::common_persist::noise(4096, 3),
+    )
+    .unwrap();
+    let mut up = s.up();
+    up.wait_for("app | saw: small", T);
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    drop(up);
+    let wipe = || {
+        for d in ["data", "work"] {
+            std::fs::remove_dir_all(s.path(d)).unwrap();
+        }
+    };
+    wipe();
+    std::fs::remove_dir_all(s.path("blobs")).unwrap();
+
+    let strict = large_file_stack("./data/big.bin");
+    std::fs::copy(strict.file(), s.file()).unwrap();
+    let mut up = s.up();
+    assert_eq!(up.wait_exit(T).code(), Some(1), "{}", up.log());
+    assert!(
+        up.has_line("service `app` requires `")
+            && up.has_line("big.bin`, which could not be restored"),
+        "{}",
+        up.log()
+    );
+    assert!(!up.has_line("app | saw"), "{}", up.log());
+    drop(up);
+    wipe();
+
+    std::fs::copy(large_file_stack("./data/other").file(), s.file()).unwrap();
+    let mut up = s.up();
+    up.wait_for("app | saw: small", T);
+    assert!(up.has_line("large file not restored"), "{}", up.log());
+    assert!(!s.path("data/big.bin").exists());
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
 }
 
 #[test]

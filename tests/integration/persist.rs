@@ -17,7 +17,9 @@ use stackctl::persist::{
     Config, PathConfig, PersistError, Persister, RestoreOptions, RestoreState,
 };
 
-use super::common_persist::{git, Dirs};
+use stackctl::persist::blob::StoreConfig;
+
+use super::common_persist::{git, hostile_pointer_files, push_tree, Dirs};
 
 /// The shared temp root and remote, backing up with excludes and a
 /// readiness file.
@@ -500,6 +502,52 @@ fn a_hostile_repository_writes_nothing_outside_the_paths() {
         p.snapshot_and_push(),
         Err(PersistError::NotRestored)
     ));
+}
+
+/// Issue 17: `...pointer` minus `.pointer` is `..`, so restore used to
+/// clear the directory holding the persisted path (here the temp root,
+/// with a sibling application directory) before any download.
+#[test]
+fn a_pointer_named_to_climb_out_removes_nothing_with_or_without_a_blob_store() {
+    for with_store in [false, true] {
+        let s = Setup::new();
+        let sibling = s.root.join("app/keep.txt");
+        fs::create_dir_all(sibling.parent().unwrap()).unwrap();
+        fs::write(&sibling, "mine").unwrap();
+        push_tree(
+            &s.root,
+            &s.remote,
+            &s.data,
+            "orig",
+            &hostile_pointer_files(),
+        );
+        fs::create_dir_all(s.data.join("sub")).unwrap();
+        fs::write(s.data.join("sub/local.txt"), "mine").unwrap();
+        let p = if with_store {
+            let store = StoreConfig::Dir(s.root.join("blobs"));
+            Persister::with_store(s.config("work"), &store).unwrap()
+        } else {
+            Persister::with_config(s.config("work")).unwrap()
+        };
+        let e = p.restore(&RestoreOptions::default()).unwrap_err();
+        let data = s.data.strip_prefix("/").unwrap().display().to_string();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "refusing to restore: the snapshot holds 2 unsafe entries \
+                 (`{data}/...pointer`: a large-file pointer for `..`, an unsafe name; \
+                 `{data}/sub/..pointer`: a large-file pointer for `.`, an unsafe name); \
+                 nothing was written. Inspect the repository, or restore an older snapshot"
+            )
+        );
+        assert_eq!(fs::read_to_string(&sibling).unwrap(), "mine");
+        assert_eq!(
+            fs::read_to_string(s.data.join("sub/local.txt")).unwrap(),
+            "mine"
+        );
+        assert!(!s.data.join("ok.txt").exists(), "nothing written");
+        assert_eq!(p.restore_state(), RestoreState::Pending);
+    }
 }
 
 #[test]
@@ -987,6 +1035,14 @@ fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
         fs::read(s.data.join("config/app.json")).unwrap(),
         b"unsaved"
     );
+    // A path that is not persisted says so, whatever the local data (issue 17).
+    let e = p
+        .restore(&RestoreOptions {
+            paths: vec!["/etc".into()],
+            ..RestoreOptions::default()
+        })
+        .unwrap_err();
+    assert!(matches!(e, PersistError::NotPersisted(_)), "{e:?}");
 
     // `up` on a surviving disk keeps the newer local data instead.
     let r = p
@@ -1055,6 +1111,63 @@ fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
         e.to_string(),
         "`/etc` is not a persisted path or below one: see `persist.paths`"
     );
+}
+
+/// Issue 17: a forced point-in-time restore makes the paths equal to the
+/// snapshot: files and directories it does not hold are deleted (a dry run
+/// lists them first), excluded files and SQLite side files stay, and
+/// nothing outside the restored path is touched.
+#[test]
+fn a_forced_restore_at_an_older_snapshot_deletes_what_it_does_not_hold() {
+    let s = Setup::new();
+    populate(&s.data);
+    let p = Persister::with_config(s.config("work")).unwrap();
+    p.restore(&RestoreOptions::default()).unwrap();
+    let first = p.snapshot_and_push().unwrap().pushed.unwrap();
+    let before = without_excluded(listing(&s.data));
+    fs::write(s.data.join("config/new.json"), "new").unwrap();
+    fs::create_dir_all(s.data.join("added/deep")).unwrap();
+    fs::write(s.data.join("added/deep/file"), "new").unwrap();
+    fs::create_dir_all(s.data.join("added/x/cache")).unwrap();
+    fs::write(s.data.join("added/x/cache/kept"), "excluded").unwrap();
+    make_sqlite(&s.data.join("new.db"), 3);
+    p.snapshot_and_push().unwrap();
+    fs::write(s.data.join("later.log"), "excluded").unwrap();
+
+    let at = |dry_run| RestoreOptions {
+        at: Some(first.to_string()),
+        force: true,
+        dry_run,
+        ..RestoreOptions::default()
+    };
+    let r = p.restore(&at(true)).unwrap();
+    let rel = |v: &[PathBuf]| -> Vec<String> {
+        v.iter()
+            .map(|p| p.strip_prefix(&s.data).unwrap().display().to_string())
+            .collect()
+    };
+    // `added` and `added/x/cache` hold an excluded file: they stay.
+    let gone = ["added/deep/file", "added/deep", "config/new.json", "new.db"];
+    assert_eq!(rel(&r.deletions), gone);
+    assert!(
+        s.data.join("config/new.json").exists(),
+        "a dry run deletes nothing"
+    );
+
+    let r = p.restore(&at(false)).unwrap();
+    assert_eq!(r.state, RestoreState::Restored(first));
+    assert_eq!(rel(&r.deletions), gone);
+    let mut after = without_excluded(listing(&s.data));
+    for kept in ["added", "added/x", "added/x/cache", "added/x/cache/kept"] {
+        assert!(after.remove(Path::new(kept)).is_some(), "{kept}");
+    }
+    assert_eq!(after, before);
+    assert_eq!(
+        fs::read(s.data.join("added/x/cache/kept")).unwrap(),
+        b"excluded"
+    );
+    assert!(s.data.join("later.log").exists());
+    assert!(!s.data.join("new.db-wal").exists());
 }
 
 #[test]
@@ -1567,6 +1680,12 @@ fn a_backup_repository_of_the_original_restores_as_it_is() {
     set_mode(&clone.join(rel).join("start.sh"), 0o755);
     fs::write(clone.join(".backup_ready"), "1").unwrap();
     fs::write(clone.join("backup.log"), "log").unwrap();
+    // It committed SQLite's side files as they were (issue 17): dropped.
+    make_sqlite(&clone.join(rel).join("data.db"), 3);
+    for side in ["data.db-wal", "data.db-shm"] {
+        fs::write(clone.join(rel).join(side), "stale").unwrap();
+        set_mode(&clone.join(rel).join(side), 0o755);
+    }
     git(&clone, &["add", "-A"]);
     git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
     git(&clone, &["push", "-q", s.remote.to_str().unwrap(), "main"]);
@@ -1583,6 +1702,12 @@ fn a_backup_repository_of_the_original_restores_as_it_is() {
         0o755
     );
     assert!(!s.root.join(".backup_ready").exists());
+    assert_eq!(rows(&s.data.join("data.db")), ("ok".into(), 3));
+    assert!(!s.data.join("data.db-wal").exists() && !s.data.join("data.db-shm").exists());
+    assert_eq!(
+        r.applied.dropped_sidecars,
+        [s.data.join("data.db-shm"), s.data.join("data.db-wal")]
+    );
     // The first snapshot on top keeps the history and adds the metadata.
     let pushed = p.snapshot_and_push().unwrap().pushed.unwrap();
     assert_eq!(

@@ -443,10 +443,15 @@ impl GithubStore {
     }
 
     fn list_assets(&self, release: u64) -> Result<Vec<Asset>, BlobError> {
+        self.list_assets_of(&self.repo, release)
+    }
+
+    /// Every asset of release `release` of `repo`, all pages.
+    fn list_assets_of(&self, repo: &str, release: u64) -> Result<Vec<Asset>, BlobError> {
         let mut out = Vec::new();
         let mut url = Some(format!(
-            "{}/repos/{}/releases/{release}/assets?per_page=100",
-            self.api, self.repo
+            "{}/repos/{repo}/releases/{release}/assets?per_page=100",
+            self.api
         ));
         while let Some(u) = url.take() {
             match self.get_json::<Vec<Asset>>(&u)? {
@@ -458,6 +463,42 @@ impl GithubStore {
             }
         }
         Ok(out)
+    }
+
+    /// The id of the asset an original pointer without one stands for: by
+    /// its `asset_name` (else `<sha256>-<file name>`) in its release, every
+    /// page of the asset list (issue 17).
+    fn asset_by_name(
+        &self,
+        repo: &str,
+        orig: &OriginalPointer,
+        p: &Pointer,
+    ) -> Result<u64, BlobError> {
+        let tag = if orig.release_tag.is_empty() {
+            &self.tag
+        } else {
+            &orig.release_tag
+        };
+        let name = if orig.asset_name.is_empty() {
+            let file = orig.original_path.rsplit('/').next().unwrap_or_default();
+            format!("{}-{file}", p.oid())
+        } else {
+            orig.asset_name.clone()
+        };
+        let missing = || BlobError::NoSuchAsset {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+            name: name.clone(),
+        };
+        let url = format!("{}/repos/{repo}/releases/tags/{tag}", self.api);
+        let Some((rel, _)) = self.get_json::<Release>(&url)? else {
+            return Err(missing());
+        };
+        self.list_assets_of(repo, rel.id)?
+            .into_iter()
+            .find(|a| a.name == name && (a.state.is_empty() || a.state == "uploaded"))
+            .map(|a| a.id)
+            .ok_or_else(missing)
     }
 
     /// List every shard and its assets.
@@ -871,7 +912,11 @@ impl BlobStore for GithubStore {
         } else {
             orig.repo.clone()
         };
-        self.download(&repo, orig.asset_id, out, p.size)
+        let id = match orig.asset_id {
+            Some(id) => id,
+            None => self.retry.run(|| self.asset_by_name(&repo, orig, p))?,
+        };
+        self.download(&repo, id, out, p.size)
     }
 
     fn list(&self) -> Result<Option<Vec<StoredBlob>>, BlobError> {

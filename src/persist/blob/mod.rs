@@ -104,6 +104,17 @@ pub enum BlobError {
         "blob {0} is not in the store; restore an older snapshot, or check `persist.large_files`"
     )]
     Missing(Pointer),
+    /// An original pointer without an asset id names an asset its release
+    /// does not hold.
+    #[error("the release `{tag}` of `{repo}` has no asset `{name}` (the original's pointer names no asset id: its upload had failed); restore an older snapshot")]
+    NoSuchAsset {
+        /// `owner/name`.
+        repo: String,
+        /// The release's tag.
+        tag: String,
+        /// The asset name looked for.
+        name: String,
+    },
     /// The store cannot hold a blob this large.
     #[error("blob {pointer} exceeds the store's limit of {limit} bytes per blob; use `store: lfs` or `store: dir:PATH` for files this large")]
     TooLarge {
