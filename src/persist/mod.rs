@@ -5,6 +5,7 @@
 //! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
+//! - [`merge`]: merge per file when the remote moved under us (conflict copies beside ours).
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
 //! - [`pointer`](mod@pointer): Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
 //! - [`progress`]: byte progress of large-file uploads and downloads (bars, plain lines, log lines).
@@ -34,6 +35,7 @@ pub mod gc;
 pub mod history;
 pub mod lease;
 pub mod lifecycle;
+pub mod merge;
 pub mod plan;
 pub mod pointer;
 pub mod progress;
@@ -376,6 +378,9 @@ pub struct PersistStatus {
     pub pending: usize,
     /// The last operation's error (token scrubbed), `None` after a success.
     pub last_error: Option<String>,
+    /// Conflict copies made by merges with another writer's snapshots
+    /// (`<name>.conflict-<snapshot>` beside the file we kept), newest last.
+    pub conflicts: Vec<String>,
 }
 
 /// One snapshot in the branch.
@@ -1111,9 +1116,12 @@ impl Persister {
                     // shallow workdir, `h`'s history may not reach them.
                     let known = ref_oid(repo, &self.remote.tracking_ref())?;
                     self.retry(|| self.remote.fetch(repo, self.fetch_depth()))?;
-                    reparent(repo, &self.remote.branch_ref(), known, h)?;
+                    // Never replay a full tree over their changes: merge per file.
+                    let merged = self.merge_onto(repo, known, h)?;
+                    self.record_conflicts(&merged.conflicts);
                     reparented = true;
-                    tracing::info!(remote_head = %h, "persist remote moved: snapshots re-parented on it");
+                    tracing::info!(remote_head = %h, taken = merged.taken, conflicts = merged.conflicts.len(),
+                        "persist remote moved: snapshots merged onto it file by file");
                     continue;
                 }
             }
@@ -1503,44 +1511,6 @@ fn is_ancestor(repo: &Repository, ancestor: Oid, of: Oid) -> Result<bool, git2::
         return Ok(false);
     }
     repo.graph_descendant_of(of, ancestor)
-}
-
-/// Replay the commits on `branch` that are not on `old_base` as new commits
-/// (same trees, messages and authors) on top of `new_base`. No merge: each
-/// snapshot is a full state, so its tree stays as it was taken.
-fn reparent(
-    repo: &Repository,
-    branch: &str,
-    old_base: Option<Oid>,
-    new_base: Oid,
-) -> Result<Oid, git2::Error> {
-    let tip = repo.refname_to_id(branch)?;
-    let mut walk = repo.revwalk()?;
-    walk.push(tip)?;
-    for base in old_base.into_iter().chain([new_base]) {
-        // Hiding an unrelated commit is harmless; a missing one would error.
-        if repo.find_commit(base).is_ok() {
-            walk.hide(base)?;
-        }
-    }
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
-    let mut parent = repo.find_commit(new_base)?;
-    for oid in walk {
-        let c = repo.find_commit(oid?)?;
-        let committer = snapshot::signature()?;
-        let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
-        let new = repo.commit(
-            None,
-            &c.author(),
-            &committer,
-            &message,
-            &c.tree()?,
-            &[&parent],
-        )?;
-        parent = repo.find_commit(new)?;
-    }
-    repo.reference_matching(branch, parent.id(), true, tip, "stackctl re-parent")?;
-    Ok(parent.id())
 }
 
 /// The snapshot `at` names, searching first parents from `head`: a commit id

@@ -17,3 +17,4 @@ mod manifest;
 mod persist;
 mod progress;
 mod supervisor;
+mod writers;

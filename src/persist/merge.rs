@@ -1,0 +1,733 @@
+//! Merge per file when the remote branch moved under us (issue 17 item 2):
+//! another writer (an old container still draining, a pending snapshot of
+//! an instance that had no lease) pushed changes after the snapshot we grew
+//! from. Replaying our full trees on top would drop them, so every file is
+//! decided against the common base, like a three-way merge:
+//!
+//! - changed only on their side (added, modified, deleted): theirs;
+//! - changed only on ours, or the same on both: ours;
+//! - changed on both sides: ours stays at its name and theirs is saved
+//!   beside it as `<name>.conflict-<snapshot>` (the first 12 hex digits of
+//!   their snapshot, as `stackctl snapshots` shows it); a change wins over a
+//!   deletion, so nothing a snapshot holds is lost.
+//!
+//! What the merge takes from their side is also written to the live files
+//! (as syncthing does): the next snapshot is built from the live files, so
+//! a merged tree the live directory does not match would be undone one
+//! snapshot later. A live file is only replaced while it still holds what
+//! our snapshot recorded; one that changed since (or a database, which is
+//! snapshotted through SQLite's backup API) is left alone and their version
+//! goes beside it as a conflict copy instead.
+//!
+//! [`decide`] and [`demote`] are pure; the git and file I/O is at the bottom.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use git2::{ObjectType, Oid, Repository, Tree, TreeWalkMode, TreeWalkResult};
+
+use super::plan::{self, KEEP_MARKER, META_DIR};
+use super::pointer::{self, Pointer};
+use super::PersistError;
+
+/// A file of a snapshot tree: its blob and git file mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The blob.
+    pub oid: Oid,
+    /// `0o100644`, `0o100755` or `0o120000`.
+    pub mode: i32,
+}
+
+/// Every file of a tree, by tree path.
+pub type Files = BTreeMap<String, Entry>;
+
+/// What the merge does to one path (paths it does not name keep ours).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Only their side changed `path`: take their version (`None`: they deleted it).
+    Take {
+        /// The tree path.
+        path: String,
+        /// Their entry.
+        theirs: Option<Entry>,
+    },
+    /// Both sides changed `path`: ours stays, theirs is saved at `copy`.
+    Conflict {
+        /// The tree path.
+        path: String,
+        /// Where their version goes.
+        copy: String,
+        /// Their entry.
+        theirs: Entry,
+    },
+}
+
+/// `<name>.conflict-<tag>`.
+pub fn conflict_name(path: &str, tag: &str) -> String {
+    format!("{path}.conflict-{tag}")
+}
+
+/// The tag of a conflict copy: the snapshot's id as `stackctl snapshots` shows it.
+pub fn tag(snapshot: Oid) -> String {
+    snapshot.to_string()[..12].to_string()
+}
+
+/// Files stackctl derives at every snapshot (`.stackctl/`, `.gitattributes`,
+/// `.lfsconfig`): not merged file by file.
+fn is_derived(path: &str) -> bool {
+    path.starts_with(&format!("{META_DIR}/")) || path == ".gitattributes" || path == ".lfsconfig"
+}
+
+/// Decide every path that differs between `ours` and `theirs`, given the
+/// common `base` (empty when there is none: then every file both sides hold
+/// differently is a conflict). `tag` names the conflict copies.
+pub fn decide(base: &Files, ours: &Files, theirs: &Files, tag: &str) -> Vec<Action> {
+    let paths: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    let mut out = Vec::new();
+    for path in paths {
+        if is_derived(path) {
+            continue;
+        }
+        let (b, o, t) = (base.get(path), ours.get(path), theirs.get(path));
+        if o == t || t == b {
+            continue;
+        }
+        let take = Action::Take {
+            path: path.clone(),
+            theirs: t.copied(),
+        };
+        out.push(match (o, t) {
+            // Ours unchanged since the base, or deleted while they changed
+            // it (a change wins over a deletion).
+            _ if o == b => take,
+            (None, Some(_)) => take,
+            // They deleted what we changed: ours stays.
+            (Some(_), None) => continue,
+            (_, Some(t)) => Action::Conflict {
+                path: path.clone(),
+                copy: conflict_name(path, tag),
+                theirs: *t,
+            },
+            (None, None) => continue,
+        });
+    }
+    // A file of theirs where ours has a directory (or the reverse) cannot
+    // take the name: it goes beside it, as a conflict copy.
+    for a in &mut out {
+        if let Action::Take {
+            path,
+            theirs: Some(t),
+        } = a
+        {
+            if clashes(ours, path) {
+                *a = Action::Conflict {
+                    copy: conflict_name(path, tag),
+                    path: path.clone(),
+                    theirs: *t,
+                };
+            }
+        }
+    }
+    out.retain(|a| !matches!(a, Action::Conflict { copy, .. } if clashes(ours, copy)));
+    out
+}
+
+/// Would a file at `path` collide with a directory of `files`, or sit below one of its files?
+fn clashes(files: &Files, path: &str) -> bool {
+    let dir = format!("{path}/");
+    let below = files
+        .range(dir.clone()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(&dir));
+    let mut above = false;
+    let mut at = path;
+    while let Some((parent, _)) = at.rsplit_once('/') {
+        above |= files.contains_key(parent);
+        at = parent;
+    }
+    below || above
+}
+
+/// `action` for a live file that no longer holds what our snapshot
+/// recorded: their version may not replace it. A take becomes a conflict
+/// copy beside it; a deletion is dropped (the live file stays, and so does
+/// ours in the tree).
+pub fn demote(action: Action, tag: &str) -> Option<Action> {
+    match action {
+        Action::Take {
+            path,
+            theirs: Some(t),
+        } => Some(Action::Conflict {
+            copy: conflict_name(&path, tag),
+            path,
+            theirs: t,
+        }),
+        Action::Take { theirs: None, .. } => None,
+        c @ Action::Conflict { .. } => Some(c),
+    }
+}
+
+/// `ours` with `actions` applied.
+pub fn apply(ours: &Files, actions: &[Action]) -> Files {
+    let mut out = ours.clone();
+    for a in actions {
+        match a {
+            Action::Take {
+                path,
+                theirs: Some(t),
+            } => {
+                out.insert(path.clone(), *t);
+            }
+            Action::Take { path, theirs: None } => {
+                out.remove(path);
+            }
+            Action::Conflict { copy, theirs, .. } => {
+                out.insert(copy.clone(), *theirs);
+            }
+        }
+    }
+    out
+}
+
+/// The merged `.gitattributes`: every LFS line of either side (a line for a
+/// file the merged tree does not hold is harmless), plus one for each
+/// conflict copy of a file their side tracks. `None` when neither has any.
+pub fn gitattributes(
+    ours: Option<&str>,
+    theirs: Option<&str>,
+    actions: &[Action],
+) -> Option<String> {
+    let theirs_patterns = theirs.map(pointer::lfs_patterns).unwrap_or_default();
+    let mut lines: BTreeSet<String> = [ours, theirs]
+        .into_iter()
+        .flatten()
+        .flat_map(str::lines)
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("filter=lfs"))
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect();
+    for a in actions {
+        if let Action::Conflict { path, copy, .. } = a {
+            if pointer::is_lfs_tracked(&theirs_patterns, path) {
+                lines.insert(format!(
+                    "{} {}\n",
+                    pointer::attribute_pattern(copy),
+                    pointer::LFS_ATTRIBUTES
+                ));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let ours_head = ours.and_then(|o| o.lines().next().filter(|l| l.starts_with('#')));
+    let mut out = ours_head.map(|h| format!("{h}\n")).unwrap_or_default();
+    out.extend(lines);
+    Some(out)
+}
+
+/// The merged `.stackctl/modes`: ours, with their modes for what the merge
+/// takes from them (a conflict copy gets the mode of their file), and
+/// their directories ours does not know.
+pub fn modes(ours: &str, theirs: &str, their_files: &Files, actions: &[Action]) -> String {
+    let theirs = plan::parse_modes(theirs);
+    let mut out = plan::parse_modes(ours);
+    for a in actions {
+        match a {
+            Action::Take { path, theirs: None } => {
+                out.remove(path);
+            }
+            Action::Take { path, .. } | Action::Conflict { path, .. } => {
+                let target = match a {
+                    Action::Conflict { copy, .. } => copy,
+                    _ => path,
+                };
+                if let Some(m) = theirs.get(path) {
+                    out.insert(target.clone(), *m);
+                }
+            }
+        }
+    }
+    for (path, m) in &theirs {
+        if !their_files.contains_key(path) {
+            out.entry(path.clone()).or_insert(*m);
+        }
+    }
+    let list: Vec<(String, u32)> = out.into_iter().collect();
+    plan::render_modes(&list)
+}
+
+// ---- git I/O ----
+
+/// Every blob of `tree` by tree path.
+pub fn files(tree: &Tree) -> Files {
+    let mut out = Files::new();
+    let _ = tree.walk(TreeWalkMode::PreOrder, |dir, e| {
+        if e.kind() == Some(ObjectType::Blob) {
+            let name = String::from_utf8_lossy(e.name_bytes());
+            out.insert(
+                format!("{dir}{name}"),
+                Entry {
+                    oid: e.id(),
+                    mode: e.filemode(),
+                },
+            );
+        }
+        TreeWalkResult::Ok
+    });
+    out
+}
+
+/// Write `files` as a tree.
+pub fn write_tree(repo: &Repository, files: &Files) -> Result<Oid, git2::Error> {
+    #[derive(Default)]
+    struct Dir<'a> {
+        files: Vec<(&'a str, Entry)>,
+        dirs: BTreeMap<&'a str, Dir<'a>>,
+    }
+    fn write(repo: &Repository, d: &Dir) -> Result<Oid, git2::Error> {
+        let mut tb = repo.treebuilder(None)?;
+        for (name, e) in &d.files {
+            tb.insert(name, e.oid, e.mode)?;
+        }
+        for (name, sub) in &d.dirs {
+            tb.insert(name, write(repo, sub)?, 0o040000)?;
+        }
+        tb.write()
+    }
+    let mut root = Dir::default();
+    for (path, e) in files {
+        let mut parts: Vec<&str> = path.split('/').collect();
+        let name = parts.pop().unwrap_or_default();
+        let mut d = &mut root;
+        for p in parts {
+            d = d.dirs.entry(p).or_default();
+        }
+        d.files.push((name, *e));
+    }
+    write(repo, &root)
+}
+
+/// The blob's text, if it is one.
+fn text(repo: &Repository, e: Option<&Entry>) -> Option<String> {
+    let blob = repo.find_blob(e?.oid).ok()?;
+    Some(String::from_utf8_lossy(blob.content()).into_owned())
+}
+
+/// The merged tree of `ours` and `theirs` after `actions`.
+fn merged_tree(
+    repo: &Repository,
+    ours: &Files,
+    theirs: &Files,
+    actions: &[Action],
+) -> Result<Oid, git2::Error> {
+    let mut merged = apply(ours, actions);
+    let attrs = gitattributes(
+        text(repo, ours.get(".gitattributes")).as_deref(),
+        text(repo, theirs.get(".gitattributes")).as_deref(),
+        actions,
+    );
+    if let Some(attrs) = attrs {
+        let oid = repo.blob(attrs.as_bytes())?;
+        merged.insert(
+            ".gitattributes".into(),
+            Entry {
+                oid,
+                mode: 0o100644,
+            },
+        );
+    }
+    let modes_path = format!("{META_DIR}/modes");
+    if let Some(ours_modes) = text(repo, ours.get(&modes_path)) {
+        let theirs_modes = text(repo, theirs.get(&modes_path)).unwrap_or_default();
+        let merged_modes = modes(&ours_modes, &theirs_modes, theirs, actions);
+        let oid = repo.blob(merged_modes.as_bytes())?;
+        merged.insert(
+            modes_path,
+            Entry {
+                oid,
+                mode: 0o100644,
+            },
+        );
+    }
+    if !merged.contains_key(".lfsconfig") {
+        if let Some(e) = theirs.get(".lfsconfig") {
+            merged.insert(".lfsconfig".into(), *e);
+        }
+    }
+    write_tree(repo, &merged)
+}
+
+/// Does the live file at `abs` still hold what `ours` recorded?
+fn live_holds(repo: &Repository, abs: &Path, ours: Option<&Entry>) -> bool {
+    let meta = std::fs::symlink_metadata(abs);
+    let Some(e) = ours else {
+        return meta.is_err();
+    };
+    let Ok(meta) = meta else { return false };
+    let Ok(blob) = repo.find_blob(e.oid) else {
+        return false;
+    };
+    if e.mode == 0o120000 {
+        return meta.file_type().is_symlink()
+            && std::fs::read_link(abs).is_ok_and(|t| t.as_os_str().as_bytes() == blob.content());
+    }
+    if !meta.is_file() {
+        return false;
+    }
+    match Pointer::parse(blob.content()) {
+        Some(p) => super::blob::hash_file(abs).is_ok_and(|h| h == p),
+        None => Oid::hash_file(ObjectType::Blob, abs).is_ok_and(|h| h == e.oid),
+    }
+}
+
+/// What merging the remote's head into our snapshots did.
+#[derive(Debug, Clone, Default)]
+pub struct Merged {
+    /// The new local head (our snapshots, merged, on top of theirs).
+    pub head: Option<Oid>,
+    /// Conflict copies made (live paths).
+    pub conflicts: Vec<PathBuf>,
+    /// Live files written or removed with their side's version.
+    pub taken: usize,
+}
+
+impl super::Persister {
+    /// The live path of `tree_path`, when it is in one of our persisted paths.
+    fn live_path(&self, tree_path: &str) -> Option<PathBuf> {
+        self.rules.iter().find_map(|r| {
+            if tree_path == r.tree {
+                Some(r.root.clone())
+            } else {
+                let rel = tree_path.strip_prefix(&format!("{}/", r.tree))?;
+                Some(r.root.join(OsStr::from_bytes(rel.as_bytes())))
+            }
+        })
+    }
+
+    /// Put our local snapshots (from the last remote head we knew, `known`)
+    /// on top of `theirs`, the remote head that moved under us, merging
+    /// each tree file by file; apply their side's changes to the live
+    /// files. Updates the local branch.
+    pub(super) fn merge_onto(
+        &self,
+        repo: &Repository,
+        known: Option<Oid>,
+        theirs: Oid,
+    ) -> Result<Merged, PersistError> {
+        let branch = self.remote.branch_ref();
+        let tip = repo.refname_to_id(&branch)?;
+        // The snapshot both sides grew from: the merge base when history
+        // reaches it, else the remote head we last knew (our snapshots grew
+        // from it); without either, every difference is a conflict.
+        let base = repo
+            .merge_base(tip, theirs)
+            .ok()
+            .or_else(|| known.filter(|k| super::is_ancestor(repo, *k, tip).unwrap_or(false)));
+        let base_files = match base {
+            Some(b) => files(&repo.find_commit(b)?.tree()?),
+            None => Files::new(),
+        };
+        let their_commit = repo.find_commit(theirs)?;
+        let their_files = files(&their_commit.tree()?);
+        let tag = tag(theirs);
+
+        let mut walk = repo.revwalk()?;
+        walk.push(tip)?;
+        for hide in base.into_iter().chain([theirs]) {
+            walk.hide(hide)?;
+        }
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
+        let ours: Vec<Oid> = walk.collect::<Result<_, _>>()?;
+        let mut parent = their_commit;
+        let mut out = Merged::default();
+        let mut live = Vec::new();
+        for (i, oid) in ours.iter().enumerate() {
+            let c = repo.find_commit(*oid)?;
+            let our_files = files(&c.tree()?);
+            let mut actions = decide(&base_files, &our_files, &their_files, &tag);
+            if i + 1 == ours.len() {
+                // The tip must agree with the live files: the next snapshot
+                // is taken from them.
+                actions = actions
+                    .into_iter()
+                    .filter_map(|a| self.check_live(repo, &our_files, a, &tag))
+                    .collect();
+                live = actions.clone();
+            }
+            let tree = repo.find_tree(merged_tree(repo, &our_files, &their_files, &actions)?)?;
+            let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
+            let committer = super::snapshot::signature()?;
+            let new = repo.commit(None, &c.author(), &committer, &message, &tree, &[&parent])?;
+            parent = repo.find_commit(new)?;
+        }
+        repo.reference_matching(&branch, parent.id(), true, tip, "stackctl merge")?;
+        out.head = Some(parent.id());
+        let merged_tree = parent.tree()?;
+        self.apply_live(repo, &merged_tree, &live, &mut out)?;
+        Ok(out)
+    }
+
+    /// `action` as the live file allows it (see [`demote`]).
+    fn check_live(
+        &self,
+        repo: &Repository,
+        ours: &Files,
+        action: Action,
+        tag: &str,
+    ) -> Option<Action> {
+        let Action::Take { path, .. } = &action else {
+            return Some(action);
+        };
+        let name = path.rsplit('/').next().unwrap_or_default();
+        match self.live_path(path) {
+            // Not ours to write (another instance's paths) or no live file.
+            None => Some(action),
+            Some(_) if name == KEEP_MARKER => Some(action),
+            Some(abs) if live_holds(repo, &abs, ours.get(path)) => Some(action),
+            Some(_) => demote(action, tag),
+        }
+    }
+
+    /// Write their side's files (and conflict copies) into the live paths,
+    /// through the restore's writer; remove the files they deleted.
+    fn apply_live(
+        &self,
+        repo: &Repository,
+        tree: &Tree,
+        actions: &[Action],
+        out: &mut Merged,
+    ) -> Result<(), PersistError> {
+        let mut write = Vec::new();
+        for a in actions {
+            let (path, target) = match a {
+                Action::Take { path, theirs } => (path, theirs.map(|_| path)),
+                Action::Conflict { path, copy, .. } => (path, Some(copy)),
+            };
+            if path.rsplit('/').next() == Some(KEEP_MARKER) {
+                continue;
+            }
+            let Some(abs) = self.live_path(path) else {
+                continue;
+            };
+            match target {
+                Some(t) => {
+                    if let Some(abs_t) = self.live_path(t) {
+                        write.push((abs_t, t.clone()));
+                    }
+                    if let Action::Conflict { copy, .. } = a {
+                        tracing::warn!(path = %abs.display(), copy = %copy, snapshot = %tag_of(copy),
+                            "this instance and another both changed a file: ours kept, theirs saved beside it");
+                        out.conflicts.push(self.live_path(copy).unwrap_or(abs));
+                    } else {
+                        out.taken += 1;
+                    }
+                }
+                None => {
+                    // `check_live` saw it still holding our version.
+                    if let Err(e) = std::fs::remove_file(&abs) {
+                        tracing::warn!(path = %abs.display(), error = %e, "cannot remove a file the other instance deleted");
+                    }
+                    super::lock(&self.cache).forget(&abs);
+                    out.taken += 1;
+                }
+            }
+        }
+        if write.is_empty() {
+            return Ok(());
+        }
+        let plan = super::restore::plan(repo, tree, &write)?;
+        if !plan.refused.is_empty() {
+            return Err(super::restore::RestoreError::Unsafe(plan.refused).into());
+        }
+        let blobs = super::restore::Blobs {
+            store: self.blobs.as_deref(),
+            retry: self.blob_retry(),
+            transfer: None,
+        };
+        let mut cache = super::lock(&self.cache);
+        super::restore::apply(repo, &plan, &blobs, &mut cache, &|_| {})?;
+        self.save_cache(&cache);
+        Ok(())
+    }
+
+    /// Note conflicts for `status`.
+    pub(super) fn record_conflicts(&self, conflicts: &[PathBuf]) {
+        if conflicts.is_empty() {
+            return;
+        }
+        let mut st = super::lock(&self.status);
+        st.conflicts
+            .extend(conflicts.iter().map(|c| c.display().to_string()));
+        // The newest hundred are enough to point at the problem.
+        let excess = st.conflicts.len().saturating_sub(100);
+        st.conflicts.drain(..excess);
+    }
+}
+
+/// The snapshot tag a conflict copy's name ends with.
+fn tag_of(copy: &str) -> &str {
+    copy.rsplit_once(".conflict-").map_or("", |(_, t)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(n: u8) -> Entry {
+        Entry {
+            oid: Oid::from_bytes(&[n; 20]).unwrap(),
+            mode: 0o100644,
+        }
+    }
+
+    fn files(list: &[(&str, u8)]) -> Files {
+        list.iter().map(|(p, n)| (p.to_string(), e(*n))).collect()
+    }
+
+    fn take(p: &str, n: Option<u8>) -> Action {
+        Action::Take {
+            path: p.into(),
+            theirs: n.map(e),
+        }
+    }
+
+    fn conflict(p: &str, n: u8) -> Action {
+        Action::Conflict {
+            path: p.into(),
+            copy: format!("{p}.conflict-abc"),
+            theirs: e(n),
+        }
+    }
+
+    #[test]
+    fn each_file_is_decided_against_the_base() {
+        let base = files(&[("d/same", 1), ("d/theirs", 1), ("d/both", 1), ("d/del", 1)]);
+        // `base` with files set to new contents and others removed.
+        let edit = |set: &[(&str, u8)], del: &[&str]| {
+            let mut f = base.clone();
+            f.extend(files(set));
+            f.retain(|p, _| !del.contains(&p.as_str()));
+            f
+        };
+        let table: &[(&str, Files, Files, Vec<Action>)] = &[
+            ("nothing moved", edit(&[], &[]), edit(&[], &[]), vec![]),
+            (
+                "only theirs changed a file: theirs",
+                edit(&[], &[]),
+                edit(&[("d/theirs", 2)], &[]),
+                vec![take("d/theirs", Some(2))],
+            ),
+            (
+                "only ours changed: ours",
+                edit(&[("d/same", 3)], &[]),
+                edit(&[], &[]),
+                vec![],
+            ),
+            (
+                "both changed differently: ours stays, theirs beside it",
+                edit(&[("d/both", 3)], &[]),
+                edit(&[("d/both", 4)], &[]),
+                vec![conflict("d/both", 4)],
+            ),
+            (
+                "both made the same change: nothing to do",
+                edit(&[("d/both", 5)], &[]),
+                edit(&[("d/both", 5)], &[]),
+                vec![],
+            ),
+            (
+                "they added a file and deleted an unchanged one",
+                edit(&[], &[]),
+                edit(&[("d/new", 9)], &["d/del"]),
+                vec![take("d/del", None), take("d/new", Some(9))],
+            ),
+            (
+                "they deleted what we changed: ours stays",
+                edit(&[("d/del", 7)], &[]),
+                edit(&[], &["d/del"]),
+                vec![],
+            ),
+            (
+                "we deleted what they changed: their change comes back",
+                edit(&[], &["d/del"]),
+                edit(&[("d/del", 8)], &[]),
+                vec![take("d/del", Some(8))],
+            ),
+        ];
+        for (what, ours, theirs, want) in table {
+            assert_eq!(&decide(&base, ours, theirs, "abc"), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn without_a_base_only_files_both_hold_differently_conflict() {
+        let ours = files(&[("a", 1), ("b", 2), ("c", 3)]);
+        let theirs = files(&[("b", 2), ("c", 4), ("d", 5)]);
+        assert_eq!(
+            decide(&Files::new(), &ours, &theirs, "abc"),
+            vec![conflict("c", 4), take("d", Some(5))]
+        );
+    }
+
+    #[test]
+    fn derived_files_are_not_merged_and_clashing_names_go_beside() {
+        let base = files(&[(".stackctl/modes", 1), ("x/f", 1)]);
+        let ours = files(&[(".stackctl/modes", 2), ("x/f", 1), ("x/dir/inner", 1)]);
+        let theirs = files(&[
+            (".stackctl/modes", 3),
+            (".gitattributes", 3),
+            ("x/f", 1),
+            ("x/dir", 6),
+        ]);
+        assert_eq!(
+            decide(&base, &ours, &theirs, "abc"),
+            vec![conflict("x/dir", 6)]
+        );
+    }
+
+    #[test]
+    fn a_changed_live_file_turns_a_take_into_a_conflict_copy() {
+        assert_eq!(demote(take("a", Some(2)), "abc"), Some(conflict("a", 2)));
+        assert_eq!(demote(take("a", None), "abc"), None);
+        assert_eq!(demote(conflict("a", 2), "abc"), Some(conflict("a", 2)));
+        let merged = apply(
+            &files(&[("a", 1), ("b", 1)]),
+            &[conflict("a", 2), take("b", None), take("c", Some(3))],
+        );
+        assert_eq!(merged, files(&[("a", 1), ("a.conflict-abc", 2), ("c", 3)]));
+    }
+
+    #[test]
+    fn modes_follow_the_files_taken_from_their_side() {
+        let ours = "0755 d\n0644 d/a\n0600 d/gone\n";
+        let theirs = "0755 d\n0700 d/a\n0640 d/new\n0750 d/sub\n0644 d/sub/x\n";
+        let their_files = files(&[("d/a", 2), ("d/new", 3), ("d/sub/x", 4)]);
+        let actions = [
+            conflict("d/a", 2),
+            take("d/gone", None),
+            take("d/new", Some(3)),
+        ];
+        assert_eq!(
+            modes(ours, theirs, &their_files, &actions),
+            "0755 d\n0644 d/a\n0700 d/a.conflict-abc\n0640 d/new\n0750 d/sub\n"
+        );
+    }
+
+    #[test]
+    fn gitattributes_keep_both_sides_lines_and_track_conflict_copies() {
+        let ours = "# written by stackctl\n/a filter=lfs diff=lfs merge=lfs -text\n";
+        let theirs = "# x\nbig filter=lfs diff=lfs merge=lfs -text\n/a filter=lfs diff=lfs merge=lfs -text\n";
+        let got = gitattributes(Some(ours), Some(theirs), &[conflict("big", 1)]).unwrap();
+        assert_eq!(
+            got,
+            "# written by stackctl\n\
+             /a filter=lfs diff=lfs merge=lfs -text\n\
+             /big.conflict-abc filter=lfs diff=lfs merge=lfs -text\n\
+             big filter=lfs diff=lfs merge=lfs -text\n"
+        );
+        assert_eq!(gitattributes(None, None, &[]), None);
+    }
+}
