@@ -232,15 +232,21 @@ pub fn backup(m: &Manifest) -> Result<()> {
             restored.changes.len()
         );
     }
-    let report = persister
-        .snapshot_and_push_with_progress(&|pr| view.show(pr))
-        .map_err(|e| anyhow!("{e}"))?;
+    let report = persister.snapshot_and_push_with_progress(&|pr| view.show(pr));
+    // A one-shot command gives the lease up at once: a container starting
+    // next (a wiped disk, a new instance) must not wait for it to expire.
+    if let Err(e) = persister.release_lease() {
+        eprintln!(
+            "warning: cannot release the write lease ({e}); the next writer waits for it to expire"
+        );
+    }
+    let report = report.map_err(|e| anyhow!("{e}"))?;
     // The persister holds the view too: both go before the report is
     // printed, so the bars are cleared first.
     drop(persister);
     drop(view);
     print_report(&control::report_json(&report));
-    if report.commit.is_some() && report.pushed.is_none() {
+    if report.commit.is_some() && report.pushed.is_none() && report.parked.is_none() {
         bail!("the snapshot was taken but not pushed; it is queued in the workdir and goes out with the next backup");
     }
     Ok(())
@@ -254,9 +260,11 @@ fn print_report(r: &Value) {
             r["files"],
             r["bytes"],
             if r["pushed"].is_string() {
-                ", pushed"
+                ", pushed".to_string()
+            } else if let Some(p) = r["parked"].as_str() {
+                format!(", parked in `{p}`: another stackctl holds the write lease and folds it in")
             } else {
-                ", not pushed yet"
+                ", not pushed yet".to_string()
             }
         ),
         None => println!("nothing changed since the last snapshot"),

@@ -447,16 +447,14 @@ impl super::Persister {
         for (i, oid) in ours.iter().enumerate() {
             let c = repo.find_commit(*oid)?;
             let our_files = files(&c.tree()?);
-            let mut actions = decide(&base_files, &our_files, &their_files, &tag);
-            if i + 1 == ours.len() {
+            let actions = if i + 1 == ours.len() {
                 // The tip must agree with the live files: the next snapshot
                 // is taken from them.
-                actions = actions
-                    .into_iter()
-                    .filter_map(|a| self.check_live(repo, &our_files, a, &tag))
-                    .collect();
-                live = actions.clone();
-            }
+                live = self.live_actions(repo, &base_files, &our_files, &their_files, &tag);
+                live.clone()
+            } else {
+                decide(&base_files, &our_files, &their_files, &tag)
+            };
             let tree = repo.find_tree(merged_tree(repo, &our_files, &their_files, &actions)?)?;
             let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
             let committer = super::snapshot::signature()?;
@@ -468,6 +466,64 @@ impl super::Persister {
         let merged_tree = parent.tree()?;
         self.apply_live(repo, &merged_tree, &live, &mut out)?;
         Ok(out)
+    }
+
+    /// Fold the snapshot `theirs` (not on our branch: a pending one) into
+    /// the local branch as one new snapshot on top of it, merged per file;
+    /// their side's changes are written to the live files.
+    pub(super) fn merge_in(
+        &self,
+        repo: &Repository,
+        theirs: Oid,
+        message: &str,
+    ) -> Result<Merged, PersistError> {
+        let branch = self.remote.branch_ref();
+        let tip = repo.refname_to_id(&branch)?;
+        if super::is_ancestor(repo, theirs, tip)? {
+            // Already in (our own parked snapshot, or folded before).
+            return Ok(Merged {
+                head: Some(tip),
+                ..Merged::default()
+            });
+        }
+        let base_files = match repo.merge_base(tip, theirs) {
+            Ok(b) => files(&repo.find_commit(b)?.tree()?),
+            Err(_) => Files::new(),
+        };
+        let tip_commit = repo.find_commit(tip)?;
+        let our_files = files(&tip_commit.tree()?);
+        let their_files = files(&repo.find_commit(theirs)?.tree()?);
+        let actions = self.live_actions(repo, &base_files, &our_files, &their_files, &tag(theirs));
+        let tree = merged_tree(repo, &our_files, &their_files, &actions)?;
+        let mut out = Merged {
+            head: Some(tip),
+            ..Merged::default()
+        };
+        if tree == tip_commit.tree_id() {
+            return Ok(out);
+        }
+        let tree = repo.find_tree(tree)?;
+        let sig = super::snapshot::signature()?;
+        let new = repo.commit(None, &sig, &sig, message, &tree, &[&tip_commit])?;
+        repo.reference_matching(&branch, new, true, tip, "stackctl fold")?;
+        out.head = Some(new);
+        self.apply_live(repo, &tree, &actions, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`decide`] for the tip, each action as the live file allows it.
+    fn live_actions(
+        &self,
+        repo: &Repository,
+        base: &Files,
+        ours: &Files,
+        theirs: &Files,
+        tag: &str,
+    ) -> Vec<Action> {
+        decide(base, ours, theirs, tag)
+            .into_iter()
+            .filter_map(|a| self.check_live(repo, ours, a, tag))
+            .collect()
     }
 
     /// `action` as the live file allows it (see [`demote`]).

@@ -5,6 +5,8 @@
 //! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
+//! - [`holder`]: this process as a lease holder; is a recorded holder gone from this host?
+//! - [`pending`]: snapshots parked while another instance holds the lease, folded in later.
 //! - [`merge`]: merge per file when the remote moved under us (conflict copies beside ours).
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
 //! - [`pointer`](mod@pointer): Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
@@ -33,9 +35,11 @@ pub mod blob;
 pub mod commands;
 pub mod gc;
 pub mod history;
+pub mod holder;
 pub mod lease;
 pub mod lifecycle;
 pub mod merge;
+pub mod pending;
 pub mod plan;
 pub mod pointer;
 pub mod progress;
@@ -342,6 +346,10 @@ pub struct SnapshotReport {
     pub pushed: Option<Oid>,
     /// Local snapshots were re-parented on a remote head moved by someone else.
     pub reparented: bool,
+    /// Another instance holds the write lease: the snapshot went to this
+    /// pending ref instead (`refs/stackctl/pending/<instance>`), and the
+    /// holder folds it into the branch at its next push.
+    pub parked: Option<String>,
     /// Older snapshots squashed away after the push (`history.keep`).
     pub squashed: usize,
     /// Files in the snapshot.
@@ -361,6 +369,17 @@ pub struct SnapshotReport {
     /// Blobs deleted from the store after a squash (no kept snapshot
     /// refers to them and they were older than the grace period).
     pub blobs_collected: usize,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+struct Pushed {
+    /// The commit the remote branch now points at.
+    pushed: Option<Oid>,
+    /// The remote had moved: our snapshots were merged onto it.
+    reparented: bool,
+    /// The pending ref the snapshot went to (another instance holds the lease).
+    parked: Option<String>,
 }
 
 /// The persistence state shown by `stackctl status` and `/admin/status`.
@@ -844,6 +863,7 @@ impl Persister {
             commit,
             pushed: None,
             reparented: false,
+            parked: None,
             squashed: 0,
             files: built.files,
             bytes: built.bytes,
@@ -1028,9 +1048,14 @@ impl Persister {
         }
         let repo = lock(&self.repo);
         let result = self.snapshot_locked(&repo, progress).and_then(|mut report| {
-            let (pushed, reparented) = self.push_locked(&repo)?;
+            let Pushed {
+                pushed,
+                reparented,
+                parked,
+            } = self.push_locked(&repo)?;
             report.pushed = pushed;
             report.reparented = reparented;
+            report.parked = parked;
             if pushed.is_some() {
                 // A failed squash loses nothing: the snapshot is pushed, and
                 // the next push tries again.
@@ -1091,23 +1116,33 @@ impl Persister {
             return Err(PersistError::NotRestored);
         }
         let repo = lock(&self.repo);
-        let result = self.push_locked(&repo).map(|(pushed, _)| pushed);
+        let result = self.push_locked(&repo).map(|p| p.pushed);
         self.record(&repo, result.as_ref().err());
         result
     }
 
-    fn push_locked(&self, repo: &Repository) -> Result<(Option<Oid>, bool), PersistError> {
+    fn push_locked(&self, repo: &Repository) -> Result<Pushed, PersistError> {
         const ROUNDS: u32 = 3;
-        let mut reparented = false;
+        let mut out = Pushed::default();
         for _ in 0..ROUNDS {
             let Some(local) = ref_oid(repo, &self.remote.branch_ref())? else {
-                return Ok((None, reparented));
+                return Ok(out);
             };
-            let remote_head = self.retry(|| self.remote.head(repo))?;
+            // One listing: the branch head and the pending snapshots.
+            let refs = self.retry(|| self.remote.list_refs(repo, "refs/"))?;
+            let branch = self.remote.branch_ref();
+            let remote_head = refs
+                .iter()
+                .find(|(n, _)| *n == branch)
+                .map_or(RemoteHead::Missing, |(_, o)| RemoteHead::At(*o));
+            let pending: Vec<(String, Oid)> = refs
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(pending::PREFIX))
+                .collect();
             if let RemoteHead::At(h) = remote_head {
-                if h == local {
+                if h == local && pending.is_empty() {
                     repo.reference(&self.remote.tracking_ref(), h, true, "stackctl push")?;
-                    return Ok((None, reparented));
+                    return Ok(out);
                 }
                 if !is_ancestor(repo, h, local)? {
                     // Someone else moved the branch: put our snapshots on top
@@ -1119,18 +1154,44 @@ impl Persister {
                     // Never replay a full tree over their changes: merge per file.
                     let merged = self.merge_onto(repo, known, h)?;
                     self.record_conflicts(&merged.conflicts);
-                    reparented = true;
+                    out.reparented = true;
                     tracing::info!(remote_head = %h, taken = merged.taken, conflicts = merged.conflicts.len(),
                         "persist remote moved: snapshots merged onto it file by file");
                     continue;
                 }
             }
             let local = ref_oid(repo, &self.remote.branch_ref())?.unwrap_or(local);
-            self.ensure_lease(repo, false)?;
+            match self.ensure_lease(repo, false) {
+                Ok(()) => {}
+                // Nothing of ours to save: the holder folds the pending ones.
+                Err(PersistError::LeaseHeld { .. }) if remote_head == RemoteHead::At(local) => {
+                    return Ok(out)
+                }
+                Err(PersistError::LeaseHeld { holder, expires_in }) => {
+                    // Never drop a snapshot because of the lease: park it
+                    // where the holder folds it in.
+                    let parked = self.park(repo, local)?;
+                    tracing::warn!(holder = %holder, expires_in_s = expires_in, pending = %parked, commit = %local,
+                        "another stackctl holds the write lease: snapshot parked for it to fold in");
+                    out.parked = Some(parked);
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+            let folded = self.fold(repo, &pending)?;
+            let local = ref_oid(repo, &self.remote.branch_ref())?.unwrap_or(local);
+            if remote_head == RemoteHead::At(local) {
+                // Every pending snapshot was already in the branch.
+                self.drop_folded(repo, &folded);
+                repo.reference(&self.remote.tracking_ref(), local, true, "stackctl push")?;
+                return Ok(out);
+            }
             match self.retry(|| self.remote.push(repo, local, None)) {
                 Ok(()) => {
                     tracing::info!(commit = %local, "persist snapshot pushed");
-                    return Ok((Some(local), reparented));
+                    self.drop_folded(repo, &folded);
+                    out.pushed = Some(local);
+                    return Ok(out);
                 }
                 // Lost a race: look again.
                 Err(RemoteError::Rejected { .. }) if self.remote_moved(repo, local) => continue,
@@ -1161,7 +1222,11 @@ impl Persister {
                 .and_then(|c| lease::parse(&String::from_utf8_lossy(c.message_bytes()))),
         };
         let now = unix_now();
-        let decision = lease::decide(info.as_ref(), &self.instance, now, ttl);
+        let gone = info
+            .as_ref()
+            .and_then(|i| i.holder.as_ref())
+            .is_some_and(holder::gone);
+        let decision = lease::decide(info.as_ref(), &self.instance, now, ttl, gone);
         if !matches!(
             decision,
             lease::Decision::Renew | lease::Decision::Wait { .. }
@@ -1180,6 +1245,10 @@ impl Persister {
                 tracing::warn!(previous = %from, silent_for_s = age, instance = %self.instance,
                     "taking over the write lease of a stackctl that stopped renewing it");
             }
+            lease::Decision::Abandoned { from, pid } => {
+                tracing::warn!(previous = %from, pid, instance = %self.instance,
+                    "taking over the write lease of a stackctl whose process is gone from this host");
+            }
             lease::Decision::Acquire => {
                 tracing::info!(instance = %self.instance, "write lease acquired");
             }
@@ -1188,6 +1257,7 @@ impl Persister {
         let info = lease::LeaseInfo {
             instance: self.instance.clone(),
             heartbeat: now,
+            holder: Some(holder::me()),
         };
         let commit = lease_commit(repo, &info)?;
         match self.retry(|| {
@@ -1224,6 +1294,7 @@ impl Persister {
         let info = lease::LeaseInfo {
             instance: String::new(),
             heartbeat: unix_now(),
+            holder: None,
         };
         let commit = lease_commit(&repo, &info)?;
         self.retry(|| {
@@ -1446,14 +1517,7 @@ fn lease_commit(repo: &Repository, info: &lease::LeaseInfo) -> Result<Oid, git2:
 
 /// `hostname-pid-random`: unique per container and process.
 fn default_instance_id() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "host".to_string()
-    } else {
-        host
-    };
+    let host = holder::hostname();
     format!(
         "{host}-{}-{:08x}",
         std::process::id(),

@@ -9,10 +9,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use stackctl::persist::{Persister, RestoreOptions};
 
 use super::common_persist::{git, Dirs};
+use crate::harness::{free_port, Running, Stack};
 
 /// The disks of two containers, swapped in and out of `dirs.data`.
 struct Disks<'a> {
@@ -50,19 +52,24 @@ impl<'a> Disks<'a> {
     }
 }
 
-/// The remote branch's file at `rel` below the data path, if any.
-fn remote_file(dirs: &Dirs, rel: &str) -> Option<String> {
-    let tree = dirs.data.display().to_string();
+/// The file `rel` below the persisted path `data` in the branch of the
+/// bare repository `remote`, if it has one.
+fn branch_file(remote: &Path, data: &Path, rel: &str) -> Option<String> {
+    let tree = data.display().to_string();
     let spec = format!("main:{}/{rel}", tree.trim_start_matches('/'));
     let out = std::process::Command::new("git")
         .arg("--git-dir")
-        .arg(&dirs.remote)
+        .arg(remote)
         .args(["show", &spec])
         .output()
         .unwrap();
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn remote_file(dirs: &Dirs, rel: &str) -> Option<String> {
+    branch_file(&dirs.remote, &dirs.data, rel)
 }
 
 // Issue 17 item 2: the old container's last write survives the new
@@ -132,4 +139,215 @@ fn overlapping_containers_merge_per_file_and_keep_both_versions_on_conflict() {
     );
     let again = new.snapshot_and_push().unwrap();
     assert_eq!(again.commit, None, "the live files hold the merged tip");
+}
+
+/// A persister for container `name` with a 10-minute write lease.
+fn leased(dirs: &Dirs, name: &str) -> Persister {
+    let mut cfg = dirs.config(&format!("work-{name}"));
+    cfg.instance = name.into();
+    cfg.lease_ttl = Duration::from_secs(600);
+    Persister::with_config(cfg).unwrap()
+}
+
+// Issue 12 item 1: a snapshot taken while another instance holds the
+// lease is parked, and the holder folds it in per file before its push.
+#[test]
+fn a_parked_snapshot_is_folded_in_per_file_by_the_lease_holder() {
+    let dirs = Dirs::new();
+    let mut disks = Disks::new(&dirs, "old");
+    let data = disks.mount("old").to_path_buf();
+    fs::write(data.join("both.txt"), "base").unwrap();
+    let old = leased(&dirs, "old");
+    old.restore(&RestoreOptions::default()).unwrap();
+    let first = old.snapshot_and_push().unwrap().pushed.unwrap();
+
+    disks.mount("new");
+    let new = leased(&dirs, "new");
+    new.restore(&RestoreOptions::default()).unwrap();
+    fs::write(data.join("new-only.txt"), "from new").unwrap();
+    fs::write(data.join("both.txt"), "new's version").unwrap();
+    let rep = new.snapshot_and_push().unwrap();
+    assert_eq!(
+        rep.parked.as_deref(),
+        Some("refs/stackctl/pending/new"),
+        "{rep:?}"
+    );
+    let parked = rep.commit.unwrap();
+    assert_eq!(git(&dirs.remote, &["rev-parse", "main"]), first.to_string());
+    let listed = old.pending_snapshots().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].0.as_str(), listed[0].1), ("new", parked));
+    drop(new);
+
+    disks.mount("old");
+    fs::write(data.join("old-only.txt"), "from old").unwrap();
+    fs::write(data.join("both.txt"), "old's version").unwrap();
+    old.snapshot_and_push().unwrap().pushed.unwrap();
+    let copy = format!("both.txt.conflict-{}", &parked.to_string()[..12]);
+    for (rel, want) in [
+        ("old-only.txt", "from old"),
+        ("new-only.txt", "from new"),
+        ("both.txt", "old's version"),
+        (copy.as_str(), "new's version"),
+    ] {
+        assert_eq!(remote_file(&dirs, rel).as_deref(), Some(want), "tip: {rel}");
+        assert_eq!(
+            fs::read_to_string(data.join(rel)).unwrap(),
+            want,
+            "live: {rel}"
+        );
+    }
+    assert_eq!(
+        git(&dirs.remote, &["for-each-ref", "refs/stackctl/pending/"]),
+        "",
+        "the folded pending ref is deleted"
+    );
+    assert_eq!(old.snapshot_and_push().unwrap().commit, None);
+}
+
+// ---- the write lease, end to end through the binary (issue 12 item 1) ----
+
+const T: Duration = Duration::from_secs(30);
+
+/// A stack whose one service prints the persisted note at start; its
+/// workdir and gateway port come from `WD` and `PORT`, so two `up`s can
+/// share the directory, the data and the remote (`remote.git`).
+fn stack() -> Stack {
+    let s = Stack::new(
+        r#"
+name: writers
+services:
+  app:
+    command: [sh, -c, "echo \"saw: $(cat data/note.txt 2>/dev/null || echo nothing)\"; exec sleep 1000"]
+    stop_timeout: 2s
+gateway:
+  listen: 127.0.0.1:${PORT}
+  admin: { password: "correct-horse-battery" }
+persist:
+  remote: ./remote.git
+  workdir: ${WD:-./work}
+  debounce: 300ms
+  paths: [./data]
+"#,
+    );
+    crate::common_persist::init_bare(&s.path("remote.git"));
+    fs::create_dir_all(s.path("data")).unwrap();
+    s
+}
+
+/// `stackctl up` with workdir `wd` on a free port.
+fn up(s: &Stack, wd: &str) -> Running {
+    let env = [
+        "env".to_string(),
+        format!("WD={wd}"),
+        format!("PORT={}", free_port()),
+    ];
+    let env: Vec<&str> = env.iter().map(String::as_str).collect();
+    s.spawn(&["up"], Some(&env))
+}
+
+/// The remote's file `rel` below `data/`, if the branch has it.
+fn remote_data(s: &Stack, rel: &str) -> Option<String> {
+    branch_file(&s.path("remote.git"), &s.path("data"), rel)
+}
+
+fn remote_refs(s: &Stack, prefix: &str) -> String {
+    git(
+        &s.path("remote.git"),
+        &["for-each-ref", "--format=%(refname)", prefix],
+    )
+}
+
+/// SIGTERM, then the exit code within `T`.
+fn stop(r: &mut Running) -> Option<i32> {
+    r.signal(libc::SIGTERM);
+    r.wait_exit(T).code()
+}
+
+/// A new disk: data and workdir gone (the remote stays).
+fn wipe(s: &Stack, wd: &str) {
+    fs::remove_dir_all(s.path("data")).unwrap();
+    let _ = fs::remove_dir_all(s.path(wd));
+}
+
+#[test]
+fn a_one_shot_backup_leaves_the_lease_free_for_up_on_a_wiped_disk() {
+    let s = stack().env("PORT", &free_port().to_string());
+    fs::write(s.path("data/note.txt"), "one").unwrap();
+    s.run(&["restore"]).code(0);
+    s.run(&["backup"]).code(0).stdout_has("pushed");
+    let lease = git(
+        &s.path("remote.git"),
+        &["log", "-1", "--format=%B", "refs/stackctl/lease"],
+    );
+    assert!(!lease.contains("pid:"), "released: {lease}");
+
+    // Within the lease's 120 s, a container starts on a wiped disk.
+    wipe(&s, "work");
+    let mut u = up(&s, "./work-new");
+    u.wait_for("app | saw: one", T);
+    fs::write(s.path("data/late.txt"), "written in the new container").unwrap();
+    assert_eq!(stop(&mut u), Some(0), "{}", u.log());
+    assert!(u.has_line("final backup pushed"), "{}", u.log());
+    assert_eq!(
+        remote_data(&s, "late.txt").as_deref(),
+        Some("written in the new container")
+    );
+}
+
+#[test]
+fn a_sigkilled_holder_on_this_host_does_not_block_the_next_container() {
+    let s = stack();
+    let mut first = up(&s, "./work-1");
+    first.wait_for("app | saw: nothing", T);
+    fs::write(s.path("data/note.txt"), "before the kill").unwrap();
+    first.wait_for("snapshot pushed", T);
+    let lease = git(
+        &s.path("remote.git"),
+        &["log", "-1", "--format=%B", "refs/stackctl/lease"],
+    );
+    assert!(lease.contains(&format!("pid: {}", first.pid())), "{lease}");
+    // SIGKILL: no final backup, no release; its services go with it.
+    unsafe {
+        libc::kill(-first.pid(), libc::SIGKILL);
+    }
+    first.wait_exit(T);
+
+    wipe(&s, "work-1");
+    let mut second = up(&s, "./work-2");
+    second.wait_for("app | saw: before the kill", T);
+    fs::write(s.path("data/late.txt"), "after the kill").unwrap();
+    assert_eq!(stop(&mut second), Some(0), "{}", second.log());
+    assert!(
+        second.has_line("process is gone from this host"),
+        "{}",
+        second.log()
+    );
+    assert_eq!(
+        remote_data(&s, "late.txt").as_deref(),
+        Some("after the kill")
+    );
+}
+
+#[test]
+fn two_ups_at_once_park_and_fold_instead_of_failing_the_final_backup() {
+    let s = stack();
+    let mut a = up(&s, "./work-a");
+    a.wait_for("app | saw: nothing", T);
+    fs::write(s.path("data/a.txt"), "from a").unwrap();
+    a.wait_for("snapshot pushed", T);
+
+    let mut b = up(&s, "./work-b");
+    b.wait_for("app | saw: nothing", T);
+    fs::write(s.path("data/b.txt"), "from b").unwrap();
+    b.wait_for("snapshot parked", T);
+    assert_eq!(stop(&mut b), Some(0), "{}", b.log());
+    assert!(b.has_line("final snapshot parked"), "{}", b.log());
+    assert!(!remote_refs(&s, "refs/stackctl/pending/").is_empty());
+
+    assert_eq!(stop(&mut a), Some(0), "{}", a.log());
+    assert!(a.has_line("pending snapshot folded in"), "{}", a.log());
+    assert_eq!(remote_refs(&s, "refs/stackctl/pending/"), "", "{}", a.log());
+    assert_eq!(remote_data(&s, "a.txt").as_deref(), Some("from a"));
+    assert_eq!(remote_data(&s, "b.txt").as_deref(), Some("from b"));
 }
