@@ -354,6 +354,7 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
 /// `stackctl snapshots`.
 pub fn snapshots(m: &Manifest) -> Result<()> {
     let p = persist(m)?;
+    let mut pending = Vec::new();
     let list = match ask(p, "snapshots")? {
         Some(v) => v["snapshots"].clone(),
         None => {
@@ -366,10 +367,12 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
                 })
                 .map_err(|e| anyhow!("{e}"))?;
             let list = persister.list_snapshots(1000).map_err(|e| anyhow!("{e}"))?;
+            pending = persister.pending_snapshots().map_err(|e| anyhow!("{e}"))?;
             control::snapshots_json(&list)
         }
     };
     let list = list.as_array().cloned().unwrap_or_default();
+    print_pending(&pending);
     if list.is_empty() {
         println!("no snapshots yet");
         return Ok(());
@@ -399,4 +402,19 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Snapshots parked in `refs/stackctl/pending/*` (instance, commit, time).
+fn print_pending(pending: &[(String, git2::Oid, i64)]) {
+    if pending.is_empty() {
+        return;
+    }
+    println!("pending (taken while another stackctl held the write lease; it folds them into the branch at its next push, and a restore takes newer ones into account):");
+    for (instance, oid, time) in pending {
+        println!(
+            "  {}  {}  from `{instance}`",
+            &oid.to_string()[..12],
+            crate::persist::snapshot::format_utc(*time)
+        );
+    }
 }

@@ -469,22 +469,25 @@ impl super::Persister {
     }
 
     /// Fold the snapshot `theirs` (not on our branch: a pending one) into
-    /// the local branch as one new snapshot on top of it, merged per file;
-    /// their side's changes are written to the live files.
+    /// `tip` as one new snapshot on top of it, merged per file. With
+    /// `branch`, `tip` is that local branch's head: the branch moves to the
+    /// new snapshot and their side's changes are written to the live files.
+    /// Without, only the commit is made (a restore writes the files itself).
     pub(super) fn merge_in(
         &self,
         repo: &Repository,
+        tip: Oid,
         theirs: Oid,
         message: &str,
+        branch: Option<&str>,
     ) -> Result<Merged, PersistError> {
-        let branch = self.remote.branch_ref();
-        let tip = repo.refname_to_id(&branch)?;
+        let mut out = Merged {
+            head: Some(tip),
+            ..Merged::default()
+        };
         if super::is_ancestor(repo, theirs, tip)? {
             // Already in (our own parked snapshot, or folded before).
-            return Ok(Merged {
-                head: Some(tip),
-                ..Merged::default()
-            });
+            return Ok(out);
         }
         let base_files = match repo.merge_base(tip, theirs) {
             Ok(b) => files(&repo.find_commit(b)?.tree()?),
@@ -493,21 +496,23 @@ impl super::Persister {
         let tip_commit = repo.find_commit(tip)?;
         let our_files = files(&tip_commit.tree()?);
         let their_files = files(&repo.find_commit(theirs)?.tree()?);
-        let actions = self.live_actions(repo, &base_files, &our_files, &their_files, &tag(theirs));
-        let tree = merged_tree(repo, &our_files, &their_files, &actions)?;
-        let mut out = Merged {
-            head: Some(tip),
-            ..Merged::default()
+        let tag = tag(theirs);
+        let actions = match branch {
+            Some(_) => self.live_actions(repo, &base_files, &our_files, &their_files, &tag),
+            None => decide(&base_files, &our_files, &their_files, &tag),
         };
+        let tree = merged_tree(repo, &our_files, &their_files, &actions)?;
         if tree == tip_commit.tree_id() {
             return Ok(out);
         }
         let tree = repo.find_tree(tree)?;
         let sig = super::snapshot::signature()?;
         let new = repo.commit(None, &sig, &sig, message, &tree, &[&tip_commit])?;
-        repo.reference_matching(&branch, new, true, tip, "stackctl fold")?;
         out.head = Some(new);
-        self.apply_live(repo, &tree, &actions, &mut out)?;
+        if let Some(branch) = branch {
+            repo.reference_matching(branch, new, true, tip, "stackctl fold")?;
+            self.apply_live(repo, &tree, &actions, &mut out)?;
+        }
         Ok(out)
     }
 

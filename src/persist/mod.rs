@@ -677,9 +677,15 @@ impl Persister {
             }
             RemoteHead::At(oid) => oid,
         };
+        // The newest state: pending snapshots parked after the head (their
+        // writer had no lease, its holder stopped before folding them) too.
+        let folded = match &opts.at {
+            None if !opts.dry_run => self.pending_onto(&repo, head)?,
+            _ => None,
+        };
         let target = match &opts.at {
             Some(at) => resolve_at(&repo, head, at)?,
-            None => head,
+            None => folded.unwrap_or(head),
         };
         if !opts.force && !opts.dry_run {
             match self.refuse_newer_local_data(&repo) {
@@ -735,7 +741,12 @@ impl Persister {
         if !opts.dry_run {
             // Later snapshots build on the remote head, even after restoring
             // an older snapshot: history is never rewritten.
-            repo.reference(&self.remote.branch_ref(), head, true, "stackctl restore")?;
+            repo.reference(
+                &self.remote.branch_ref(),
+                folded.unwrap_or(head),
+                true,
+                "stackctl restore",
+            )?;
             *lock(&self.state) = RestoreState::Restored(target);
             self.write_readiness()?;
             tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes,

@@ -73,7 +73,9 @@ impl Persister {
                 super::merge::tag(*oid),
                 instance_of(name)
             );
-            let merged = self.merge_in(repo, *oid, &message)?;
+            let branch = self.remote.branch_ref();
+            let tip = repo.refname_to_id(&branch)?;
+            let merged = self.merge_in(repo, tip, *oid, &message, Some(&branch))?;
             self.record_conflicts(&merged.conflicts);
             tracing::info!(pending = %name, snapshot = %oid, taken = merged.taken,
                 conflicts = merged.conflicts.len(), "pending snapshot folded in");
@@ -81,6 +83,40 @@ impl Persister {
             folded.push((name.clone(), *oid));
         }
         Ok(folded)
+    }
+
+    /// `head` (the branch's head on the remote, about to be restored) with
+    /// every pending snapshot newer than it folded in, oldest first, as
+    /// new local snapshots on top of it; `None` when there is none. The
+    /// first push with the lease publishes them and deletes the refs.
+    pub(super) fn pending_onto(
+        &self,
+        repo: &Repository,
+        head: Oid,
+    ) -> Result<Option<Oid>, PersistError> {
+        let head_time = repo.find_commit(head)?.time().seconds();
+        let mut newer = Vec::new();
+        for (name, oid, time) in self.fetch_pending(repo)? {
+            if time >= head_time && !super::is_ancestor(repo, oid, head)? {
+                newer.push((time, name, oid));
+            }
+        }
+        newer.sort();
+        let mut tip = head;
+        for (_, name, oid) in &newer {
+            let message = format!(
+                "stackctl: restore with the snapshot {} that `{}` parked folded in\n",
+                super::merge::tag(*oid),
+                instance_of(name)
+            );
+            tip = self
+                .merge_in(repo, tip, *oid, &message, None)?
+                .head
+                .unwrap_or(tip);
+            tracing::info!(pending = %name, snapshot = %oid,
+                "a pending snapshot newer than the branch is restored with it");
+        }
+        Ok((tip != head).then_some(tip))
     }
 
     /// Delete the pending refs `folded` (now in the pushed branch), each
@@ -97,15 +133,24 @@ impl Persister {
     /// Pending snapshots on the remote, newest first: (instance, commit, time).
     pub fn pending_snapshots(&self) -> Result<Vec<(String, Oid, i64)>, PersistError> {
         let repo = super::lock(&self.repo);
-        let refs = self.retry(|| self.remote.list_refs(&repo, PREFIX))?;
-        let mut out = Vec::new();
-        for (name, oid) in refs {
-            let local = format!("refs/stackctl/fold/{}", instance_of(&name));
-            self.retry(|| self.remote.fetch_ref(&repo, &name, &local))?;
-            let time = repo.find_commit(oid)?.time().seconds();
-            out.push((instance_of(&name).to_string(), oid, time));
-        }
+        let mut out: Vec<_> = self
+            .fetch_pending(&repo)?
+            .into_iter()
+            .map(|(name, oid, time)| (instance_of(&name).to_string(), oid, time))
+            .collect();
         out.sort_by_key(|(_, _, t)| std::cmp::Reverse(*t));
+        Ok(out)
+    }
+
+    /// Fetch every pending snapshot: (ref, commit, commit time).
+    fn fetch_pending(&self, repo: &Repository) -> Result<Vec<(String, Oid, i64)>, PersistError> {
+        let mut out = Vec::new();
+        for (name, oid) in self.retry(|| self.remote.list_refs(repo, PREFIX))? {
+            let local = format!("refs/stackctl/fold/{}", instance_of(&name));
+            self.retry(|| self.remote.fetch_ref(repo, &name, &local))?;
+            let time = repo.find_commit(oid)?.time().seconds();
+            out.push((name, oid, time));
+        }
         Ok(out)
     }
 }

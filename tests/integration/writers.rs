@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stackctl::persist::{Persister, RestoreOptions};
+use stackctl::persist::{Persister, RestoreOptions, RestoreState};
 
 use super::common_persist::{git, Dirs};
 use crate::harness::{free_port, Running, Stack};
@@ -205,6 +205,38 @@ fn a_parked_snapshot_is_folded_in_per_file_by_the_lease_holder() {
     assert_eq!(old.snapshot_and_push().unwrap().commit, None);
 }
 
+// Issue 12 item 1: the holder stopped before folding a parked snapshot
+// in; a container restoring on a wiped disk still gets its files.
+#[test]
+fn a_restore_takes_a_pending_snapshot_newer_than_the_branch_into_account() {
+    let dirs = Dirs::new();
+    let mut disks = Disks::new(&dirs, "old");
+    let data = disks.mount("old").to_path_buf();
+    fs::write(data.join("note.txt"), "v1").unwrap();
+    let old = leased(&dirs, "old");
+    old.restore(&RestoreOptions::default()).unwrap();
+    let head = old.snapshot_and_push().unwrap().pushed.unwrap();
+
+    disks.mount("new");
+    let new = leased(&dirs, "new");
+    new.restore(&RestoreOptions::default()).unwrap();
+    fs::write(data.join("note.txt"), "v2 from new").unwrap();
+    assert!(new.snapshot_and_push().unwrap().parked.is_some());
+    drop(new);
+
+    disks.mount("third");
+    let third = leased(&dirs, "third");
+    let r = third.restore(&RestoreOptions::default()).unwrap();
+    assert_ne!(r.state, RestoreState::Restored(head), "{r:?}");
+    assert_eq!(
+        fs::read_to_string(data.join("note.txt")).unwrap(),
+        "v2 from new"
+    );
+    // Its first snapshot holds the folded state: nothing new to commit.
+    let s = third.snapshot().unwrap();
+    assert_eq!(s.commit, None, "{s:?}");
+}
+
 // ---- the write lease, end to end through the binary (issue 12 item 1) ----
 
 const T: Duration = Duration::from_secs(30);
@@ -331,7 +363,7 @@ fn a_sigkilled_holder_on_this_host_does_not_block_the_next_container() {
 
 #[test]
 fn two_ups_at_once_park_and_fold_instead_of_failing_the_final_backup() {
-    let s = stack();
+    let s = stack().env("PORT", &free_port().to_string());
     let mut a = up(&s, "./work-a");
     a.wait_for("app | saw: nothing", T);
     fs::write(s.path("data/a.txt"), "from a").unwrap();
@@ -344,6 +376,10 @@ fn two_ups_at_once_park_and_fold_instead_of_failing_the_final_backup() {
     assert_eq!(stop(&mut b), Some(0), "{}", b.log());
     assert!(b.has_line("final snapshot parked"), "{}", b.log());
     assert!(!remote_refs(&s, "refs/stackctl/pending/").is_empty());
+    s.run(&["snapshots"])
+        .code(0)
+        .stdout_has("pending (taken while another stackctl held the write lease")
+        .stdout_has("from `");
 
     assert_eq!(stop(&mut a), Some(0), "{}", a.log());
     assert!(a.has_line("pending snapshot folded in"), "{}", a.log());
