@@ -9,7 +9,9 @@
 //! - changed on both sides: ours stays at its name and theirs is saved
 //!   beside it as `<name>.conflict-<snapshot>` (the first 12 hex digits of
 //!   their snapshot, as `stackctl snapshots` shows it); a change wins over a
-//!   deletion, so nothing a snapshot holds is lost.
+//!   deletion, so nothing a snapshot holds is lost. When folding in a
+//!   pending snapshot newer than ours, the newer version takes the name and
+//!   ours goes beside it instead (newest wins, both kept).
 //!
 //! What the merge takes from their side is also written to the live files
 //! (as syncthing does): the next snapshot is built from the live files, so
@@ -63,6 +65,28 @@ pub enum Action {
         /// Their entry.
         theirs: Entry,
     },
+    /// Both sides changed `path` and theirs is newer: theirs takes the
+    /// name, ours is saved at `copy`.
+    Newer {
+        /// The tree path.
+        path: String,
+        /// Where our version goes.
+        copy: String,
+        /// Our entry.
+        ours: Entry,
+        /// Their entry.
+        theirs: Entry,
+    },
+}
+
+impl Action {
+    /// The conflict copy this action makes, if any.
+    fn copy(&self) -> Option<&str> {
+        match self {
+            Action::Conflict { copy, .. } | Action::Newer { copy, .. } => Some(copy),
+            Action::Take { .. } => None,
+        }
+    }
 }
 
 /// `<name>.conflict-<tag>`.
@@ -83,8 +107,16 @@ fn is_derived(path: &str) -> bool {
 
 /// Decide every path that differs between `ours` and `theirs`, given the
 /// common `base` (empty when there is none: then every file both sides hold
-/// differently is a conflict). `tag` names the conflict copies.
-pub fn decide(base: &Files, ours: &Files, theirs: &Files, tag: &str) -> Vec<Action> {
+/// differently is a conflict). `tag` names the copies of their files;
+/// `newer` (our snapshot's tag) says their snapshot is the newer one, so
+/// on a conflict theirs takes the name and ours goes beside it.
+pub fn decide(
+    base: &Files,
+    ours: &Files,
+    theirs: &Files,
+    tag: &str,
+    newer: Option<&str>,
+) -> Vec<Action> {
     let paths: BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
     let mut out = Vec::new();
     for path in paths {
@@ -106,6 +138,12 @@ pub fn decide(base: &Files, ours: &Files, theirs: &Files, tag: &str) -> Vec<Acti
             (None, Some(_)) => take,
             // They deleted what we changed: ours stays.
             (Some(_), None) => continue,
+            (Some(o), Some(t)) if newer.is_some() => Action::Newer {
+                path: path.clone(),
+                copy: conflict_name(path, newer.unwrap_or_default()),
+                ours: *o,
+                theirs: *t,
+            },
             (_, Some(t)) => Action::Conflict {
                 path: path.clone(),
                 copy: conflict_name(path, tag),
@@ -131,7 +169,7 @@ pub fn decide(base: &Files, ours: &Files, theirs: &Files, tag: &str) -> Vec<Acti
             }
         }
     }
-    out.retain(|a| !matches!(a, Action::Conflict { copy, .. } if clashes(ours, copy)));
+    out.retain(|a| !a.copy().is_some_and(|c| clashes(ours, c)));
     out
 }
 
@@ -166,6 +204,11 @@ pub fn demote(action: Action, tag: &str) -> Option<Action> {
             theirs: t,
         }),
         Action::Take { theirs: None, .. } => None,
+        Action::Newer { path, theirs, .. } => Some(Action::Conflict {
+            copy: conflict_name(&path, tag),
+            path,
+            theirs,
+        }),
         c @ Action::Conflict { .. } => Some(c),
     }
 }
@@ -187,6 +230,15 @@ pub fn apply(ours: &Files, actions: &[Action]) -> Files {
             Action::Conflict { copy, theirs, .. } => {
                 out.insert(copy.clone(), *theirs);
             }
+            Action::Newer {
+                path,
+                copy,
+                ours,
+                theirs,
+            } => {
+                out.insert(path.clone(), *theirs);
+                out.insert(copy.clone(), *ours);
+            }
         }
     }
     out
@@ -194,13 +246,14 @@ pub fn apply(ours: &Files, actions: &[Action]) -> Files {
 
 /// The merged `.gitattributes`: every LFS line of either side (a line for a
 /// file the merged tree does not hold is harmless), plus one for each
-/// conflict copy of a file their side tracks. `None` when neither has any.
+/// conflict copy of a file its side tracks. `None` when neither has any.
 pub fn gitattributes(
     ours: Option<&str>,
     theirs: Option<&str>,
     actions: &[Action],
 ) -> Option<String> {
-    let theirs_patterns = theirs.map(pointer::lfs_patterns).unwrap_or_default();
+    let patterns = |side: Option<&str>| side.map(pointer::lfs_patterns).unwrap_or_default();
+    let (ours_patterns, theirs_patterns) = (patterns(ours), patterns(theirs));
     let mut lines: BTreeSet<String> = [ours, theirs]
         .into_iter()
         .flatten()
@@ -209,14 +262,17 @@ pub fn gitattributes(
         .map(|l| format!("{}\n", l.trim_end()))
         .collect();
     for a in actions {
-        if let Action::Conflict { path, copy, .. } = a {
-            if pointer::is_lfs_tracked(&theirs_patterns, path) {
-                lines.insert(format!(
-                    "{} {}\n",
-                    pointer::attribute_pattern(copy),
-                    pointer::LFS_ATTRIBUTES
-                ));
-            }
+        let (path, copy, side) = match a {
+            Action::Conflict { path, copy, .. } => (path, copy, &theirs_patterns),
+            Action::Newer { path, copy, .. } => (path, copy, &ours_patterns),
+            Action::Take { .. } => continue,
+        };
+        if pointer::is_lfs_tracked(side, path) {
+            lines.insert(format!(
+                "{} {}\n",
+                pointer::attribute_pattern(copy),
+                pointer::LFS_ATTRIBUTES
+            ));
         }
     }
     if lines.is_empty() {
@@ -229,13 +285,22 @@ pub fn gitattributes(
 }
 
 /// The merged `.stackctl/modes`: ours, with their modes for what the merge
-/// takes from them (a conflict copy gets the mode of their file), and
-/// their directories ours does not know.
+/// takes from them (a conflict copy gets the mode of the file it copies),
+/// and their directories ours does not know.
 pub fn modes(ours: &str, theirs: &str, their_files: &Files, actions: &[Action]) -> String {
     let theirs = plan::parse_modes(theirs);
-    let mut out = plan::parse_modes(ours);
+    let ours = plan::parse_modes(ours);
+    let mut out = ours.clone();
     for a in actions {
         match a {
+            Action::Newer { path, copy, .. } => {
+                if let Some(m) = theirs.get(path) {
+                    out.insert(path.clone(), *m);
+                }
+                if let Some(m) = ours.get(path) {
+                    out.insert(copy.clone(), *m);
+                }
+            }
             Action::Take { path, theirs: None } => {
                 out.remove(path);
             }
@@ -450,10 +515,10 @@ impl super::Persister {
             let actions = if i + 1 == ours.len() {
                 // The tip must agree with the live files: the next snapshot
                 // is taken from them.
-                live = self.live_actions(repo, &base_files, &our_files, &their_files, &tag);
+                live = self.live_actions(repo, &base_files, &our_files, &their_files, &tag, None);
                 live.clone()
             } else {
-                decide(&base_files, &our_files, &their_files, &tag)
+                decide(&base_files, &our_files, &their_files, &tag, None)
             };
             let tree = repo.find_tree(merged_tree(repo, &our_files, &their_files, &actions)?)?;
             let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
@@ -497,9 +562,13 @@ impl super::Persister {
         let our_files = files(&tip_commit.tree()?);
         let their_files = files(&repo.find_commit(theirs)?.tree()?);
         let tag = tag(theirs);
+        // Newest wins the name: a pending snapshot taken after our tip.
+        let ours_tag = super::merge::tag(tip);
+        let newer = (repo.find_commit(theirs)?.time().seconds() > tip_commit.time().seconds())
+            .then_some(ours_tag.as_str());
         let actions = match branch {
-            Some(_) => self.live_actions(repo, &base_files, &our_files, &their_files, &tag),
-            None => decide(&base_files, &our_files, &their_files, &tag),
+            Some(_) => self.live_actions(repo, &base_files, &our_files, &their_files, &tag, newer),
+            None => decide(&base_files, &our_files, &their_files, &tag, newer),
         };
         let tree = merged_tree(repo, &our_files, &their_files, &actions)?;
         if tree == tip_commit.tree_id() {
@@ -524,8 +593,9 @@ impl super::Persister {
         ours: &Files,
         theirs: &Files,
         tag: &str,
+        newer: Option<&str>,
     ) -> Vec<Action> {
-        decide(base, ours, theirs, tag)
+        decide(base, ours, theirs, tag, newer)
             .into_iter()
             .filter_map(|a| self.check_live(repo, ours, a, tag))
             .collect()
@@ -539,7 +609,7 @@ impl super::Persister {
         action: Action,
         tag: &str,
     ) -> Option<Action> {
-        let Action::Take { path, .. } = &action else {
+        let (Action::Take { path, .. } | Action::Newer { path, .. }) = &action else {
             return Some(action);
         };
         let name = path.rsplit('/').next().unwrap_or_default();
@@ -563,9 +633,10 @@ impl super::Persister {
     ) -> Result<(), PersistError> {
         let mut write = Vec::new();
         for a in actions {
-            let (path, target) = match a {
-                Action::Take { path, theirs } => (path, theirs.map(|_| path)),
-                Action::Conflict { path, copy, .. } => (path, Some(copy)),
+            let (path, targets): (&String, Vec<&String>) = match a {
+                Action::Take { path, theirs } => (path, theirs.iter().map(|_| path).collect()),
+                Action::Conflict { path, copy, .. } => (path, vec![copy]),
+                Action::Newer { path, copy, .. } => (path, vec![path, copy]),
             };
             if path.rsplit('/').next() == Some(KEEP_MARKER) {
                 continue;
@@ -573,26 +644,30 @@ impl super::Persister {
             let Some(abs) = self.live_path(path) else {
                 continue;
             };
-            match target {
-                Some(t) => {
-                    if let Some(abs_t) = self.live_path(t) {
-                        write.push((abs_t, t.clone()));
-                    }
-                    if let Action::Conflict { copy, .. } = a {
-                        tracing::warn!(path = %abs.display(), copy = %copy, snapshot = %tag_of(copy),
-                            "this instance and another both changed a file: ours kept, theirs saved beside it");
-                        out.conflicts.push(self.live_path(copy).unwrap_or(abs));
-                    } else {
-                        out.taken += 1;
-                    }
-                }
-                None => {
+            write.extend(
+                targets
+                    .iter()
+                    .filter_map(|t| Some((self.live_path(t)?, t.to_string()))),
+            );
+            match a {
+                Action::Take { theirs: None, .. } => {
                     // `check_live` saw it still holding our version.
                     if let Err(e) = std::fs::remove_file(&abs) {
                         tracing::warn!(path = %abs.display(), error = %e, "cannot remove a file the other instance deleted");
                     }
                     super::lock(&self.cache).forget(&abs);
                     out.taken += 1;
+                }
+                Action::Take { .. } => out.taken += 1,
+                Action::Conflict { copy, .. } | Action::Newer { copy, .. } => {
+                    let kept = if matches!(a, Action::Newer { .. }) {
+                        "the newer version (theirs) kept, ours saved beside it"
+                    } else {
+                        "ours kept, theirs saved beside it"
+                    };
+                    tracing::warn!(path = %abs.display(), copy = %copy, snapshot = %tag_of(copy), kept,
+                        "this instance and another both changed a file");
+                    out.conflicts.push(self.live_path(copy).unwrap_or(abs));
                 }
             }
         }
@@ -719,7 +794,7 @@ mod tests {
             ),
         ];
         for (what, ours, theirs, want) in table {
-            assert_eq!(&decide(&base, ours, theirs, "abc"), want, "{what}");
+            assert_eq!(&decide(&base, ours, theirs, "abc", None), want, "{what}");
         }
     }
 
@@ -728,7 +803,7 @@ mod tests {
         let ours = files(&[("a", 1), ("b", 2), ("c", 3)]);
         let theirs = files(&[("b", 2), ("c", 4), ("d", 5)]);
         assert_eq!(
-            decide(&Files::new(), &ours, &theirs, "abc"),
+            decide(&Files::new(), &ours, &theirs, "abc", None),
             vec![conflict("c", 4), take("d", Some(5))]
         );
     }
@@ -744,7 +819,7 @@ mod tests {
             ("x/dir", 6),
         ]);
         assert_eq!(
-            decide(&base, &ours, &theirs, "abc"),
+            decide(&base, &ours, &theirs, "abc", None),
             vec![conflict("x/dir", 6)]
         );
     }
@@ -759,6 +834,31 @@ mod tests {
             &[conflict("a", 2), take("b", None), take("c", Some(3))],
         );
         assert_eq!(merged, files(&[("a", 1), ("a.conflict-abc", 2), ("c", 3)]));
+    }
+
+    #[test]
+    fn a_newer_snapshot_of_theirs_takes_the_name_and_ours_goes_beside_it() {
+        let base = files(&[("a", 1), ("b", 1)]);
+        let ours = files(&[("a", 2), ("b", 1)]);
+        let theirs = files(&[("a", 3), ("b", 4)]);
+        let got = decide(&base, &ours, &theirs, "abc", Some("def"));
+        let newer = Action::Newer {
+            path: "a".into(),
+            copy: "a.conflict-def".into(),
+            ours: e(2),
+            theirs: e(3),
+        };
+        assert_eq!(got, vec![newer.clone(), take("b", Some(4))]);
+        assert_eq!(
+            apply(&ours, &got),
+            files(&[("a", 3), ("a.conflict-def", 2), ("b", 4)])
+        );
+        assert_eq!(
+            modes("0644 a\n", "0600 a\n", &theirs, &got),
+            "0600 a\n0644 a.conflict-def\n"
+        );
+        // A live file changed since our snapshot keeps the name after all.
+        assert_eq!(demote(newer, "abc"), Some(conflict("a", 3)));
     }
 
     #[test]

@@ -149,17 +149,24 @@ fn leased(dirs: &Dirs, name: &str) -> Persister {
     Persister::with_config(cfg).unwrap()
 }
 
+/// Container `old` on its disk with `both.txt` = "base", restored and
+/// pushed (it holds the lease): the disks, the data path, `old`, its snapshot.
+fn old_pushed(dirs: &Dirs) -> (Disks<'_>, PathBuf, Persister, git2::Oid) {
+    let mut disks = Disks::new(dirs, "old");
+    let data = disks.mount("old").to_path_buf();
+    fs::write(data.join("both.txt"), "base").unwrap();
+    let old = leased(dirs, "old");
+    old.restore(&RestoreOptions::default()).unwrap();
+    let first = old.snapshot_and_push().unwrap().pushed.unwrap();
+    (disks, data, old, first)
+}
+
 // Issue 12 item 1: a snapshot taken while another instance holds the
 // lease is parked, and the holder folds it in per file before its push.
 #[test]
 fn a_parked_snapshot_is_folded_in_per_file_by_the_lease_holder() {
     let dirs = Dirs::new();
-    let mut disks = Disks::new(&dirs, "old");
-    let data = disks.mount("old").to_path_buf();
-    fs::write(data.join("both.txt"), "base").unwrap();
-    let old = leased(&dirs, "old");
-    old.restore(&RestoreOptions::default()).unwrap();
-    let first = old.snapshot_and_push().unwrap().pushed.unwrap();
+    let (mut disks, data, old, first) = old_pushed(&dirs);
 
     disks.mount("new");
     let new = leased(&dirs, "new");
@@ -202,6 +209,59 @@ fn a_parked_snapshot_is_folded_in_per_file_by_the_lease_holder() {
         "",
         "the folded pending ref is deleted"
     );
+    assert_eq!(old.snapshot_and_push().unwrap().commit, None);
+}
+
+/// Wait until the clock's second changes: commit times have one-second
+/// resolution, and "newer" must be told apart.
+fn next_second() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let start = now();
+    while now() == start {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// Issue 12 item 1: newest wins, both kept. The holder's version of a file
+// is older than the one parked: the parked one takes the name.
+#[test]
+fn a_newer_parked_version_takes_the_name_and_the_older_goes_beside_it() {
+    let dirs = Dirs::new();
+    let (mut disks, data, old, _) = old_pushed(&dirs);
+
+    disks.mount("new");
+    let new = leased(&dirs, "new");
+    new.restore(&RestoreOptions::default()).unwrap();
+
+    disks.mount("old");
+    fs::write(data.join("both.txt"), "old's version").unwrap();
+    let ours = old.snapshot_and_push().unwrap().pushed.unwrap();
+
+    next_second();
+    disks.mount("new");
+    fs::write(data.join("both.txt"), "new's newer version").unwrap();
+    assert!(new.snapshot_and_push().unwrap().parked.is_some());
+    drop(new);
+
+    disks.mount("old");
+    old.push().unwrap().unwrap();
+    let copy = format!("both.txt.conflict-{}", &ours.to_string()[..12]);
+    for (rel, want) in [
+        ("both.txt", "new's newer version"),
+        (copy.as_str(), "old's version"),
+    ] {
+        assert_eq!(remote_file(&dirs, rel).as_deref(), Some(want), "tip: {rel}");
+        assert_eq!(
+            fs::read_to_string(data.join(rel)).unwrap(),
+            want,
+            "live: {rel}"
+        );
+    }
     assert_eq!(old.snapshot_and_push().unwrap().commit, None);
 }
 
