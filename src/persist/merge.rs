@@ -326,14 +326,23 @@ pub fn modes(ours: &str, theirs: &str, their_files: &Files, actions: &[Action]) 
 
 // ---- git I/O ----
 
-/// Every blob of `tree` by tree path.
+/// Can `path` name a file in a tree (no empty, `.`, `..` or `.git` part)?
+/// Another writer's tree is repository content: a name that is not is
+/// left out of the merge.
+fn valid_path(path: &str) -> bool {
+    path.split('/')
+        .all(|p| !p.is_empty() && p != "." && p != ".." && p != ".git" && !p.contains('\0'))
+}
+
+/// Every blob of `tree` by tree path (invalid names left out).
 pub fn files(tree: &Tree) -> Files {
     let mut out = Files::new();
     let _ = tree.walk(TreeWalkMode::PreOrder, |dir, e| {
-        if e.kind() == Some(ObjectType::Blob) {
-            let name = String::from_utf8_lossy(e.name_bytes());
+        let name = String::from_utf8_lossy(e.name_bytes());
+        let path = format!("{dir}{name}");
+        if e.kind() == Some(ObjectType::Blob) && valid_path(&path) {
             out.insert(
-                format!("{dir}{name}"),
+                path,
                 Entry {
                     oid: e.id(),
                     mode: e.filemode(),
@@ -676,7 +685,10 @@ impl super::Persister {
         }
         let plan = super::restore::plan(repo, tree, &write)?;
         if !plan.refused.is_empty() {
-            return Err(super::restore::RestoreError::Unsafe(plan.refused).into());
+            // Hostile or broken content of the other side must not block
+            // our pushes for good: it stays in the history, unwritten here.
+            tracing::warn!(refused = ?plan.refused, "files of another writer's snapshot not written to the live paths");
+            return Ok(());
         }
         let blobs = super::restore::Blobs {
             store: self.blobs.as_deref(),
@@ -806,6 +818,20 @@ mod tests {
             decide(&Files::new(), &ours, &theirs, "abc", None),
             vec![conflict("c", 4), take("d", Some(5))]
         );
+    }
+
+    #[test]
+    fn names_a_tree_cannot_hold_are_left_out() {
+        for (p, ok) in [
+            ("a/b", true),
+            ("a/../b", false),
+            ("..", false),
+            ("a/.git/x", false),
+            ("a//b", false),
+            (".stackctl/modes", true),
+        ] {
+            assert_eq!(valid_path(p), ok, "{p}");
+        }
     }
 
     #[test]
