@@ -189,6 +189,31 @@ fn clashes(files: &Files, path: &str) -> bool {
     below || above
 }
 
+/// `theirs` as far as it speaks: a file of `base` outside the paths their
+/// side persists (`.stackctl/paths`: another configuration on the same
+/// branch) is absent from their snapshot because they never looked, not
+/// because they deleted it; it counts as unchanged. `None`: no record, every
+/// path counts.
+pub fn their_view(theirs: &Files, base: &Files, paths: Option<&[String]>) -> Files {
+    let Some(paths) = paths else {
+        return theirs.clone();
+    };
+    let owned = |p: &str| {
+        paths.iter().any(|r| {
+            p == r
+                || p.strip_prefix(r.as_str())
+                    .is_some_and(|x| x.starts_with('/'))
+        })
+    };
+    let mut out = theirs.clone();
+    for (p, e) in base {
+        if !is_derived(p) && !owned(p) {
+            out.entry(p.clone()).or_insert(*e);
+        }
+    }
+    out
+}
+
 /// `action` for a live file that no longer holds what our snapshot
 /// recorded: their version may not replace it. A take becomes a conflict
 /// copy beside it; a deletion is dropped (the live file stays, and so does
@@ -384,6 +409,31 @@ pub fn write_tree(repo: &Repository, files: &Files) -> Result<Oid, git2::Error> 
     write(repo, &root)
 }
 
+/// The persisted paths a snapshot records in `.stackctl/paths`.
+fn persisted_paths(repo: &Repository, files: &Files) -> Option<Vec<String>> {
+    let text = text(repo, files.get(&format!("{META_DIR}/paths")))?;
+    Some(
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Their side's files as [`their_view`] reads them.
+fn their_files(
+    repo: &Repository,
+    commit: &git2::Commit,
+    base: &Files,
+) -> Result<Files, git2::Error> {
+    let theirs = files(&commit.tree()?);
+    Ok(their_view(
+        &theirs,
+        base,
+        persisted_paths(repo, &theirs).as_deref(),
+    ))
+}
+
 /// The blob's text, if it is one.
 fn text(repo: &Repository, e: Option<&Entry>) -> Option<String> {
     let blob = repo.find_blob(e?.oid).ok()?;
@@ -505,7 +555,7 @@ impl super::Persister {
             None => Files::new(),
         };
         let their_commit = repo.find_commit(theirs)?;
-        let their_files = files(&their_commit.tree()?);
+        let their_files = their_files(repo, &their_commit, &base_files)?;
         let tag = tag(theirs);
 
         let mut walk = repo.revwalk()?;
@@ -569,7 +619,7 @@ impl super::Persister {
         };
         let tip_commit = repo.find_commit(tip)?;
         let our_files = files(&tip_commit.tree()?);
-        let their_files = files(&repo.find_commit(theirs)?.tree()?);
+        let their_files = their_files(repo, &repo.find_commit(theirs)?, &base_files)?;
         let tag = tag(theirs);
         // Newest wins the name: a pending snapshot taken after our tip.
         let ours_tag = super::merge::tag(tip);
@@ -832,6 +882,21 @@ mod tests {
         ] {
             assert_eq!(valid_path(p), ok, "{p}");
         }
+    }
+
+    #[test]
+    fn files_outside_their_persisted_paths_are_not_their_deletions() {
+        let base = files(&[("a/x", 1), ("b/y", 1), ("bb/z", 1)]);
+        let theirs = files(&[("a/x", 2)]);
+        let paths = ["a".to_string(), "b".to_string()];
+        let view = their_view(&theirs, &base, Some(&paths));
+        assert_eq!(view, files(&[("a/x", 2), ("bb/z", 1)]));
+        // `b/y` they persist and deleted; `bb/z` they never saw.
+        assert_eq!(
+            decide(&base, &base, &view, "abc", None),
+            vec![take("a/x", Some(2)), take("b/y", None)]
+        );
+        assert_eq!(their_view(&theirs, &base, None), theirs);
     }
 
     #[test]

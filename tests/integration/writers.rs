@@ -302,15 +302,15 @@ fn a_restore_takes_a_pending_snapshot_newer_than_the_branch_into_account() {
 const T: Duration = Duration::from_secs(30);
 
 /// A stack whose one service prints the persisted note at start; its
-/// workdir and gateway port come from `WD` and `PORT`, so two `up`s can
-/// share the directory, the data and the remote (`remote.git`).
+/// workdir, data path and gateway port come from `WD`, `DATA` and `PORT`,
+/// so two `up`s can share the directory and the remote (`remote.git`).
 fn stack() -> Stack {
     let s = Stack::new(
         r#"
 name: writers
 services:
   app:
-    command: [sh, -c, "echo \"saw: $(cat data/note.txt 2>/dev/null || echo nothing)\"; exec sleep 1000"]
+    command: [sh, -c, "echo \"saw: $(cat ${DATA:-./data}/note.txt 2>/dev/null || echo nothing)\"; exec sleep 1000"]
     stop_timeout: 2s
 gateway:
   listen: 127.0.0.1:${PORT}
@@ -319,7 +319,7 @@ persist:
   remote: ./remote.git
   workdir: ${WD:-./work}
   debounce: 300ms
-  paths: [./data]
+  paths: ["${DATA:-./data}"]
 "#,
     );
     crate::common_persist::init_bare(&s.path("remote.git"));
@@ -327,11 +327,13 @@ persist:
     s
 }
 
-/// `stackctl up` with workdir `wd` on a free port.
-fn up(s: &Stack, wd: &str) -> Running {
+/// `stackctl up` with workdir `wd` and data path `data` on a free port.
+fn up(s: &Stack, wd: &str, data: &str) -> Running {
+    fs::create_dir_all(s.path(data)).unwrap();
     let env = [
         "env".to_string(),
         format!("WD={wd}"),
+        format!("DATA={data}"),
         format!("PORT={}", free_port()),
     ];
     let env: Vec<&str> = env.iter().map(String::as_str).collect();
@@ -340,7 +342,12 @@ fn up(s: &Stack, wd: &str) -> Running {
 
 /// The remote's file `rel` below `data/`, if the branch has it.
 fn remote_data(s: &Stack, rel: &str) -> Option<String> {
-    branch_file(&s.path("remote.git"), &s.path("data"), rel)
+    remote_in(s, "data", rel)
+}
+
+/// The remote's file `rel` below the data path `data`, if the branch has it.
+fn remote_in(s: &Stack, data: &str, rel: &str) -> Option<String> {
+    branch_file(&s.path("remote.git"), &s.path(data), rel)
 }
 
 fn remote_refs(s: &Stack, prefix: &str) -> String {
@@ -354,6 +361,22 @@ fn remote_refs(s: &Stack, prefix: &str) -> String {
 fn stop(r: &mut Running) -> Option<i32> {
     r.signal(libc::SIGTERM);
     r.wait_exit(T).code()
+}
+
+/// Write `text` to `path` (whole: through a rename) until `done`: the
+/// first write may come before `up` watches the paths (it starts watching
+/// as the services start), or be taken with a snapshot of something else.
+fn write_until(r: &mut Running, path: &Path, text: &str, mut done: impl FnMut(&Running) -> bool) {
+    let deadline = std::time::Instant::now() + T;
+    let tmp = path.with_file_name(".write-until");
+    while !done(r) {
+        if std::time::Instant::now() > deadline {
+            r.fail(&format!("not done after writing {}", path.display()));
+        }
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, path).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 /// A new disk: data and workdir gone (the remote stays).
@@ -376,7 +399,7 @@ fn a_one_shot_backup_leaves_the_lease_free_for_up_on_a_wiped_disk() {
 
     // Within the lease's 120 s, a container starts on a wiped disk.
     wipe(&s, "work");
-    let mut u = up(&s, "./work-new");
+    let mut u = up(&s, "./work-new", "./data");
     u.wait_for("app | saw: one", T);
     fs::write(s.path("data/late.txt"), "written in the new container").unwrap();
     assert_eq!(stop(&mut u), Some(0), "{}", u.log());
@@ -390,10 +413,14 @@ fn a_one_shot_backup_leaves_the_lease_free_for_up_on_a_wiped_disk() {
 #[test]
 fn a_sigkilled_holder_on_this_host_does_not_block_the_next_container() {
     let s = stack();
-    let mut first = up(&s, "./work-1");
+    let mut first = up(&s, "./work-1", "./data");
     first.wait_for("app | saw: nothing", T);
-    fs::write(s.path("data/note.txt"), "before the kill").unwrap();
-    first.wait_for("snapshot pushed", T);
+    write_until(
+        &mut first,
+        &s.path("data/note.txt"),
+        "before the kill",
+        |_| remote_data(&s, "note.txt").as_deref() == Some("before the kill"),
+    );
     let lease = git(
         &s.path("remote.git"),
         &["log", "-1", "--format=%B", "refs/stackctl/lease"],
@@ -406,7 +433,7 @@ fn a_sigkilled_holder_on_this_host_does_not_block_the_next_container() {
     first.wait_exit(T);
 
     wipe(&s, "work-1");
-    let mut second = up(&s, "./work-2");
+    let mut second = up(&s, "./work-2", "./data");
     second.wait_for("app | saw: before the kill", T);
     fs::write(s.path("data/late.txt"), "after the kill").unwrap();
     assert_eq!(stop(&mut second), Some(0), "{}", second.log());
@@ -423,16 +450,20 @@ fn a_sigkilled_holder_on_this_host_does_not_block_the_next_container() {
 
 #[test]
 fn two_ups_at_once_park_and_fold_instead_of_failing_the_final_backup() {
+    // Each on a data path of its own, so one's writes never make the other
+    // push (and fold) at a moment the test does not choose.
     let s = stack().env("PORT", &free_port().to_string());
-    let mut a = up(&s, "./work-a");
+    let mut a = up(&s, "./work-a", "./data-a");
     a.wait_for("app | saw: nothing", T);
-    fs::write(s.path("data/a.txt"), "from a").unwrap();
-    a.wait_for("snapshot pushed", T);
+    write_until(&mut a, &s.path("data-a/a.txt"), "from a", |_| {
+        remote_in(&s, "data-a", "a.txt").is_some()
+    });
 
-    let mut b = up(&s, "./work-b");
+    let mut b = up(&s, "./work-b", "./data-b");
     b.wait_for("app | saw: nothing", T);
-    fs::write(s.path("data/b.txt"), "from b").unwrap();
-    b.wait_for("snapshot parked", T);
+    write_until(&mut b, &s.path("data-b/b.txt"), "from b", |b| {
+        b.has_line("snapshot parked")
+    });
     assert_eq!(stop(&mut b), Some(0), "{}", b.log());
     assert!(b.has_line("final snapshot parked"), "{}", b.log());
     assert!(!remote_refs(&s, "refs/stackctl/pending/").is_empty());
@@ -444,6 +475,11 @@ fn two_ups_at_once_park_and_fold_instead_of_failing_the_final_backup() {
     assert_eq!(stop(&mut a), Some(0), "{}", a.log());
     assert!(a.has_line("pending snapshot folded in"), "{}", a.log());
     assert_eq!(remote_refs(&s, "refs/stackctl/pending/"), "", "{}", a.log());
-    assert_eq!(remote_data(&s, "a.txt").as_deref(), Some("from a"));
-    assert_eq!(remote_data(&s, "b.txt").as_deref(), Some("from b"));
+    assert_eq!(remote_in(&s, "data-a", "a.txt").as_deref(), Some("from a"));
+    assert_eq!(remote_in(&s, "data-b", "b.txt").as_deref(), Some("from b"));
+    assert_eq!(
+        fs::read_to_string(s.path("data-a/a.txt")).unwrap(),
+        "from a",
+        "the other's snapshot deletes nothing it does not persist"
+    );
 }
