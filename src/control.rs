@@ -140,6 +140,7 @@ pub fn report_json(r: &SnapshotReport) -> Value {
         "commit": r.commit.map(|c| c.to_string()),
         "pushed": r.pushed.map(|c| c.to_string()),
         "reparented": r.reparented,
+        "parked": r.parked,
         "squashed": r.squashed,
         "files": r.files,
         "bytes": r.bytes,

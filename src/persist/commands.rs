@@ -238,15 +238,21 @@ pub fn backup(m: &Manifest) -> Result<()> {
             restored.changes.len()
         );
     }
-    let report = persister
-        .snapshot_and_push_with_progress(&|pr| view.show(pr))
-        .map_err(|e| anyhow!("{e}"))?;
+    let report = persister.snapshot_and_push_with_progress(&|pr| view.show(pr));
+    // A one-shot command gives the lease up at once: a container starting
+    // next (a wiped disk, a new instance) must not wait for it to expire.
+    if let Err(e) = persister.release_lease() {
+        eprintln!(
+            "warning: cannot release the write lease ({e}); the next writer waits for it to expire"
+        );
+    }
+    let report = report.map_err(|e| anyhow!("{e}"))?;
     // The persister holds the view too: both go before the report is
     // printed, so the bars are cleared first.
     drop(persister);
     drop(view);
     print_report(&control::report_json(&report));
-    if report.commit.is_some() && report.pushed.is_none() {
+    if report.commit.is_some() && report.pushed.is_none() && report.parked.is_none() {
         bail!("the snapshot was taken but not pushed; it is queued in the workdir and goes out with the next backup");
     }
     Ok(())
@@ -260,9 +266,11 @@ fn print_report(r: &Value) {
             r["files"],
             r["bytes"],
             if r["pushed"].is_string() {
-                ", pushed"
+                ", pushed".to_string()
+            } else if let Some(p) = r["parked"].as_str() {
+                format!(", parked in `{p}`: another stackctl holds the write lease and folds it in")
             } else {
-                ", not pushed yet"
+                ", not pushed yet".to_string()
             }
         ),
         None => println!("nothing changed since the last snapshot"),
@@ -374,6 +382,7 @@ fn unrestored(failed: &[(std::path::PathBuf, String)]) -> Result<()> {
 /// `stackctl snapshots`.
 pub fn snapshots(m: &Manifest) -> Result<()> {
     let p = persist(m)?;
+    let mut pending = Vec::new();
     let list = match ask(p, "snapshots")? {
         Some(v) => v["snapshots"].clone(),
         None => {
@@ -386,10 +395,12 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
                 })
                 .map_err(|e| anyhow!("{e}"))?;
             let list = persister.list_snapshots(1000).map_err(|e| anyhow!("{e}"))?;
+            pending = persister.pending_snapshots().map_err(|e| anyhow!("{e}"))?;
             control::snapshots_json(&list)
         }
     };
     let list = list.as_array().cloned().unwrap_or_default();
+    print_pending(&pending);
     if list.is_empty() {
         println!("no snapshots yet");
         return Ok(());
@@ -419,4 +430,19 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Snapshots parked in `refs/stackctl/pending/*` (instance, commit, time).
+fn print_pending(pending: &[(String, git2::Oid, i64)]) {
+    if pending.is_empty() {
+        return;
+    }
+    println!("pending (taken while another stackctl held the write lease; it folds them into the branch at its next push, and a restore takes newer ones into account):");
+    for (instance, oid, time) in pending {
+        println!(
+            "  {}  {}  from `{instance}`",
+            &oid.to_string()[..12],
+            crate::persist::snapshot::format_utc(*time)
+        );
+    }
 }

@@ -296,6 +296,10 @@ pub async fn final_backup(
     };
     publish(p, status);
     match &result {
+        Ok(rep) if rep.parked.is_some() => {
+            let pending = rep.parked.as_deref().unwrap_or_default();
+            warn!(pending, "final snapshot parked: another stackctl holds the write lease and folds it in at its next push")
+        }
         Ok(rep) if rep.commit.is_some() && rep.pushed.is_none() => {
             let e = "the final snapshot was taken but could not be pushed".to_string();
             error!("{e}");

@@ -5,6 +5,9 @@
 //! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
+//! - [`holder`]: this process as a lease holder; is a recorded holder gone from this host?
+//! - [`pending`]: snapshots parked while another instance holds the lease, folded in later.
+//! - [`merge`]: merge per file when the remote moved under us (conflict copies beside ours).
 //! - [`plan`]: pure decisions: tree paths, excludes, file kinds, stat cache.
 //! - [`pointer`](mod@pointer): Git LFS pointers, `.gitattributes` lines, the original's `*.pointer` JSON (pure).
 //! - [`progress`]: byte progress of large-file uploads and downloads (bars, plain lines, log lines).
@@ -33,8 +36,11 @@ pub mod blob;
 pub mod commands;
 pub mod gc;
 pub mod history;
+pub mod holder;
 pub mod lease;
 pub mod lifecycle;
+pub mod merge;
+pub mod pending;
 pub mod plan;
 pub mod pointer;
 pub mod progress;
@@ -353,6 +359,10 @@ pub struct SnapshotReport {
     pub pushed: Option<Oid>,
     /// Local snapshots were re-parented on a remote head moved by someone else.
     pub reparented: bool,
+    /// Another instance holds the write lease: the snapshot went to this
+    /// pending ref instead (`refs/stackctl/pending/<instance>`), and the
+    /// holder folds it into the branch at its next push.
+    pub parked: Option<String>,
     /// Older snapshots squashed away after the push (`history.keep`).
     pub squashed: usize,
     /// Files in the snapshot.
@@ -374,6 +384,17 @@ pub struct SnapshotReport {
     pub blobs_collected: usize,
 }
 
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+struct Pushed {
+    /// The commit the remote branch now points at.
+    pushed: Option<Oid>,
+    /// The remote had moved: our snapshots were merged onto it.
+    reparented: bool,
+    /// The pending ref the snapshot went to (another instance holds the lease).
+    parked: Option<String>,
+}
+
 /// The persistence state shown by `stackctl status` and `/admin/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PersistStatus {
@@ -393,6 +414,9 @@ pub struct PersistStatus {
     /// blob is missing or corrupt in the store.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unrestored: Vec<String>,
+    /// Conflict copies made by merges with another writer's snapshots
+    /// (`<name>.conflict-<snapshot>` beside the file we kept), newest last.
+    pub conflicts: Vec<String>,
 }
 
 /// One snapshot in the branch.
@@ -689,9 +713,15 @@ impl Persister {
             }
             RemoteHead::At(oid) => oid,
         };
+        // The newest state: pending snapshots parked after the head (their
+        // writer had no lease, its holder stopped before folding them) too.
+        let folded = match &opts.at {
+            None if !opts.dry_run => self.pending_onto(&repo, head)?,
+            _ => None,
+        };
         let target = match &opts.at {
             Some(at) => resolve_at(&repo, head, at)?,
-            None => head,
+            None => folded.unwrap_or(head),
         };
         // First: a path that is not persisted is the answer, whatever the local data.
         let paths = self.restore_paths(&opts.paths)?;
@@ -761,7 +791,12 @@ impl Persister {
         if !opts.dry_run {
             // Later snapshots build on the remote head, even after restoring
             // an older snapshot: history is never rewritten.
-            repo.reference(&self.remote.branch_ref(), head, true, "stackctl restore")?;
+            repo.reference(
+                &self.remote.branch_ref(),
+                folded.unwrap_or(head),
+                true,
+                "stackctl restore",
+            )?;
             *lock(&self.state) = RestoreState::Restored(target);
             self.write_readiness()?;
             tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes,
@@ -903,6 +938,7 @@ impl Persister {
             commit,
             pushed: None,
             reparented: false,
+            parked: None,
             squashed: 0,
             files: built.files,
             bytes: built.bytes,
@@ -1087,9 +1123,14 @@ impl Persister {
         }
         let repo = lock(&self.repo);
         let result = self.snapshot_locked(&repo, progress).and_then(|mut report| {
-            let (pushed, reparented) = self.push_locked(&repo)?;
+            let Pushed {
+                pushed,
+                reparented,
+                parked,
+            } = self.push_locked(&repo)?;
             report.pushed = pushed;
             report.reparented = reparented;
+            report.parked = parked;
             if pushed.is_some() {
                 // A failed squash loses nothing: the snapshot is pushed, and
                 // the next push tries again.
@@ -1150,23 +1191,33 @@ impl Persister {
             return Err(PersistError::NotRestored);
         }
         let repo = lock(&self.repo);
-        let result = self.push_locked(&repo).map(|(pushed, _)| pushed);
+        let result = self.push_locked(&repo).map(|p| p.pushed);
         self.record(&repo, result.as_ref().err());
         result
     }
 
-    fn push_locked(&self, repo: &Repository) -> Result<(Option<Oid>, bool), PersistError> {
+    fn push_locked(&self, repo: &Repository) -> Result<Pushed, PersistError> {
         const ROUNDS: u32 = 3;
-        let mut reparented = false;
+        let mut out = Pushed::default();
         for _ in 0..ROUNDS {
             let Some(local) = ref_oid(repo, &self.remote.branch_ref())? else {
-                return Ok((None, reparented));
+                return Ok(out);
             };
-            let remote_head = self.retry(|| self.remote.head(repo))?;
+            // One listing: the branch head and the pending snapshots.
+            let refs = self.retry(|| self.remote.list_refs(repo, "refs/"))?;
+            let branch = self.remote.branch_ref();
+            let remote_head = refs
+                .iter()
+                .find(|(n, _)| *n == branch)
+                .map_or(RemoteHead::Missing, |(_, o)| RemoteHead::At(*o));
+            let pending: Vec<(String, Oid)> = refs
+                .into_iter()
+                .filter(|(n, _)| n.starts_with(pending::PREFIX))
+                .collect();
             if let RemoteHead::At(h) = remote_head {
-                if h == local {
+                if h == local && pending.is_empty() {
                     repo.reference(&self.remote.tracking_ref(), h, true, "stackctl push")?;
-                    return Ok((None, reparented));
+                    return Ok(out);
                 }
                 if !is_ancestor(repo, h, local)? {
                     // Someone else moved the branch: put our snapshots on top
@@ -1175,18 +1226,47 @@ impl Persister {
                     // shallow workdir, `h`'s history may not reach them.
                     let known = ref_oid(repo, &self.remote.tracking_ref())?;
                     self.retry(|| self.remote.fetch(repo, self.fetch_depth()))?;
-                    reparent(repo, &self.remote.branch_ref(), known, h)?;
-                    reparented = true;
-                    tracing::info!(remote_head = %h, "persist remote moved: snapshots re-parented on it");
+                    // Never replay a full tree over their changes: merge per file.
+                    let merged = self.merge_onto(repo, known, h)?;
+                    self.record_conflicts(&merged.conflicts);
+                    out.reparented = true;
+                    tracing::info!(remote_head = %h, taken = merged.taken, conflicts = merged.conflicts.len(),
+                        "persist remote moved: snapshots merged onto it file by file");
                     continue;
                 }
             }
             let local = ref_oid(repo, &self.remote.branch_ref())?.unwrap_or(local);
-            self.ensure_lease(repo, false)?;
+            match self.ensure_lease(repo, false) {
+                Ok(()) => {}
+                // Nothing of ours to save: the holder folds the pending ones.
+                Err(PersistError::LeaseHeld { .. }) if remote_head == RemoteHead::At(local) => {
+                    return Ok(out)
+                }
+                Err(PersistError::LeaseHeld { holder, expires_in }) => {
+                    // Never drop a snapshot because of the lease: park it
+                    // where the holder folds it in.
+                    let parked = self.park(repo, local)?;
+                    tracing::warn!(holder = %holder, expires_in_s = expires_in, pending = %parked, commit = %local,
+                        "another stackctl holds the write lease: snapshot parked for it to fold in");
+                    out.parked = Some(parked);
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            }
+            let folded = self.fold(repo, &pending)?;
+            let local = ref_oid(repo, &self.remote.branch_ref())?.unwrap_or(local);
+            if remote_head == RemoteHead::At(local) {
+                // Every pending snapshot was already in the branch.
+                self.drop_folded(repo, &folded);
+                repo.reference(&self.remote.tracking_ref(), local, true, "stackctl push")?;
+                return Ok(out);
+            }
             match self.retry(|| self.remote.push(repo, local, None)) {
                 Ok(()) => {
                     tracing::info!(commit = %local, "persist snapshot pushed");
-                    return Ok((Some(local), reparented));
+                    self.drop_folded(repo, &folded);
+                    out.pushed = Some(local);
+                    return Ok(out);
                 }
                 // Lost a race: look again.
                 Err(RemoteError::Rejected { .. }) if self.remote_moved(repo, local) => continue,
@@ -1217,7 +1297,11 @@ impl Persister {
                 .and_then(|c| lease::parse(&String::from_utf8_lossy(c.message_bytes()))),
         };
         let now = unix_now();
-        let decision = lease::decide(info.as_ref(), &self.instance, now, ttl);
+        let gone = info
+            .as_ref()
+            .and_then(|i| i.holder.as_ref())
+            .is_some_and(holder::gone);
+        let decision = lease::decide(info.as_ref(), &self.instance, now, ttl, gone);
         if !matches!(
             decision,
             lease::Decision::Renew | lease::Decision::Wait { .. }
@@ -1236,6 +1320,10 @@ impl Persister {
                 tracing::warn!(previous = %from, silent_for_s = age, instance = %self.instance,
                     "taking over the write lease of a stackctl that stopped renewing it");
             }
+            lease::Decision::Abandoned { from, pid } => {
+                tracing::warn!(previous = %from, pid, instance = %self.instance,
+                    "taking over the write lease of a stackctl whose process is gone from this host");
+            }
             lease::Decision::Acquire => {
                 tracing::info!(instance = %self.instance, "write lease acquired");
             }
@@ -1244,6 +1332,7 @@ impl Persister {
         let info = lease::LeaseInfo {
             instance: self.instance.clone(),
             heartbeat: now,
+            holder: Some(holder::me()),
         };
         let commit = lease_commit(repo, &info)?;
         match self.retry(|| {
@@ -1280,6 +1369,7 @@ impl Persister {
         let info = lease::LeaseInfo {
             instance: String::new(),
             heartbeat: unix_now(),
+            holder: None,
         };
         let commit = lease_commit(&repo, &info)?;
         self.retry(|| {
@@ -1502,14 +1592,7 @@ fn lease_commit(repo: &Repository, info: &lease::LeaseInfo) -> Result<Oid, git2:
 
 /// `hostname-pid-random`: unique per container and process.
 fn default_instance_id() -> String {
-    let host = fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    let host = if host.is_empty() {
-        "host".to_string()
-    } else {
-        host
-    };
+    let host = holder::hostname();
     format!(
         "{host}-{}-{:08x}",
         std::process::id(),
@@ -1567,44 +1650,6 @@ fn is_ancestor(repo: &Repository, ancestor: Oid, of: Oid) -> Result<bool, git2::
         return Ok(false);
     }
     repo.graph_descendant_of(of, ancestor)
-}
-
-/// Replay the commits on `branch` that are not on `old_base` as new commits
-/// (same trees, messages and authors) on top of `new_base`. No merge: each
-/// snapshot is a full state, so its tree stays as it was taken.
-fn reparent(
-    repo: &Repository,
-    branch: &str,
-    old_base: Option<Oid>,
-    new_base: Oid,
-) -> Result<Oid, git2::Error> {
-    let tip = repo.refname_to_id(branch)?;
-    let mut walk = repo.revwalk()?;
-    walk.push(tip)?;
-    for base in old_base.into_iter().chain([new_base]) {
-        // Hiding an unrelated commit is harmless; a missing one would error.
-        if repo.find_commit(base).is_ok() {
-            walk.hide(base)?;
-        }
-    }
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
-    let mut parent = repo.find_commit(new_base)?;
-    for oid in walk {
-        let c = repo.find_commit(oid?)?;
-        let committer = snapshot::signature()?;
-        let message = String::from_utf8_lossy(c.message_bytes()).into_owned();
-        let new = repo.commit(
-            None,
-            &c.author(),
-            &committer,
-            &message,
-            &c.tree()?,
-            &[&parent],
-        )?;
-        parent = repo.find_commit(new)?;
-    }
-    repo.reference_matching(branch, parent.id(), true, tip, "stackctl re-parent")?;
-    Ok(parent.id())
 }
 
 /// The snapshot `at` names, searching first parents from `head`: a commit id

@@ -457,18 +457,11 @@ impl Remote {
 
     /// Ask the remote where the ref `want` is.
     pub fn advertised(&self, repo: &Repository, want: &str) -> Result<RemoteHead, RemoteError> {
-        let tries = Cell::new(0);
-        let mut remote = self
-            .anonymous(repo)
-            .map_err(|e| self.classify(&e, &tries))?;
-        let conn = remote
-            .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
-            .map_err(|e| self.classify(&e, &tries))?;
-        let heads = conn.list().map_err(|e| self.classify(&e, &tries))?;
-        Ok(heads
-            .iter()
-            .find(|h| h.name() == want)
-            .map_or(RemoteHead::Missing, |h| RemoteHead::At(h.oid())))
+        Ok(self
+            .list_refs(repo, want)?
+            .into_iter()
+            .find(|(name, _)| name == want)
+            .map_or(RemoteHead::Missing, |(_, oid)| RemoteHead::At(oid)))
     }
 
     /// Fetch our branch into [`Remote::tracking_ref`]; shallow where the
@@ -626,6 +619,77 @@ impl Remote {
             Err(e) => return Err(self.classify(&e, &tries)),
         }
         Ok(())
+    }
+
+    /// The remote refs whose names start with `prefix`, as advertised.
+    pub fn list_refs(
+        &self,
+        repo: &Repository,
+        prefix: &str,
+    ) -> Result<Vec<(String, Oid)>, RemoteError> {
+        let tries = Cell::new(0);
+        let mut remote = self
+            .anonymous(repo)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let conn = remote
+            .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let heads = conn.list().map_err(|e| self.classify(&e, &tries))?;
+        Ok(heads
+            .iter()
+            .filter(|h| h.name().starts_with(prefix))
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect())
+    }
+
+    /// Delete the remote ref `dst` if it still points at `expected`
+    /// (checked on the connection that deletes, like a leased push).
+    pub fn delete_ref(
+        &self,
+        repo: &Repository,
+        dst: &str,
+        expected: Oid,
+    ) -> Result<(), RemoteError> {
+        self.clear_stale_local_lock(dst);
+        let tries = Cell::new(0);
+        let rejected: RefCell<Option<String>> = RefCell::new(None);
+        let mut remote = self
+            .anonymous(repo)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let mut conn = remote
+            .connect_auth(Direction::Push, Some(self.callbacks(&tries)), None)
+            .map_err(|e| self.classify(&e, &tries))?;
+        let found = conn
+            .list()
+            .map_err(|e| self.classify(&e, &tries))?
+            .iter()
+            .find(|h| h.name() == dst)
+            .map(|h| h.oid());
+        if found != Some(expected) {
+            // Gone already, or moved on (a newer snapshot parked there): keep it.
+            return Ok(());
+        }
+        let push_tries = Cell::new(0);
+        let mut cb = self.callbacks(&push_tries);
+        cb.push_update_reference(|_, status| {
+            if let Some(msg) = status {
+                *rejected.borrow_mut() = Some(msg.to_string());
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(cb);
+        let res = conn
+            .remote()
+            .push(&[format!(":{dst}").as_str()], Some(&mut po));
+        drop(po);
+        if let Some(message) = rejected.into_inner() {
+            return Err(RemoteError::Rejected {
+                refname: dst.to_string(),
+                message: self.scrub(&message),
+            });
+        }
+        res.map_err(|e| self.classify(&e, &push_tries))
     }
 }
 

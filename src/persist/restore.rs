@@ -734,6 +734,17 @@ fn write_blob(
 }
 
 /// Set the permission bits of `at`.
+/// Remove the live file `path` another writer deleted, through the same
+/// guard as a restore: a name from a hostile tree (`..`) that maps outside
+/// `roots` is refused, never removed.
+pub(super) fn remove_live(roots: &[PathBuf], path: &Path) -> Result<(), String> {
+    let inside = Guard::new(roots)?.check(path)?;
+    match fs::remove_file(inside.path()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
 fn set_mode(at: &Inside, mode: u32) -> Result<(), RestoreError> {
     fs::set_permissions(at.path(), fs::Permissions::from_mode(mode)).map_err(werr(at.path()))
 }
@@ -1219,6 +1230,22 @@ mod tests {
             retry: Retry::default(),
             transfer: None,
         }
+    }
+
+    #[test]
+    fn a_merge_removes_only_inside_the_roots() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        fs::create_dir(&root).unwrap();
+        fs::write(root.join("gone.txt"), "x").unwrap();
+        fs::write(d.path().join("outside.txt"), "keep").unwrap();
+        let roots = [root.clone()];
+        remove_live(&roots, &root.join("../outside.txt")).unwrap_err();
+        assert!(d.path().join("outside.txt").exists());
+        remove_live(&roots, &root.join("gone.txt")).unwrap();
+        assert!(!root.join("gone.txt").exists());
+        // Already gone is fine: the other writer's deletion holds.
+        remove_live(&roots, &root.join("gone.txt")).unwrap();
     }
 
     fn hostile_repo() -> (tempfile::TempDir, Repository, Oid) {

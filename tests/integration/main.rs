@@ -22,3 +22,4 @@ mod pool;
 mod progress;
 mod resources;
 mod supervisor;
+mod writers;

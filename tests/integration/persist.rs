@@ -1596,15 +1596,19 @@ fn two_instances_never_interleave_the_second_waits_or_takes_over() {
     );
     assert!(lease.contains("instance: old"), "{lease}");
 
-    // The new container restores (reading needs no lease) but may not push.
+    // The new container restores (reading needs no lease) but may not push
+    // to the branch: its snapshot is parked for the holder (issue 12).
     let new = instance("new", Duration::from_secs(600));
     new.restore(&RestoreOptions::default()).unwrap();
     fs::write(s.data.join("config/app.json"), "from new").unwrap();
-    let e = new.snapshot_and_push().unwrap_err();
-    assert!(
-        matches!(e, PersistError::LeaseHeld { ref holder, .. } if holder == "old"),
-        "{e:?}"
+    let r = new.snapshot_and_push().unwrap();
+    assert_eq!(r.pushed, None, "{r:?}");
+    assert_eq!(r.parked.as_deref(), Some("refs/stackctl/pending/new"));
+    assert_eq!(
+        git(&s.remote, &["rev-parse", "refs/stackctl/pending/new"]),
+        r.commit.unwrap().to_string()
     );
+    let e = new.heartbeat().unwrap_err();
     assert!(
         e.to_string()
             .starts_with("another stackctl (`old`) holds the write lease"),
@@ -1630,9 +1634,9 @@ fn two_instances_never_interleave_the_second_waits_or_takes_over() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match third.snapshot_and_push() {
-            Ok(r) if r.pushed.is_some() || r.commit.is_none() => break,
-            Ok(_) => {}
-            Err(PersistError::LeaseHeld { .. }) => {}
+            Ok(r) if r.pushed.is_some() => break,
+            // Parked while `new` still holds the lease.
+            Ok(r) => assert!(r.parked.is_some() || r.commit.is_none(), "{r:?}"),
             Err(e) => panic!("{e}"),
         }
         assert!(Instant::now() < deadline, "third never took the lease over");
@@ -1643,6 +1647,11 @@ fn two_instances_never_interleave_the_second_waits_or_takes_over() {
         &["log", "-1", "--format=%B", "refs/stackctl/lease"],
     );
     assert!(lease.contains("instance: third"), "{lease}");
+    // Its own parked snapshot is in the branch: the pending ref is gone.
+    assert_eq!(
+        git(&s.remote, &["for-each-ref", "refs/stackctl/pending/"]),
+        ""
+    );
     // And `new`, still alive, now waits instead of pushing over it.
     fs::write(s.data.join("config/app.json"), "late write from new").unwrap();
     new.heartbeat().unwrap_err();
