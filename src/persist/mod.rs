@@ -2,6 +2,7 @@
 //! a git repository.
 //!
 //! - [`blob`]: blob stores for large files (`dir:PATH`, `lfs`, `github-release`), streamed and verified.
+//! - [`deadline`]: deadlines and cancellation that reach libgit2 and the blob stores (shutdown budget).
 //! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
@@ -30,6 +31,7 @@
 
 pub mod blob;
 pub mod commands;
+pub mod deadline;
 pub mod gc;
 pub mod history;
 pub mod lease;

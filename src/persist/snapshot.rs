@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
 
+use super::deadline::{self, Stop};
 use super::pointer::{self, Pointer};
 
 use super::blob;
@@ -60,6 +61,9 @@ pub enum SnapshotError {
     /// The object database refused a write.
     #[error("cannot write the snapshot to the git repository in the workdir: {0}; check free disk space")]
     Git(#[from] git2::Error),
+    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    #[error("snapshot stopped: {0}")]
+    Stopped(Stop),
     /// The temp directory for SQLite copies is not usable.
     #[error("cannot use temp directory `{path}`: {source}")]
     Temp {
@@ -414,6 +418,8 @@ impl<'a> TreeBuilder<'a> {
         rel: &Path,
         meta: &fs::Metadata,
     ) -> Result<Option<Node>, SnapshotError> {
+        // Between files: a snapshot that must give way stops here.
+        deadline::check().map_err(SnapshotError::Stopped)?;
         let ty = file_type(meta);
         let size = meta.len();
         let key = stat_key(meta);
