@@ -14,6 +14,7 @@ use crate::app::code;
 use crate::cli::LogFormat;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
+use crate::persist::deadline::Budget;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
 use crate::shutdown::CancellationToken;
@@ -114,17 +115,19 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
         None => None,
     };
     let listener = match &persister {
-        Some(p) => match restore_first(p, listener, &status, &shutdown).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                info!("stopped before the restore finished; nothing was started or pushed");
-                return code::OK;
+        Some(p) => {
+            match restore_first(p, listener, &status, &shutdown, manifest.shutdown_timeout).await {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    info!("stopped before the restore finished; nothing was started or pushed");
+                    return code::OK;
+                }
+                Err(msg) => {
+                    error!("{msg}");
+                    return code::FAILURE;
+                }
             }
-            Err(msg) => {
-                error!("{msg}");
-                return code::FAILURE;
-            }
-        },
+        }
         None => listener,
     };
     status.update(|s| s.restored = true);
@@ -148,7 +151,10 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
         _ => None,
     };
 
-    let backup_stop = CancellationToken::new();
+    // Periodic work stops as soon as the stop is asked for: a snapshot or
+    // upload running then is cancelled while the services stop, so the
+    // final snapshot finds the repository free.
+    let backup_stop = shutdown.child_token();
     let backup_tasks = persister
         .as_ref()
         .zip(manifest.persist.as_ref())
@@ -180,20 +186,28 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
         }
     };
     backup_stop.cancel();
+    let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
+    let budget = Budget::new(began, manifest.shutdown_timeout);
+    // Every wait below ends inside the budget: `up` exits by itself, with
+    // its exit code, before Docker's SIGKILL.
     for task in backup_tasks.into_iter().flatten() {
-        let _ = task.await;
+        let until = tokio::time::Instant::from_std(budget.final_backup());
+        if tokio::time::timeout_at(until, task).await.is_err() {
+            warn!("a snapshot is still waiting for the remote; the final backup waits for it");
+        }
     }
     if let Some(p) = &persister {
-        let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
-        let deadline = began + manifest.shutdown_timeout;
-        let result = lifecycle::final_backup(p, &status, deadline.into()).await;
+        let result = lifecycle::final_backup(p, &status, budget).await;
         if result.is_err() && exit == code::OK {
             exit = code::BACKUP_FAILED;
         }
     }
     gateway_stop.cancel();
     if let Some(task) = gateway_task {
-        let _ = task.await;
+        let until = tokio::time::Instant::from_std(budget.end());
+        if tokio::time::timeout_at(until, task).await.is_err() {
+            warn!("the gateway did not drain within `shutdown_timeout`; closing its connections");
+        }
     }
     if exit == code::OK {
         info!("stopped cleanly");
@@ -208,11 +222,12 @@ async fn restore_first(
     listener: Option<tokio::net::TcpListener>,
     status: &StatusBoard,
     shutdown: &CancellationToken,
+    shutdown_timeout: Duration,
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = CancellationToken::new();
     let placeholder =
         listener.map(|l| tokio::spawn(restoring::serve(l, status.clone(), handover.clone())));
-    let restored = lifecycle::restore_at_start(p, status, shutdown).await;
+    let restored = lifecycle::restore_at_start(p, status, shutdown, shutdown_timeout).await;
     handover.cancel();
     let listener = match placeholder {
         Some(task) => Some(

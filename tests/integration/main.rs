@@ -10,6 +10,7 @@ mod astrbot;
 mod deployment;
 mod front;
 mod gateway;
+mod hanging_remote;
 mod hf_lfs;
 mod large_files;
 mod lifecycle;
