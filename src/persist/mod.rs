@@ -810,9 +810,19 @@ impl Persister {
     ) -> Result<SnapshotReport, PersistError> {
         let mut cache = lock(&self.cache);
         let tmp = self.cfg.workdir.join("tmp");
+        let previous = ref_oid(repo, &self.remote.branch_ref())?
+            .and_then(|c| repo.find_commit(c).ok())
+            .map(|c| c.tree_id());
         let built = self
             .tree_builder(repo, &tmp, &mut cache)
+            .point_in_time(previous)
             .build(&self.rules)?;
+        if built.deferred > 0 {
+            tracing::debug!(
+                entries = built.deferred,
+                "entries created during the scan are left to the next snapshot"
+            );
+        }
         for (path, size) in &built.too_large {
             tracing::warn!(path = %path.display(), size, threshold = self.cfg.threshold,
                 "file at or above `large_files.threshold` skipped: it is not backed up");

@@ -16,5 +16,6 @@ mod large_files;
 mod lifecycle;
 mod manifest;
 mod persist;
+mod point_in_time;
 mod progress;
 mod supervisor;
