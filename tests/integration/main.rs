@@ -7,6 +7,7 @@ mod harness;
 
 mod admin_ui;
 mod astrbot;
+mod debounce;
 mod deployment;
 mod front;
 mod gateway;
