@@ -157,7 +157,12 @@ pub fn render(m: &Manifest) -> String {
     match &m.persist {
         Some(p) => {
             let _ = writeln!(o, "\npersist:");
-            let _ = writeln!(o, "  remote          {} (branch {})", p.remote, p.branch);
+            let _ = writeln!(
+                o,
+                "  remote          {} (branch {})",
+                crate::redact::url(&p.remote),
+                p.branch
+            );
             let _ = writeln!(
                 o,
                 "  token           {}",

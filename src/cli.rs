@@ -73,7 +73,7 @@ pub struct UpArgs {}
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Restore an older snapshot: a commit id (prefix) or a date/time.
-    #[arg(long, value_name = "REV|DATE")]
+    #[arg(long, value_name = "REV|DATE", value_parser = crate::persist::at_arg)]
     pub at: Option<String>,
     /// Restore only this persisted path (repeatable).
     #[arg(long = "path", value_name = "P")]

@@ -27,6 +27,10 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Admin answers are small; anything bigger is not the admin API.
 const MAX_BODY: usize = 16 << 20;
 const MAX_HEAD_LINE: usize = 16 << 10;
+/// Header (or trailer) lines accepted in one answer.
+const MAX_HEADERS: usize = 100;
+/// Interim (1xx) answers skipped before the final one.
+const MAX_INTERIM: usize = 10;
 /// Attempts of a read-modify-write when someone else changes the table meanwhile (412).
 const STALE_ATTEMPTS: usize = 3;
 
@@ -97,6 +101,11 @@ pub fn routes(manifest: &Manifest, args: &RoutesArgs) -> Result<()> {
             };
             if new.is_empty() {
                 bail!("no new password given: type it on stdin or pass --new");
+            }
+            // The gateway refuses it too; saying so here spares a round trip
+            // and names the flag.
+            if let Some(problem) = crate::gateway::auth::password_problem(&new) {
+                bail!("the new password {problem}");
             }
             let note = admin.change_password(&new)?;
             print_out(&format!("admin password changed{note}"))
@@ -184,9 +193,12 @@ impl Admin {
         if let Some(p) = args.password.as_deref().filter(|p| !p.is_empty()) {
             candidates.push((p.to_string(), Source::Flag));
         } else {
-            if let Some(file) = &password_file {
+            // The file of earlier versions, until `up` has moved it.
+            let legacy = gateway.and_then(|g| g.admin.legacy_password_file.clone());
+            for file in password_file.iter().chain(legacy.iter()) {
                 if let Some(p) = read_password_file(file)? {
                     candidates.push((p, Source::File(file.clone())));
+                    break;
                 }
             }
             if let Some(p) = gateway
@@ -780,6 +792,9 @@ impl From<std::io::Error> for HttpError {
     fn from(e: std::io::Error) -> Self {
         match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => HttpError::Timeout,
+            std::io::ErrorKind::UnexpectedEof => {
+                HttpError::Malformed("the connection closed before the answer was complete".into())
+            }
             _ => HttpError::Io(e),
         }
     }
@@ -846,13 +861,16 @@ fn connect(authority: &str) -> Result<TcpStream, HttpError> {
     Err(HttpError::Unreachable(last))
 }
 
-/// Parse an HTTP/1.x response (skipping `1xx` interim answers).
+/// Parse an HTTP/1.x response (skipping `1xx` interim answers). Whatever
+/// the peer sends, this ends with a response or an error: every count and
+/// size taken from the wire is bounded before it is used, and sums are
+/// checked (issue 11: a hostile chunk size used to panic here).
 fn read_response(mut r: impl BufRead, head_only: bool) -> Result<Response, HttpError> {
-    loop {
+    for _ in 0..=MAX_INTERIM {
         let status_line = read_line(&mut r)?;
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or("");
-        let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+        let status = parts.next().and_then(parse_status);
         let status = match status {
             Some(s) if version.starts_with("HTTP/1.") => s,
             _ => {
@@ -867,6 +885,11 @@ fn read_response(mut r: impl BufRead, head_only: bool) -> Result<Response, HttpE
             let line = read_line(&mut r)?;
             if line.is_empty() {
                 break;
+            }
+            if headers.len() == MAX_HEADERS {
+                return Err(HttpError::Malformed(format!(
+                    "more than {MAX_HEADERS} header lines"
+                )));
             }
             let (k, v) = line.split_once(':').ok_or_else(|| {
                 HttpError::Malformed(format!("header line {:?}", truncate(&line)))
@@ -890,12 +913,9 @@ fn read_response(mut r: impl BufRead, head_only: bool) -> Result<Response, HttpE
         if chunked {
             res.body = read_chunked(&mut r)?;
         } else if let Some(len) = res.header("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| HttpError::Malformed(format!("content-length {len:?}")))?;
-            if len > MAX_BODY {
-                return Err(HttpError::Malformed(format!("a {len}-byte body")));
-            }
+            let len = parse_length(len, 10).ok_or_else(|| {
+                HttpError::Malformed(format!("content-length {:?}", truncate(len)))
+            })?;
             res.body = vec![0; len];
             r.read_exact(&mut res.body)?;
         } else {
@@ -906,6 +926,29 @@ fn read_response(mut r: impl BufRead, head_only: bool) -> Result<Response, HttpE
         }
         return Ok(res);
     }
+    Err(HttpError::Malformed(format!(
+        "more than {MAX_INTERIM} interim (1xx) answers"
+    )))
+}
+
+/// A three-digit status code.
+fn parse_status(s: &str) -> Option<u16> {
+    if s.len() != 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok().filter(|s| *s >= 100)
+}
+
+/// A body or chunk length in `radix` (10 or 16): digits only (no sign, no
+/// space inside), and at most [`MAX_BODY`].
+fn parse_length(text: &str, radix: u32) -> Option<usize> {
+    if text.is_empty() || !text.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(text, radix)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n <= MAX_BODY)
 }
 
 fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>, HttpError> {
@@ -913,18 +956,25 @@ fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>, HttpError> {
     loop {
         let line = read_line(r)?;
         let size_text = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| HttpError::Malformed(format!("chunk size {:?}", truncate(&line))))?;
+        let size = parse_length(size_text, 16)
+            .ok_or_else(|| HttpError::Malformed(format!("chunk size {:?}", truncate(&line))))?;
         if size == 0 {
             // Trailers, then the empty line.
-            while !read_line(r)?.is_empty() {}
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(HttpError::Malformed("an oversized body".into()));
+            for _ in 0..=MAX_HEADERS {
+                if read_line(r)?.is_empty() {
+                    return Ok(body);
+                }
+            }
+            return Err(HttpError::Malformed(format!(
+                "more than {MAX_HEADERS} trailer lines"
+            )));
         }
         let start = body.len();
-        body.resize(start + size, 0);
+        let end = start
+            .checked_add(size)
+            .filter(|end| *end <= MAX_BODY)
+            .ok_or_else(|| HttpError::Malformed("an oversized body".into()))?;
+        body.resize(end, 0);
         r.read_exact(&mut body[start..])?;
         if !read_line(r)?.is_empty() {
             return Err(HttpError::Malformed("a chunk without its CRLF".into()));
@@ -1193,6 +1243,63 @@ mod tests {
                 matches!(read_response(raw, false), Err(HttpError::Malformed(_))),
                 "{raw:?}"
             );
+        }
+    }
+
+    /// Issue 11: whatever answers on the admin port, the client returns an
+    /// error and never panics or grows without bound.
+    #[test]
+    fn hostile_responses_are_errors_not_panics() {
+        let chunked = |rest: &str| {
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{rest}").into_bytes()
+        };
+        let mut cases = vec![
+            // A chunk size that overflows the body length's arithmetic.
+            chunked("1\r\na\r\nffffffffffffffff\r\n"),
+            chunked("ffffffffffffffff\r\n"),
+            chunked("7fffffffffffffff\r\nab"),
+            chunked("10000000000000000\r\n"),
+            chunked("-1\r\n"),
+            chunked("+5\r\nhello\r\n0\r\n\r\n"),
+            chunked(" \r\n"),
+            chunked("\r\n"),
+            chunked("5\r\nhelloXX0\r\n\r\n"),
+            chunked("5\r\nhel"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}".to_vec(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab".to_vec(),
+            b"HTTP/1.1 99999 OK\r\n\r\n".to_vec(),
+            b"HTTP/1.1 \r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\n\xff: \xfe\r\n\r\n".to_vec(),
+        ];
+        // Without end: headers, interim answers, trailers, long lines.
+        let endless = |start: &str, line: &str| {
+            let mut v = start.as_bytes().to_vec();
+            while v.len() < 4 << 20 {
+                v.extend_from_slice(line.as_bytes());
+            }
+            v
+        };
+        cases.push(endless("HTTP/1.1 200 OK\r\n", "X-A: b\r\n"));
+        cases.push(endless("", "HTTP/1.1 100 Continue\r\n\r\n"));
+        cases.push(endless(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n",
+            "X-T: 1\r\n",
+        ));
+        cases.push(endless(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "1\r\na\r\n",
+        ));
+        cases.push(endless("HTTP/1.1 200 OK\r\nX: ", "a"));
+        for raw in cases {
+            let shown = String::from_utf8_lossy(&raw[..raw.len().min(80)]).into_owned();
+            let got = std::panic::catch_unwind(|| read_response(&raw[..], false));
+            match got {
+                Ok(Err(HttpError::Malformed(_))) => {}
+                Ok(other) => panic!("{shown:?}: {other:?}"),
+                Err(_) => panic!("{shown:?}: panicked"),
+            }
         }
     }
 

@@ -14,8 +14,10 @@
 //! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
 //! - [`pid1`]: as PID 1, a tiny parent that forwards signals and reaps.
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
+//! - [`redact`]: hides credentials in URLs before any message, log line or file.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
+//! - [`fault`]: test-only panics (debug builds) proving a panicking task fails alone.
 
 pub mod app;
 pub mod check;
@@ -23,10 +25,12 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod env;
+pub mod fault;
 pub mod gateway;
 pub mod manifest;
 pub mod persist;
 pub mod pid1;
+pub mod redact;
 pub mod shutdown;
 pub mod status;
 pub mod supervisor;

@@ -48,14 +48,38 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
             return code::FAILURE;
         }
     };
-    let exit = runtime.block_on(run_async(manifest, log_format));
+    let shutdown_timeout = manifest.shutdown_timeout;
+    let rescue = Rescue::default();
+    // A panic in `up` itself (a bug) must not lose the data since the last
+    // snapshot (issue 12 item 8): catch it, and take the final snapshot on
+    // the way out. Tasks' panics stay inside their tasks (see `run_async`).
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(run_async(manifest, log_format, rescue.clone()))
+    }));
+    let exit = match ran {
+        Ok(exit) => exit,
+        Err(_) => {
+            error!("stackctl up panicked (a bug, please report it with the lines above); taking the final snapshot before exiting");
+            if let Some((p, status)) = rescue.get() {
+                // The services may still run: a third of the budget, as
+                // after a normal stop.
+                let budget = Budget::new(Instant::now(), shutdown_timeout / 3);
+                let _ = runtime.block_on(lifecycle::final_backup(p, status, budget));
+            }
+            code::FAILURE
+        }
+    };
     // A final backup that ran out of time may still be in a blocking
     // thread; do not wait for it (the contract's exit code already says so).
     runtime.shutdown_timeout(Duration::from_millis(100));
     exit
 }
 
-async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
+/// What a panicking `up` needs to take the final snapshot: set once the
+/// persister is open.
+type Rescue = Arc<OnceLock<(Arc<Persister>, StatusBoard)>>;
+
+async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) -> u8 {
     let reaper = match Reaper::start() {
         Ok(r) => r,
         Err(e) => {
@@ -89,7 +113,9 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
                 // status board for the 503 page.
                 let log = Arc::new(progress::Lines::log(progress::interval()));
                 let sink = Arc::new(BoardSink::new(status.clone(), log));
-                Some(Arc::new(p.with_progress_sink(sink)))
+                let p = Arc::new(p.with_progress_sink(sink));
+                let _ = rescue.set((p.clone(), status.clone()));
+                Some(p)
             }
             Err(e) => {
                 error!("{e}");
@@ -168,23 +194,31 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
         manifest.shutdown_timeout
     };
     let opts = supervisor::Options { log_format, budget };
-    let outcome = supervisor::run(
+    // Its own task: a panic in the supervisor (a bug) is a failure of the
+    // stack, but the final snapshot below is still taken.
+    let outcome = tokio::spawn(supervisor::run(
         manifest.clone(),
         reaper,
         status.clone(),
         opts,
         shutdown.clone(),
         force,
-    )
+    ))
     .await;
 
     let mut exit = match &outcome {
-        Outcome::Clean => code::OK,
-        Outcome::GaveUp(name) => {
+        Ok(Outcome::Clean) => code::OK,
+        Ok(Outcome::GaveUp(name)) => {
             error!(service = %name, "stopped because service `{name}` gave up");
             code::FAILURE
         }
+        Err(e) => {
+            error!(error = %e, "the supervisor failed (a bug, please report it); taking the final snapshot and stopping");
+            shutdown.cancel();
+            code::FAILURE
+        }
     };
+    crate::fault::panic_once("up");
     backup_stop.cancel();
     let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
     let budget = Budget::new(began, manifest.shutdown_timeout);
@@ -205,8 +239,14 @@ async fn run_async(manifest: Manifest, log_format: LogFormat) -> u8 {
     gateway_stop.cancel();
     if let Some(task) = gateway_task {
         let until = tokio::time::Instant::from_std(budget.end());
-        if tokio::time::timeout_at(until, task).await.is_err() {
-            warn!("the gateway did not drain within `shutdown_timeout`; closing its connections");
+        match tokio::time::timeout_at(until, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "the gateway failed (a bug, please report it)"),
+            Err(_) => {
+                warn!(
+                    "the gateway did not drain within `shutdown_timeout`; closing its connections"
+                )
+            }
         }
     }
     if exit == code::OK {

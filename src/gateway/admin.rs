@@ -9,7 +9,7 @@
 //! other sites from reading answers.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -17,9 +17,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::gateway::auth::{hash_password, MIN_PASSWORD_LEN};
+use crate::gateway::auth::{self, hash_password, password_problem};
 use crate::gateway::body::{empty, full, Body};
 use crate::gateway::error::HttpError;
+use crate::gateway::headers::Forwarded;
 use crate::gateway::router::Router;
 use crate::gateway::rules::validate_table;
 use crate::gateway::{state, Shared};
@@ -32,14 +33,23 @@ pub const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 pub const PASSWORD_HEADER: &str = "x-admin-password";
 
 /// Answer an `/admin…` request.
+///
+/// `fwd` is what the gateway believes of the client after applying
+/// `trusted_proxies`: its address and the host it asked for.
 pub(crate) async fn handle(
     gw: &Arc<Shared>,
     req: Request<Incoming>,
     path: &str,
-    client_ip: IpAddr,
+    fwd: &Forwarded,
 ) -> Response<Body> {
     let headers = req.headers().clone();
-    match route(gw, req, path, client_ip).await {
+    let client = Client {
+        ip: fwd.client_ip,
+        host: fwd.host.as_ref().and_then(|h| h.to_str().ok()),
+        https: fwd.proto == "https",
+        device_cookie: OnceLock::new(),
+    };
+    let mut resp = match route(gw, req, path, &client).await {
         Ok(resp) => resp,
         Err(e) => {
             if e.status().is_server_error() {
@@ -47,14 +57,30 @@ pub(crate) async fn handle(
             }
             e.response(&headers)
         }
+    };
+    if let Some(v) = client.device_cookie.get() {
+        resp.headers_mut().append(header::SET_COOKIE, v.clone());
     }
+    resp
+}
+
+/// Who sent an admin request, as far as the gateway trusts it.
+struct Client<'a> {
+    ip: IpAddr,
+    /// The host the client asked for: `Host`, or `X-Forwarded-Host` only
+    /// from a trusted proxy.
+    host: Option<&'a str>,
+    /// The client reached us over HTTPS (directly or via a trusted proxy).
+    https: bool,
+    /// A `Set-Cookie` value for the device cookie, once the password passed.
+    device_cookie: OnceLock<HeaderValue>,
 }
 
 async fn route(
     gw: &Arc<Shared>,
     req: Request<Incoming>,
     path: &str,
-    ip: IpAddr,
+    client: &Client<'_>,
 ) -> Result<Response<Body>, HttpError> {
     let method = req.method().clone();
     match path {
@@ -70,7 +96,7 @@ async fn route(
                 &[Method::GET, Method::HEAD, Method::POST],
                 "GET, HEAD, POST",
             )?;
-            guard(gw, req.headers(), ip).await?;
+            guard(gw, req.headers(), client).await?;
             if method == Method::POST {
                 post_routes(gw, req).await
             } else {
@@ -79,12 +105,12 @@ async fn route(
         }
         "/admin/password" => {
             allow(&method, &[Method::POST], "POST")?;
-            guard(gw, req.headers(), ip).await?;
+            guard(gw, req.headers(), client).await?;
             post_password(gw, req).await
         }
         "/admin/status" => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
-            guard(gw, req.headers(), ip).await?;
+            guard(gw, req.headers(), client).await?;
             Ok(get_status(gw, method == Method::HEAD))
         }
         p if p.starts_with("/admin/ui/") => {
@@ -104,20 +130,44 @@ fn allow(method: &Method, allowed: &[Method], header: &'static str) -> Result<()
 }
 
 /// Cross-site check, then the password.
-async fn guard(gw: &Arc<Shared>, headers: &HeaderMap, ip: IpAddr) -> Result<(), HttpError> {
-    if !same_origin(headers) {
-        tracing::warn!(client = %ip, "admin: cross-site request refused");
+async fn guard(
+    gw: &Arc<Shared>,
+    headers: &HeaderMap,
+    client: &Client<'_>,
+) -> Result<(), HttpError> {
+    if !same_origin(headers, client.host) {
+        tracing::warn!(client = %client.ip, "admin: cross-site request refused");
         return Err(HttpError::CrossSite);
     }
     let presented = headers.get(PASSWORD_HEADER).and_then(|v| v.to_str().ok());
-    gw.auth.check(ip, presented).await
+    let device = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| auth::cookie(v, auth::DEVICE_COOKIE));
+    if let Some(token) = gw.auth.check(client.ip, presented, device).await? {
+        // Secure only over HTTPS: a browser drops a Secure cookie set over
+        // plain HTTP (a local stack), and it would help nobody there.
+        let cookie = format!(
+            "{}={token}; Path=/admin/; Max-Age={}; HttpOnly; SameSite=Strict{}",
+            auth::DEVICE_COOKIE,
+            auth::DEVICE_FOR.as_secs(),
+            if client.https { "; Secure" } else { "" }
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            let _ = client.device_cookie.set(v);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request may drive the admin API: `Sec-Fetch-Site` (set by
 /// browsers, not forgeable by a page) must be `same-origin` or `none`;
-/// without it, an `Origin` must name the host the request was sent to.
-/// Requests with neither come from tools (curl, `stackctl routes`).
-pub fn same_origin(headers: &HeaderMap) -> bool {
+/// without it, an `Origin` must name the host the request was sent to
+/// (`host`: the `Host` header, or `X-Forwarded-Host` from a trusted proxy —
+/// from anyone else that header is the client's own claim and proves
+/// nothing). Requests with neither come from tools (curl, `stackctl routes`).
+pub fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return matches!(site.to_str(), Ok("same-origin" | "none"));
     }
@@ -131,12 +181,7 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
         return false; // `null` and other opaque origins
     };
     let authority = authority.trim_end_matches('/');
-    [header::HOST.as_str(), "x-forwarded-host"].iter().any(|h| {
-        headers
-            .get(*h)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|host| host.eq_ignore_ascii_case(authority))
-    })
+    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
 fn json_response(status: StatusCode, value: &Value, head_only: bool) -> Response<Body> {
@@ -177,8 +222,10 @@ fn get_routes(gw: &Shared, head_only: bool) -> Response<Body> {
     with_etag(json_response(StatusCode::OK, &value, head_only), &router)
 }
 
-/// `If-Match` holds for `etag`: absent, `*`, or one of the listed tags
-/// (weak tags compared by their opaque part).
+/// `If-Match` holds for `etag`: absent, `*`, or one of the listed tags.
+/// RFC 9110 §13.1.1: If-Match uses the strong comparison, so a weak tag
+/// (`W/"…"`) never matches — a client cannot claim it saw these exact bytes
+/// with a validator that only promises "equivalent".
 pub fn if_match_holds(headers: &HeaderMap, etag: &str) -> bool {
     let values: Vec<&str> = headers
         .get_all(header::IF_MATCH)
@@ -191,7 +238,7 @@ pub fn if_match_holds(headers: &HeaderMap, etag: &str) -> bool {
     values.is_empty()
         || values
             .iter()
-            .any(|v| *v == "*" || v.trim_start_matches("W/") == etag)
+            .any(|v| *v == "*" || (!v.starts_with("W/") && *v == etag))
 }
 
 async fn read_json(req: Request<Incoming>) -> Result<Value, HttpError> {
@@ -325,16 +372,8 @@ async fn post_password(
             ))
         }
     };
-    let len = new.chars().count();
-    if len < MIN_PASSWORD_LEN {
-        return Err(HttpError::BadRequest(format!(
-            "`new_password`: too short ({len} characters); use at least {MIN_PASSWORD_LEN}"
-        )));
-    }
-    if new.len() > 1024 || new.chars().any(char::is_control) {
-        return Err(HttpError::BadRequest(
-            "`new_password`: at most 1024 bytes, no control characters".into(),
-        ));
+    if let Some(problem) = password_problem(&new) {
+        return Err(HttpError::BadRequest(format!("`new_password`: {problem}")));
     }
     let pw = new.clone();
     let phc = tokio::task::spawn_blocking(move || hash_password(&pw))
@@ -449,36 +488,42 @@ mod tests {
 
     #[test]
     fn cross_site_requests_are_told_apart() {
-        let cases: &[(&[(&str, &str)], bool)] = &[
-            (&[], true),
-            (&[("sec-fetch-site", "same-origin")], true),
-            (&[("sec-fetch-site", "none")], true),
-            (&[("sec-fetch-site", "same-site")], false),
+        // (headers, the host the gateway believes, verdict)
+        type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, bool);
+        let cases: &[Case] = &[
+            (&[], None, true),
+            (&[("sec-fetch-site", "same-origin")], None, true),
+            (&[("sec-fetch-site", "none")], None, true),
+            (&[("sec-fetch-site", "same-site")], None, false),
             (
-                &[
-                    ("sec-fetch-site", "cross-site"),
-                    ("origin", "http://h:1"),
-                    ("host", "h:1"),
-                ],
+                &[("sec-fetch-site", "cross-site"), ("origin", "http://h:1")],
+                Some("h:1"),
                 false,
             ),
-            (&[("origin", "http://h:1"), ("host", "h:1")], true),
+            (&[("origin", "http://h:1")], Some("h:1"), true),
+            (&[("origin", "http://H:1/")], Some("h:1"), true),
+            // Behind a trusted proxy, the gateway believes X-Forwarded-Host.
             (
-                &[
-                    ("origin", "https://space.hf.space"),
-                    ("host", "10.0.0.1:7860"),
-                    ("x-forwarded-host", "space.hf.space"),
-                ],
+                &[("origin", "https://space.hf.space")],
+                Some("space.hf.space"),
                 true,
             ),
+            // Issue 16: from an untrusted peer the gateway believes only
+            // Host, so a forged X-Forwarded-Host proves nothing.
             (
-                &[("origin", "https://evil.example"), ("host", "h:1")],
+                &[
+                    ("origin", "https://evil.example"),
+                    ("x-forwarded-host", "evil.example"),
+                ],
+                Some("10.0.0.1:7860"),
                 false,
             ),
-            (&[("origin", "null"), ("host", "h:1")], false),
+            (&[("origin", "https://evil.example")], Some("h:1"), false),
+            (&[("origin", "http://h:1")], None, false),
+            (&[("origin", "null")], Some("h:1"), false),
         ];
-        for (pairs, want) in cases {
-            assert_eq!(same_origin(&h(pairs)), *want, "{pairs:?}");
+        for (pairs, host, want) in cases {
+            assert_eq!(same_origin(&h(pairs), *host), *want, "{pairs:?} {host:?}");
         }
     }
 
@@ -491,7 +536,7 @@ mod tests {
             &h(&[("if-match", "\"x\", \"00000000000000ab\"")]),
             tag
         ));
-        assert!(if_match_holds(
+        assert!(!if_match_holds(
             &h(&[("if-match", "W/\"00000000000000ab\"")]),
             tag
         ));

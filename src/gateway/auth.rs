@@ -1,6 +1,17 @@
 //! The admin password: Argon2id hashes, constant-time checks, and a
-//! failure rate limit (per client IP and global) that answers 429 before any
-//! hashing is done, so a password flood costs neither CPU nor proxy latency.
+//! failure rate limit (per client address and global) that answers 429 before
+//! any hashing is done, so a password flood costs neither CPU nor proxy latency.
+//!
+//! Strangers must not lock the owner out (issue 16). Addresses are counted
+//! per IPv4 address and per IPv6 /64 (one subscriber's usual allocation), so
+//! rotating through one's own IPv6 range buys no extra tries. The global
+//! bucket bounds guessing spread over many addresses; when it is empty, only
+//! *known* clients are still checked: loopback (the container's own CLI), an
+//! address that signed in within [`KNOWN_FOR`], and a browser holding the
+//! device cookie issued at its last sign-in (OWASP's "device cookie"). Their
+//! own per-address bucket still applies. A new browser at a new address has
+//! to wait for the global bucket while a distributed flood lasts: letting it
+//! through would let the flood's guesses through too.
 //!
 //! Verification runs on the blocking pool, one at a time, so the async
 //! workers that move proxied bytes never run Argon2. A correct password is
@@ -10,7 +21,10 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -21,6 +35,58 @@ use crate::gateway::error::HttpError;
 pub const MIN_PASSWORD_LEN: usize = 10;
 /// Longer presented passwords are refused without hashing.
 const MAX_PASSWORD_LEN: usize = 1024;
+
+/// What is wrong with `password` as a new admin password, or `None` when it
+/// can be used.
+///
+/// The rule (issue 16: passwords that could be set but never used): at
+/// least [`MIN_PASSWORD_LEN`] characters, at most 1024 bytes, printable
+/// ASCII only (space allowed inside), no space at either end. The password
+/// travels in the `X-Admin-Password` header: browsers refuse to send
+/// characters outside Latin-1 there and send Latin-1 ones as single bytes
+/// (not UTF-8), and every HTTP parser strips spaces at the ends of a value,
+/// so any other password would be stored but never match. One rule for the
+/// API, the page (which mirrors it in `app.js`), `stackctl routes password`
+/// and `gateway.admin.password`.
+pub fn password_problem(password: &str) -> Option<String> {
+    let len = password.chars().count();
+    if len < MIN_PASSWORD_LEN {
+        return Some(format!(
+            "too short ({len} characters); use at least {MIN_PASSWORD_LEN}"
+        ));
+    }
+    header_problem(password)
+}
+
+/// The part of [`password_problem`] that makes a password unusable at any
+/// length: what no `X-Admin-Password` header can carry.
+pub fn header_problem(password: &str) -> Option<String> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Some(format!(
+            "too long ({} bytes); use at most {MAX_PASSWORD_LEN}",
+            password.len()
+        ));
+    }
+    if let Some(c) = password.chars().find(|c| !matches!(c, ' '..='~')) {
+        let what = if c.is_control() {
+            "a control character".to_string()
+        } else {
+            format!("`{c}`")
+        };
+        return Some(format!(
+            "contains {what}; use printable ASCII only (letters, digits, punctuation, inner spaces): \
+             the password travels in an HTTP header, where other characters cannot be sent reliably"
+        ));
+    }
+    if password.starts_with(' ') || password.ends_with(' ') {
+        return Some(
+            "starts or ends with a space; HTTP drops spaces at the ends of a header value, \
+             so such a password could never match"
+                .into(),
+        );
+    }
+    None
+}
 
 /// Password-module failures.
 #[derive(Debug, thiserror::Error)]
@@ -79,10 +145,39 @@ pub fn generate_password() -> String {
 
 // ---- rate limit ----------------------------------------------------------
 
-/// Token buckets of password failures; pure over the `now` it is given.
+/// Whom a failure counts against: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// One IPv4 address (IPv4-mapped IPv6 addresses count here too).
+    V4([u8; 4]),
+    /// The upper 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl ClientKey {
+    /// The key `ip` counts under.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(v4.octets()),
+                None => ClientKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// How long an address that signed in stays known (past the global limit).
+pub const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Bound on remembered known addresses; the least recent is forgotten.
+const MAX_KNOWN: usize = 1024;
+
+/// Token buckets of password failures, and the clients known to have signed
+/// in; pure over the `now` it is given.
 #[derive(Debug)]
 pub struct Limiter {
-    per_ip: HashMap<IpAddr, Bucket>,
+    per_ip: HashMap<ClientKey, Bucket>,
+    known: HashMap<ClientKey, Instant>,
     global: Bucket,
     cfg: LimitConfig,
 }
@@ -150,17 +245,35 @@ impl Limiter {
     pub fn new(cfg: LimitConfig) -> Self {
         Limiter {
             per_ip: HashMap::new(),
+            known: HashMap::new(),
             global: Bucket::full(cfg.global_burst, Instant::now()),
             cfg,
         }
     }
 
+    /// Whether `ip` is past the global limit: loopback, or an address that
+    /// signed in within [`KNOWN_FOR`].
+    fn is_known(&self, ip: IpAddr, now: Instant) -> bool {
+        ip.is_loopback()
+            || ip.to_canonical().is_loopback()
+            || self
+                .known
+                .get(&ClientKey::of(ip))
+                .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR)
+    }
+
     /// `Err(seconds)` when `ip` (or everyone) must wait before trying again.
-    pub fn check(&mut self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+    /// `trusted_device`: the request carries a valid device cookie, so only
+    /// its own address's bucket applies.
+    pub fn check(&mut self, ip: IpAddr, trusted_device: bool, now: Instant) -> Result<(), u64> {
         let c = self.cfg;
         self.global.refill(now, c.global_burst, c.global_refill);
-        let mut wait = self.global.wait(c.global_refill);
-        if let Some(b) = self.per_ip.get_mut(&ip) {
+        let mut wait = if trusted_device || self.is_known(ip, now) {
+            0
+        } else {
+            self.global.wait(c.global_refill)
+        };
+        if let Some(b) = self.per_ip.get_mut(&ClientKey::of(ip)) {
             b.refill(now, c.ip_burst, c.ip_refill);
             wait = wait.max(b.wait(c.ip_refill));
         }
@@ -171,9 +284,26 @@ impl Limiter {
         }
     }
 
+    /// Remember that `ip` signed in (it stays known for [`KNOWN_FOR`]).
+    pub fn success(&mut self, ip: IpAddr, now: Instant) {
+        let key = ClientKey::of(ip);
+        if self.known.len() >= MAX_KNOWN && !self.known.contains_key(&key) {
+            if let Some(oldest) = self
+                .known
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| *k)
+            {
+                self.known.remove(&oldest);
+            }
+        }
+        self.known.insert(key, now);
+    }
+
     /// Count one failed attempt from `ip`.
     pub fn failure(&mut self, ip: IpAddr, now: Instant) {
         let c = self.cfg;
+        let ip = ClientKey::of(ip);
         if self.per_ip.len() >= MAX_TRACKED_IPS && !self.per_ip.contains_key(&ip) {
             self.per_ip.retain(|_, b| {
                 b.refill(now, c.ip_burst, c.ip_refill);
@@ -193,6 +323,70 @@ impl Limiter {
         self.global.refill(now, c.global_burst, c.global_refill);
         self.global.tokens = (self.global.tokens - 1.0).max(0.0);
     }
+}
+
+// ---- device cookies ---------------------------------------------------------
+
+/// The cookie a browser gets at sign-in: it lets that browser past the
+/// global limit later (its own address's limit still applies).
+pub const DEVICE_COOKIE: &str = "stackctl_admin_device";
+/// How long a device cookie is valid.
+pub const DEVICE_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The MAC key of device tokens, derived from the password hash: a changed
+/// password invalidates every device cookie, and the key survives a restart
+/// (the hash is in the state file) without storing another secret.
+fn device_mac(phc: &str) -> Option<HmacSha256> {
+    let mut h = Sha256::new();
+    h.update(b"stackctl admin device v1\0");
+    h.update(phc.as_bytes());
+    HmacSha256::new_from_slice(&h.finalize()).ok()
+}
+
+/// A device token valid until `expires` (Unix seconds): `v1.<expires>.<mac>`.
+pub fn device_token(phc: &str, expires: u64) -> Option<String> {
+    let mut mac = device_mac(phc)?;
+    let payload = format!("v1.{expires}");
+    mac.update(payload.as_bytes());
+    Some(format!(
+        "{payload}.{}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// Whether `token` was issued for `phc` and has not expired at `now`
+/// (Unix seconds). The MAC comparison is constant-time.
+pub fn device_token_valid(phc: &str, token: &str, now: u64) -> bool {
+    let Some((payload, tag)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Some(expires) = payload
+        .strip_prefix("v1.")
+        .and_then(|e| e.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let (Ok(tag), Some(mut mac)) = (hex::decode(tag), device_mac(phc)) else {
+        return false;
+    };
+    mac.update(payload.as_bytes());
+    mac.verify_slice(&tag).is_ok() && now < expires
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim())
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 // ---- the live checker ------------------------------------------------------
@@ -239,10 +433,20 @@ impl Auth {
         }
     }
 
-    fn limited(&self, ip: IpAddr) -> Result<(), HttpError> {
+    fn limited(&self, ip: IpAddr, device: bool) -> Result<(), HttpError> {
         lock(&self.limiter)
-            .check(ip, Instant::now())
+            .check(ip, device, Instant::now())
             .map_err(HttpError::RateLimited)
+    }
+
+    /// A correct password from `ip`: remember the address, and hand out a
+    /// device token unless the request showed a valid one.
+    fn granted(&self, ip: IpAddr, had_device: bool, phc: &str) -> Option<String> {
+        lock(&self.limiter).success(ip, Instant::now());
+        if had_device {
+            return None;
+        }
+        device_token(phc, unix_now().saturating_add(DEVICE_FOR.as_secs()))
     }
 
     fn fail(&self, ip: IpAddr) -> HttpError {
@@ -262,31 +466,40 @@ impl Auth {
         Some(out)
     }
 
-    /// Check a presented password from `ip`: 429 when rate limited, 403 when
-    /// wrong or missing.
-    pub async fn check(&self, ip: IpAddr, presented: Option<&str>) -> Result<(), HttpError> {
-        self.limited(ip)?;
+    /// Check a presented password from `ip`, with the device cookie the
+    /// request carried: 429 when rate limited, 403 when wrong or missing.
+    /// `Ok(Some(token))`: a device token for the caller to set as
+    /// [`DEVICE_COOKIE`] (the request had none that is valid).
+    pub async fn check(
+        &self,
+        ip: IpAddr,
+        presented: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<Option<String>, HttpError> {
+        let phc = self.current_hash();
+        let had_device = device.is_some_and(|t| device_token_valid(&phc, t, unix_now()));
+        self.limited(ip, had_device)?;
         let Some(pw) = presented.filter(|p| !p.is_empty() && p.len() <= MAX_PASSWORD_LEN) else {
             return Err(self.fail(ip));
         };
         if let (Some(d), Some(known)) = (self.digest(pw), *lock(&self.cache)) {
             if constant_time_eq(&d, &known) {
-                return Ok(());
+                return Ok(self.granted(ip, had_device, &phc));
             }
         }
         let Ok(_permit) = self.slot.acquire().await else {
             return Err(HttpError::Internal("password check unavailable".into()));
         };
         // Failures may have piled up while this request queued.
-        self.limited(ip)?;
-        let phc = self.current_hash();
+        self.limited(ip, had_device)?;
         let pw_owned = pw.to_string();
-        let ok = tokio::task::spawn_blocking(move || verify_password(&phc, &pw_owned))
+        let hash = phc.clone();
+        let ok = tokio::task::spawn_blocking(move || verify_password(&hash, &pw_owned))
             .await
             .unwrap_or(false);
         if ok {
             *lock(&self.cache) = self.digest(pw);
-            Ok(())
+            Ok(self.granted(ip, had_device, &phc))
         } else {
             Err(self.fail(ip))
         }
@@ -323,6 +536,40 @@ mod tests {
     }
 
     #[test]
+    fn only_passwords_a_header_can_carry_are_accepted() {
+        let ok = [
+            "correct horse",
+            "0123456789",
+            "~!@#$%^&*()_+{}|:\"<>?",
+            "a b c d e f",
+        ];
+        for pw in ok {
+            assert_eq!(password_problem(pw), None, "{pw:?}");
+        }
+        let long = "x".repeat(1025);
+        let bad = [
+            ("short", "too short (5 characters); use at least 10"),
+            (
+                "caf\u{e9}-caf\u{e9}-caf\u{e9}",
+                "contains `\u{e9}`; use printable ASCII only",
+            ),
+            (
+                "\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}\u{5bc6}\u{7801}",
+                "contains `\u{5bc6}`",
+            ),
+            ("tab\there-long", "contains a control character"),
+            (" padded-password", "starts or ends with a space"),
+            ("padded-password ", "starts or ends with a space"),
+            (&long, "too long (1025 bytes)"),
+        ];
+        for (pw, want) in bad {
+            let got = password_problem(pw).unwrap_or_default();
+            assert!(got.starts_with(want), "{pw:?}: {got}");
+        }
+        assert_eq!(password_problem(&generate_password()), None);
+    }
+
+    #[test]
     fn generated_passwords_are_long_and_distinct() {
         let a = generate_password();
         assert_eq!(a.len(), 24);
@@ -343,13 +590,17 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(l.check(a, t0), Ok(()));
+            assert_eq!(l.check(a, false, t0), Ok(()));
             l.failure(a, t0);
         }
-        assert_eq!(l.check(a, t0), Err(2));
-        assert_eq!(l.check(b, t0), Ok(()), "another client is not affected");
-        assert_eq!(l.check(a, t0 + Duration::from_secs(1)), Err(1));
-        assert_eq!(l.check(a, t0 + Duration::from_secs(2)), Ok(()));
+        assert_eq!(l.check(a, false, t0), Err(2));
+        assert_eq!(
+            l.check(b, false, t0),
+            Ok(()),
+            "another client is not affected"
+        );
+        assert_eq!(l.check(a, false, t0 + Duration::from_secs(1)), Err(1));
+        assert_eq!(l.check(a, false, t0 + Duration::from_secs(2)), Ok(()));
     }
 
     #[test]
@@ -365,9 +616,13 @@ mod tests {
         for i in 0..5u8 {
             l.failure(IpAddr::from([198, 51, 100, i]), t0);
         }
-        assert_eq!(l.check("203.0.113.1".parse().unwrap(), t0), Err(4));
+        assert_eq!(l.check("203.0.113.1".parse().unwrap(), false, t0), Err(4));
         assert_eq!(
-            l.check("203.0.113.1".parse().unwrap(), t0 + Duration::from_secs(4)),
+            l.check(
+                "203.0.113.1".parse().unwrap(),
+                false,
+                t0 + Duration::from_secs(4)
+            ),
             Ok(())
         );
     }
@@ -383,27 +638,127 @@ mod tests {
         };
         let auth = Auth::new(h, cfg);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(auth.check(ip, Some("right-password")).await, Ok(()));
+        let token = auth
+            .check(ip, Some("right-password"), None)
+            .await
+            .expect("right password")
+            .expect("a device token for a request without one");
         assert_eq!(
-            auth.check(ip, Some("right-password")).await,
-            Ok(()),
-            "cached digest path"
+            auth.check(ip, Some("right-password"), Some(&token)).await,
+            Ok(None),
+            "cached digest path; the valid token is not handed out again"
         );
-        assert_eq!(auth.check(ip, None).await, Err(HttpError::Forbidden));
+        assert_eq!(auth.check(ip, None, None).await, Err(HttpError::Forbidden));
         assert_eq!(
-            auth.check(ip, Some("wrong")).await,
+            auth.check(ip, Some("wrong"), None).await,
             Err(HttpError::Forbidden)
         );
-        assert!(matches!(
-            auth.check(ip, Some("right-password")).await,
-            Err(HttpError::RateLimited(_))
-        ));
+        assert!(
+            matches!(
+                auth.check(ip, Some("right-password"), Some(&token)).await,
+                Err(HttpError::RateLimited(_))
+            ),
+            "a device cookie does not lift the address's own limit"
+        );
         auth.set_hash(hash_password("another-password").unwrap());
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         assert_eq!(
-            auth.check(other, Some("right-password")).await,
+            auth.check(other, Some("right-password"), None).await,
             Err(HttpError::Forbidden)
         );
-        assert_eq!(auth.check(other, Some("another-password")).await, Ok(()));
+        assert!(auth
+            .check(other, Some("another-password"), None)
+            .await
+            .is_ok());
+    }
+
+    /// Issue 16: 150 wrong tries from 15 addresses (and then six addresses
+    /// at one try a second) kept the owner's correct password at 429.
+    #[test]
+    fn strangers_do_not_lock_out_known_clients() {
+        let mut l = Limiter::new(LimitConfig::default());
+        let t0 = Instant::now();
+        let owner: IpAddr = "198.51.100.77".parse().unwrap();
+        l.success(owner, t0);
+        let mut t = t0;
+        for i in 0..150u32 {
+            l.failure(IpAddr::from([203, 0, 113, (i % 15) as u8]), t);
+        }
+        for _ in 0..60 {
+            t += Duration::from_secs(1);
+            for a in 0..6u8 {
+                l.failure(IpAddr::from([192, 0, 2, a]), t);
+            }
+        }
+        let stranger: IpAddr = "198.51.100.200".parse().unwrap();
+        assert!(
+            l.check(stranger, false, t).is_err(),
+            "the global limit holds"
+        );
+        assert_eq!(l.check(owner, false, t), Ok(()), "a known address");
+        assert_eq!(l.check(stranger, true, t), Ok(()), "a known browser");
+        assert_eq!(l.check("127.0.0.1".parse().unwrap(), false, t), Ok(()));
+        assert_eq!(l.check("::1".parse().unwrap(), false, t), Ok(()));
+        // A known client's own bucket still applies.
+        for _ in 0..10 {
+            l.failure(owner, t);
+        }
+        assert!(l.check(owner, false, t).is_err());
+        // Known for a while, not forever: a month on, a new flood holds it.
+        let later = t0 + KNOWN_FOR;
+        for i in 0..150u32 {
+            l.failure(IpAddr::from([203, 0, 113, (i % 15) as u8]), later);
+        }
+        assert!(l.check(owner, false, later).is_err());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let cfg = LimitConfig {
+            ip_burst: 3.0,
+            ip_refill: 0.01,
+            global_burst: 1000.0,
+            global_refill: 1.0,
+        };
+        let mut l = Limiter::new(cfg);
+        let t0 = Instant::now();
+        for i in 0..3u16 {
+            l.failure(IpAddr::from([0x2001, 0xdb8, 0, 1, i, 0, 0, i + 1]), t0);
+        }
+        let same_64: IpAddr = "2001:db8:0:1:ffff::9".parse().unwrap();
+        let next_64: IpAddr = "2001:db8:0:2::1".parse().unwrap();
+        assert!(l.check(same_64, false, t0).is_err(), "one /64, one bucket");
+        assert_eq!(l.check(next_64, false, t0), Ok(()));
+        // IPv4-mapped addresses count as the IPv4 address.
+        for _ in 0..3 {
+            l.failure("192.0.2.9".parse().unwrap(), t0);
+        }
+        assert!(l
+            .check("::ffff:192.0.2.9".parse().unwrap(), false, t0)
+            .is_err());
+    }
+
+    #[test]
+    fn device_tokens_are_bound_to_the_password_and_expire() {
+        let phc = hash_password("right-password").unwrap();
+        let tok = device_token(&phc, 1_000).unwrap();
+        assert!(tok.starts_with("v1.1000."), "{tok}");
+        assert!(device_token_valid(&phc, &tok, 999));
+        assert!(!device_token_valid(&phc, &tok, 1_000), "expired");
+        let other = hash_password("right-password").unwrap();
+        assert!(!device_token_valid(&other, &tok, 999), "new hash, new key");
+        let forged = tok.replace("v1.1000.", "v1.9999.");
+        assert!(!device_token_valid(&phc, &forged, 999));
+        for junk in [
+            "", "v1", "v1.x.y", "v1.5.zz", "v2.5.00", ".", "v1..", "v1.1000.", "\u{0}",
+        ] {
+            assert!(!device_token_valid(&phc, junk, 0), "{junk:?}");
+        }
+        assert_eq!(
+            cookie("a=1; stackctl_admin_device=t; b=2", DEVICE_COOKIE),
+            Some("t")
+        );
+        assert_eq!(cookie("a=1", DEVICE_COOKIE), None);
+        assert_eq!(cookie("", DEVICE_COOKIE), None);
     }
 }

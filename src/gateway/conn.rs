@@ -26,19 +26,24 @@ use hyper::body::Body as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::gateway::body::Body;
 use crate::gateway::deadline::Deadline;
+use crate::gateway::error::HttpError;
 use crate::gateway::front::{self, BodyOut, Parsed};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
+use crate::gateway::limits;
 use crate::gateway::router::{self, normalize_path, Decision, RequestHead};
 use crate::gateway::Shared;
 use crate::shutdown::CancellationToken;
 
+/// How long a refused client's remaining bytes are read and dropped
+/// before its connection is closed (nginx's `lingering_timeout`).
+const LINGER: Duration = Duration::from_secs(5);
 /// Room kept free in the read buffer before each read.
 const READ_SPACE: usize = 4096;
 /// Body frames up to this size are copied behind the head (or the chunk
@@ -69,6 +74,7 @@ impl Ctx {
 
 /// Serve one accepted connection until it closes.
 pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    crate::fault::panic_once("conn");
     let origin = Arc::new(Peer::new(peer.ip(), ctx.shared.listen().port()));
     let timeouts = ctx.shared.client_timeouts;
     let mut conn = Front {
@@ -161,8 +167,9 @@ impl Front {
             self.armed = false;
             let mut idle = !first && self.buf.is_empty();
             while !h1::head_complete(&self.buf) {
-                if self.buf.len() >= front::MAX_HEAD {
-                    return End::HandOver;
+                if let Some(over) = limits::partial(&self.buf) {
+                    self.refuse(over).await;
+                    return End::Closed;
                 }
                 let limit = if idle {
                     timeouts.idle
@@ -190,6 +197,23 @@ impl Front {
                 Err(Served::Broken) => return End::Closed,
             }
         }
+    }
+
+    /// Answer a head that passed a limit before its end arrived (see
+    /// [`limits`]) and close the connection; what the client still sends
+    /// is read and dropped for a moment first, so that closing with unread
+    /// bytes does not reset the connection before the answer is read.
+    async fn refuse(&mut self, over: limits::Exceeded) {
+        let resp = HttpError::from(over).response(&http::HeaderMap::new());
+        if self.respond(resp, false, true).await.is_err() {
+            return;
+        }
+        let _ = self.io.shutdown().await;
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            while matches!(self.io.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// Read more from the client within `limit` (counted from the first

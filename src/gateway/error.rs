@@ -4,6 +4,7 @@
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::gateway::body::{full, Body};
+use crate::gateway::limits::{self, Exceeded};
 use crate::gateway::router::PathError;
 
 /// A request-level failure, answered to the client.
@@ -12,6 +13,9 @@ pub enum HttpError {
     /// The path was refused before matching.
     #[error("bad request path: {0}")]
     BadPath(#[from] PathError),
+    /// The request head passed a limit (see [`limits`]).
+    #[error("{}", head_limit_message(*.0))]
+    HeadTooLarge(Exceeded),
     /// No rule matched and there is no default backend.
     #[error("no route for this path (no rule matched and there is no `default_backend`)")]
     NoRoute,
@@ -85,6 +89,7 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::BadPath(_) | HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::HeadTooLarge(over) => over.status(),
             HttpError::Forbidden | HttpError::CrossSite => StatusCode::FORBIDDEN,
             HttpError::NoRoute | HttpError::NotFound => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -156,6 +161,27 @@ impl HttpError {
     }
 }
 
+impl From<Exceeded> for HttpError {
+    fn from(over: Exceeded) -> Self {
+        HttpError::HeadTooLarge(over)
+    }
+}
+
+/// What a client over a head limit is told, with the limit and the fix.
+fn head_limit_message(over: Exceeded) -> String {
+    match over {
+        Exceeded::RequestLine => format!(
+            "the request line is longer than the gateway's limit of {} bytes; send long data in a request body, not in the URL",
+            limits::MAX_REQUEST_LINE
+        ),
+        Exceeded::Headers => format!(
+            "the request headers are over the gateway's limits ({} fields, {} bytes in all); send fewer or smaller headers (cookies)",
+            limits::MAX_HEADERS,
+            limits::MAX_HEAD
+        ),
+    }
+}
+
 /// A browser navigation (`Accept: text/html…`) gets HTML; APIs get JSON.
 pub fn wants_html(headers: &HeaderMap) -> bool {
     headers
@@ -191,6 +217,8 @@ mod tests {
         let table: Vec<(HttpError, u16)> = vec![
             (HttpError::BadPath(PathError::EscapesRoot), 400),
             (HttpError::BadRequest("x".into()), 400),
+            (HttpError::HeadTooLarge(Exceeded::RequestLine), 414),
+            (HttpError::HeadTooLarge(Exceeded::Headers), 431),
             (HttpError::Forbidden, 403),
             (HttpError::CrossSite, 403),
             (HttpError::NoRoute, 404),

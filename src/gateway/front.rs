@@ -27,12 +27,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::{header, HeaderMap, StatusCode};
 
 use super::h1::{Decided, RawHead, ResponseFraming};
+use super::limits;
 
-/// Headers a request head may carry (hyper's default limit too).
-pub const MAX_HEADERS: usize = 100;
-/// The largest request head the front end waits for; a longer one goes to
-/// hyper, which answers 431.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Headers a request head may carry (see [`super::limits`]).
+pub const MAX_HEADERS: usize = limits::MAX_HEADERS;
+/// The largest request head the front end waits for (see
+/// [`super::limits`]).
+pub const MAX_HEAD: usize = limits::MAX_HEAD;
 
 /// Space for one request's parsed headers.
 pub type HeaderSlots<'b> = super::h1::HeaderSlots<'b, MAX_HEADERS>;
@@ -97,6 +98,11 @@ pub fn parse<'b, 'h>(buf: &'b [u8], slots: &'h mut HeaderSlots<'b>) -> Parsed<'b
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::Other;
     };
+    // Over the limits: hyper's side refuses it (`limits::parsed`).
+    let line = limits::request_line_len(method, target.len());
+    if limits::complete(line, req.headers.len(), len).is_some() {
+        return Parsed::Other;
+    }
     // Origin-form only, and only the bytes a URI may hold: anything odd
     // gets hyper's stricter parse (and its 400).
     if !target.starts_with('/') || !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
@@ -394,18 +400,140 @@ mod tests {
     fn mangled_heads_never_panic_and_plain_ones_hold_their_promises() {
         let base = b"GET /a/b?x=1 HTTP/1.1\r\nHost: h:1\r\nAccept: text/html\r\nConnection: keep-alive\r\n\r\n";
         for buf in crate::gateway::h1::mangled(base, 20_000) {
-            let mut slots = header_slots();
-            if let Parsed::Plain(p) = parse(&buf, &mut slots) {
-                assert!(p.len <= buf.len());
+            holds_its_promises(&buf);
+        }
+    }
+
+    /// What the connection loop relies on, for any bytes: no panic; a
+    /// plain request is a whole head (`head_complete` agrees), within the
+    /// limits, with an origin-form target of URI bytes, one Host, nothing
+    /// that promises a body or an upgrade, and the same when parsed from
+    /// its own bytes alone; a partial one is under `MAX_HEAD`.
+    fn holds_its_promises(buf: &[u8]) {
+        let shown = || String::from_utf8_lossy(buf).into_owned();
+        let _ = limits::partial(buf);
+        let mut slots = header_slots();
+        match parse(buf, &mut slots) {
+            Parsed::Plain(p) => {
+                assert!(p.len <= buf.len(), "{}", shown());
+                assert!(crate::gateway::h1::head_complete(buf), "{}", shown());
                 assert!(p.target.starts_with('/'), "{:?}", p.target);
                 assert!(p.target.bytes().all(|b| (0x21..0x7f).contains(&b)));
-                let bodyish = p.headers.iter().any(|h| {
-                    ["content-length", "transfer-encoding", "expect", "upgrade"]
+                let named = |n: &str| {
+                    p.headers
                         .iter()
-                        .any(|n| h.name.eq_ignore_ascii_case(n))
-                });
-                assert!(!bodyish, "{:?}", String::from_utf8_lossy(&buf));
+                        .filter(|h| h.name.eq_ignore_ascii_case(n))
+                        .count()
+                };
+                let bodyish = ["content-length", "transfer-encoding", "expect", "upgrade"]
+                    .iter()
+                    .any(|n| named(n) > 0);
+                assert!(!bodyish, "{}", shown());
+                assert_eq!(named("host"), 1, "{}", shown());
+                let line = limits::request_line_len(p.method, p.target.len());
+                assert_eq!(limits::complete(line, p.headers.len(), p.len), None);
+                let mut again = header_slots();
+                match parse(&buf[..p.len], &mut again) {
+                    Parsed::Plain(q) => assert_eq!((q.len, q.target), (p.len, p.target)),
+                    other => panic!("{other:?} from the head of {}", shown()),
+                }
             }
+            Parsed::Partial => assert!(buf.len() < MAX_HEAD),
+            Parsed::Other => {}
+        }
+    }
+
+    /// Request heads built from the parts that decide how the front end
+    /// treats them (methods, targets, versions, the headers it looks at,
+    /// line ends), with arbitrary bytes among them. Weighted towards the
+    /// valid, so that plain requests are common and their promises tested.
+    fn request_heads() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let bytes = |n| proptest::collection::vec(any::<u8>(), 0..n);
+        let method = prop_oneof![
+            4 => Just("GET"),
+            1 => select(vec!["HEAD", "POST", "CONNECT", "OPTIONS", "G@T", ""]),
+        ];
+        let target = prop_oneof![
+            2 => select(vec!["/", "/a/b?x=1", "*", "http://h/", "/%2e%2e/admin", "//x", "/a b"])
+                .prop_map(|t| t.as_bytes().to_vec()),
+            1 => bytes(24).prop_map(|b| [b"/".as_slice(), &b].concat()),
+        ];
+        let version = prop_oneof![
+            4 => Just("HTTP/1.1"),
+            1 => select(vec!["HTTP/1.0", "HTTP/2.0", "http/1.1", "HTTP/1.1 "]),
+        ];
+        let eol = || {
+            prop_oneof![
+                8 => Just("\r\n"),
+                2 => Just("\n"),
+                1 => select(vec!["\r", "", "\n\r"]),
+            ]
+        };
+        let host =
+            proptest::option::weighted(0.8, (Just("Host"), select(vec!["h", "h:1", ""]), eol()));
+        let name = select(vec![
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "Upgrade",
+            "Expect",
+            "Accept",
+            "X-A",
+            "X-B",
+            "Host",
+            "Host ",
+            " Host",
+            "",
+        ]);
+        let value = prop_oneof![
+            select(vec![
+                "h",
+                "close",
+                "keep-alive, close",
+                "upgrade",
+                "chunked",
+                "5",
+                "text/html"
+            ])
+            .prop_map(|v| v.as_bytes().to_vec()),
+            bytes(12),
+        ];
+        let fields = proptest::collection::vec((name, value, eol()), 0..4);
+        (
+            method,
+            target,
+            version,
+            eol(),
+            host,
+            fields,
+            eol(),
+            bytes(8),
+        )
+            .prop_map(
+                |(method, target, version, end, host, fields, blank, tail)| {
+                    let start = [
+                        method.as_bytes(),
+                        b" ",
+                        &target,
+                        b" ",
+                        version.as_bytes(),
+                        end.as_bytes(),
+                    ];
+                    let host = host.map(|(n, v, e)| (n, v.as_bytes().to_vec(), e));
+                    let fields = host.into_iter().chain(fields);
+                    crate::gateway::h1::head_bytes(&start, fields, blank, &tail)
+                },
+            )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::gateway::h1::generated(3000))]
+
+        #[test]
+        fn generated_request_heads_hold_the_parsers_promises(buf in request_heads()) {
+            holds_its_promises(&buf);
         }
     }
 

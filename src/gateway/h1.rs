@@ -290,6 +290,11 @@ pub struct Decided {
 pub fn decide(method: &Method, head: &RawHead<'_, '_>) -> Result<Decided, ParseError> {
     let s = head.status.as_u16();
     let mut keep_alive = head.keep_alive;
+    // Both framings on one message: whatever the status, the backend and
+    // we may not agree where it ends (found by the generated heads below).
+    if head.has_coding && head.values("content-length").next().is_some() {
+        keep_alive = false;
+    }
     if method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(Decided {
             framing: ResponseFraming::Empty,
@@ -494,6 +499,40 @@ pub(crate) fn mangled(base: &[u8], n: usize) -> impl Iterator<Item = Vec<u8>> + 
     })
 }
 
+/// The settings of the generated-input tests over the parsers: `cases`
+/// inputs, bounded so that they run in every `cargo test` (a second or two
+/// in a debug build), and no regression files left behind.
+#[cfg(test)]
+pub(crate) fn generated(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
+
+/// A head as generated inputs build it: the start line and its line end,
+/// `name: value` fields each with its own line end, the blank line's end,
+/// then `tail` (body bytes, or the next message).
+#[cfg(test)]
+pub(crate) fn head_bytes<'a>(
+    start: &[&[u8]],
+    fields: impl IntoIterator<Item = (&'a str, Vec<u8>, &'a str)>,
+    blank: &str,
+    tail: &[u8],
+) -> Vec<u8> {
+    let mut out = start.concat();
+    for (name, value, end) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&value);
+        out.extend_from_slice(end.as_bytes());
+    }
+    out.extend_from_slice(blank.as_bytes());
+    out.extend_from_slice(tail);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,21 +688,234 @@ mod tests {
     fn mangled_response_heads_never_panic() {
         let base = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nTransfer-Encoding: chunked\r\nX-A: b\r\n\r\nok";
         for buf in mangled(base, 20_000) {
-            let mut slots = header_slots::<MAX_HEADERS>();
-            if let Ok(Some(h)) = parse_response(&buf, &mut slots) {
-                assert!(h.bytes.len() <= buf.len());
-                let _ = h.header_map();
-                assert!(h
-                    .relayed_headers()
-                    .all(|(n, _)| !headers::is_hop_by_hop_name(n)));
-                if let Ok(d) = decide(&Method::GET, &h) {
-                    let mut out = Vec::new();
-                    crate::gateway::front::encode_relayed_head(&mut out, &h, d, false);
-                    assert!(out.ends_with(b"\r\n\r\n"));
+            response_holds_its_promises(&buf);
+        }
+    }
+
+    /// What the upstream client relies on, for any bytes: no panic; a
+    /// parsed head is a whole head within `buf`; no hop-by-hop header is
+    /// relayed; a decided framing agrees with the headers (a HEAD answer
+    /// has no body, a length is the one every `Content-Length` says, a
+    /// coding beside a length never lets the connection be reused); and
+    /// the client's head says exactly one framing: the relayed lengths, or
+    /// our one `Transfer-Encoding: chunked` and no length.
+    fn response_holds_its_promises(buf: &[u8]) {
+        let shown = || String::from_utf8_lossy(buf).into_owned();
+        let _ = peek_status(buf);
+        let complete = head_complete(buf);
+        let mut slots = header_slots::<MAX_HEADERS>();
+        let Ok(Some(h)) = parse_response(buf, &mut slots) else {
+            return;
+        };
+        assert!(h.bytes.len() <= buf.len());
+        assert!(complete, "parsed but not complete: {}", shown());
+        let _ = h.header_map();
+        assert!(h
+            .relayed_headers()
+            .all(|(n, _)| !headers::is_hop_by_hop_name(n)));
+        let lengths: Vec<&[u8]> = h.values("content-length").collect();
+        for method in [Method::GET, Method::HEAD] {
+            let Ok(d) = decide(&method, &h) else {
+                continue;
+            };
+            if method == Method::HEAD {
+                assert_eq!(d.framing, ResponseFraming::Empty);
+            }
+            if let ResponseFraming::Length(n) = d.framing {
+                let all_n = lengths
+                    .iter()
+                    .flat_map(|v| v.split(|b| *b == b','))
+                    .all(|p| {
+                        std::str::from_utf8(trim_ows(p))
+                            .ok()
+                            .and_then(|t| t.parse().ok())
+                            == Some(n)
+                    });
+                assert!(all_n, "{}", shown());
+            }
+            if h.has_coding && !lengths.is_empty() {
+                assert!(!d.keep_alive, "{}", shown());
+            }
+            let mut out = Vec::new();
+            crate::gateway::front::encode_relayed_head(&mut out, &h, d, false);
+            assert!(out.ends_with(b"\r\n\r\n"));
+            let mut slots = header_slots::<{ MAX_HEADERS + 4 }>();
+            let mut again = httparse::Response::new(&mut []);
+            let parsed = httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut again, &out, &mut slots);
+            assert!(
+                matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            let count = |name: &str| {
+                again
+                    .headers
+                    .iter()
+                    .filter(|x| x.name.eq_ignore_ascii_case(name))
+                    .count()
+            };
+            match d.framing {
+                ResponseFraming::Chunked | ResponseFraming::UntilClose => {
+                    assert_eq!(
+                        (count("transfer-encoding"), count("content-length")),
+                        (1, 0),
+                        "{}",
+                        shown()
+                    );
+                }
+                ResponseFraming::Length(_) => {
+                    assert_eq!(count("transfer-encoding"), 0, "{}", shown());
+                    assert!(count("content-length") > 0, "{}", shown());
+                }
+                ResponseFraming::Empty => assert_eq!(count("transfer-encoding"), 0, "{}", shown()),
+            }
+        }
+    }
+
+    /// Response heads built from the parts that decide their framing and
+    /// reuse, with arbitrary bytes among them.
+    fn response_heads() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let bytes = |n| proptest::collection::vec(any::<u8>(), 0..n);
+        let status = prop_oneof![
+            4 => select(vec!["HTTP/1.1 200 OK", "HTTP/1.0 200 OK", "HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified"]),
+            1 => select(vec!["HTTP/1.1 100 Continue", "HTTP/1.1 101 Switching", "HTTP/1.1 999 X", "HTTP/1.1 20 OK", "HTTP/2 200", ""]),
+        ];
+        let eol = || prop_oneof![8 => Just("\r\n"), 2 => Just("\n"), 1 => select(vec!["\r", ""])];
+        let name = select(vec![
+            "Content-Length",
+            "content-length",
+            "Transfer-Encoding",
+            "Connection",
+            "Keep-Alive",
+            "X-Hop",
+            "X-A",
+            "Upgrade",
+            "Content-Length ",
+            "",
+        ]);
+        let value = prop_oneof![
+            select(vec![
+                "5",
+                "5, 5",
+                "5, 6",
+                "-1",
+                "close",
+                "keep-alive, X-Hop",
+                "chunked",
+                "gzip, chunked",
+                "chunked, gzip",
+                "18446744073709551616"
+            ])
+            .prop_map(|v| v.as_bytes().to_vec()),
+            bytes(12),
+        ];
+        let fields = proptest::collection::vec((name, value, eol()), 0..6);
+        (status, eol(), fields, eol(), bytes(8)).prop_map(|(status, end, fields, blank, tail)| {
+            head_bytes(&[status.as_bytes(), end.as_bytes()], fields, blank, &tail)
+        })
+    }
+
+    /// A chunked body as a backend may send it: the chunks' data, each
+    /// size in upper or lower case hex with or without an extension,
+    /// trailers, and bytes after the end (the next response).
+    fn chunked_wire(chunks: &[(Vec<u8>, bool, bool)], trailers: bool) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for (data, upper, ext) in chunks {
+            let size = if *upper {
+                format!("{:X}", data.len())
+            } else {
+                format!("{:x}", data.len())
+            };
+            wire.extend_from_slice(size.as_bytes());
+            if *ext {
+                wire.extend_from_slice(b";name=\"v\"");
+            }
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(data);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if trailers {
+            wire.extend_from_slice(b"X-T: 1\r\n");
+        }
+        wire.extend_from_slice(b"\r\nHTTP/1.1 200 OK\r\n");
+        wire
+    }
+
+    proptest::proptest! {
+        #![proptest_config(generated(2000))]
+
+        #[test]
+        fn generated_response_heads_hold_the_parsers_promises(buf in response_heads()) {
+            response_holds_its_promises(&buf);
+        }
+
+        /// Whatever the read sizes, the decoder gives back exactly the
+        /// chunks' data, ends at the last chunk and leaves what follows
+        /// the body in the buffer.
+        #[test]
+        fn chunked_bodies_decode_exactly_whatever_the_reads(
+            chunks in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 1..40), proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+                0..6,
+            ),
+            trailers in proptest::prelude::any::<bool>(),
+            steps in proptest::collection::vec(1usize..24, 1..8),
+        ) {
+            let wire = chunked_wire(&chunks, trailers);
+            let want: Vec<u8> = chunks.iter().flat_map(|(d, _, _)| d.clone()).collect();
+            let mut d = Chunked::Size;
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut fed = 0;
+            let mut done = false;
+            for step in steps.iter().cycle() {
+                let end = (fed + step).min(wire.len());
+                buf.extend_from_slice(&wire[fed..end]);
+                fed = end;
+                loop {
+                    match d.decode(&mut buf).unwrap() {
+                        Decoded::Data(b) => got.extend_from_slice(&b),
+                        Decoded::NeedMore => break,
+                        Decoded::Done => {
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if done || fed == wire.len() {
+                    break;
                 }
             }
-            let _ = peek_status(&buf);
-            let _ = head_complete(&buf);
+            proptest::prop_assert!(done);
+            proptest::prop_assert_eq!(got, want);
+            let mut rest = buf.to_vec();
+            rest.extend_from_slice(&wire[fed..]);
+            proptest::prop_assert_eq!(rest, b"HTTP/1.1 200 OK\r\n".to_vec());
+        }
+
+        /// On any bytes the decoder stops (an error, more wanted, or the
+        /// end) without a panic, and never hands out more than it was given.
+        #[test]
+        fn the_chunked_decoder_survives_any_bytes(
+            wire in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            prefix in proptest::sample::select(vec![&b""[..], b"5\r\n", b"0\r\n", b"ffffffffffffffff\r\n", b"1;\r\na\r\n"]),
+        ) {
+            let input = [prefix, &wire].concat();
+            let mut d = Chunked::Size;
+            let mut buf = BytesMut::from(&input[..]);
+            let mut out = 0;
+            // Each step consumes bytes or ends the loop, so this ends.
+            for _ in 0..=input.len() + 1 {
+                match d.decode(&mut buf) {
+                    Ok(Decoded::Data(b)) => out += b.len(),
+                    Ok(Decoded::NeedMore) | Ok(Decoded::Done) | Err(_) => break,
+                }
+            }
+            proptest::prop_assert!(out <= input.len());
         }
     }
 
@@ -688,7 +940,14 @@ mod tests {
     #[test]
     fn body_framing_follows_rfc9112() {
         use ResponseFraming::*;
-        let cases: [(&Method, &str, Result<ResponseFraming, ParseError>, bool); 10] = [
+        let cases: [(&Method, &str, Result<ResponseFraming, ParseError>, bool); 11] = [
+            // Both framings: never reused, even where no body follows.
+            (
+                &Method::HEAD,
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+                Ok(Empty),
+                false,
+            ),
             (
                 &Method::GET,
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",

@@ -11,6 +11,8 @@
 //!   heads (pure); `conn` runs a client connection with it and hands
 //!   anything else to hyper (I/O).
 //! - [`h1`]: the HTTP/1.1 wire format towards backends (pure).
+//! - [`limits`]: how large a client's request head may be, checked on
+//!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
 //!   pooled backend client, `deadline` the timer both sides reuse.
 //! - [`admin`]: the `/admin/` endpoints.
@@ -47,6 +49,7 @@ pub mod error;
 pub mod front;
 pub mod h1;
 pub mod headers;
+pub mod limits;
 pub mod migrate;
 pub mod proxy;
 pub mod restoring;
@@ -64,7 +67,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -88,6 +91,9 @@ pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table}
 /// How long `serve` waits for open requests after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// hyper's HTTP/1 read buffer limit: twice the largest head accepted.
+const HYPER_MAX_BUF: usize = 2 * limits::MAX_HEAD;
+
 /// Why the gateway could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -105,6 +111,9 @@ pub enum GatewayError {
     /// The password could not be hashed, or the stored hash is corrupt.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// `gateway.admin.password` could be stored but never typed in.
+    #[error("`gateway.admin.password` {0}; change the value it comes from (e.g. the ADMIN_PASSWORD variable)")]
+    Password(String),
 }
 
 /// The gateway, built from the manifest; run it with [`Gateway::serve`].
@@ -301,8 +310,17 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(shared.client_timeouts.header_read)
+            // Room for every head within the limits and a good deal past
+            // them, which `handle` then refuses with the precise status and
+            // a message; only a head past even these gets hyper's bare 431.
+            .max_headers(2 * limits::MAX_HEADERS)
+            .max_buf_size(HYPER_MAX_BUF)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
+            .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
         let tracker = shared.tunnels.tracker.clone();
         let stop = shared.tunnels.stop.clone();
         tracing::info!(listen = %shared.listen(), rules = shared.router.load().rule_count(), "gateway: listening");
@@ -396,8 +414,60 @@ fn import_original(
     Ok(Some(path.clone()))
 }
 
+/// Move the password file of earlier versions (keyed by the stack name
+/// only) to this stack's own file, if it holds this stack's password: a
+/// same-named stack elsewhere may have written it. True when moved.
+fn migrate_password_file(admin: &crate::manifest::Admin, hash: &str) -> bool {
+    let Some(old) = &admin.legacy_password_file else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(old) else {
+        return false;
+    };
+    let pw = text.trim_end_matches(['\r', '\n']);
+    if pw.is_empty() || !auth::verify_password(hash, pw) {
+        return false;
+    }
+    if let Err(e) = state::write_atomic(&admin.password_file, format!("{pw}\n").as_bytes()) {
+        tracing::warn!(error = %e, "gateway: cannot move the admin password file");
+        return false;
+    }
+    let _ = std::fs::remove_file(old);
+    tracing::info!(from = %old.display(), to = %admin.password_file.display(), "gateway: moved the admin password file to its per-stack name");
+    true
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with
+/// more than one, is a 400 — a proxy must not pick one (the backend may pick
+/// the other) nor invent one. HTTP/1.0 may omit it; HTTP/2 carries
+/// `:authority` instead. CONNECT (a tunnel to anywhere) is not proxied: 405.
+/// The front end hands such requests to this path, so this one check covers
+/// both.
+fn request_line_rules<B>(req: &Request<B>) -> Result<(), HttpError> {
+    if req.method() == Method::CONNECT {
+        return Err(HttpError::MethodNotAllowed(
+            "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        ));
+    }
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(HttpError::BadRequest(
+            "more than one Host header (RFC 9112 §3.2)".into(),
+        ));
+    }
+    if hosts == 0 && req.version() == http::Version::HTTP_11 {
+        return Err(HttpError::BadRequest(
+            "an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
+        if let Some(problem) = auth::header_problem(pw) {
+            return Err(GatewayError::Password(problem));
+        }
         if pw.chars().count() < auth::MIN_PASSWORD_LEN {
             tracing::warn!(
                 min = auth::MIN_PASSWORD_LEN,
@@ -419,7 +489,7 @@ fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<Str
     }
     if let Some(current) = &st.password_hash {
         auth::check_hash(current)?;
-        if !cfg.admin.password_file.exists() {
+        if !cfg.admin.password_file.exists() && !migrate_password_file(&cfg.admin, current) {
             tracing::info!(state_file = %cfg.state_file.display(), "gateway: the admin password was set earlier (its hash is in the state file); if it is lost, set `gateway.admin.password` to replace it");
         }
         return Ok(current.clone());
@@ -483,6 +553,20 @@ impl Shared {
         req: Request<Incoming>,
         peer: &headers::Peer,
     ) -> Response<Body> {
+        if let Some(over) = limits::parsed(
+            req.method().as_str(),
+            req.version(),
+            req.uri(),
+            req.headers(),
+        ) {
+            return refuse_head(&req, HttpError::from(over));
+        }
+        if let Some(why) = limits::ambiguous_framing(req.headers()) {
+            return refuse_head(&req, HttpError::BadRequest(why.into()));
+        }
+        if let Err(e) = request_line_rules(&req) {
+            return refuse_head(&req, e);
+        }
         // Timing is only for the debug log line; skip the clock otherwise.
         let started = tracing::enabled!(tracing::Level::DEBUG).then(Instant::now);
         let fwd = headers::forwarded(
@@ -511,7 +595,7 @@ impl Shared {
         });
         let method = req.method().clone();
         let (resp, rule) = match decision {
-            Decision::Admin => return admin::handle(self, req, &path, fwd.client_ip).await,
+            Decision::Admin => return admin::handle(self, req, &path, &fwd).await,
             Decision::NoRoute => (HttpError::NoRoute.response(req.headers()), None),
             Decision::Redirect {
                 rule_id,
@@ -582,6 +666,9 @@ impl Shared {
         let b = backend.to_string();
         match f {
             ForwardError::TooLarge(n) => HttpError::BodyTooLarge(n),
+            ForwardError::ClientBody => HttpError::BadRequest(
+                "the request body is malformed or cut off (chunked framing)".into(),
+            ),
             ForwardError::Timeout(d) => HttpError::Timeout {
                 backend: b,
                 secs: d.as_secs(),
@@ -639,6 +726,19 @@ fn log_request(
         micros = started.elapsed().as_micros() as u64,
         "gateway: request"
     );
+}
+
+/// The answer to a request whose head is refused before routing (over a
+/// limit, or framed ambiguously); an HTTP/1 connection is closed after
+/// it, as nginx does: what follows such a head cannot be trusted.
+fn refuse_head<B>(req: &Request<B>, e: HttpError) -> Response<Body> {
+    tracing::debug!(error = %e, "gateway: request head refused");
+    let mut resp = e.response(req.headers());
+    if req.version() < http::Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Just the `Accept` header, which picks an error page's format.

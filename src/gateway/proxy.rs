@@ -48,6 +48,9 @@ pub enum ForwardError {
     /// The connection broke (reset, closed early, bad response).
     #[error("connection broken")]
     Broken,
+    /// The client's request body was malformed (a bad chunk) or cut off.
+    #[error("malformed or cut request body")]
+    ClientBody,
     /// The request body passed `max_body`.
     #[error("request body over {0} bytes")]
     TooLarge(u64),

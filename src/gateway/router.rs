@@ -47,6 +47,15 @@ pub fn is_admin_path(path: &str) -> bool {
 /// and `..`, merge repeated slashes (as nginx does); refuse encoded
 /// separators and paths that climb above the root. The backend receives the
 /// normalised path, so what was matched is what is served.
+///
+/// Cost: linear in the path's length (issue 11: a target of 10,000 `../`
+/// segments must cost microseconds). Each byte is looked at a constant
+/// number of times: once while decoding, once while splitting into
+/// segments, once while joining; `..` pops the segment stack in O(1)
+/// (never a search back through the output or a re-scan from the start),
+/// and nothing is formatted or allocated per escape or per segment beyond
+/// the stack's amortised growth. The request-line limit
+/// ([`super::limits::MAX_REQUEST_LINE`]) bounds the length anyway.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if raw.is_empty() {
         return Ok(Cow::Borrowed("/"));
@@ -79,8 +88,10 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                     decoded.push(v as char)
                 }
                 _ => {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
                     decoded.push('%');
-                    decoded.push_str(&format!("{v:02X}"));
+                    decoded.push(HEX[usize::from(v >> 4)] as char);
+                    decoded.push(HEX[usize::from(v & 15)] as char);
                 }
             }
             i += 3;
@@ -339,11 +350,12 @@ impl Router {
                         (Some(to), _, _) => to.clone(),
                         (None, Some(tp), Some(prefix)) => {
                             let rest = &req.path[prefix.len()..];
-                            join_path(tp, rest)
+                            join_path(tp, &escape_backslashes(rest))
                         }
                         // Validation guarantees one of the above.
                         _ => "/".to_string(),
                     };
+                    no_protocol_relative(&mut location);
                     if let Some(q) = req.query.filter(|q| !q.is_empty()) {
                         location.push(if location.contains('?') { '&' } else { '?' });
                         location.push_str(q);
@@ -371,6 +383,28 @@ impl Router {
     /// How many rules the table has.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
+    }
+}
+
+/// A raw `\` from the request path, percent-encoded: browsers read `/\host`
+/// in a `Location` as `//host`, another site (an open redirect).
+fn escape_backslashes(rest: &str) -> Cow<'_, str> {
+    if rest.contains('\\') {
+        Cow::Owned(rest.replace('\\', "%5C"))
+    } else {
+        Cow::Borrowed(rest)
+    }
+}
+
+/// Never answer with a `Location` that a browser reads as another host:
+/// leading `//` (or `/\`, which browsers treat alike) collapses to one `/`.
+/// Validation refuses such targets in rules; this holds for any path a
+/// request can bring in, too.
+fn no_protocol_relative(location: &mut String) {
+    let b = location.as_bytes();
+    if b.first() == Some(&b'/') && matches!(b.get(1), Some(b'/' | b'\\')) {
+        let keep = location.trim_start_matches(['/', '\\']).to_string();
+        *location = format!("/{keep}");
     }
 }
 
@@ -888,6 +922,29 @@ mod tests {
         }
     }
 
+    /// Issue 16: `/old/\evil.com` with `redirect_to_prefix: "/"` answered
+    /// `Location: /\evil.com`, which browsers follow to `//evil.com`.
+    #[test]
+    fn redirects_never_point_at_another_host() {
+        let r = router(
+            "",
+            json!([
+                {"id": "root", "action": "redirect", "match": {"path_prefix": "/old/"}, "redirect_to_prefix": "/"},
+                {"id": "bare", "action": "redirect", "match": {"path_prefix": "/x"}, "redirect_to_prefix": "/"}
+            ]),
+        );
+        let cases = [
+            (get("/old/\\evil.com"), "redirect 302 /%5Cevil.com"),
+            (get("/old/\\\\evil.com/a"), "redirect 302 /%5C%5Cevil.com/a"),
+            (get("/x/\\evil.com"), "redirect 302 /%5Cevil.com"),
+            (get("/old/a\\b"), "redirect 302 /a%5Cb"),
+            (get("/old/fine"), "redirect 302 /fine"),
+        ];
+        for (req, want) in cases {
+            assert_eq!(decide(&r, &req).0, want, "{}", req.path);
+        }
+    }
+
     #[test]
     fn proxy_rule_without_backend_uses_the_default() {
         let r = router(
@@ -940,6 +997,43 @@ mod tests {
         ];
         for (raw, want) in bad {
             assert_eq!(normalize_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn normalisation_is_linear_in_the_path_length() {
+        // Issue 11: 10,000 `../` segments (and their encoded and
+        // interleaved kin) must cost microseconds, not a second. The bound
+        // is generous for a debug build on a busy machine; a quadratic
+        // algorithm takes seconds here.
+        let n = 10_000;
+        let cases = [
+            (format!("/{}", "../".repeat(n)), Err(PathError::EscapesRoot)),
+            (
+                format!("/{}", "a/".repeat(n) + &"../".repeat(n)),
+                Ok("/".to_string()),
+            ),
+            (format!("/a{}", "/b/..".repeat(n)), Ok("/a/".to_string())),
+            (
+                format!("/{}x", "%2e%2e/".repeat(n)),
+                Err(PathError::EscapesRoot),
+            ),
+            (
+                format!("/{}", "%c3%a9/./".repeat(n)),
+                Ok("/%C3%A9".repeat(n) + "/"),
+            ),
+            (format!("/{}", "/".repeat(4 * n)), Ok("/".to_string())),
+        ];
+        for (raw, want) in cases {
+            let started = std::time::Instant::now();
+            let got = normalize_path(&raw).map(Cow::into_owned);
+            let took = started.elapsed();
+            assert_eq!(got, want, "{}…", &raw[..20]);
+            assert!(
+                took < std::time::Duration::from_millis(50),
+                "{took:?} for {}…",
+                &raw[..20]
+            );
         }
     }
 

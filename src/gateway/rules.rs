@@ -783,7 +783,8 @@ fn check_redirect_target(t: &str) -> Result<(), String> {
         return Err("must not contain spaces or control characters".into());
     }
     let lower = t.to_ascii_lowercase();
-    if t.starts_with("//") {
+    // Browsers read `/\host` as `//host` too.
+    if t.starts_with("//") || t.starts_with("/\\") {
         return Err("`//host` is a protocol-relative URL; write `https://host/...` if you mean another site".into());
     }
     if t.starts_with('/') || lower.starts_with("http://") || lower.starts_with("https://") {
@@ -901,6 +902,8 @@ mod tests {
             (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect"}),
              "`redirect_to`: a redirect rule needs"),
             (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to": "//evil.com"}),
+             "`redirect_to`: `//host` is a protocol-relative URL"),
+            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to": "/\\evil.com"}),
              "`redirect_to`: `//host` is a protocol-relative URL"),
             (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to_prefix": "/y/"}),
              "`redirect_to_prefix`: needs `match.path_prefix`"),

@@ -341,7 +341,9 @@ async fn send_body(
             () = tokio::time::sleep(cfg.response) => return Err(ForwardError::Timeout(cfg.response).into()),
         };
         let Some(frame) = frame else { break };
-        let frame = frame.map_err(broken)?;
+        // The client's body broke its own framing (a bad chunk) or the
+        // client left: its fault, not the backend's.
+        let frame = frame.map_err(|_| Failed::from(ForwardError::ClientBody))?;
         let Ok(data) = frame.into_data() else {
             continue; // request trailers are not forwarded
         };

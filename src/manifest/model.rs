@@ -266,8 +266,14 @@ pub struct Admin {
     pub password: Option<String>,
     /// `password_file:` where a generated password is written (0600) and
     /// where `stackctl routes` looks for it. Never inside a persisted path.
-    /// Default: `$HOME/.config/stackctl/<stack name>.admin-password`.
+    /// Default: `$HOME/.config/stackctl/<stack name>-<key>.admin-password`,
+    /// `<key>` a hash of the state file's path.
     pub password_file: PathBuf,
+    /// The default of earlier versions (`<stack name>.admin-password`, the
+    /// name only), read once to migrate: `up` moves it to `password_file`
+    /// when it holds this stack's password. `None` when `password_file` is
+    /// set in the manifest.
+    pub legacy_password_file: Option<PathBuf>,
 }
 
 /// `gateway.timeouts:`.

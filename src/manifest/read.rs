@@ -1063,6 +1063,21 @@ impl Reader<'_> {
         if remote.starts_with("./") || remote.starts_with("../") {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
         }
+        let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
+        if crate::persist::remote::is_ssh(&remote) {
+            // Issue 17 item 8: it passed `check`, then failed at every start.
+            self.problem(
+                remote_pos,
+                "persist.remote",
+                format!(
+                    "`{}`: SSH remotes are not supported (stackctl's git has no SSH)",
+                    crate::redact::url(&remote)
+                ),
+                Some("use the repository's https URL (or `owner/repo` for GitHub) and put a token in `persist.token`".into()),
+            );
+        } else {
+            self.url_credentials(remote_pos, "persist.remote", &remote);
+        }
         let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
         let branch = self
             .opt_text(&f, "branch")
@@ -1183,6 +1198,10 @@ impl Reader<'_> {
                     large_files.tag = tag;
                 }
                 large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if let Some(url) = large_files.url.clone() {
+                    let pos = l.get("url").map_or(l.pos, |n| n.pos);
+                    self.url_credentials(pos, "persist.large_files.url", &url);
+                }
                 if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
                     large_files.offload_binary = o;
                 }
@@ -1244,6 +1263,28 @@ impl Reader<'_> {
             large_files,
             readiness_file,
         })
+    }
+
+    /// Credentials belong in `persist.token`, never in a URL (issue 12 item
+    /// 5): user-info would be sent as it is and lands in logs and files, so
+    /// it is refused; a query string is allowed (some servers want one) but
+    /// warned about, since stackctl hides it everywhere it shows the URL.
+    fn url_credentials(&mut self, pos: Pos, key: &str, url: &str) {
+        let shown = crate::redact::url(url);
+        if crate::redact::has_userinfo(url) {
+            self.problem(
+                pos,
+                key,
+                format!("`{shown}` holds credentials (`user:password@`): they would end up in logs and files"),
+                Some("remove them from the URL and put the token in `persist.token`".into()),
+            );
+        } else if crate::redact::has_query(url) {
+            self.warn(
+                pos,
+                key,
+                format!("`{shown}` has a query string: if it carries a token, put the token in `persist.token` instead (stackctl hides the query in its messages, but the server may log it)"),
+            );
+        }
     }
 
     /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
@@ -1327,16 +1368,34 @@ impl Reader<'_> {
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let password_file = password_file.unwrap_or_else(|| {
-            let home = self
-                .container
-                .get("HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| self.dir.clone());
-            home.join(".config/stackctl")
-                .join(format!("{name}.admin-password"))
-        });
+        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+            Some(s) => self.path(&self.dir.clone(), &s),
+            None => match persist {
+                Some(p) => p.workdir.join("state/gateway.json"),
+                None => self.dir.join(".stackctl/gateway.json"),
+            },
+        };
+        // The default file is keyed by the state file's location too: two
+        // stacks of the same name elsewhere (issue 12 item 6) each keep
+        // their own. The name-only file of earlier versions is read once,
+        // to migrate (see `Admin::legacy_password_file`).
+        let (password_file, legacy_password_file) = match password_file {
+            Some(p) => (p, None),
+            None => {
+                let dir = self
+                    .container
+                    .get("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.dir.clone())
+                    .join(".config/stackctl");
+                let key = password_file_key(&state_file);
+                (
+                    dir.join(format!("{name}-{key}.admin-password")),
+                    Some(dir.join(format!("{name}.admin-password"))),
+                )
+            }
+        };
         if let Some(p) = persist.and_then(|p| {
             p.paths
                 .iter()
@@ -1370,13 +1429,6 @@ impl Reader<'_> {
             ],
         );
         let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
-        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
-            Some(s) => self.path(&self.dir.clone(), &s),
-            None => match persist {
-                Some(p) => p.workdir.join("state/gateway.json"),
-                None => self.dir.join(".stackctl/gateway.json"),
-            },
-        };
         let mut timeouts = GatewayTimeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(600),
@@ -1431,6 +1483,7 @@ impl Reader<'_> {
             admin: Admin {
                 password: admin_password,
                 password_file,
+                legacy_password_file,
             },
             allow_backends,
             trusted_proxies,
@@ -1694,6 +1747,14 @@ fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
     }
 }
 
+/// 12 hex digits of the SHA-256 of the state file's path: what tells the
+/// default admin-password files of two same-named stacks apart.
+fn password_file_key(state_file: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_file.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}
+
 /// An `http(s)://` URL on Hugging Face (`huggingface.co` or `hf.co`, any
 /// letter case, with or without a port): the remotes `offload_binary: auto`
 /// is for. Other schemes have no LFS endpoint to offload to.
@@ -1757,6 +1818,46 @@ mod tests {
 
     fn warned_keys(m: &Manifest) -> Vec<&str> {
         m.warnings.iter().map(|w| w.key.as_str()).collect()
+    }
+
+    /// Issue 17 item 8: libgit2 here has no SSH; `check` says so.
+    #[test]
+    fn ssh_remotes_are_refused() {
+        for remote in ["ssh://git@github.com/o/r.git", "git@github.com:o/r.git"] {
+            let text = persist_with(remote, "{}").unwrap_err().to_string();
+            assert!(text.contains("SSH remotes are not supported"), "{text}");
+            assert!(text.contains("https URL"), "{text}");
+        }
+    }
+
+    /// Issue 12 item 5: credentials belong in `persist.token`.
+    #[test]
+    fn credentials_in_the_remote_url_are_refused_or_warned_about() {
+        let e = persist_with("https://x:ghp_inurl@github.com/o/r.git", "{}").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("holds credentials"), "{text}");
+        assert!(text.contains("persist.token"), "{text}");
+        assert!(!text.contains("ghp_inurl"), "{text}");
+        // Issue 17 item 7: the same for the LFS endpoint.
+        let e = persist_with(
+            "o/r",
+            "{ store: lfs, url: \"https://u:hf_inurl@huggingface.co/d/u/r.git/info/lfs\" }",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("persist.large_files.url"), "{e}");
+        assert!(
+            e.contains("holds credentials") && !e.contains("hf_inurl"),
+            "{e}"
+        );
+        let m = persist_with("https://h/o/r.git?access_token=ghp_q", "{}").unwrap();
+        assert_eq!(warned_keys(&m), ["persist.remote"]);
+        assert!(
+            !m.warnings[0].message.contains("ghp_q"),
+            "{}",
+            m.warnings[0]
+        );
+        assert!(m.warnings[0].message.contains("persist.token"));
     }
 
     #[test]

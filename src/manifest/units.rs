@@ -2,15 +2,26 @@
 
 use std::time::Duration;
 
+/// The longest duration accepted: 100 years. Longer is a typo, and a
+/// deadline `now + d` past what the clock can hold would panic (issue 12
+/// item 7: `stop_timeout: 999999999999999d` aborted `check`).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Parse a duration: one or more `<number><unit>` parts with units `ms`,
-/// `s`, `m`, `h`, `d`; a bare number is seconds.
+/// `s`, `m`, `h`, `d`; a bare number is seconds. At most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     if t.is_empty() {
         return Err("empty duration".into());
     }
+    let too_long = || format!("`{text}` is too long: at most 100 years (`36500d`)");
     if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        let d = Duration::from_secs(secs);
+        return if d > MAX_DURATION {
+            Err(too_long())
+        } else {
+            Ok(d)
+        };
     }
     let mut total = Duration::ZERO;
     let mut rest = t;
@@ -49,7 +60,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::from_secs_f64(number * scale);
+        // Checked: a huge number would overflow and panic.
+        total = Duration::try_from_secs_f64(number * scale)
+            .ok()
+            .and_then(|part| total.checked_add(part))
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -81,7 +97,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    Ok((number * scale as f64).round() as u64)
+    let bytes = (number * scale as f64).round();
+    // `as` would saturate silently: 99999999999GiB is a typo, not 16 EiB.
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("`{text}` is too large a size"));
+    }
+    Ok(bytes as u64)
 }
 
 /// Render a duration the way users write it (`1m30s`, `500ms`).
@@ -155,6 +176,77 @@ mod tests {
         assert!(parse_size("5 parsecs")
             .unwrap_err()
             .contains("unknown size unit"));
+    }
+
+    /// Issue 12 item 7: no text panics a parser, and every duration
+    /// accepted can be added to the clock. Exhaustive over short strings of
+    /// the tokens users type, then pseudo-random longer ones (fixed seed).
+    #[test]
+    fn no_duration_size_or_date_text_panics() {
+        const TOKENS: [&str; 24] = [
+            "0",
+            "1",
+            "9",
+            "31",
+            "2026",
+            "999999999999999",
+            "1e9",
+            ".",
+            "-",
+            ":",
+            " ",
+            "T",
+            "Z",
+            "ms",
+            "s",
+            "m",
+            "h",
+            "d",
+            "KiB",
+            "GB",
+            "T",
+            "é",
+            "NaN",
+            "inf",
+        ];
+        let check = |t: &str| {
+            if let Ok(d) = parse_duration(t) {
+                assert!(d <= MAX_DURATION, "{t}");
+                assert!(std::time::Instant::now().checked_add(d).is_some(), "{t}");
+            }
+            let _ = parse_size(t);
+            let _ = crate::persist::read_date(t);
+            let _ = crate::persist::at_arg(t);
+        };
+        for a in TOKENS {
+            for b in TOKENS {
+                for c in TOKENS {
+                    check(&format!("{a}{b}{c}"));
+                }
+            }
+        }
+        // xorshift64: a bounded, reproducible stream of longer strings.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut t = String::new();
+            for _ in 0..1 + x % 8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(TOKENS[(x % TOKENS.len() as u64) as usize]);
+            }
+            check(&t);
+        }
+        for t in [
+            "999999999999999d",
+            "18446744073709551615",
+            "36501d",
+            "1e400s",
+        ] {
+            assert!(parse_duration(t).is_err(), "{t}");
+        }
+        assert!(parse_duration("36500d").is_ok());
+        assert!(parse_size("99999999999999999999GiB").is_err());
     }
 
     #[test]

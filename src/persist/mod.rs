@@ -155,7 +155,7 @@ impl PersistError {
 
 impl From<git2::Error> for PersistError {
     fn from(e: git2::Error) -> Self {
-        PersistError::Git(e.message().to_string())
+        PersistError::Git(remote::reason(&e))
     }
 }
 
@@ -1374,7 +1374,7 @@ fn store_config(
                     blob::lfs_endpoint(&remote.url).ok_or_else(|| {
                         PersistError::BlobStore(BlobError::Unsupported(format!(
                             "the remote `{}` has no LFS endpoint: set `persist.large_files.url`",
-                            remote.url
+                            crate::redact::url(&remote.url)
                         )))
                     })?
                 }
@@ -1385,7 +1385,7 @@ fn store_config(
             repo: blob::github_repo(&cfg.remote).ok_or_else(|| {
                 PersistError::BlobStore(BlobError::Unsupported(format!(
                     "`github-release` needs a GitHub remote (owner/repo), not `{}`",
-                    cfg.remote
+                    crate::redact::url(&cfg.remote)
                 )))
             })?,
             tag: lf.tag.clone(),
@@ -1585,33 +1585,62 @@ fn resolve_at(repo: &Repository, head: Oid, at: &str) -> Result<Oid, PersistErro
 /// `YYYY-mm-dd`, `YYYY-mm-dd HH:MM`, `YYYY-mm-ddTHH:MM:SS` (UTC, optional `Z`)
 /// → seconds since the epoch (a bare date means its last second).
 pub fn parse_date(s: &str) -> Option<i64> {
+    read_date(s).ok()
+}
+
+/// [`parse_date`], saying what is wrong: `2026-02-31` is an error, not
+/// 3 March (issue 12 item 7).
+pub fn read_date(s: &str) -> Result<i64, String> {
+    const FORM: &str =
+        "give a date like `2026-01-31`, `2026-01-31 12:00` or `2026-01-31T12:00:00Z` (UTC)";
+    let bad = || format!("`{s}` is not a date: {FORM}");
     let s = s.trim().trim_end_matches('Z').trim_end_matches(" UTC");
     let (date, time) = match s.split_once([' ', 'T']) {
         Some((d, t)) => (d, Some(t)),
         None => (s, None),
     };
+    let num = |p: Option<&str>| -> Result<i64, String> {
+        match p {
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse().map_err(|_| bad())
+            }
+            _ => Err(bad()),
+        }
+    };
     let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    if d.next().is_some() || date.len() != 10 || !(1..=12).contains(&m) || !(1..=31).contains(&day)
-    {
-        return None;
+    let (y, m, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    if d.next().is_some() || date.len() != 10 {
+        return Err(bad());
+    }
+    if !(1..=12).contains(&m) {
+        return Err(format!("`{s}`: there is no month {m}; {FORM}"));
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=month_days).contains(&day) {
+        return Err(format!(
+            "`{s}` is not a date: month {m} of {y} has {month_days} days"
+        ));
     }
     let (hh, mm, ss) = match time {
         None => (23, 59, 59),
         Some(t) => {
             let mut p = t.split(':');
-            let hh: i64 = p.next()?.parse().ok()?;
-            let mm: i64 = p.next()?.parse().ok()?;
-            let ss: i64 = match p.next() {
-                Some(x) => x.parse().ok()?,
+            let hh = num(p.next())?;
+            let mm = num(p.next())?;
+            let ss = match p.next() {
+                Some(x) => num(Some(x))?,
                 None => 0,
             };
             if p.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
-                return None;
+                return Err(format!(
+                    "`{s}`: `{t}` is not a time of day (HH:MM or HH:MM:SS)"
+                ));
             }
             (hh, mm, ss)
         }
@@ -1624,7 +1653,20 @@ pub fn parse_date(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// `restore --at`: a snapshot id (hex, at least 4 digits) or a date that
+/// [`read_date`] accepts; anything else is a usage error (exit 2) before
+/// any work starts.
+pub fn at_arg(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.len() >= 4 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(t.to_string());
+    }
+    read_date(t)
+        .map(|_| t.to_string())
+        .map_err(|e| format!("{e}; or give a snapshot id from `stackctl snapshots`"))
 }
 
 /// `files` and `bytes` from a stackctl snapshot message.
@@ -1925,6 +1967,14 @@ mod tests {
             ("2026-1-1", None),
             ("abc", None),
             ("2026-01-01 25:00", None),
+            // Issue 12 item 7: was read as 3 March.
+            ("2026-02-31", None),
+            ("2026-02-29", None),
+            ("2024-02-29", Some(1_709_251_199)),
+            ("2026-04-31", None),
+            ("2026-00-10", None),
+            ("+026-01-01", None),
+            ("2026-01-01 -1:00", None),
         ];
         for (input, want) in table {
             assert_eq!(parse_date(input), *want, "{input}");
@@ -1934,6 +1984,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_bad_at_says_what_is_wrong() {
+        assert_eq!(at_arg("2026-01-31").as_deref(), Ok("2026-01-31"));
+        assert_eq!(at_arg("abc1234").as_deref(), Ok("abc1234"));
+        assert_eq!(
+            at_arg("2026-02-31").unwrap_err(),
+            "`2026-02-31` is not a date: month 2 of 2026 has 28 days; or give a snapshot id from `stackctl snapshots`"
+        );
+        assert!(at_arg("yesterday").unwrap_err().contains("is not a date"));
     }
 
     #[test]

@@ -5,16 +5,26 @@
 //! workdir's `.git/config` (remotes are anonymous, nothing is saved), in a log
 //! line or in an error message (messages are scrubbed anyway). A push checks
 //! every ref's status, because `Remote::push` returns `Ok` on a rejected ref.
+//!
+//! Credentials never leave the remote's host (issue 12 item 4): libgit2 is
+//! told to follow no redirect to another host, and the credentials callback
+//! refuses any URL whose host and port are not the remote's, whatever
+//! libgit2 decided about the redirect.
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use git2::{
-    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository,
+    Cred, CredentialType, Direction, FetchOptions, Oid, PushOptions, RemoteCallbacks,
+    RemoteRedirect, Repository,
 };
 
 use super::deadline::{self, Stop};
+
+/// Marks the credentials callback's refusal of another host, so
+/// [`Remote::classify`] can tell it from a network error.
+const OFFSITE: &str = "refusing to send credentials to another host";
 
 /// Errors talking to the remote.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,31 @@ pub enum RemoteError {
     #[error("cannot reach `{url}`: {message}; will retry, check the network or the URL")]
     Network {
         /// The remote URL.
+        url: String,
+        /// What the transport said.
+        message: String,
+    },
+    /// The URL's protocol is not built in (SSH: libgit2 here has none).
+    #[error("`persist.remote` `{url}`: {message}; this stackctl speaks https, http, git:// and local paths, not SSH: use the repository's https URL (or `owner/repo` for GitHub) with the token in `persist.token`")]
+    Unsupported {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What is not supported.
+        message: String,
+    },
+    /// The disk is full or a directory is not writable (the workdir, or a
+    /// local-path remote): not a network problem, so not retried.
+    #[error("cannot write while talking to `{url}`: {message}; free disk space or fix the permissions of `persist.workdir` (and of a local-path remote), then try again")]
+    Storage {
+        /// The remote URL (never with credentials).
+        url: String,
+        /// What the system said.
+        message: String,
+    },
+    /// The server redirected to another host: not followed, never retried.
+    #[error("the backup repository `{url}` redirected to another host ({message}); credentials are only sent to the remote's own host: set `persist.remote` to the repository's real URL")]
+    Redirect {
+        /// The remote URL (never with credentials).
         url: String,
         /// What the transport said.
         message: String,
@@ -128,7 +163,7 @@ pub struct RemoteUrl {
 /// path or `file://` URL → a local repository.
 pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
     let r = remote.trim();
-    let bad = || RemoteError::BadRemote(redact_userinfo(r));
+    let bad = || RemoteError::BadRemote(crate::redact::url(r));
     if r.is_empty() {
         return Err(bad());
     }
@@ -150,11 +185,17 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
         });
     }
     if let Some((scheme, rest)) = r.split_once("://") {
-        if !matches!(scheme, "http" | "https" | "ssh" | "git") {
+        if is_ssh(r) {
+            return Err(RemoteError::Unsupported {
+                url: crate::redact::url(r),
+                message: "SSH remotes are not supported".into(),
+            });
+        }
+        if !matches!(scheme, "http" | "https" | "git") {
             return Err(bad());
         }
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') && scheme != "ssh" {
+        if authority.contains('@') {
             // A token in the URL would end up in logs and errors: refuse it.
             return Err(bad());
         }
@@ -184,16 +225,48 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
     }
 }
 
-/// Replace the user-info part of a URL by `***`.
-pub fn redact_userinfo(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        if let Some((_, host)) = authority.rsplit_once('@') {
-            let slash = if rest.contains('/') { "/" } else { "" };
-            return format!("{scheme}://***@{host}{slash}{path}");
+/// Is `remote` an SSH URL (`ssh://`, `git+ssh://`, or scp-like
+/// `user@host:path`)? libgit2 is built here without SSH.
+pub fn is_ssh(remote: &str) -> bool {
+    let r = remote.trim();
+    match r.split_once("://") {
+        Some((scheme, _)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            scheme == "ssh" || scheme == "git+ssh" || scheme == "ssh+git"
+        }
+        None => {
+            // scp-like: `user@host:path` (a colon before any slash).
+            let head = r.split('/').next().unwrap_or_default();
+            !r.starts_with('/') && head.contains('@') && head.contains(':')
         }
     }
-    url.to_string()
+}
+
+/// What libgit2 said, or, when it set no message (it answers "no error"
+/// after some failed writes, e.g. on a full disk), what usually causes that.
+pub fn reason(e: &git2::Error) -> String {
+    let m = e.message().trim();
+    if m.is_empty() || m == "no error" || m == "an unknown git error occurred" {
+        "git gave no reason (usually a full disk or a directory it cannot write)".into()
+    } else {
+        m.to_string()
+    }
+}
+
+/// Does `message` (any case) say the local disk is full or not writable?
+/// Those are not network errors: retrying does not help.
+pub fn is_storage_problem(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "no space left on device",
+        "disk quota exceeded",
+        "read-only file system",
+        "permission denied",
+        "operation not permitted",
+        "git gave no reason",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 /// How much history a fetch brings.
@@ -208,6 +281,8 @@ pub enum Depth {
 /// The connection to one remote branch.
 pub struct Remote {
     url: RemoteUrl,
+    /// The URL as messages, logs and files show it (credentials redacted).
+    shown: String,
     token: Option<String>,
     branch: String,
     /// How long libgit2 waits for the server to answer a read (shortened by
@@ -229,6 +304,7 @@ impl Remote {
     pub fn new(url: RemoteUrl, token: Option<String>, branch: &str) -> Self {
         let token = token.filter(|t| !t.is_empty());
         Self {
+            shown: crate::redact::url(&url.url),
             url,
             token,
             branch: branch.to_string(),
@@ -236,9 +312,9 @@ impl Remote {
         }
     }
 
-    /// The URL (no credentials).
+    /// The URL as users see it (user-info and query redacted).
     pub fn url(&self) -> &str {
-        &self.url.url
+        &self.shown
     }
 
     /// `refs/heads/<branch>`.
@@ -296,7 +372,15 @@ impl Remote {
     fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let token = self.token.as_deref();
-        cb.credentials(move |_url, _user, allowed| {
+        let home = crate::redact::origin(&self.url.url);
+        cb.credentials(move |url, _user, allowed| {
+            // libgit2 asks with the URL it is talking to, which after a
+            // redirect may be another server: it gets nothing from us.
+            let there = crate::redact::origin(url);
+            if there != home {
+                let host = there.map_or_else(|| crate::redact::url(url), |(h, _)| h);
+                return Err(git2::Error::from_str(&format!("{OFFSITE} `{host}`")));
+            }
             // libgit2 calls again after a refusal: give up after one try
             // instead of looping forever on a wrong token.
             let n = tries.get();
@@ -330,9 +414,23 @@ impl Remote {
 
     fn stopped(&self, stop: Stop) -> RemoteError {
         RemoteError::Stopped {
-            url: self.url.url.clone(),
+            url: self.shown.clone(),
             stop,
         }
+    }
+
+    /// An anonymous remote for our URL (nothing saved in `.git/config`).
+    /// Connections opened with `connect_auth` take their redirect policy
+    /// from the repository's configuration, not from options: say there,
+    /// once, that no redirect to another host is followed.
+    fn anonymous<'r>(&self, repo: &'r Repository) -> Result<git2::Remote<'r>, git2::Error> {
+        // Earlier versions let libgit2 write FETCH_HEAD, with the URL in it.
+        let _ = std::fs::remove_file(repo.path().join("FETCH_HEAD"));
+        let mut config = repo.config()?;
+        if !matches!(config.get_bool("http.followRedirects"), Ok(false)) {
+            config.set_bool("http.followRedirects", false)?;
+        }
+        repo.remote_anonymous(&self.url.url)
     }
 
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
@@ -341,13 +439,22 @@ impl Remote {
         if let Err(stop) = deadline::check() {
             return self.stopped(stop);
         }
-        let message = self.scrub(e.message());
-        let url = self.url.url.clone();
+        let message = self.scrub(&reason(e));
+        let url = self.shown.clone();
         if e.code() == git2::ErrorCode::Auth
             || e.class() == git2::ErrorClass::Http && message.contains("401")
             || tries.get() > 0 && message.contains("credentials")
         {
             return RemoteError::Auth { url, message };
+        }
+        if message.contains(OFFSITE) || message.contains("cannot redirect") {
+            return RemoteError::Redirect { url, message };
+        }
+        if message.contains("unsupported URL protocol") {
+            return RemoteError::Unsupported { url, message };
+        }
+        if is_storage_problem(&message) {
+            return RemoteError::Storage { url, message };
         }
         if e.class() == git2::ErrorClass::Http && message.contains("404") {
             return RemoteError::NotFound { url, message };
@@ -364,11 +471,13 @@ impl Remote {
         }
     }
 
-    /// Remove the token from any text that may reach a user.
+    /// Remove the token, and credentials in any URL, from text that may
+    /// reach a user, a log line or a file.
     pub fn scrub(&self, text: &str) -> String {
+        let text = crate::redact::text(text);
         match &self.token {
             Some(t) if t.len() >= 4 => text.replace(t.as_str(), "***"),
-            _ => text.to_string(),
+            _ => text,
         }
     }
 
@@ -391,19 +500,22 @@ impl Remote {
         if repo.find_commit(oid).is_err() {
             self.begin_network()?;
             let tries = Cell::new(0);
-            let mut remote = repo
-                .remote_anonymous(&self.url.url)
+            let mut remote = self
+                .anonymous(repo)
                 .map_err(|e| self.classify(&e, &tries))?;
             let mut fo = FetchOptions::new();
             fo.remote_callbacks(self.callbacks(&tries));
             fo.download_tags(git2::AutotagOption::None);
+            fo.follow_redirects(RemoteRedirect::None);
+            // FETCH_HEAD would hold the URL, query and all; we keep our own refs.
+            fo.update_fetchhead(false);
             let spec = format!("+{src}:{dst}");
             remote
                 .fetch(&[spec.as_str()], Some(&mut fo), None)
                 .map_err(|e| self.classify(&e, &tries))?;
         }
         repo.reference(dst, oid, true, "stackctl fetch")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(head)
     }
 
@@ -411,8 +523,8 @@ impl Remote {
     pub fn advertised(&self, repo: &Repository, want: &str) -> Result<RemoteHead, RemoteError> {
         self.begin_network()?;
         let tries = Cell::new(0);
-        let mut remote = repo
-            .remote_anonymous(&self.url.url)
+        let mut remote = self
+            .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
         let conn = remote
             .connect_auth(Direction::Fetch, Some(self.callbacks(&tries)), None)
@@ -446,8 +558,8 @@ impl Remote {
         if deepen || repo.find_commit(oid).is_err() {
             self.begin_network()?;
             let tries = Cell::new(0);
-            let mut remote = repo
-                .remote_anonymous(&self.url.url)
+            let mut remote = self
+                .anonymous(repo)
                 .map_err(|e| self.classify(&e, &tries))?;
             let mut fo = FetchOptions::new();
             let mut cb = self.callbacks(&tries);
@@ -457,6 +569,9 @@ impl Remote {
             });
             fo.remote_callbacks(cb);
             fo.download_tags(git2::AutotagOption::None);
+            fo.follow_redirects(RemoteRedirect::None);
+            // FETCH_HEAD would hold the URL, query and all; we keep our own refs.
+            fo.update_fetchhead(false);
             if self.url.shallow_ok {
                 match depth {
                     Depth::Shallow(d) => {
@@ -475,7 +590,7 @@ impl Remote {
                 .map_err(|e| self.classify(&e, &tries))?;
         }
         repo.reference(&self.tracking_ref(), oid, true, "stackctl fetch")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(RemoteHead::At(oid))
     }
 
@@ -493,7 +608,7 @@ impl Remote {
     ) -> Result<(), RemoteError> {
         self.push_to(repo, commit, &self.branch_ref(), lease)?;
         repo.reference(&self.tracking_ref(), commit, true, "stackctl push")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         Ok(())
     }
 
@@ -510,12 +625,12 @@ impl Remote {
         // Pushes go from a ref: point a private one at the commit.
         let src = "refs/stackctl/push";
         repo.reference(src, commit, true, "stackctl push")
-            .map_err(|e| RemoteError::Local(self.scrub(e.message())))?;
+            .map_err(|e| RemoteError::Local(self.scrub(&reason(&e))))?;
         let tries = Cell::new(0);
         let connect_tries = Cell::new(0);
         let rejected: RefCell<Option<(String, String)>> = RefCell::new(None);
-        let mut remote = repo
-            .remote_anonymous(&self.url.url)
+        let mut remote = self
+            .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
         let mut cb = self.callbacks(&tries);
         cb.push_update_reference(|refname, status| {
@@ -526,6 +641,7 @@ impl Remote {
         });
         let mut po = PushOptions::new();
         po.remote_callbacks(cb);
+        po.follow_redirects(RemoteRedirect::None);
         let res = match lease {
             None => {
                 let spec = format!("{src}:{dst}");
@@ -571,7 +687,7 @@ impl Remote {
             {
                 return Err(RemoteError::Rejected {
                     refname: dst.to_string(),
-                    message: self.scrub(e.message()),
+                    message: self.scrub(&reason(&e)),
                 })
             }
             Err(e) => return Err(self.classify(&e, &tries)),
@@ -645,11 +761,8 @@ mod tests {
                 gh("https://example.org/x/y.git"),
                 false,
             ),
-            (
-                "ssh://git@example.org/x/y.git",
-                gh("ssh://git@example.org/x/y.git"),
-                false,
-            ),
+            ("ssh://git@example.org/x/y.git", None, false),
+            ("git@github.com:o/r.git", None, false),
             ("/srv/backup.git", gh("/srv/backup.git"), true),
             ("file:///srv/backup.git", gh("file:///srv/backup.git"), true),
             (
@@ -677,8 +790,71 @@ mod tests {
     fn a_refused_url_does_not_echo_its_token() {
         let e = resolve_url("https://x-access-token:ghp_secret@github.com/o/r.git").unwrap_err();
         assert!(!e.to_string().contains("ghp_secret"), "{e}");
-        assert_eq!(redact_userinfo("https://a:b@h/p"), "https://***@h/p");
-        assert_eq!(redact_userinfo("https://h/p"), "https://h/p");
+    }
+
+    /// Issue 12 item 5: a query-string token or an ssh password is in no
+    /// message about the remote.
+    #[test]
+    fn messages_about_the_remote_hide_credentials_in_its_url() {
+        for (url, secret) in [
+            ("https://h/o/r.git?access_token=ghp_query", "ghp_query"),
+            ("ssh://git:hunter2pw@h/o/r.git", "hunter2pw"),
+        ] {
+            // (SSH is refused by resolve_url now; the message still hides it.)
+            let remote = RemoteUrl {
+                url: url.into(),
+                local: None,
+                shallow_ok: true,
+            };
+            let r = Remote::new(remote, None, "main");
+            assert!(!r.url().contains(secret), "{}", r.url());
+            let e = git2::Error::new(
+                git2::ErrorCode::GenericError,
+                git2::ErrorClass::Net,
+                format!("failed to connect to '{url}': refused"),
+            );
+            let shown = r.classify(&e, &Cell::new(0)).to_string();
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("h/o/r.git"), "{shown}");
+        }
+    }
+
+    /// Issue 17 item 8: SSH is refused up front; a full disk, a permission
+    /// problem or an unknown protocol is not a network error.
+    #[test]
+    fn errors_are_classified_by_what_they_are() {
+        let e = resolve_url("ssh://git:pw@example.org/x/y.git").unwrap_err();
+        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
+        assert!(e.to_string().contains("not SSH") && !e.to_string().contains("pw@"));
+        assert!(is_ssh("git@github.com:o/r.git"));
+        assert!(!is_ssh("https://github.com/o/r.git") && !is_ssh("/srv/a:b@c"));
+        let r = Remote::new(resolve_url("/srv/backup.git").unwrap(), None, "main");
+        let class = |class, msg: &str| {
+            let e = git2::Error::new(git2::ErrorCode::GenericError, class, msg);
+            r.classify(&e, &Cell::new(0))
+        };
+        use git2::ErrorClass as C;
+        for (c, msg) in [
+            (
+                C::Os,
+                "failed to write '/w/objects/ab': No space left on device",
+            ),
+            (C::Os, "could not open '/w/x.lock': Permission denied"),
+            (C::Odb, "no error"),
+            (
+                C::Filesystem,
+                "failed to make directory: Read-only file system",
+            ),
+        ] {
+            let e = class(c, msg);
+            assert!(matches!(e, RemoteError::Storage { .. }), "{msg}: {e:?}");
+            assert!(!e.is_retryable());
+            assert!(!e.to_string().contains(": no error"), "{e}");
+        }
+        let e = class(C::Net, "unsupported URL protocol");
+        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
+        let e = class(C::Os, "failed to connect to 127.0.0.1: Connection refused");
+        assert!(e.is_retryable(), "{e:?}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub enum SnapshotError {
         reason: String,
     },
     /// The object database refused a write.
-    #[error("cannot write the snapshot to the git repository in the workdir: {0}; check free disk space")]
+    #[error("cannot write the snapshot to the git repository in the workdir: {}; check free disk space and that `persist.workdir` is writable", crate::persist::remote::reason(.0))]
     Git(#[from] git2::Error),
     /// The operation's deadline passed or it was cancelled ([`deadline`]).
     #[error("snapshot stopped: {0}")]

@@ -47,6 +47,7 @@ pub async fn run(
     shutdown: CancellationToken,
     force: CancellationToken,
 ) -> Outcome {
+    crate::fault::panic_once("supervisor");
     let mut sup = match Supervisor::new(manifest, reaper, status, opts) {
         Ok(s) => s,
         Err(e) => {

@@ -238,11 +238,19 @@ fn routes_and_status_commands_drive_the_running_gateway() {
     wait_healthy(&mut up, gport);
     // No password configured: `up` generated one into the password file
     // (under $HOME, which the harness points at the temp dir).
-    let pw_file = stack.path(".config/stackctl/uitest.admin-password");
-    poll(
+    // `uitest-<key>.admin-password`, the key naming the state file.
+    let pw_file = poll(
         Duration::from_secs(10),
         "the generated password file",
-        || pw_file.is_file().then_some(()),
+        || {
+            std::fs::read_dir(stack.path(".config/stackctl"))
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    name.starts_with("uitest-") && name.ends_with(".admin-password")
+                })
+        },
     );
     let generated = std::fs::read_to_string(&pw_file).expect("read the password file");
     let generated = generated.trim_end();
@@ -330,6 +338,11 @@ fn routes_and_status_commands_drive_the_running_gateway() {
     let out = stack.run(&["routes", "password", "--new", "short"]);
     out.code(1);
     assert!(!out.stderr.trim().is_empty(), "an explanation\n{out}");
+    // Issue 16: a password no header can carry is refused before it is sent.
+    stack
+        .run(&["routes", "password", "--new", "new-password-  "])
+        .code(1)
+        .stderr_has("the new password starts or ends with a space");
     assert_eq!(
         std::fs::read_to_string(&pw_file).expect("read the password file"),
         "fresh-password-123\n"

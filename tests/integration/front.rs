@@ -389,3 +389,121 @@ async fn http2_with_prior_knowledge_is_handed_to_hyper() {
     }
     gw.shutdown().await;
 }
+
+/// Issue 16 (RFC 9112 §3.2): an HTTP/1.1 request without Host or with two
+/// gets 400 and never reaches the backend (before, one Host was picked or
+/// invented); CONNECT gets 405. HTTP/1.0 may omit Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_and_connect_are_enforced() {
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    for (req, want) in [
+        ("GET /x HTTP/1.1\r\n\r\n", 400),
+        ("GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400),
+        ("GET http://h/x HTTP/1.1\r\n\r\n", 400),
+        (
+            "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",
+            405,
+        ),
+        ("GET /x HTTP/1.0\r\n\r\n", 200),
+    ] {
+        let mut c = Client::connect(&gw).await;
+        c.send(req).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, want, "{req:?}: {r:?}");
+        if want == 200 {
+            assert_eq!(r.json()["path"], "/x");
+        }
+    }
+    // The same on a connection the front end served first.
+    let mut c = Client::connect(&gw).await;
+    c.send(&format!("{}GET /y HTTP/1.1\r\n\r\n", get("/one")))
+        .await;
+    assert_eq!(c.response(false).await.status, 200);
+    assert_eq!(c.response(false).await.status, 400);
+    gw.shutdown().await;
+}
+
+/// Issue 11, item 3: the same head limits on both paths. `prefix` is sent
+/// first on the connection (empty: the front end serves it; a request
+/// with a body: hyper has the connection by then).
+async fn refused_on_one_path(gw: &Gw, prefix: &str, request: &str, want: u16) {
+    let mut c = Client::connect(gw).await;
+    if !prefix.is_empty() {
+        c.send(prefix).await;
+        assert_eq!(c.response(false).await.status, 200);
+    }
+    c.send(request).await;
+    let r = c.response(false).await;
+    let start: String = request.chars().take(60).collect();
+    assert_eq!(r.status, want, "{start:?} after {prefix:?}: {r:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("limit"),
+        "{r:?}"
+    );
+    assert!(c.closed().await, "the connection stays open after {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_over_the_limits_are_414_or_431_on_both_paths() {
+    use stackctl::gateway::limits::{request_line_len, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE};
+    let b = backend("b").await;
+    let gw = start(Some(b.url()), json!([])).await;
+    let target = |len: usize| format!("/{}", "a".repeat(len - 1));
+    // The longest request line accepted, on both paths.
+    let longest = target(MAX_REQUEST_LINE - request_line_len("GET", 0));
+    let upload = "POST /x/upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nhi";
+    for prefix in ["", upload] {
+        let mut c = Client::connect(&gw).await;
+        c.send(&format!("{prefix}{}", get(&longest))).await;
+        if !prefix.is_empty() {
+            c.response(false).await;
+        }
+        let r = c.response(false).await;
+        assert_eq!((r.status, r.json()["path"].clone()), (200, json!(longest)));
+    }
+
+    let long_target = get(&target(60 * 1024));
+    let one_more = get(&format!("{longest}b"));
+    let fields: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: gw.test\r\n{fields}\r\n");
+    let cookie = format!(
+        "GET / HTTP/1.1\r\nHost: gw.test\r\nCookie: {}\r\n\r\n",
+        "c".repeat(MAX_HEAD)
+    );
+    // Sent whole, so the front end decides on a complete head (hyper then
+    // refuses it) rather than on a partial one.
+    let cookie_fits_a_read = format!(
+        "GET / HTTP/1.1\r\nHost: gw.test\r\nCookie: {}\r\n\r\n",
+        "c".repeat(MAX_HEAD - 40)
+    );
+    for prefix in ["", upload] {
+        for (request, want) in [
+            (&long_target, 414),
+            (&one_more, 414),
+            (&many, 431),
+            (&cookie, 431),
+            (&cookie_fits_a_read, 431),
+        ] {
+            refused_on_one_path(&gw, prefix, request, want).await;
+        }
+    }
+
+    // HTTP/2 (hyper's path from the start): the same limit on the target.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    for (path, want) in [
+        (longest.clone(), 200),
+        (format!("{longest}{}", "b".repeat(100)), 414),
+    ] {
+        let resp = tokio::time::timeout(DEADLINE, client.get(gw.url(&path).parse().unwrap()))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(resp.status(), want, "HTTP/2 target of {} bytes", path.len());
+    }
+    gw.shutdown().await;
+}

@@ -281,6 +281,7 @@ pub(crate) fn config(
         admin: Admin {
             password: Some(PASSWORD.into()),
             password_file: dir.join("home/admin-password"),
+            legacy_password_file: None,
         },
         allow_backends: vec![],
         trusted_proxies: vec![],
@@ -981,6 +982,111 @@ async fn admin_requires_the_password_and_rate_limits_failures() {
     gw.shutdown().await;
 }
 
+/// Issue 16: wrong passwords from many addresses (behind a trusted proxy,
+/// as on a Space) kept the owner's correct password at 429. Known clients
+/// stay in: an address that signed in before, a browser with the device
+/// cookie from its last sign-in, and loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_lock_the_owner_out() {
+    let a = backend("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), Some(a.url()), json!([]));
+    cfg.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    let limits = LimitConfig {
+        ip_burst: 10.0,
+        ip_refill: 0.01,
+        global_burst: 20.0,
+        global_refill: 0.01,
+    };
+    let gw = start_with(cfg, dir, restored(), move |g| g.with_rate_limits(limits)).await;
+    let from = |addr: &'static str, pw: &'static str| {
+        let url = gw.url("/admin/status");
+        async move {
+            call(
+                "GET",
+                &url,
+                &[("x-forwarded-for", addr), ("x-admin-password", pw)],
+                empty(),
+            )
+            .await
+        }
+    };
+
+    let r = from("198.51.100.77", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let set_cookie = r.header("set-cookie").to_string();
+    assert!(
+        set_cookie.starts_with("stackctl_admin_device=v1.")
+            && set_cookie.contains("; Path=/admin/; ")
+            && set_cookie.contains("; HttpOnly; SameSite=Strict")
+            && !set_cookie.contains("Secure"),
+        "{set_cookie}"
+    );
+    let device = set_cookie.split(';').next().unwrap().to_string();
+
+    const STRANGERS: [&str; 15] = [
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.3",
+        "203.0.113.4",
+        "203.0.113.5",
+        "203.0.113.6",
+        "203.0.113.7",
+        "203.0.113.8",
+        "203.0.113.9",
+        "203.0.113.10",
+        "203.0.113.11",
+        "203.0.113.12",
+        "203.0.113.13",
+        "203.0.113.14",
+        "203.0.113.15",
+    ];
+    for stranger in STRANGERS.iter().cycle().take(30) {
+        let r = from(stranger, "wrong-password").await;
+        assert!(matches!(r.status, 403 | 429), "{}", r.status);
+    }
+    let r = from("198.51.100.200", PASSWORD).await;
+    assert_eq!(r.status, 429, "a new address waits for the global limit");
+
+    assert_eq!(
+        from("198.51.100.77", PASSWORD).await.status,
+        200,
+        "known address"
+    );
+    let r = call(
+        "GET",
+        &gw.url("/admin/status"),
+        &[
+            ("x-forwarded-for", "198.51.100.201"),
+            ("x-admin-password", PASSWORD),
+            ("cookie", device.as_str()),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "known browser at a new address: {}", r.body);
+    assert!(r.headers.get("set-cookie").is_none(), "its cookie is valid");
+    assert_eq!(
+        admin_get(&gw, "/admin/status").await.status,
+        200,
+        "loopback"
+    );
+    // A forged cookie is no key.
+    let r = call(
+        "GET",
+        &gw.url("/admin/status"),
+        &[
+            ("x-forwarded-for", "198.51.100.202"),
+            ("x-admin-password", PASSWORD),
+            ("cookie", "stackctl_admin_device=v1.99999999999.00"),
+        ],
+        empty(),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     let a = backend("a").await;
@@ -1013,6 +1119,17 @@ async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     .await;
     assert_eq!((r.status, r.json()), (200, json!({"ok": true})));
     let new_etag = r.header("etag").to_string();
+    // Issue 16: If-Match uses the strong comparison (RFC 9110 §13.1.1), so
+    // a weak tag never matches, not even the current one.
+    let weak = format!("W/{new_etag}");
+    let r = admin_post(
+        &gw,
+        "/admin/routes.json",
+        new_rules.clone(),
+        &[("if-match", &weak)],
+    )
+    .await;
+    assert_eq!(r.status, 412, "weak If-Match: {}", r.body);
     assert_ne!(new_etag, etag);
     let r = admin_post(
         &gw,
@@ -1140,6 +1257,22 @@ async fn admin_http_semantics_etag_validation_media_type_methods_origin() {
     .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("cross-site"));
+    // Issue 16: X-Forwarded-Host from a peer outside `trusted_proxies` is
+    // the client's own claim; it must not make a foreign Origin pass.
+    let forged = [
+        ("x-admin-password", PASSWORD),
+        ("content-type", "application/json"),
+        ("origin", "https://evil.example"),
+        ("x-forwarded-host", "evil.example"),
+    ];
+    let r = call(
+        "POST",
+        &gw.url("/admin/routes.json"),
+        &forged,
+        full("{\"rules\": []}"),
+    )
+    .await;
+    assert_eq!(r.status, 403, "forged X-Forwarded-Host: {}", r.body);
     let r = call(
         "GET",
         &gw.url("/admin/routes.json"),
@@ -1258,6 +1391,20 @@ async fn password_change_and_state_file_survive_a_restart() {
         "{}",
         r.body
     );
+    // Issue 16: passwords no X-Admin-Password header can carry are refused
+    // when set, instead of locking the owner out afterwards.
+    for (pw, why) in [
+        (" padded-password", "starts or ends with a space"),
+        ("padded-password ", "starts or ends with a space"),
+        ("caf\u{e9}-caf\u{e9}-caf\u{e9}", "printable ASCII only"),
+    ] {
+        let r = admin_post(&gw, "/admin/password", json!({"new_password": pw}), &[]).await;
+        assert!(
+            r.status == 400 && r.body.contains(why),
+            "{pw:?}: {}",
+            r.body
+        );
+    }
     let r = admin_post(
         &gw,
         "/admin/password",
@@ -1338,6 +1485,23 @@ async fn password_change_and_state_file_survive_a_restart() {
         (200, Some("edited"))
     );
     gw.shutdown().await;
+}
+
+/// Issue 16: a configured password that no header can carry (here with a
+/// trailing space, as a pasted Space variable may have) stops the start with
+/// a message that names the key, instead of locking the owner out.
+#[test]
+fn a_configured_password_no_header_can_carry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), None, json!([]));
+    cfg.admin.password = Some("pasted-password ".into());
+    let err = Gateway::new(&cfg, restored()).expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("`gateway.admin.password` starts or ends with a space"),
+        "{msg}"
+    );
+    assert!(!msg.contains("pasted-password"), "no secret in it: {msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

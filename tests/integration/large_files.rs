@@ -551,6 +551,36 @@ fn the_lfs_store_works_with_giftless_and_git_lfs_pull_gives_the_bytes_back() {
     }
 }
 
+/// Issue 17 item 7: an LFS endpoint with `user:TOKEN@` is refused before
+/// anything is written (it went into `.lfsconfig`, which is pushed).
+#[test]
+fn credentials_in_the_lfs_url_are_refused_and_never_written() {
+    let s = Setup::new();
+    fs::write(s.data.join("small.txt"), "v1").unwrap();
+    let store = StoreConfig::Lfs {
+        url: "http://x-access-token:ghp_LfsUrlToken5@127.0.0.1:9/org/repo".into(),
+    };
+    let e = match Persister::with_store(s.config("work"), &store) {
+        Ok(p) => {
+            let _ = p.restore(&RestoreOptions::default());
+            let _ = p.snapshot_and_push();
+            let lfsconfig = Command::new("git")
+                .arg("-C")
+                .arg(&s.remote)
+                .args(["show", "main:.lfsconfig"])
+                .output()
+                .unwrap();
+            panic!(
+                "accepted; the remote's .lfsconfig: {}",
+                String::from_utf8_lossy(&lfsconfig.stdout)
+            );
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("holds credentials"), "{e}");
+    assert!(!e.contains("ghp_LfsUrlToken5"), "{e}");
+}
+
 #[test]
 fn an_lfs_server_that_is_down_fails_the_snapshot_without_pushing() {
     let s = Setup::new();

@@ -369,3 +369,193 @@ gateway:
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
 }
+
+/// Can this test mount a tmpfs in a private mount namespace?
+fn can_mount_tmpfs() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs in a user+mount namespace here");
+    }
+    ok
+}
+
+/// Issue 17 item 8: a full disk (the workdir's, or a local-path remote's) is
+/// not "cannot reach …, check the network" retried forever, nor "…: no
+/// error": `backup` fails at once and says the disk is full.
+#[test]
+fn a_full_disk_is_named_as_such_and_not_retried() {
+    if !can_mount_tmpfs() {
+        return;
+    }
+    for full in ["remote.git", "work"] {
+        let s = stack(free_port(), "./remote.git");
+        std::fs::create_dir_all(s.path(full)).unwrap();
+        if full == "work" {
+            bare_repo(&s);
+        }
+        std::fs::write(
+            s.path("data/blob.bin"),
+            crate::common_persist::noise(2 << 20, 7),
+        )
+        .unwrap();
+        // A 512 KiB tmpfs over `full` (a fresh bare repository when it is
+        // the remote), only for this process.
+        let mount = r#"mount -t tmpfs -o size=512k tmpfs "$1" || exit 99
+            if [ "$2" = remote.git ]; then git init -q --bare -b main "$1" || exit 98; fi
+            shift 2; "$@" restore || exit 97; exec "$@" backup"#;
+        let dir = s.path(full).display().to_string();
+        let wrapper = ["unshare", "-rm", "sh", "-c", mount, "sh", &dir, full];
+        // `stackctl -f FILE` + `restore`, then `backup` in the same namespace.
+        let mut run = s.spawn(&[], Some(&wrapper));
+        let status = run.wait_exit(T);
+        let log = run.log();
+        assert_eq!(status.code(), Some(1), "{full}: {log}");
+        assert!(
+            log.to_lowercase().contains("no space left on device")
+                || log.contains("usually a full disk"),
+            "{full}: {log}"
+        );
+        assert!(!log.contains("cannot reach"), "{full}: {log}");
+        assert!(!log.contains("retry"), "{full}: {log}");
+        assert!(!log.contains(": no error"), "{full}: {log}");
+    }
+}
+
+/// A stack named `twin` with a generated admin password, its `HOME` shared
+/// with other stacks.
+fn twin(port: u16, home: &std::path::Path) -> Stack {
+    Stack::new(&format!(
+        r#"
+name: twin
+services:
+  app:
+    command: [sleep, "1000"]
+    stop_timeout: 2s
+gateway:
+  listen: 127.0.0.1:{port}
+"#
+    ))
+    .env("HOME", home.to_str().unwrap())
+}
+
+/// Run `up` until the gateway has settled its password; return the
+/// generated password if one was printed, and the log.
+fn up_once(s: &Stack, port: u16) -> (Option<String>, String) {
+    let mut up = s.up();
+    poll(T, "the admin API", || {
+        http_get(&format!("http://127.0.0.1:{port}/admin/healthz")).filter(|(c, _, _)| *c == 200)
+    });
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    let log = up.log();
+    let pw = log
+        .lines()
+        .find_map(|l| l.split_once("generated admin password (shown once): "))
+        .map(|(_, pw)| pw.trim().to_string());
+    (pw, log)
+}
+
+/// Issue 12 item 6: two stacks with the same `name` (and `HOME`) each keep
+/// their own admin-password file; the name-only file of earlier versions is
+/// still read, and moved once to the stack's own file.
+#[test]
+fn same_named_stacks_keep_their_own_admin_password_files() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join(".config/stackctl");
+    let (pa, pb) = (free_port(), free_port());
+    let (a, b) = (twin(pa, home.path()), twin(pb, home.path()));
+    let (pw_a, log) = up_once(&a, pa);
+    let pw_a = pw_a.unwrap_or_else(|| panic!("no password generated\n{log}"));
+    let (pw_b, log) = up_once(&b, pb);
+    let pw_b = pw_b.unwrap_or_else(|| panic!("no password generated\n{log}"));
+    assert_ne!(pw_a, pw_b);
+    let mut files: Vec<String> = std::fs::read_dir(&config)
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    files.sort();
+    let mut want = vec![pw_a.clone(), pw_b.clone()];
+    want.sort();
+    assert_eq!(
+        files, want,
+        "one file per stack, each with its own password"
+    );
+
+    // An install of an earlier version: A's password in `twin.admin-password`.
+    let own = std::fs::read_dir(&config)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::read_to_string(p).unwrap().trim() == pw_a)
+        .unwrap();
+    let legacy = config.join("twin.admin-password");
+    std::fs::rename(&own, &legacy).unwrap();
+    let (generated, log) = up_once(&a, pa);
+    assert_eq!(generated, None, "the stored hash is kept\n{log}");
+    assert!(!legacy.exists(), "the old file was moved\n{log}");
+    assert_eq!(std::fs::read_to_string(&own).unwrap().trim(), pw_a, "{log}");
+}
+
+/// Issue 12 item 8: a panicking gateway connection task (injected by the
+/// debug-only `STACKCTL_TEST_PANIC=conn`) fails that connection only: the
+/// gateway keeps answering, the service keeps running, and the stop is clean.
+#[test]
+fn a_panicking_connection_task_does_not_stop_the_stack() {
+    let port = free_port();
+    let s = stack(port, "./remote.git").env("STACKCTL_TEST_PANIC", "conn");
+    bare_repo(&s);
+    let mut up = s.up();
+    up.wait_for("app | saw: nothing", T);
+    // The first connection's task panics: no answer on it.
+    let url = format!("http://127.0.0.1:{port}/admin/healthz");
+    assert_eq!(http_get(&url), None, "{}", up.log());
+    up.wait_for("injected panic at `conn`", T);
+    let (code, _, _) = poll(T, "the gateway after the panic", || {
+        http_get(&url).filter(|(c, _, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    std::fs::write(s.path("data/late.txt"), "after the panic").unwrap();
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+    assert_eq!(
+        remote_file(&s, &format!("{}/late.txt", tree_path(&s, "data"))).as_deref(),
+        Some("after the panic")
+    );
+}
+
+/// Issue 12 item 8: when the supervisor or `up` itself panics (a bug), the
+/// final snapshot is still taken, and the exit code says it failed (1).
+#[test]
+fn a_panic_in_the_supervisor_or_up_still_takes_the_final_snapshot() {
+    for point in ["supervisor", "up"] {
+        let port = free_port();
+        let s = stack(port, "./remote.git").env("STACKCTL_TEST_PANIC", point);
+        bare_repo(&s);
+        std::fs::write(s.path("data/late.txt"), point).unwrap();
+        let mut up = s.up();
+        if point == "up" {
+            up.wait_for("app | saw: nothing", T);
+            up.signal(libc::SIGTERM);
+        }
+        assert_eq!(up.wait_exit(T).code(), Some(1), "{point}: {}", up.log());
+        assert!(
+            up.has_line(&format!("injected panic at `{point}`")),
+            "{}",
+            up.log()
+        );
+        assert!(up.has_line("taking the final snapshot"), "{}", up.log());
+        assert_eq!(
+            remote_file(&s, &format!("{}/late.txt", tree_path(&s, "data"))).as_deref(),
+            Some(point),
+            "{point}: {}",
+            up.log()
+        );
+    }
+}

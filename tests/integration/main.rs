@@ -9,6 +9,7 @@ mod admin_ui;
 mod astrbot;
 mod debounce;
 mod deployment;
+mod differential;
 mod front;
 mod gateway;
 mod hanging_remote;

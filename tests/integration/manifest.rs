@@ -54,6 +54,24 @@ fn bad_duration_names_the_unit() {
     );
 }
 
+/// Issue 12 item 7: aborted `check` (exit 134 in release).
+#[test]
+fn a_huge_duration_is_an_error_not_a_panic() {
+    rejects(
+        "services:\n  web:\n    command: x\n    stop_timeout: 999999999999999d\n",
+        "4:19: `services.web.stop_timeout`: `999999999999999d` is too long: at most 100 years (`36500d`)",
+    );
+}
+
+/// Issue 12 item 7: `2026-02-31` was read as 3 March.
+#[test]
+fn restore_at_an_impossible_date_is_a_usage_error() {
+    let s = Stack::new("services: {}\npersist:\n  remote: ./remote.git\n  paths: [./data]\n");
+    let out = s.run(&["restore", "--at", "2026-02-31"]);
+    out.code(2)
+        .stderr_has("`2026-02-31` is not a date: month 2 of 2026 has 28 days");
+}
+
 #[test]
 fn bad_size_is_rejected() {
     rejects(

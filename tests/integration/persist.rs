@@ -611,8 +611,19 @@ pub struct HttpGit {
 
 impl HttpGit {
     pub fn start(project_root: &Path, token: &str) -> HttpGit {
+        Self::start_on("127.0.0.1", project_root, token, None)
+    }
+
+    /// A server on the loopback address `ip`; with `redirect_to` (a base
+    /// URL), every request is answered with a 302 to the same path there.
+    fn start_on(
+        ip: &str,
+        project_root: &Path,
+        token: &str,
+        redirect_to: Option<String>,
+    ) -> HttpGit {
         use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -633,6 +644,7 @@ impl HttpGit {
                     }
                 };
                 let (want, root, seen) = (want.clone(), root.clone(), seen2.clone());
+                let redirect_to = redirect_to.clone();
                 std::thread::spawn(move || {
                     stream.set_nonblocking(false).unwrap();
                     let mut r = BufReader::new(stream.try_clone().unwrap());
@@ -677,6 +689,13 @@ impl HttpGit {
                     }
                     let auth = get("authorization").unwrap_or_default();
                     seen.lock().unwrap().push(format!("{auth} {target}"));
+                    if let Some(base) = redirect_to {
+                        let _ = write!(
+                            w,
+                            "HTTP/1.1 302 Found\r\nLocation: {base}{target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        return;
+                    }
                     if auth != want {
                         let _ = w.write_all(
                             b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -746,6 +765,84 @@ impl Drop for HttpGit {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Issue 12 item 4: a remote that redirects elsewhere (another loopback
+/// address, or another port on the same one) never sees the token there,
+/// and the error says what happened without being retried.
+#[test]
+fn a_redirect_to_another_host_gets_no_credentials_and_a_clear_error() {
+    let s = Setup::new();
+    let token = "ghp_RedirectTokenStays42";
+    for other_ip in ["127.0.0.2", "127.0.0.1"] {
+        let elsewhere = HttpGit::start_on(other_ip, &s.root, token, None);
+        let base = format!("http://{other_ip}:{}", elsewhere.port);
+        let redirector = HttpGit::start_on("127.0.0.1", &s.root, token, Some(base));
+        let mut cfg = s.config(&format!("work-{other_ip}"));
+        cfg.remote = format!("http://127.0.0.1:{}/remote.git", redirector.port);
+        cfg.token = Some(token.into());
+        let e = Persister::with_config(cfg)
+            .unwrap()
+            .restore(&RestoreOptions::default())
+            .unwrap_err();
+        let seen = elsewhere.seen.lock().unwrap().clone();
+        assert!(
+            seen.iter().all(|r| !r.starts_with("Basic")),
+            "credentials reached {other_ip}: {seen:?}"
+        );
+        assert!(
+            matches!(e, PersistError::Remote(RemoteError::Redirect { .. })),
+            "{e:?}"
+        );
+        assert!(!e.is_retryable(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("redirected to another host"), "{text}");
+        assert!(!text.contains(token), "{text}");
+    }
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    listing(dir)
+        .into_iter()
+        .filter(|(_, (kind, _, bytes))| {
+            *kind == 'f' && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Issue 12 item 5: a token in the remote URL's query string reaches no
+/// file of the workdir (libgit2 wrote it into `FETCH_HEAD`) and no error.
+#[test]
+fn a_token_in_the_remote_query_string_is_in_no_workdir_file() {
+    let s = Setup::new();
+    git(&s.remote, &["config", "http.receivepack", "true"]);
+    populate(&s.data);
+    let token = "ghp_QueryTokenStaysOut7";
+    let server = HttpGit::start(&s.root, token);
+    let secret = "qs_SecretInTheQuery99";
+    let mut cfg = s.config("work");
+    cfg.remote = format!(
+        "http://127.0.0.1:{}/remote.git?access_token={secret}",
+        server.port
+    );
+    cfg.token = Some(token.into());
+    let p = Persister::with_config(cfg.clone()).unwrap();
+    assert!(!p.remote_url().contains(secret), "{}", p.remote_url());
+    p.restore(&RestoreOptions::default()).unwrap();
+    p.snapshot_and_push().unwrap();
+    drop(p);
+    // A wiped disk: the restore fetches.
+    fs::remove_dir_all(s.root.join("work")).unwrap();
+    let p = Persister::with_config(cfg).unwrap();
+    p.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    let leaked = files_containing(&s.root.join("work"), secret);
+    assert!(leaked.is_empty(), "the query's token is in {leaked:?}");
 }
 
 #[test]

@@ -849,6 +849,12 @@
       showText(err, 'Use printable ASCII characters only (a browser cannot send others in a header).');
       return;
     }
+    // The same rule as the gateway's (auth.rs, password_problem): HTTP drops
+    // spaces at the ends of a header value, so such a password never matches.
+    if (first !== first.trim()) {
+      showText(err, 'Do not start or end the password with a space (HTTP drops it).');
+      return;
+    }
     if (first !== second) {
       showText(err, 'The two passwords differ.');
       return;

@@ -309,17 +309,11 @@ impl Read for PartReader {
     }
 }
 
-/// A URL without its query (signed storage URLs carry secrets there) nor
-/// user info (`https://user:token@host/...`).
+/// A URL with its query (signed storage URLs carry secrets there) and
+/// user info (`https://user:token@host/...`) hidden: the crate's one
+/// redaction, [`crate::redact::url`].
 pub(crate) fn shown(url: &str) -> String {
-    let base = url.split(['?', '#']).next().unwrap_or_default();
-    if let Some((scheme, rest)) = base.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://{}", &rest[at + 1..]);
-        }
-    }
-    base.to_string()
+    crate::redact::url(url)
 }
 
 /// Map a transport error: connection and body problems are retryable.
@@ -415,6 +409,15 @@ impl LfsStore {
                 shown(&endpoint)
             )));
         };
+        // Credentials in the URL would be sent as they are and written into
+        // `.lfsconfig`, which is pushed (issue 17 item 7): refused, as in
+        // `persist.remote`.
+        if crate::redact::has_userinfo(&endpoint) {
+            return Err(BlobError::Unsupported(format!(
+                "`persist.large_files.url` `{}` holds credentials (`user:password@`): remove them and put the token in `persist.token`",
+                shown(&endpoint)
+            )));
+        }
         let bearer = parsed
             .host_str()
             .is_some_and(|h| HF_HOSTS.iter().any(|hf| h.eq_ignore_ascii_case(hf)));
@@ -844,8 +847,10 @@ impl BlobStore for LfsStore {
         Ok(None)
     }
 
+    /// Never with credentials: a query string (which may carry a token)
+    /// keeps the endpoint out of `.lfsconfig`, a file of the repository.
     fn lfs_url(&self) -> Option<String> {
-        Some(self.endpoint.clone())
+        (!crate::redact::has_query(&self.endpoint)).then(|| self.endpoint.clone())
     }
 }
 
@@ -1023,15 +1028,31 @@ mod tests {
         assert!(res.is_err() && changed);
     }
 
+    /// Issue 17 item 7: credentials in the endpoint are refused, and a
+    /// query string never reaches `.lfsconfig`.
+    #[test]
+    fn credentials_in_the_endpoint_never_reach_a_file() {
+        let e = LfsStore::new("https://u:TOKEN_in_url@h/o/r.git/info/lfs", None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("holds credentials"), "{e}");
+        assert!(!e.contains("TOKEN_in_url"), "{e}");
+        let s = LfsStore::new("https://h/o/r.git/info/lfs?t=TOKEN_q", None).unwrap();
+        assert_eq!(s.lfs_url(), None);
+        let s = LfsStore::new("https://h/o/r.git/info/lfs", None).unwrap();
+        assert_eq!(s.lfs_url().as_deref(), Some("https://h/o/r.git/info/lfs"));
+    }
+
     #[test]
     fn urls_in_errors_lose_query_and_user_info() {
         assert_eq!(
             shown("https://s3.example/b/o?X-Amz-Signature=secret#f"),
-            "https://s3.example/b/o"
+            "https://s3.example/b/o?***"
         );
         assert_eq!(
             shown("https://user:hf_secret@huggingface.co/datasets/u/d.git/info/lfs"),
-            "https://huggingface.co/datasets/u/d.git/info/lfs"
+            "https://***@huggingface.co/datasets/u/d.git/info/lfs"
         );
         assert_eq!(shown("http://127.0.0.1:9/a@b"), "http://127.0.0.1:9/a@b");
     }

@@ -557,7 +557,10 @@ pub enum StoreConfig {
 /// The LFS endpoint of a git remote URL: `https://host/o/r(.git)` →
 /// `https://host/o/r.git/info/lfs` (what git-lfs derives by default).
 pub fn lfs_endpoint(remote_url: &str) -> Option<String> {
-    let u = remote_url.trim_end_matches('/');
+    // A query (it may hold a token) belongs to the remote, not to its
+    // endpoint: the endpoint is written into `.lfsconfig`.
+    let u = remote_url.split(['?', '#']).next().unwrap_or_default();
+    let u = u.trim_end_matches('/');
     if !(u.starts_with("https://") || u.starts_with("http://")) {
         return None;
     }
@@ -666,6 +669,10 @@ mod tests {
             Some("https://github.com/o/r.git/info/lfs")
         );
         assert_eq!(lfs_endpoint("/srv/repo.git"), None);
+        assert_eq!(
+            lfs_endpoint("https://h/o/r.git?access_token=x").as_deref(),
+            Some("https://h/o/r.git/info/lfs")
+        );
         assert_eq!(github_repo("o/r").as_deref(), Some("o/r"));
         assert_eq!(
             github_repo("https://github.com/o/r.git").as_deref(),

@@ -1,0 +1,32 @@
+//! Test-only fault injection: `STACKCTL_TEST_PANIC=<point>` makes the named
+//! point panic once per process, so tests can prove that a panicking task
+//! fails alone (issue 12 item 8). Debug builds only: in a release build
+//! [`panic_once`] is empty and the variable is ignored.
+//!
+//! Points: `conn` (the first gateway connection task), `supervisor` (the
+//! supervisor task, at its start), `up` (`stackctl up` itself, once the
+//! services have stopped, before the final snapshot).
+
+/// Panic if `STACKCTL_TEST_PANIC` names `point` and it has not fired yet.
+pub fn panic_once(point: &'static str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::Mutex;
+        static FIRED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+        if std::env::var("STACKCTL_TEST_PANIC").ok().as_deref() != Some(point) {
+            return;
+        }
+        let first = match FIRED.lock() {
+            Ok(mut fired) if !fired.contains(&point) => {
+                fired.push(point);
+                true
+            }
+            _ => false,
+        };
+        if first {
+            panic!("STACKCTL_TEST_PANIC: injected panic at `{point}`");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
