@@ -14,6 +14,7 @@ use crate::app::code;
 use crate::cli::LogFormat;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
+use crate::persist::deadline::Budget;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
 use crate::shutdown::CancellationToken;
@@ -70,8 +71,8 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
             if let Some((p, status)) = rescue.get() {
                 // The services may still run: a third of the budget, as
                 // after a normal stop.
-                let deadline = Instant::now() + shutdown_timeout / 3;
-                let _ = runtime.block_on(lifecycle::final_backup(p, status, deadline.into()));
+                let budget = Budget::new(Instant::now(), shutdown_timeout / 3);
+                let _ = runtime.block_on(lifecycle::final_backup(p, status, budget));
             }
             code::FAILURE
         }
@@ -148,17 +149,28 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         None => None,
     };
     let listener = match &persister {
-        Some(p) => match restore_first(p, listener, &status, &shutdown, &manifest.services).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                info!("stopped before the restore finished; nothing was started or pushed");
-                return code::OK;
+        Some(p) => {
+            match restore_first(
+                p,
+                listener,
+                &status,
+                &shutdown,
+                &manifest.services,
+                manifest.shutdown_timeout,
+            )
+            .await
+            {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    info!("stopped before the restore finished; nothing was started or pushed");
+                    return code::OK;
+                }
+                Err(msg) => {
+                    error!("{msg}");
+                    return code::FAILURE;
+                }
             }
-            Err(msg) => {
-                error!("{msg}");
-                return code::FAILURE;
-            }
-        },
+        }
         None => listener,
     };
     status.update(|s| s.restored = true);
@@ -200,7 +212,10 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         _ => None,
     };
 
-    let backup_stop = CancellationToken::new();
+    // Periodic work stops as soon as the stop is asked for: a snapshot or
+    // upload running then is cancelled while the services stop, so the
+    // final snapshot finds the repository free.
+    let backup_stop = shutdown.child_token();
     let backup_tasks = persister
         .as_ref()
         .zip(manifest.persist.as_ref())
@@ -240,21 +255,33 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     };
     crate::fault::panic_once("up");
     backup_stop.cancel();
+    let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
+    let budget = Budget::new(began, manifest.shutdown_timeout);
+    // Every wait below ends inside the budget: `up` exits by itself, with
+    // its exit code, before Docker's SIGKILL.
     for task in backup_tasks.into_iter().flatten() {
-        let _ = task.await;
+        let until = tokio::time::Instant::from_std(budget.final_backup());
+        if tokio::time::timeout_at(until, task).await.is_err() {
+            warn!("a snapshot is still waiting for the remote; the final backup waits for it");
+        }
     }
     if let Some(p) = &persister {
-        let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
-        let deadline = began + manifest.shutdown_timeout;
-        let result = lifecycle::final_backup(p, &status, deadline.into()).await;
+        let result = lifecycle::final_backup(p, &status, budget).await;
         if result.is_err() && exit == code::OK {
             exit = code::BACKUP_FAILED;
         }
     }
     gateway_stop.cancel();
     if let Some(task) = gateway_task {
-        if let Err(e) = task.await {
-            error!(error = %e, "the gateway failed (a bug, please report it)");
+        let until = tokio::time::Instant::from_std(budget.end());
+        match tokio::time::timeout_at(until, task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "the gateway failed (a bug, please report it)"),
+            Err(_) => {
+                warn!(
+                    "the gateway did not drain within `shutdown_timeout`; closing its connections"
+                )
+            }
         }
     }
     if exit == code::OK {
@@ -271,11 +298,12 @@ async fn restore_first(
     status: &StatusBoard,
     shutdown: &CancellationToken,
     services: &[crate::manifest::Service],
+    shutdown_timeout: Duration,
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = CancellationToken::new();
     let placeholder =
         listener.map(|l| tokio::spawn(restoring::serve(l, status.clone(), handover.clone())));
-    let restored = lifecycle::restore_at_start(p, status, shutdown).await;
+    let restored = lifecycle::restore_at_start(p, status, shutdown, shutdown_timeout).await;
     handover.cancel();
     let listener = match placeholder {
         Some(task) => Some(

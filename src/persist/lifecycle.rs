@@ -4,6 +4,10 @@
 //!
 //! The [`Persister`] blocks (libgit2, file I/O), so every call runs on
 //! tokio's blocking pool; this module is the thin async shell around it.
+//! A blocking call cannot be interrupted from here, so each one carries a
+//! [`Limit`]: stopping cancels the running restore, snapshot or heartbeat
+//! (it gives up at its next check), and the final backup's network steps
+//! end by a deadline taken from the shutdown [`Budget`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::persist::deadline::{Budget, Limit};
 use crate::persist::progress::{self, ProgressSink, Reading};
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
@@ -39,15 +44,39 @@ pub enum Restored {
     Stopped,
 }
 
-/// Run `f` on the blocking pool with a shared persister.
+/// Run `f` on the blocking pool with a shared persister, under `limit`.
 async fn blocking<T: Send + 'static>(
     p: &Arc<Persister>,
+    limit: &Limit,
     f: impl FnOnce(&Persister) -> Result<T, PersistError> + Send + 'static,
 ) -> Result<T, String> {
-    let p = p.clone();
-    match tokio::task::spawn_blocking(move || f(&p)).await {
+    let (p, limit) = (p.clone(), limit.clone());
+    match tokio::task::spawn_blocking(move || limit.enter(|| f(&p))).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(e) => Err(format!("the persistence task failed: {e}")),
+    }
+}
+
+/// [`blocking`], cancelled when `stop` fires. The call then gives up at
+/// its next check (between files, in a transfer callback, before a
+/// connection or a retry) and this waits for it: the repository is free
+/// for the final backup once it returns. A read already waiting on a
+/// silent remote keeps the timeout it opened with; `up` bounds its wait
+/// for this loop, and the final backup its own.
+async fn cancellable<T: Send + 'static>(
+    p: &Arc<Persister>,
+    stop: &CancellationToken,
+    f: impl FnOnce(&Persister) -> Result<T, PersistError> + Send + 'static,
+) -> Result<T, String> {
+    let limit = Limit::new();
+    let work = blocking(p, &limit, f);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => r,
+        () = stop.cancelled() => {
+            limit.cancel();
+            work.await
+        }
     }
 }
 
@@ -97,11 +126,14 @@ impl ProgressSink for BoardSink {
 /// Restore the persisted paths before any service starts. A remote that
 /// cannot be reached is retried with backoff for as long as it takes (a
 /// Space must never start on empty data and then push it over a good
-/// backup); an error that retrying cannot fix is returned.
+/// backup); an error that retrying cannot fix is returned. When `stop`
+/// fires the restore is cancelled, and waited for within the
+/// `shutdown_timeout` counted from then.
 pub async fn restore_at_start(
     p: &Arc<Persister>,
     status: &StatusBoard,
     stop: &CancellationToken,
+    shutdown_timeout: Duration,
 ) -> Result<Restored, PersistError> {
     let mut delay = Duration::from_secs(1);
     let mut attempt = 1u32;
@@ -117,7 +149,9 @@ pub async fn restore_at_start(
         let pc = p.clone();
         let board = status.clone();
         let seen = failures.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let limit = Limit::new();
+        let inside = limit.clone();
+        let task = tokio::task::spawn_blocking(move || {
             // "restoring (N of M files)" on `/admin/status` and the 503 page.
             let progress = |pr: Progress| {
                 let line = if pr.stage == Stage::Waiting {
@@ -127,17 +161,36 @@ pub async fn restore_at_start(
                 };
                 board.update(|s| s.restore_progress = Some(line));
             };
-            pc.restore_with_progress(
-                &RestoreOptions {
-                    // A disk that survived (a VPS, a laptop) may hold data newer
-                    // than the last snapshot: keep it rather than roll it back.
-                    keep_newer_local: true,
-                    ..RestoreOptions::default()
-                },
-                &progress,
-            )
-        })
-        .await;
+            inside.enter(|| {
+                pc.restore_with_progress(
+                    &RestoreOptions {
+                        // A disk that survived (a VPS, a laptop) may hold data newer
+                        // than the last snapshot: keep it rather than roll it back.
+                        keep_newer_local: true,
+                        ..RestoreOptions::default()
+                    },
+                    &progress,
+                )
+            })
+        });
+        tokio::pin!(task);
+        let result = tokio::select! {
+            r = &mut task => r,
+            () = stop.cancelled() => {
+                limit.cancel();
+                // It stops at its next check; a read waiting on a silent
+                // remote cannot be interrupted: leave it behind when the
+                // budget runs out (files are written atomically, nothing
+                // was pushed).
+                let budget = Budget::new(std::time::Instant::now(), shutdown_timeout);
+                let until = Instant::from_std(budget.final_backup());
+                if tokio::time::timeout_at(until, task).await.is_err() {
+                    warn!("the restore is still waiting for the remote; leaving it behind");
+                }
+                publish(p, status);
+                return Ok(Restored::Stopped);
+            }
+        };
         publish(p, status);
         match result {
             Ok(Ok(report)) => {
@@ -223,12 +276,14 @@ pub async fn run_loop(
     loop {
         let wake = Instant::from_std(schedule.next_wake());
         tokio::select! {
+            // Stopping wins over any other wake-up: no new work starts.
+            biased;
             () = stop.cancelled() => break,
             Some(()) = changes.recv() => schedule.changed(std::time::Instant::now()),
             Some(req) = requests.recv() => match req {
                 Request::Backup(reply) => {
                     let started = std::time::Instant::now();
-                    let r = snapshot(&p, &status).await;
+                    let r = snapshot(&p, &status, &stop).await;
                     schedule.snapshot_taken(started, std::time::Instant::now());
                     let _ = reply.send(r);
                 }
@@ -236,12 +291,12 @@ pub async fn run_loop(
             () = tokio::time::sleep_until(wake) => {
                 if schedule.due(std::time::Instant::now()) {
                     let started = std::time::Instant::now();
-                    let _ = snapshot(&p, &status).await;
+                    let _ = snapshot(&p, &status, &stop).await;
                     schedule.snapshot_taken(started, std::time::Instant::now());
                 }
             }
             _ = heartbeat.tick() => {
-                if let Err(e) = blocking(&p, |p| p.heartbeat()).await {
+                if let Err(e) = cancellable(&p, &stop, |p| p.heartbeat()).await {
                     warn!(error = %e, "cannot renew the write lease");
                 }
             }
@@ -249,10 +304,19 @@ pub async fn run_loop(
     }
 }
 
-/// One snapshot + push, logged and published.
-async fn snapshot(p: &Arc<Persister>, status: &StatusBoard) -> Result<SnapshotReport, String> {
-    let r = blocking(p, |p| p.snapshot_and_push()).await;
+/// One snapshot + push, logged and published; cancelled by `stop` (the
+/// final backup takes over).
+async fn snapshot(
+    p: &Arc<Persister>,
+    status: &StatusBoard,
+    stop: &CancellationToken,
+) -> Result<SnapshotReport, String> {
+    let r = cancellable(p, stop, |p| p.snapshot_and_push()).await;
     publish(p, status);
+    if r.is_err() && stop.is_cancelled() {
+        info!("snapshot cancelled: stopping, the final backup takes over");
+        return r;
+    }
     match &r {
         Ok(rep) => {
             for (path, size) in &rep.too_large {
@@ -272,18 +336,23 @@ async fn snapshot(p: &Arc<Persister>, status: &StatusBoard) -> Result<SnapshotRe
 }
 
 /// The last snapshot at shutdown, after the services stopped, within
-/// `deadline`. `Ok(None)` when there was nothing to do (restore never
-/// finished, so there is nothing safe to push).
+/// `budget`: its network steps give up by [`Budget::network`] (so the
+/// error names what did not answer), and the whole of it is abandoned at
+/// [`Budget::final_backup`] (a disk or a cancelled snapshot that holds the
+/// repository longer). `Ok(None)` when there was nothing to do (restore
+/// never finished, so there is nothing safe to push).
 pub async fn final_backup(
     p: &Arc<Persister>,
     status: &StatusBoard,
-    deadline: Instant,
+    budget: Budget,
 ) -> Result<Option<SnapshotReport>, String> {
     if p.restore_state() == crate::persist::RestoreState::Pending {
         return Ok(None);
     }
     info!("taking the final snapshot");
-    let work = blocking(p, |p| {
+    let deadline = Instant::from_std(budget.final_backup());
+    let limit = Limit::until(budget.network());
+    let work = blocking(p, &limit, |p| {
         let report = p.snapshot_and_push()?;
         if let Err(e) = p.release_lease() {
             warn!(error = %e, "cannot release the write lease; the next instance waits for it to expire");
@@ -292,7 +361,10 @@ pub async fn final_backup(
     });
     let result = match tokio::time::timeout_at(deadline, work).await {
         Ok(r) => r,
-        Err(_) => Err("the final backup did not finish within `shutdown_timeout`".to_string()),
+        Err(_) => Err(
+            "the final backup did not finish within `shutdown_timeout` (the remote or the disk did not answer in time)"
+                .to_string(),
+        ),
     };
     publish(p, status);
     match &result {

@@ -2,6 +2,7 @@
 //! a git repository.
 //!
 //! - [`blob`]: blob stores for large files (`dir:PATH`, `lfs`, `github-release`), streamed and verified.
+//! - [`deadline`]: deadlines and cancellation that reach libgit2 and the blob stores (shutdown budget).
 //! - [`gc`]: delete blobs no kept snapshot refers to, after a grace period.
 //! - [`history`]: bound the branch to `history.keep` snapshots (squash, pushed with a lease).
 //! - [`lease`]: one writer per repository (a lease ref with a heartbeat), pure decisions.
@@ -34,6 +35,7 @@
 
 pub mod blob;
 pub mod commands;
+pub mod deadline;
 pub mod gc;
 pub mod history;
 pub mod holder;
@@ -907,9 +909,19 @@ impl Persister {
     ) -> Result<SnapshotReport, PersistError> {
         let mut cache = lock(&self.cache);
         let tmp = self.cfg.workdir.join("tmp");
+        let previous = ref_oid(repo, &self.remote.branch_ref())?
+            .and_then(|c| repo.find_commit(c).ok())
+            .map(|c| c.tree_id());
         let built = self
             .tree_builder(repo, &tmp, &mut cache)
+            .point_in_time(previous)
             .build(&self.rules)?;
+        if built.deferred > 0 {
+            tracing::debug!(
+                entries = built.deferred,
+                "entries created during the scan are left to the next snapshot"
+            );
+        }
         for (path, size) in &built.too_large {
             tracing::warn!(path = %path.display(), size, threshold = self.cfg.threshold,
                 "file at or above `large_files.threshold` skipped: it is not backed up");

@@ -450,6 +450,12 @@ impl ScanClock {
     pub fn settled(&self, dev: u64, mtime_ns: i128) -> bool {
         dev == self.dev && mtime_ns < self.mtime_ns
     }
+
+    /// Was a file born at `born_ns` certainly created before the probe? A
+    /// stamp equal to the probe's is not: both may fall in one clock tick.
+    pub fn predates(&self, born_ns: i128) -> bool {
+        born_ns < self.mtime_ns
+    }
 }
 
 /// Stat cache: absolute path → the blob it had at a given (size, mtime, inode).
@@ -580,6 +586,17 @@ mod tests {
             &[PathBuf::from("/app/.config/QQ/.stackctl")],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn only_a_file_born_before_the_probes_tick_predates_it() {
+        let clock = ScanClock {
+            dev: 1,
+            mtime_ns: 1_000,
+        };
+        assert!(clock.predates(999));
+        assert!(!clock.predates(1_000), "the same tick could be either side");
+        assert!(!clock.predates(1_001));
     }
 
     #[test]

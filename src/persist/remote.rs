@@ -20,6 +20,8 @@ use git2::{
     RemoteRedirect, Repository,
 };
 
+use super::deadline::{self, Stop};
+
 /// Marks the credentials callback's refusal of another host, so
 /// [`Remote::classify`] can tell it from a network error.
 const OFFSITE: &str = "refusing to send credentials to another host";
@@ -101,6 +103,14 @@ pub enum RemoteError {
         /// What git said.
         message: String,
     },
+    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    #[error("gave up on `{url}`: {stop}")]
+    Stopped {
+        /// The remote URL.
+        url: String,
+        /// Why.
+        stop: Stop,
+    },
 }
 
 impl RemoteError {
@@ -113,6 +123,29 @@ impl RemoteError {
 /// Age past which a ref lock in a local-path remote is taken as left by a
 /// dead process.
 pub const STALE_LOCK: Duration = Duration::from_secs(5);
+
+/// How long libgit2 may take to connect (shortened by the operation's
+/// deadline).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Make the next connection libgit2 opens use `connect` and `read` as its
+/// timeouts. libgit2 reads these process-wide options when it opens a
+/// socket, so they are set right before each network step, from the
+/// current operation's deadline. Without them libgit2 waits forever on a
+/// server that accepts and never answers.
+fn set_git_timeouts(connect: Duration, read: Duration) {
+    static SET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1);
+    let _one_at_a_time = SET.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: the options are two ints in libgit2's globals, written under
+    // `SET`; persistence is their only user. Another persister in the same
+    // process (tests) may open its socket with this operation's values:
+    // only a timeout's length, never memory safety, is at stake.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect));
+        let _ = git2::opts::set_server_timeout_in_milliseconds(ms(read));
+    }
+}
 
 /// Where the repository lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +285,8 @@ pub struct Remote {
     shown: String,
     token: Option<String>,
     branch: String,
-    /// Per-operation timeout for the server to answer (libgit2's HTTP transport).
+    /// How long libgit2 waits for the server to answer a read (shortened by
+    /// the operation's deadline, [`deadline::clamp`]).
     pub timeout: Duration,
 }
 
@@ -358,7 +392,31 @@ impl Remote {
                 _ => Err(git2::Error::from_str("no usable credentials")),
             }
         });
+        // Cancelled or out of time: abort at the next sign of life.
+        cb.transfer_progress(|_| deadline::check().is_ok());
+        cb.sideband_progress(|_| deadline::check().is_ok());
+        cb.push_negotiation(|_| {
+            deadline::check().map_err(|stop| git2::Error::from_str(&stop.to_string()))
+        });
         cb
+    }
+
+    /// Before a step that opens a connection: stop if the operation's limit
+    /// is spent, else give libgit2 timeouts that end by its deadline.
+    fn begin_network(&self) -> Result<(), RemoteError> {
+        deadline::check().map_err(|stop| self.stopped(stop))?;
+        set_git_timeouts(
+            deadline::clamp(CONNECT_TIMEOUT),
+            deadline::clamp(self.timeout),
+        );
+        Ok(())
+    }
+
+    fn stopped(&self, stop: Stop) -> RemoteError {
+        RemoteError::Stopped {
+            url: self.shown.clone(),
+            stop,
+        }
     }
 
     /// An anonymous remote for our URL (nothing saved in `.git/config`).
@@ -376,6 +434,11 @@ impl Remote {
     }
 
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
+        // Whatever libgit2 made of it (a timeout, an aborted callback), an
+        // operation whose limit is spent stopped because of it.
+        if let Err(stop) = deadline::check() {
+            return self.stopped(stop);
+        }
         let message = self.scrub(&reason(e));
         let url = self.shown.clone();
         if e.code() == git2::ErrorCode::Auth
@@ -435,6 +498,7 @@ impl Remote {
             return Ok(head);
         };
         if repo.find_commit(oid).is_err() {
+            self.begin_network()?;
             let tries = Cell::new(0);
             let mut remote = self
                 .anonymous(repo)
@@ -484,6 +548,7 @@ impl Remote {
         };
         let deepen = depth == Depth::Full && repo.is_shallow();
         if deepen || repo.find_commit(oid).is_err() {
+            self.begin_network()?;
             let tries = Cell::new(0);
             let mut remote = self
                 .anonymous(repo)
@@ -492,7 +557,7 @@ impl Remote {
             let mut cb = self.callbacks(&tries);
             cb.transfer_progress(|stats| {
                 progress(stats.received_objects(), stats.total_objects());
-                true
+                deadline::check().is_ok()
             });
             fo.remote_callbacks(cb);
             fo.download_tags(git2::AutotagOption::None);
@@ -548,6 +613,7 @@ impl Remote {
         lease: Option<RemoteHead>,
     ) -> Result<(), RemoteError> {
         self.clear_stale_local_lock(dst);
+        self.begin_network()?;
         // Pushes go from a ref: point a private one at the commit.
         let src = "refs/stackctl/push";
         repo.reference(src, commit, true, "stackctl push")
@@ -627,6 +693,7 @@ impl Remote {
         repo: &Repository,
         prefix: &str,
     ) -> Result<Vec<(String, Oid)>, RemoteError> {
+        self.begin_network()?;
         let tries = Cell::new(0);
         let mut remote = self
             .anonymous(repo)
@@ -651,6 +718,7 @@ impl Remote {
         expected: Oid,
     ) -> Result<(), RemoteError> {
         self.clear_stale_local_lock(dst);
+        self.begin_network()?;
         let tries = Cell::new(0);
         let rejected: RefCell<Option<String>> = RefCell::new(None);
         let mut remote = self
@@ -721,7 +789,11 @@ pub fn with_retries<T>(
             Err(e) if e.is_retryable() => match delays.next() {
                 Some(d) => {
                     tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed");
-                    std::thread::sleep(d);
+                    // No retry that cannot finish in time (the last
+                    // error says more than "out of time").
+                    if deadline::sleep(d).is_err() {
+                        return Err(e);
+                    }
                 }
                 None => return Err(e),
             },

@@ -5,6 +5,12 @@
 //! overflow, a directory created before its watch). The caller owns the clock
 //! and the timer: it asks [`Schedule::next_wake`], sleeps until then or until
 //! a change arrives, and calls [`Schedule::due`].
+//!
+//! The first change after a quiet spell (no change for a whole debounce) is
+//! snapshotted one debounce after it, whatever follows: a directory written
+//! without pause from the start never goes quiet, and waiting for the
+//! ceiling would lose a container's first minute (issue 17). Changes after
+//! that wait for quiet as usual, up to the ceiling.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,12 @@ pub struct Schedule {
     first_change: Option<Instant>,
     last_change: Option<Instant>,
     last_scan: Instant,
+    /// The pending changes began after a quiet spell: due one debounce
+    /// after the first of them.
+    leading: bool,
+    /// The last change ever seen, kept across snapshots: it tells a quiet
+    /// spell from a pause between two writes.
+    last_seen: Option<Instant>,
 }
 
 impl Schedule {
@@ -33,13 +45,21 @@ impl Schedule {
             first_change: None,
             last_change: None,
             last_scan: now,
+            leading: false,
+            last_seen: None,
         }
     }
 
     /// A watcher saw a change under a persisted path.
     pub fn changed(&mut self, now: Instant) {
-        self.first_change.get_or_insert(now);
+        if self.first_change.is_none() {
+            self.leading = self
+                .last_seen
+                .is_none_or(|l| now.saturating_duration_since(l) >= self.debounce);
+            self.first_change = Some(now);
+        }
         self.last_change = Some(now);
+        self.last_seen = Some(now);
     }
 
     /// Are there changes not yet snapshotted?
@@ -51,6 +71,7 @@ impl Schedule {
     pub fn next_wake(&self) -> Instant {
         let periodic = self.last_scan + self.interval;
         match (self.first_change, self.last_change) {
+            (Some(first), _) if self.leading => (first + self.debounce).min(periodic),
             (Some(first), Some(last)) => (last + self.debounce)
                 .min(first + self.ceiling)
                 .min(periodic),
@@ -69,7 +90,9 @@ impl Schedule {
         self.last_scan = now;
         match self.last_change {
             Some(last) if last > started => {
+                // Still being written: from now on, wait for quiet.
                 self.first_change = Some(last);
+                self.leading = false;
             }
             _ => {
                 self.first_change = None;
@@ -98,21 +121,55 @@ mod tests {
         assert_eq!(sc.next_wake(), t0 + s(11));
     }
 
-    #[test]
-    fn a_file_written_continuously_is_not_starved() {
+    /// Whether there is a write at second `t`.
+    type Writes = fn(u64) -> bool;
+
+    /// Seconds at which snapshots run over `horizon` seconds, a write at
+    /// every second `writes` says, snapshots taking no time; debounce 10 s,
+    /// ceiling 60 s, interval 180 s.
+    fn snapshots(horizon: u64, writes: impl Fn(u64) -> bool) -> Vec<u64> {
         let t0 = Instant::now();
         let mut sc = Schedule::new(s(10), s(60), s(180), t0);
-        // A write every 2 s: the debounce alone would never fire.
-        let mut due_at = None;
-        for i in 0..100 {
-            let now = t0 + s(2 * i);
-            sc.changed(now);
+        let mut taken = Vec::new();
+        for t in 0..=horizon {
+            let now = t0 + s(t);
+            if writes(t) {
+                sc.changed(now);
+            }
             if sc.due(now) {
-                due_at = Some(2 * i);
-                break;
+                taken.push(t);
+                sc.snapshot_taken(now, now);
             }
         }
-        assert_eq!(due_at, Some(60));
+        taken
+    }
+
+    #[test]
+    fn the_first_change_is_snapshotted_within_the_debounce_then_changes_wait_for_quiet() {
+        let table: [(&str, Writes, Vec<u64>); 5] = [
+            ("one write, then quiet", |t| t == 5, vec![15]),
+            // Never quiet: the first snapshot comes one debounce after the
+            // first write, not at the ceiling; then the ceiling paces it.
+            (
+                "a write every 2 s from the start",
+                |t| t % 2 == 0,
+                vec![10, 72, 134],
+            ),
+            // A write every 2 s for 20 s: the first after 10 s, the rest
+            // once quiet.
+            ("a burst of 20 s", |t| t <= 20 && t % 2 == 0, vec![10, 30]),
+            // A quiet spell in between: the next burst leads again.
+            (
+                "two bursts",
+                |t| (t <= 20 || (100..=140).contains(&t)) && t % 2 == 0,
+                vec![10, 30, 110, 150],
+            ),
+            // Pauses shorter than the debounce are not quiet spells.
+            ("a write every 7 s", |t| t % 7 == 0, vec![10, 74, 137]),
+        ];
+        for (name, writes, want) in table {
+            assert_eq!(snapshots(150, writes), want, "{name}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
 
+use super::deadline::{self, Stop};
 use super::pointer::{self, Pointer};
 
 use super::blob;
@@ -60,6 +61,9 @@ pub enum SnapshotError {
     /// The object database refused a write.
     #[error("cannot write the snapshot to the git repository in the workdir: {}; check free disk space and that `persist.workdir` is writable", crate::persist::remote::reason(.0))]
     Git(#[from] git2::Error),
+    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    #[error("snapshot stopped: {0}")]
+    Stopped(Stop),
     /// The temp directory for SQLite copies is not usable.
     #[error("cannot use temp directory `{path}`: {source}")]
     Temp {
@@ -93,6 +97,9 @@ pub struct Built {
     /// The newest modification time (seconds) of any entry that is not a
     /// directory and not excluded; `None` when there is none.
     pub newest_mtime: Option<i64>,
+    /// New entries created after the scan began, left to the next snapshot
+    /// ([`TreeBuilder::point_in_time`]).
+    pub deferred: u64,
 }
 
 /// A file committed as an LFS pointer.
@@ -159,6 +166,15 @@ pub struct TreeBuilder<'a> {
     /// Binary files below the threshold become LFS pointers too (only with
     /// `pointers`).
     offload_binary: bool,
+    /// The previous snapshot's tree, when new files created during the scan
+    /// are left to the next snapshot ([`TreeBuilder::point_in_time`]).
+    previous: Option<PointInTime<'a>>,
+}
+
+/// What [`TreeBuilder::point_in_time`] needs: the tree of the previous
+/// snapshot (none for the first one).
+struct PointInTime<'a> {
+    tree: Option<git2::Tree<'a>>,
 }
 
 pub(crate) fn stat_key(m: &fs::Metadata) -> StatKey {
@@ -226,7 +242,53 @@ impl<'a> TreeBuilder<'a> {
             pointers: false,
             lfs_url: None,
             offload_binary: false,
+            previous: None,
         }
+    }
+
+    /// Make the snapshot point-in-time across files (issue 17): an entry
+    /// created after the scan began, and not in `previous` (the last
+    /// snapshot's tree), is left to the next snapshot.
+    ///
+    /// Why this and not rescanning until nothing changes: under a steady
+    /// writer (hundreds of files a second) the directories never settle,
+    /// so a bounded rescan still ends with a gap, and the walk reads
+    /// directories in an order unrelated to creation. With a cutoff, every
+    /// file created before it exists when the walk starts and is found,
+    /// and every file left out was created after it: never a newer file
+    /// without an older one. The cutoff is the filesystem's own clock (a
+    /// probe file's timestamp one tick after the build began, from the
+    /// same coarse kernel clock as the files'), compared with birth time,
+    /// not mtime: a database written all the time keeps its old birth
+    /// time and is never starved. A name
+    /// the previous snapshot had is read as it is now (a file replaced by
+    /// rename is born anew): leaving it out would drop it from this
+    /// snapshot. Without birth times (old kernels, some filesystems)
+    /// entries are taken as found, as before.
+    pub fn point_in_time(mut self, previous: Option<Oid>) -> Self {
+        let tree = previous.and_then(|t| self.repo.find_tree(t).ok());
+        self.previous = Some(PointInTime { tree });
+        self
+    }
+
+    /// Leave this entry to the next snapshot ([`TreeBuilder::point_in_time`])?
+    fn born_during_scan(&self, rules: &PathRules, rel: &Path, meta: &fs::Metadata) -> bool {
+        let (Some(pit), Some(clock)) = (&self.previous, self.clock) else {
+            return false;
+        };
+        let Ok(born) = meta.created() else {
+            return false;
+        };
+        let born_ns = born
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        if clock.predates(born_ns) {
+            return false;
+        }
+        let tree_path = Path::new(&rules.tree).join(rel);
+        pit.tree
+            .as_ref()
+            .is_none_or(|t| t.get_path(&tree_path).is_err())
     }
 
     /// Commit files at or above the threshold as LFS pointers (a blob store
@@ -257,6 +319,13 @@ impl<'a> TreeBuilder<'a> {
             source,
         })?;
         self.clock = probe_clock(self.tmp_dir);
+        if self.previous.is_some() {
+            // A file written just before the snapshot may share the probe's
+            // clock tick, and an equal stamp cannot tell which came first:
+            // wait for the next tick, so everything created before the
+            // build began is older than the cutoff.
+            self.clock = next_tick(self.tmp_dir, self.clock);
+        }
         // Copies left by a build that was interrupted (kill -9) or whose
         // caller failed before cleaning up: only one build runs per workdir.
         if let Ok(rd) = fs::read_dir(self.tmp_dir) {
@@ -365,6 +434,10 @@ impl<'a> TreeBuilder<'a> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(read_err(&child_abs)(e)),
             };
+            if self.born_during_scan(rules, &child_rel, &meta) {
+                self.built.deferred += 1;
+                continue;
+            }
             let node = if meta.is_dir() {
                 match rules.decide(&child_rel, FileType::Dir, 0, None, self.threshold, false) {
                     Decision::Dir => {
@@ -415,6 +488,8 @@ impl<'a> TreeBuilder<'a> {
         rel: &Path,
         meta: &fs::Metadata,
     ) -> Result<Option<Node>, SnapshotError> {
+        // Between files: a snapshot that must give way stops here.
+        deadline::check().map_err(SnapshotError::Stopped)?;
         let ty = file_type(meta);
         let size = meta.len();
         let key = stat_key(meta);
@@ -715,6 +790,22 @@ fn probe_clock(dir: &Path) -> Option<ScanClock> {
         dev: meta.dev(),
         mtime_ns: stat_key(&meta).mtime_ns,
     })
+}
+
+/// A probe of the filesystem clock one tick after `first` (at most 50 ms
+/// later: a coarse clock keeps the last probe, and files of its tick wait
+/// for the next snapshot).
+fn next_tick(dir: &Path, first: Option<ScanClock>) -> Option<ScanClock> {
+    let first = first?;
+    let give_up = Instant::now() + Duration::from_millis(50);
+    loop {
+        match probe_clock(dir) {
+            Some(c) if c.mtime_ns > first.mtime_ns => return Some(c),
+            Some(c) if Instant::now() >= give_up => return Some(c),
+            None => return Some(first),
+            Some(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
 }
 
 /// Stat of `<db>-wal`, part of a database's cache key.

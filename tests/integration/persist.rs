@@ -650,15 +650,15 @@ fn base64(input: &[u8]) -> String {
 /// A smart-HTTP git server: `git http-backend` as CGI behind Basic auth that
 /// wants user `x-access-token` and the token, as GitHub does. One thread per
 /// connection, `Connection: close` after each response.
-struct HttpGit {
-    port: u16,
+pub struct HttpGit {
+    pub port: u16,
     stop: Arc<AtomicBool>,
     /// Every request's `Authorization` header and path, to check what was sent.
     seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HttpGit {
-    fn start(project_root: &Path, token: &str) -> HttpGit {
+    pub fn start(project_root: &Path, token: &str) -> HttpGit {
         Self::start_on("127.0.0.1", project_root, token, None)
     }
 

@@ -53,9 +53,11 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use sha2::{Digest, Sha256};
 
 use super::lfs::{client, net_err, shown, transfer_timeout};
+use super::SendLimited;
 use super::{
     open_verified, BlobError, BlobStore, Retry, StoreConfig, StoredBlob, VerifyingReader, CHUNK,
 };
+use crate::persist::deadline;
 use crate::persist::pointer::{parse_sha256, OriginalPointer, Pointer};
 
 /// GitHub's REST API root.
@@ -371,7 +373,7 @@ impl GithubStore {
     ) -> Result<Response, BlobError> {
         let mut waited = Duration::ZERO;
         loop {
-            let resp = make()?.send().map_err(|e| net_err(url, e))?;
+            let resp = make()?.send_limited().map_err(|e| net_err(url, e))?;
             let Some(wait) = Self::rate_limit_wait(&resp) else {
                 return Ok(resp);
             };
@@ -386,7 +388,9 @@ impl GithubStore {
                 });
             }
             tracing::warn!(url = %shown(url), wait_s = wait.as_secs(), "GitHub rate limit: waiting");
-            std::thread::sleep(wait);
+            if let Err(stop) = deadline::sleep(wait) {
+                return Err(BlobError::Stopped(stop));
+            }
             waited += wait;
         }
     }

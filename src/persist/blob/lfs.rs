@@ -49,7 +49,7 @@ use std::time::Duration;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use sha2::{Digest, Sha256};
 
-use super::{open_verified, BlobError, BlobStore, Retry};
+use super::{open_verified, BlobError, BlobStore, Retry, SendLimited};
 use crate::persist::pointer::Pointer;
 
 /// The media type of the batch API.
@@ -504,7 +504,10 @@ impl LfsStore {
             .header("Content-Type", LFS_JSON)
             .timeout(Duration::from_secs(60))
             .body(body);
-        let resp = self.auth(req, &url).send().map_err(|e| net_err(&url, e))?;
+        let resp = self
+            .auth(req, &url)
+            .send_limited()
+            .map_err(|e| net_err(&url, e))?;
         if !resp.status().is_success() {
             return Err(status_err(&url, resp));
         }
@@ -629,7 +632,7 @@ impl LfsStore {
                     .header("Content-Type", LFS_JSON)
                     .timeout(Duration::from_secs(60))
                     .body(body.clone())
-                    .send()
+                    .send_limited()
                     .map_err(|e| self.scrub(net_err(&verify.href, e)))?;
                 if !resp.status().is_success() {
                     return Err(self.scrub(status_err(&verify.href, resp)));
@@ -649,7 +652,7 @@ impl LfsStore {
             .header("Content-Type", "application/octet-stream")
             .timeout(transfer_timeout(p.size))
             .body(body)
-            .send();
+            .send_limited();
         if changed.load(Ordering::SeqCst) {
             return Err(BlobError::Changed {
                 path: src.to_path_buf(),
@@ -717,7 +720,9 @@ impl LfsStore {
                 .timeout(Duration::from_secs(120))
                 .body(body.clone());
             let req = self.with_headers(req, plan.headers.iter().map(|(k, v)| (k, v)), &up.href);
-            let resp = req.send().map_err(|e| self.scrub(net_err(&up.href, e)))?;
+            let resp = req
+                .send_limited()
+                .map_err(|e| self.scrub(net_err(&up.href, e)))?;
             if !resp.status().is_success() {
                 return Err(self.scrub(status_err(&up.href, resp)));
             }
@@ -743,7 +748,7 @@ impl LfsStore {
             .put(url)
             .timeout(transfer_timeout(len))
             .body(reqwest::blocking::Body::sized(reader, len))
-            .send();
+            .send_limited();
         if changed.load(Ordering::SeqCst) {
             return Err(BlobError::Changed {
                 path: src.to_path_buf(),
@@ -823,7 +828,7 @@ impl BlobStore for LfsStore {
             let mut resp = self
                 .request(reqwest::Method::GET, down)
                 .timeout(transfer_timeout(p.size))
-                .send()
+                .send_limited()
                 .map_err(|e| net_err(&down.href, e))?;
             if resp.status().as_u16() == 404 {
                 return Err(BlobError::Missing(*p));

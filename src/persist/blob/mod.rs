@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::deadline::{self, Stop};
 use super::pointer::{OriginalPointer, Pointer};
 
 /// Buffer for streaming hashes and copies: large enough for throughput,
@@ -126,6 +127,9 @@ pub enum BlobError {
     /// The store cannot do this at all.
     #[error("{0}")]
     Unsupported(String),
+    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    #[error("gave up on the blob store: {0}")]
+    Stopped(Stop),
 }
 
 impl BlobError {
@@ -235,16 +239,41 @@ impl Retry {
         let mut delay = self.initial;
         let mut attempt = 1;
         loop {
+            deadline::check().map_err(BlobError::Stopped)?;
             match op() {
                 Err(e) if e.is_retryable() && attempt < self.attempts.max(1) => {
                     tracing::warn!(error = %e, attempt, "blob transfer failed; retrying");
-                    std::thread::sleep(delay);
+                    // No retry that cannot finish in time.
+                    if deadline::sleep(delay).is_err() {
+                        return Err(e);
+                    }
                     delay = (delay * 2).min(self.max);
                     attempt += 1;
                 }
                 other => return other,
             }
         }
+    }
+}
+
+/// Sending a request within the current operation's deadline.
+pub(crate) trait SendLimited {
+    /// `send`, with the request's timeout (60 s when it set none) shortened
+    /// to the time left ([`deadline::clamp`]): a server that accepts and
+    /// never answers cannot hold a shutdown past its budget.
+    fn send_limited(self) -> reqwest::Result<reqwest::blocking::Response>;
+}
+
+impl SendLimited for reqwest::blocking::RequestBuilder {
+    fn send_limited(self) -> reqwest::Result<reqwest::blocking::Response> {
+        let (client, request) = self.build_split();
+        let mut request = request?;
+        let timeout = request
+            .timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        *request.timeout_mut() = Some(deadline::clamp(timeout));
+        client.execute(request)
     }
 }
 
@@ -378,6 +407,8 @@ impl<R: Read> VerifyingReader<R> {
 
 impl<R: Read> Read for VerifyingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // An upload ends at the next chunk once its operation must stop.
+        deadline::check().map_err(io::Error::other)?;
         if self.left == 0 || buf.is_empty() {
             if self.left == 0 && self.hasher.clone().finalize()[..] != self.expected.sha256 {
                 return Err(self.mismatch());
@@ -453,6 +484,8 @@ impl<W: Write> HashingWriter<W> {
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // A download ends at the next chunk once its operation must stop.
+        deadline::check().map_err(io::Error::other)?;
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
