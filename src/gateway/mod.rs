@@ -96,6 +96,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// hyper's HTTP/1 read buffer limit: twice the largest head accepted.
 const HYPER_MAX_BUF: usize = 2 * limits::MAX_HEAD;
 
+/// Most HTTP/2 streams one client connection may have open at once; more
+/// are refused by the client's own HTTP/2 stack until some finish.
+const MAX_STREAMS_PER_CONN: u32 = 100;
+
 /// Why the gateway could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -321,6 +325,10 @@ impl Gateway {
         builder
             .http2()
             .timer(TokioTimer::new())
+            // Each stream may become a backend request: bound what one
+            // client connection can fan out to (nginx's default, 128, is
+            // of this order; hyper's own default is 200).
+            .max_concurrent_streams(MAX_STREAMS_PER_CONN)
             // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
             .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
         let tracker = shared.tunnels.tracker.clone();

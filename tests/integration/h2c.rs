@@ -88,3 +88,41 @@ async fn h2c_upgrades_and_http2_settings_never_reach_the_backend() {
     }
     gw.shutdown().await;
 }
+
+/// The value of `SETTINGS_MAX_CONCURRENT_STREAMS` the gateway announces to
+/// an HTTP/2 prior-knowledge client, if any.
+async fn announced_max_streams(gw: SocketAddr) -> Option<u32> {
+    let mut s = TcpStream::connect(gw).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut head))
+        .await
+        .expect("a SETTINGS frame in time")
+        .expect("a readable connection");
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout(DEADLINE, s.read_exact(&mut payload))
+        .await
+        .expect("the SETTINGS payload in time")
+        .expect("a readable connection");
+    payload.chunks_exact(6).find_map(|p| {
+        (u16::from_be_bytes([p[0], p[1]]) == 3)
+            .then(|| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+    })
+}
+
+/// Issue 16: one HTTP/2 connection may not fan out into hundreds of
+/// concurrent backend requests; at most 100 streams at a time, like nginx's
+/// `http2_max_concurrent_streams`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_may_open_at_most_100_streams_at_once() {
+    let (backend, _) = h2c_backend().await;
+    let gw = start(Some(format!("http://{backend}")), json!([])).await;
+    let max = announced_max_streams(gw.addr).await;
+    assert!(matches!(max, Some(n) if n <= 100), "announced {max:?}");
+}
