@@ -38,10 +38,7 @@ fn venv() -> Option<PathBuf> {
         ),
         Err(e) => e.to_string(),
     };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot create the AstrBot {VERSION} venv under CI=true:\n{why}");
-    }
-    eprintln!("notice: AstrBot end-to-end test skipped: cannot create its venv ({why})");
+    super::harness::skip(&format!("cannot create the AstrBot {VERSION} venv:\n{why}"));
     None
 }
 

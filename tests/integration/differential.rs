@@ -369,21 +369,24 @@ fn nginx_config(dir: &Path, listen: u16, backend: SocketAddr) -> String {
 }
 
 async fn nginx_proxy() -> Option<Proxy> {
-    let found = Command::new("nginx")
-        .arg("-v")
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        loud("nginx not installed: comparison skipped\n");
+    // Debian puts nginx in /usr/sbin, which a user's PATH may lack.
+    let nginx = ["nginx", "/usr/sbin/nginx"].into_iter().find(|bin| {
+        Command::new(bin)
+            .arg("-v")
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    let Some(nginx) = nginx else {
+        super::harness::skip("nginx is not installed (apt-get install nginx): no comparison");
         return None;
-    }
+    };
     let (backend, record) = recording_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let port = super::harness::free_port();
     let conf = dir.path().join("nginx.conf");
     std::fs::write(&conf, nginx_config(dir.path(), port, backend)).unwrap();
-    let child = Command::new("nginx")
+    let child = Command::new(nginx)
         .arg("-p")
         .arg(dir.path())
         .arg("-c")
@@ -400,7 +403,7 @@ async fn nginx_proxy() -> Option<Proxy> {
         if Instant::now() > deadline {
             let log =
                 std::fs::read_to_string(nginx._dir.path().join("error.log")).unwrap_or_default();
-            loud(&format!("nginx did not start: comparison skipped\n{log}\n"));
+            super::harness::skip(&format!("nginx did not start: no comparison\n{log}"));
             return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -412,13 +415,6 @@ async fn nginx_proxy() -> Option<Proxy> {
         gw: None,
         _nginx: Some(nginx),
     })
-}
-
-/// Write to stderr past the test harness's capture (which only takes
-/// `eprintln!`), so the line shows in a passing run too.
-fn loud(text: &str) {
-    use std::io::Write;
-    let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
 // ---- the cases ---------------------------------------------------------------
@@ -787,7 +783,7 @@ async fn smuggling_and_hostile_answers_never_cross_requests_or_connections() {
     // The comparison is the point of running nginx: shown even when the
     // test passes.
     if proxies.len() > 1 {
-        loud(&out);
+        super::harness::loud(&out);
     } else {
         eprintln!("{out}");
     }

@@ -535,3 +535,53 @@ pub fn http_request(
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Tests skipped in this run, `(test, why)`, for the summary at exit.
+static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// A test that cannot run here (a missing tool, no namespaces) says so, never
+/// silently: a silent skip is a false pass.
+///
+/// Under `CI=true` (what `.ci/run` sets, which installs every tool) a skip is
+/// a failure: this panics. Elsewhere the notice goes straight to the
+/// terminal (libtest captures only the `print!` macros), and one summary of
+/// every skip is printed when the test binary exits, after libtest's own
+/// result lines. The caller returns right after. The test is named by its
+/// thread, which libtest names after the test.
+pub fn skip(why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    if is_ci() {
+        panic!("{test} cannot run under CI=true: {why}");
+    }
+    loud(&format!("SKIPPED {test}: {why}\n"));
+    let mut list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    if list.is_empty() {
+        // SAFETY: registers a plain `extern "C" fn()` that only reads a
+        // static; it runs once, at exit, on the main thread.
+        unsafe { libc::atexit(print_skipped) };
+    }
+    list.push((test.to_string(), why.to_string()));
+}
+
+/// Is this run CI's (`CI=true`, or any non-empty value but `false`/`0`)?
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Write to stderr past libtest's capture.
+pub fn loud(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+extern "C" fn print_skipped() {
+    let list = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut text = format!(
+        "\nnotice: {} test(s) skipped; under CI=true each would fail:\n",
+        list.len()
+    );
+    for (test, why) in list.iter() {
+        text.push_str(&format!("  SKIPPED {test}: {why}\n"));
+    }
+    loud(&text);
+}

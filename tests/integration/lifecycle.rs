@@ -593,7 +593,7 @@ fn can_mount_tmpfs() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("skipped: cannot mount a tmpfs in a user+mount namespace here");
+        super::harness::skip("cannot mount a tmpfs in a user+mount namespace here");
     }
     ok
 }

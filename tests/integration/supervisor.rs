@@ -685,11 +685,9 @@ fn can_unshare() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         // CI runs as root with util-linux: there a skip would hide a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cannot create a PID namespace (needs root and unshare from util-linux)"
+        super::harness::skip(
+            "cannot create a PID namespace here (needs root and unshare from util-linux)",
         );
-        eprintln!("skipped: cannot create a PID namespace here (needs root and unshare)");
     }
     ok
 }
