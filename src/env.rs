@@ -1,4 +1,6 @@
-//! Environment resolution: aliases, defaults, secrets (pure functions).
+//! Environment resolution: aliases, defaults, secrets. The resolution is
+//! pure; reading the container's environment and `env_file`s is the thin
+//! I/O at its edge.
 //!
 //! A declared entry takes the first non-empty of its candidate names from the
 //! container's environment, else its default. Services inherit the

@@ -14,11 +14,14 @@
 //! - [`limits`]: how large a client's request head may be, checked on
 //!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
-//!   pooled backend client, `deadline` the timer both sides reuse.
+//!   pooled backend client, `deadline` the timer both sides reuse, [`body`]
+//!   the request and response bodies (limits, streaming).
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
+//! - [`migrate`]: the original deployment's `admin_config.json`, imported once.
+//! - [`restoring`]: the 503 page served while the restore at start runs.
 //! - [`error`]: the one mapping of failures to HTTP statuses.
 //! - [`ui`]: the admin page's static files.
 //!
@@ -403,7 +406,6 @@ fn accept_failed(e: &std::io::Error, failures: &mut accept::Throttle) -> Duratio
     pause
 }
 
-/// Decide the password hash at start (see the module docs) and return it.
 /// Seed a gateway that has no saved table from the original deployment's
 /// `admin_config.json` (`gateway.import_from`). Returns the file to remove
 /// once the state is saved.
@@ -502,6 +504,7 @@ fn request_line_rules<B>(req: &Request<B>) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// Decide the password hash at start (see the module docs) and return it.
 fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<String, GatewayError> {
     if let Some(pw) = cfg.admin.password.as_deref().filter(|p| !p.is_empty()) {
         if let Some(problem) = auth::header_problem(pw) {

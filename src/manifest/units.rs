@@ -111,7 +111,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut s = (ms / 1000) as u64;
@@ -128,7 +128,7 @@ pub fn format_duration(d: Duration) -> String {
 /// Render a size with a binary unit when it is a whole number of one.
 pub fn format_size(n: u64) -> String {
     for (unit, len) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if n >= len && n % len == 0 {
+        if n >= len && n.is_multiple_of(len) {
             return format!("{}{unit}", n / len);
         }
     }

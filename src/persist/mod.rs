@@ -16,6 +16,8 @@
 //! - [`remote`]: fetch and push with git2; token only through the credentials callback.
 //! - [`restore`]: write a snapshot back in place, refusing anything that escapes the paths.
 //! - [`schedule`]: when to snapshot (debounce, ceiling, periodic scan), pure.
+//! - [`lifecycle`]: the async shell `up` drives (restore at start, snapshot loop, final backup).
+//! - [`commands`]: the `backup`, `restore` and `snapshots` commands.
 //!
 //! [`Persister`] ties them together for `up` and the CLI. It enforces the
 //! restore gate: nothing is snapshotted or pushed until a restore completed or

@@ -236,6 +236,7 @@ impl Stack {
 }
 
 /// A finished command.
+#[must_use = "a command's output checks nothing until `code`, `stderr_has` or `stdout_has` is called"]
 pub struct Output {
     /// The arguments after `-f FILE`.
     pub args: Vec<String>,
@@ -298,6 +299,7 @@ pub struct Line {
 }
 
 /// A running `stackctl up`.
+#[must_use = "a `Running` dropped at once stops the process it started"]
 pub struct Running {
     /// The stackctl process.
     pub child: Child,
