@@ -82,6 +82,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "timeouts",
     "max_body",
     "import_from",
+    "backend_connections",
 ];
 const ROUTE_KEYS: &[&str] = &[
     "id",
@@ -1560,6 +1561,7 @@ impl Reader<'_> {
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);
+        let backend_connections = self.backend_connections(&f);
         let import_from = self
             .opt_text(&f, "import_from")
             .filter(|p| !p.is_empty())
@@ -1601,7 +1603,24 @@ impl Reader<'_> {
             timeouts,
             max_body,
             import_from,
+            backend_connections,
         })
+    }
+
+    /// `gateway.backend_connections`: a number (the cap), or
+    /// `{ max, queue }`.
+    fn backend_connections(&mut self, f: &Fields) -> BackendConnections {
+        let mut out = BackendConnections::default();
+        let Some(n) = f.get("backend_connections") else {
+            return out;
+        };
+        if let Value::Scalar { .. } = n.value {
+            out.max = self.number(f, "backend_connections", out.max);
+        } else if let Some(bf) = self.fields(n, "gateway.backend_connections", &["max", "queue"]) {
+            out.max = self.number(&bf, "max", out.max);
+            out.queue = self.duration(&bf, "queue", out.queue);
+        }
+        out
     }
 
     /// A route in the manifest's form → the admin API's JSON rule.
