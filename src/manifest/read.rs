@@ -2229,4 +2229,32 @@ services:
             assert_eq!(errors_of(yaml, &[("GITHUB_REPO", fine)]), "", "{fine}");
         }
     }
+
+    #[test]
+    fn backend_connections_is_a_number_or_max_and_queue() {
+        let read = |v: &str| {
+            let yaml = format!("gateway:\n  backend_connections: {v}\n");
+            load_str(&yaml, Path::new("/x/stack.yaml"), &ContainerEnv::new())
+                .map(|m| m.gateway.unwrap().backend_connections)
+                .map_err(|e| e.to_string())
+        };
+        let def = BackendConnections::default();
+        assert_eq!((def.max, def.queue), (256, Duration::from_secs(5)));
+        assert_eq!(read("64").unwrap(), BackendConnections { max: 64, ..def });
+        assert_eq!(
+            read("{ max: 0, queue: 200ms }").unwrap(),
+            BackendConnections {
+                max: 0,
+                queue: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(read("{ queue: 1s }").unwrap().max, 256);
+        let e = read("-1").unwrap_err();
+        assert!(
+            e.contains("`gateway.backend_connections`: expected a whole number"),
+            "{e}"
+        );
+        let e = read("{ max: 10, wait: 1s }").unwrap_err();
+        assert!(e.contains("wait"), "{e}");
+    }
 }
