@@ -68,9 +68,11 @@ pub struct Backend {
 
 impl Backend {
     /// A connection to this backend was pooled: a waiter may take it.
+    /// One is woken per connection (a waiter that gives up passes its
+    /// wake-up on), not all of them to race for it.
     pub fn pooled(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
-            self.returned.notify_waiters();
+            self.returned.notify_one();
         }
     }
 
