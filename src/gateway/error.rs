@@ -330,6 +330,20 @@ mod tests {
         );
         assert!(page.contains("http-equiv=\"refresh\""), "{page}");
 
+        // A busy backend: retry soon, and the page reloads itself as soon.
+        let busy = HttpError::BackendBusy {
+            backend: "http://127.0.0.1:1".into(),
+            max: 4,
+        };
+        let r = busy.response(&accept);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let page = body_of(r).await;
+        assert!(page.contains("content=\"1\""), "{page}");
+        assert!(page.contains("all its 4 connections busy"), "{page}");
+        let r = busy.response(&HeaderMap::new());
+        assert_eq!(r.headers()["retry-after"], "1");
+
         let r = HttpError::MethodNotAllowed("GET, POST").response(&HeaderMap::new());
         assert_eq!(r.headers()["allow"], "GET, POST");
     }
