@@ -61,6 +61,15 @@ pub enum HttpError {
         /// Why, as the supervisor said it.
         why: String,
     },
+    /// The backend had all the connections it may have open busy for the
+    /// whole queue time (`gateway.backend_connections`).
+    #[error("the backend `{backend}` has all its {max} connections busy (`gateway.backend_connections`); retry in a moment")]
+    BackendBusy {
+        /// `http://ip:port`.
+        backend: String,
+        /// The cap.
+        max: usize,
+    },
     /// Persisted data is being restored; services are not up yet.
     #[error("restoring data{}; retry in a few seconds", .0.as_deref().map(|p| format!(" ({p})")).unwrap_or_default())]
     Restoring(Option<String>),
@@ -115,6 +124,7 @@ impl HttpError {
             HttpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             HttpError::BadGateway { .. } | HttpError::ServiceDown { .. } => StatusCode::BAD_GATEWAY,
             HttpError::Starting { .. }
+            | HttpError::BackendBusy { .. }
             | HttpError::Restoring(_)
             | HttpError::CannotStart { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -127,6 +137,7 @@ impl HttpError {
         match self {
             HttpError::RateLimited(s) => Some(*s),
             HttpError::Starting { .. } | HttpError::Restoring(_) => Some(5),
+            HttpError::BackendBusy { .. } => Some(crate::gateway::fanout::RETRY_AFTER_SECS),
             _ => None,
         }
     }
@@ -138,12 +149,13 @@ impl HttpError {
         let message = self.to_string();
         let html = wants_html(request_headers) && !matches!(self, HttpError::Forbidden);
         let (ctype, body) = if html {
-            let refresh =
-                if self.retry_after().is_some() && status == StatusCode::SERVICE_UNAVAILABLE {
-                    "<meta http-equiv=\"refresh\" content=\"5\">"
-                } else {
-                    ""
-                };
+            // A page that reloads itself when a retry is worth it.
+            let refresh = match self.retry_after() {
+                Some(s) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                    format!("<meta http-equiv=\"refresh\" content=\"{s}\">")
+                }
+                _ => String::new(),
+            };
             let title = format!(
                 "{} {}",
                 status.as_u16(),
@@ -264,6 +276,13 @@ mod tests {
             ),
             (HttpError::Restoring(None), 503),
             (
+                HttpError::BackendBusy {
+                    backend: b(),
+                    max: 2,
+                },
+                503,
+            ),
+            (
                 HttpError::CannotStart {
                     service: "s".into(),
                     why: "x".into(),
@@ -310,6 +329,20 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+
+        // A busy backend: retry soon, and the page reloads itself as soon.
+        let busy = HttpError::BackendBusy {
+            backend: "http://127.0.0.1:1".into(),
+            max: 4,
+        };
+        let r = busy.response(&accept);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "1");
+        let page = body_of(r).await;
+        assert!(page.contains("content=\"1\""), "{page}");
+        assert!(page.contains("all its 4 connections busy"), "{page}");
+        let r = busy.response(&HeaderMap::new());
+        assert_eq!(r.headers()["retry-after"], "1");
 
         let r = HttpError::MethodNotAllowed("GET, POST").response(&HeaderMap::new());
         assert_eq!(r.headers()["allow"], "GET, POST");

@@ -14,8 +14,9 @@
 //! - [`limits`]: how large a client's request head may be, checked on
 //!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
-//!   pooled backend client, `deadline` the timer both sides reuse, [`body`]
-//!   the request and response bodies (limits, streaming).
+//!   pooled backend client, `deadline` the timer both sides reuse,
+//!   [`fanout`] the cap on connections per backend both paths share,
+//!   [`body`] the request and response bodies (limits, streaming).
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
@@ -51,6 +52,7 @@ pub mod body;
 mod conn;
 mod deadline;
 pub mod error;
+pub mod fanout;
 pub mod front;
 pub mod h1;
 pub mod headers;
@@ -266,6 +268,10 @@ impl Gateway {
                 response: cfg.timeouts.response,
                 pool_idle: cfg.timeouts.pool_idle,
                 max_body: cfg.max_body,
+            })
+            .with_cap(fanout::Cap {
+                max: cfg.backend_connections.max,
+                queue: cfg.backend_connections.queue,
             }),
             policy: RwLock::new(policy),
             trusted: cfg.trusted_proxies.clone(),
@@ -723,6 +729,7 @@ impl Shared {
                 secs: d.as_secs(),
             },
             ForwardError::Broken => HttpError::BadGateway { backend: b },
+            ForwardError::Busy(max) => HttpError::BackendBusy { backend: b, max },
             ForwardError::Connect => {
                 let Some(service) = self.service_ports.get(&backend.addr.port()) else {
                     return HttpError::BadGateway { backend: b };

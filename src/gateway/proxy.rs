@@ -57,6 +57,10 @@ pub enum ForwardError {
     /// The request body passed `max_body`.
     #[error("request body over {0} bytes")]
     TooLarge(u64),
+    /// The backend had its cap of connections open for the whole queue
+    /// time (see [`super::fanout`]).
+    #[error("all {0} connections to the backend stayed busy")]
+    Busy(usize),
 }
 
 impl ForwardError {
@@ -214,6 +218,13 @@ impl Upstream {
         Ok(resp.map(upstream::boxed_incoming))
     }
 
+    /// The same client with at most `cap.max` connections per backend,
+    /// shared by every path (see [`super::fanout`]).
+    pub fn with_cap(mut self, cap: super::fanout::Cap) -> Self {
+        self.pool = Arc::new(Pool::capped(self.cfg.pool_idle, cap));
+        self
+    }
+
     /// Whether a request body of `len` bytes is within the body limit.
     pub fn body_allowed(&self, len: u64) -> bool {
         self.cfg.max_body == 0 || len <= self.cfg.max_body
@@ -274,7 +285,7 @@ impl Upstream {
         addr: SocketAddr,
         req: Request<Limited<Incoming>>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let stream = upstream::connect(addr, self.cfg.connect).await?;
+        let stream = upstream::connect_held(&self.pool, addr, self.cfg.connect).await?;
         let (mut sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -48,6 +48,7 @@ use tokio::net::TcpStream;
 
 use super::body::BoxError;
 use super::deadline::{self, Deadline};
+use super::fanout::{self, Cap, Full, Held, Limits, Permit, Waited};
 use super::h1::{self, Chunked, Decoded, RequestFraming, ResponseFraming};
 use super::proxy::{ForwardError, UpstreamConfig};
 
@@ -69,6 +70,9 @@ pub struct Conn {
     /// The response timeout, kept with the connection and moved for each
     /// request (see [`Deadline`]).
     timer: Option<Deadline>,
+    /// Its place under the backend's connection cap, given back when the
+    /// connection is dropped (`None`: no cap).
+    permit: Option<Permit>,
 }
 
 impl Conn {
@@ -116,11 +120,13 @@ fn quiet(io: &TcpStream, cx: &mut Context<'_>) -> bool {
     false
 }
 
-/// Idle connections per backend address.
+/// Idle connections per backend address, and the cap on all connections
+/// per backend address (see [`fanout`]).
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<Idles>,
     max_idle_age: Duration,
+    limits: Limits,
     /// The keeper task has been started.
     keeper: AtomicBool,
 }
@@ -143,13 +149,71 @@ struct Idle {
 }
 
 impl Pool {
-    /// An empty pool whose connections expire after `max_idle_age`.
+    /// An empty pool whose connections expire after `max_idle_age`, with
+    /// the default cap per backend.
     pub fn new(max_idle_age: Duration) -> Self {
+        Self::capped(max_idle_age, Cap::default())
+    }
+
+    /// An empty pool whose connections expire after `max_idle_age`, with
+    /// at most `cap.max` connections (idle or busy) per backend.
+    pub fn capped(max_idle_age: Duration, cap: Cap) -> Self {
         Pool {
             idle: Mutex::new(Idles::default()),
             max_idle_age,
+            limits: Limits::new(cap),
             keeper: AtomicBool::new(false),
         }
+    }
+
+    /// A connection for a request to `addr`: the warmest idle one, or
+    /// else the right to open a new one. At the cap, wait (at most the
+    /// queue time) for a connection going back to the pool or closing.
+    async fn checkout(&self, addr: SocketAddr) -> Result<Checkout, ForwardError> {
+        if let Some(c) = self.take(addr) {
+            return Ok(Checkout::Pooled(c));
+        }
+        let Some(backend) = self.limits.backend(addr) else {
+            return Ok(Checkout::New(None));
+        };
+        if let Some(p) = backend.try_acquire() {
+            return Ok(Checkout::New(Some(p)));
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.cap().queue;
+        loop {
+            match fanout::wait(&backend, deadline, || self.take(addr)).await {
+                Ok(Ok(c)) => return Ok(Checkout::Pooled(c)),
+                Ok(Err(Waited::Permit(p))) => return Ok(Checkout::New(Some(p))),
+                Ok(Err(Waited::Returned)) => {}
+                Err(Full) => return Err(self.busy()),
+            }
+        }
+    }
+
+    /// The right to open a connection to `addr` that will never be pooled
+    /// (an upgrade). At the cap, an idle connection to `addr` is closed to
+    /// make room; with none, wait as [`Pool::checkout`] does.
+    async fn permit(&self, addr: SocketAddr) -> Result<Option<Permit>, ForwardError> {
+        let Some(backend) = self.limits.backend(addr) else {
+            return Ok(None);
+        };
+        if let Some(p) = backend.try_acquire() {
+            return Ok(Some(p));
+        }
+        let deadline = tokio::time::Instant::now() + self.limits.cap().queue;
+        loop {
+            // `take(..).map(drop)` closes one idle connection, freeing its
+            // permit for the next round.
+            match fanout::wait(&backend, deadline, || self.take(addr).map(drop)).await {
+                Ok(Err(Waited::Permit(p))) => return Ok(Some(p)),
+                Ok(_) => {}
+                Err(Full) => return Err(self.busy()),
+            }
+        }
+    }
+
+    fn busy(&self) -> ForwardError {
+        ForwardError::Busy(self.limits.cap().max)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Idles> {
@@ -187,14 +251,23 @@ impl Pool {
                 return;
             }
         }
-        match idle.stacks.iter_mut().find(|(a, _)| *a == addr) {
-            Some((_, stack)) if stack.len() >= MAX_IDLE_PER_BACKEND => {
-                // Full: the oldest connection (bottom) gives way.
-                stack.remove(0);
-                stack.push(c);
+        let i = match idle.stacks.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None => {
+                idle.stacks.push((addr, Vec::new()));
+                idle.stacks.len() - 1
             }
-            Some((_, stack)) => stack.push(c),
-            None => idle.stacks.push((addr, vec![c])),
+        };
+        let stack = &mut idle.stacks[i].1;
+        if stack.len() >= MAX_IDLE_PER_BACKEND {
+            // Full: the oldest connection (bottom) gives way.
+            stack.remove(0);
+        }
+        stack.push(c);
+        // Requests waiting at the cap may take it (checked after the push,
+        // so a waiter that armed its wake-up later finds it there).
+        if let Some(p) = stack.last().and_then(|c| c.conn.permit.as_ref()) {
+            p.backend().pooled();
         }
     }
 
@@ -280,6 +353,26 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, F
     Ok(stream)
 }
 
+/// Open a connection to `addr` that is never pooled (an upgrade): it
+/// counts under the backend's cap for as long as the socket exists,
+/// wherever hyper passes it on.
+pub async fn connect_held(
+    pool: &Pool,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Held<TcpStream>, ForwardError> {
+    let permit = pool.permit(addr).await?;
+    Ok(Held::new(connect(addr, timeout).await?, permit))
+}
+
+/// What [`Pool::checkout`] found.
+enum Checkout {
+    /// An idle connection.
+    Pooled(Conn),
+    /// Room for a new connection.
+    New(Option<Permit>),
+}
+
 /// One request ready to go: its encoded head and its body, if it has one.
 pub struct Outgoing<'a> {
     pub method: Method,
@@ -333,15 +426,16 @@ pub async fn exchange<T>(
     let mut body = body.filter(|_| framing != RequestFraming::None);
     let repeatable = body.is_none() && method.is_idempotent();
     let (mut conn, complete) = loop {
-        let (mut conn, pooled) = match pool.take(addr) {
-            Some(c) => (c, true),
-            None => {
+        let (mut conn, pooled) = match pool.checkout(addr).await? {
+            Checkout::Pooled(c) => (c, true),
+            Checkout::New(permit) => {
                 pool.start_keeper();
                 let io = connect(addr, cfg.connect).await?;
                 let conn = Conn {
                     io,
                     buf: BytesMut::with_capacity(READ_CHUNK),
                     timer: None,
+                    permit,
                 };
                 (conn, false)
             }
@@ -797,9 +891,106 @@ mod tests {
             io,
             buf: BytesMut::new(),
             timer: None,
+            permit: None,
         };
         pool.put(addr, conn);
         (addr, peer)
+    }
+
+    /// A pool with at most one connection per backend, waiting `queue`.
+    fn one_per_backend(queue: Duration) -> Arc<Pool> {
+        Arc::new(Pool::capped(Duration::from_secs(60), Cap { max: 1, queue }))
+    }
+
+    /// A connection to `addr` holding a permit, and the backend's end.
+    async fn permitted(pool: &Pool, l: &std::net::TcpListener) -> (Conn, std::net::TcpStream) {
+        let addr = l.local_addr().unwrap();
+        let permit = pool.permit(addr).await.unwrap();
+        assert!(permit.is_some(), "a capped pool hands out permits");
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = l.accept().unwrap();
+        let conn = Conn {
+            io,
+            buf: BytesMut::new(),
+            timer: None,
+            permit,
+        };
+        (conn, peer)
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_request_takes_a_connection_going_back_to_the_pool() {
+        let pool = one_per_backend(Duration::from_secs(10));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (busy, _peer) = permitted(&pool, &l).await;
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(
+                async move { matches!(pool.checkout(addr).await, Ok(Checkout::Pooled(_))) },
+            )
+        };
+        let b = pool.limits.backend(addr).unwrap();
+        while b.available() > 0 || !waiting(&b) {
+            tokio::task::yield_now().await;
+        }
+        // Its exchange done, the connection goes back: the waiter has it,
+        // rather than waiting for it to expire.
+        pool.put(addr, busy);
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter reused the returned connection"
+        );
+        assert_eq!(b.available(), 1, "its permit came back when it was dropped");
+    }
+
+    /// Whether a request is waiting for `b`.
+    fn waiting(b: &fanout::Backend) -> bool {
+        b.waiting_now() > 0
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_an_upgrade_closes_an_idle_connection_to_make_room() {
+        let pool = one_per_backend(Duration::from_secs(10));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (idle, mut peer) = permitted(&pool, &l).await;
+        pool.put(addr, idle);
+        let permit = tokio::time::timeout(Duration::from_secs(10), pool.permit(addr))
+            .await
+            .expect("no wait for the queue time")
+            .unwrap();
+        assert!(permit.is_some());
+        assert_eq!(pool.idle_count(addr), 0, "the idle connection was closed");
+        let mut rest = Vec::new();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::io::Read::read_to_end(&mut peer, &mut rest).unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_past_the_queue_time_a_request_is_refused_and_holds_nothing() {
+        let pool = one_per_backend(Duration::from_millis(50));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (busy, _peer) = permitted(&pool, &l).await;
+        assert!(matches!(
+            pool.checkout(addr).await,
+            Err(ForwardError::Busy(1))
+        ));
+        assert!(matches!(
+            pool.permit(addr).await,
+            Err(ForwardError::Busy(1))
+        ));
+        let b = pool.limits.backend(addr).unwrap();
+        assert_eq!((b.available(), b.waiting_now()), (0, 0));
+        // A connection that ends in any way (here: dropped after an error)
+        // gives its place back.
+        drop(busy);
+        assert!(matches!(
+            pool.checkout(addr).await,
+            Ok(Checkout::New(Some(_)))
+        ));
     }
 
     #[tokio::test]

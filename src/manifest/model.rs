@@ -258,6 +258,8 @@ pub struct Gateway {
     pub timeouts: GatewayTimeouts,
     /// `max_body:` limit on proxied request bodies, in bytes.
     pub max_body: u64,
+    /// `backend_connections:` the cap on connections open to each backend.
+    pub backend_connections: BackendConnections,
     /// `import_from:` the original deployment's `admin_config.json`, imported
     /// once into a gateway that has no saved route table yet.
     pub import_from: Option<PathBuf>,
@@ -295,6 +297,25 @@ pub struct GatewayTimeouts {
     /// A kept-alive client connection with no request in progress is
     /// closed after this.
     pub idle: Duration,
+}
+
+/// `gateway.backend_connections:` (nginx's `max_conns` and `queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConnections {
+    /// Connections (busy or idle) open to one backend address at once;
+    /// 0: no cap.
+    pub max: usize,
+    /// How long a request waits for one at the cap before its 503.
+    pub queue: Duration,
+}
+
+impl Default for BackendConnections {
+    fn default() -> Self {
+        BackendConnections {
+            max: crate::gateway::fanout::DEFAULT_MAX,
+            queue: crate::gateway::fanout::DEFAULT_QUEUE,
+        }
+    }
 }
 
 /// `persist:` section.

@@ -82,6 +82,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "timeouts",
     "max_body",
     "import_from",
+    "backend_connections",
 ];
 const ROUTE_KEYS: &[&str] = &[
     "id",
@@ -1560,6 +1561,7 @@ impl Reader<'_> {
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);
+        let backend_connections = self.backend_connections(&f);
         let import_from = self
             .opt_text(&f, "import_from")
             .filter(|p| !p.is_empty())
@@ -1601,7 +1603,24 @@ impl Reader<'_> {
             timeouts,
             max_body,
             import_from,
+            backend_connections,
         })
+    }
+
+    /// `gateway.backend_connections`: a number (the cap), or
+    /// `{ max, queue }`.
+    fn backend_connections(&mut self, f: &Fields) -> BackendConnections {
+        let mut out = BackendConnections::default();
+        let Some(n) = f.get("backend_connections") else {
+            return out;
+        };
+        if let Value::Scalar { .. } = n.value {
+            out.max = self.number(f, "backend_connections", out.max);
+        } else if let Some(bf) = self.fields(n, "gateway.backend_connections", &["max", "queue"]) {
+            out.max = self.number(&bf, "max", out.max);
+            out.queue = self.duration(&bf, "queue", out.queue);
+        }
+        out
     }
 
     /// A route in the manifest's form → the admin API's JSON rule.
@@ -2209,5 +2228,33 @@ services:
         for fine in ["me/data", "https://github.com/me/data.git"] {
             assert_eq!(errors_of(yaml, &[("GITHUB_REPO", fine)]), "", "{fine}");
         }
+    }
+
+    #[test]
+    fn backend_connections_is_a_number_or_max_and_queue() {
+        let read = |v: &str| {
+            let yaml = format!("gateway:\n  backend_connections: {v}\n");
+            load_str(&yaml, Path::new("/x/stack.yaml"), &ContainerEnv::new())
+                .map(|m| m.gateway.unwrap().backend_connections)
+                .map_err(|e| e.to_string())
+        };
+        let def = BackendConnections::default();
+        assert_eq!((def.max, def.queue), (256, Duration::from_secs(5)));
+        assert_eq!(read("64").unwrap(), BackendConnections { max: 64, ..def });
+        assert_eq!(
+            read("{ max: 0, queue: 200ms }").unwrap(),
+            BackendConnections {
+                max: 0,
+                queue: Duration::from_millis(200)
+            }
+        );
+        assert_eq!(read("{ queue: 1s }").unwrap().max, 256);
+        let e = read("-1").unwrap_err();
+        assert!(
+            e.contains("`gateway.backend_connections`: expected a whole number"),
+            "{e}"
+        );
+        let e = read("{ max: 10, wait: 1s }").unwrap_err();
+        assert!(e.contains("wait"), "{e}");
     }
 }

@@ -295,6 +295,7 @@ pub(crate) fn config(
         },
         max_body: 1 << 30,
         import_from: None,
+        backend_connections: Default::default(),
     }
 }
 

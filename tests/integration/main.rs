@@ -11,6 +11,7 @@ mod bodies;
 mod debounce;
 mod deployment;
 mod differential;
+mod fanout;
 mod front;
 mod gateway;
 mod h2c;
