@@ -8,14 +8,22 @@
 //! requests a connection may sit idle for `timeouts.idle`, and once a
 //! later request has begun its head must be complete within
 //! `timeouts.header_read`. When they pass, the connection is closed
-//! without an answer (as nginx does). At shutdown, idle connections are
+//! without an answer (as nginx does). The same holds on hyper's side,
+//! timed by the connection's reads (see [`ReadClock`]): hyper's own
+//! header timer starts as soon as a response is written, which would make
+//! `header_read` the idle timeout. At shutdown, idle connections are
 //! closed at once and busy ones after their current response.
+//!
+//! Writes to the client, on both sides and in WebSocket tunnels, may each
+//! wait for room at most `timeouts.send` (nginx's `send_timeout`; see
+//! [`SendClock`]): a client that takes nothing of its response is closed,
+//! and with it the backend connection relaying that response.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -86,26 +94,38 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         req_head: Vec::new(),
         timer: Deadline::after(timeouts.header_read),
         armed: false,
+        sending: SendClock::new(timeouts.send, peer),
     };
     let mut stop = Stop::new(&ctx);
     if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
+        let activity = Arc::new(Activity::default());
+        // HTTP/2 has no heads between idle spells to time: only its
+        // writes are.
+        let h2 = conn.buf.starts_with(H2_PREFACE);
+        let reads = ReadClock::new(conn.timer, timeouts, activity.clone(), h2);
         let io = Prefixed {
             prefix: conn.buf.freeze(),
             io: conn.io,
             linger: None,
             ctx: Some(ctx.clone()),
+            reads: Some(reads),
+            sending: conn.sending,
         };
         // Boxed: hyper's connection state is large, and this future is
         // the task of every connection, idle ones included.
-        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop)).await;
+        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop, activity)).await;
     }
 }
+
+/// How an HTTP/2 connection begins (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// The timeouts of client connections.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClientTimeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
 
 /// How the front end's loop ended.
@@ -159,6 +179,8 @@ struct Front {
     /// wait, so a request that is already there costs no timer work.
     timer: Deadline,
     armed: bool,
+    /// The send timeout of writes to the client.
+    sending: SendClock,
 }
 
 /// Why a wait for the client ended early.
@@ -402,7 +424,7 @@ impl Front {
             Ok(Ok((status, mode, mut body))) => {
                 let written =
                     if mode == BodyOut::Length && body.take_whole_into(&mut self.out, COALESCE) {
-                        self.io.write_all(&self.out).await.map_err(gone)
+                        self.send_out().await
                     } else {
                         self.send_body(mode, body).await
                     };
@@ -451,7 +473,7 @@ impl Front {
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
         if mode == BodyOut::None {
-            return self.io.write_all(&self.out).await.map_err(gone);
+            return self.send_out().await;
         }
         let chunked = mode == BodyOut::Chunked;
         let mut done = false;
@@ -474,7 +496,7 @@ impl Front {
         if done && chunked {
             self.out.extend_from_slice(h1::CHUNKED_END);
         }
-        self.io.write_all(&self.out).await.map_err(gone)?;
+        self.send_out().await?;
         if done {
             return Ok(());
         }
@@ -491,7 +513,7 @@ impl Front {
                     if data.len() < COALESCE {
                         self.out.clear();
                         frame_into(&mut self.out, &data, chunked);
-                        self.io.write_all(&self.out).await.map_err(gone)?;
+                        self.send_out().await?;
                     } else if chunked {
                         let size = h1::chunk_header(data.len());
                         let mut parts = [
@@ -499,11 +521,10 @@ impl Front {
                             IoSlice::new(&data),
                             IoSlice::new(b"\r\n"),
                         ];
-                        write_all_vectored(&mut self.io, &mut parts)
-                            .await
-                            .map_err(gone)?;
+                        send_all(&mut self.io, &mut self.sending, &mut parts).await?;
                     } else {
-                        self.io.write_all(&data).await.map_err(gone)?;
+                        send_all(&mut self.io, &mut self.sending, &mut [IoSlice::new(&data)])
+                            .await?;
                     }
                 }
                 // The backend broke off: so must we, or the client would
@@ -511,12 +532,23 @@ impl Front {
                 Some(Err(_)) => return Err(Gone),
                 None => {
                     if chunked {
-                        self.io.write_all(h1::CHUNKED_END).await.map_err(gone)?;
+                        let end = &mut [IoSlice::new(h1::CHUNKED_END)];
+                        send_all(&mut self.io, &mut self.sending, end).await?;
                     }
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Write what is in `out` to the client.
+    async fn send_out(&mut self) -> Result<(), Gone> {
+        send_all(
+            &mut self.io,
+            &mut self.sending,
+            &mut [IoSlice::new(&self.out)],
+        )
+        .await
     }
 }
 
@@ -529,10 +561,6 @@ enum Served {
     BodyPending(usize),
     /// The client left, or a write failed.
     Broken,
-}
-
-fn gone(_: io::Error) -> Gone {
-    Gone
 }
 
 /// Append one body frame to `out`: as it is, or as a chunk.
@@ -587,16 +615,241 @@ async fn watching<F: Future>(
     .await
 }
 
-/// `write_all` for a list of slices.
-async fn write_all_vectored(io: &mut TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !parts.is_empty() {
-        let n = io.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// Write all of `parts` to the client, each wait for room limited by
+/// `sending` (the send timeout).
+async fn send_all(
+    io: &mut TcpStream,
+    sending: &mut SendClock,
+    mut parts: &mut [IoSlice<'_>],
+) -> Result<(), Gone> {
+    let mut left: usize = parts.iter().map(|p| p.len()).sum();
+    poll_fn(|cx| {
+        while left > 0 {
+            let polled = Pin::new(&mut *io).poll_write_vectored(cx, parts);
+            match sending.watch(cx, polled) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    left -= n;
+                    IoSlice::advance_slices(&mut parts, n);
+                }
+                Poll::Ready(_) => return Poll::Ready(Err(Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        IoSlice::advance_slices(&mut parts, n);
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+/// The send timeout (`timeouts.send`, nginx's `send_timeout`): a write to
+/// the client may wait for room this long, counted from when it first had
+/// to wait since the last write that went through; not a limit on the
+/// whole response, so a slow but steady reader is never cut.
+struct SendClock {
+    limit: Duration,
+    peer: SocketAddr,
+    /// Made at the first wait: most connections never wait to write.
+    timer: Option<Deadline>,
+    waiting: bool,
+    /// The limit has passed: every later wait fails at once.
+    expired: bool,
+}
+
+impl SendClock {
+    fn new(limit: Duration, peer: SocketAddr) -> Self {
+        SendClock {
+            limit,
+            peer,
+            timer: None,
+            waiting: false,
+            expired: false,
+        }
     }
-    Ok(())
+
+    /// Pass on the outcome of a write, turned into an error once the
+    /// writes have waited past the limit (logged: the client's fault).
+    fn watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if polled.is_ready() {
+            self.waiting = false;
+            return polled;
+        }
+        if self.expired {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        let limit = self.limit;
+        let timer = self.timer.get_or_insert_with(|| Deadline::after(limit));
+        if !self.waiting {
+            self.waiting = true;
+            timer.reset(limit);
+        }
+        if !timer.poll_passed(cx) {
+            return Poll::Pending;
+        }
+        tracing::info!(
+            client = %self.peer,
+            send_s = limit.as_secs_f32(),
+            "gateway: the client took nothing of its response for timeouts.send; closed its connection and the backend's"
+        );
+        self.expired = true;
+        self.timer = None;
+        Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// What hyper's side of a connection tells that connection's reads:
+/// requests being served, and whether it became a tunnel.
+#[derive(Debug, Default)]
+struct Activity {
+    open: AtomicUsize,
+    upgraded: AtomicBool,
+}
+
+/// One request being served, from its head until its response is
+/// written (the response body is dropped) or abandoned.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that marks its request done when hyper drops it.
+struct Tracked {
+    body: Body,
+    _open: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::gateway::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Where a connection served by hyper is, as far as its read timeouts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: `idle` until a byte of the next one arrives.
+    Idle,
+    /// A head has begun: `header_read` for the rest of it.
+    Head,
+    /// A request is being served (its body is the backend's to time).
+    Busy,
+    /// HTTP/2 or a tunnel: reads are not timed here.
+    Off,
+}
+
+impl Phase {
+    /// The phase before a read, given whether a request is being served
+    /// and whether the connection became a tunnel.
+    fn before_read(self, open: bool, upgraded: bool) -> Phase {
+        match self {
+            Phase::Off => Phase::Off,
+            _ if upgraded => Phase::Off,
+            _ if open => Phase::Busy,
+            // The response is out: the connection idles.
+            Phase::Busy => Phase::Idle,
+            p => p,
+        }
+    }
+
+    /// The phase after a read that brought bytes.
+    fn after_bytes(self) -> Phase {
+        match self {
+            Phase::Idle => Phase::Head,
+            p => p,
+        }
+    }
+
+    fn limit(self, t: &ClientTimeouts) -> Option<Duration> {
+        match self {
+            Phase::Idle => Some(t.idle),
+            Phase::Head => Some(t.header_read),
+            Phase::Busy | Phase::Off => None,
+        }
+    }
+}
+
+/// The front end's rule for idle connections and slow heads, kept on
+/// hyper's side by timing its reads (see [`Phase`]). A timeout is a read
+/// error: hyper closes the connection without an answer, as the front
+/// end does.
+struct ReadClock {
+    activity: Arc<Activity>,
+    timeouts: ClientTimeouts,
+    phase: Phase,
+    timer: Deadline,
+    /// Whether `timer` is set for the current phase's wait.
+    armed: bool,
+}
+
+impl ReadClock {
+    /// The clock of a connection handed over with a request head in hand
+    /// (its clock, `timer`, still running).
+    fn new(timer: Deadline, timeouts: ClientTimeouts, activity: Arc<Activity>, h2: bool) -> Self {
+        ReadClock {
+            activity,
+            timeouts,
+            phase: if h2 { Phase::Off } else { Phase::Head },
+            timer,
+            armed: false,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        if phase != self.phase {
+            self.phase = phase;
+            self.armed = false;
+        }
+    }
+
+    /// Before a read: the phase as hyper's side now says.
+    fn refresh(&mut self) {
+        let open = self.activity.open.load(Ordering::Acquire) > 0;
+        let upgraded = self.activity.upgraded.load(Ordering::Acquire);
+        self.enter(self.phase.before_read(open, upgraded));
+    }
+
+    /// A read brought bytes.
+    fn got_bytes(&mut self) {
+        self.enter(self.phase.after_bytes());
+    }
+
+    /// A read has to wait: whether the phase's limit has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.phase.limit(&self.timeouts) else {
+            return false;
+        };
+        if !self.armed {
+            self.armed = true;
+            self.timer.reset(limit);
+        }
+        self.timer.poll_passed(cx)
+    }
 }
 
 /// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
@@ -607,12 +860,21 @@ async fn hyper_serve(
     origin: Arc<Peer>,
     peer: SocketAddr,
     stop: &mut Stop<'_>,
+    activity: Arc<Activity>,
 ) {
     let shared = ctx.shared.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let origin = origin.clone();
-        async move { Ok::<_, std::convert::Infallible>(shared.handle(req, &origin).await) }
+        // Counted from the call: the head is complete.
+        let open = InFlight::new(&activity);
+        async move {
+            let resp = shared.handle(req, &origin).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                open.0.upgraded.store(true, Ordering::Release);
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _open: open }))
+        }
     });
     let conn = ctx
         .builder
@@ -644,6 +906,9 @@ struct Prefixed {
     /// While the gateway stops, closing does not linger: a client that
     /// keeps its end open must not hold up the shutdown.
     ctx: Option<Arc<Ctx>>,
+    /// The idle and head timeouts (`None`: reads are not timed).
+    reads: Option<ReadClock>,
+    sending: SendClock,
 }
 
 impl AsyncRead for Prefixed {
@@ -654,7 +919,23 @@ impl AsyncRead for Prefixed {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.prefix.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let Some(clock) = this.reads.as_mut() else {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            };
+            clock.refresh();
+            let before = buf.filled().len();
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    if buf.filled().len() > before {
+                        clock.got_bytes();
+                    }
+                    return Poll::Ready(r);
+                }
+                Poll::Pending if clock.poll_expired(cx) => {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
@@ -669,7 +950,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.sending.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -677,7 +960,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sending.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -739,6 +1024,8 @@ mod tests {
             ctx: None,
             prefix: Bytes::from_static(b"hello"),
             io,
+            reads: None,
+            sending: SendClock::new(Duration::from_secs(60), addr),
         };
         let mut got = String::new();
         p.read_to_string(&mut got).await.unwrap();

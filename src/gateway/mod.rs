@@ -275,10 +275,12 @@ impl Gateway {
             client_timeouts: conn::ClientTimeouts {
                 header_read: cfg.timeouts.header_read,
                 idle: cfg.timeouts.idle,
+                send: cfg.timeouts.send,
             },
             tunnels: Tunnels {
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                idle: cfg.timeouts.send,
             },
         };
         Ok(Gateway { shared })
@@ -315,7 +317,10 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(shared.client_timeouts.header_read)
+            // Not hyper's: it starts the clock as soon as a response is
+            // written, which made `header_read` the idle timeout. The
+            // connection's reads time both (see `conn`).
+            .header_read_timeout(None)
             // Room for every head within the limits and a good deal past
             // them, which `handle` then refuses with the precise status and
             // a message; only a head past even these gets hyper's bare 431.
