@@ -1009,6 +1009,37 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
 
+    /// Issue 16 item 9: `idle` between requests, `header_read` from a
+    /// head's first byte, nothing while a request is served or once the
+    /// connection is a tunnel.
+    #[test]
+    fn hypers_reads_are_timed_by_phase() {
+        let t = ClientTimeouts {
+            header_read: Duration::from_secs(1),
+            idle: Duration::from_secs(3),
+            send: Duration::from_secs(60),
+        };
+        // Handed over with a head: served, then idle, then a new head.
+        let mut p = Phase::Head;
+        assert_eq!(p.limit(&t), Some(t.header_read));
+        p = p.before_read(true, false);
+        assert_eq!((p, p.limit(&t)), (Phase::Busy, None));
+        // Bytes of the body while it is served change nothing.
+        assert_eq!(p.after_bytes(), Phase::Busy);
+        p = p.before_read(false, false);
+        assert_eq!((p, p.limit(&t)), (Phase::Idle, Some(t.idle)));
+        assert_eq!(p.before_read(false, false), Phase::Idle);
+        p = p.after_bytes();
+        assert_eq!((p, p.limit(&t)), (Phase::Head, Some(t.header_read)));
+        // Still no request: the head goes on being timed, not reset.
+        assert_eq!(p.before_read(false, false), Phase::Head);
+        // A tunnel is never timed here again.
+        p = Phase::Busy.before_read(false, true);
+        assert_eq!((p, p.limit(&t)), (Phase::Off, None));
+        assert_eq!(p.before_read(true, false), Phase::Off);
+        assert_eq!(p.after_bytes(), Phase::Off);
+    }
+
     #[tokio::test]
     async fn bytes_read_before_the_hand_over_come_first() {
         use tokio::io::AsyncReadExt;
