@@ -102,13 +102,13 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         // HTTP/2 has no heads between idle spells to time: only its
         // writes are.
         let h2 = conn.buf.starts_with(H2_PREFACE);
-        let reads = ReadClock::new(conn.timer, timeouts, activity.clone(), h2);
+        let reads = (!h2).then(|| ReadClock::new(conn.timer, timeouts, activity.clone()));
         let io = Prefixed {
             prefix: conn.buf.freeze(),
             io: conn.io,
             linger: None,
             ctx: Some(ctx.clone()),
-            reads: Some(reads),
+            reads,
             sending: conn.sending,
         };
         // Boxed: hyper's connection state is large, and this future is
@@ -759,7 +759,7 @@ enum Phase {
     Head,
     /// A request is being served (its body is the backend's to time).
     Busy,
-    /// HTTP/2 or a tunnel: reads are not timed here.
+    /// A tunnel: reads are not timed here (see `proxy`).
     Off,
 }
 
@@ -808,13 +808,13 @@ struct ReadClock {
 }
 
 impl ReadClock {
-    /// The clock of a connection handed over with a request head in hand
-    /// (its clock, `timer`, still running).
-    fn new(timer: Deadline, timeouts: ClientTimeouts, activity: Arc<Activity>, h2: bool) -> Self {
+    /// The clock of an HTTP/1 connection handed over with a request head
+    /// in hand.
+    fn new(timer: Deadline, timeouts: ClientTimeouts, activity: Arc<Activity>) -> Self {
         ReadClock {
             activity,
             timeouts,
-            phase: if h2 { Phase::Off } else { Phase::Head },
+            phase: Phase::Head,
             timer,
             armed: false,
         }
