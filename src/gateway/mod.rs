@@ -14,7 +14,8 @@
 //! - [`limits`]: how large a client's request head may be, checked on
 //!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
-//!   pooled backend client, `deadline` the timer both sides reuse.
+//!   pooled backend client, `tunnel` a WebSocket's two joined connections,
+//!   `deadline` the timer both sides reuse.
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
@@ -58,6 +59,7 @@ pub mod restoring;
 pub mod router;
 pub mod rules;
 pub mod state;
+mod tunnel;
 pub mod ui;
 pub mod upstream;
 
