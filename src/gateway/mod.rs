@@ -9,7 +9,7 @@
 //! - [`headers`]: hop-by-hop, X-Forwarded-*, `set_headers` (pure).
 //! - [`front`]: the own HTTP/1.1 front end's request parse and response
 //!   heads (pure); `conn` runs a client connection with it and hands
-//!   anything else to hyper (I/O).
+//!   anything else to hyper (I/O), `clocks` times its reads and writes.
 //! - [`h1`]: the HTTP/1.1 wire format towards backends (pure).
 //! - [`limits`]: how large a client's request head may be, checked on
 //!   both paths (pure).
@@ -46,6 +46,7 @@ mod accept;
 pub mod admin;
 pub mod auth;
 pub mod body;
+mod clocks;
 mod conn;
 mod deadline;
 pub mod error;
