@@ -29,16 +29,30 @@ const PATHS: [(&str, &str); 2] = [
     ),
 ];
 
-/// A backend that answers every request with a 200 MB body it writes as
-/// fast as it is taken, and reports each connection the gateway closes
-/// (its writes fail).
+/// A backend that answers every request with a 200 MB body (see
+/// [`flooding_backend`]).
 async fn endless_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Instant>) {
+    let total = 200u64 << 20;
+    flooding_backend(
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n"),
+        total,
+    )
+    .await
+}
+
+/// A backend that answers every request with `head` and then `total`
+/// bytes written as fast as they are taken, and reports each connection
+/// the gateway closes (its writes fail).
+async fn flooding_backend(
+    head: String,
+    total: u64,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Instant>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
+            let (tx, head_out) = (tx.clone(), head.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -48,9 +62,7 @@ async fn endless_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Instant>) {
                         Ok(n) => head.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let total = 200u64 << 20;
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
-                if s.write_all(resp.as_bytes()).await.is_err() {
+                if s.write_all(head_out.as_bytes()).await.is_err() {
                     let _ = tx.send(Instant::now());
                     return;
                 }
@@ -249,6 +261,39 @@ async fn after_a_hyper_request_the_connection_idles_for_idle_not_header_read() {
         begun.elapsed() < idle - Duration::from_millis(500),
         "a half head was given {:?}",
         begun.elapsed()
+    );
+    gw.shutdown().await;
+}
+
+/// Issue 16 item 1: under a WebSocket tunnel too, a client that takes
+/// nothing of what the backend sends is closed after `timeouts.send`,
+/// and the backend's side of the tunnel with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_that_never_reads_is_closed_with_its_backend() {
+    let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    let (addr, mut closed) = flooding_backend(head.into(), u64::MAX).await;
+    let gw = gateway(format!("http://{addr}"), |_| {}).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let sent = Instant::now();
+    let at = tokio::time::timeout(DEADLINE, closed.recv())
+        .await
+        .expect("the backend side of the tunnel is still open")
+        .unwrap();
+    assert!(
+        at - sent >= SEND - Duration::from_millis(200),
+        "closed after {:?}",
+        at - sent
+    );
+    assert!(
+        drained_to_close(&mut s).await,
+        "the client connection is still open"
     );
     gw.shutdown().await;
 }
