@@ -8,8 +8,16 @@
 //! requests a connection may sit idle for `timeouts.idle`, and once a
 //! later request has begun its head must be complete within
 //! `timeouts.header_read`. When they pass, the connection is closed
-//! without an answer (as nginx does). At shutdown, idle connections are
+//! without an answer (as nginx does). The same holds on hyper's side,
+//! timed by the connection's reads (see `clocks`): hyper's own
+//! header timer starts as soon as a response is written, which would make
+//! `header_read` the idle timeout. At shutdown, idle connections are
 //! closed at once and busy ones after their current response.
+//!
+//! Writes to the client, on both sides and in WebSocket tunnels, may each
+//! wait for room at most `timeouts.send` (nginx's `send_timeout`; see
+//! `clocks`): a client that takes nothing of its response is closed,
+//! and with it the backend connection relaying that response.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -31,6 +39,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::gateway::body::Body;
+use crate::gateway::clocks::{Activity, InFlight, ReadClock, SendClock, Tracked};
 use crate::gateway::deadline::Deadline;
 use crate::gateway::error::HttpError;
 use crate::gateway::front::{self, BodyOut, Parsed};
@@ -86,26 +95,38 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         req_head: Vec::new(),
         timer: Deadline::after(timeouts.header_read),
         armed: false,
+        sending: SendClock::new(timeouts.send, peer),
     };
     let mut stop = Stop::new(&ctx);
     if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
+        let activity = Arc::new(Activity::default());
+        // HTTP/2 has no heads between idle spells to time: only its
+        // writes are.
+        let h2 = conn.buf.starts_with(H2_PREFACE);
+        let reads = (!h2).then(|| ReadClock::new(conn.timer, timeouts, activity.clone()));
         let io = Prefixed {
             prefix: conn.buf.freeze(),
             io: conn.io,
             linger: None,
             ctx: Some(ctx.clone()),
+            reads,
+            sending: conn.sending,
         };
         // Boxed: hyper's connection state is large, and this future is
         // the task of every connection, idle ones included.
-        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop)).await;
+        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop, activity)).await;
     }
 }
+
+/// How an HTTP/2 connection begins (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// The timeouts of client connections.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ClientTimeouts {
     pub header_read: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
 
 /// How the front end's loop ended.
@@ -159,6 +180,8 @@ struct Front {
     /// wait, so a request that is already there costs no timer work.
     timer: Deadline,
     armed: bool,
+    /// The send timeout of writes to the client.
+    sending: SendClock,
 }
 
 /// Why a wait for the client ended early.
@@ -402,7 +425,7 @@ impl Front {
             Ok(Ok((status, mode, mut body))) => {
                 let written =
                     if mode == BodyOut::Length && body.take_whole_into(&mut self.out, COALESCE) {
-                        self.io.write_all(&self.out).await.map_err(gone)
+                        self.send_out().await
                     } else {
                         self.send_body(mode, body).await
                     };
@@ -451,7 +474,7 @@ impl Front {
         B: hyper::body::Body<Data = Bytes> + Unpin,
     {
         if mode == BodyOut::None {
-            return self.io.write_all(&self.out).await.map_err(gone);
+            return self.send_out().await;
         }
         let chunked = mode == BodyOut::Chunked;
         let mut done = false;
@@ -474,7 +497,7 @@ impl Front {
         if done && chunked {
             self.out.extend_from_slice(h1::CHUNKED_END);
         }
-        self.io.write_all(&self.out).await.map_err(gone)?;
+        self.send_out().await?;
         if done {
             return Ok(());
         }
@@ -491,7 +514,7 @@ impl Front {
                     if data.len() < COALESCE {
                         self.out.clear();
                         frame_into(&mut self.out, &data, chunked);
-                        self.io.write_all(&self.out).await.map_err(gone)?;
+                        self.send_out().await?;
                     } else if chunked {
                         let size = h1::chunk_header(data.len());
                         let mut parts = [
@@ -499,11 +522,10 @@ impl Front {
                             IoSlice::new(&data),
                             IoSlice::new(b"\r\n"),
                         ];
-                        write_all_vectored(&mut self.io, &mut parts)
-                            .await
-                            .map_err(gone)?;
+                        send_all(&mut self.io, &mut self.sending, &mut parts).await?;
                     } else {
-                        self.io.write_all(&data).await.map_err(gone)?;
+                        send_all(&mut self.io, &mut self.sending, &mut [IoSlice::new(&data)])
+                            .await?;
                     }
                 }
                 // The backend broke off: so must we, or the client would
@@ -511,12 +533,23 @@ impl Front {
                 Some(Err(_)) => return Err(Gone),
                 None => {
                     if chunked {
-                        self.io.write_all(h1::CHUNKED_END).await.map_err(gone)?;
+                        let end = &mut [IoSlice::new(h1::CHUNKED_END)];
+                        send_all(&mut self.io, &mut self.sending, end).await?;
                     }
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Write what is in `out` to the client.
+    async fn send_out(&mut self) -> Result<(), Gone> {
+        send_all(
+            &mut self.io,
+            &mut self.sending,
+            &mut [IoSlice::new(&self.out)],
+        )
+        .await
     }
 }
 
@@ -529,10 +562,6 @@ enum Served {
     BodyPending(usize),
     /// The client left, or a write failed.
     Broken,
-}
-
-fn gone(_: io::Error) -> Gone {
-    Gone
 }
 
 /// Append one body frame to `out`: as it is, or as a chunk.
@@ -587,16 +616,29 @@ async fn watching<F: Future>(
     .await
 }
 
-/// `write_all` for a list of slices.
-async fn write_all_vectored(io: &mut TcpStream, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !parts.is_empty() {
-        let n = io.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// Write all of `parts` to the client, each wait for room limited by
+/// `sending` (the send timeout).
+async fn send_all(
+    io: &mut TcpStream,
+    sending: &mut SendClock,
+    mut parts: &mut [IoSlice<'_>],
+) -> Result<(), Gone> {
+    let mut left: usize = parts.iter().map(|p| p.len()).sum();
+    poll_fn(|cx| {
+        while left > 0 {
+            let polled = Pin::new(&mut *io).poll_write_vectored(cx, parts);
+            match sending.watch(cx, polled) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    left -= n;
+                    IoSlice::advance_slices(&mut parts, n);
+                }
+                Poll::Ready(_) => return Poll::Ready(Err(Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
+        Poll::Ready(Ok(()))
+    })
+    .await
 }
 
 /// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
@@ -607,12 +649,21 @@ async fn hyper_serve(
     origin: Arc<Peer>,
     peer: SocketAddr,
     stop: &mut Stop<'_>,
+    activity: Arc<Activity>,
 ) {
     let shared = ctx.shared.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let origin = origin.clone();
-        async move { Ok::<_, std::convert::Infallible>(shared.handle(req, &origin).await) }
+        // Counted from the call: the head is complete.
+        let open = InFlight::new(&activity);
+        async move {
+            let resp = shared.handle(req, &origin).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                open.upgraded();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, open)))
+        }
     });
     let conn = ctx
         .builder
@@ -644,6 +695,9 @@ struct Prefixed {
     /// While the gateway stops, closing does not linger: a client that
     /// keeps its end open must not hold up the shutdown.
     ctx: Option<Arc<Ctx>>,
+    /// The idle and head timeouts (`None`: reads are not timed).
+    reads: Option<ReadClock>,
+    sending: SendClock,
 }
 
 impl AsyncRead for Prefixed {
@@ -654,7 +708,23 @@ impl AsyncRead for Prefixed {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.prefix.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let Some(clock) = this.reads.as_mut() else {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            };
+            clock.refresh();
+            let before = buf.filled().len();
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    if buf.filled().len() > before {
+                        clock.got_bytes();
+                    }
+                    return Poll::Ready(r);
+                }
+                Poll::Pending if clock.poll_expired(cx) => {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
@@ -669,7 +739,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.sending.watch(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -677,7 +749,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sending.watch(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -739,6 +813,8 @@ mod tests {
             ctx: None,
             prefix: Bytes::from_static(b"hello"),
             io,
+            reads: None,
+            sending: SendClock::new(Duration::from_secs(60), addr),
         };
         let mut got = String::new();
         p.read_to_string(&mut got).await.unwrap();

@@ -9,14 +9,15 @@
 //! - [`headers`]: hop-by-hop, X-Forwarded-*, `set_headers` (pure).
 //! - [`front`]: the own HTTP/1.1 front end's request parse and response
 //!   heads (pure); `conn` runs a client connection with it and hands
-//!   anything else to hyper (I/O).
+//!   anything else to hyper (I/O), `clocks` times its reads and writes.
 //! - [`h1`]: the HTTP/1.1 wire format towards backends (pure).
 //! - [`limits`]: how large a client's request head may be, checked on
 //!   both paths (pure).
 //! - [`proxy`]: forwarding, pooling, upgrades (I/O); [`upstream`] is the
-//!   pooled backend client, `deadline` the timer both sides reuse,
-//!   [`fanout`] the cap on connections per backend both paths share,
-//!   [`body`] the request and response bodies (limits, streaming).
+//!   pooled backend client, `tunnel` a WebSocket's two joined connections,
+//!   `deadline` the timer both sides reuse (`clocks` the client-side
+//!   timeouts), [`fanout`] the cap on connections per backend both paths
+//!   share, [`body`] the request and response bodies (limits, streaming).
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
@@ -49,6 +50,7 @@ mod accept;
 pub mod admin;
 pub mod auth;
 pub mod body;
+mod clocks;
 mod conn;
 mod deadline;
 pub mod error;
@@ -63,6 +65,7 @@ pub mod restoring;
 pub mod router;
 pub mod rules;
 pub mod state;
+mod tunnel;
 pub mod ui;
 pub mod upstream;
 
@@ -284,10 +287,12 @@ impl Gateway {
             client_timeouts: conn::ClientTimeouts {
                 header_read: cfg.timeouts.header_read,
                 idle: cfg.timeouts.idle,
+                send: cfg.timeouts.send,
             },
             tunnels: Tunnels {
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                idle: cfg.timeouts.send,
             },
         };
         Ok(Gateway { shared })
@@ -324,7 +329,10 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(shared.client_timeouts.header_read)
+            // Not hyper's: it starts the clock as soon as a response is
+            // written, which made `header_read` the idle timeout. The
+            // connection's reads time both (see `conn`).
+            .header_read_timeout(None)
             // Room for every head within the limits and a good deal past
             // them, which `handle` then refuses with the precise status and
             // a message; only a head past even these gets hyper's bare 431.

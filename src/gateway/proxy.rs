@@ -9,8 +9,8 @@
 //! (the one upgrade passed on: see [`headers::upgrade_protocol`]): the client's upgrade future is taken before the request
 //! is forwarded on a fresh connection with hyper's client; when the backend
 //! answers 101, both upgraded connections are joined with
-//! `copy_bidirectional` in a task that has no read timeout and is tracked
-//! and cancelled at shutdown.
+//! `copy_bidirectional` in a task that is tracked and cancelled at
+//! shutdown (see `tunnel`).
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -32,6 +32,7 @@ use crate::gateway::front::{self, BodyOut};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
 use crate::gateway::router::{self, Target};
+use crate::gateway::tunnel::spawn_tunnel;
 use crate::gateway::upstream::{self, Outgoing, Pool, UpstreamBody};
 
 /// How forwarding failed, before it is turned into a status (which also
@@ -94,6 +95,9 @@ pub struct Tunnels {
     pub tracker: TaskTracker,
     /// Cancelled at shutdown: tunnels close.
     pub stop: CancellationToken,
+    /// A tunnel that passes nothing either way for this long is closed
+    /// (`timeouts.send`; nginx closes one after `proxy_read_timeout`).
+    pub idle: Duration,
 }
 
 /// The pooled HTTP/1.1 client to backends.
@@ -330,33 +334,6 @@ fn origin_form(client: &Uri, path: &str) -> Option<Uri> {
     }
 }
 
-fn spawn_tunnel(
-    tunnels: &Tunnels,
-    client_side: hyper::upgrade::OnUpgrade,
-    backend_side: hyper::upgrade::OnUpgrade,
-    backend: std::net::SocketAddr,
-) {
-    let stop = tunnels.stop.clone();
-    tunnels.tracker.spawn(async move {
-        let (client_io, backend_io) = match tokio::try_join!(client_side, backend_side) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(%backend, error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let mut client_io = TokioIo::new(client_io);
-        let mut backend_io = TokioIo::new(backend_io);
-        tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client_io, &mut backend_io) => match r {
-                Ok((up, down)) => tracing::debug!(%backend, up, down, "tunnel closed"),
-                Err(e) => tracing::debug!(%backend, error = %e, "tunnel ended with an error"),
-            },
-            () = stop.cancelled() => tracing::debug!(%backend, "tunnel closed for shutdown"),
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,6 +405,7 @@ mod tests {
         let tunnels = Tunnels {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            idle: Duration::from_secs(60),
         };
         tokio::spawn(async move {
             loop {

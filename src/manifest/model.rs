@@ -297,6 +297,10 @@ pub struct GatewayTimeouts {
     /// A kept-alive client connection with no request in progress is
     /// closed after this.
     pub idle: Duration,
+    /// The longest a write to a client may wait (nginx's `send_timeout`:
+    /// between two writes, not for the whole response), and the longest a
+    /// WebSocket tunnel may pass nothing either way. Never zero.
+    pub send: Duration,
 }
 
 /// `gateway.backend_connections:` (nginx's `max_conns` and `queue`).

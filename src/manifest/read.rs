@@ -1546,18 +1546,36 @@ impl Reader<'_> {
             pool_idle: Duration::from_secs(4),
             header_read: Duration::from_secs(30),
             idle: Duration::from_secs(75),
+            send: Duration::from_secs(60),
         };
         if let Some(t) = f.get("timeouts") {
             if let Some(tf) = self.fields(
                 t,
                 "gateway.timeouts",
-                &["connect", "response", "pool_idle", "header_read", "idle"],
+                &[
+                    "connect",
+                    "response",
+                    "pool_idle",
+                    "header_read",
+                    "idle",
+                    "send",
+                ],
             ) {
                 timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
                 timeouts.response = self.duration(&tf, "response", timeouts.response);
                 timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
                 timeouts.header_read = self.duration(&tf, "header_read", timeouts.header_read);
                 timeouts.idle = self.duration(&tf, "idle", timeouts.idle);
+                // Zero would close every response whose first write has to
+                // wait for the client.
+                timeouts.send = self
+                    .parsed(&tf, "send", |t| match parse_duration(t)? {
+                        d if d.is_zero() => Err(format!(
+                            "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
+                        )),
+                        d => Ok(d),
+                    })
+                    .unwrap_or(timeouts.send);
             }
         }
         let max_body = self.size(&f, "max_body", 1 << 30);
@@ -1994,6 +2012,27 @@ mod tests {
         );
         let text = load("").unwrap_err().to_string();
         assert!(text.contains("required_paths[1]"), "{text}");
+    }
+
+    /// Issue 16 item 1: `gateway.timeouts.send`, 60 s like nginx's
+    /// `send_timeout` unless set; zero is refused.
+    #[test]
+    fn the_send_timeout_defaults_to_60s_and_is_never_zero() {
+        let load = |timeouts: &str| {
+            let text = format!("services: {{}}\ngateway:\n  timeouts: {timeouts}\n");
+            load_str(&text, Path::new("/x/stack.yaml"), &ContainerEnv::new())
+        };
+        let send = |m: Manifest| m.gateway.expect("a gateway").timeouts.send;
+        assert_eq!(send(load("{}").unwrap()), Duration::from_secs(60));
+        assert_eq!(
+            send(load("{ send: 1m30s, idle: 5s }").unwrap()),
+            Duration::from_secs(90)
+        );
+        let text = load("{ send: 0s }").unwrap_err().to_string();
+        assert!(
+            text.contains("gateway.timeouts.send") && text.contains("must be more than zero"),
+            "{text}"
+        );
     }
 
     fn persist_with(remote: &str, large_files: &str) -> Result<Manifest, ManifestError> {

@@ -14,7 +14,7 @@ use super::gateway::{backend, config, restored, start, start_with, Gw, DEADLINE}
 
 /// One response as read off the wire.
 #[derive(Debug)]
-struct Raw {
+pub(crate) struct Raw {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -28,7 +28,7 @@ impl Raw {
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "not JSON ({e}): {} {}",
@@ -73,7 +73,7 @@ impl Client {
     }
 
     /// The next response; `head_request` says there is no body to read.
-    async fn response(&mut self, head_request: bool) -> Raw {
+    pub(crate) async fn response(&mut self, head_request: bool) -> Raw {
         let (len, status, headers) = loop {
             let mut slots = [httparse::EMPTY_HEADER; 64];
             let mut r = httparse::Response::new(&mut slots);
@@ -136,7 +136,7 @@ impl Client {
     }
 
     /// Whether the gateway closes the connection (EOF) within the deadline.
-    async fn closed(&mut self) -> bool {
+    pub(crate) async fn closed(&mut self) -> bool {
         let mut chunk = [0u8; 1024];
         loop {
             match tokio::time::timeout(DEADLINE, self.s.read(&mut chunk)).await {

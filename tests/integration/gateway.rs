@@ -292,6 +292,7 @@ pub(crate) fn config(
             pool_idle: Duration::from_secs(4),
             header_read: Duration::from_secs(30),
             idle: Duration::from_secs(75),
+            send: Duration::from_secs(60),
         },
         max_body: 1 << 30,
         import_from: None,

@@ -8,6 +8,7 @@ mod harness;
 mod admin_ui;
 mod astrbot;
 mod bodies;
+mod client_timeouts;
 mod debounce;
 mod deployment;
 mod differential;
