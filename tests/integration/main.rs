@@ -25,6 +25,7 @@ mod persist;
 mod point_in_time;
 mod pool;
 mod progress;
+mod recovery;
 mod resources;
 mod supervisor;
 mod writers;
