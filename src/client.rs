@@ -125,7 +125,7 @@ pub fn status(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<()> {
         )
     })?;
     // The services are shown even when the backup state cannot be read.
-    let (persist, problem) = match crate::recovery::persist_state(&mut admin) {
+    let (persist, problem) = match crate::recovery_client::persist_state(&mut admin) {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e)),
     };
@@ -141,7 +141,7 @@ pub fn status(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<()> {
     }
     text.push_str(&render_status(&value));
     if let Some(p) = &persist {
-        text.push_str(&crate::recovery::render_persist(p));
+        text.push_str(&crate::recovery_client::render_persist(p));
     }
     if let Some(e) = problem {
         text.push_str(&format!("persistence: cannot read its state: {e:#}\n"));

@@ -31,7 +31,7 @@ pub mod gateway;
 pub mod manifest;
 pub mod persist;
 pub mod pid1;
-pub mod recovery;
+pub mod recovery_client;
 pub mod redact;
 pub mod shutdown;
 pub mod status;

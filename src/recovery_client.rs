@@ -576,5 +576,5 @@ fn count(v: &Value) -> String {
 }
 
 #[cfg(test)]
-#[path = "recovery_tests.rs"]
+#[path = "recovery_client_tests.rs"]
 mod tests;
