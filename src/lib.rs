@@ -11,6 +11,7 @@
 //! - [`client`]: `stackctl routes` and `status`, talking to a running gateway.
 //! - [`persist`]: data directories restored at start and snapshotted to git.
 //! - [`control`]: the control socket through which `backup` reaches a running `up`.
+//! - [`recovery`]: backup, snapshots and restore of a running stack (the admin API's persistence endpoints).
 //! - [`up`]: the lifecycle of `stackctl up` (restore → gateway → services).
 //! - [`pid1`]: as PID 1, a tiny parent that forwards signals and reaps.
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
@@ -31,6 +32,7 @@ pub mod gateway;
 pub mod manifest;
 pub mod persist;
 pub mod pid1;
+pub mod recovery;
 pub mod recovery_client;
 pub mod redact;
 pub mod shutdown;

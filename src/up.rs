@@ -193,6 +193,20 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         return code::USAGE;
     }
 
+    // The snapshot loop's requests (`stackctl backup`, the admin API) and
+    // the supervisor's commands (a restore stops and starts services).
+    let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(8);
+    let (control, commands) = supervisor::control::channel();
+    let recovery = persister.as_ref().map(|p| {
+        Arc::new(crate::recovery::Recovery::new(
+            p.clone(),
+            backup_tx.clone(),
+            control.clone(),
+            &manifest,
+            status.clone(),
+        ))
+    });
+
     // The gateway stops after the services (and the final backup), so it
     // keeps answering instead of refusing connections while they stop.
     let gateway_stop = CancellationToken::new();
@@ -202,6 +216,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
             // answer 503 "starting" instead of 502 while it comes up.
             Ok(g) => Some(tokio::spawn(
                 g.with_services(&manifest.services)
+                    .with_recovery(recovery.clone())
                     .serve(listener, gateway_stop.clone()),
             )),
             Err(e) => {
@@ -219,7 +234,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     let backup_tasks = persister
         .as_ref()
         .zip(manifest.persist.as_ref())
-        .map(|(p, cfg)| start_backups(p, cfg, &status, &backup_stop));
+        .map(|(p, cfg)| start_backups(p, cfg, &status, &backup_stop, backup_tx, backup_rx));
 
     // With persistence on, a third of the shutdown budget is kept for the
     // final backup after the services stopped.
@@ -238,6 +253,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         opts,
         shutdown.clone(),
         force,
+        commands,
     ))
     .await;
 
@@ -330,8 +346,9 @@ fn start_backups(
     cfg: &crate::manifest::Persist,
     status: &StatusBoard,
     stop: &CancellationToken,
+    tx: tokio::sync::mpsc::Sender<lifecycle::Request>,
+    rx: tokio::sync::mpsc::Receiver<lifecycle::Request>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
     let looped = tokio::spawn(lifecycle::run_loop(
         p.clone(),

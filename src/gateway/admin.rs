@@ -113,6 +113,39 @@ async fn route(
             guard(gw, req.headers(), client).await?;
             Ok(get_status(gw, method == Method::HEAD))
         }
+        "/admin/persist" => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            guard(gw, req.headers(), client).await?;
+            Ok(get_persist(gw, req.headers(), method == Method::HEAD))
+        }
+        "/admin/persist/backup" => {
+            allow(&method, &[Method::POST], "POST")?;
+            guard(gw, req.headers(), client).await?;
+            read_json_or_empty(req).await?;
+            let value = recovery(gw)?.backup().await?;
+            Ok(json_response(StatusCode::OK, &value, false))
+        }
+        "/admin/persist/snapshots" => {
+            allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
+            guard(gw, req.headers(), client).await?;
+            let page =
+                crate::recovery::request::page(req.uri().query()).map_err(HttpError::BadRequest)?;
+            let value = recovery(gw)?.snapshots(page).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &value,
+                method == Method::HEAD,
+            ))
+        }
+        "/admin/persist/restore" => {
+            allow(&method, &[Method::POST], "POST")?;
+            guard(gw, req.headers(), client).await?;
+            let body = read_json(req).await?;
+            let recovery = recovery(gw)?;
+            let wanted = crate::recovery::request::restore(&body).map_err(HttpError::BadRequest)?;
+            let value = recovery.restore(wanted).await?;
+            Ok(json_response(StatusCode::OK, &value, false))
+        }
         p if p.starts_with("/admin/ui/") => {
             allow(&method, &[Method::GET, Method::HEAD], "GET, HEAD")?;
             ui_asset(&p["/admin/ui/".len()..], method == Method::HEAD)
@@ -270,6 +303,74 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, HttpError> {
         Err(e) => return Err(HttpError::BadRequest(format!("cannot read the body: {e}"))),
     };
     serde_json::from_slice(&bytes).map_err(|e| HttpError::BadRequest(format!("invalid json: {e}")))
+}
+
+/// A JSON body that may also be empty (`POST /admin/persist/backup` takes
+/// no arguments; `{}` and nothing at all both do).
+async fn read_json_or_empty(req: Request<Incoming>) -> Result<Value, HttpError> {
+    let empty = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if empty && req.headers().get(header::CONTENT_TYPE).is_none() {
+        return Ok(json!({}));
+    }
+    match read_json(req).await {
+        Err(HttpError::BadRequest(m)) if m.contains("EOF while parsing") => Ok(json!({})),
+        Ok(Value::Object(o)) if o.is_empty() => Ok(Value::Object(o)),
+        Ok(_) => Err(HttpError::BadRequest(
+            "this request takes no arguments: send {} or an empty body".into(),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The recovery of a stack with persistence on; 409 without it.
+fn recovery(gw: &Shared) -> Result<&Arc<crate::recovery::Recovery>, HttpError> {
+    gw.recovery.as_ref().ok_or_else(|| {
+        HttpError::Recovery(crate::recovery::Error::Conflict(
+            "persistence is off: add a persist section to stack.yaml".into(),
+        ))
+    })
+}
+
+/// `GET /admin/persist`: with an ETag over the answer, so a page that
+/// polls it gets 304 until something changed.
+fn get_persist(gw: &Shared, headers: &HeaderMap, head_only: bool) -> Response<Body> {
+    let value = match &gw.recovery {
+        Some(r) => r.state(),
+        None => json!({"enabled": false}),
+    };
+    let tag = format!(
+        "\"{:016x}\"",
+        crate::gateway::router::fnv1a(value.to_string().as_bytes())
+    );
+    let mut r = if if_none_match_holds(headers, &tag) {
+        json_response(StatusCode::OK, &value, head_only)
+    } else {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+/// `If-None-Match` does not name `etag` (absent, or other tags): send the
+/// body. RFC 9110 §13.1.2 uses the weak comparison here, so `W/"x"`
+/// matches `"x"`.
+pub fn if_none_match_holds(headers: &HeaderMap, etag: &str) -> bool {
+    !headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|v| v == "*" || v.trim_start_matches("W/") == etag)
 }
 
 async fn post_routes(
@@ -525,6 +626,18 @@ mod tests {
         for (pairs, host, want) in cases {
             assert_eq!(same_origin(&h(pairs), *host), *want, "{pairs:?} {host:?}");
         }
+    }
+
+    #[test]
+    fn if_none_match_forms() {
+        let tag = "\"00000000000000ab\"";
+        assert!(if_none_match_holds(&h(&[]), tag));
+        assert!(if_none_match_holds(&h(&[("if-none-match", "\"x\"")]), tag));
+        assert!(!if_none_match_holds(&h(&[("if-none-match", "*")]), tag));
+        assert!(!if_none_match_holds(
+            &h(&[("if-none-match", "\"x\", W/\"00000000000000ab\"")]),
+            tag
+        ));
     }
 
     #[test]

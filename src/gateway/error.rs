@@ -97,6 +97,9 @@ pub enum HttpError {
         "the request body stalled: nothing of it arrived for {0} s (`gateway.timeouts.response`)"
     )]
     RequestTimeout(u64),
+    /// A backup, snapshot list or restore of `/admin/persist…` was not done.
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::Error),
 }
 
 impl HttpError {
@@ -119,6 +122,16 @@ impl HttpError {
             | HttpError::CannotStart { .. } => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             HttpError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            HttpError::Recovery(e) => {
+                use crate::recovery::Error as R;
+                match e {
+                    R::Conflict(_) => StatusCode::CONFLICT,
+                    R::BadRequest(_) => StatusCode::BAD_REQUEST,
+                    R::NotFound(_) => StatusCode::NOT_FOUND,
+                    R::Failed(_) => StatusCode::BAD_GATEWAY,
+                    R::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
         }
     }
 

@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     restored: AtomicBool,
     tunnels: Tunnels,
     client_timeouts: conn::ClientTimeouts,
+    /// Backup, snapshots and restore for `/admin/persist…`; `None` when
+    /// the manifest has no `persist:` section.
+    pub(crate) recovery: Option<Arc<crate::recovery::Recovery>>,
 }
 
 /// Fingerprint of the manifest's routes and default backend.
@@ -280,6 +283,7 @@ impl Gateway {
                 tracker: TaskTracker::new(),
                 stop: CancellationToken::new(),
             },
+            recovery: None,
         };
         Ok(Gateway { shared })
     }
@@ -288,6 +292,12 @@ impl Gateway {
     /// a service that is still starting gets a 503 "starting", not a 502.
     pub fn with_services(mut self, services: &[crate::manifest::Service]) -> Self {
         self.shared.service_ports = service_ports(services);
+        self
+    }
+
+    /// Serve `/admin/persist…` from `recovery` (persistence on).
+    pub fn with_recovery(mut self, recovery: Option<Arc<crate::recovery::Recovery>>) -> Self {
+        self.shared.recovery = recovery;
         self
     }
 

@@ -33,7 +33,20 @@ use crate::status::StatusBoard;
 pub enum Request {
     /// Snapshot and push now; the answer is the report or the error text.
     Backup(oneshot::Sender<Result<SnapshotReport, String>>),
+    /// Restore (or plan a restore, `dry_run`) while the stack runs: the
+    /// admin API's recovery. The caller stops the services that use the
+    /// paths first; the loop only makes sure no snapshot runs meanwhile.
+    /// The answer carries the report and the snapshot size of every
+    /// planned file, or the error as it is (a missing snapshot and a path
+    /// that is not persisted are the caller's to tell apart).
+    Restore(
+        RestoreOptions,
+        oneshot::Sender<Result<(RestoreReport, Sizes), PersistError>>,
+    ),
 }
+
+/// Snapshot sizes of planned files, by absolute path.
+pub type Sizes = std::collections::HashMap<PathBuf, u64>;
 
 /// How the start-up restore ended.
 #[derive(Debug)]
@@ -287,6 +300,11 @@ pub async fn run_loop(
                     schedule.snapshot_taken(started, std::time::Instant::now());
                     let _ = reply.send(r);
                 }
+                Request::Restore(opts, reply) => {
+                    let r = restore_now(&p, &stop, opts).await;
+                    publish(&p, &status);
+                    let _ = reply.send(r);
+                }
             },
             () = tokio::time::sleep_until(wake) => {
                 if schedule.due(std::time::Instant::now()) {
@@ -302,6 +320,32 @@ pub async fn run_loop(
             }
         }
     }
+}
+
+/// A restore requested while the stack runs, cancelled by `stop`.
+async fn restore_now(
+    p: &Arc<Persister>,
+    stop: &CancellationToken,
+    opts: RestoreOptions,
+) -> Result<(RestoreReport, Sizes), PersistError> {
+    let limit = Limit::new();
+    let (pc, inside) = (p.clone(), limit.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        inside.enter(|| {
+            let report = pc.restore(&opts)?;
+            let sizes = pc.planned_sizes(&report.ops);
+            Ok((report, sizes))
+        })
+    });
+    tokio::pin!(work);
+    let joined = tokio::select! {
+        r = &mut work => r,
+        () = stop.cancelled() => {
+            limit.cancel();
+            work.await
+        }
+    };
+    joined.unwrap_or_else(|e| Err(PersistError::Git(format!("the restore task failed: {e}"))))
 }
 
 /// One snapshot + push, logged and published; cancelled by `stop` (the

@@ -51,7 +51,7 @@ pub mod restore;
 pub mod schedule;
 pub mod snapshot;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -406,6 +406,12 @@ pub struct PersistStatus {
     pub last_snapshot: Option<String>,
     /// Its time, seconds since the epoch.
     pub last_snapshot_time: Option<i64>,
+    /// Its files and bytes, as its message records them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_files: Option<u64>,
+    /// See `last_snapshot_files`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_bytes: Option<u64>,
     /// Newest snapshot known to be on the remote.
     pub last_push: Option<String>,
     /// Local snapshots not yet pushed.
@@ -1176,6 +1182,8 @@ impl Persister {
             if let Ok(c) = repo.find_commit(local) {
                 st.last_snapshot = Some(c.id().to_string());
                 st.last_snapshot_time = Some(c.time().seconds());
+                let message = String::from_utf8_lossy(c.summary_bytes().unwrap_or_default());
+                (st.last_snapshot_files, st.last_snapshot_bytes) = parse_counts(&message);
             }
             let remote = ref_oid(repo, &self.remote.tracking_ref()).ok().flatten();
             st.pending = ahead(repo, local, remote);
@@ -1476,6 +1484,29 @@ impl Persister {
 
     fn remote_moved(&self, repo: &Repository, local: Oid) -> bool {
         matches!(self.remote.head(repo), Ok(RemoteHead::At(h)) if !is_ancestor(repo, h, local).unwrap_or(false))
+    }
+
+    /// The size in the snapshot of each planned file (directories and
+    /// symlinks are left out): what a restore of it writes, for the admin
+    /// API's dry run. A blob that cannot be read counts as 0 bytes.
+    pub fn planned_sizes(&self, ops: &[restore::Op]) -> HashMap<PathBuf, u64> {
+        let repo = lock(&self.repo);
+        let odb = repo.odb().ok();
+        ops.iter()
+            .filter_map(|op| {
+                let size = match op {
+                    restore::Op::File { oid, .. } => odb
+                        .as_ref()
+                        .and_then(|o| o.read_header(*oid).ok())
+                        .map_or(0, |(size, _)| size as u64),
+                    restore::Op::Large { pointer, .. } | restore::Op::Original { pointer, .. } => {
+                        pointer.size
+                    }
+                    _ => return None,
+                };
+                Some((op.path().to_path_buf(), size))
+            })
+            .collect()
     }
 
     /// Snapshots in the branch, newest first, at most `limit`.

@@ -105,6 +105,27 @@ pub fn may_stop(i: usize, dependents: &[Vec<usize>], trackers: &[Tracker]) -> bo
         .unwrap_or(true)
 }
 
+/// While stopping the services in `set` (and only those): may service
+/// `i` be stopped now? Only when none of its dependents *in the set*
+/// still has a process group — the same reverse order as a shutdown,
+/// restricted to the set; dependents outside it keep running.
+pub fn may_stop_within(
+    i: usize,
+    dependents: &[Vec<usize>],
+    trackers: &[Tracker],
+    set: &[bool],
+) -> bool {
+    dependents
+        .get(i)
+        .map(|ds| {
+            ds.iter().all(|&d| {
+                !set.get(d).copied().unwrap_or(false)
+                    || !matches!(trackers.get(d), Some(t) if t.is_running())
+            })
+        })
+        .unwrap_or(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +256,28 @@ mod tests {
         );
         let t = [up.clone(), stopped.clone(), stopped.clone(), stopped];
         assert!(may_stop(0, &deps, &t));
+    }
+
+    #[test]
+    fn a_held_set_stops_in_reverse_order_without_waiting_for_outsiders() {
+        // web -> api -> db; worker -> db. Hold db and api only.
+        let services = [
+            service("db", &[]),
+            service("api", &["db"]),
+            service("web", &["api"]),
+            service("worker", &["db"]),
+        ];
+        let deps = dependents(&services);
+        let up = tracker(running(), true, true, false);
+        let all_up = [up.clone(), up.clone(), up.clone(), up.clone()];
+        let set = [true, true, false, false];
+        let may: Vec<bool> = (0..2)
+            .map(|i| may_stop_within(i, &deps, &all_up, &set))
+            .collect();
+        // api first (web and worker are outside the set: not waited for).
+        assert_eq!(may, [false, true]);
+        let waiting = tracker(State::Waiting, true, true, false);
+        let t = [up.clone(), waiting, up.clone(), up];
+        assert!(may_stop_within(0, &deps, &t, &set));
     }
 }

@@ -13,9 +13,11 @@
 //! - [`group`]: a run's process group until it is really empty.
 //! - [`probe`]: readiness and liveness checks (http, tcp, exec, file, log).
 //! - [`logs`]: service output to stdout (text or JSON) and rotated files.
+//! - [`control`]: stop and start named services from outside (a restore).
 //! - [`run`](mod@run): the event loop that ties them together.
 
 pub mod backoff;
+pub mod control;
 pub mod deps;
 pub mod exit;
 pub mod group;
@@ -28,7 +30,7 @@ pub mod run;
 pub mod spawn;
 pub mod state;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::time::Duration;
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
 
+use super::control::{Command, Commands};
 use super::deps::{self, DepStatus};
 use super::exit::Exit;
 use super::group::{self, Ctl, GroupCfg};
@@ -39,6 +40,8 @@ const LOG_GRACE: Duration = Duration::from_millis(500);
 
 /// Run every enabled service of `manifest` until `shutdown` (or a
 /// non-optional service gives up), then stop them all; `force` kills at once.
+/// `commands` stop and start named services meanwhile (see
+/// [`super::control`]).
 pub async fn run(
     manifest: Arc<Manifest>,
     reaper: Reaper,
@@ -46,6 +49,7 @@ pub async fn run(
     opts: Options,
     shutdown: CancellationToken,
     force: CancellationToken,
+    commands: Commands,
 ) -> Outcome {
     crate::fault::panic_once("supervisor");
     let mut sup = match Supervisor::new(manifest, reaper, status, opts) {
@@ -56,7 +60,7 @@ pub async fn run(
             return Outcome::GaveUp("stackctl".to_string());
         }
     };
-    sup.event_loop(shutdown, force).await;
+    sup.event_loop(shutdown, force, commands).await;
     sup.finish().await
 }
 
@@ -112,6 +116,11 @@ struct Supervisor {
     deadline: Option<Instant>,
     forced: bool,
     outcome: Outcome,
+    /// Held by a [`Command::Stop`]: not started until released.
+    held: Vec<bool>,
+    /// Stop commands not answered yet: the services, and the reply sent
+    /// once none of them runs.
+    holds: Vec<(Vec<usize>, tokio::sync::oneshot::Sender<Vec<String>>)>,
 }
 
 /// `now` from tokio's clock, so tests with a paused clock stay exact.
@@ -161,6 +170,7 @@ impl Supervisor {
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let dependents = deps::dependents(&m.services);
+        let m_len = m.services.len();
         let sup = Supervisor {
             m,
             reaper,
@@ -179,6 +189,8 @@ impl Supervisor {
             deadline: None,
             forced: false,
             outcome: Outcome::Clean,
+            held: vec![false; m_len],
+            holds: Vec::new(),
         };
         for i in 0..sup.slots.len() {
             sup.publish(i);
@@ -186,9 +198,15 @@ impl Supervisor {
         Ok(sup)
     }
 
-    async fn event_loop(&mut self, shutdown: CancellationToken, force: CancellationToken) {
+    async fn event_loop(
+        &mut self,
+        shutdown: CancellationToken,
+        force: CancellationToken,
+        mut commands: Commands,
+    ) {
         loop {
             self.schedule();
+            self.answer_holds();
             if self.deadline.is_some() && self.all_stopped() {
                 return;
             }
@@ -207,6 +225,7 @@ impl Supervisor {
                     self.kill_all("shutdown budget spent");
                 }
                 Some(ev) = self.rx.recv() => self.on_event(ev),
+                Some(cmd) = commands.recv() => self.on_command(cmd),
                 _ = sleep_until(wake), if wake.is_some() => self.fire_wakes(),
             }
         }
@@ -278,12 +297,28 @@ impl Supervisor {
             }
             return;
         }
+        // Held services stop in reverse dependency order among themselves.
+        for i in 0..self.slots.len() {
+            if !self.held[i] {
+                continue;
+            }
+            if let State::Running { stopping, .. } = self.trackers[i].state {
+                if !matches!(stopping, Some(StopReason::Hold | StopReason::Shutdown))
+                    && deps::may_stop_within(i, &self.dependents, &self.trackers, &self.held)
+                {
+                    self.step(i, Input::Hold);
+                }
+            }
+        }
         // Until nothing changes: a service without a readiness probe is
         // ready at spawn, which may let its dependents start in this pass.
         loop {
             let mut changed = false;
             for i in 0..self.slots.len() {
-                if self.trackers[i].state != State::Waiting || self.deadline.is_some() {
+                if self.trackers[i].state != State::Waiting
+                    || self.deadline.is_some()
+                    || self.held[i]
+                {
                     continue;
                 }
                 let status = deps::all(self.svc(i), &self.trackers, |n| self.index.get(n).copied());
@@ -301,6 +336,69 @@ impl Supervisor {
             }
             if !changed {
                 break;
+            }
+        }
+    }
+
+    /// Hold or release services (see [`super::control`]).
+    fn on_command(&mut self, cmd: Command) {
+        let indices = |names: &[String]| {
+            let mut v: Vec<usize> = names
+                .iter()
+                .filter_map(|n| self.index.get(n).copied())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        match cmd {
+            Command::Stop { names, reply } => {
+                let mut set = Vec::new();
+                for i in indices(&names) {
+                    let held = match self.trackers[i].state {
+                        State::Running { .. } | State::Waiting => true,
+                        State::Backoff { .. } => {
+                            self.slots[i].wake = None;
+                            self.step(i, Input::Hold);
+                            true
+                        }
+                        _ => false,
+                    };
+                    if held {
+                        tracing::info!(service = %self.svc(i).name, "stopping on request (held until started again)");
+                        self.held[i] = true;
+                        set.push(i);
+                    }
+                }
+                self.holds.push((set, reply));
+            }
+            Command::Start { names, reply } => {
+                let mut released = Vec::new();
+                for i in indices(&names) {
+                    if std::mem::take(&mut self.held[i]) {
+                        tracing::info!(service = %self.svc(i).name, "starting again on request");
+                        released.push(self.svc(i).name.clone());
+                    }
+                }
+                let _ = reply.send(released);
+            }
+        }
+    }
+
+    /// Answer the stop commands whose services have all exited.
+    fn answer_holds(&mut self) {
+        let mut i = 0;
+        while i < self.holds.len() {
+            let done = self.holds[i]
+                .0
+                .iter()
+                .all(|&s| !self.trackers[s].is_running() && self.slots[s].run.is_none());
+            if done {
+                let (set, reply) = self.holds.swap_remove(i);
+                let names = set.iter().map(|&s| self.svc(s).name.clone()).collect();
+                let _ = reply.send(names);
+            } else {
+                i += 1;
             }
         }
     }

@@ -54,6 +54,10 @@ pub enum StopReason {
     Liveness,
     /// The stack is shutting down: it ends as [`State::Stopped`].
     Shutdown,
+    /// Held from outside (a restore of its data): it ends as
+    /// [`State::Waiting`] without counting as a failed run, and the
+    /// supervisor starts it again once the hold is released.
+    Hold,
 }
 
 /// Something that happened to a service.
@@ -79,6 +83,9 @@ pub enum Input {
     Shutdown,
     /// A dependency can never be met.
     CannotStart(String),
+    /// Stop it for a while (see [`StopReason::Hold`]); the supervisor does
+    /// not start it again until the hold is released.
+    Hold,
 }
 
 /// What the I/O shell must do after a step.
@@ -254,6 +261,12 @@ impl Tracker {
                     self.state = State::Stopped;
                     return None;
                 }
+                if stopping == Some(StopReason::Hold) {
+                    // Stopped on purpose, not a failure: no restart policy,
+                    // no backoff; it waits to be started again.
+                    self.state = State::Waiting;
+                    return None;
+                }
                 let failed = !exit.success() || liveness;
                 let ran = now.saturating_duration_since(since);
                 self.after_run(Some(ran), failed, svc, now, jitter)
@@ -270,6 +283,25 @@ impl Tracker {
             }
             (State::Waiting | State::Backoff { .. }, Input::Shutdown) => {
                 self.state = State::Stopped;
+                None
+            }
+            (
+                State::Running {
+                    since,
+                    ready,
+                    stopping: None | Some(StopReason::Liveness),
+                },
+                Input::Hold,
+            ) => {
+                self.state = State::Running {
+                    since,
+                    ready,
+                    stopping: Some(StopReason::Hold),
+                };
+                Some(Effect::Stop)
+            }
+            (State::Backoff { .. }, Input::Hold) => {
+                self.state = State::Waiting;
                 None
             }
             (State::Waiting, Input::CannotStart(why)) => {
@@ -345,11 +377,13 @@ pub const ALLOWED: &[(Phase, Phase)] = &[
     (Phase::Stopping, Phase::Exited),
     (Phase::Stopping, Phase::Failed),
     (Phase::Stopping, Phase::Stopped),
+    (Phase::Stopping, Phase::Waiting),
     (Phase::Backoff, Phase::Starting),
     (Phase::Backoff, Phase::Ready),
     (Phase::Backoff, Phase::Backoff),
     (Phase::Backoff, Phase::Failed),
     (Phase::Backoff, Phase::Stopped),
+    (Phase::Backoff, Phase::Waiting),
 ];
 
 #[cfg(test)]
@@ -438,6 +472,12 @@ mod tests {
             ("late probe result after exit is ignored", &always, State::Exited, Input::Ready, State::Exited, None),
             ("probe result while stopping is ignored", &always, running(t0, false, Some(StopReason::Shutdown)), Input::Ready, running(t0, false, Some(StopReason::Shutdown)), None),
             ("second shutdown is ignored", &always, State::Stopped, Input::Shutdown, State::Stopped, None),
+            ("hold stops a running service", &always, running(t0, true, None), Input::Hold, running(t0, true, Some(StopReason::Hold)), Some(Effect::Stop)),
+            ("held end waits, not a failure", &always, running(t0, true, Some(StopReason::Hold)), Input::Ended(Exit::Signaled(15)), State::Waiting, None),
+            ("held end with no restart still waits", &no, running(t0, true, Some(StopReason::Hold)), Input::Ended(Exit::Exited(1)), State::Waiting, None),
+            ("hold during backoff waits", &always, State::Backoff { until: t0 }, Input::Hold, State::Waiting, None),
+            ("shutdown wins over a hold", &always, running(t0, true, Some(StopReason::Hold)), Input::Shutdown, running(t0, true, Some(StopReason::Shutdown)), Some(Effect::Stop)),
+            ("hold of an exited service is ignored", &always, State::Exited, Input::Hold, State::Exited, None),
         ];
         for (name, s, before, input, after, effect) in table {
             let mut t = Tracker::new(true);
@@ -459,6 +499,7 @@ mod tests {
             running(t0, true, None),
             running(t0, true, Some(StopReason::Liveness)),
             running(t0, true, Some(StopReason::Shutdown)),
+            running(t0, true, Some(StopReason::Hold)),
             State::Backoff { until: t0 },
             State::Exited,
             State::Failed,
@@ -476,6 +517,7 @@ mod tests {
             Input::BackoffElapsed,
             Input::Shutdown,
             Input::CannotStart("x".into()),
+            Input::Hold,
         ];
         for s in [
             svc(RestartPolicy::Always),
