@@ -1190,6 +1190,10 @@
       backupsMessage(text, 'ok');
       $('restore-confirm-part').hidden = true;
       $('restore-submit').hidden = true;
+      // The services were just started again: show them ready soon, not at the next 10 s tick.
+      setTimeout(() => {
+        if (state.password) loadStatus();
+      }, 3000);
     } else if (res) {
       showText($('restore-error'), errorMessage(res));
       syncConfirm();
