@@ -1,5 +1,6 @@
 //! The admin API under `/admin/` (spec table): routes, password, status,
-//! health, and the page.
+//! health, persistence (`/admin/persist…`: state, backup, snapshots,
+//! restore; the work is [`crate::recovery`]'s), and the page.
 //!
 //! Order of checks for the API endpoints: method (405 + `Allow`), then
 //! cross-site (403: a third-party page cannot drive the API from a logged-in

@@ -23,6 +23,7 @@ mod persist;
 mod point_in_time;
 mod pool;
 mod progress;
+mod recovery;
 mod recovery_cli;
 mod resources;
 mod supervisor;
