@@ -346,6 +346,12 @@ fn failure(admin: &Admin, res: &Response, op: &str) -> anyhow::Error {
             "{}; wait for it to finish (`stackctl status --url {url}` shows it), then run the {op} again",
             or(said, "another backup or restore is running")
         ),
+        // A restore pushes its undo snapshot first; when that fails, nothing
+        // was restored and the server's message says so.
+        502 if op == "restore" => anyhow!(
+            "{}; fix the remote (token, network), then run the restore again",
+            or(said, "the snapshot of the current state could not be pushed; nothing was restored")
+        ),
         502 => anyhow!(
             "{}; the snapshot stays queued on the stack and goes out with the next backup: fix the remote (token, network), then run `stackctl backup --url {url}` again",
             or(said, "the push to the remote failed")

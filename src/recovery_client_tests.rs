@@ -158,6 +158,11 @@ fn errors_say_what_to_do_next() {
             "",
             r#"{"error": "the push failed: auth"}"#,
         ),
+        answer(
+            "502 Bad Gateway",
+            "",
+            r#"{"error": "nothing was restored: try again once the remote answers"}"#,
+        ),
         answer("404 Not Found", "", "not found"),
         answer(
             "404 Not Found",
@@ -182,6 +187,10 @@ fn errors_say_what_to_do_next() {
     assert_eq!(
         next("backup"),
         format!("the push failed: auth; the snapshot stays queued on the stack and goes out with the next backup: fix the remote (token, network), then run `stackctl backup --url {url}` again")
+    );
+    assert_eq!(
+        next("restore"),
+        "nothing was restored: try again once the remote answers; fix the remote (token, network), then run the restore again"
     );
     assert!(next("snapshots").contains("has no backup API"));
     assert_eq!(next("restore"), "no snapshot matches `zz`");
