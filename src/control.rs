@@ -7,8 +7,12 @@
 //! `stackctl backup` and `stackctl snapshots` must go through the running
 //! `up` (it holds the workdir lock and the write lease). A Unix socket with
 //! mode 0600 needs no password: only the user who runs the stack can reach
-//! it. The protocol is one request line (`backup`, `snapshots`) and one
-//! JSON answer line: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+//! it. The protocol is one request line (`backup`, `snapshots`, or
+//! `restore <JSON body of POST /admin/persist/restore>`) and one JSON
+//! answer line: `{"ok":true,...}` or `{"ok":false,"error":"..."}`. A
+//! restore here is the admin API's (dry run, or confirmed: undo snapshot,
+//! services stopped and started again); its answer is under `"result"`,
+//! and a refusal carries the HTTP `"status"` the API would have given.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::persist::lifecycle::Request;
 use crate::persist::{Persister, SnapshotReport};
+use crate::recovery::Recovery;
 use crate::shutdown::CancellationToken;
 
 /// The longest socket path the kernel takes (`sun_path` holds 108 bytes
@@ -73,6 +78,7 @@ pub async fn serve(
     path: PathBuf,
     p: Arc<Persister>,
     backups: mpsc::Sender<Request>,
+    recovery: Option<Arc<Recovery>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     // A socket file left by a killed process would make bind fail; the
@@ -93,7 +99,7 @@ pub async fn serve(
                 }
             },
         };
-        let (p, backups) = (p.clone(), backups.clone());
+        let (p, backups, recovery) = (p.clone(), backups.clone(), recovery.clone());
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -101,7 +107,10 @@ pub async fn serve(
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
-            let answer = handle(line.trim(), &p, &backups).await;
+            let answer = match line.trim().strip_prefix("restore ") {
+                Some(body) => restore(body, recovery.as_ref()).await,
+                None => handle(line.trim(), &p, &backups).await,
+            };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
         });
     }
@@ -131,6 +140,35 @@ async fn handle(cmd: &str, p: &Arc<Persister>, backups: &mpsc::Sender<Request>) 
             }
         }
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
+    }
+}
+
+/// `restore <json>`: the admin API's restore, without HTTP.
+async fn restore(body: &str, recovery: Option<&Arc<Recovery>>) -> Value {
+    let refused = |status: u16, e: String| json!({"ok": false, "status": status, "error": e});
+    let Some(recovery) = recovery else {
+        return refused(503, "the stack is stopping".into());
+    };
+    let wanted = serde_json::from_str::<Value>(body)
+        .map_err(|e| format!("invalid json: {e}"))
+        .and_then(|v| crate::recovery::request::restore(&v));
+    let wanted = match wanted {
+        Ok(w) => w,
+        Err(e) => return refused(400, e),
+    };
+    match recovery.restore(wanted).await {
+        Ok(v) => json!({"ok": true, "result": v}),
+        Err(e) => {
+            use crate::recovery::Error as R;
+            let status = match &e {
+                R::Conflict(_) => 409,
+                R::BadRequest(_) => 400,
+                R::NotFound(_) => 404,
+                R::Failed(_) => 502,
+                R::Stopping => 503,
+            };
+            refused(status, e.to_string())
+        }
     }
 }
 

@@ -234,7 +234,10 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     let backup_tasks = persister
         .as_ref()
         .zip(manifest.persist.as_ref())
-        .map(|(p, cfg)| start_backups(p, cfg, &status, &backup_stop, backup_tx, backup_rx));
+        .map(|(p, cfg)| {
+            let channel = (backup_tx, backup_rx);
+            start_backups(p, cfg, &status, &backup_stop, channel, recovery)
+        });
 
     // With persistence on, a third of the shutdown budget is kept for the
     // final backup after the services stopped.
@@ -346,8 +349,11 @@ fn start_backups(
     cfg: &crate::manifest::Persist,
     status: &StatusBoard,
     stop: &CancellationToken,
-    tx: tokio::sync::mpsc::Sender<lifecycle::Request>,
-    rx: tokio::sync::mpsc::Receiver<lifecycle::Request>,
+    (tx, rx): (
+        tokio::sync::mpsc::Sender<lifecycle::Request>,
+        tokio::sync::mpsc::Receiver<lifecycle::Request>,
+    ),
+    recovery: Option<Arc<crate::recovery::Recovery>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
     let looped = tokio::spawn(lifecycle::run_loop(
@@ -362,7 +368,7 @@ fn start_backups(
     let socket = crate::control::socket_path(&cfg.workdir);
     let (p, stop) = (p.clone(), stop.clone());
     let control = tokio::spawn(async move {
-        if let Err(e) = crate::control::serve(socket.clone(), p, tx, stop).await {
+        if let Err(e) = crate::control::serve(socket.clone(), p, tx, recovery, stop).await {
             warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
         }
     });

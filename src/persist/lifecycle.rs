@@ -1,6 +1,7 @@
 //! Persistence inside `stackctl up`: the restore before anything starts,
 //! the snapshot loop (file watcher + [`Schedule`] + lease heartbeat +
-//! requests from `stackctl backup`), and the final backup at shutdown.
+//! requests from `stackctl backup` and the admin API's backups and
+//! restores), and the final backup at shutdown.
 //!
 //! The [`Persister`] blocks (libgit2, file I/O), so every call runs on
 //! tokio's blocking pool; this module is the thin async shell around it.

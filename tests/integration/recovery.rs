@@ -5,6 +5,7 @@
 //! pre-restore snapshot; the refusals (password, confirmation, a second
 //! restore at the same time, persistence off).
 
+use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -191,6 +192,25 @@ fn back_up_list_preview_restore_one_path_and_undo() {
         ]
     );
     assert_eq!(read(&s, "data/a/note.txt").as_deref(), Some("v2"));
+
+    // The same restore through the control socket (no HTTP, no password:
+    // only the stack's user can reach it).
+    let sock = stackctl::control::socket_path(&s.path("work"));
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let line = json!({"at": short, "paths": [a], "dry_run": true});
+    writeln!(conn, "restore {line}").unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(conn)
+        .read_line(&mut answer)
+        .unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["ok"], json!(true), "{answer}");
+    assert_eq!(answer["result"]["at"], json!(first), "{answer}");
+    assert_eq!(
+        answer["result"]["paths"][0]["changed"],
+        json!(1),
+        "{answer}"
+    );
 
     // Refusals: no confirmation, wrong password, unknown snapshot, a path
     // that is not persisted.
