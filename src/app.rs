@@ -90,13 +90,50 @@ pub fn run(cli: Cli) -> u8 {
             Ok(m) => crate::up::run(m, cli.log_format),
             Err(e) => manifest_failed(&e),
         },
-        Command::Routes(args) => with_manifest(load(), |m| crate::client::routes(m, args)),
-        Command::Status(args) => with_manifest(load(), |m| crate::client::status(m, args)),
-        Command::Backup => with_manifest(load(), crate::persist::commands::backup),
+        Command::Routes(args) => with_admin(&cli, load(), &args.admin.url, |m| {
+            crate::client::routes(m, args)
+        }),
+        Command::Status(args) => {
+            with_admin(&cli, load(), &args.url, |m| crate::client::status(m, args))
+        }
+        Command::Backup(r) if r.url.is_some() => with_admin(&cli, load(), &r.url, |m| {
+            crate::recovery_client::backup(m, &r.admin())
+        }),
+        Command::Backup(_) => with_manifest(load(), crate::persist::commands::backup),
+        Command::Restore(args) if args.remote.url.is_some() => {
+            with_admin(&cli, load(), &args.remote.url, |m| {
+                crate::recovery_client::restore(m, args)
+            })
+        }
         Command::Restore(args) => {
             with_manifest(load(), |m| crate::persist::commands::restore(m, args))
         }
-        Command::Snapshots => with_manifest(load(), crate::persist::commands::snapshots),
+        Command::Snapshots(r) if r.url.is_some() => with_admin(&cli, load(), &r.url, |m| {
+            crate::recovery_client::snapshots(m, &r.admin())
+        }),
+        Command::Snapshots(_) => with_manifest(load(), crate::persist::commands::snapshots),
+    }
+}
+
+/// A command that talks to a gateway's admin API. With `--url` it needs no
+/// manifest (run from your own machine against a remote stack): a manifest
+/// that does not exist is then skipped; one that exists must be valid (its
+/// password file and password are used).
+fn with_admin(
+    cli: &Cli,
+    m: Result<Manifest, ManifestError>,
+    url: &Option<String>,
+    f: impl FnOnce(Option<&Manifest>) -> anyhow::Result<()>,
+) -> u8 {
+    match m {
+        Err(_) if url.is_some() && !cli.file.exists() => match f(None) {
+            Ok(()) => code::OK,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                code::FAILURE
+            }
+        },
+        m => with_manifest(m, |m| f(Some(m))),
     }
 }
 

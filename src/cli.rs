@@ -53,12 +53,14 @@ pub enum Command {
     /// Validate the manifest and print the resolved plan (secrets masked);
     /// exits 2 on any error.
     Check(CheckArgs),
-    /// Take a snapshot now and push it (asks a running `up` to do it).
-    Backup,
-    /// Restore persisted paths from the remote.
+    /// Take a snapshot now and push it (asks a running `up` to do it, or the
+    /// stack at --url).
+    Backup(RemoteArgs),
+    /// Restore persisted paths from the remote (or, with --url, restore a
+    /// running stack through its admin API).
     Restore(RestoreArgs),
     /// List snapshots: id, time, files, bytes, message.
-    Snapshots,
+    Snapshots(RemoteArgs),
     /// Read or change the running gateway's routes.
     Routes(RoutesArgs),
     /// Services, gateway and backup state of the running `up`.
@@ -91,13 +93,39 @@ pub struct RestoreArgs {
     /// List what would change, change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Overwrite local data that is newer than the snapshot.
+    /// Overwrite local data that is newer than the snapshot (with --url:
+    /// restore without asking; the stack snapshots its data first).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// How `backup`, `snapshots` and `restore` reach a stack elsewhere.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// Reach a running stack through its admin API instead of this
+    /// machine's workdir, e.g. https://user-space.hf.space.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The admin password for --url (else $STACKCTL_ADMIN_PASSWORD, else the
+    /// password file `up` wrote).
+    #[arg(long, env = "STACKCTL_ADMIN_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl RemoteArgs {
+    /// The same gateway and password as `routes`/`status` take them.
+    pub fn admin(&self) -> AdminArgs {
+        AdminArgs {
+            password: self.password.clone(),
+            url: self.url.clone(),
+        }
+    }
 }
 
 /// How `routes` and `status` reach the running gateway.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AdminArgs {
     /// The admin password (else $STACKCTL_ADMIN_PASSWORD, else the password
     /// file `up` wrote).
@@ -108,7 +136,8 @@ pub struct AdminArgs {
         global = true
     )]
     pub password: Option<String>,
-    /// The gateway's address, if not the manifest's `gateway.listen`.
+    /// The gateway's address, if not the manifest's `gateway.listen`
+    /// (http://host:port, or https://host for a stack behind a host's proxy).
     #[arg(long, value_name = "URL", global = true)]
     pub url: Option<String>,
 }

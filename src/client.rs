@@ -35,7 +35,7 @@ const MAX_INTERIM: usize = 10;
 const STALE_ATTEMPTS: usize = 3;
 
 /// Runs `stackctl routes get|set|rm|default|password` against the running gateway.
-pub fn routes(manifest: &Manifest, args: &RoutesArgs) -> Result<()> {
+pub fn routes(manifest: Option<&Manifest>, args: &RoutesArgs) -> Result<()> {
     let mut admin = Admin::resolve(manifest, &args.admin)?;
     match &args.action {
         RoutesAction::Get => {
@@ -114,20 +114,43 @@ pub fn routes(manifest: &Manifest, args: &RoutesArgs) -> Result<()> {
 }
 
 /// Runs `stackctl status`: the running stack's services and backup state as a table.
-pub fn status(manifest: &Manifest, args: &AdminArgs) -> Result<()> {
+/// Then the persistence state, when the gateway has that API.
+pub fn status(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<()> {
     let mut admin = Admin::resolve(manifest, args)?;
     let res = admin.call("GET", "/admin/status", None, None)?;
-    let value = res.json().ok_or_else(|| {
+    let mut value = res.json().ok_or_else(|| {
         anyhow!(
             "the gateway at {} answered /admin/status with something that is not JSON",
             admin.base.display
         )
     })?;
-    print_out(render_status(&value).trim_end())
+    // The services are shown even when the backup state cannot be read.
+    let (persist, problem) = match crate::recovery_client::persist_state(&mut admin) {
+        Ok(p) => (p, None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut text = String::new();
+    if let Some(p) = &persist {
+        if p["enabled"] != Value::Bool(true) {
+            // Nothing is restored without persistence: `restored: yes`
+            // would claim a restore that never happened.
+            if let Value::Object(m) = &mut value {
+                m.remove("restored");
+            }
+        }
+    }
+    text.push_str(&render_status(&value));
+    if let Some(p) = &persist {
+        text.push_str(&crate::recovery_client::render_persist(p));
+    }
+    if let Some(e) = problem {
+        text.push_str(&format!("persistence: cannot read its state: {e:#}\n"));
+    }
+    print_out(text.trim_end())
 }
 
 /// Writes a line to stdout; a closed pipe (`stackctl routes get | head`) is not an error.
-fn print_out(text: &str) -> Result<()> {
+pub(crate) fn print_out(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -157,7 +180,7 @@ fn read_new_password() -> Result<String> {
 /// Where the admin password came from, to say what to fix when it is wrong
 /// and whether a password change should update the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Source {
+pub(crate) enum Source {
     /// `--password` or `$STACKCTL_ADMIN_PASSWORD`.
     Flag,
     /// The password file `up` wrote.
@@ -167,26 +190,34 @@ enum Source {
 }
 
 /// The running gateway's admin API, with the credentials to use it.
-#[derive(Debug)]
-struct Admin {
-    base: BaseUrl,
+#[derive(Debug, Clone)]
+pub(crate) struct Admin {
+    pub(crate) base: BaseUrl,
     /// Passwords to try, best first; a 403 moves on to the next one (at most
     /// the password file and then the manifest's password).
     candidates: Vec<(String, Source)>,
     /// The password file named in hints.
     password_file: Option<PathBuf>,
+    /// Bounds each read and write of a call (a backup answers when pushed:
+    /// see [`Admin::with_timeout`]).
+    timeout: Duration,
 }
 
 impl Admin {
-    fn resolve(manifest: &Manifest, args: &AdminArgs) -> Result<Admin> {
-        let gateway = manifest.gateway.as_ref();
-        let base = match (&args.url, gateway) {
+    /// The gateway `args` name, with its password. `manifest` is `None`
+    /// only with `--url` and no manifest on this machine.
+    pub(crate) fn resolve(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<Admin> {
+        let gateway = manifest.and_then(|m| m.gateway.as_ref());
+        let base = match (&args.url, manifest) {
             (Some(url), _) => BaseUrl::parse(url)?,
-            (None, Some(g)) => BaseUrl::from_listen(g.listen),
-            (None, None) => bail!(
-                "`{}` has no `gateway:` section, so there is no admin API to talk to; pass --url to reach a gateway elsewhere",
-                manifest.file.display()
-            ),
+            (None, Some(m)) => match gateway {
+                Some(g) => BaseUrl::from_listen(g.listen),
+                None => bail!(
+                    "`{}` has no `gateway:` section, so there is no admin API to talk to; pass --url to reach a gateway elsewhere",
+                    m.file.display()
+                ),
+            },
+            (None, None) => bail!("no manifest and no --url: pass --url to reach a gateway"),
         };
         let password_file = gateway.map(|g| g.admin.password_file.clone());
         let mut candidates = Vec::new();
@@ -224,7 +255,14 @@ impl Admin {
             base,
             candidates,
             password_file,
+            timeout: IO_TIMEOUT,
         })
+    }
+
+    /// The same gateway with each read and write bounded by `timeout`.
+    pub(crate) fn with_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The password in use and where it came from.
@@ -236,7 +274,41 @@ impl Admin {
 
     /// One API call. 2xx and 412 are returned; every other status becomes an
     /// error that says what to do.
-    fn call(
+    pub(crate) fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Response> {
+        let res = self.request(method, path, body, if_match)?;
+        match res.status {
+            200..=299 | 412 => Ok(res),
+            400 => bail!(
+                "{}",
+                res.error_message()
+                    .unwrap_or_else(|| "the gateway refused the request (400)".into())
+            ),
+            status => {
+                let detail = res.error_message().unwrap_or_else(|| {
+                    String::from_utf8_lossy(&res.body)
+                        .chars()
+                        .take(200)
+                        .collect()
+                });
+                bail!(
+                    "the gateway at {} answered {status} to {method} {path}{}{}",
+                    self.base.display,
+                    if detail.is_empty() { "" } else { ": " },
+                    detail.trim()
+                );
+            }
+        }
+    }
+
+    /// One API call with the password handled (a wrong one tries the next
+    /// candidate, then is an error; so is 429); any other answer is returned.
+    pub(crate) fn request(
         &mut self,
         method: &str,
         path: &str,
@@ -256,10 +328,16 @@ impl Admin {
             if let Some(tag) = if_match {
                 headers.push(("If-Match", tag));
             }
-            let res = send(&self.base, method, path, &headers, body.as_deref())
-                .map_err(|e| e.explain(&self.base))?;
+            let res = send(
+                &self.base,
+                method,
+                path,
+                &headers,
+                body.as_deref(),
+                self.timeout,
+            )
+            .map_err(|e| e.explain(&self.base, self.timeout))?;
             match res.status {
-                200..=299 | 412 => return Ok(res),
                 403 if self.candidates.len() > 1 => {
                     // Wrong password, and another candidate exists: nothing was
                     // changed by this request, so trying the next one is safe.
@@ -284,25 +362,7 @@ impl Admin {
                     };
                     bail!("too many wrong passwords; retry in {wait}");
                 }
-                400 => bail!(
-                    "{}",
-                    res.error_message()
-                        .unwrap_or_else(|| "the gateway refused the request (400)".into())
-                ),
-                status => {
-                    let detail = res.error_message().unwrap_or_else(|| {
-                        String::from_utf8_lossy(&res.body)
-                            .chars()
-                            .take(200)
-                            .collect()
-                    });
-                    bail!(
-                        "the gateway at {} answered {status} to {method} {path}{}{}",
-                        self.base.display,
-                        if detail.is_empty() { "" } else { ": " },
-                        detail.trim()
-                    );
-                }
+                _ => return Ok(res),
             }
         }
     }
@@ -643,15 +703,19 @@ fn scalar(v: Option<&Value>) -> String {
 
 // ---------------------------------------------------------------- a tiny HTTP/1.1 client
 
-/// The gateway's base URL: `http://host:port[/prefix]`.
+/// The gateway's base URL: `http(s)://host:port[/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BaseUrl {
-    /// `host:port` for the Host header and for resolving.
+pub(crate) struct BaseUrl {
+    /// `host:port` for resolving.
     authority: String,
+    /// The Host header: the authority as given (no default port added).
+    host: String,
+    /// `https://`: TLS, with the host name checked against the web's roots.
+    tls: bool,
     /// A path prefix without a trailing slash (usually empty).
     path: String,
     /// How the URL is shown in messages.
-    display: String,
+    pub(crate) display: String,
 }
 
 impl BaseUrl {
@@ -667,36 +731,43 @@ impl BaseUrl {
         let authority = addr.to_string();
         BaseUrl {
             display: format!("http://{authority}"),
+            host: authority.clone(),
             authority,
+            tls: false,
             path: String::new(),
         }
     }
 
-    /// `--url`: `http://host[:port][/prefix]`, or just `host:port`.
+    /// `--url`: `http(s)://host[:port][/prefix]`, or just `host:port`.
     fn parse(url: &str) -> Result<BaseUrl> {
-        let rest = if let Some(r) = url.strip_prefix("http://") {
-            r
-        } else if url.starts_with("https://") {
-            bail!("`{url}`: https is not supported; the admin API is reached over plain http on loopback (or an SSH tunnel)");
+        let (tls, rest) = if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
         } else if url.contains("://") {
-            bail!("`{url}` is not an http:// URL");
+            bail!("`{url}` is not an http:// or https:// URL");
         } else {
-            url
+            (false, url)
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
+        // No user:password@ (a secret in argv and in messages), nothing a
+        // Host header cannot carry.
         if authority.is_empty()
-            || authority.contains('@')
-            || authority.contains(char::is_whitespace)
+            || authority.contains(['@', '?', '#'])
+            || authority
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
         {
-            bail!("`{url}` is not a usable gateway URL; expected e.g. http://127.0.0.1:7860");
+            bail!("`{url}` is not a usable gateway URL; expected e.g. http://127.0.0.1:7860 or https://user-space.hf.space");
         }
         let has_port = match authority.rfind(']') {
             Some(close) => authority[close..].contains(':'),
             None => authority.contains(':'),
         };
+        let host = authority.to_string();
         let authority = if has_port {
             let port = authority.rsplit(':').next().unwrap_or("");
             if port.parse::<u16>().is_err() {
@@ -704,40 +775,52 @@ impl BaseUrl {
             }
             authority.to_string()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if tls { 443 } else { 80 })
         };
         let path = path.trim_end_matches('/').to_string();
+        let scheme = if tls { "https" } else { "http" };
         Ok(BaseUrl {
-            display: format!("http://{authority}{path}"),
+            display: format!("{scheme}://{host}{path}"),
             authority,
+            host,
+            tls,
             path,
         })
+    }
+
+    /// The host name a TLS certificate must be valid for (no port, no brackets).
+    fn server_name(&self) -> &str {
+        let h = match self.host.rfind(']') {
+            Some(close) => &self.host[..=close],
+            None => self.host.rsplit_once(':').map_or(&*self.host, |(h, _)| h),
+        };
+        h.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
 /// An HTTP response, body read in full.
 #[derive(Debug)]
-struct Response {
-    status: u16,
+pub(crate) struct Response {
+    pub(crate) status: u16,
     /// Header names lowercased.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
 
 impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Option<Value> {
+    pub(crate) fn json(&self) -> Option<Value> {
         serde_json::from_slice(&self.body).ok()
     }
 
     /// The `{"error": "…"}` message of an error answer.
-    fn error_message(&self) -> Option<String> {
+    pub(crate) fn error_message(&self) -> Option<String> {
         match self.json()?.get("error")? {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
             _ => None,
@@ -758,10 +841,12 @@ enum HttpError {
     Malformed(String),
     /// A header value cannot be sent (line break in it).
     BadHeader(&'static str),
+    /// The TLS handshake or session failed (certificate, protocol).
+    Tls(String),
 }
 
 impl HttpError {
-    fn explain(self, base: &BaseUrl) -> anyhow::Error {
+    fn explain(self, base: &BaseUrl, timeout: Duration) -> anyhow::Error {
         let url = &base.display;
         match self {
             HttpError::Unreachable(e) => {
@@ -775,7 +860,7 @@ impl HttpError {
             }
             HttpError::Timeout => anyhow!(
                 "the gateway at {url} did not answer within {} s",
-                IO_TIMEOUT.as_secs()
+                timeout.as_secs()
             ),
             HttpError::Io(e) => anyhow!("the connection to the gateway at {url} failed: {e}"),
             HttpError::Malformed(what) => {
@@ -784,12 +869,22 @@ impl HttpError {
             HttpError::BadHeader(name) => {
                 anyhow!("the {name} contains a line break, which cannot be sent")
             }
+            HttpError::Tls(why) => anyhow!(
+                "TLS with {url} failed: {why} — is it an https server with a valid certificate? (a gateway reached directly speaks plain http://)"
+            ),
         }
     }
 }
 
 impl From<std::io::Error> for HttpError {
     fn from(e: std::io::Error) -> Self {
+        // rustls reports handshake and record errors through io::Error.
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return HttpError::Tls(tls.to_string());
+        }
         match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => HttpError::Timeout,
             std::io::ErrorKind::UnexpectedEof => {
@@ -800,18 +895,20 @@ impl From<std::io::Error> for HttpError {
     }
 }
 
-/// Send one request and read the whole answer.
+/// Send one request and read the whole answer; `timeout` bounds each read
+/// and write (not the whole exchange).
 fn send(
     base: &BaseUrl,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
+    timeout: Duration,
 ) -> Result<Response, HttpError> {
     let mut head = format!(
         "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: stackctl/{}\r\nAccept: application/json\r\nConnection: close\r\n",
         base.path,
-        base.authority,
+        base.host,
         env!("CARGO_PKG_VERSION")
     );
     for (name, value) in headers {
@@ -831,15 +928,52 @@ fn send(
     }
     head.push_str("\r\n");
 
-    let mut stream = connect(&base.authority)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let tcp = connect(&base.authority)?;
+    tcp.set_read_timeout(Some(timeout))?;
+    tcp.set_write_timeout(Some(timeout))?;
+    let mut stream = if base.tls {
+        Stream::Tls(Box::new(
+            crate::client_tls::wrap(base.server_name(), tcp).map_err(HttpError::Tls)?,
+        ))
+    } else {
+        Stream::Plain(tcp)
+    };
     stream.write_all(head.as_bytes())?;
     if let Some(b) = body {
         stream.write_all(b)?;
     }
     stream.flush()?;
     read_response(BufReader::new(stream), method == "HEAD")
+}
+
+/// A connection to the gateway, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
 }
 
 fn connect(authority: &str) -> Result<TcpStream, HttpError> {
@@ -1008,7 +1142,7 @@ fn truncate(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::sync::mpsc;
@@ -1046,16 +1180,74 @@ mod tests {
         assert_eq!(u.authority, "[::1]:80");
     }
 
+    /// Issue 14: a Space is reached through its host's HTTPS proxy.
     #[test]
-    fn url_flag_refuses_https_userinfo_and_bad_ports() {
+    fn https_urls_use_tls_on_443_with_the_bare_host() {
+        let u = BaseUrl::parse("https://user-space.hf.space/").unwrap();
+        assert!(u.tls);
+        assert_eq!(
+            (u.authority.as_str(), u.host.as_str(), u.server_name()),
+            (
+                "user-space.hf.space:443",
+                "user-space.hf.space",
+                "user-space.hf.space"
+            )
+        );
+        assert_eq!(u.display, "https://user-space.hf.space");
+        let u = BaseUrl::parse("https://example.org:8443/x").unwrap();
+        assert_eq!(
+            (
+                u.authority.as_str(),
+                u.host.as_str(),
+                u.server_name(),
+                u.path.as_str()
+            ),
+            ("example.org:8443", "example.org:8443", "example.org", "/x")
+        );
+        let u = BaseUrl::parse("https://[::1]:8443").unwrap();
+        assert_eq!(u.server_name(), "::1");
+        assert!(!BaseUrl::parse("http://example.org").unwrap().tls);
+    }
+
+    #[test]
+    fn url_flag_refuses_userinfo_odd_schemes_and_bad_ports() {
         let err = |u: &str| BaseUrl::parse(u).unwrap_err().to_string();
-        assert!(err("https://x:1").contains("https is not supported"));
         assert!(err("http://user:pw@host:1").contains("not a usable gateway URL"));
+        assert!(err("https://user:pw@host").contains("not a usable gateway URL"));
+        assert!(err("https://host?x=1").contains("not a usable gateway URL"));
         assert_eq!(
             err("http://host:port"),
             "`http://host:port`: `port` is not a port number"
         );
-        assert!(err("ftp://host").contains("not an http:// URL"));
+        assert!(err("ftp://host").contains("not an http:// or https:// URL"));
+    }
+
+    /// TLS to something that is not TLS fails with a message, not a hang or
+    /// a panic.
+    #[test]
+    fn https_to_a_plain_http_server_says_so() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let mut a = admin(
+            &format!("https://127.0.0.1:{port}"),
+            vec![("pw", Source::Flag)],
+        );
+        let err = a
+            .call("GET", "/admin/status", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("TLS with https://127.0.0.1:{port} failed: "))
+                && err.contains("is it an https server"),
+            "{err}"
+        );
     }
 
     // ------------------------------------------------------------ table edits
@@ -1307,7 +1499,7 @@ mod tests {
 
     /// A one-shot fake gateway: answers each accepted connection with the next
     /// canned response and reports the requests it saw.
-    fn fake_gateway(answers: Vec<String>) -> (String, mpsc::Receiver<String>) {
+    pub(crate) fn fake_gateway(answers: Vec<String>) -> (String, mpsc::Receiver<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = mpsc::channel();
@@ -1338,14 +1530,14 @@ mod tests {
         (url, rx)
     }
 
-    fn answer(status: &str, extra: &str, body: &str) -> String {
+    pub(crate) fn answer(status: &str, extra: &str, body: &str) -> String {
         format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
     }
 
-    fn admin(url: &str, passwords: Vec<(&str, Source)>) -> Admin {
+    pub(crate) fn admin(url: &str, passwords: Vec<(&str, Source)>) -> Admin {
         Admin {
             base: BaseUrl::parse(url).unwrap(),
             candidates: passwords
@@ -1355,6 +1547,7 @@ mod tests {
             password_file: Some(PathBuf::from(
                 "/home/u/.config/stackctl/demo.admin-password",
             )),
+            timeout: IO_TIMEOUT,
         }
     }
 

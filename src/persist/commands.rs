@@ -2,6 +2,7 @@
 //! when there is one (it owns the workdir), on their own otherwise.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -258,11 +259,13 @@ pub fn backup(m: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn print_report(r: &Value) {
+/// A snapshot report (the shape of [`control::report_json`]) as `backup`
+/// prints it; `backup --url` prints the API's answer through it too.
+pub(crate) fn print_report(r: &Value) {
     match r["commit"].as_str() {
         Some(c) => println!(
             "snapshot {} ({} files, {} bytes){}",
-            &c[..c.len().min(12)],
+            shorten(c),
             r["files"],
             r["bytes"],
             if r["pushed"].is_string() {
@@ -331,17 +334,8 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     drop(persister);
     drop(view);
     if args.dry_run {
-        // Deletions first: they are what a forced restore cannot take back.
         let with = if args.force { "" } else { " (with --force)" };
-        for d in &report.deletions {
-            println!("would delete {}{with}", d.display());
-        }
-        if report.changes.is_empty() && report.deletions.is_empty() {
-            println!("nothing would change");
-        }
-        for c in &report.changes {
-            println!("would restore {}", c.display());
-        }
+        print_plan(&report.deletions, &report.changes, with);
         return Ok(());
     }
     for d in &report.deletions {
@@ -351,18 +345,37 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
         RestoreState::ConfirmedEmpty => {
             println!("the remote has no snapshot yet: nothing to restore")
         }
-        RestoreState::Restored(oid) | RestoreState::KeptLocal(oid) => println!(
-            "restored snapshot {} ({} files, {} bytes written)",
-            &oid.to_string()[..12],
-            report.applied.files,
-            report.applied.bytes
-        ),
+        RestoreState::Restored(oid) | RestoreState::KeptLocal(oid) => {
+            print_restored(&oid.to_string(), report.applied.files, report.applied.bytes)
+        }
         RestoreState::Pending => {}
     }
     for a in &report.absent {
         println!("note: the snapshot has nothing for {}", a.display());
     }
     unrestored(&report.applied.failed)
+}
+
+/// What a dry run found (`restore --dry-run`, local or through --url):
+/// deletions first, they are what a forced restore cannot take back.
+pub(crate) fn print_plan(deletions: &[PathBuf], changes: &[PathBuf], with: &str) {
+    for d in deletions {
+        println!("would delete {}{with}", d.display());
+    }
+    if changes.is_empty() && deletions.is_empty() {
+        println!("nothing would change");
+    }
+    for c in changes {
+        println!("would restore {}", c.display());
+    }
+}
+
+/// The line a completed restore prints.
+pub(crate) fn print_restored(id: &str, files: u64, bytes: u64) {
+    println!(
+        "restored snapshot {} ({files} files, {bytes} bytes written)",
+        shorten(id)
+    );
 }
 
 /// Name every large file a restore left absent; an error if there is one.
@@ -401,9 +414,17 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
     };
     let list = list.as_array().cloned().unwrap_or_default();
     print_pending(&pending);
+    print_snapshot_table(&list);
+    Ok(())
+}
+
+/// The snapshot table of `snapshots` (local, through `up`, or --url). A
+/// time is Unix seconds (local) or RFC 3339 (the admin API); a snapshot
+/// the API marks `pending` is not pushed yet.
+pub(crate) fn print_snapshot_table(list: &[Value]) {
     if list.is_empty() {
         println!("no snapshots yet");
-        return Ok(());
+        return;
     }
     println!(
         "{:<12}  {:<19}  {:>7}  {:>12}  message",
@@ -411,25 +432,47 @@ pub fn snapshots(m: &Manifest) -> Result<()> {
     );
     for s in list {
         let id = s["id"].as_str().unwrap_or("");
-        let time = s["time"]
-            .as_i64()
-            .map(crate::persist::snapshot::format_utc)
-            .unwrap_or_default();
+        let time = match &s["time"] {
+            Value::String(t) => rfc3339_shown(t),
+            t => t
+                .as_i64()
+                .map(crate::persist::snapshot::format_utc)
+                .unwrap_or_default(),
+        };
+        let queued = if s["pending"] == Value::Bool(true) {
+            " (not pushed yet)"
+        } else {
+            ""
+        };
         let num = |v: &Value| {
             v.as_u64()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:<12}  {:<19}  {:>7}  {:>12}  {}",
-            &id[..id.len().min(12)],
+            "{:<12}  {:<19}  {:>7}  {:>12}  {}{queued}",
+            shorten(id),
             time,
             num(&s["files"]),
             num(&s["bytes"]),
             s["message"].as_str().unwrap_or("")
         );
     }
-    Ok(())
+}
+
+/// A snapshot id as the tables show it (12 characters).
+fn shorten(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `2026-12-05T12:00:00Z` as `2026-12-05 12:00:00` (the local table's
+/// look); anything else as it came.
+pub(crate) fn rfc3339_shown(t: &str) -> String {
+    let utc = t.ends_with('Z') || t.ends_with("+00:00");
+    match (t.get(..10), t.get(10..11), t.get(11..19)) {
+        (Some(date), Some("T" | "t" | " "), Some(time)) if utc => format!("{date} {time}"),
+        _ => t.to_string(),
+    }
 }
 
 /// Snapshots parked in `refs/stackctl/pending/*` (instance, commit, time).
@@ -444,5 +487,30 @@ fn print_pending(pending: &[(String, git2::Oid, i64)]) {
             &oid.to_string()[..12],
             crate::persist::snapshot::format_utc(*time)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_times_show_like_local_ones() {
+        assert_eq!(rfc3339_shown("2026-12-05T12:01:02Z"), "2026-12-05 12:01:02");
+        assert_eq!(
+            rfc3339_shown("2026-12-05T12:01:02+00:00"),
+            "2026-12-05 12:01:02"
+        );
+        // Not UTC, or not a time: shown as sent (never a panic on odd input).
+        for odd in [
+            "2026-12-05T12:01:02+02:00",
+            "yesterday",
+            "",
+            "2026-12-05T1é",
+        ] {
+            assert_eq!(rfc3339_shown(odd), odd);
+        }
+        assert_eq!(shorten("0123456789abcdef"), "0123456789ab");
+        assert_eq!(shorten("abc"), "abc");
     }
 }

@@ -22,6 +22,12 @@ const HELLO: &str = "hello from the python backend";
 /// A stack with one python3 http.server service serving `site/` and a
 /// gateway whose default backend is a closed port (so only routes work).
 fn stack(admin_password: Option<&str>) -> (Stack, u16, u16) {
+    stack_with(admin_password, false)
+}
+
+/// [`stack`], with `persist` also backing `site/` up to a bare repo in the
+/// stack's directory.
+fn stack_with(admin_password: Option<&str>, persist: bool) -> (Stack, u16, u16) {
     let gport = free_port();
     let bport = free_port();
     let dead = free_port();
@@ -43,6 +49,19 @@ fn stack(admin_password: Option<&str>) -> (Stack, u16, u16) {
          {admin}"
     ));
     stack.write("site/hello.txt", &format!("{HELLO}\n"));
+    if persist {
+        let remote = stack.path("remote.git");
+        crate::common_persist::init_bare(&remote);
+        let yaml = std::fs::read_to_string(stack.file()).expect("read stack.yaml");
+        std::fs::write(
+            stack.file(),
+            format!(
+                "{yaml}persist:\n  remote: file://{}\n  branch: main\n  workdir: ./work\n  paths: [./site]\n",
+                remote.display()
+            ),
+        )
+        .expect("write stack.yaml");
+    }
     (stack, gport, bport)
 }
 
@@ -128,13 +147,16 @@ fn browser() -> Option<Browser> {
     None
 }
 
-#[test]
-fn admin_page_adds_a_working_route_in_headless_chromium() {
-    let Some(browser) = browser() else { return };
-    let (stack, gport, bport) = stack(Some(PASSWORD));
-    let mut up = stack.up();
-    wait_healthy(&mut up, gport);
-
+/// Run admin_ui.mjs against the stack with `env` added; its output, or a
+/// failed test with it.
+fn run_script(
+    browser: &Browser,
+    stack: &Stack,
+    up: &Running,
+    gport: u16,
+    bport: u16,
+    env: &[(&str, String)],
+) -> (String, PathBuf) {
     // Screenshots go to the test's temp dir; STACKCTL_UI_SCREENSHOTS keeps
     // them somewhere that outlives the test (to look at them).
     let shots = std::env::var_os("STACKCTL_UI_SCREENSHOTS")
@@ -153,6 +175,7 @@ fn admin_page_adds_a_working_route_in_headless_chromium() {
         .env("EXPECT_TEXT", HELLO)
         .env("OUT_DIR", &shots)
         .env("CHROMIUM", &browser.chromium)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("MOCK")
         // Marked like the stack's own processes, so dropping `up` also ends
         // a node or chromium left behind by a failed run.
@@ -198,6 +221,23 @@ fn admin_page_adds_a_working_route_in_headless_chromium() {
         ));
     }
     println!("{script_log}");
+    (script_log, shots)
+}
+
+#[test]
+fn admin_page_adds_a_working_route_in_headless_chromium() {
+    let Some(browser) = browser() else { return };
+    let (stack, gport, bport) = stack(Some(PASSWORD));
+    let mut up = stack.up();
+    wait_healthy(&mut up, gport);
+    let (_, shots) = run_script(
+        &browser,
+        &stack,
+        &up,
+        gport,
+        bport,
+        &[("PERSIST", "off".to_string())],
+    );
 
     let shot = shots.join("admin-ui.png");
     let png = std::fs::read(&shot).unwrap_or_default();
@@ -350,4 +390,38 @@ fn routes_and_status_commands_drive_the_running_gateway() {
     stack.run(&["routes", "get"]).code(1).stderr_has(&format!(
         "no gateway answers at {gateway} — is `stackctl up` running? (use --url to point elsewhere)"
     ));
+}
+
+/// Issue 14: the Backups section against a real `up` with a file:// remote:
+/// back up now, preview a restore (dry run), restore behind the typed id
+/// (the served file comes back), the undo snapshot, the status card.
+#[test]
+fn admin_page_backs_up_previews_and_restores_in_headless_chromium() {
+    let Some(browser) = browser() else { return };
+    let (stack, gport, bport) = stack_with(Some(PASSWORD), true);
+    let mut up = stack.up();
+    wait_healthy(&mut up, gport);
+    let data_file = stack.path("site/note.txt");
+    let (log, _) = run_script(
+        &browser,
+        &stack,
+        &up,
+        gport,
+        bport,
+        &[
+            ("PERSIST", "on".to_string()),
+            ("ONLY_BACKUPS", "1".to_string()),
+            ("DATA_FILE", data_file.display().to_string()),
+        ],
+    );
+    assert!(log.contains("admin UI test passed"), "{log}");
+    // What the page restored is on disk, and the backend serves it.
+    assert_eq!(
+        std::fs::read_to_string(&data_file).expect("read the restored file"),
+        "kept by the snapshot\n"
+    );
+    assert_eq!(
+        get_ok(&format!("http://127.0.0.1:{bport}/note.txt")).trim(),
+        "kept by the snapshot"
+    );
 }

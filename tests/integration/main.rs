@@ -26,6 +26,7 @@ mod point_in_time;
 mod pool;
 mod progress;
 mod recovery;
+mod recovery_cli;
 mod resources;
 mod supervisor;
 mod writers;

@@ -8,10 +8,16 @@
 //
 // Against tests/ui/mock_admin.py (no proxying): add MOCK=1.
 //
+// PERSIST=on: the stack has a `persist:` section; the Backups section is
+// driven (back up, preview, restore behind the typed id, the status card
+// following). DATA_FILE: a persisted file the script changes between the
+// backup and the restore, and checks afterwards. ONLY_BACKUPS=1 skips the
+// route steps. PERSIST=off: the page must say persistence is off.
+//
 // Uses Debian's chromium (CHROMIUM overrides /usr/bin/chromium); never downloads a browser.
 
 import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -35,6 +41,11 @@ const EXPECT_TEXT = MOCK ? '' : need('EXPECT_TEXT');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const XSS_ID = '<img src=x onerror=alert(1)>';
 const TIMEOUT = 15000;
+const PERSIST = process.env.PERSIST || (MOCK ? 'on' : 'off');
+const DATA_FILE = process.env.DATA_FILE || '';
+const ONLY_BACKUPS = process.env.ONLY_BACKUPS === '1';
+/** A backup or restore answers when pushed / restarted: allow for it. */
+const SLOW = 90000;
 
 mkdirSync(OUT_DIR, { recursive: true });
 
@@ -127,6 +138,99 @@ async function changeElsewhere(context, id) {
   check(changed.status() === 200, `the test's own change → ${changed.status()} ${await changed.text()}`);
 }
 
+/** The text of the status card's row `label` (e.g. "Gateway · Routes"), or null. */
+async function statusValue(label) {
+  const rows = page.locator('#status-summary .kv-row');
+  const n = await rows.count();
+  for (let i = 0; i < n; i++) {
+    if ((await rows.nth(i).locator('dt').textContent()) === label) return rows.nth(i).locator('dd').textContent();
+  }
+  return null;
+}
+
+/** Poll `f` until it returns something truthy (then that), or fail with `what`. */
+async function until(what, f, timeout = TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await page.waitForTimeout(100);
+  }
+}
+
+async function backups() {
+  step('Backups: the state is shown, the status card does not say persistence is off');
+  await waitText('#persist-state', 'Remote');
+  await page.locator('#snapshots-part').waitFor({ state: 'visible', timeout: TIMEOUT });
+  const restored = await until('the status card', () => statusValue('Restored'));
+  check(!restored.includes('persistence is off'), `Restored: ${restored}`);
+  const rowsBefore = await page.locator('#snapshots-body tr').count();
+  const backupBefore = await text('#backup-list');
+
+  step('back up now: progress while it runs, then the new snapshot is listed');
+  if (DATA_FILE) writeFileSync(DATA_FILE, 'kept by the snapshot\n');
+  await page.click('#backup-now');
+  if (MOCK) await waitText('#backups-progress', 'Backup running');
+  await page.locator('#backups-message').filter({ hasText: /Snapshot|Nothing changed/ })
+    .waitFor({ state: 'visible', timeout: SLOW });
+  const said = await text('#backups-message');
+  console.log(`  page said: ${said}`);
+  check(/^Snapshot [0-9a-f]{12} taken/.test(said), `a snapshot was taken: ${said}`);
+  await until('the new snapshot in the list', async () => (await page.locator('#snapshots-body tr').count()) === rowsBefore + 1);
+  await until('the status card to follow the backup', async () => (await text('#backup-list')) !== backupBefore);
+  check(await page.locator('#backups-progress').isHidden(), 'the progress line is gone');
+
+  step('preview restoring it (a dry run): the changed file is listed, as text');
+  if (DATA_FILE) writeFileSync(DATA_FILE, 'changed after the snapshot\n');
+  const newest = page.locator('#snapshots-body tr').first();
+  const id = (await newest.locator('code').textContent()).trim();
+  await newest.locator('button.preview').click();
+  await page.locator('#restore-confirm-part').waitFor({ state: 'visible', timeout: SLOW });
+  const preview = await text('#restore-preview');
+  console.log(`  preview: ${preview.replace(/\s+/g, ' ').slice(0, 300)}`);
+  if (DATA_FILE) {
+    const name = DATA_FILE.split('/').pop();
+    check(preview.includes(name) && preview.includes('changed'), `the preview lists ${name} as changed`);
+  } else {
+    check(preview.includes('<i>x</i>.txt'), 'the file name is shown literally');
+    check((await page.locator('#restore-preview i').count()) === 0, 'no HTML from a file name');
+  }
+  if (DATA_FILE) check(readFileSync(DATA_FILE, 'utf8').startsWith('changed'), 'a preview changes nothing');
+  await page.screenshot({ path: join(OUT_DIR, 'admin-ui-restore.png') });
+
+  step('restore only after typing the snapshot id');
+  check(await page.locator('#restore-submit').isDisabled(), 'Restore is disabled before the id is typed');
+  await page.fill('#restore-confirm', 'deadbeef');
+  check(await page.locator('#restore-submit').isDisabled(), 'a wrong id keeps it disabled');
+  await page.fill('#restore-confirm', id);
+  check(await page.locator('#restore-submit').isEnabled(), 'the right id enables it');
+  const backupBeforeRestore = await text('#backup-list');
+  await page.click('#restore-submit');
+  if (MOCK) await waitText('#restore-progress', 'Restore running');
+  await page.locator('#restore-done, #restore-error').filter({ hasText: /./ }).first()
+    .waitFor({ state: 'visible', timeout: SLOW });
+  const error = await page.locator('#restore-error').isVisible() ? await text('#restore-error') : '';
+  check(!error, `the restore failed: ${error}`);
+  const done = await text('#restore-done');
+  console.log(`  page said: ${done}`);
+  check(done.startsWith(`Restored snapshot ${id}`) && done.includes('To undo, restore snapshot'), `restored: ${done}`);
+  if (DATA_FILE) {
+    await until('the file back as it was in the snapshot', async () => {
+      try {
+        return readFileSync(DATA_FILE, 'utf8') === 'kept by the snapshot\n';
+      } catch {
+        return false;
+      }
+    }, SLOW);
+  }
+  await page.click('#restore-cancel');
+  step('the undo snapshot is listed and the status card followed');
+  await until('the undo snapshot in the list', async () => (await page.locator('#snapshots-body tr').count()) >= rowsBefore + 2, SLOW);
+  await until('the status card to follow the restore', async () => (await text('#backup-list')) !== backupBeforeRestore);
+  await page.screenshot({ path: join(OUT_DIR, 'admin-ui-backups.png'), fullPage: true });
+}
+
 async function main() {
   const userDataDir = mkdtempSync(join(tmpdir(), 'stackctl-ui-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
@@ -173,6 +277,21 @@ async function main() {
     await login(PASSWORD);
     await page.locator('#app-view').waitFor({ state: 'visible', timeout: TIMEOUT });
 
+    if (PERSIST === 'on') await backups();
+    if (ONLY_BACKUPS) {
+      check(problems.length === 0, `nothing bad happened:\n  ${problems.join('\n  ')}`);
+      console.log('admin UI test passed');
+      return;
+    }
+    if (PERSIST === 'off') {
+      step('persistence is off: the page says so, and never "Restored: yes"');
+      await waitText('#persist-state', 'Off');
+      check(await page.locator('#backup-now').isHidden(), 'no Back up now without persistence');
+      const restored = await until('the status card', () => statusValue('Restored'));
+      check(restored.includes('persistence is off'), `Restored: ${restored}`);
+    }
+    const routesBefore = await until('the route count', () => statusValue('Gateway · Routes'));
+
     step('the editor checks a rule before sending it');
     await page.click('#add-rule');
     await page.click('#rule-save');
@@ -201,6 +320,10 @@ async function main() {
     await saveRuleExpectClosed();
     await waitText('#routes-message', 'Saved site');
     check((await ruleIds()).includes('site'), 'the table lists site');
+
+    step('the status card follows at once (route count)');
+    const want = String((await ruleIds()).length);
+    await until(`the route count ${want} (it was ${routesBefore})`, async () => (await statusValue('Gateway · Routes')) === want);
 
     if (!MOCK) {
       step('the new route works through the gateway');

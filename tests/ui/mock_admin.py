@@ -2,9 +2,10 @@
 """A stand-in for stackctl's admin API, for working on the admin page alone.
 
 Serves src/gateway/ui/ at /admin/ui/ with the gateway's CSP and fakes
-/admin/routes.json (ETag / If-Match), /admin/password and /admin/status,
-including 403, 429 + Retry-After and 400 {"error"} answers. It does not
-proxy. A development tool only: the real test runs against `stackctl up`.
+/admin/routes.json (ETag / If-Match), /admin/password, /admin/status and the
+backup API (/admin/persist*: a backup or restore takes 2 s and shows
+progress meanwhile), including 403, 409, 429 + Retry-After and 400
+{"error"} answers. It does not proxy. A development tool only: the real test runs against `stackctl up`.
 
     python3 tests/ui/mock_admin.py [PORT]     # password: mock-password-1
 """
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "gateway", "ui")
@@ -64,6 +66,43 @@ def validate(table):
     return None
 
 
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+persist = {
+    "running": None,
+    "snapshots": [
+        {"id": "%06x" % (0xC0FFEE + i) + "ab" * 17, "time": "2026-12-0%dT10:00:00Z" % (i + 1), "files": 10 + i,
+         "bytes": 1000 * (i + 1), "message": "snapshot <b>%d</b>" % i, "pending": False}
+        for i in reversed(range(3))
+    ],
+}
+
+
+def persist_state():
+    snaps = persist["snapshots"]
+    last = dict(snaps[0]) if snaps else None
+    if last:
+        last["pushed"] = True
+        for k in ("message", "pending"):
+            last.pop(k)
+    return {"enabled": True, "remote": "https://github.com/o/r.git", "branch": "main",
+            "restore": {"state": "restored", "snapshot": snaps[-1]["id"], "progress": None, "unrestored": []},
+            "last_snapshot": last, "pending": 0, "changes": 2, "last_push": last and last["time"],
+            "last_error": None, "lease": {"holder": "mock", "mine": True, "renewed": now()},
+            "large_files": None, "next_snapshot": None, "conflicts": [], "running": persist["running"]}
+
+
+def run_op(op):
+    """Hold the operation for 2 s with progress, as a slow push would."""
+    persist["running"] = {"op": op, "started": now(), "progress": "starting"}
+    for i in range(4):
+        time.sleep(0.5)
+        persist["running"] = dict(persist["running"], progress="%d of 4 steps" % (i + 1))
+    persist["running"] = None
+
+
 class Handler(BaseHTTPRequestHandler):
     def send(self, status, body, ctype="application/json", headers=()):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -105,6 +144,12 @@ class Handler(BaseHTTPRequestHandler):
             if self.authed():
                 with lock:
                     self.send(200, state["table"], headers=[("ETag", '"v%d"' % state["version"])])
+        elif path == "/admin/persist":
+            if self.authed():
+                self.send(200, persist_state())
+        elif path == "/admin/persist/snapshots":
+            if self.authed():
+                self.send(200, {"snapshots": persist["snapshots"], "next": None})
         elif path == "/admin/status":
             if self.authed():
                 self.send(200, {
@@ -114,13 +159,17 @@ class Handler(BaseHTTPRequestHandler):
                         "napcat": {"phase": "backoff", "pid": None, "restarts": 3, "last_exit": "exited 1"},
                         "<b>odd</b>": {"phase": "weird", "pid": "x", "restarts": None},
                     },
-                    "backup": {"last_snapshot": "3f2a9c1", "last_snapshot_at": 1767225600, "pending_changes": True},
+                    "backup": {"last_snapshot": persist["snapshots"][0]["id"][-7:] if persist["snapshots"] else None,
+                               "last_snapshot_at": 1767225600, "pending_changes": True},
+                    "gateway": {"routes": len(state["table"]["rules"]), "etag": '"v%d"' % state["version"]},
                 })
         else:
             self.send(404, {"error": "the mock does not proxy"})
 
     def do_POST(self):
         path = self.path.split("?")[0]
+        if path in ("/admin/persist/backup", "/admin/persist/restore"):
+            return self.persist_post(path)
         if path not in ("/admin/routes.json", "/admin/password"):
             return self.send(405, {"error": "method not allowed"})
         if not self.authed():
@@ -150,6 +199,46 @@ class Handler(BaseHTTPRequestHandler):
             state["table"] = table
             state["version"] += 1
             self.send(200, {"ok": True})
+
+    def persist_post(self, path):
+        if not self.authed():
+            return
+        try:
+            data = json.loads(self.body() or b"{}")
+        except ValueError:
+            return self.send(400, {"error": "invalid json"})
+        if path.endswith("/backup") or not data.get("dry_run"):
+            with lock:
+                if persist["running"]:
+                    return self.send(409, {"error": "a %s is running: wait for it" % persist["running"]["op"]})
+                persist["running"] = {"op": "?", "started": now(), "progress": None}
+        if path.endswith("/backup"):
+            run_op("backup")
+            snap = {"id": "%x" % int(time.time() * 1000) + "0" * 29, "time": now(), "files": 12, "bytes": 4096,
+                    "message": "snapshot (mock)", "pending": False}
+            persist["snapshots"].insert(0, snap)
+            out = {k: snap[k] for k in ("id", "time", "files", "bytes")}
+            return self.send(200, {"ok": True, "snapshot": dict(out, pushed=True), "unchanged": False})
+        at = data.get("at", "")
+        match = [s for s in persist["snapshots"] if s["id"].startswith(at)] if at else []
+        if not match:
+            persist["running"] = None if not data.get("dry_run") else persist["running"]
+            return self.send(404, {"error": "no snapshot matches `%s`" % at})
+        summary = {"path": "/data/app", "added": 1, "changed": 1, "removed": 1, "bytes": 300}
+        if data.get("dry_run"):
+            files = [{"path": "/data/app/new.txt", "change": "added"},
+                     {"path": "/data/app/<i>x</i>.txt", "change": "changed"},
+                     {"path": "/data/app/gone.txt", "change": "removed"}]
+            return self.send(200, {"dry_run": True, "at": match[0]["id"], "paths": [dict(summary, files=files)]})
+        if data.get("confirm") != at:
+            persist["running"] = None
+            return self.send(400, {"error": 'add "confirm": "%s" to restore' % at})
+        undo = {"id": "%x" % int(time.time() * 1000) + "1" * 29, "time": now(), "files": 12, "bytes": 4096,
+                "message": "before restoring %s (mock)" % match[0]["id"][:12], "pending": False}
+        persist["snapshots"].insert(0, undo)
+        run_op("restore")
+        return self.send(200, {"ok": True, "at": match[0]["id"], "undo": undo["id"],
+                               "stopped": ["app"], "restarted": ["app"], "paths": [summary]})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 // stackctl admin page: log in, edit the gateway's route table, change the
-// admin password, watch the stack's status.
+// admin password, watch the stack's status, take and restore backups.
 //
 // Rules of this file (the page runs under a strict CSP and shows data that
 // anyone with the password can write):
@@ -17,6 +17,9 @@
   const STORAGE_KEY = 'stackctl.adminPassword';
   const MIN_PASSWORD = 10;
   const STATUS_EVERY_MS = 10000;
+  /** How often the backup state is read while a backup or restore runs. */
+  const PROGRESS_EVERY_MS = 1000;
+  const SNAPSHOT_PAGE = 50;
   const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
   const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
   const KNOWN_PHASES = ['disabled', 'waiting', 'starting', 'ready', 'backoff', 'exited', 'failed', 'stopping', 'stopped'];
@@ -42,6 +45,16 @@
     idTouched: false,
     statusTimer: null,
     retryTimer: null,
+    /** The last `GET persist` answer; null before it (or when the gateway has no backup API). */
+    persist: null,
+    /** Snapshots shown, and the cursor of the next (older) page. */
+    snapshots: [],
+    snapshotsNext: null,
+    progressTimer: null,
+    /** A backup or restore this page started is waiting for its answer. */
+    busy: false,
+    /** The snapshot in the restore dialog: `{id, short}`. */
+    restoring: null,
   };
 
   const $ = (id) => {
@@ -222,10 +235,10 @@
     $('app-view').hidden = false;
     $('logout').hidden = false;
     hide($('banner'));
-    loadStatus();
+    refreshAll();
     clearInterval(state.statusTimer);
     state.statusTimer = setInterval(() => {
-      if (document.visibilityState === 'visible' && state.password) loadStatus();
+      if (document.visibilityState === 'visible' && state.password) refreshAll();
     }, STATUS_EVERY_MS);
   }
 
@@ -233,18 +246,29 @@
     state.password = null;
     state.table = null;
     state.etag = null;
+    state.persist = null;
+    state.snapshots = [];
+    state.snapshotsNext = null;
+    state.restoring = null;
     clearInterval(state.statusTimer);
+    clearTimeout(state.progressTimer);
     const st = storage();
     if (st) st.removeItem(STORAGE_KEY);
     const editor = $('editor');
     if (editor.open) editor.close();
+    const restoreDialog = $('restore-dialog');
+    if (restoreDialog.open) restoreDialog.close();
+    $('snapshots-body').replaceChildren();
+    $('persist-state').replaceChildren();
+    $('restore-preview').replaceChildren();
     // Drop what was shown, so nothing lingers for the next person at this screen.
     $('rules-body').replaceChildren();
     $('services-body').replaceChildren();
     $('status-summary').replaceChildren();
     $('backup-list').replaceChildren();
     $('default-backend').value = '';
-    for (const id of ['routes-message', 'default-error', 'status-error', 'password-error', 'password-ok', 'banner']) {
+    for (const id of ['routes-message', 'default-error', 'status-error', 'password-error', 'password-ok', 'banner',
+      'backups-message', 'backups-progress']) {
       hide($(id));
     }
     $('app-view').hidden = true;
@@ -441,6 +465,8 @@
     }
     if (res.status === 200) {
       await reloadTable(okMessage);
+      // The status card shows the route count and ETag: never stale.
+      loadStatus();
       return { ok: true };
     }
     if (res.status === 403) {
@@ -760,7 +786,14 @@
   function renderStatus(data) {
     const summary = $('status-summary');
     summary.replaceChildren();
-    if ('restored' in data) kv(summary, 'Restored', data.restored === true ? 'yes' : data.restored === false ? 'not yet' : display(data.restored));
+    if ('restored' in data) {
+      // Without persistence nothing is restored: "yes" would claim a restore
+      // that never happened. The backup API says so; older gateways leave
+      // `backup` empty then.
+      const off = state.persist ? state.persist.enabled !== true : (data.backup === null || data.backup === undefined);
+      kv(summary, 'Restored', off ? '— (persistence is off)'
+        : data.restored === true ? 'yes' : data.restored === false ? 'not yet' : display(data.restored));
+    }
     for (const [k, v] of Object.entries(data)) {
       if (k === 'services' || k === 'backup' || k === 'restored') continue;
       if (v && typeof v === 'object' && !Array.isArray(v)) {
@@ -831,6 +864,350 @@
     return Math.round(s / 86400) + ' d ago';
   }
 
+  // ---------------------------------------------------------------- backups
+
+  /** The backup state first (the status card reads it), then the status. */
+  async function refreshAll() {
+    await loadPersist();
+    await loadStatus();
+  }
+
+  function backupsMessage(text, kind) {
+    const m = $('backups-message');
+    m.className = 'message ' + kind;
+    showText(m, text);
+  }
+
+  /** `GET persist`; renders it, follows a running operation; resolves with the state or null. */
+  async function loadPersist() {
+    let res;
+    try {
+      res = await api('GET', 'persist');
+    } catch (e) {
+      backupsMessage(capitalise(e.message) + '.', 'error');
+      return null;
+    }
+    if (res.status === 403) {
+      forbidden();
+      return null;
+    }
+    if (res.status === 404) {
+      state.persist = null;
+      renderPersist(null);
+      return null;
+    }
+    if (res.status !== 200 || !res.data || typeof res.data !== 'object' || Array.isArray(res.data)) {
+      backupsMessage(res.status === 200 ? 'The backup state is not JSON.' : errorMessage(res), 'error');
+      return null;
+    }
+    const wasOn = state.persist && state.persist.enabled === true;
+    const wasRunning = state.persist && isObject(state.persist.running);
+    state.persist = res.data;
+    renderPersist(res.data);
+    const on = res.data.enabled === true;
+    if (on && (!wasOn || (wasRunning && !isObject(res.data.running)))) loadSnapshots(false);
+    followProgress();
+    return res.data;
+  }
+
+  function isObject(v) {
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+  }
+
+  function shortId(id) {
+    return typeof id === 'string' ? id.slice(0, 12) : display(id);
+  }
+
+  /** An RFC 3339 time as local time with how long ago; anything else as text. */
+  function displayTime(value) {
+    if (typeof value !== 'string') return display(value);
+    const ms = Date.parse(value);
+    if (!Number.isFinite(ms)) return value;
+    const ago = Math.round((Date.now() - ms) / 1000);
+    return new Date(ms).toLocaleString() + (ago >= 0 ? ' (' + agoText(ago) + ')' : '');
+  }
+
+  function count(n, one, many) {
+    return display(n) + ' ' + (n === 1 ? one : many);
+  }
+
+  function renderPersist(p) {
+    const list = $('persist-state');
+    list.replaceChildren();
+    const on = !!p && p.enabled === true;
+    $('backup-now').hidden = !on;
+    $('snapshots-part').hidden = !on;
+    if (!p) {
+      kv(list, 'State', 'This gateway has no backup API (an older stackctl).');
+      return;
+    }
+    if (!on) {
+      kv(list, 'State', 'Off: add a persist: section to stack.yaml to back up the data.');
+      return;
+    }
+    kv(list, 'Remote', display(p.remote) + (typeof p.branch === 'string' ? ' (branch ' + p.branch + ')' : ''));
+    const r = isObject(p.restore) ? p.restore : {};
+    const restoredText = {
+      restored: 'from snapshot ' + shortId(r.snapshot),
+      fresh: 'fresh start (the remote had no snapshot)',
+      restoring: 'restoring' + (typeof r.progress === 'string' ? ': ' + r.progress : '…'),
+      failed: 'failed',
+      'kept-local': 'kept newer local data',
+    }[r.state];
+    if (r.state !== undefined) kv(list, 'Restored', restoredText || display(r.state));
+    if (Array.isArray(r.unrestored)) for (const u of r.unrestored) kv(list, 'Not restored', display(u));
+    const last = p.last_snapshot;
+    if (isObject(last)) {
+      kv(list, 'Last snapshot', shortId(last.id) + ' · ' + displayTime(last.time) + ' · ' + count(last.files, 'file', 'files')
+        + ', ' + count(last.bytes, 'byte', 'bytes') + ' · ' + (last.pushed === true ? 'pushed' : 'queued (not pushed yet)'));
+    } else if (last === null) {
+      kv(list, 'Last snapshot', 'none yet');
+    }
+    if (typeof p.pending === 'number' && p.pending > 0) kv(list, 'Pending', count(p.pending, 'snapshot', 'snapshots') + ' not pushed yet');
+    if (typeof p.changes === 'number') kv(list, 'Changes', count(p.changes, 'file', 'files') + ' since the last snapshot');
+    if (p.last_push) kv(list, 'Last push', displayTime(p.last_push));
+    if (p.last_error) kv(list, 'Last error', display(p.last_error));
+    if (isObject(p.lease)) {
+      kv(list, 'Write lease', display(p.lease.holder) + (p.lease.mine === true ? ' (this stack)' : '')
+        + (p.lease.renewed ? ', renewed ' + displayTime(p.lease.renewed) : ''));
+    }
+    if (isObject(p.large_files)) {
+      kv(list, 'Large files', count(p.large_files.files, 'file', 'files') + ', ' + count(p.large_files.bytes, 'byte', 'bytes')
+        + ' in ' + display(p.large_files.store));
+    }
+    if (p.next_snapshot) kv(list, 'Next snapshot', displayTime(p.next_snapshot));
+    if (Array.isArray(p.conflicts) && p.conflicts.length) kv(list, 'Conflicts', p.conflicts.map(display).join(', '));
+  }
+
+  /** While a backup or restore runs (here or elsewhere), show its progress and poll fast. */
+  function followProgress() {
+    const running = state.persist && isObject(state.persist.running) ? state.persist.running : null;
+    const bar = $('backups-progress');
+    const dialogBar = $('restore-progress');
+    clearTimeout(state.progressTimer);
+    state.progressTimer = null;
+    const busy = running || state.busy;
+    $('backup-now').disabled = !!busy;
+    for (const b of $('snapshots-body').querySelectorAll('button')) b.disabled = !!busy;
+    if (!running) {
+      hide(bar);
+      if (!state.busy) hide(dialogBar);
+      if (state.busy) state.progressTimer = setTimeout(pollProgress, PROGRESS_EVERY_MS);
+      return;
+    }
+    const op = running.op === 'restore' ? 'Restore' : running.op === 'backup' ? 'Backup' : display(running.op);
+    const text = op + ' running' + (typeof running.progress === 'string' && running.progress ? ': ' + running.progress : '…')
+      + (running.started ? ' (since ' + displayTime(running.started) + ')' : '');
+    showText(bar, text);
+    if ($('restore-dialog').open && state.busy) showText(dialogBar, text);
+    state.progressTimer = setTimeout(pollProgress, PROGRESS_EVERY_MS);
+  }
+
+  function pollProgress() {
+    if (document.visibilityState === 'visible' && state.password) loadPersist();
+    else state.progressTimer = setTimeout(pollProgress, PROGRESS_EVERY_MS);
+  }
+
+  /** The snapshot list: the first page again, or (`more`) the next older one. */
+  async function loadSnapshots(more) {
+    let path = 'persist/snapshots?limit=' + SNAPSHOT_PAGE;
+    if (more && state.snapshotsNext) path += '&after=' + encodeURIComponent(state.snapshotsNext);
+    let res;
+    try {
+      res = await api('GET', path);
+    } catch (e) {
+      backupsMessage(capitalise(e.message) + '.', 'error');
+      return;
+    }
+    if (res.status === 403) {
+      forbidden();
+      return;
+    }
+    if (res.status !== 200 || !isObject(res.data) || !Array.isArray(res.data.snapshots)) {
+      backupsMessage(res.status === 200 ? 'The snapshot list is not JSON.' : errorMessage(res), 'error');
+      return;
+    }
+    const page = res.data.snapshots.filter(isObject);
+    state.snapshots = more ? state.snapshots.concat(page) : page;
+    state.snapshotsNext = typeof res.data.next === 'string' && page.length ? res.data.next : null;
+    renderSnapshots();
+  }
+
+  function renderSnapshots() {
+    const body = $('snapshots-body');
+    body.replaceChildren();
+    for (const s of state.snapshots) {
+      const id = typeof s.id === 'string' ? s.id : '';
+      const preview = el('button', {
+        className: 'secondary small preview', text: 'Preview…',
+        attrs: { type: 'button', 'aria-label': 'Preview restoring ' + shortId(id) },
+        onClick: () => openRestore(id),
+      });
+      preview.disabled = !id || !!state.busy || (state.persist && isObject(state.persist.running));
+      body.append(el('tr', { attrs: { 'data-snapshot': id } },
+        el('td', { attrs: { 'data-label': 'Id' } }, el('code', { text: shortId(id) })),
+        el('td', { attrs: { 'data-label': 'Time' }, text: displayTime(s.time) }),
+        el('td', { className: 'num', attrs: { 'data-label': 'Files' }, text: display(s.files) }),
+        el('td', { className: 'num', attrs: { 'data-label': 'Bytes' }, text: display(s.bytes) }),
+        el('td', { attrs: { 'data-label': 'Message' } }, display(s.message),
+          s.pending === true ? el('span', { className: 'muted', text: ' (not pushed yet)' }) : null),
+        el('td', { className: 'row-actions', attrs: { 'data-label': '' } }, preview),
+      ));
+    }
+    $('snapshots-empty').hidden = state.snapshots.length !== 0;
+    $('snapshots-table').hidden = state.snapshots.length === 0;
+    $('snapshots-more').hidden = !state.snapshotsNext;
+  }
+
+  async function backupNow() {
+    hide($('backups-message'));
+    state.busy = true;
+    followProgress();
+    let res;
+    try {
+      res = await api('POST', 'persist/backup', { body: {} });
+    } catch (e) {
+      res = null;
+      backupsMessage(capitalise(e.message) + '.', 'error');
+    }
+    state.busy = false;
+    if (res && res.status === 403) {
+      forbidden();
+      return;
+    }
+    if (res && res.status === 200) {
+      const d = isObject(res.data) ? res.data : {};
+      const snap = isObject(d.snapshot) ? d.snapshot : null;
+      backupsMessage(d.unchanged === true || !snap ? 'Nothing changed since the last snapshot.'
+        : 'Snapshot ' + shortId(snap.id) + ' taken (' + count(snap.files, 'file', 'files') + ', '
+          + count(snap.bytes, 'byte', 'bytes') + ')' + (snap.pushed === true ? ' and pushed.' : '; not pushed yet.'), 'ok');
+    } else if (res) {
+      backupsMessage(errorMessage(res) + (res.status === 409 ? ' Wait for it to finish and try again.' : ''), 'error');
+    }
+    await refreshAll();
+    loadSnapshots(false);
+  }
+
+  /** The restore dialog for snapshot `id`: a dry run first, then the typed confirmation. */
+  async function openRestore(id) {
+    state.restoring = { id, short: shortId(id) };
+    $('restore-title').textContent = 'Restore snapshot ' + shortId(id);
+    $('restore-id').textContent = shortId(id);
+    $('restore-confirm').value = '';
+    $('restore-preview').replaceChildren();
+    $('restore-confirm-part').hidden = true;
+    $('restore-submit').disabled = true;
+    $('restore-submit').hidden = false;
+    for (const n of ['restore-error', 'restore-done', 'restore-progress']) hide($(n));
+    const loading = $('restore-loading');
+    loading.hidden = false;
+    const dialog = $('restore-dialog');
+    if (!dialog.open) dialog.showModal();
+    let res;
+    try {
+      res = await api('POST', 'persist/restore', { body: { at: id, dry_run: true } });
+    } catch (e) {
+      loading.hidden = true;
+      showText($('restore-error'), capitalise(e.message) + '.');
+      return;
+    }
+    loading.hidden = true;
+    if (res.status === 403) {
+      forbidden();
+      return;
+    }
+    if (res.status !== 200 || !isObject(res.data)) {
+      showText($('restore-error'), errorMessage(res));
+      return;
+    }
+    if (!state.restoring || state.restoring.id !== id) return; // closed or another one opened meanwhile
+    renderPreview(res.data);
+    $('restore-confirm-part').hidden = false;
+    $('restore-confirm').focus();
+  }
+
+  function renderPreview(plan) {
+    const box = $('restore-preview');
+    box.replaceChildren();
+    const paths = Array.isArray(plan.paths) ? plan.paths.filter(isObject) : [];
+    let total = 0;
+    for (const p of paths) {
+      const n = (x) => (typeof x === 'number' ? x : 0);
+      total += n(p.added) + n(p.changed) + n(p.removed);
+      box.append(el('p', { className: 'diff-path' }, el('code', { text: display(p.path) }), ' ',
+        el('span', { className: 'muted', text: n(p.added) + ' added, ' + n(p.changed) + ' changed, ' + n(p.removed)
+          + ' removed · ' + count(p.bytes, 'byte', 'bytes') })));
+      const files = el('ul', { className: 'diff-files' });
+      for (const f of Array.isArray(p.files) ? p.files.filter(isObject) : []) {
+        const change = ['added', 'changed', 'removed'].includes(f.change) ? f.change : 'changed';
+        files.append(el('li', null, el('span', { className: 'badge change-' + change, text: change }), ' ',
+          el('code', { text: display(f.path) })));
+      }
+      if (p.truncated === true) files.append(el('li', { className: 'muted', text: '… list cut; the counts above are complete.' }));
+      if (files.childElementCount) box.append(files);
+    }
+    if (total === 0) box.append(el('p', { className: 'muted', text: 'Nothing would change: the data equals this snapshot.' }));
+  }
+
+  function syncConfirm() {
+    const r = state.restoring;
+    const typed = $('restore-confirm').value.trim();
+    $('restore-submit').disabled = !r || state.busy || !(typed === r.short || (typed.length >= 7 && r.id.startsWith(typed)));
+  }
+
+  async function restoreNow(ev) {
+    ev.preventDefault();
+    const r = state.restoring;
+    syncConfirm();
+    if (!r || $('restore-submit').disabled) return;
+    hide($('restore-error'));
+    $('restore-submit').disabled = true;
+    $('restore-confirm').disabled = true;
+    state.busy = true;
+    showText($('restore-progress'), 'Restore running…');
+    followProgress();
+    let res;
+    try {
+      res = await api('POST', 'persist/restore', { body: { at: r.id, confirm: r.id } });
+    } catch (e) {
+      res = null;
+      showText($('restore-error'), capitalise(e.message) + '.');
+    }
+    state.busy = false;
+    $('restore-confirm').disabled = false;
+    hide($('restore-progress'));
+    if (res && res.status === 403) {
+      forbidden();
+      return;
+    }
+    if (res && res.status === 200) {
+      const d = isObject(res.data) ? res.data : {};
+      const names = (v) => (Array.isArray(v) ? v.map(display).join(', ') : '');
+      let text = 'Restored snapshot ' + shortId(d.at || r.id) + '.';
+      if (names(d.restarted)) text += ' Started again: ' + names(d.restarted) + '.';
+      if (d.undo) text += ' To undo, restore snapshot ' + shortId(d.undo) + ' (taken just before).';
+      showText($('restore-done'), text);
+      backupsMessage(text, 'ok');
+      $('restore-confirm-part').hidden = true;
+      $('restore-submit').hidden = true;
+      // The services were just started again: show them ready soon, not at the next 10 s tick.
+      setTimeout(() => {
+        if (state.password) loadStatus();
+      }, 3000);
+    } else if (res) {
+      showText($('restore-error'), errorMessage(res));
+      syncConfirm();
+    }
+    await refreshAll();
+    loadSnapshots(false);
+  }
+
+  function closeRestore() {
+    state.restoring = null;
+    const dialog = $('restore-dialog');
+    if (dialog.open) dialog.close();
+  }
+
   // ---------------------------------------------------------------- password
 
   async function changePassword(ev) {
@@ -877,6 +1254,7 @@
       $('new-password').value = '';
       $('new-password-2').value = '';
       showText(ok, 'Password changed. Scripts using the old one (and the password file) need the new one.');
+      loadStatus();
     } else if (res.status === 403) {
       forbidden();
     } else {
@@ -901,6 +1279,16 @@
     $('default-form').addEventListener('submit', saveDefault);
     $('status-refresh').addEventListener('click', loadStatus);
     $('password-form').addEventListener('submit', changePassword);
+    $('backups-refresh').addEventListener('click', () => refreshAll());
+    $('backup-now').addEventListener('click', backupNow);
+    $('snapshots-more').addEventListener('click', () => loadSnapshots(true));
+    $('restore-form').addEventListener('submit', restoreNow);
+    $('restore-close').addEventListener('click', closeRestore);
+    $('restore-cancel').addEventListener('click', closeRestore);
+    $('restore-dialog').addEventListener('close', () => {
+      state.restoring = null;
+    });
+    $('restore-confirm').addEventListener('input', syncConfirm);
 
     $('rule-form').addEventListener('submit', saveRule);
     $('editor-close').addEventListener('click', () => $('editor').close());
