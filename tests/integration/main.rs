@@ -27,4 +27,5 @@ mod pool;
 mod progress;
 mod resources;
 mod supervisor;
+mod tls;
 mod writers;

@@ -374,8 +374,10 @@ pub(crate) fn transfer_timeout(size: u64) -> Duration {
 }
 
 /// A blocking HTTP client for the stores: no global timeout (transfers set
-/// their own), rustls, redirects followed (reqwest drops `Authorization`
-/// when a redirect leaves the host).
+/// their own), the system's OpenSSL and trust store like libgit2's (so one
+/// custom CA, e.g. in `SSL_CERT_FILE`, serves pushes and blobs alike),
+/// redirects followed (reqwest drops `Authorization` when a redirect leaves
+/// the host).
 pub(crate) fn client() -> Result<Client, BlobError> {
     Client::builder()
         .user_agent(concat!("stackctl/", env!("CARGO_PKG_VERSION")))
