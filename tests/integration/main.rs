@@ -29,4 +29,5 @@ mod recovery;
 mod recovery_cli;
 mod resources;
 mod supervisor;
+mod tls;
 mod writers;
