@@ -878,13 +878,6 @@ impl HttpError {
 
 impl From<std::io::Error> for HttpError {
     fn from(e: std::io::Error) -> Self {
-        // rustls reports handshake and record errors through io::Error.
-        if let Some(tls) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return HttpError::Tls(tls.to_string());
-        }
         match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => HttpError::Timeout,
             std::io::ErrorKind::UnexpectedEof => {
@@ -949,7 +942,7 @@ fn send(
 /// A connection to the gateway, plain or TLS.
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Tls(Box<native_tls::TlsStream<TcpStream>>),
 }
 
 impl Read for Stream {

@@ -11,21 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::read::ContainerEnv;
-use crate::manifest::{Manifest, Service};
+use crate::manifest::{ContainerEnv, Manifest, Service};
 
 /// Variables stackctl itself reads that must never reach a service.
 pub const OWN_SECRETS: &[&str] = &["STACKCTL_ADMIN_PASSWORD"];
-
-/// The first candidate set to a non-empty value: `(name, value)`.
-pub fn pick(candidates: &[String], container: &ContainerEnv) -> Option<(String, String)> {
-    candidates.iter().find_map(|c| {
-        container
-            .get(c)
-            .filter(|v| !v.is_empty())
-            .map(|v| (c.clone(), v.clone()))
-    })
-}
 
 /// The process environment as a map (non-UTF-8 entries are skipped: the
 /// manifest can only name UTF-8 variables).

@@ -8,6 +8,7 @@ pub mod error;
 pub mod interp;
 pub mod model;
 pub mod read;
+pub mod remotes;
 pub mod units;
 pub mod yaml;
 

@@ -7,8 +7,23 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use crate::manifest::yaml::Pos;
 use ipnet::IpNet;
+
+/// The container's environment, as stackctl saw it at start.
+pub type ContainerEnv = BTreeMap<String, String>;
+
+/// The first candidate set to a non-empty value: `(name, value)`.
+pub fn pick(candidates: &[String], container: &ContainerEnv) -> Option<(String, String)> {
+    candidates.iter().find_map(|c| {
+        container
+            .get(c)
+            .filter(|v| !v.is_empty())
+            .map(|v| (c.clone(), v.clone()))
+    })
+}
 
 /// The whole `stack.yaml`.
 #[derive(Debug, Clone)]
@@ -405,7 +420,7 @@ impl LargeFiles {
             OffloadBinary::Never => false,
             OffloadBinary::Always => self.store != BlobStore::None,
             OffloadBinary::Auto => {
-                self.store == BlobStore::Lfs && super::read::looks_like_hugging_face(remote)
+                self.store == BlobStore::Lfs && super::remotes::looks_like_hugging_face(remote)
             }
         }
     }

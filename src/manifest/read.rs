@@ -15,11 +15,13 @@ use ipnet::IpNet;
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::interp::interpolate;
 use crate::manifest::model::*;
+use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
 use crate::manifest::units::{parse_duration, parse_size};
 use crate::manifest::yaml::{self, Key, Node, Pos, Value};
 
-/// The container's environment, as stackctl saw it at start.
-pub type ContainerEnv = BTreeMap<String, String>;
+// Kept here for its callers; it lives in `model` so that `env` needs
+// nothing from this reader.
+pub use crate::manifest::model::ContainerEnv;
 
 const TOP_KEYS: &[&str] = &[
     "version",
@@ -612,7 +614,7 @@ impl Reader<'_> {
             if !decl.candidates.contains(&decl.name) {
                 decl.candidates.push(decl.name.clone());
             }
-            match crate::env::pick(&decl.candidates, self.container) {
+            match pick(&decl.candidates, self.container) {
                 Some((name, value)) => {
                     decl.value = Some(value);
                     decl.source = EnvSource::Variable(name);
@@ -1931,41 +1933,6 @@ fn password_file_key(state_file: &Path) -> String {
     hex::encode(&digest[..6])
 }
 
-/// An `http(s)://` URL on Hugging Face (`huggingface.co` or `hf.co`, any
-/// letter case, with or without a port): the remotes `offload_binary: auto`
-/// is for. Other schemes have no LFS endpoint to offload to.
-pub fn looks_like_hugging_face(remote: &str) -> bool {
-    let r = remote.trim();
-    let Some(rest) = r
-        .strip_prefix("https://")
-        .or_else(|| r.strip_prefix("http://"))
-    else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    let host = host.split(':').next().unwrap_or_default();
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "huggingface.co" || host == "hf.co"
-}
-
-/// `owner/repo` or a github.com URL.
-pub fn looks_like_github(remote: &str) -> bool {
-    let r = remote.trim();
-    if r.contains("github.com") {
-        return true;
-    }
-    let parts: Vec<&str> = r.split('/').collect();
-    parts.len() == 2
-        && !r.starts_with('.')
-        && !r.contains(':')
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        })
-}
-
 /// Remove `.` and `..` components without touching the filesystem.
 fn normalize(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -2084,25 +2051,6 @@ mod tests {
             m.warnings[0]
         );
         assert!(m.warnings[0].message.contains("persist.token"));
-    }
-
-    #[test]
-    fn hugging_face_remotes_are_recognised_by_host() {
-        for (remote, yes) in [
-            ("https://huggingface.co/datasets/u/d", true),
-            ("https://HuggingFace.co/datasets/u/d.git", true),
-            ("http://hf.co/datasets/u/d", true),
-            ("https://huggingface.co:443/u/d", true),
-            ("https://huggingface.co./u/d", true),
-            ("https://huggingface.com/u/d", false),
-            ("https://evil.example/huggingface.co/u/d", false),
-            ("https://huggingface.co.evil.example/u/d", false),
-            ("git@hf.co:u/d", false),
-            ("u/d", false),
-            ("/srv/huggingface.co", false),
-        ] {
-            assert_eq!(looks_like_hugging_face(remote), yes, "{remote}");
-        }
     }
 
     #[test]

@@ -7,67 +7,39 @@ use std::time::Duration;
 /// item 7: `stop_timeout: 999999999999999d` aborted `check`).
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-/// Parse a duration: one or more `<number><unit>` parts with units `ms`,
-/// `s`, `m`, `h`, `d`; a bare number is seconds. At most [`MAX_DURATION`].
+/// Parse a duration with [`humantime`] (`500ms`, `1m30s`, `1.5s`, `2d`;
+/// also its longer spellings such as `2min` or `1week`). Two rules of ours
+/// wrap it: a bare number is seconds (humantime wants a unit), and at most
+/// [`MAX_DURATION`]. Its errors are reworded to say what to write instead.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    use humantime::DurationError as E;
     let t = text.trim();
-    if t.is_empty() {
-        return Err("empty duration".into());
-    }
     let too_long = || format!("`{text}` is too long: at most 100 years (`36500d`)");
-    if let Ok(secs) = t.parse::<u64>() {
-        let d = Duration::from_secs(secs);
-        return if d > MAX_DURATION {
-            Err(too_long())
-        } else {
-            Ok(d)
-        };
+    // humantime reads `M` as a month; a user of most other tools means
+    // minutes. Neither guess is safe for a timeout: refuse it.
+    if t.split(|c: char| !c.is_alphabetic()).any(|unit| unit == "M") {
+        return Err(format!(
+            "`{text}`: `M` is ambiguous (minutes or months); write `m` for minutes or days as `30d`"
+        ));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "`{text}` is not a duration (like `500ms`, `10s`, `1m30s`)"
-            ));
-        }
-        let number: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (like `500ms`, `10s`, `1m30s`)"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "s" | "sec" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            "" => {
-                return Err(format!(
-                    "`{text}`: a unit is missing after `{number}` (ms, s, m, h, d)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
-                ))
-            }
-        };
-        // Checked: a huge number would overflow and panic.
-        total = Duration::try_from_secs_f64(number * scale)
-            .ok()
-            .and_then(|part| total.checked_add(part))
-            .filter(|t| *t <= MAX_DURATION)
-            .ok_or_else(too_long)?;
+    let parsed = match t.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(t),
+    };
+    match parsed {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        Ok(_) | Err(E::NumberOverflow) => Err(too_long()),
+        Err(E::Empty) => Err("empty duration".into()),
+        Err(E::UnknownUnit { unit, value, .. }) if unit.is_empty() => Err(format!(
+            "`{text}`: a unit is missing after `{value}` (ms, s, m, h, d)"
+        )),
+        Err(E::UnknownUnit { unit, .. }) => Err(format!(
+            "`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a duration (like `500ms`, `10s`, `1m30s`)"
+        )),
     }
-    Ok(total)
 }
 
 /// Parse a size: bytes, or a number with a unit `B`, `KB`/`MB`/`GB`
@@ -165,6 +137,10 @@ mod tests {
             .contains("unknown unit `x`"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("").is_err());
+        // A month to humantime, a minute to most users: refused, not guessed.
+        assert!(parse_duration("1M").unwrap_err().contains("ambiguous"));
+        assert!(parse_duration("1h1M").unwrap_err().contains("ambiguous"));
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
     }
 
     #[test]
