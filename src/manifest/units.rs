@@ -17,7 +17,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let too_long = || format!("`{text}` is too long: at most 100 years (`36500d`)");
     // humantime reads `M` as a month; a user of most other tools means
     // minutes. Neither guess is safe for a timeout: refuse it.
-    if t.split(|c: char| !c.is_alphabetic()).any(|unit| unit == "M") {
+    if t.split(|c: char| !c.is_alphabetic())
+        .any(|unit| unit == "M")
+    {
         return Err(format!(
             "`{text}`: `M` is ambiguous (minutes or months); write `m` for minutes or days as `30d`"
         ));
