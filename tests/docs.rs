@@ -2,7 +2,9 @@
 //! CONTRIBUTING.md, CHANGELOG.md, bench/ and the two books in docs/ resolves
 //! to a file (and, with `#anchor`, to a heading of that file); every chapter a
 //! SUMMARY.md lists exists and every chapter is listed; the English and
-//! Chinese books have the same chapters in the same order.
+//! Chinese books have the same chapters in the same order, each with the
+//! same headings, code blocks and table rows (a change made in one language
+//! only shows).
 //!
 //! Its own test target, not a module of `tests/integration`: it reads files
 //! only, needs neither the binary nor any tool, and so runs (and fails) the
@@ -254,6 +256,36 @@ fn both_books_list_every_chapter_and_the_same_ones() {
         lists[0], lists[1],
         "docs/en and docs/zh must have the same chapters in the same order (left: en, right: zh)"
     );
+}
+
+/// The shape of a chapter: headings, fenced blocks and table rows. A
+/// translation keeps all three, so a section added to one book only shows.
+fn shape(text: &str) -> (usize, usize, usize) {
+    let fences = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("```"))
+        .count();
+    let prose = prose_lines(text);
+    let headings = prose.iter().filter(|(_, l)| l.starts_with('#')).count();
+    let rows = prose.iter().filter(|(_, l)| l.starts_with('|')).count();
+    (headings, fences, rows)
+}
+
+#[test]
+fn each_chapter_has_the_same_shape_in_both_books() {
+    let docs = repo().join("docs");
+    for chapter in chapters(&docs.join("en")) {
+        let read = |lang: &str| {
+            let path = docs.join(lang).join("src").join(&chapter);
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        assert_eq!(
+            shape(&read("en")),
+            shape(&read("zh")),
+            "{chapter}: (headings, code fences, table rows) differ between docs/en (left) and \
+             docs/zh (right): a change made to one book only? Translate it into the other."
+        );
+    }
 }
 
 #[test]
