@@ -18,6 +18,7 @@
 //! - [`redact`]: hides credentials in URLs before any message, log line or file.
 //! - [`shutdown`]: the one cancellation signal every task watches.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
+//! - [`exit_code`]: the exit codes of the contract (shared by `app` and `up`).
 //! - [`fault`]: test-only panics (debug builds) proving a panicking task fails alone.
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod client;
 mod client_tls;
 pub mod control;
 pub mod env;
+pub mod exit_code;
 pub mod fault;
 pub mod gateway;
 pub mod manifest;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::app::code;
 use crate::cli::LogFormat;
+use crate::exit_code as code;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
 use crate::persist::deadline::Budget;
