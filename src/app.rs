@@ -8,17 +8,8 @@ use clap::Parser;
 use crate::cli::{Cli, Command, LogFormat};
 use crate::manifest::{self, Manifest, ManifestError};
 
-/// Exit codes of the contract.
-pub mod code {
-    /// Clean stop.
-    pub const OK: u8 = 0;
-    /// Runtime failure.
-    pub const FAILURE: u8 = 1;
-    /// Invalid manifest or usage.
-    pub const USAGE: u8 = 2;
-    /// Stopped cleanly, but the final backup failed.
-    pub const BACKUP_FAILED: u8 = 3;
-}
+/// Exit codes of the contract (defined below `up`, which returns them).
+pub use crate::exit_code as code;
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {

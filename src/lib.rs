@@ -16,8 +16,9 @@
 //! - [`pid1`]: as PID 1, a tiny parent that forwards signals and reaps.
 //! - [`status`]: the live state shared by supervisor, gateway and `status`.
 //! - [`redact`]: hides credentials in URLs before any message, log line or file.
-//! - [`shutdown`]: the one cancellation signal every task watches.
+//! - [`shutdown`]: the one owner of `up`'s stop: phase tokens, one deadline, tracked tasks.
 //! - [`app`]: runs a parsed command line; maps errors to exit codes.
+//! - [`exit_code`]: the exit codes of the contract (shared by `app` and `up`).
 //! - [`fault`]: test-only panics (debug builds) proving a panicking task fails alone.
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod client;
 mod client_tls;
 pub mod control;
 pub mod env;
+pub mod exit_code;
 pub mod fault;
 pub mod gateway;
 pub mod manifest;

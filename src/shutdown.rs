@@ -1,12 +1,261 @@
-//! One cancellation signal that every long-running task watches.
+//! The one owner of `stackctl up`'s shutdown: its tokens, its deadline and
+//! its tasks.
 //!
-//! `up` owns the root token (a signal or a service that gave up cancels it).
-//! Subsystems that must outlive it get tokens of their own, cancelled by
-//! `up` in order: the periodic backups (a child token, stopped once the
-//! services are down) and the gateway (a separate token, stopped after the
-//! final backup, so the restoring page and the admin API answer until
-//! then). A [`TaskTracker`] lets an owner wait until its tasks have really
-//! finished.
+//! [`Shutdown`] owns:
+//!
+//! - the **root** token: "everything ends now". Cancelled when the deadline
+//!   passes, or by [`Shutdown::finish`]. Every phase token below is its
+//!   child, so cancelling it ends every phase at once;
+//! - the phase tokens, cancelled by `up` in this order:
+//!   1. [`Shutdown::stop`] (the stop was asked: first SIGTERM/SIGINT, a
+//!      service that gave up, a failed supervisor). The supervisor then
+//!      stops the services in reverse dependency order within its share
+//!      of the budget ([`Shutdown::services_budget`]);
+//!   2. [`Shutdown::backups`] (a child of `stop`, so it fires with it): the
+//!      periodic snapshots and the control socket end, so the final
+//!      snapshot finds the repository free;
+//!   3. the final snapshot runs (its sub-deadlines come from
+//!      [`Shutdown::budget`]), then [`Shutdown::gateway`] is cancelled: the
+//!      gateway drains, having answered (restoring page, admin API) until
+//!      then;
+//! - [`Shutdown::force`]: the second signal, or the deadline (it is a
+//!   child of the root): every process group is SIGKILLed;
+//! - ONE deadline: `shutdown_timeout` counted from the moment the stop was
+//!   asked ([`Shutdown::request_stop`]);
+//! - a [`TaskTracker`] for every task `up` spawns ([`Shutdown::spawn`]), so
+//!   `up` knows they all ended before it returns.
+//!
+//! When the deadline passes, the root is cancelled: the supervisor kills
+//! every group, the gateway closes its connections, and every wait of `up`
+//! bounded by [`Shutdown::bounded`] returns `None` at once. [`Shutdown::finish`]
+//! waits for the tracked tasks only until the deadline too; what is still
+//! running then is left to the runtime's exit (the exit code already says a
+//! part did not finish). Nothing in `up` waits past the deadline.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
+
+use crate::persist::deadline::Budget;
+
+/// The shutdown of one `up` (see the module docs). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    root: CancellationToken,
+    stop: CancellationToken,
+    backups: CancellationToken,
+    gateway: CancellationToken,
+    force: CancellationToken,
+    tasks: TaskTracker,
+    total: Duration,
+    /// When the stop was first asked: the deadline counts from here.
+    began: Arc<OnceLock<Instant>>,
+}
+
+impl Shutdown {
+    /// A shutdown that may take `total` (`shutdown_timeout`) once asked.
+    pub fn new(total: Duration) -> Self {
+        let root = CancellationToken::new();
+        let stop = root.child_token();
+        Shutdown {
+            backups: stop.child_token(),
+            gateway: root.child_token(),
+            force: root.child_token(),
+            stop,
+            root,
+            tasks: TaskTracker::new(),
+            total,
+            began: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Ask for the stop (idempotent): the deadline clock starts now.
+    pub fn request_stop(&self) {
+        let _ = self.began.set(now());
+        self.stop.cancel();
+    }
+
+    /// Kill every service now (second signal).
+    pub fn force_now(&self) {
+        self.request_stop();
+        self.force.cancel();
+    }
+
+    /// Phase 1: cancelled when the stop is asked; the supervisor watches it.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Cancelled on the second signal or at the deadline.
+    pub fn force(&self) -> &CancellationToken {
+        &self.force
+    }
+
+    /// Phase 2: the periodic backups and the control socket.
+    pub fn backups(&self) -> &CancellationToken {
+        &self.backups
+    }
+
+    /// Phase 3: the gateway; cancelled by `up` after the final snapshot.
+    pub fn gateway(&self) -> &CancellationToken {
+        &self.gateway
+    }
+
+    /// A token that ends with everything else (the restoring page's
+    /// handover, cancelled earlier by its owner).
+    pub fn child(&self) -> CancellationToken {
+        self.root.child_token()
+    }
+
+    /// The supervisor's share: with persistence on, a third of the budget
+    /// is kept for the final snapshot after the services stopped.
+    pub fn services_budget(&self, persistence: bool) -> Duration {
+        if persistence {
+            self.total * 2 / 3
+        } else {
+            self.total
+        }
+    }
+
+    /// How the budget splits, counted from the stop request (from now if
+    /// it was not asked yet).
+    pub fn budget(&self) -> Budget {
+        Budget::new(*self.began.get_or_init(now), self.total)
+    }
+
+    /// The one deadline, once the stop was asked.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.began.get().map(|&b| Budget::new(b, self.total).end())
+    }
+
+    /// Resolves when the deadline has passed (never before the stop is
+    /// asked), or when the root was cancelled.
+    pub async fn expired(&self) {
+        let timer = async {
+            self.stop.cancelled().await;
+            if let Some(d) = self.deadline() {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+            }
+        };
+        tokio::select! {
+            () = self.root.cancelled() => {}
+            () = timer => self.root.cancel(),
+        }
+    }
+
+    /// `fut`, or `None` if the deadline passes first.
+    pub async fn bounded<F: Future>(&self, fut: F) -> Option<F::Output> {
+        tokio::select! {
+            out = fut => Some(out),
+            () = self.expired() => None,
+        }
+    }
+
+    /// Spawn a task `up` waits for in [`Shutdown::finish`].
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(fut)
+    }
+
+    /// Cancel the root once the deadline passes, so every phase ends even
+    /// if no one is waiting on [`Shutdown::expired`] then.
+    /// Not tracked: it ends with the root, which [`Shutdown::finish`]
+    /// cancels last.
+    pub fn watch_deadline(&self) {
+        let me = self.clone();
+        tokio::spawn(async move { me.expired().await });
+    }
+
+    /// The end: cancel every phase, then wait for the tracked tasks until
+    /// the deadline. `false` if some were still running then.
+    pub async fn finish(&self) -> bool {
+        self.request_stop();
+        self.tasks.close();
+        let all = self.bounded(self.tasks.wait()).await.is_some();
+        self.root.cancel();
+        if !all {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "some tasks did not end within `shutdown_timeout`; leaving them behind"
+            );
+        }
+        all
+    }
+}
+
+/// `now` from tokio's clock when a runtime runs (tests may pause it).
+fn now() -> Instant {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => tokio::time::Instant::now().into_std(),
+        Err(_) => Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[tokio::test]
+    async fn nothing_expires_before_the_stop_is_asked() {
+        let s = Shutdown::new(ms(200));
+        assert_eq!(s.deadline(), None);
+        let r = tokio::time::timeout(ms(400), s.expired()).await;
+        assert!(r.is_err(), "expired without a stop request");
+        assert!(!s.stop().is_cancelled() && !s.gateway().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn phase_tokens_fire_in_their_order() {
+        let s = Shutdown::new(ms(1_000));
+        s.request_stop();
+        assert!(s.stop().is_cancelled() && s.backups().is_cancelled());
+        // The gateway and `force` outlive the stop request.
+        assert!(!s.gateway().is_cancelled() && !s.force().is_cancelled());
+        s.force_now();
+        assert!(s.force().is_cancelled() && !s.gateway().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_stuck_phase_cannot_hold_up_past_the_deadline() {
+        let s = Shutdown::new(ms(300));
+        s.watch_deadline();
+        // A task that never ends by itself, and one that ends when its
+        // phase token fires.
+        s.spawn(std::future::pending::<()>());
+        let gw = s.gateway().clone();
+        s.spawn(async move { gw.cancelled().await });
+        let t0 = Instant::now();
+        s.request_stop();
+        let stuck = s.bounded(std::future::pending::<()>()).await;
+        assert_eq!(stuck, None);
+        assert!(!s.finish().await, "the stuck task was reported as ended");
+        let took = t0.elapsed();
+        assert!(took < ms(1_000), "took {took:?}");
+        assert!(took >= ms(100), "ended before the deadline: {took:?}");
+        // The deadline ended every phase.
+        assert!(s.gateway().is_cancelled() && s.force().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn finish_returns_at_once_when_every_task_ended() {
+        let s = Shutdown::new(ms(5_000));
+        s.watch_deadline();
+        let gw = s.gateway().clone();
+        s.spawn(async move { gw.cancelled().await });
+        s.request_stop();
+        s.gateway().cancel();
+        let t0 = Instant::now();
+        assert!(s.finish().await);
+        assert!(t0.elapsed() < ms(1_000));
+    }
+}

@@ -3,21 +3,24 @@
 //! Order at start: reaper (so orphans are reaped from the first instant) →
 //! gateway (so the public port answers "starting" at once) → restore →
 //! services. Order at stop: services in reverse dependency order → final
-//! backup → gateway drain → exit with the contract's code.
+//! backup → gateway drain → exit with the contract's code. The stop's
+//! tokens, its one deadline and the tasks spawned here belong to
+//! [`Shutdown`] (see [`crate::shutdown`]): every wait below ends by that
+//! deadline.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use crate::app::code;
 use crate::cli::LogFormat;
+use crate::exit_code as code;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
 use crate::persist::deadline::Budget;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
-use crate::shutdown::CancellationToken;
+use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
 
@@ -88,6 +91,21 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
 type Rescue = Arc<OnceLock<(Arc<Persister>, StatusBoard)>>;
 
 async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) -> u8 {
+    let shutdown = Shutdown::new(manifest.shutdown_timeout);
+    shutdown.watch_deadline();
+    spawn_signal_watch(shutdown.clone());
+    let exit = run_stack(manifest, log_format, rescue, &shutdown).await;
+    // Every task spawned here ends, or the deadline passes.
+    shutdown.finish().await;
+    exit
+}
+
+async fn run_stack(
+    manifest: Manifest,
+    log_format: LogFormat,
+    rescue: Rescue,
+    shutdown: &Shutdown,
+) -> u8 {
     let reaper = match Reaper::start() {
         Ok(r) => r,
         Err(e) => {
@@ -110,10 +128,6 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
             }
         });
     }
-    let shutdown = CancellationToken::new();
-    let force = CancellationToken::new();
-    let stop_asked = spawn_signal_watch(shutdown.clone(), force.clone());
-
     let persister = match &manifest.persist {
         Some(p) => match Persister::open(p) {
             Ok(p) => {
@@ -154,7 +168,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
                 p,
                 listener,
                 &status,
-                &shutdown,
+                shutdown,
                 &manifest.services,
                 manifest.shutdown_timeout,
             )
@@ -209,16 +223,17 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
 
     // The gateway stops after the services (and the final backup), so it
     // keeps answering instead of refusing connections while they stop.
-    let gateway_stop = CancellationToken::new();
     let gateway_task = match (&manifest.gateway, listener) {
         (Some(cfg), Some(listener)) => match crate::gateway::Gateway::new(cfg, status.clone()) {
             // Knowing which service owns a backend port lets the gateway
             // answer 503 "starting" instead of 502 while it comes up.
-            Ok(g) => Some(tokio::spawn(
-                g.with_services(&manifest.services)
-                    .with_recovery(recovery.clone())
-                    .serve(listener, gateway_stop.clone()),
-            )),
+            Ok(g) => Some(
+                shutdown.spawn(
+                    g.with_services(&manifest.services)
+                        .with_recovery(recovery.clone())
+                        .serve(listener, shutdown.gateway().clone()),
+                ),
+            ),
             Err(e) => {
                 error!("{e}");
                 return code::FAILURE;
@@ -230,52 +245,52 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     // Periodic work stops as soon as the stop is asked for: a snapshot or
     // upload running then is cancelled while the services stop, so the
     // final snapshot finds the repository free.
-    let backup_stop = shutdown.child_token();
     let backup_tasks = persister
         .as_ref()
         .zip(manifest.persist.as_ref())
         .map(|(p, cfg)| {
             let channel = (backup_tx, backup_rx);
-            start_backups(p, cfg, &status, &backup_stop, channel, recovery)
+            start_backups(p, cfg, &status, shutdown, channel, recovery)
         });
 
-    // With persistence on, a third of the shutdown budget is kept for the
-    // final backup after the services stopped.
-    let budget = if persister.is_some() {
-        manifest.shutdown_timeout * 2 / 3
-    } else {
-        manifest.shutdown_timeout
-    };
+    let budget = shutdown.services_budget(persister.is_some());
     let opts = supervisor::Options { log_format, budget };
     // Its own task: a panic in the supervisor (a bug) is a failure of the
-    // stack, but the final snapshot below is still taken.
-    let outcome = tokio::spawn(supervisor::run(
-        manifest.clone(),
-        reaper,
-        status.clone(),
-        opts,
-        shutdown.clone(),
-        force,
-        commands,
-    ))
-    .await;
+    // stack, but the final snapshot below is still taken. Unbounded until
+    // the stop is asked; from then on, bounded by the deadline.
+    let outcome = shutdown
+        .bounded(shutdown.spawn(supervisor::run(
+            manifest.clone(),
+            reaper,
+            status.clone(),
+            opts,
+            shutdown.stop().clone(),
+            shutdown.force().clone(),
+            commands,
+        )))
+        .await;
 
     let mut exit = match &outcome {
-        Ok(Outcome::Clean) => code::OK,
-        Ok(Outcome::GaveUp(name)) => {
+        Some(Ok(Outcome::Clean)) => code::OK,
+        Some(Ok(Outcome::GaveUp(name))) => {
             error!(service = %name, "stopped because service `{name}` gave up");
             code::FAILURE
         }
-        Err(e) => {
+        Some(Err(e)) => {
             error!(error = %e, "the supervisor failed (a bug, please report it); taking the final snapshot and stopping");
-            shutdown.cancel();
+            code::FAILURE
+        }
+        None => {
+            error!("the services did not stop within `shutdown_timeout`; their process groups were killed, exiting without waiting for them");
             code::FAILURE
         }
     };
     crate::fault::panic_once("up");
-    backup_stop.cancel();
-    let began = stop_asked.get().copied().unwrap_or_else(Instant::now);
-    let budget = Budget::new(began, manifest.shutdown_timeout);
+    // A service that gave up (or a failed supervisor) asks for the stop
+    // here; after a signal this changes nothing. The periodic backups end
+    // with it.
+    shutdown.request_stop();
+    let budget = shutdown.budget();
     // Every wait below ends inside the budget: `up` exits by itself, with
     // its exit code, before Docker's SIGKILL.
     for task in backup_tasks.into_iter().flatten() {
@@ -285,18 +300,21 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
         }
     }
     if let Some(p) = &persister {
-        let result = lifecycle::final_backup(p, &status, budget).await;
-        if result.is_err() && exit == code::OK {
+        // `final_backup` keeps to the budget itself; bounded here as well,
+        // so the deadline holds whatever it does.
+        let result = shutdown
+            .bounded(lifecycle::final_backup(p, &status, budget))
+            .await;
+        if !matches!(result, Some(Ok(_))) && exit == code::OK {
             exit = code::BACKUP_FAILED;
         }
     }
-    gateway_stop.cancel();
+    shutdown.gateway().cancel();
     if let Some(task) = gateway_task {
-        let until = tokio::time::Instant::from_std(budget.end());
-        match tokio::time::timeout_at(until, task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "the gateway failed (a bug, please report it)"),
-            Err(_) => {
+        match shutdown.bounded(task).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => error!(error = %e, "the gateway failed (a bug, please report it)"),
+            None => {
                 warn!(
                     "the gateway did not drain within `shutdown_timeout`; closing its connections"
                 )
@@ -315,21 +333,34 @@ async fn restore_first(
     p: &Arc<Persister>,
     listener: Option<tokio::net::TcpListener>,
     status: &StatusBoard,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     services: &[crate::manifest::Service],
     shutdown_timeout: Duration,
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
-    let handover = CancellationToken::new();
+    let handover = shutdown.child();
     let placeholder =
-        listener.map(|l| tokio::spawn(restoring::serve(l, status.clone(), handover.clone())));
-    let restored = lifecycle::restore_at_start(p, status, shutdown, shutdown_timeout).await;
+        listener.map(|l| shutdown.spawn(restoring::serve(l, status.clone(), handover.clone())));
+    let restored = shutdown
+        .bounded(lifecycle::restore_at_start(
+            p,
+            status,
+            shutdown.stop(),
+            shutdown_timeout,
+        ))
+        .await;
     handover.cancel();
     let listener = match placeholder {
-        Some(task) => Some(
-            task.await
-                .map_err(|e| format!("the restoring page failed: {e}"))?,
-        ),
+        Some(task) => match shutdown.bounded(task).await {
+            Some(l) => Some(l.map_err(|e| format!("the restoring page failed: {e}"))?),
+            // Out of time while stopping: nothing more starts anyway.
+            None => return Ok(None),
+        },
         None => None,
+    };
+    // `None`: the deadline passed while the restore was being stopped.
+    let Some(restored) = restored else {
+        warn!("the restore is still waiting for the remote; leaving it behind");
+        return Ok(None);
     };
     match restored {
         Ok(lifecycle::Restored::Done(report)) => {
@@ -348,7 +379,7 @@ fn start_backups(
     p: &Arc<Persister>,
     cfg: &crate::manifest::Persist,
     status: &StatusBoard,
-    stop: &CancellationToken,
+    shutdown: &Shutdown,
     (tx, rx): (
         tokio::sync::mpsc::Sender<lifecycle::Request>,
         tokio::sync::mpsc::Receiver<lifecycle::Request>,
@@ -356,7 +387,8 @@ fn start_backups(
     recovery: Option<Arc<crate::recovery::Recovery>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
-    let looped = tokio::spawn(lifecycle::run_loop(
+    let stop = shutdown.backups();
+    let looped = shutdown.spawn(lifecycle::run_loop(
         p.clone(),
         paths,
         cfg.debounce,
@@ -367,7 +399,7 @@ fn start_backups(
     ));
     let socket = crate::control::socket_path(&cfg.workdir);
     let (p, stop) = (p.clone(), stop.clone());
-    let control = tokio::spawn(async move {
+    let control = shutdown.spawn(async move {
         if let Err(e) = crate::control::serve(socket.clone(), p, tx, recovery, stop).await {
             warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
         }
@@ -375,20 +407,11 @@ fn start_backups(
     vec![looped, control]
 }
 
-/// First SIGTERM/SIGINT: graceful stop. Second: stop now. Returns when the
-/// stop was first asked for (the shutdown budget counts from then).
-fn spawn_signal_watch(
-    shutdown: CancellationToken,
-    force: CancellationToken,
-) -> Arc<OnceLock<Instant>> {
-    let asked = Arc::new(OnceLock::new());
-    let asked_set = asked.clone();
-    let token = shutdown.clone();
-    // Any stop (signal or a service giving up) starts the budget clock.
-    tokio::spawn(async move {
-        token.cancelled().await;
-        let _ = asked_set.set(Instant::now());
-    });
+/// First SIGTERM/SIGINT: graceful stop (the deadline clock starts).
+/// Second: kill every service now. Not a tracked task: it must still catch
+/// the second signal while `up` waits for the others, and ends with the
+/// runtime.
+fn spawn_signal_watch(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
     tokio::spawn(async move {
         let (Ok(mut term), Ok(mut int)) = (
@@ -407,13 +430,12 @@ fn spawn_signal_watch(
             count += 1;
             if count == 1 {
                 info!(signal = name, "stopping (send it again to stop at once)");
-                shutdown.cancel();
+                shutdown.request_stop();
             } else {
                 warn!(signal = name, "second signal: killing every service now");
-                force.cancel();
+                shutdown.force_now();
                 return;
             }
         }
     });
-    asked
 }

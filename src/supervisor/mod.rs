@@ -7,6 +7,7 @@
 //! - [`backoff`]: restart delays with jitter and the give-up window (pure).
 //! - [`exit`]: how a process ended, kept as exit code or signal.
 //! - [`reaper`]: subreaper + the one `waitpid(-1)` loop and its pid table.
+//! - [`fds`]: inherited descriptors, sealed so services do not get them.
 //! - [`spawn`]: starting a process group with exactly the service's env.
 //! - [`nofile`]: the open-file limit, raised for stackctl, as it was for services.
 //! - [`preflight`]: what would keep a service from starting here, found first.
@@ -20,6 +21,7 @@ pub mod backoff;
 pub mod control;
 pub mod deps;
 pub mod exit;
+pub mod fds;
 pub mod group;
 pub mod logs;
 pub mod nofile;

@@ -66,7 +66,7 @@ impl Reaper {
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
             tracing::warn!(error = %e, "cannot become a child subreaper; orphans of services may stay zombies");
         }
-        super::spawn::seal_inherited_fds();
+        super::fds::seal_inherited_fds();
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Reaper {
             table: Arc::new(Mutex::new(Table::default())),

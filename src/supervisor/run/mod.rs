@@ -8,30 +8,38 @@
 //! Shutdown: services stop in reverse dependency order (a service is sent
 //! its stop signal once nothing that depends on it is running), each with
 //! `stop_timeout` capped by what is left of the budget; when the budget is
-//! spent, or on the second signal (`force`), every group is SIGKILLed.
-//! `run` returns once every group is empty.
+//! spent, or on `force` (the second signal, or `up`'s overall deadline:
+//! see [`crate::shutdown`]), every group is SIGKILLed. `run` returns once
+//! every group is empty.
+//!
+//! By concern: this file holds the loop and the scheduling; `start`
+//! starts a run and its watcher tasks, `stopping` the stack's stop, and
+//! `holds` the services held from outside.
 //!
 //! When every service has finished on its own (one-shot jobs, `restart: no`)
 //! the loop idles until shutdown, like supervisord: `up` keeps the gateway
 //! and backups going, and the container's lifetime stays the platform's call.
 
+mod holds;
+mod start;
+mod stopping;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::control::{Command, Commands};
+use super::control::Commands;
 use super::deps::{self, DepStatus};
 use super::exit::Exit;
-use super::group::{self, Ctl, GroupCfg};
-use super::logs::{LogHub, LogWatch, Stream};
+use super::group::Ctl;
+use super::logs::LogHub;
 use super::probe::{self, Report};
 use super::reaper::Reaper;
-use super::spawn::{self, Output};
 use super::state::{Effect, Input, State, StopReason, Tracker};
 use super::{Options, Outcome};
-use crate::manifest::{Manifest, ProbeCheck, Service};
+use crate::manifest::{Manifest, Service};
 use crate::shutdown::{CancellationToken, TaskTracker};
 use crate::status::StatusBoard;
 
@@ -340,125 +348,6 @@ impl Supervisor {
         }
     }
 
-    /// Hold or release services (see [`super::control`]).
-    fn on_command(&mut self, cmd: Command) {
-        let indices = |names: &[String]| {
-            let mut v: Vec<usize> = names
-                .iter()
-                .filter_map(|n| self.index.get(n).copied())
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
-        match cmd {
-            Command::Stop { names, reply } => {
-                let mut set = Vec::new();
-                for i in indices(&names) {
-                    let held = match self.trackers[i].state {
-                        State::Running { .. } | State::Waiting => true,
-                        State::Backoff { .. } => {
-                            self.slots[i].wake = None;
-                            self.step(i, Input::Hold);
-                            true
-                        }
-                        _ => false,
-                    };
-                    if held {
-                        tracing::info!(service = %self.svc(i).name, "stopping on request (held until started again)");
-                        self.held[i] = true;
-                        set.push(i);
-                    }
-                }
-                self.holds.push((set, reply));
-            }
-            Command::Start { names, reply } => {
-                let mut released = Vec::new();
-                for i in indices(&names) {
-                    if std::mem::take(&mut self.held[i]) {
-                        tracing::info!(service = %self.svc(i).name, "starting again on request");
-                        released.push(self.svc(i).name.clone());
-                    }
-                }
-                let _ = reply.send(released);
-            }
-        }
-    }
-
-    /// Answer the stop commands whose services have all exited.
-    fn answer_holds(&mut self) {
-        let mut i = 0;
-        while i < self.holds.len() {
-            let done = self.holds[i]
-                .0
-                .iter()
-                .all(|&s| !self.trackers[s].is_running() && self.slots[s].run.is_none());
-            if done {
-                let (set, reply) = self.holds.swap_remove(i);
-                let names = set.iter().map(|&s| self.svc(s).name.clone()).collect();
-                let _ = reply.send(names);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, why: &str) {
-        if self.deadline.is_none() {
-            tracing::info!(
-                reason = why,
-                budget_ms = self.budget.as_millis() as u64,
-                "stopping services"
-            );
-            self.deadline = Some(now() + self.budget);
-        }
-    }
-
-    /// SIGKILL every group now; from here on, stops are kills.
-    fn kill_all(&mut self, why: &str) {
-        self.forced = true;
-        for (i, slot) in self.slots.iter().enumerate() {
-            if let Some(run) = &slot.run {
-                tracing::warn!(service = %self.m.services[i].name, reason = why, "killing process group");
-                let _ = run.ctl.send(Ctl::Kill);
-            }
-        }
-    }
-
-    fn send_stop(&mut self, i: usize) {
-        let svc = &self.m.services[i];
-        let Some(run) = &self.slots[i].run else {
-            return;
-        };
-        if self.forced {
-            let _ = run.ctl.send(Ctl::Kill);
-            return;
-        }
-        let mut timeout = svc.stop_timeout;
-        if let Some(d) = self.deadline {
-            timeout = timeout.min(d.saturating_duration_since(now()));
-        }
-        tracing::info!(service = %svc.name, signal = %super::exit::signal_name(svc.stop_signal), timeout_ms = timeout.as_millis() as u64, "stopping");
-        let _ = run.ctl.send(Ctl::Stop {
-            signal: svc.stop_signal,
-            timeout,
-        });
-    }
-
-    fn give_up(&mut self, i: usize, reason: &str) {
-        let svc = self.svc(i);
-        let name = svc.name.clone();
-        if svc.optional {
-            tracing::error!(service = %name, reason, "gave up on optional service; the stack keeps running");
-            return;
-        }
-        tracing::error!(service = %name, reason, "gave up on service; stopping the stack");
-        if self.outcome == Outcome::Clean {
-            self.outcome = Outcome::GaveUp(name);
-        }
-        self.begin_shutdown("a service gave up");
-    }
-
     fn fire_wakes(&mut self) {
         let t = now();
         for i in 0..self.slots.len() {
@@ -509,142 +398,6 @@ impl Supervisor {
                 self.step(svc, Input::Ended(exit));
             }
         }
-    }
-
-    /// Spawn a run of service `i` and the tasks that watch it.
-    fn start_run(&mut self, i: usize) {
-        let m = self.m.clone();
-        let svc = &m.services[i];
-        let env = match crate::env::service_env(&m, svc, &self.container) {
-            Ok(env) => env,
-            Err(e) => {
-                tracing::error!(service = %svc.name, error = %e, "cannot start service");
-                self.step(i, Input::SpawnFailed(e.to_string()));
-                return;
-            }
-        };
-        let mut spawned = match spawn::spawn(
-            &self.reaper,
-            &svc.command,
-            &svc.working_dir,
-            &env,
-            Output::Piped,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(service = %svc.name, error = %e, "cannot start service");
-                self.step(i, Input::SpawnFailed(e.to_string()));
-                return;
-            }
-        };
-        let pid = spawned.pid();
-        self.next_gen += 1;
-        let gen = self.next_gen;
-        let name: Arc<str> = Arc::from(svc.name.as_str());
-
-        // `log:` probes watch the output.
-        let (seen_tx, seen_rx) = watch::channel(false);
-        let watches: Vec<LogWatch> = [&svc.readiness, &svc.liveness]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| match &p.check {
-                ProbeCheck::Log(text) => Some(LogWatch {
-                    needle: text.clone(),
-                    seen: seen_tx.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        if let Some(out) = spawned.child.stdout.take() {
-            self.logs
-                .attach(&self.tasks, i, Stream::Stdout, out.into(), watches.clone());
-        }
-        if let Some(err) = spawned.child.stderr.take() {
-            self.logs
-                .attach(&self.tasks, i, Stream::Stderr, err.into(), watches);
-        }
-
-        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let cfg = GroupCfg {
-            name: name.clone(),
-            pgid: pid,
-            stop_signal: svc.stop_signal,
-            stop_timeout: svc.stop_timeout,
-        };
-        let tx = self.tx.clone();
-        self.tasks.spawn(async move {
-            let exit = group::supervise(cfg, spawned.exit, ctl_rx).await;
-            let _ = tx.send(Event::Ended { svc: i, gen, exit });
-        });
-
-        let ctx = probe::Ctx {
-            reaper: self.reaper.clone(),
-            env: Arc::new(env),
-            dir: svc.working_dir.clone(),
-            log_seen: Some(seen_rx),
-        };
-        let probes = CancellationToken::new();
-        if let Some(p) = svc.readiness.clone() {
-            let (ctx, name) = (ctx.clone(), name.clone());
-            self.spawn_probe(i, gen, &probes, move |report| {
-                probe::readiness(name, p, ctx, report)
-            });
-        }
-        tracing::info!(service = %svc.name, pid, "started");
-        self.slots[i].run = Some(Run {
-            gen,
-            pid,
-            ctl: ctl_tx,
-            probes,
-            ctx,
-            liveness_started: false,
-        });
-        self.slots[i].started_at = Some(unix_now());
-        self.step(i, Input::Spawned);
-        if matches!(self.trackers[i].state, State::Running { ready: true, .. }) {
-            self.start_liveness(i);
-        }
-    }
-
-    /// Liveness checks begin once the service is ready (see [`probe`]).
-    fn start_liveness(&mut self, i: usize) {
-        let Some(p) = self.m.services[i].liveness.clone() else {
-            return;
-        };
-        let name: Arc<str> = Arc::from(self.m.services[i].name.as_str());
-        let Some(run) = self.slots[i].run.as_mut() else {
-            return;
-        };
-        if run.liveness_started {
-            return;
-        }
-        run.liveness_started = true;
-        let (gen, ctx, token) = (run.gen, run.ctx.clone(), run.probes.clone());
-        self.spawn_probe(i, gen, &token, move |report| {
-            probe::liveness(name, p, ctx, report)
-        });
-    }
-
-    /// Run a probe loop for run `gen` of service `i` until `token` is
-    /// cancelled, its reports sent to the event loop.
-    fn spawn_probe<F, Fut>(&mut self, i: usize, gen: u64, token: &CancellationToken, probe: F)
-    where
-        F: FnOnce(Box<dyn Fn(Report) + Send + Sync>) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let tx = self.tx.clone();
-        let report = Box::new(move |report| {
-            let _ = tx.send(Event::Probe {
-                svc: i,
-                gen,
-                report,
-            });
-        });
-        let fut = probe(report);
-        let token = token.clone();
-        self.tasks.spawn(async move {
-            token.run_until_cancelled(fut).await;
-        });
     }
 
     /// Copy service `i`'s state to the status board.
