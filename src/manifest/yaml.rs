@@ -2,7 +2,7 @@
 //!
 //! serde-based YAML loaders lose positions once a value is deserialised, so a
 //! semantic error ("unknown service `db`") could not name its line. This
-//! small tree keeps a [`Pos`] on every node; the reader in `read.rs` turns it
+//! small tree keeps a [`Pos`] on every node; the reader in `read/` turns it
 //! into the typed model and reports every error with its place.
 
 use yaml_rust2::parser::{Event, Parser};

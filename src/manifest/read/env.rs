@@ -1,0 +1,149 @@
+//! The `env:` section: declared variables, their sources, defaults and checks.
+
+use super::*;
+
+const ENV_KEYS: &[&str] = &[
+    "from",
+    "default",
+    "required",
+    "secret",
+    "description",
+    "deprecated",
+    "format",
+];
+
+impl Reader<'_> {
+    pub(super) fn env(&mut self, node: &Node) -> Vec<EnvVar> {
+        let Some(section) = self.fields_any(node, "env") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in section.entries {
+            let key = format!("env.{}", k.name);
+            if !valid_var_name(&k.name) {
+                self.problem(
+                    k.pos,
+                    &key,
+                    "not a valid variable name",
+                    Some("use letters, digits and `_`, not starting with a digit".into()),
+                );
+                continue;
+            }
+            let mut decl = EnvVar {
+                name: k.name.clone(),
+                candidates: Vec::new(),
+                value: None,
+                source: EnvSource::Unset,
+                secret: false,
+                required: false,
+                description: None,
+            };
+            let mut default = None;
+            let mut deprecated = None;
+            let mut format = None;
+            match &v.value {
+                // `NAME: value` is shorthand for `NAME: { default: value }`.
+                Value::Scalar { .. } => default = self.text(v, &key),
+                Value::Null => {}
+                _ => {
+                    let Some(f) = self.fields(v, &key, ENV_KEYS) else {
+                        continue;
+                    };
+                    if let Some(from) = f.get("from") {
+                        decl.candidates = self.text_list(from, &f.key("from"));
+                        for c in &decl.candidates {
+                            if !valid_var_name(c) {
+                                self.problem(
+                                    from.pos,
+                                    &f.key("from"),
+                                    format!("`{c}` is not a valid variable name"),
+                                    None,
+                                );
+                            }
+                        }
+                    }
+                    default = self.opt_text(&f, "default");
+                    decl.secret = self.flag(&f, "secret", false);
+                    decl.required = self.flag(&f, "required", false);
+                    decl.description = self.opt_text(&f, "description");
+                    deprecated = self.opt_text(&f, "deprecated");
+                    format = self.parsed(&f, "format", |t| match t {
+                        "json-list" => Ok(EnvFormat::JsonList),
+                        other => Err(format!("unknown format `{other}` (use json-list)")),
+                    });
+                }
+            }
+            // The entry's own name is always a candidate, after the listed
+            // ones unless the list places it.
+            if !decl.candidates.contains(&decl.name) {
+                decl.candidates.push(decl.name.clone());
+            }
+            match pick(&decl.candidates, self.container) {
+                Some((name, value)) => {
+                    decl.value = Some(value);
+                    decl.source = EnvSource::Variable(name);
+                }
+                None if default.is_some() => {
+                    decl.value = default;
+                    decl.source = EnvSource::Default;
+                }
+                None => {}
+            }
+            if decl.required && decl.value.as_deref().unwrap_or("").is_empty() {
+                let names = backticked(&decl.candidates, " or ");
+                self.problem(
+                    k.pos,
+                    &key,
+                    "is required but not set",
+                    Some(format!("set {names} in the container's environment")),
+                );
+            }
+            if decl.secret {
+                self.secrets.extend(decl.candidates.iter().cloned());
+            }
+            if let (Some(EnvFormat::JsonList), Some(v)) = (format, &decl.value) {
+                if !v.trim().is_empty() && !is_json_string_list(v) {
+                    // The value is never quoted: it may be a list of keys.
+                    let from = match &decl.source {
+                        EnvSource::Variable(n) => format!("`{n}`"),
+                        _ => format!("the default of `{}`", decl.name),
+                    };
+                    self.problem(
+                        k.pos,
+                        &key,
+                        format!("{from} is not a JSON list of strings"),
+                        Some(format!(
+                            "write it as a JSON list, e.g. {}=[\"first\",\"second\"]",
+                            match &decl.source {
+                                EnvSource::Variable(n) => n.as_str(),
+                                _ => decl.name.as_str(),
+                            }
+                        )),
+                    );
+                }
+            }
+            // A variable that no longer means anything is accepted, with a
+            // word on why, so an old deployment's settings keep working.
+            if let (Some(why), EnvSource::Variable(name)) = (&deprecated, &decl.source) {
+                let msg = format!("`{name}` is set but no longer has any effect: {why}");
+                self.warn(k.pos, &key, msg);
+            }
+            if let Some(v) = &decl.value {
+                self.declared.insert(decl.name.clone(), v.clone());
+            }
+            out.push(decl);
+        }
+        out
+    }
+}
+
+/// A value checked by an env entry's `format:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnvFormat {
+    /// A JSON list of strings, as Gemini Balance reads `API_KEYS`.
+    JsonList,
+}
+
+pub(super) fn is_json_string_list(v: &str) -> bool {
+    matches!(serde_json::from_str::<serde_json::Value>(v), Ok(serde_json::Value::Array(a)) if a.iter().all(|x| x.is_string()))
+}

@@ -1,0 +1,396 @@
+//! The `gateway:` section, its routes checked by the admin API's own validator.
+
+use super::*;
+
+const GATEWAY_KEYS: &[&str] = &[
+    "listen",
+    "default_backend",
+    "routes",
+    "admin",
+    "allow_backends",
+    "trusted_proxies",
+    "state_file",
+    "timeouts",
+    "max_body",
+    "import_from",
+    "backend_connections",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "id",
+    "priority",
+    "action",
+    "backend",
+    "strip_prefix",
+    "set_headers",
+    "redirect_to",
+    "redirect_to_prefix",
+    "redirect_code",
+    "match",
+    "prefix",
+];
+const MATCH_KEYS: &[&str] = &[
+    "path_prefix",
+    "path_equal",
+    "host",
+    "method",
+    "referer_substr",
+    "referer_regex",
+    "headers",
+];
+
+impl Reader<'_> {
+    pub(super) fn gateway(
+        &mut self,
+        node: &Node,
+        name: &str,
+        persist: Option<&Persist>,
+    ) -> Option<Gateway> {
+        let f = self.fields(node, "gateway", GATEWAY_KEYS)?;
+        let listen = self
+            .parsed(&f, "listen", parse_listen)
+            .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
+        let default_backend = self
+            .opt_text(&f, "default_backend")
+            .filter(|b| !b.is_empty());
+        let mut routes = Vec::new();
+        let mut route_pos = Vec::new();
+        match f.get("routes") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                for (i, n) in items.iter().enumerate() {
+                    if let Some(v) = self.route(n, &format!("gateway.routes[{i}]")) {
+                        routes.push(v);
+                        route_pos.push(n.pos);
+                    }
+                }
+            }
+            Some(Node {
+                value: Value::Null, ..
+            })
+            | None => {}
+            Some(n) => self.problem(
+                n.pos,
+                "gateway.routes",
+                format!("expected a list, found {}", n.kind()),
+                None,
+            ),
+        }
+        let mut admin_password = None;
+        let mut password_file = None;
+        if let Some(a) = f.get("admin") {
+            if let Some(af) = self.fields(a, "gateway.admin", &["password", "password_file"]) {
+                if let Some(n) = af.get("password") {
+                    let key = af.key("password");
+                    if let Some((pw, used)) = self.text_used(n, &key) {
+                        // The one password rule of the API, page and CLI,
+                        // at `check` time rather than in a live Space.
+                        let problem =
+                            crate::gateway::auth::password_problem(&pw).filter(|_| !pw.is_empty());
+                        if let Some(problem) = problem {
+                            self.problem(
+                                n.pos,
+                                &key,
+                                format!("the admin password{} is {problem}", from_vars(&used)),
+                                Some(
+                                    "or leave it empty to have one generated and printed once"
+                                        .into(),
+                                ),
+                            );
+                        }
+                        admin_password = Some(pw).filter(|p| !p.is_empty());
+                    }
+                }
+                password_file = self
+                    .opt_text(&af, "password_file")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| self.path(&self.dir.clone(), &p));
+            }
+        }
+        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+            Some(s) => self.path(&self.dir.clone(), &s),
+            None => match persist {
+                Some(p) => p.workdir.join("state/gateway.json"),
+                None => self.dir.join(".stackctl/gateway.json"),
+            },
+        };
+        // The default file is keyed by the state file's location too: two
+        // stacks of the same name elsewhere (issue 12 item 6) each keep
+        // their own. The name-only file of earlier versions is read once,
+        // to migrate (see `Admin::legacy_password_file`).
+        let (password_file, legacy_password_file) = match password_file {
+            Some(p) => (p, None),
+            None => {
+                let dir = self
+                    .container
+                    .get("HOME")
+                    .filter(|h| !h.is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| self.dir.clone())
+                    .join(".config/stackctl");
+                let key = password_file_key(&state_file);
+                (
+                    dir.join(format!("{name}-{key}.admin-password")),
+                    Some(dir.join(format!("{name}.admin-password"))),
+                )
+            }
+        };
+        if let Some(p) = persist.and_then(|p| {
+            p.paths
+                .iter()
+                .find(|pp| password_file.starts_with(&pp.path))
+        }) {
+            self.problem(
+                f.get("admin").map(|a| a.pos).unwrap_or(f.pos),
+                "gateway.admin.password_file",
+                format!("`{}` is inside the persisted path `{}`: the plaintext password would be pushed", password_file.display(), p.path.display()),
+                Some("put the password file outside every persisted path".into()),
+            );
+        }
+        let nets = |r: &mut Self, key: &str, default: Vec<IpNet>| -> Vec<IpNet> {
+            let Some(n) = f.get(key) else { return default };
+            let k = f.key(key);
+            let mut out = Vec::new();
+            for t in r.text_list(n, &k) {
+                match parse_net(&t) {
+                    Ok(net) => out.push(net),
+                    Err(e) => r.problem(n.pos, &k, e, None),
+                }
+            }
+            out
+        };
+        let allow_backends = nets(
+            self,
+            "allow_backends",
+            vec![
+                "127.0.0.0/8".parse().expect("literal network"),
+                "::1/128".parse().expect("literal network"),
+            ],
+        );
+        let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
+        let mut timeouts = GatewayTimeouts {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(600),
+            pool_idle: Duration::from_secs(4),
+            header_read: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
+            send: Duration::from_secs(60),
+        };
+        if let Some(t) = f.get("timeouts") {
+            if let Some(tf) = self.fields(
+                t,
+                "gateway.timeouts",
+                &[
+                    "connect",
+                    "response",
+                    "pool_idle",
+                    "header_read",
+                    "idle",
+                    "send",
+                ],
+            ) {
+                timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
+                timeouts.response = self.duration(&tf, "response", timeouts.response);
+                timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
+                timeouts.header_read = self.duration(&tf, "header_read", timeouts.header_read);
+                timeouts.idle = self.duration(&tf, "idle", timeouts.idle);
+                // Zero would close every response whose first write has to
+                // wait for the client.
+                timeouts.send = self
+                    .parsed(&tf, "send", |t| match parse_duration(t)? {
+                        d if d.is_zero() => Err(format!(
+                            "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
+                        )),
+                        d => Ok(d),
+                    })
+                    .unwrap_or(timeouts.send);
+            }
+        }
+        let max_body = self.size(&f, "max_body", 1 << 30);
+        let backend_connections = self.backend_connections(&f);
+        let import_from = self
+            .opt_text(&f, "import_from")
+            .filter(|p| !p.is_empty())
+            .map(|p| self.path(&self.dir.clone(), &p));
+        // The same validator as the admin API, so `check` rejects what a
+        // live edit would.
+        let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);
+        let table = crate::gateway::rules::validate_table(
+            default_backend.as_deref().unwrap_or(""),
+            &routes,
+            &policy,
+        );
+        if let Err(e) = table {
+            let (pos, key) = match e.rule_index() {
+                Some(i) => (
+                    route_pos.get(i).copied().unwrap_or(f.pos),
+                    format!("gateway.routes[{i}]"),
+                ),
+                None => (
+                    f.get("default_backend").map(|n| n.pos).unwrap_or(f.pos),
+                    "gateway".to_string(),
+                ),
+            };
+            self.problem(pos, &key, e.to_string(), None);
+        }
+        Some(Gateway {
+            listen,
+            default_backend,
+            routes,
+            route_pos,
+            admin: Admin {
+                password: admin_password,
+                password_file,
+                legacy_password_file,
+            },
+            allow_backends,
+            trusted_proxies,
+            state_file,
+            timeouts,
+            max_body,
+            import_from,
+            backend_connections,
+        })
+    }
+
+    /// `gateway.backend_connections`: a number (the cap), or
+    /// `{ max, queue }`.
+    pub(super) fn backend_connections(&mut self, f: &Fields) -> BackendConnections {
+        let mut out = BackendConnections::default();
+        let Some(n) = f.get("backend_connections") else {
+            return out;
+        };
+        if let Value::Scalar { .. } = n.value {
+            out.max = self.number(f, "backend_connections", out.max);
+        } else if let Some(bf) = self.fields(n, "gateway.backend_connections", &["max", "queue"]) {
+            out.max = self.number(&bf, "max", out.max);
+            out.queue = self.duration(&bf, "queue", out.queue);
+        }
+        out
+    }
+
+    /// A route in the manifest's form → the admin API's JSON rule.
+    pub(super) fn route(&mut self, node: &Node, key: &str) -> Option<serde_json::Value> {
+        use serde_json::{json, Map, Value as J};
+        let f = self.fields(node, key, ROUTE_KEYS)?;
+        let mut rule = Map::new();
+        for name in [
+            "id",
+            "action",
+            "backend",
+            "redirect_to",
+            "redirect_to_prefix",
+        ] {
+            if let Some(t) = self.opt_text(&f, name) {
+                rule.insert(name.into(), J::String(t));
+            }
+        }
+        if f.get("priority").is_some() {
+            rule.insert("priority".into(), json!(self.number(&f, "priority", 0i64)));
+        }
+        if f.get("redirect_code").is_some() {
+            rule.insert(
+                "redirect_code".into(),
+                json!(self.number(&f, "redirect_code", 302u16)),
+            );
+        }
+        if f.get("strip_prefix").is_some() {
+            rule.insert(
+                "strip_prefix".into(),
+                json!(self.flag(&f, "strip_prefix", false)),
+            );
+        }
+        if let Some(h) = f.get("set_headers") {
+            if let Some(hf) = self.fields_any(h, &f.key("set_headers")) {
+                let mut m = Map::new();
+                for (k, v) in hf.entries {
+                    let t = self.text(v, &hf.key(&k.name)).unwrap_or_default();
+                    m.insert(k.name.clone(), J::String(t));
+                }
+                rule.insert("set_headers".into(), J::Object(m));
+            }
+        }
+        let mut matcher = Map::new();
+        if let Some(m) = f.get("match") {
+            if let Some(mf) = self.fields(m, &f.key("match"), MATCH_KEYS) {
+                for name in MATCH_KEYS.iter().filter(|k| **k != "headers") {
+                    if let Some(t) = self.opt_text(&mf, name) {
+                        matcher.insert(name.to_string(), J::String(t));
+                    }
+                }
+                if let Some(hs) = mf.get("headers") {
+                    let hkey = mf.key("headers");
+                    let mut list = Vec::new();
+                    if let Value::Seq(items) = &hs.value {
+                        for (i, h) in items.iter().enumerate() {
+                            let ikey = format!("{hkey}[{i}]");
+                            if let Some(hf) = self.fields(h, &ikey, &["name", "contains", "regex"])
+                            {
+                                let mut o = Map::new();
+                                for n in ["name", "contains", "regex"] {
+                                    if let Some(t) = self.opt_text(&hf, n) {
+                                        o.insert(n.into(), J::String(t));
+                                    }
+                                }
+                                list.push(J::Object(o));
+                            }
+                        }
+                    } else {
+                        self.problem(
+                            hs.pos,
+                            &hkey,
+                            format!("expected a list, found {}", hs.kind()),
+                            None,
+                        );
+                    }
+                    matcher.insert("headers".into(), J::Array(list));
+                }
+            }
+        }
+        if let Some(p) = self.opt_text(&f, "prefix") {
+            if matcher.contains_key("path_prefix") {
+                let pos = f.get("prefix").map(|n| n.pos).unwrap_or(f.pos);
+                self.problem(
+                    pos,
+                    &f.key("prefix"),
+                    "given twice (as `prefix` and `match.path_prefix`)",
+                    Some("keep one".into()),
+                );
+            }
+            matcher.insert("path_prefix".into(), J::String(p));
+        }
+        rule.insert("match".into(), J::Object(matcher));
+        Some(J::Object(rule))
+    }
+}
+
+/// `0.0.0.0:7860`, `[::]:7860`, `:7860` or `7860`.
+pub(super) fn parse_listen(t: &str) -> Result<std::net::SocketAddr, String> {
+    let t = t.trim();
+    if let Ok(a) = t.parse() {
+        return Ok(a);
+    }
+    let port = t.strip_prefix(':').unwrap_or(t);
+    port.parse::<u16>()
+        .map(|p| ([0, 0, 0, 0], p).into())
+        .map_err(|_| format!("`{t}` is not an address like `0.0.0.0:7860` or a port"))
+}
+
+pub(super) fn parse_net(t: &str) -> Result<IpNet, String> {
+    let t = t.trim();
+    if let Ok(n) = t.parse::<IpNet>() {
+        return Ok(n);
+    }
+    t.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{t}` is not an IP address or network like `127.0.0.0/8`"))
+}
+
+/// 12 hex digits of the SHA-256 of the state file's path: what tells the
+/// default admin-password files of two same-named stacks apart.
+pub(super) fn password_file_key(state_file: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_file.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}

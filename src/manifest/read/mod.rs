@@ -1,0 +1,459 @@
+//! From the position-aware YAML tree to the validated [`Manifest`].
+//!
+//! The reader walks the tree once, collecting every problem (unknown key
+//! with the nearest valid one, wrong type, bad duration, unknown dependency,
+//! cycle…) with its line and column, so a user fixes a broken manifest in
+//! one round instead of one error at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::manifest::error::{nearest, ManifestError, Problem};
+use crate::manifest::interp::interpolate;
+use crate::manifest::model::*;
+use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
+use crate::manifest::units::{parse_duration, parse_size};
+use crate::manifest::yaml::{self, Key, Node, Pos, Value};
+
+// Kept here for its callers; it lives in `model` so that `env` needs
+// nothing from this reader.
+pub use crate::manifest::model::ContainerEnv;
+
+mod env;
+mod gateway;
+mod persist;
+mod probe;
+mod services;
+#[cfg(test)]
+mod tests;
+mod values;
+
+pub(crate) use services::find_cycle;
+use values::*;
+pub use values::{parse_signal, truthy};
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "name",
+    "env",
+    "services",
+    "gateway",
+    "persist",
+    "shutdown_timeout",
+];
+
+/// Read and validate the manifest at `file`.
+pub fn load(file: &Path, container: &ContainerEnv) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ManifestError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, file, container)
+}
+
+/// Validate manifest `text` as if read from `file` (relative paths resolve
+/// against `file`'s directory).
+pub fn load_str(
+    text: &str,
+    file: &Path,
+    container: &ContainerEnv,
+) -> Result<Manifest, ManifestError> {
+    let invalid = |problems| ManifestError::Invalid {
+        file: file.to_path_buf(),
+        problems,
+    };
+    let root = yaml::parse(text).map_err(|e| {
+        invalid(vec![Problem {
+            pos: e.pos,
+            key: String::new(),
+            message: format!("YAML syntax error: {}", e.message),
+            hint: None,
+        }])
+    })?;
+    let dir = absolute_dir(file);
+    let mut r = Reader {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        container,
+        declared: BTreeMap::new(),
+        secrets: Vec::new(),
+        dir,
+    };
+    let manifest = r.manifest(&root, file);
+    if r.problems.is_empty() {
+        let mut m = manifest;
+        m.warnings = r.warnings;
+        Ok(m)
+    } else {
+        let mut problems = r.problems;
+        problems.sort_by_key(|p| (p.pos.line, p.pos.col));
+        Err(invalid(problems))
+    }
+}
+
+fn absolute_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
+}
+
+struct Reader<'e> {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    container: &'e ContainerEnv,
+    /// Resolved values of declared env entries (they shadow container variables).
+    declared: BTreeMap<String, String>,
+    /// Names of secret entries and their aliases.
+    secrets: Vec<String>,
+    dir: PathBuf,
+}
+
+/// A mapping being read: its entries and its dotted path.
+struct Fields<'n> {
+    path: String,
+    pos: Pos,
+    entries: &'n [(Key, Node)],
+}
+
+impl<'n> Fields<'n> {
+    fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+}
+
+static EMPTY: &[(Key, Node)] = &[];
+
+impl Reader<'_> {
+    fn problem(&mut self, pos: Pos, key: &str, message: impl Into<String>, hint: Option<String>) {
+        // A message may quote a value that came from a secret (`interval:
+        // ${API_KEYS}`); errors must never show one.
+        let message = crate::check::mask(&message.into(), &self.secret_values());
+        self.problems.push(Problem {
+            pos,
+            key: key.to_string(),
+            message,
+            hint,
+        });
+    }
+
+    fn warn(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        let message = crate::check::mask(&message.into(), &self.secret_values());
+        self.warnings.push(Problem {
+            pos,
+            key: key.to_string(),
+            message,
+            hint: None,
+        });
+    }
+
+    fn secret_values(&self) -> Vec<String> {
+        self.secrets.iter().filter_map(|n| self.lookup(n)).collect()
+    }
+
+    /// `name` (declared or a container variable) has a value that means
+    /// something: not empty, and not an empty JSON list or object (`[]` is
+    /// how the original deployment spelled "no tokens").
+    fn is_set(&self, name: &str) -> bool {
+        self.lookup(name)
+            .is_some_and(|v| match serde_json::from_str(&v) {
+                Ok(serde_json::Value::Array(a)) => !a.is_empty(),
+                Ok(serde_json::Value::Object(o)) => !o.is_empty(),
+                _ => !v.trim().is_empty(),
+            })
+    }
+
+    /// A mapping with only `known` keys; null counts as an empty mapping.
+    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
+        let f = self.fields_any(node, path)?;
+        let entries = f.entries;
+        for (k, _) in entries {
+            if !known.contains(&k.name.as_str()) {
+                let hint = match nearest(&k.name, known) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("valid keys: {}", known.join(", ")),
+                };
+                let key = f.key(&k.name);
+                self.problem(k.pos, &key, "unknown key", Some(hint));
+            }
+        }
+        Some(f)
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.declared
+            .get(name)
+            .or_else(|| self.container.get(name))
+            .cloned()
+    }
+
+    /// A scalar's text, interpolated. `None` for null (and for errors,
+    /// which are recorded).
+    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
+        match &node.value {
+            Value::Null => None,
+            Value::Scalar { text, .. } => {
+                let mut used = Vec::new();
+                let result = interpolate(text, &|n| self.lookup(n), &mut used);
+                match result {
+                    Ok(v) => Some((v, used)),
+                    Err(e) => {
+                        self.problem(node.pos, key, e, None);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    node.pos,
+                    key,
+                    format!("expected a string, found {}", node.kind()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
+        self.text_used(node, key).map(|(v, _)| v)
+    }
+
+    fn opt_text(&mut self, f: &Fields, name: &str) -> Option<String> {
+        let node = f.get(name)?;
+        self.text(node, &f.key(name))
+    }
+
+    fn parsed<T>(
+        &mut self,
+        f: &Fields,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let node = f.get(name)?;
+        let key = f.key(name);
+        let (text, used) = self.text_used(node, &key)?;
+        match parse(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // A value made from a variable names it: the fix is in the
+                // container's environment, not in the YAML line.
+                self.problem(node.pos, &key, format!("{e}{}", from_vars(&used)), None);
+                None
+            }
+        }
+    }
+
+    /// A list of paths (relative to the manifest's directory) under `name`.
+    fn path_list(&mut self, f: &Fields, name: &str) -> Vec<PathBuf> {
+        match f.get(name) {
+            Some(n) => self
+                .text_list(n, &f.key(name))
+                .iter()
+                .map(|t| self.path(&self.dir.clone(), t))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn duration(&mut self, f: &Fields, name: &str, default: Duration) -> Duration {
+        self.parsed(f, name, parse_duration).unwrap_or(default)
+    }
+
+    fn size(&mut self, f: &Fields, name: &str, default: u64) -> u64 {
+        self.parsed(f, name, parse_size).unwrap_or(default)
+    }
+
+    fn flag(&mut self, f: &Fields, name: &str, default: bool) -> bool {
+        self.parsed(f, name, parse_bool).unwrap_or(default)
+    }
+
+    fn number<T: FromStr>(&mut self, f: &Fields, name: &str, default: T) -> T {
+        self.parsed(f, name, |t| {
+            t.trim()
+                .parse::<T>()
+                .map_err(|_| format!("expected a whole number, found `{t}`"))
+        })
+        .unwrap_or(default)
+    }
+
+    /// `text` as an absolute, normalised path (relative to `base`).
+    fn path(&self, base: &Path, text: &str) -> PathBuf {
+        let p = Path::new(text);
+        normalize(&if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        })
+    }
+
+    /// A string or a list of strings.
+    fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| self.text(n, &format!("{key}[{i}]")))
+                .collect(),
+            Value::Null => Vec::new(),
+            _ => self.text(node, key).into_iter().collect(),
+        }
+    }
+
+    /// A command: a string split like a shell (without one), or a list.
+    fn command(&mut self, node: &Node, key: &str) -> Option<Vec<String>> {
+        let (argv, used) = match &node.value {
+            Value::Seq(items) => {
+                let mut argv = Vec::new();
+                let mut used = Vec::new();
+                for (i, n) in items.iter().enumerate() {
+                    let (v, u) = self.text_used(n, &format!("{key}[{i}]"))?;
+                    argv.push(v);
+                    used.extend(u);
+                }
+                (argv, used)
+            }
+            _ => {
+                let (line, used) = self.text_used(node, key)?;
+                match shell_words::split(&line) {
+                    Ok(argv) => (argv, used),
+                    Err(e) => {
+                        self.problem(
+                            node.pos,
+                            key,
+                            format!("cannot split the command: {e}"),
+                            None,
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if argv.is_empty() || argv[0].is_empty() {
+            self.problem(
+                node.pos,
+                key,
+                "the command is empty",
+                Some("give the program to run, e.g. `python3 -m http.server 9001`".into()),
+            );
+            return None;
+        }
+        if let Some(secret) = used.iter().find(|u| self.secrets.contains(u)) {
+            // Arguments are visible to every process through /proc/PID/cmdline.
+            let msg = format!(
+                "puts secret `{secret}` on a command line, where every process can read it; pass it through `environment:` instead"
+            );
+            self.warn(node.pos, key, msg);
+        }
+        Some(argv)
+    }
+
+    /// A mapping whose keys are names chosen by the user; null counts as
+    /// an empty mapping.
+    fn fields_any<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+        let entries = match &node.value {
+            Value::Map(entries) => entries.as_slice(),
+            Value::Null => EMPTY,
+            _ => {
+                self.problem(
+                    node.pos,
+                    path,
+                    format!("expected a mapping, found {}", node.kind()),
+                    None,
+                );
+                return None;
+            }
+        };
+        Some(Fields {
+            path: path.to_string(),
+            pos: node.pos,
+            entries,
+        })
+    }
+
+    fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
+        let top = self.fields(root, "", TOP_KEYS).unwrap_or(Fields {
+            path: String::new(),
+            pos: root.pos,
+            entries: EMPTY,
+        });
+        let version = match top.get("version") {
+            None => 1,
+            Some(n) => {
+                let v = self.number(&top, "version", 1u32);
+                if v != 1 {
+                    self.problem(
+                        n.pos,
+                        "version",
+                        format!("unsupported version `{v}`"),
+                        Some("this stackctl reads `version: 1`".into()),
+                    );
+                }
+                v
+            }
+        };
+        let name = self.opt_text(&top, "name").unwrap_or_else(|| {
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "stack".into())
+        });
+        let env = match top.get("env") {
+            Some(n) => self.env(n),
+            None => Vec::new(),
+        };
+        let services = match top.get("services") {
+            Some(n) => self.services(n),
+            None => Vec::new(),
+        };
+        let shutdown_timeout = self.duration(&top, "shutdown_timeout", Duration::from_secs(9));
+        let persist = top.get("persist").and_then(|n| self.persist(n));
+        let gateway = top
+            .get("gateway")
+            .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+        self.check_required_paths(&services, persist.as_ref());
+        let mut persist = persist;
+        if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {
+            // Live route edits and the password hash must survive a wiped
+            // disk: their directory is persisted with the data.
+            if !p.paths.iter().any(|pp| g.state_file.starts_with(&pp.path)) {
+                if let Some(dir) = g.state_file.parent() {
+                    p.paths.push(PersistPath {
+                        path: dir.to_path_buf(),
+                        exclude: Vec::new(),
+                    });
+                }
+            }
+        }
+        Manifest {
+            file: file.to_path_buf(),
+            dir: self.dir.clone(),
+            version,
+            name,
+            env,
+            services,
+            gateway,
+            persist,
+            shutdown_timeout,
+            warnings: Vec::new(),
+        }
+    }
+}

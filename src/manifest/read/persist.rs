@@ -1,0 +1,323 @@
+//! The `persist:` section: the remote, the persisted paths and the large-file store.
+
+use super::*;
+
+const PERSIST_KEYS: &[&str] = &[
+    "remote",
+    "token",
+    "branch",
+    "workdir",
+    "interval",
+    "debounce",
+    "paths",
+    "exclude",
+    "history",
+    "large_files",
+    "readiness_file",
+];
+
+impl Reader<'_> {
+    pub(super) fn persist(&mut self, node: &Node) -> Option<Persist> {
+        let f = self.fields(node, "persist", PERSIST_KEYS)?;
+        let remote_node = f.get("remote");
+        let (mut remote, remote_vars) = remote_node
+            .and_then(|n| self.text_used(n, "persist.remote"))
+            .unwrap_or_default();
+        // A relative local path is relative to the manifest, like every path.
+        if remote.starts_with("./") || remote.starts_with("../") {
+            remote = self.path(&self.dir.clone(), &remote).display().to_string();
+        }
+        let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
+        if crate::persist::remote::is_ssh(&remote) {
+            // Issue 17 item 8: it passed `check`, then failed at every start.
+            self.problem(
+                remote_pos,
+                "persist.remote",
+                format!(
+                    "`{}`: SSH remotes are not supported (stackctl's git has no SSH)",
+                    crate::redact::url(&remote)
+                ),
+                Some("use the repository's https URL (or `owner/repo` for GitHub) and put a token in `persist.token`".into()),
+            );
+        } else {
+            self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
+        }
+        let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
+        let branch = self
+            .opt_text(&f, "branch")
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "main".into());
+        let workdir = match self.opt_text(&f, "workdir").filter(|w| !w.is_empty()) {
+            Some(w) => self.path(&self.dir.clone(), &w),
+            None => self.dir.join(".stackctl"),
+        };
+        let mut paths = Vec::new();
+        match f.get("paths") {
+            Some(Node {
+                value: Value::Seq(items),
+                ..
+            }) => {
+                for (i, n) in items.iter().enumerate() {
+                    let pkey = format!("persist.paths[{i}]");
+                    let (p, exclude) = match &n.value {
+                        Value::Map(_) => {
+                            let Some(pf) = self.fields(n, &pkey, &["path", "exclude"]) else {
+                                continue;
+                            };
+                            let Some(p) = self.opt_text(&pf, "path") else {
+                                self.problem(n.pos, &pkey, "`path` is missing", None);
+                                continue;
+                            };
+                            let ex = pf
+                                .get("exclude")
+                                .map(|e| self.text_list(e, &pf.key("exclude")))
+                                .unwrap_or_default();
+                            (p, ex)
+                        }
+                        _ => match self.text(n, &pkey) {
+                            Some(p) => (p, Vec::new()),
+                            None => continue,
+                        },
+                    };
+                    let path = self.path(&self.dir.clone(), &p);
+                    if path == Path::new("/") {
+                        self.problem(
+                            n.pos,
+                            &pkey,
+                            "cannot persist the whole filesystem `/`",
+                            None,
+                        );
+                        continue;
+                    }
+                    if let Some(other) = paths.iter().find(|o: &&PersistPath| {
+                        path.starts_with(&o.path) || o.path.starts_with(&path)
+                    }) {
+                        let msg = format!("overlaps `{}`", other.path.display());
+                        self.problem(
+                            n.pos,
+                            &pkey,
+                            msg,
+                            Some(
+                                "list each directory once; use `exclude` for parts to skip".into(),
+                            ),
+                        );
+                        continue;
+                    }
+                    paths.push(PersistPath { path, exclude });
+                }
+            }
+            Some(n) => self.problem(
+                n.pos,
+                "persist.paths",
+                format!("expected a list, found {}", n.kind()),
+                None,
+            ),
+            None => {}
+        }
+        if paths.is_empty() {
+            self.problem(
+                f.pos,
+                "persist.paths",
+                "no paths to persist",
+                Some("list the data directories, e.g. `paths: [/home/user/AstrBot/data]`".into()),
+            );
+        }
+        let exclude = f
+            .get("exclude")
+            .map(|e| self.text_list(e, "persist.exclude"))
+            .unwrap_or_default();
+        let keep = match f.get("history") {
+            Some(h) => match self.fields(h, "persist.history", &["keep"]) {
+                Some(hf) => self.number(&hf, "keep", 50u32).max(1),
+                None => 50,
+            },
+            None => 50,
+        };
+        let github = looks_like_github(&remote);
+        let mut large_files = LargeFiles {
+            threshold: 50 << 20,
+            store: if github {
+                BlobStore::GithubRelease
+            } else {
+                BlobStore::None
+            },
+            tag: "blobs".into(),
+            url: None,
+            offload_binary: OffloadBinary::Auto,
+        };
+        if let Some(lf) = f.get("large_files") {
+            if let Some(l) = self.fields(
+                lf,
+                "persist.large_files",
+                &["threshold", "store", "tag", "url", "offload_binary"],
+            ) {
+                large_files.threshold = self.size(&l, "threshold", large_files.threshold);
+                if let Some(store) = {
+                    let dir = self.dir.clone();
+                    self.parsed(&l, "store", |t| parse_store(t, &dir))
+                } {
+                    large_files.store = store;
+                }
+                if let Some(tag) = self.opt_text(&l, "tag").filter(|t| !t.is_empty()) {
+                    large_files.tag = tag;
+                }
+                large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
+                if let Some(url) = large_files.url.clone() {
+                    let pos = l.get("url").map_or(l.pos, |n| n.pos);
+                    self.url_credentials(pos, "persist.large_files.url", &url, &[]);
+                }
+                if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
+                    large_files.offload_binary = o;
+                }
+                if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
+                    self.problem(
+                        lf.pos,
+                        "persist.large_files.store",
+                        "`github-release` needs a GitHub remote (owner/repo or a github.com URL)",
+                        Some("use `lfs`, `dir:PATH` or `none` with this remote".into()),
+                    );
+                }
+            }
+        }
+        if looks_like_hugging_face(&remote) {
+            self.hugging_face_warnings(&f, &large_files);
+        }
+        if let Some(inside) = paths
+            .iter()
+            .find(|pp| workdir.starts_with(&pp.path) || pp.path.starts_with(&workdir))
+        {
+            let pos = f.get("workdir").map(|n| n.pos).unwrap_or(f.pos);
+            let msg = format!(
+                "`{}` overlaps the persisted path `{}`: the workdir holds git objects, not data",
+                workdir.display(),
+                inside.path.display()
+            );
+            self.problem(
+                pos,
+                "persist.workdir",
+                msg,
+                Some("put the workdir outside every persisted path".into()),
+            );
+        }
+        let readiness_file = self
+            .opt_text(&f, "readiness_file")
+            .filter(|t| !t.is_empty())
+            .map(|t| self.path(&self.dir.clone(), &t));
+        let interval = self.duration(&f, "interval", Duration::from_secs(180));
+        let debounce = self.duration(&f, "debounce", Duration::from_secs(10));
+        if remote.is_empty() {
+            // A Space without credentials still runs; it just keeps nothing.
+            self.warn(
+                f.pos,
+                "persist.remote",
+                "is empty: persistence is off and data is lost when the container stops (set the repository variable, e.g. `GITHUB_REPO`)",
+            );
+            return None;
+        }
+        Some(Persist {
+            remote,
+            token,
+            branch,
+            workdir,
+            interval,
+            debounce,
+            paths,
+            exclude,
+            keep,
+            large_files,
+            readiness_file,
+        })
+    }
+
+    /// Credentials belong in `persist.token`, never in a URL (issue 12 item
+    /// 5): user-info would be sent as it is and lands in logs and files, so
+    /// it is refused; a query string is allowed (some servers want one) but
+    /// warned about, since stackctl hides it everywhere it shows the URL.
+    /// `used`: the variables the URL was made of, named in the error.
+    pub(super) fn url_credentials(&mut self, pos: Pos, key: &str, url: &str, used: &[String]) {
+        let shown = crate::redact::url(url);
+        if crate::redact::has_userinfo(url) {
+            self.problem(
+                pos,
+                key,
+                format!("`{shown}` holds credentials (`user:password@`){}: they would end up in logs and files", from_vars(used)),
+                Some("remove them from the URL and put the token in `persist.token`".into()),
+            );
+        } else if crate::redact::has_query(url) {
+            self.warn(
+                pos,
+                key,
+                format!("`{shown}` has a query string: if it carries a token, put the token in `persist.token` instead (stackctl hides the query in its messages, but the server may log it)"),
+            );
+        }
+    }
+
+    /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
+    /// binary file, outside LFS (see [`LargeFiles::offloads_binary`]): say
+    /// which setting would make every push fail, and what to set instead.
+    pub(super) fn hugging_face_warnings(&mut self, f: &Fields, lf: &LargeFiles) {
+        let at = |k: &str| {
+            f.get("large_files")
+                .and_then(|n| match &n.value {
+                    Value::Map(e) => e.iter().find(|(key, _)| key.name == k).map(|(_, v)| v.pos),
+                    _ => None,
+                })
+                .or_else(|| f.get("large_files").map(|n| n.pos))
+                .unwrap_or(f.pos)
+        };
+        if lf.store != BlobStore::Lfs {
+            self.warn(
+                at("store"),
+                "persist.large_files.store",
+                "Hugging Face refuses pushes with binary files or files of 10 MiB or more outside LFS: set `store: lfs` (and `threshold: 1MiB`)",
+            );
+            return;
+        }
+        if lf.threshold == 0 || lf.threshold > HF_MAX_NON_LFS {
+            self.warn(
+                at("threshold"),
+                "persist.large_files.threshold",
+                "Hugging Face refuses pushes with files of 10 MiB or more outside LFS: set `threshold: 10MiB` or lower (`1MiB` is a good choice)",
+            );
+        }
+        if lf.offload_binary == OffloadBinary::Never {
+            self.warn(
+                at("offload_binary"),
+                "persist.large_files.offload_binary",
+                "Hugging Face refuses pushes with binary files outside LFS: remove `offload_binary: never` (the default, `auto`, offloads them)",
+            );
+        }
+    }
+}
+
+pub(super) fn parse_store(t: &str, dir: &Path) -> Result<BlobStore, String> {
+    match t {
+        "github-release" => Ok(BlobStore::GithubRelease),
+        "lfs" => Ok(BlobStore::Lfs),
+        "none" | "" => Ok(BlobStore::None),
+        _ => match t.strip_prefix("dir:") {
+            Some(p) if !p.is_empty() => {
+                let p = Path::new(p);
+                Ok(BlobStore::Dir(if p.is_absolute() {
+                    p.to_path_buf()
+                } else {
+                    dir.join(p)
+                }))
+            }
+            _ => Err(format!(
+                "unknown store `{t}` (use github-release, lfs, dir:PATH or none)"
+            )),
+        },
+    }
+}
+
+pub(super) fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
+    match t {
+        "auto" | "" => Ok(OffloadBinary::Auto),
+        "always" => Ok(OffloadBinary::Always),
+        "never" => Ok(OffloadBinary::Never),
+        _ => Err(format!("unknown value `{t}` (use auto, always or never)")),
+    }
+}
+/// Largest file Hugging Face takes outside LFS (it refuses 10 MiB or more).
+const HF_MAX_NON_LFS: u64 = 10 << 20;

@@ -1,0 +1,451 @@
+//! The `services:` section: each service, its dependencies and the checks across services.
+
+use super::*;
+
+const SERVICE_KEYS: &[&str] = &[
+    "command",
+    "working_dir",
+    "environment",
+    "env_file",
+    "depends_on",
+    "readiness",
+    "liveness",
+    "restart",
+    "backoff",
+    "max_restarts",
+    "stop_signal",
+    "stop_timeout",
+    "enabled",
+    "optional",
+    "logs",
+    "required_paths",
+    "description",
+    "requires_one_of",
+];
+
+impl Reader<'_> {
+    pub(super) fn services(&mut self, node: &Node) -> Vec<Service> {
+        let Some(section) = self.fields_any(node, "services") else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut dep_pos: Vec<Vec<Pos>> = Vec::new();
+        for (k, v) in section.entries {
+            let key = format!("services.{}", k.name);
+            if !valid_service_name(&k.name) {
+                self.problem(
+                    k.pos,
+                    &key,
+                    "not a valid service name",
+                    Some("use letters, digits, `-` and `_`".into()),
+                );
+                continue;
+            }
+            if let Some((svc, pos)) = self.service(&k.name, k.pos, v, &key) {
+                out.push(svc);
+                dep_pos.push(pos);
+            }
+        }
+        self.check_dependencies(&out, &dep_pos);
+        out
+    }
+
+    pub(super) fn service(
+        &mut self,
+        name: &str,
+        pos: Pos,
+        node: &Node,
+        key: &str,
+    ) -> Option<(Service, Vec<Pos>)> {
+        let f = self.fields(node, key, SERVICE_KEYS)?;
+        let command = match f.get("command") {
+            Some(n) => self.command(n, &f.key("command")),
+            None => {
+                self.problem(
+                    pos,
+                    key,
+                    "`command` is missing",
+                    Some("every service needs a program to run".into()),
+                );
+                None
+            }
+        };
+        let working_dir = match self.opt_text(&f, "working_dir") {
+            Some(t) => self.path(&self.dir.clone(), &t),
+            None => self.dir.clone(),
+        };
+        let environment = match f.get("environment") {
+            Some(n) => self.environment(n, &f.key("environment")),
+            None => Vec::new(),
+        };
+        let env_files = self.path_list(&f, "env_file");
+        let (depends_on, dep_pos) = match f.get("depends_on") {
+            Some(n) => self.depends_on(n, &f.key("depends_on")),
+            None => (Vec::new(), Vec::new()),
+        };
+        let readiness = f.get("readiness").and_then(|n| {
+            self.probe(
+                n,
+                &f.key("readiness"),
+                &working_dir,
+                Duration::from_secs(1),
+                1,
+            )
+        });
+        let liveness = f.get("liveness").and_then(|n| {
+            self.probe(
+                n,
+                &f.key("liveness"),
+                &working_dir,
+                Duration::from_secs(10),
+                3,
+            )
+        });
+        if let Some(Probe {
+            check: ProbeCheck::Log(_),
+            ..
+        }) = &liveness
+        {
+            if let Some(n) = f.get("liveness") {
+                self.problem(
+                    n.pos,
+                    &f.key("liveness"),
+                    "a `log` check can only be a readiness probe",
+                    Some("use http, tcp, exec or file for liveness".into()),
+                );
+            }
+        }
+        let restart = self
+            .parsed(&f, "restart", |t| match t {
+                "always" | "unless-stopped" => Ok(RestartPolicy::Always),
+                "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
+                "no" | "never" | "false" => Ok(RestartPolicy::No),
+                other => Err(format!(
+                    "unknown restart policy `{other}` (use always, on-failure or no)"
+                )),
+            })
+            .unwrap_or(RestartPolicy::OnFailure);
+        let backoff = match f.get("backoff") {
+            Some(n) => {
+                let key = f.key("backoff");
+                let b = self.fields(n, &key, &["initial", "max"]);
+                let mut backoff = Backoff {
+                    initial: Duration::from_secs(1),
+                    max: Duration::from_secs(60),
+                };
+                if let Some(b) = b {
+                    backoff.initial = self.duration(&b, "initial", backoff.initial);
+                    backoff.max = self.duration(&b, "max", backoff.max);
+                    if backoff.max < backoff.initial {
+                        self.problem(n.pos, &key, "`max` is shorter than `initial`", None);
+                    }
+                }
+                backoff
+            }
+            None => Backoff {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+            },
+        };
+        let mut max_restarts = MaxRestarts {
+            count: 10,
+            within: Duration::from_secs(300),
+        };
+        if let Some(n) = f.get("max_restarts") {
+            let key = f.key("max_restarts");
+            if let Value::Scalar { .. } = n.value {
+                max_restarts.count = self.number(&f, "max_restarts", 10);
+            } else if let Some(m) = self.fields(n, &key, &["count", "within"]) {
+                max_restarts.count = self.number(&m, "count", 10);
+                max_restarts.within = self.duration(&m, "within", max_restarts.within);
+            }
+        }
+        let stop_signal = self
+            .parsed(&f, "stop_signal", parse_signal)
+            .unwrap_or(libc::SIGTERM);
+        let stop_timeout = self.duration(&f, "stop_timeout", Duration::from_secs(5));
+        let enabled = match f.get("enabled") {
+            Some(n) => self.text(n, &f.key("enabled")).is_some_and(|t| truthy(&t)),
+            None => true,
+        };
+        let optional = self.flag(&f, "optional", false);
+        if let Some(n) = f.get("requires_one_of") {
+            let key = f.key("requires_one_of");
+            let names = self.text_list(n, &key);
+            // Checked only for a service that runs: `enabled:` switches off
+            // a service together with what it needs.
+            if enabled && !names.is_empty() && !names.iter().any(|v| self.is_set(v)) {
+                let list = backticked(&names, ", ");
+                self.problem(
+                    n.pos,
+                    &key,
+                    format!("service `{name}` needs one of {list} set, and none is"),
+                    Some(format!(
+                        "set one of {list} in the container's environment (an empty JSON list `[]` counts as unset), or switch the service off"
+                    )),
+                );
+            }
+        }
+        let required_paths = self.path_list(&f, "required_paths");
+        let logs = f.get("logs").and_then(|n| {
+            let key = f.key("logs");
+            let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
+            let Some(file) = self.opt_text(&l, "file") else {
+                self.problem(n.pos, &key, "`file` is missing", None);
+                return None;
+            };
+            Some(LogFile {
+                file: self.path(&self.dir.clone(), &file),
+                max_size: self.size(&l, "max_size", 10 << 20),
+                keep: self.number(&l, "keep", 3),
+            })
+        });
+        Some((
+            Service {
+                name: name.to_string(),
+                pos,
+                command: command.unwrap_or_default(),
+                working_dir,
+                environment,
+                env_files,
+                depends_on,
+                readiness,
+                liveness,
+                restart,
+                backoff,
+                max_restarts,
+                stop_signal,
+                stop_timeout,
+                enabled,
+                optional,
+                logs,
+                required_paths,
+            },
+            dep_pos,
+        ))
+    }
+
+    pub(super) fn environment(&mut self, node: &Node, key: &str) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        match &node.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let ekey = format!("{key}.{}", k.name);
+                    if !valid_var_name(&k.name) {
+                        self.problem(k.pos, &ekey, "not a valid variable name", None);
+                        continue;
+                    }
+                    let value = match &v.value {
+                        Value::Null => None,
+                        _ => Some(self.text(v, &ekey).unwrap_or_default()),
+                    };
+                    out.push((k.name.clone(), value));
+                }
+            }
+            Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    let ekey = format!("{key}[{i}]");
+                    let Some(item) = self.text(n, &ekey) else {
+                        continue;
+                    };
+                    let (name, value) = match item.split_once('=') {
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (item.clone(), None),
+                    };
+                    if !valid_var_name(&name) {
+                        self.problem(
+                            n.pos,
+                            &ekey,
+                            format!("`{name}` is not a valid variable name"),
+                            Some("write `NAME=value` or `NAME`".into()),
+                        );
+                        continue;
+                    }
+                    out.push((name, value));
+                }
+            }
+            Value::Null => {}
+            Value::Scalar { .. } => {
+                self.problem(
+                    node.pos,
+                    key,
+                    "expected a mapping or a list of `NAME=value`",
+                    None,
+                );
+            }
+        }
+        out
+    }
+
+    pub(super) fn depends_on(&mut self, node: &Node, key: &str) -> (Vec<Dependency>, Vec<Pos>) {
+        let mut deps = Vec::new();
+        let mut pos = Vec::new();
+        match &node.value {
+            Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    if let Some(name) = self.text(n, &format!("{key}[{i}]")) {
+                        deps.push(Dependency {
+                            service: name,
+                            condition: Condition::Started,
+                        });
+                        pos.push(n.pos);
+                    }
+                }
+            }
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    let dkey = format!("{key}.{}", k.name);
+                    // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
+                    let cond_node = match &v.value {
+                        Value::Map(_) => self
+                            .fields(v, &dkey, &["condition"])
+                            .and_then(|f| f.get("condition")),
+                        _ => Some(v),
+                    };
+                    let condition = match cond_node {
+                        None => Some(Condition::Started),
+                        Some(c) => self.text(c, &dkey).and_then(|t| match parse_condition(&t) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                self.problem(c.pos, &dkey, e, None);
+                                None
+                            }
+                        }),
+                    };
+                    if let Some(condition) = condition {
+                        deps.push(Dependency {
+                            service: k.name.clone(),
+                            condition,
+                        });
+                        pos.push(k.pos);
+                    }
+                }
+            }
+            Value::Null => {}
+            Value::Scalar { .. } => {
+                if let Some(name) = self.text(node, key) {
+                    deps.push(Dependency {
+                        service: name,
+                        condition: Condition::Started,
+                    });
+                    pos.push(node.pos);
+                }
+            }
+        }
+        (deps, pos)
+    }
+
+    pub(super) fn check_dependencies(&mut self, services: &[Service], dep_pos: &[Vec<Pos>]) {
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+        for (si, s) in services.iter().enumerate() {
+            for (di, d) in s.depends_on.iter().enumerate() {
+                let pos = dep_pos[si][di];
+                let key = format!("services.{}.depends_on", s.name);
+                match services.iter().find(|o| o.name == d.service) {
+                    None => {
+                        let hint = nearest(&d.service, &names)
+                            .map(|n| format!("did you mean `{n}`?"))
+                            .unwrap_or_else(|| format!("services are: {}", names.join(", ")));
+                        self.problem(
+                            pos,
+                            &key,
+                            format!("unknown service `{}`", d.service),
+                            Some(hint),
+                        );
+                    }
+                    Some(o) if o.name == s.name => {
+                        self.problem(pos, &key, "a service cannot depend on itself", None);
+                    }
+                    Some(o) if s.enabled && !o.enabled => {
+                        self.problem(
+                            pos,
+                            &key,
+                            format!(
+                                "depends on `{}`, which is disabled by its `enabled:`",
+                                o.name
+                            ),
+                            Some(format!("enable `{}` or disable `{}` too", o.name, s.name)),
+                        );
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(cycle) = crate::manifest::read::find_cycle(services) {
+            let first = &services[cycle[0]];
+            let path: Vec<&str> = cycle.iter().map(|&i| services[i].name.as_str()).collect();
+            self.problem(
+                first.pos,
+                &format!("services.{}.depends_on", first.name),
+                format!("dependency cycle: {} → {}", path.join(" → "), path[0]),
+                Some("remove one of these dependencies".into()),
+            );
+        }
+    }
+
+    /// A service's `required_paths` must be persisted: only a restore can
+    /// fail to bring them back.
+    pub(super) fn check_required_paths(&mut self, services: &[Service], persist: Option<&Persist>) {
+        for s in services {
+            for (i, p) in s.required_paths.iter().enumerate() {
+                let key = format!("services.{}.required_paths[{i}]", s.name);
+                let inside =
+                    persist.is_some_and(|pc| pc.paths.iter().any(|pp| p.starts_with(&pp.path)));
+                if !inside {
+                    self.problem(
+                        s.pos,
+                        &key,
+                        format!("`{}` is not inside a persisted path", p.display()),
+                        Some(
+                            "list it under `persist.paths` (or a directory above it), or remove it"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Find a dependency cycle; returns the services on it, in order.
+pub(crate) fn find_cycle(services: &[Service]) -> Option<Vec<usize>> {
+    // Colours: 0 unvisited, 1 on the stack, 2 done.
+    fn visit(
+        i: usize,
+        services: &[Service],
+        colour: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        colour[i] = 1;
+        stack.push(i);
+        for d in &services[i].depends_on {
+            let Some(j) = services.iter().position(|s| s.name == d.service) else {
+                continue;
+            };
+            if j == i {
+                continue; // reported as self-dependency
+            }
+            if colour[j] == 1 {
+                let start = stack.iter().position(|&s| s == j).unwrap_or(0);
+                return Some(stack[start..].to_vec());
+            }
+            if colour[j] == 0 {
+                if let Some(c) = visit(j, services, colour, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        colour[i] = 2;
+        None
+    }
+    let mut colour = vec![0u8; services.len()];
+    for i in 0..services.len() {
+        if colour[i] == 0 {
+            if let Some(c) = visit(i, services, &mut colour, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,96 @@
+//! Scalar parsers and small helpers shared by the sections.
+
+use super::*;
+
+/// " (from `A`)" for the variables a value was made of, or nothing.
+pub(super) fn from_vars(used: &[String]) -> String {
+    if used.is_empty() {
+        String::new()
+    } else {
+        format!(" (from {})", backticked(used, ", "))
+    }
+}
+
+/// `a`, `b` → "`a`, `b`".
+pub(super) fn backticked(names: &[String], sep: &str) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+pub(super) fn valid_var_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub(super) fn valid_service_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub(super) fn parse_bool(t: &str) -> Result<bool, String> {
+    match t.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, found `{t}`")),
+    }
+}
+
+pub(super) fn parse_condition(t: &str) -> Result<Condition, String> {
+    match t {
+        "started" | "service_started" => Ok(Condition::Started),
+        "healthy" | "service_healthy" => Ok(Condition::Healthy),
+        "completed_successfully" | "service_completed_successfully" => {
+            Ok(Condition::CompletedSuccessfully)
+        }
+        other => Err(format!(
+            "unknown condition `{other}` (use started, healthy or completed_successfully)"
+        )),
+    }
+}
+
+/// Remove `.` and `..` components without touching the filesystem.
+pub(super) fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `enabled:` semantics: empty, `false`, `0`, `no`, `off` switch off.
+pub fn truthy(t: &str) -> bool {
+    !matches!(
+        t.trim().to_ascii_lowercase().as_str(),
+        "" | "false" | "0" | "no" | "off"
+    )
+}
+
+/// `TERM`, `SIGTERM` or `15`.
+pub fn parse_signal(t: &str) -> Result<i32, String> {
+    let t = t.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| format!("`{t}` is not a signal number"));
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name)
+        .map(|s| s as i32)
+        .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
+}
