@@ -503,11 +503,23 @@ pub(crate) fn render_persist(v: &Value) -> String {
     if let Some(n) = v["pending"].as_u64().filter(|n| *n > 0) {
         line("pending", format!("{n} snapshot(s) not pushed yet"));
     }
-    if let Some(n) = v["changes"].as_u64() {
-        line("changes", format!("{n} file(s) since the last snapshot"));
+    match (&v["changes"]["dirty"], &v["changes"]["since"]) {
+        (Value::Bool(true), since @ Value::String(_)) => line(
+            "changes",
+            format!("not snapshotted yet, since {}", time(since)),
+        ),
+        (Value::Bool(true), _) => line("changes", "not snapshotted yet".to_string()),
+        (Value::Bool(false), _) => line("changes", "none since the last snapshot".to_string()),
+        _ => {}
     }
-    if v["last_push"].is_string() {
-        line("last push", time(&v["last_push"]));
+    let push = &v["last_push"];
+    if let Some(id) = push["snapshot"].as_str() {
+        let at = if push["time"].is_string() {
+            format!(" at {}", time(&push["time"]))
+        } else {
+            String::new()
+        };
+        line("last push", format!("{}{at}", id.get(..12).unwrap_or(id)));
     }
     if let Some(e) = v["last_error"].as_str() {
         line("last error", e.to_string());
@@ -519,12 +531,17 @@ pub(crate) fn render_persist(v: &Value) -> String {
         } else {
             ""
         };
-        let renewed = if lease["renewed"].is_string() {
-            format!(", renewed {}", time(&lease["renewed"]))
-        } else {
-            String::new()
-        };
-        line("write lease", format!("{holder}{mine}{renewed}"));
+        let host = lease["host"]
+            .as_str()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        let mut times = String::new();
+        for key in ["since", "renewed", "expires"] {
+            if lease[key].is_string() {
+                times.push_str(&format!(", {key} {}", time(&lease[key])));
+            }
+        }
+        line("write lease", format!("{holder}{host}{mine}{times}"));
     }
     let large = &v["large_files"];
     if let Some(store) = large["store"].as_str() {
@@ -537,8 +554,13 @@ pub(crate) fn render_persist(v: &Value) -> String {
             ),
         );
     }
-    if v["next_snapshot"].is_string() {
-        line("next snapshot", time(&v["next_snapshot"]));
+    let next = &v["next_snapshot"];
+    if next["time"].is_string() {
+        let why = next["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        line("next snapshot", format!("{}{why}", time(&next["time"])));
     }
     let conflicts: Vec<&str> = v["conflicts"]
         .as_array()
