@@ -63,7 +63,7 @@ fn a_restore_report_names_deletions_and_services() {
     let done = json!({"ok": true, "at": "abc", "undo": "def", "stopped": ["web", "bot"],
         "restarted": ["bot"], "paths": [{"path": "/data", "added": 0, "changed": 2, "removed": 3, "bytes": 5}]});
     assert_eq!(
-        restored_lines(&done, "https://s.example"),
+        restored_lines(&done, &Place::Url("https://s.example")),
         vec![
             "deleted 3 file(s) under /data (not in the snapshot)",
             "stopped: web, bot",
@@ -71,7 +71,7 @@ fn a_restore_report_names_deletions_and_services() {
             "warning: not running again: web (see `stackctl status --url https://s.example`)",
         ]
     );
-    assert!(restored_lines(&json!({}), "u").is_empty());
+    assert!(restored_lines(&json!({}), &Place::Local).is_empty());
 }
 
 #[test]
