@@ -1,6 +1,8 @@
 //! `stackctl backup|snapshots|restore --url …` and the persistence part of
 //! `stackctl status`: manual recovery of a stack that has no shell (a
-//! Space, a free container host) through its admin API (issue 14).
+//! Space, a free container host) through its admin API (issue 14). A local
+//! `stackctl restore` while `up` runs takes the same path through the
+//! control socket ([`restore_through_up`]).
 //!
 //! Output and exit codes are the local commands' (the printers are shared
 //! with [`crate::persist::commands`]); the server's `{"error"}` messages
