@@ -928,7 +928,9 @@
     const ms = Date.parse(value);
     if (!Number.isFinite(ms)) return value;
     const ago = Math.round((Date.now() - ms) / 1000);
-    return new Date(ms).toLocaleString() + (ago >= 0 ? ' (' + agoText(ago) + ')' : '');
+    // The next snapshot and a lease's expiry lie ahead: "in 25 s".
+    const when = ago >= 0 ? agoText(ago) : 'in ' + agoText(-ago).replace(/ ago$/, '');
+    return new Date(ms).toLocaleString() + ' (' + when + ')';
   }
 
   function count(n, one, many) {
