@@ -1,6 +1,8 @@
 //! `stackctl backup|snapshots|restore --url …` and the persistence part of
 //! `stackctl status`: manual recovery of a stack that has no shell (a
-//! Space, a free container host) through its admin API (issue 14).
+//! Space, a free container host) through its admin API (issue 14). A local
+//! `stackctl restore` while `up` runs takes the same path through the
+//! control socket ([`restore_through_up`]).
 //!
 //! Output and exit codes are the local commands' (the printers are shared
 //! with [`crate::persist::commands`]); the server's `{"error"}` messages
@@ -8,7 +10,7 @@
 //! for the cases only this side knows (which command to run again).
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -128,10 +130,103 @@ fn query(v: &str) -> String {
 pub fn restore(manifest: Option<&Manifest>, args: &RestoreArgs) -> Result<()> {
     let mut admin = Admin::resolve(manifest, &args.remote.admin())?;
     enabled_state(&mut admin)?;
+    restore_via(Via::Api(admin), args)
+}
+
+/// `stackctl restore` while `stackctl up` runs on `workdir`: the same
+/// restore as [`restore`], through the control socket instead of the
+/// admin API (no password: the socket is this user's alone).
+pub fn restore_through_up(workdir: &Path, args: &RestoreArgs) -> Result<()> {
+    restore_via(Via::Up(workdir.to_path_buf()), args)
+}
+
+/// How a restore reaches the stack.
+enum Via {
+    /// The admin API (`--url`, or the manifest's gateway).
+    Api(Admin),
+    /// The control socket of the `up` on this machine's workdir.
+    Up(PathBuf),
+}
+
+impl Via {
+    fn place(&self) -> Place<'_> {
+        match self {
+            Via::Api(admin) => Place::Url(&admin.base.display),
+            Via::Up(_) => Place::Local,
+        }
+    }
+
+    /// The newest snapshot's id (`None`: there is none).
+    fn newest(&mut self) -> Result<Option<String>> {
+        let list = match self {
+            Via::Api(admin) => list_snapshots(admin, 1)?,
+            Via::Up(workdir) => match ask_up(workdir, "snapshots")? {
+                Ok(v) => v["snapshots"].as_array().cloned().unwrap_or_default(),
+                Err((status, said)) => {
+                    return Err(refusal(&Place::Local, status, &said, "restore"))
+                }
+            },
+        };
+        Ok(list
+            .first()
+            .map(|s| s["id"].as_str().unwrap_or_default().to_string()))
+    }
+
+    /// `POST /admin/persist/restore` with `body` (or the socket's
+    /// `restore <body>`); `long`: a real restore, which may take minutes.
+    fn restore(&mut self, body: &Value, long: bool) -> Result<Value> {
+        match self {
+            Via::Api(admin) => {
+                let watch = long.then(|| Watch::start(admin));
+                if long {
+                    admin.with_timeout(LONG_CALL);
+                }
+                let res = admin.request("POST", "/admin/persist/restore", Some(body), None);
+                drop(watch);
+                let res = res?;
+                if res.status != 200 {
+                    return Err(failure(admin, &res, "restore"));
+                }
+                Ok(res.json().unwrap_or(Value::Null))
+            }
+            Via::Up(workdir) => match ask_up(workdir, &format!("restore {body}"))? {
+                Ok(v) => Ok(v["result"].clone()),
+                Err((status, said)) => Err(refusal(&Place::Local, status, &said, "restore")),
+            },
+        }
+    }
+}
+
+/// One request to the `up` on `workdir`: its answer, or the HTTP status
+/// the API would have given and the error.
+fn ask_up(workdir: &Path, cmd: &str) -> Result<std::result::Result<Value, (u16, String)>> {
+    let socket = crate::control::socket_path(workdir);
+    let answer = crate::control::request(workdir, cmd).map_err(|e| {
+        anyhow!(
+            "cannot talk to the running `stackctl up` through `{}`: {e}",
+            socket.display()
+        )
+    })?;
+    let Some(v) = answer else {
+        bail!("`stackctl up` stopped meanwhile: run the restore again (without it, it restores on its own)");
+    };
+    if v["ok"] == Value::Bool(true) {
+        return Ok(Ok(v));
+    }
+    let status = v["status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+        .unwrap_or(502);
+    let said = v["error"].as_str().unwrap_or_default().to_string();
+    Ok(Err((status, said)))
+}
+
+/// The restore of [`restore`] and [`restore_through_up`].
+fn restore_via(mut via: Via, args: &RestoreArgs) -> Result<()> {
     let at = match &args.at {
         Some(at) => at.clone(),
-        None => match list_snapshots(&mut admin, 1)?.first() {
-            Some(s) => s["id"].as_str().unwrap_or_default().to_string(),
+        None => match via.newest()? {
+            Some(id) => id,
             None => {
                 println!("the remote has no snapshot yet: nothing to restore");
                 return Ok(());
@@ -140,20 +235,22 @@ pub fn restore(manifest: Option<&Manifest>, args: &RestoreArgs) -> Result<()> {
     };
     let mut body = json!({ "at": at });
     if !args.paths.is_empty() {
+        // The API takes absolute paths; on this machine a relative one
+        // means what it means here.
+        let absolute = |p: &PathBuf| match &via {
+            Via::Up(_) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            Via::Api(_) => p.clone(),
+        };
         body["paths"] = json!(args
             .paths
             .iter()
-            .map(|p| p.to_string_lossy())
+            .map(|p| absolute(p).to_string_lossy().into_owned())
             .collect::<Vec<_>>());
     }
 
     if args.dry_run || !args.force {
         body["dry_run"] = json!(true);
-        let res = admin.request("POST", "/admin/persist/restore", Some(&body), None)?;
-        if res.status != 200 {
-            return Err(failure(&admin, &res, "restore"));
-        }
-        let plan = res.json().unwrap_or(Value::Null);
+        let plan = via.restore(&body, false)?;
         let (deletions, changes, cut) = plan_lists(&plan);
         // Through the API a restore always makes the paths equal to the
         // snapshot (like `restore --force`): deletions are not optional.
@@ -165,35 +262,53 @@ pub fn restore(manifest: Option<&Manifest>, args: &RestoreArgs) -> Result<()> {
             return Ok(());
         }
         let full = plan["at"].as_str().unwrap_or(&at).to_string();
-        confirm(&admin, &at, &full)?;
+        confirm(&via.place(), &at, &full)?;
         body["dry_run"] = json!(false);
     }
     body["confirm"] = json!(at);
 
-    let watch = Watch::start(&admin);
-    let res =
-        admin
-            .with_timeout(LONG_CALL)
-            .request("POST", "/admin/persist/restore", Some(&body), None);
-    drop(watch);
-    let res = res?;
-    if res.status != 200 {
-        return Err(failure(&admin, &res, "restore"));
-    }
-    let done = res.json().unwrap_or(Value::Null);
-    for line in restored_lines(&done, &admin.base.display) {
+    let done = via.restore(&body, true)?;
+    let place = via.place();
+    for line in restored_lines(&done, &place) {
         println!("{line}");
     }
     let (files, bytes) = totals(&done["paths"]);
     print_restored(done["at"].as_str().unwrap_or(&at), files, bytes);
     if let Some(undo) = done["undo"].as_str() {
         println!(
-            "undo: stackctl restore --url {} --at {} --force",
-            admin.base.display,
+            "undo: stackctl restore{} --at {} --force",
+            place.flag(),
             undo.get(..12).unwrap_or(undo)
         );
     }
     Ok(())
+}
+
+/// Where the stack a command talks to is, for messages and the commands
+/// they suggest.
+enum Place<'a> {
+    /// Through its admin API at this URL.
+    Url(&'a str),
+    /// The `up` on this machine.
+    Local,
+}
+
+impl Place<'_> {
+    /// The option that reaches it again (` --url …`, or nothing).
+    fn flag(&self) -> String {
+        match self {
+            Place::Url(u) => format!(" --url {u}"),
+            Place::Local => String::new(),
+        }
+    }
+
+    /// It, in a sentence.
+    fn name(&self) -> String {
+        match self {
+            Place::Url(u) => u.to_string(),
+            Place::Local => "the running stack".to_string(),
+        }
+    }
 }
 
 /// The dry run's files as the local plan lists them (deletions, the rest),
@@ -239,7 +354,7 @@ fn totals(paths: &Value) -> (u64, u64) {
 
 /// What a real restore did besides writing files: deletions per path and
 /// the services it stopped and started again.
-fn restored_lines(done: &Value, url: &str) -> Vec<String> {
+fn restored_lines(done: &Value, place: &Place) -> Vec<String> {
     let mut lines = Vec::new();
     for p in done["paths"].as_array().into_iter().flatten() {
         let removed = p["removed"].as_u64().unwrap_or(0);
@@ -269,8 +384,9 @@ fn restored_lines(done: &Value, url: &str) -> Vec<String> {
     if !missing.is_empty() {
         let list: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         lines.push(format!(
-            "warning: not running again: {} (see `stackctl status --url {url}`)",
-            list.join(", ")
+            "warning: not running again: {} (see `stackctl status{}`)",
+            list.join(", "),
+            place.flag()
         ));
     }
     lines
@@ -278,8 +394,8 @@ fn restored_lines(done: &Value, url: &str) -> Vec<String> {
 
 /// A real restore through the API overwrites live data: `--force`, or the
 /// snapshot id typed at a terminal.
-fn confirm(admin: &Admin, at: &str, full: &str) -> Result<()> {
-    let url = &admin.base.display;
+fn confirm(place: &Place, at: &str, full: &str) -> Result<()> {
+    let url = place.name();
     let short = full.get(..12).unwrap_or(full);
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -336,14 +452,23 @@ fn no_api(admin: &Admin) -> String {
 
 /// An error answer as a message that says what to do next.
 fn failure(admin: &Admin, res: &Response, op: &str) -> anyhow::Error {
-    let url = &admin.base.display;
     let said = res.error_message();
-    let said = said.as_deref().unwrap_or("").trim_end_matches('.');
-    match res.status {
-        404 if said.is_empty() => anyhow!("{}", no_api(admin)),
+    let said = said.as_deref().unwrap_or("");
+    if res.status == 404 && said.is_empty() {
+        return anyhow!("{}", no_api(admin));
+    }
+    refusal(&Place::Url(&admin.base.display), res.status, said, op)
+}
+
+/// A refusal of the stack at `place` (the HTTP status and what it said)
+/// as a message that says what to do next.
+fn refusal(place: &Place, status: u16, said: &str, op: &str) -> anyhow::Error {
+    let (url, flag) = (place.name(), place.flag());
+    let said = said.trim_end_matches('.');
+    match status {
         409 if said.contains("persistence is off") => anyhow!("{said}"),
         409 => anyhow!(
-            "{}; wait for it to finish (`stackctl status --url {url}` shows it), then run the {op} again",
+            "{}; wait for it to finish (`stackctl status{flag}` shows it), then run the {op} again",
             or(said, "another backup or restore is running")
         ),
         // A restore pushes its undo snapshot first; when that fails, nothing
@@ -353,12 +478,16 @@ fn failure(admin: &Admin, res: &Response, op: &str) -> anyhow::Error {
             or(said, "the snapshot of the current state could not be pushed; nothing was restored")
         ),
         502 => anyhow!(
-            "{}; the snapshot stays queued on the stack and goes out with the next backup: fix the remote (token, network), then run `stackctl backup --url {url}` again",
+            "{}; the snapshot stays queued on the stack and goes out with the next backup: fix the remote (token, network), then run `stackctl backup{flag}` again",
             or(said, "the push to the remote failed")
         ),
         400 | 404 if !said.is_empty() => anyhow!("{said}"),
         status => anyhow!(
-            "the gateway at {url} answered {status} to the {op}{}{}",
+            "{} answered {status} to the {op}{}{}",
+            match place {
+                Place::Url(_) => format!("the gateway at {url}"),
+                Place::Local => "the running `stackctl up`".to_string(),
+            },
             if said.is_empty() { "" } else { ": " },
             said
         ),
@@ -503,11 +632,23 @@ pub(crate) fn render_persist(v: &Value) -> String {
     if let Some(n) = v["pending"].as_u64().filter(|n| *n > 0) {
         line("pending", format!("{n} snapshot(s) not pushed yet"));
     }
-    if let Some(n) = v["changes"].as_u64() {
-        line("changes", format!("{n} file(s) since the last snapshot"));
+    match (&v["changes"]["dirty"], &v["changes"]["since"]) {
+        (Value::Bool(true), since @ Value::String(_)) => line(
+            "changes",
+            format!("not snapshotted yet, since {}", time(since)),
+        ),
+        (Value::Bool(true), _) => line("changes", "not snapshotted yet".to_string()),
+        (Value::Bool(false), _) => line("changes", "none since the last snapshot".to_string()),
+        _ => {}
     }
-    if v["last_push"].is_string() {
-        line("last push", time(&v["last_push"]));
+    let push = &v["last_push"];
+    if let Some(id) = push["snapshot"].as_str() {
+        let at = if push["time"].is_string() {
+            format!(" at {}", time(&push["time"]))
+        } else {
+            String::new()
+        };
+        line("last push", format!("{}{at}", id.get(..12).unwrap_or(id)));
     }
     if let Some(e) = v["last_error"].as_str() {
         line("last error", e.to_string());
@@ -519,12 +660,17 @@ pub(crate) fn render_persist(v: &Value) -> String {
         } else {
             ""
         };
-        let renewed = if lease["renewed"].is_string() {
-            format!(", renewed {}", time(&lease["renewed"]))
-        } else {
-            String::new()
-        };
-        line("write lease", format!("{holder}{mine}{renewed}"));
+        let host = lease["host"]
+            .as_str()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        let mut times = String::new();
+        for key in ["since", "renewed", "expires"] {
+            if lease[key].is_string() {
+                times.push_str(&format!(", {key} {}", time(&lease[key])));
+            }
+        }
+        line("write lease", format!("{holder}{host}{mine}{times}"));
     }
     let large = &v["large_files"];
     if let Some(store) = large["store"].as_str() {
@@ -537,8 +683,13 @@ pub(crate) fn render_persist(v: &Value) -> String {
             ),
         );
     }
-    if v["next_snapshot"].is_string() {
-        line("next snapshot", time(&v["next_snapshot"]));
+    let next = &v["next_snapshot"];
+    if next["time"].is_string() {
+        let why = next["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        line("next snapshot", format!("{}{why}", time(&next["time"])));
     }
     let conflicts: Vec<&str> = v["conflicts"]
         .as_array()

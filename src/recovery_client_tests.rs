@@ -63,7 +63,7 @@ fn a_restore_report_names_deletions_and_services() {
     let done = json!({"ok": true, "at": "abc", "undo": "def", "stopped": ["web", "bot"],
         "restarted": ["bot"], "paths": [{"path": "/data", "added": 0, "changed": 2, "removed": 3, "bytes": 5}]});
     assert_eq!(
-        restored_lines(&done, "https://s.example"),
+        restored_lines(&done, &Place::Url("https://s.example")),
         vec![
             "deleted 3 file(s) under /data (not in the snapshot)",
             "stopped: web, bot",
@@ -71,7 +71,7 @@ fn a_restore_report_names_deletions_and_services() {
             "warning: not running again: web (see `stackctl status --url https://s.example`)",
         ]
     );
-    assert!(restored_lines(&json!({}), "u").is_empty());
+    assert!(restored_lines(&json!({}), &Place::Local).is_empty());
 }
 
 #[test]
@@ -84,10 +84,13 @@ fn status_shows_the_persistence_state() {
         "enabled": true, "remote": "https://github.com/o/r.git", "branch": "main",
         "restore": {"state": "restored", "snapshot": "0123456789abcdef", "progress": null, "unrestored": ["/d/big: blob missing"]},
         "last_snapshot": {"id": "fedcba9876543210", "time": "2026-12-05T12:00:00Z", "files": 3, "bytes": 42, "pushed": false},
-        "pending": 1, "changes": 2, "last_push": null, "last_error": "push refused",
-        "lease": {"holder": "space-1", "mine": true, "renewed": "2026-12-05T12:01:00Z"},
+        "pending": 1, "changes": {"dirty": true, "since": "2026-12-05T12:00:30Z"},
+        "last_push": {"snapshot": "0123456789abcdef", "time": "2026-12-05T11:00:00Z"},
+        "last_error": "push refused",
+        "lease": {"holder": "space-1", "host": "box", "mine": true, "since": "2026-12-05T11:00:00Z",
+                  "renewed": "2026-12-05T12:01:00Z", "expires": "2026-12-05T12:03:00Z"},
         "large_files": {"store": "lfs", "files": 1, "bytes": 100},
-        "next_snapshot": "2026-12-05T12:05:00Z", "conflicts": ["/d/x"],
+        "next_snapshot": {"time": "2026-12-05T12:05:00Z", "reason": "debounce"}, "conflicts": ["/d/x"],
         "running": {"op": "backup", "started": "2026-12-05T12:02:00Z", "progress": "3/10 files"}
     }));
     assert_eq!(
@@ -98,11 +101,12 @@ fn status_shows_the_persistence_state() {
          \x20 not restored: /d/big: blob missing\n\
          \x20 last snapshot: fedcba987654 at 2026-12-05 12:00:00 UTC (3 files, 42 bytes, queued)\n\
          \x20 pending: 1 snapshot(s) not pushed yet\n\
-         \x20 changes: 2 file(s) since the last snapshot\n\
+         \x20 changes: not snapshotted yet, since 2026-12-05 12:00:30 UTC\n\
+         \x20 last push: 0123456789ab at 2026-12-05 11:00:00 UTC\n\
          \x20 last error: push refused\n\
-         \x20 write lease: space-1 (this stack), renewed 2026-12-05 12:01:00 UTC\n\
+         \x20 write lease: space-1 on box (this stack), since 2026-12-05 11:00:00 UTC, renewed 2026-12-05 12:01:00 UTC, expires 2026-12-05 12:03:00 UTC\n\
          \x20 large files: 1 files, 100 bytes in lfs\n\
-         \x20 next snapshot: 2026-12-05 12:05:00 UTC\n\
+         \x20 next snapshot: 2026-12-05 12:05:00 UTC (debounce)\n\
          \x20 conflicts: /d/x\n\
          \x20 running: backup: 3/10 files (since 2026-12-05 12:02:00 UTC)\n"
     );
@@ -117,6 +121,12 @@ fn status_shows_the_persistence_state() {
     assert_eq!(
         render_persist(&json!({"enabled": true, "last_snapshot": null})),
         "persistence:\n  last snapshot: none yet\n"
+    );
+    // Nothing pending, a push of unknown time, a lease of an older version.
+    assert_eq!(
+        render_persist(&json!({"enabled": true, "last_snapshot": null, "changes": {"dirty": false, "since": null},
+            "last_push": {"snapshot": "abc", "time": null}, "lease": {"holder": "other", "mine": false}})),
+        "persistence:\n  last snapshot: none yet\n  changes: none since the last snapshot\n  last push: abc\n  write lease: other\n"
     );
 }
 

@@ -297,7 +297,9 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
         .flatten()
         .is_some()
     {
-        bail!("`stackctl up` is running on this workdir: stop it first (restoring under running services would corrupt their data)");
+        // The running `up` owns the workdir: it restores as the admin API
+        // does (undo snapshot first, the services using the paths stopped).
+        return crate::recovery_client::restore_through_up(&p.workdir, args);
     }
     let view = ProgressView::new();
     let persister = open(p)?.with_progress_sink(view.clone());

@@ -288,6 +288,8 @@ pub async fn run_loop(
     let mut heartbeat = tokio::time::interval(DEFAULT_LEASE_TTL / 4);
     heartbeat.tick().await;
     loop {
+        // What `status` shows as the next snapshot and the pending changes.
+        p.live().scheduled(Some(&schedule));
         let wake = Instant::from_std(schedule.next_wake());
         tokio::select! {
             // Stopping wins over any other wake-up: no new work starts.
@@ -321,6 +323,8 @@ pub async fn run_loop(
             }
         }
     }
+    // No snapshot is scheduled any more: the final backup takes over.
+    p.live().scheduled(None);
 }
 
 /// A restore requested while the stack runs, cancelled by `stop`.
@@ -364,6 +368,10 @@ async fn snapshot(
     }
     match &r {
         Ok(rep) => {
+            if let Some(pushed) = rep.pushed {
+                p.live()
+                    .pushed(pushed.to_string(), std::time::SystemTime::now());
+            }
             for (path, size) in &rep.too_large {
                 warn!(path = %path.display(), size, "file at or above `large_files.threshold` skipped: not backed up");
             }

@@ -43,6 +43,7 @@ pub mod history;
 pub mod holder;
 pub mod lease;
 pub mod lifecycle;
+pub mod live;
 pub mod merge;
 pub mod pending;
 pub mod plan;
@@ -471,6 +472,7 @@ pub struct Persister {
     sink: Arc<dyn ProgressSink>,
     /// Held for the persister's life: one process per workdir.
     _workdir_lock: Flock<fs::File>,
+    live: live::Live,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -638,6 +640,7 @@ impl Persister {
             // in the container's output; the CLI brings bars or plain lines.
             sink: Arc::new(progress::Lines::log(progress::interval())),
             _workdir_lock: workdir_lock,
+            live: live::Live::default(),
         })
     }
 
@@ -787,6 +790,9 @@ impl Persister {
                 apply()?
             };
             let changes = applied.changed.clone();
+            if opts.paths.is_empty() {
+                self.saw_large(count as u64, total);
+            }
             lock(&self.status).unrestored = applied
                 .failed
                 .iter()
@@ -954,6 +960,10 @@ impl Persister {
             tree,
             &snapshot::message(now, &built),
         )?;
+        self.saw_large(
+            built.large.len() as u64,
+            built.large.iter().map(|l| l.pointer.size).sum(),
+        );
         Ok(SnapshotReport {
             commit,
             pushed: None,
@@ -1318,6 +1328,7 @@ impl Persister {
                 .ok()
                 .and_then(|c| lease::parse(&String::from_utf8_lossy(c.message_bytes()))),
         };
+        self.saw_lease(info.as_ref());
         let now = unix_now();
         let gone = info
             .as_ref()
@@ -1363,6 +1374,7 @@ impl Persister {
         }) {
             Ok(()) => {
                 *lock(&self.lease) = Some((commit, std::time::Instant::now()));
+                self.saw_lease(Some(&info));
                 Ok(())
             }
             // Someone else changed it between our read and our push.
@@ -1399,6 +1411,7 @@ impl Persister {
                 .push_to(&repo, commit, lease::LEASE_REF, Some(RemoteHead::At(ours)))
         })?;
         *lock(&self.lease) = None;
+        self.saw_lease(Some(&info));
         tracing::info!(instance = %self.instance, "write lease released");
         Ok(())
     }

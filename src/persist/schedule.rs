@@ -17,6 +17,31 @@ use std::time::{Duration, Instant};
 /// Longest a change may wait for quiet before it is snapshotted anyway.
 pub const DEFAULT_CEILING: Duration = Duration::from_secs(60);
 
+/// Which rule sets the next snapshot's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// One debounce after the first change following a quiet spell.
+    FirstChange,
+    /// Changes, then a debounce of quiet.
+    Debounce,
+    /// Changes that never went quiet, at the ceiling.
+    Ceiling,
+    /// The periodic scan for what a watcher missed.
+    Periodic,
+}
+
+impl Wake {
+    /// The name the admin API and `status` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wake::FirstChange => "first change",
+            Wake::Debounce => "debounce",
+            Wake::Ceiling => "ceiling",
+            Wake::Periodic => "periodic scan",
+        }
+    }
+}
+
 /// The snapshot timing state.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -67,14 +92,33 @@ impl Schedule {
         self.first_change.is_some()
     }
 
+    /// Since when changes are pending (`None` when there are none).
+    pub fn dirty_since(&self) -> Option<Instant> {
+        self.first_change
+    }
+
     /// When the caller should look again (the earliest deadline).
     pub fn next_wake(&self) -> Instant {
-        let periodic = self.last_scan + self.interval;
-        match (self.first_change, self.last_change) {
-            (Some(first), _) if self.leading => (first + self.debounce).min(periodic),
-            (Some(first), Some(last)) => (last + self.debounce)
-                .min(first + self.ceiling)
-                .min(periodic),
+        self.next().0
+    }
+
+    /// The earliest deadline and which rule set it (for `status`).
+    pub fn next(&self) -> (Instant, Wake) {
+        let periodic = (self.last_scan + self.interval, Wake::Periodic);
+        let change = match (self.first_change, self.last_change) {
+            (Some(first), _) if self.leading => Some((first + self.debounce, Wake::FirstChange)),
+            (Some(first), Some(last)) => {
+                let (quiet, ceiling) = (last + self.debounce, first + self.ceiling);
+                Some(if ceiling < quiet {
+                    (ceiling, Wake::Ceiling)
+                } else {
+                    (quiet, Wake::Debounce)
+                })
+            }
+            _ => None,
+        };
+        match change {
+            Some(c) if c.0 <= periodic.0 => c,
             _ => periodic,
         }
     }
@@ -193,6 +237,26 @@ mod tests {
         assert_eq!(sc.next_wake(), t0 + s(23));
         sc.snapshot_taken(t0 + s(23), t0 + s(24));
         assert!(!sc.dirty());
+    }
+
+    #[test]
+    fn the_next_wake_names_the_rule_that_set_it() {
+        let t0 = Instant::now();
+        let mut sc = Schedule::new(s(10), s(60), s(180), t0);
+        assert_eq!(sc.next(), (t0 + s(180), Wake::Periodic));
+        assert_eq!(sc.dirty_since(), None);
+        sc.changed(t0 + s(1));
+        assert_eq!(sc.next(), (t0 + s(11), Wake::FirstChange));
+        assert_eq!(sc.dirty_since(), Some(t0 + s(1)));
+        // Still written during the snapshot: wait for quiet, up to the ceiling.
+        sc.changed(t0 + s(12));
+        sc.snapshot_taken(t0 + s(11), t0 + s(13));
+        assert_eq!(sc.next(), (t0 + s(22), Wake::Debounce));
+        for t in (14..80).step_by(5) {
+            sc.changed(t0 + s(t));
+        }
+        assert_eq!(sc.next(), (t0 + s(72), Wake::Ceiling));
+        assert_eq!(Wake::Periodic.as_str(), "periodic scan");
     }
 
     #[test]

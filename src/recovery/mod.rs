@@ -191,6 +191,18 @@ impl Recovery {
                 "pushed": st.last_push.as_ref() == Some(id),
             })
         });
+        let seen = self.persister.live().seen();
+        // The push time this stack saw; a snapshot it found already pushed
+        // (or pushed by an earlier run) carries its own time.
+        let last_push = st.last_push.as_ref().map(|id| {
+            let time = match &seen.last_push {
+                Some(p) if &p.snapshot == id => Some(p.time),
+                _ => st
+                    .last_snapshot_time
+                    .filter(|_| st.last_snapshot.as_ref() == Some(id)),
+            };
+            json!({"snapshot": id, "time": time.map(rfc3339)})
+        });
         let running = lock(&self.running).as_ref().map(|r| {
             json!({
                 "op": r.op,
@@ -210,13 +222,29 @@ impl Recovery {
             },
             "last_snapshot": last_snapshot,
             "pending": st.pending,
-            // Not known without scanning the paths; the API does not guess.
-            "changes": null,
-            "last_push": null,
+            "changes": seen.changes.map(|c| json!({
+                "dirty": c.dirty,
+                "since": c.since.map(rfc3339),
+            })),
+            "last_push": last_push,
             "last_error": st.last_error,
-            "lease": null,
-            "large_files": null,
-            "next_snapshot": null,
+            "lease": seen.lease.map(|l| json!({
+                "holder": l.holder,
+                "host": l.host,
+                "mine": l.mine,
+                "since": rfc3339(l.since),
+                "renewed": rfc3339(l.renewed),
+                "expires": rfc3339(l.expires),
+            })),
+            "large_files": seen.large_files.map(|l| json!({
+                "store": l.store,
+                "files": l.files,
+                "bytes": l.bytes,
+            })),
+            "next_snapshot": seen.next_snapshot.map(|n| json!({
+                "time": rfc3339(n.time),
+                "reason": n.reason.as_str(),
+            })),
             "conflicts": st.conflicts,
             "running": running,
         })

@@ -375,3 +375,94 @@ gateway:
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
 }
+
+/// The state's live fields: after a backup with a large file, the last
+/// push, the write lease and the large-file totals are real values; a
+/// write afterwards shows as pending changes with the next snapshot one
+/// debounce after it.
+#[test]
+fn the_state_shows_the_push_the_lease_large_files_and_the_next_snapshot() {
+    let port = free_port();
+    let s = Stack::new(&format!(
+        r#"
+name: live
+services:
+  a:
+    command: [sh, -c, "echo started; exec sleep 1000"]
+    working_dir: ./data
+gateway:
+  listen: 127.0.0.1:{port}
+  admin: {{ password: "{PASSWORD}" }}
+persist:
+  remote: ./remote.git
+  workdir: ./work
+  debounce: 30s
+  paths: [./data]
+  large_files: {{ store: "dir:./blobs", threshold: 1KiB }}
+"#
+    ));
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    crate::common_persist::init_bare(&s.path("remote.git"));
+    std::fs::write(s.path("data/big.bin"), vec![7u8; 4096]).unwrap();
+    std::fs::write(s.path("data/small.txt"), "small").unwrap();
+    let mut up = s.up();
+    up.wait_for("a | started", T);
+    wait_ready(port);
+
+    let id = backup(port);
+    let state = dirty_is(port, false);
+    assert_eq!(state["last_push"]["snapshot"], json!(id), "{state}");
+    assert!(state["last_push"]["time"].is_string(), "{state}");
+    let lease = &state["lease"];
+    assert_eq!(lease["mine"], json!(true), "{state}");
+    assert!(
+        lease["holder"].as_str().is_some_and(|h| !h.is_empty()),
+        "{state}"
+    );
+    assert!(lease["host"].is_string(), "{state}");
+    // RFC 3339 UTC times of one format compare as strings.
+    let time = |k: &str| lease[k].as_str().unwrap_or_else(|| panic!("{k}: {state}"));
+    assert!(
+        time("since") <= time("renewed") && time("renewed") < time("expires"),
+        "{state}"
+    );
+    let large = &state["large_files"];
+    assert!(
+        large["store"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("dir:")),
+        "{state}"
+    );
+    assert_eq!(
+        (large["files"].clone(), large["bytes"].clone()),
+        (json!(1), json!(4096)),
+        "{state}"
+    );
+    assert_eq!(
+        state["next_snapshot"]["reason"],
+        json!("periodic scan"),
+        "{state}"
+    );
+    assert!(state["next_snapshot"]["time"].is_string(), "{state}");
+
+    // A write: pending since then, snapshotted one debounce (30 s) later.
+    std::fs::write(s.path("data/small.txt"), "changed").unwrap();
+    let state = dirty_is(port, true);
+    let since = state["changes"]["since"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{state}"));
+    let next = &state["next_snapshot"];
+    assert_eq!(next["reason"], json!("first change"), "{state}");
+    assert!(next["time"].as_str().is_some_and(|t| t > since), "{state}");
+
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(T).code(), Some(0), "{}", up.log());
+}
+
+/// The state, once its `changes.dirty` is `dirty`.
+fn dirty_is(port: u16, dirty: bool) -> Value {
+    poll(T, &format!("changes.dirty = {dirty}"), || {
+        let (_, v) = api(port, "GET", "/admin/persist", None);
+        (v["changes"]["dirty"] == json!(dirty)).then_some(v)
+    })
+}

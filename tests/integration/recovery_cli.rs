@@ -100,7 +100,6 @@ fn backup_snapshots_restore_and_status_through_url() {
         all.extend(["--url", &url, "--password", PASSWORD]);
         elsewhere.run(&all)
     };
-    let data = |name: &str| std::fs::read_to_string(stack.path(&format!("data/{name}"))).ok();
 
     let out = remote(&["status"]);
     out.code(0)
@@ -124,40 +123,7 @@ fn backup_snapshots_restore_and_status_through_url() {
     let out = remote(&["snapshots"]);
     out.code(0).stdout_has("time (UTC)").stdout_has(&snap);
 
-    // Change the data after the snapshot; a dry run lists it and changes nothing.
-    stack.write("data/a.txt", "changed\n");
-    stack.write("data/b.txt", "new\n");
-    let out = remote(&["restore", "--at", &snap, "--dry-run"]);
-    out.code(0)
-        .stdout_has("would restore ")
-        .stdout_has("a.txt")
-        .stdout_has("would delete ")
-        .stdout_has("b.txt");
-    assert_eq!(data("a.txt").as_deref(), Some("changed\n"));
-
-    // A real restore is not done without --force off a terminal.
-    remote(&["restore", "--at", &snap])
-        .code(1)
-        .stderr_has("pass --force to do it");
-    assert_eq!(data("b.txt").as_deref(), Some("new\n"));
-
-    let out = remote(&["restore", "--at", &snap, "--force"]);
-    out.code(0)
-        .stdout_has(&format!("restored snapshot {snap}"))
-        .stdout_has(&format!("undo: stackctl restore --url {url} --at "));
-    assert_eq!(data("a.txt").as_deref(), Some("kept\n"));
-    assert_eq!(data("b.txt"), None, "a file not in the snapshot is deleted");
-    let undo = id_after(&out, "--at ");
-
-    // The undo point holds the data as it was before the restore.
-    remote(&["restore", "--at", &undo, "--force"]).code(0);
-    assert_eq!(data("a.txt").as_deref(), Some("changed\n"));
-    assert_eq!(data("b.txt").as_deref(), Some("new\n"));
-
-    // The service is running again after the restores.
-    poll(Duration::from_secs(30), "the stack healthy again", || {
-        matches!(http_get(&format!("{url}/admin/healthz")), Some((200, _, _))).then_some(())
-    });
+    restore_script(&stack, &url, &snap, &format!(" --url {url}"), &remote);
 
     // Errors teach the fix.
     let out = elsewhere.run(&["backup", "--url", &url, "--password", "not-the-password"]);
@@ -212,4 +178,73 @@ fn persistence_off_is_said_not_restored_yes() {
         .run(&["backup", "--url", &url, "--password", PASSWORD])
         .code(1)
         .stderr_has("persistence is off on the stack at");
+}
+
+/// A local `stackctl restore` while `up` runs goes through its control
+/// socket: the same dry run, confirmation and undo point as `--url`.
+#[test]
+fn a_local_restore_while_up_runs_goes_through_the_running_stack() {
+    let (stack, url) = stack();
+    let mut up = stack.up();
+    wait_healthy(&mut up, &url);
+
+    stack.write("data/a.txt", "kept\n");
+    let out = stack.run(&["backup"]);
+    out.code(0).stdout_has(", pushed");
+    let snap = id_after(&out, "snapshot ");
+    restore_script(&stack, &url, &snap, "", &|args| stack.run(args));
+    stack
+        .run(&["restore", "--at", "ffffffff", "--dry-run"])
+        .code(1)
+        .stderr_has("no snapshot matches");
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+/// After a snapshot `snap` of `a.txt` = "kept": change the data, then
+/// through `run` a dry run (nothing changes), a restore refused without
+/// --force off a terminal, the restore (its undo line names `flag`), and
+/// the undo; the stack at `url` is healthy again afterwards.
+fn restore_script(
+    stack: &Stack,
+    url: &str,
+    snap: &str,
+    flag: &str,
+    run: &dyn Fn(&[&str]) -> Output,
+) {
+    let data = |name: &str| std::fs::read_to_string(stack.path(&format!("data/{name}"))).ok();
+    stack.write("data/a.txt", "changed\n");
+    stack.write("data/b.txt", "new\n");
+    let out = run(&["restore", "--at", snap, "--dry-run"]);
+    out.code(0)
+        .stdout_has("would restore ")
+        .stdout_has("a.txt")
+        .stdout_has("would delete ")
+        .stdout_has("b.txt");
+    assert_eq!(data("a.txt").as_deref(), Some("changed\n"));
+
+    // A real restore is not done without --force off a terminal.
+    run(&["restore", "--at", snap])
+        .code(1)
+        .stderr_has("pass --force to do it");
+    assert_eq!(data("b.txt").as_deref(), Some("new\n"));
+
+    let out = run(&["restore", "--at", snap, "--force"]);
+    out.code(0)
+        .stdout_has(&format!("restored snapshot {snap}"))
+        .stdout_has(&format!("undo: stackctl restore{flag} --at "));
+    assert_eq!(data("a.txt").as_deref(), Some("kept\n"));
+    assert_eq!(data("b.txt"), None, "a file not in the snapshot is deleted");
+    let undo = id_after(&out, "--at ");
+    assert_eq!(undo.len(), 12, "{out}");
+
+    // The undo point holds the data as it was before the restore.
+    run(&["restore", "--at", &undo, "--force"]).code(0);
+    assert_eq!(data("a.txt").as_deref(), Some("changed\n"));
+    assert_eq!(data("b.txt").as_deref(), Some("new\n"));
+
+    // The service is running again after the restores.
+    poll(Duration::from_secs(30), "the stack healthy again", || {
+        matches!(http_get(&format!("{url}/admin/healthz")), Some((200, _, _))).then_some(())
+    });
 }

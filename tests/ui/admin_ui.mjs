@@ -180,6 +180,9 @@ async function backups() {
   await until('the new snapshot in the list', async () => (await page.locator('#snapshots-body tr').count()) === rowsBefore + 1);
   await until('the status card to follow the backup', async () => (await text('#backup-list')) !== backupBefore);
   check(await page.locator('#backups-progress').isHidden(), 'the progress line is gone');
+  step('the live state after a push: last push, write lease, next snapshot (also on the status card)');
+  for (const key of ['Last push', 'Write lease', 'Next snapshot']) await waitText('#persist-state', key);
+  await waitText('#backup-list', 'Next snapshot');
 
   step('preview restoring it (a dry run): the changed file is listed, as text');
   if (DATA_FILE) writeFileSync(DATA_FILE, 'changed after the snapshot\n');

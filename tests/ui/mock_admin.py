@@ -89,9 +89,12 @@ def persist_state():
             last.pop(k)
     return {"enabled": True, "remote": "https://github.com/o/r.git", "branch": "main",
             "restore": {"state": "restored", "snapshot": snaps[-1]["id"], "progress": None, "unrestored": []},
-            "last_snapshot": last, "pending": 0, "changes": 2, "last_push": last and last["time"],
-            "last_error": None, "lease": {"holder": "mock", "mine": True, "renewed": now()},
-            "large_files": None, "next_snapshot": None, "conflicts": [], "running": persist["running"]}
+            "last_snapshot": last, "pending": 0, "changes": {"dirty": True, "since": now()},
+            "last_push": last and {"snapshot": last["id"], "time": last["time"]},
+            "last_error": None, "lease": {"holder": "mock", "host": "box", "mine": True, "since": now(),
+                                          "renewed": now(), "expires": now()},
+            "large_files": {"store": "dir:/blobs", "files": 1, "bytes": 4096},
+            "next_snapshot": {"time": now(), "reason": "first change"}, "conflicts": [], "running": persist["running"]}
 
 
 def run_op(op):

@@ -835,6 +835,10 @@
       for (const [k, v] of Object.entries(b)) kv(backup, humanKey(k), displayValue(k, v));
       if (!backup.childElementCount) kv(backup, 'State', 'no snapshot yet');
     } else kv(backup, 'State', display(b));
+    // What only the backup API knows: whether changes wait, and for when.
+    const p = state.persist && state.persist.enabled === true ? state.persist : null;
+    if (p && isObject(p.changes)) kv(backup, 'Changes', changesText(p.changes));
+    if (p && isObject(p.next_snapshot)) kv(backup, 'Next snapshot', nextText(p.next_snapshot));
   }
 
   function kv(list, key, value) {
@@ -924,11 +928,24 @@
     const ms = Date.parse(value);
     if (!Number.isFinite(ms)) return value;
     const ago = Math.round((Date.now() - ms) / 1000);
-    return new Date(ms).toLocaleString() + (ago >= 0 ? ' (' + agoText(ago) + ')' : '');
+    // The next snapshot and a lease's expiry lie ahead: "in 25 s".
+    const when = ago >= 0 ? agoText(ago) : 'in ' + agoText(-ago).replace(/ ago$/, '');
+    return new Date(ms).toLocaleString() + ' (' + when + ')';
   }
 
   function count(n, one, many) {
     return display(n) + ' ' + (n === 1 ? one : many);
+  }
+
+  /** `changes` of `GET persist`: pending or not, since when. */
+  function changesText(c) {
+    if (c.dirty !== true) return 'none since the last snapshot';
+    return 'not snapshotted yet' + (typeof c.since === 'string' ? ', since ' + displayTime(c.since) : '');
+  }
+
+  /** `next_snapshot` of `GET persist`: the time and the rule that set it. */
+  function nextText(n) {
+    return displayTime(n.time) + (typeof n.reason === 'string' ? ' (' + n.reason + ')' : '');
   }
 
   function renderPersist(p) {
@@ -964,18 +981,23 @@
       kv(list, 'Last snapshot', 'none yet');
     }
     if (typeof p.pending === 'number' && p.pending > 0) kv(list, 'Pending', count(p.pending, 'snapshot', 'snapshots') + ' not pushed yet');
-    if (typeof p.changes === 'number') kv(list, 'Changes', count(p.changes, 'file', 'files') + ' since the last snapshot');
-    if (p.last_push) kv(list, 'Last push', displayTime(p.last_push));
+    if (isObject(p.changes)) kv(list, 'Changes', changesText(p.changes));
+    if (isObject(p.last_push)) {
+      kv(list, 'Last push', shortId(p.last_push.snapshot)
+        + (typeof p.last_push.time === 'string' ? ' · ' + displayTime(p.last_push.time) : ''));
+    }
     if (p.last_error) kv(list, 'Last error', display(p.last_error));
     if (isObject(p.lease)) {
-      kv(list, 'Write lease', display(p.lease.holder) + (p.lease.mine === true ? ' (this stack)' : '')
-        + (p.lease.renewed ? ', renewed ' + displayTime(p.lease.renewed) : ''));
+      const l = p.lease;
+      let text = display(l.holder) + (typeof l.host === 'string' ? ' on ' + l.host : '') + (l.mine === true ? ' (this stack)' : '');
+      for (const k of ['since', 'renewed', 'expires']) if (typeof l[k] === 'string') text += ', ' + k + ' ' + displayTime(l[k]);
+      kv(list, 'Write lease', text);
     }
     if (isObject(p.large_files)) {
       kv(list, 'Large files', count(p.large_files.files, 'file', 'files') + ', ' + count(p.large_files.bytes, 'byte', 'bytes')
         + ' in ' + display(p.large_files.store));
     }
-    if (p.next_snapshot) kv(list, 'Next snapshot', displayTime(p.next_snapshot));
+    if (isObject(p.next_snapshot)) kv(list, 'Next snapshot', nextText(p.next_snapshot));
     if (Array.isArray(p.conflicts) && p.conflicts.length) kv(list, 'Conflicts', p.conflicts.map(display).join(', '));
   }
 
