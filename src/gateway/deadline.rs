@@ -76,28 +76,42 @@ impl Future for Deadline {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_deadline_moves_later_only_past_the_slack_and_earlier_always() {
-        let mut d = Deadline::after(Duration::from_secs(60));
-        let first = d.at;
-        // Asked again at once: within the slack, left alone.
-        d.reset(Duration::from_secs(60));
-        assert_eq!(d.at, first);
-        // Earlier: always moved.
-        d.reset(Duration::from_secs(1));
-        assert!(d.at < first);
-        // Later by more than the slack: moved.
-        let earlier = d.at;
-        d.reset(Duration::from_secs(60));
-        assert!(d.at > earlier);
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
-    #[tokio::test]
-    async fn a_deadline_passes() {
-        let mut d = Deadline::after(Duration::from_secs(5));
-        d.reset(Duration::from_millis(10));
-        tokio::time::timeout(Duration::from_secs(1), &mut d)
-            .await
-            .expect("the deadline passed");
+    /// Whether `d` has passed, looked at once.
+    async fn passed(d: &mut Deadline) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(d.poll_passed(cx))).await
+    }
+
+    // tokio's clock is paused (it moves only when advanced), so where the
+    // timer ends is exact, while the coarse clock that decides whether to
+    // move it barely moves during the test.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_moves_later_only_past_the_slack_and_earlier_always() {
+        let start = Instant::now();
+        let mut d = Deadline::after(ms(60_000));
+        assert_eq!(d.sleep.deadline(), start + ms(60_000));
+        // Asked again 100 ms later: within the slack, left alone.
+        tokio::time::advance(ms(100)).await;
+        d.reset(ms(60_000));
+        assert_eq!(d.sleep.deadline(), start + ms(60_000));
+        // Earlier: always moved.
+        d.reset(ms(1_000));
+        assert_eq!(d.sleep.deadline(), start + ms(1_100));
+        // Later by more than the slack: moved.
+        d.reset(ms(60_000));
+        assert_eq!(d.sleep.deadline(), start + ms(60_100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passes_at_its_limit_and_not_before() {
+        let mut d = Deadline::after(ms(5_000));
+        d.reset(ms(2_000));
+        tokio::time::advance(ms(1_999)).await;
+        assert!(!passed(&mut d).await, "passed early");
+        tokio::time::advance(ms(1)).await;
+        assert!(passed(&mut d).await, "did not pass at its limit");
     }
 }

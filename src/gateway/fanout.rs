@@ -315,7 +315,9 @@ mod tests {
         assert_eq!(limits(usize::MAX).cap().max, Semaphore::MAX_PERMITS);
     }
 
-    #[tokio::test]
+    // The clock is paused: the give-up costs no real time and its instant
+    // is exact.
+    #[tokio::test(start_paused = true)]
     async fn a_waiter_gets_a_permit_given_back_or_gives_up_at_its_deadline() {
         let l = limits(1);
         let b = l.backend(addr()).unwrap();
@@ -323,6 +325,7 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(30);
         let got = wait(&b, soon, || None::<()>).await;
         assert_eq!(got.unwrap_err(), Full);
+        assert_eq!(Instant::now(), soon, "gave up before or after its deadline");
         assert_eq!(b.waiting.load(Ordering::SeqCst), 0);
 
         let later = Instant::now() + Duration::from_secs(10);

@@ -17,7 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 use super::front::Client;
 use super::gateway::{backend, config, restored, start_with, Gw, DEADLINE};
 
-const SEND: Duration = Duration::from_secs(1);
+/// Short, since most tests here wait it out; the steady reader and the
+/// busy WebSocket below pause for fractions of it, so they scale with it.
+const SEND: Duration = Duration::from_millis(500);
+/// How much earlier than its limit a close may come: the deadline's own
+/// slack (a sixteenth of the limit) and the coarse clock's ticks, with
+/// room to spare.
+const EARLY: Duration = Duration::from_millis(100);
 
 /// A request the front end relays itself, and one hyper's side takes (a
 /// chunked body).
@@ -121,7 +127,7 @@ async fn a_client_that_never_reads_is_closed_with_its_backend_connection() {
             .unwrap();
         // Not before the send timeout (give or take the timer's slack).
         assert!(
-            at - sent >= SEND - Duration::from_millis(200),
+            at - sent >= SEND - EARLY,
             "{path}: closed after {:?}",
             at - sent
         );
@@ -158,7 +164,7 @@ async fn a_slow_but_steady_reader_is_not_cut() {
                 .expect("an open connection");
             assert!(n > 0, "{path}: cut after {got} bytes");
             got += n;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(SEND / 20).await;
         }
         assert!(
             closed.try_recv().is_err(),
@@ -211,7 +217,7 @@ async fn an_idle_websocket_tunnel_is_closed_and_a_busy_one_is_not() {
         "{end:?}"
     );
     assert!(
-        quiet.elapsed() >= SEND - Duration::from_millis(200),
+        quiet.elapsed() >= SEND - EARLY,
         "closed after {:?}",
         quiet.elapsed()
     );
@@ -225,8 +231,10 @@ async fn an_idle_websocket_tunnel_is_closed_and_a_busy_one_is_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_hyper_request_the_connection_idles_for_idle_not_header_read() {
     let b = backend("b").await;
-    let header_read = Duration::from_secs(1);
-    let idle = Duration::from_secs(3);
+    // `idle` is four `header_read`s: the pause of two below stays well
+    // under it, and a half head's close well before it.
+    let header_read = Duration::from_millis(500);
+    let idle = Duration::from_secs(2);
     let gw = gateway(b.url(), |cfg| {
         cfg.timeouts.header_read = header_read;
         cfg.timeouts.idle = idle;
@@ -286,11 +294,7 @@ async fn a_websocket_client_that_never_reads_is_closed_with_its_backend() {
         .await
         .expect("the backend side of the tunnel is still open")
         .unwrap();
-    assert!(
-        at - sent >= SEND - Duration::from_millis(200),
-        "closed after {:?}",
-        at - sent
-    );
+    assert!(at - sent >= SEND - EARLY, "closed after {:?}", at - sent);
     assert!(
         drained_to_close(&mut s).await,
         "the client connection is still open"

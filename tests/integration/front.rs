@@ -286,7 +286,10 @@ async fn slow_heads_and_idle_connections_are_closed() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), Some(b.url()), json!([]));
     cfg.timeouts.header_read = Duration::from_millis(300);
-    cfg.timeouts.idle = Duration::from_secs(5);
+    // Over twice the pause below (plus the deadline's slack, `idle`/16),
+    // so that the pause stays well under it even on a loaded machine; no
+    // longer, since the test waits it out.
+    cfg.timeouts.idle = Duration::from_millis(2500);
     let gw = start_with(cfg, dir, restored(), |g| g).await;
 
     // Nothing, or half a head: closed after `header_read`.

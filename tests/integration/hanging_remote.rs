@@ -19,8 +19,9 @@ use crate::persist::HttpGit;
 
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tok-hanging-remote-42";
-/// The stack's `shutdown_timeout`.
-const BUDGET: Duration = Duration::from_secs(3);
+/// The stack's `shutdown_timeout`. Every stop here waits it out (the
+/// remote never answers), so it is short.
+const BUDGET: Duration = Duration::from_secs(2);
 /// Signal delivery, process exit and the test's own polling.
 const SLACK: Duration = Duration::from_millis(300);
 
@@ -75,11 +76,17 @@ impl Proxy {
     }
 
     /// Wait until a connection is swallowed: stackctl is waiting on it.
-    fn wait_held(&self, n: usize, up: &Running) {
+    /// `nudge` runs at once, then every half second until then.
+    fn wait_held(&self, n: usize, up: &Running, mut nudge: impl FnMut()) {
         let deadline = Instant::now() + T;
+        let mut next_nudge = Instant::now();
         while self.held() < n {
             if Instant::now() > deadline {
                 up.fail(&format!("no connection #{n} reached the hanging remote"));
+            }
+            if Instant::now() >= next_nudge {
+                nudge();
+                next_nudge = Instant::now() + Duration::from_millis(500);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -195,7 +202,7 @@ fn a_remote_that_never_answers_during_the_restore_does_not_hold_up_a_stop() {
     let s = stack(proxy.port);
     let mut up = s.up();
     // The restore is waiting on the silent remote.
-    proxy.wait_held(1, &up);
+    proxy.wait_held(1, &up, || {});
     let (code, took) = stop(&mut up);
     assert_within_budget(&up, took);
     assert_eq!(code, Some(0), "{}", up.log());
@@ -215,9 +222,16 @@ fn a_remote_that_stops_answering_mid_run_does_not_hold_up_a_stop() {
         _remote,
     } = Live::start();
     // A change starts a periodic snapshot, which waits on the silent remote.
+    // `restore finished` is logged before the snapshot loop watches the
+    // data, so a first change may go unseen: change it again until a
+    // snapshot reaches the remote.
     proxy.hang();
-    std::fs::write(s.path("data/late.txt"), "written while the remote hangs").unwrap();
-    proxy.wait_held(1, &up);
+    let mut n = 0;
+    proxy.wait_held(1, &up, || {
+        n += 1;
+        let text = format!("written while the remote hangs ({n})");
+        std::fs::write(s.path("data/late.txt"), text).unwrap();
+    });
     let (code, took) = stop(&mut up);
     assert_within_budget(&up, took);
     assert_eq!(code, Some(3), "{}", up.log());

@@ -369,13 +369,20 @@ fn stop(r: &mut Running) -> Option<i32> {
 fn write_until(r: &mut Running, path: &Path, text: &str, mut done: impl FnMut(&Running) -> bool) {
     let deadline = std::time::Instant::now() + T;
     let tmp = path.with_file_name(".write-until");
+    let mut next_write = std::time::Instant::now();
     while !done(r) {
-        if std::time::Instant::now() > deadline {
+        let now = std::time::Instant::now();
+        if now > deadline {
             r.fail(&format!("not done after writing {}", path.display()));
         }
-        fs::write(&tmp, text).unwrap();
-        fs::rename(&tmp, path).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        // Written again only after the debounce and a snapshot had time
+        // to run: a write every debounce would put the snapshot off.
+        if now >= next_write {
+            fs::write(&tmp, text).unwrap();
+            fs::rename(&tmp, path).unwrap();
+            next_write = now + Duration::from_secs(1);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
