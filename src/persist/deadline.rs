@@ -167,7 +167,9 @@ impl Budget {
         Budget { began, total }
     }
 
-    /// When the process must be gone; leaves the runtime its 100 ms to exit.
+    /// When the process must be gone: 150 ms before the budget's end, the
+    /// runtime's 100 ms shutdown timeout (`up.rs`) plus 50 ms for the exit
+    /// itself.
     pub fn end(&self) -> Instant {
         self.began + self.total.saturating_sub(Duration::from_millis(150))
     }
