@@ -768,38 +768,24 @@ fn head_text(h: RemoteHead) -> String {
     }
 }
 
-/// Exponential backoff delays: `initial`, doubling, capped at `max`, `tries - 1` of them.
-pub fn backoff(tries: u32, initial: Duration, max: Duration) -> Vec<Duration> {
-    (0..tries.saturating_sub(1))
-        .map(|i| initial.saturating_mul(1u32 << i.min(20)).min(max))
-        .collect()
-}
-
 /// Run `op` up to `tries` times while it fails with a retryable error,
-/// sleeping per [`backoff`] in between.
+/// waiting by the persistence retry policy ([`super::retry`]) in between.
 pub fn with_retries<T>(
     tries: u32,
     initial: Duration,
     max: Duration,
-    mut op: impl FnMut() -> Result<T, RemoteError>,
+    op: impl FnMut() -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
-    let mut delays = backoff(tries, initial, max).into_iter();
-    loop {
-        match op() {
-            Err(e) if e.is_retryable() => match delays.next() {
-                Some(d) => {
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed");
-                    // No retry that cannot finish in time (the last
-                    // error says more than "out of time").
-                    if deadline::sleep(d).is_err() {
-                        return Err(e);
-                    }
-                }
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
+    let policy = super::retry::Policy {
+        attempts: tries,
+        initial,
+        max,
+    };
+    policy.run(
+        RemoteError::is_retryable,
+        |e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed"),
+        op,
+    )
 }
 
 #[cfg(test)]
@@ -920,24 +906,6 @@ mod tests {
         assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
         let e = class(C::Os, "failed to connect to 127.0.0.1: Connection refused");
         assert!(e.is_retryable(), "{e:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let ms = |v: Vec<Duration>| {
-            v.into_iter()
-                .map(|d| d.as_millis() as u64)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            ms(backoff(
-                5,
-                Duration::from_millis(100),
-                Duration::from_millis(500)
-            )),
-            [100, 200, 400, 500]
-        );
-        assert!(backoff(1, Duration::from_secs(1), Duration::from_secs(1)).is_empty());
     }
 
     #[test]
