@@ -184,19 +184,16 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
             shallow_ok: false,
         });
     }
-    if let Some((scheme, rest)) = r.split_once("://") {
+    if r.contains("://") {
         if is_ssh(r) {
             return Err(RemoteError::Unsupported {
                 url: crate::redact::url(r),
                 message: "SSH remotes are not supported".into(),
             });
         }
-        if !matches!(scheme, "http" | "https" | "git") {
-            return Err(bad());
-        }
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            // A token in the URL would end up in logs and errors: refuse it.
+        // A token in the URL would end up in logs and errors: refused, as
+        // are other schemes, no host and a bad port.
+        if crate::weburl::check_remote(r).is_err() {
             return Err(bad());
         }
         return Ok(RemoteUrl {
@@ -372,11 +369,11 @@ impl Remote {
     fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let token = self.token.as_deref();
-        let home = crate::redact::origin(&self.url.url);
+        let home = crate::weburl::origin(&self.url.url);
         cb.credentials(move |url, _user, allowed| {
             // libgit2 asks with the URL it is talking to, which after a
             // redirect may be another server: it gets nothing from us.
-            let there = crate::redact::origin(url);
+            let there = crate::weburl::origin(url);
             if there != home {
                 let host = there.map_or_else(|| crate::redact::url(url), |(h, _)| h);
                 return Err(git2::Error::from_str(&format!("{OFFSITE} `{host}`")));
