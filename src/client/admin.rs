@@ -55,7 +55,7 @@ impl Admin {
         let base = match (&args.url, manifest) {
             (Some(url), _) => BaseUrl::parse(url)?,
             (None, Some(m)) => match gateway {
-                Some(g) => BaseUrl::from_listen(g.listen),
+                Some(g) => BaseUrl::from_listen(g.listen)?,
                 None => bail!(
                     "`{}` has no `gateway:` section, so there is no admin API to talk to; pass --url to reach a gateway elsewhere",
                     m.file.display()

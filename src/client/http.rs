@@ -31,7 +31,7 @@ pub(crate) struct BaseUrl {
 
 impl BaseUrl {
     /// The loopback URL of a listen address (`0.0.0.0:P` → `http://127.0.0.1:P`).
-    pub(super) fn from_listen(listen: SocketAddr) -> BaseUrl {
+    pub(super) fn from_listen(listen: SocketAddr) -> Result<BaseUrl> {
         let mut addr = listen;
         if addr.ip().is_unspecified() {
             addr.set_ip(match addr {
@@ -40,11 +40,9 @@ impl BaseUrl {
             });
         }
         let display = format!("http://{addr}");
-        match url::Url::parse(&display) {
-            Ok(url) => BaseUrl { url, display },
-            // A socket address always makes a valid http URL.
-            Err(_) => unreachable!("`{display}` is a valid URL"),
-        }
+        let url = url::Url::parse(&display)
+            .map_err(|e| anyhow!("`gateway.listen` {listen} makes no URL ({e}); pass --url"))?;
+        Ok(BaseUrl { url, display })
     }
 
     /// `--url`: `http(s)://host[:port][/prefix]`, or just `host:port`.

@@ -28,11 +28,11 @@ fn parts(u: &BaseUrl) -> (&str, String, u16, &str) {
 
 #[test]
 fn unspecified_listen_addresses_become_loopback() {
-    let v4 = BaseUrl::from_listen("0.0.0.0:7860".parse().unwrap());
+    let v4 = BaseUrl::from_listen("0.0.0.0:7860".parse().unwrap()).unwrap();
     assert_eq!(v4.display, "http://127.0.0.1:7860");
-    let v6 = BaseUrl::from_listen("[::]:7860".parse().unwrap());
+    let v6 = BaseUrl::from_listen("[::]:7860".parse().unwrap()).unwrap();
     assert_eq!(v6.display, "http://[::1]:7860");
-    let specific = BaseUrl::from_listen("10.1.2.3:80".parse().unwrap());
+    let specific = BaseUrl::from_listen("10.1.2.3:80".parse().unwrap()).unwrap();
     assert_eq!(parts(&specific), ("http", "10.1.2.3".into(), 80, ""));
 }
 
