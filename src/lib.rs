@@ -41,3 +41,4 @@ pub mod shutdown;
 pub mod status;
 pub mod supervisor;
 pub mod up;
+mod weburl;

@@ -66,38 +66,6 @@ pub fn has_query(u: &str) -> bool {
     split_scheme(u).is_some_and(|(_, rest)| rest.split('#').next().unwrap_or("").contains('?'))
 }
 
-/// The host (lowercase) and port (the scheme's default when none is given)
-/// of a `scheme://` URL: where credentials for it may go.
-pub fn origin(u: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = split_scheme(u)?;
-    let auth = authority(rest);
-    let host_port = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let (h, after) = v6.split_once(']')?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let default = match scheme.to_ascii_lowercase().as_str() {
-        "http" => 80,
-        "https" => 443,
-        "ssh" => 22,
-        "git" => 9418,
-        _ => 0,
-    };
-    let port = match port {
-        Some(p) if !p.is_empty() => p.parse().ok()?,
-        _ => default,
-    };
-    Some((host.to_ascii_lowercase(), port))
-}
-
 fn split_scheme(u: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = u.split_once("://")?;
     let ok = !scheme.is_empty()
@@ -158,22 +126,5 @@ mod tests {
         assert!(has_query("https://h/p?x=1"));
         assert!(!has_query("https://h/p#?x"));
         assert!(!has_query("/srv/a?b"));
-    }
-
-    #[test]
-    fn origins_compare_host_and_port() {
-        assert_eq!(
-            origin("https://GitHub.com/o/r.git"),
-            Some(("github.com".into(), 443))
-        );
-        assert_eq!(
-            origin("http://u:p@127.0.0.1:8080/x"),
-            Some(("127.0.0.1".into(), 8080))
-        );
-        assert_eq!(origin("http://[::1]:81/x"), Some(("::1".into(), 81)));
-        assert_eq!(origin("http://[::1]/x"), Some(("::1".into(), 80)));
-        assert_eq!(origin("/srv/x"), None);
-        assert_eq!(origin("http:///x"), None);
-        assert_eq!(origin("http://h:notaport/x"), None);
     }
 }

@@ -149,7 +149,13 @@ pub async fn restore_at_start(
     stop: &CancellationToken,
     shutdown_timeout: Duration,
 ) -> Result<Restored, PersistError> {
-    let mut delay = Duration::from_secs(1);
+    // No end: a Space must not start on empty data (see above).
+    let mut delays = super::retry::Policy {
+        attempts: u32::MAX,
+        initial: super::retry::first_delay(),
+        max: Duration::from_secs(60),
+    }
+    .delays();
     let mut attempt = 1u32;
     // Failed attempts to reach the remote, here and in the persister's own
     // retries: the page counts them all.
@@ -218,14 +224,13 @@ pub async fn restore_at_start(
                 return Ok(Restored::Done(Box::new(report)));
             }
             Ok(Err(e)) if e.is_retryable() => {
-                warn!(error = %e, attempt, retry_in_s = delay.as_secs(), "restore failed; retrying (services wait)");
+                let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                warn!(error = %e, attempt, retry_in_ms = delay.as_millis() as u64, "restore failed; retrying (services wait)");
                 let n = failures.fetch_add(1, Ordering::Relaxed) + 1;
                 status.update(|s| s.restore_progress = Some(waiting(n)));
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(Restored::Stopped),
-                    () = tokio::time::sleep(delay) => {}
+                if !super::retry::sleep_or_stop(delay, stop).await {
+                    return Ok(Restored::Stopped);
                 }
-                delay = (delay * 2).min(Duration::from_secs(60));
                 attempt += 1;
             }
             Ok(Err(e)) => return Err(e),

@@ -51,6 +51,7 @@ pub mod pointer;
 pub mod progress;
 pub mod remote;
 pub mod restore;
+pub mod retry;
 pub mod schedule;
 pub mod snapshot;
 
@@ -237,7 +238,7 @@ impl From<&crate::manifest::Persist> for Config {
             lease_ttl: DEFAULT_LEASE_TTL,
             readiness_file: p.readiness_file.clone(),
             retries: 5,
-            retry_initial: Duration::from_secs(1),
+            retry_initial: retry::first_delay(),
             retry_max: Duration::from_secs(30),
         }
     }

@@ -184,19 +184,16 @@ pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
             shallow_ok: false,
         });
     }
-    if let Some((scheme, rest)) = r.split_once("://") {
+    if r.contains("://") {
         if is_ssh(r) {
             return Err(RemoteError::Unsupported {
                 url: crate::redact::url(r),
                 message: "SSH remotes are not supported".into(),
             });
         }
-        if !matches!(scheme, "http" | "https" | "git") {
-            return Err(bad());
-        }
-        let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            // A token in the URL would end up in logs and errors: refuse it.
+        // A token in the URL would end up in logs and errors: refused, as
+        // are other schemes, no host and a bad port.
+        if crate::weburl::check_remote(r).is_err() {
             return Err(bad());
         }
         return Ok(RemoteUrl {
@@ -372,11 +369,11 @@ impl Remote {
     fn callbacks<'a>(&'a self, tries: &'a Cell<u32>) -> RemoteCallbacks<'a> {
         let mut cb = RemoteCallbacks::new();
         let token = self.token.as_deref();
-        let home = crate::redact::origin(&self.url.url);
+        let home = crate::weburl::origin(&self.url.url);
         cb.credentials(move |url, _user, allowed| {
             // libgit2 asks with the URL it is talking to, which after a
             // redirect may be another server: it gets nothing from us.
-            let there = crate::redact::origin(url);
+            let there = crate::weburl::origin(url);
             if there != home {
                 let host = there.map_or_else(|| crate::redact::url(url), |(h, _)| h);
                 return Err(git2::Error::from_str(&format!("{OFFSITE} `{host}`")));
@@ -768,38 +765,24 @@ fn head_text(h: RemoteHead) -> String {
     }
 }
 
-/// Exponential backoff delays: `initial`, doubling, capped at `max`, `tries - 1` of them.
-pub fn backoff(tries: u32, initial: Duration, max: Duration) -> Vec<Duration> {
-    (0..tries.saturating_sub(1))
-        .map(|i| initial.saturating_mul(1u32 << i.min(20)).min(max))
-        .collect()
-}
-
 /// Run `op` up to `tries` times while it fails with a retryable error,
-/// sleeping per [`backoff`] in between.
+/// waiting by the persistence retry policy ([`super::retry`]) in between.
 pub fn with_retries<T>(
     tries: u32,
     initial: Duration,
     max: Duration,
-    mut op: impl FnMut() -> Result<T, RemoteError>,
+    op: impl FnMut() -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
-    let mut delays = backoff(tries, initial, max).into_iter();
-    loop {
-        match op() {
-            Err(e) if e.is_retryable() => match delays.next() {
-                Some(d) => {
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed");
-                    // No retry that cannot finish in time (the last
-                    // error says more than "out of time").
-                    if deadline::sleep(d).is_err() {
-                        return Err(e);
-                    }
-                }
-                None => return Err(e),
-            },
-            other => return other,
-        }
-    }
+    let policy = super::retry::Policy {
+        attempts: tries,
+        initial,
+        max,
+    };
+    policy.run(
+        RemoteError::is_retryable,
+        |e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed"),
+        op,
+    )
 }
 
 #[cfg(test)]
@@ -920,24 +903,6 @@ mod tests {
         assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
         let e = class(C::Os, "failed to connect to 127.0.0.1: Connection refused");
         assert!(e.is_retryable(), "{e:?}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let ms = |v: Vec<Duration>| {
-            v.into_iter()
-                .map(|d| d.as_millis() as u64)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            ms(backoff(
-                5,
-                Duration::from_millis(100),
-                Duration::from_millis(500)
-            )),
-            [100, 200, 400, 500]
-        );
-        assert!(backoff(1, Duration::from_secs(1), Duration::from_secs(1)).is_empty());
     }
 
     #[test]

@@ -189,39 +189,46 @@ pub struct HttpTarget {
 }
 
 /// Parse `http://host[:port][/path]`; `https` is not supported (probes talk
-/// to services on loopback).
-pub fn parse_http_url(url: &str) -> Result<HttpTarget, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{url}`: only http:// URLs can be probed"))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest[i..].starts_with('?') => (&rest[..i], format!("/{}", &rest[i..])),
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("`{url}`: expected http://host:port/path"));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{url}`: unclosed [ in host"))?;
-        (h, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
+/// to services on loopback). The `url` crate reads it, as reqwest would.
+pub fn parse_http_url(text: &str) -> Result<HttpTarget, String> {
+    let expected = || format!("`{text}`: expected http://host:port/path");
+    let url = match crate::weburl::WebUrl::parse(text) {
+        Ok(u) => u.into_url(),
+        Err(crate::weburl::Problem::Port(p)) => return Err(format!("`{text}`: bad port `{p}`")),
+        Err(crate::weburl::Problem::Scheme) => {
+            return Err(format!("`{text}`: only http:// URLs can be probed"))
         }
+        Err(_) => return Err(expected()),
     };
-    let port = match port {
-        None => 80,
-        Some(p) => p.parse().map_err(|_| format!("`{url}`: bad port `{p}`"))?,
+    // `http:x` and `https:` are refused as written, before the URL grammar
+    // (which reads `http:///x` as host `x`: a typo here, not a host).
+    let Some(rest) = text
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("http://"))
+        .map(|_| &text[7..])
+    else {
+        return Err(format!("`{text}`: only http:// URLs can be probed"));
+    };
+    if !url.username().is_empty() || url.password().is_some() || rest.starts_with('/') {
+        return Err(expected());
+    }
+    let (host, bracketed) = match url.host() {
+        Some(url::Host::Ipv6(ip)) => (ip.to_string(), format!("[{ip}]")),
+        Some(h) => (h.to_string(), h.to_string()),
+        None => return Err(expected()),
+    };
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
     };
     Ok(HttpTarget {
-        host: host.to_string(),
-        port,
+        port: url.port_or_known_default().unwrap_or(80),
+        authority: match url.port() {
+            Some(p) => format!("{bracketed}:{p}"),
+            None => bracketed,
+        },
+        host,
         path,
-        authority: authority.to_string(),
     })
 }
 
@@ -373,6 +380,15 @@ mod tests {
         );
         assert!(parse_http_url("http:///x").is_err());
         assert!(parse_http_url("http://user@h/").is_err());
+        // Short or odd text is an error, never a slice out of range.
+        for odd in ["http:x", "http:", "h", "", "http://", "ftp://h/"] {
+            assert!(parse_http_url(odd).is_err(), "{odd}");
+        }
+        // Read as an HTTP client reads it: scheme and host case, dot segments.
+        assert_eq!(
+            parse_http_url("HTTP://H:8/a/../b").map(|t| (t.host, t.path, t.authority)),
+            Ok(("h".to_string(), "/b".to_string(), "h:8".to_string()))
+        );
     }
 
     #[test]

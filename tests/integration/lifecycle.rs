@@ -151,7 +151,10 @@ fn a_failed_final_backup_exits_3() {
 fn an_unreachable_remote_keeps_services_waiting_behind_a_restoring_page() {
     let port = free_port();
     let dead = free_port();
-    let s = stack(port, &format!("http://127.0.0.1:{dead}/repo.git"));
+    // Short retry delays (the documented knob): the persister's own retries
+    // would wait 1+2+4+8 s before the restore loop sees the failure.
+    let s = stack(port, &format!("http://127.0.0.1:{dead}/repo.git"))
+        .env("STACKCTL_RETRY_DELAY", "50ms");
     let mut up = s.up();
     let (code, _, body) = poll(T, "the restoring page", || {
         http_get(&format!("http://127.0.0.1:{port}/")).filter(|(c, _, _)| *c == 503)

@@ -234,25 +234,26 @@ impl Default for Retry {
 }
 
 impl Retry {
-    /// Run `op` until it succeeds, fails for good, or attempts run out.
+    /// Run `op` until it succeeds, fails for good, or attempts run out, by
+    /// the persistence retry policy ([`crate::persist::retry`]).
     pub fn run<T>(&self, mut op: impl FnMut() -> Result<T, BlobError>) -> Result<T, BlobError> {
-        let mut delay = self.initial;
-        let mut attempt = 1;
-        loop {
-            deadline::check().map_err(BlobError::Stopped)?;
-            match op() {
-                Err(e) if e.is_retryable() && attempt < self.attempts.max(1) => {
-                    tracing::warn!(error = %e, attempt, "blob transfer failed; retrying");
-                    // No retry that cannot finish in time.
-                    if deadline::sleep(delay).is_err() {
-                        return Err(e);
-                    }
-                    delay = (delay * 2).min(self.max);
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let mut attempt = 1u32;
+        let policy = crate::persist::retry::Policy {
+            attempts: self.attempts.max(1),
+            initial: self.initial,
+            max: self.max,
+        };
+        policy.run(
+            BlobError::is_retryable,
+            |e, _| {
+                tracing::warn!(error = %e, attempt, "blob transfer failed; retrying");
+                attempt += 1;
+            },
+            || {
+                deadline::check().map_err(BlobError::Stopped)?;
+                op()
+            },
+        )
     }
 }
 

@@ -165,10 +165,7 @@ pub(crate) fn client() -> Result<Client, BlobError> {
 }
 
 fn host_of(url: &str) -> Option<String> {
-    reqwest::Url::parse(url).ok().and_then(|u| {
-        u.host_str()
-            .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
-    })
+    crate::weburl::origin(url).map(|(h, p)| format!("{h}:{p}"))
 }
 
 fn protocol(url: &str, message: impl Into<String>) -> BlobError {
