@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn map(pairs: &[(&str, &str)]) -> HeaderMap {
