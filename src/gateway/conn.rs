@@ -46,7 +46,8 @@ use crate::gateway::front::{self, BodyOut, Parsed};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
 use crate::gateway::limits;
-use crate::gateway::router::{self, normalize_path, Decision, RequestHead};
+use crate::gateway::path::{self, normalize_path};
+use crate::gateway::router::{Decision, RequestHead};
 use crate::gateway::Shared;
 use crate::shutdown::CancellationToken;
 
@@ -384,7 +385,7 @@ impl Front {
             let fwd = headers::forwarded(headers, None, origin, &shared.trusted);
             let view =
                 RequestHeaders::new(headers, &fwd, target.forwarded_prefix, target.set_headers);
-            let upstream_target = router::backend_target(req.target, &target.path, req.query());
+            let upstream_target = path::backend_target(req.target, &target.path, req.query());
             h1::encode_request_head(
                 &mut self.req_head,
                 req.method,

@@ -60,6 +60,7 @@ pub mod h1;
 pub mod headers;
 pub mod limits;
 pub mod migrate;
+pub mod path;
 pub mod proxy;
 pub mod restoring;
 pub mod router;
@@ -91,8 +92,9 @@ use crate::status::{Phase, StatusBoard};
 use crate::gateway::auth::{Auth, AuthError, LimitConfig};
 use crate::gateway::body::Body;
 use crate::gateway::error::HttpError;
+use crate::gateway::path::normalize_path;
 use crate::gateway::proxy::{ForwardError, Tunnels, Upstream, UpstreamConfig};
-use crate::gateway::router::{normalize_path, Decision, RequestHead, Router};
+use crate::gateway::router::{Decision, RequestHead, Router};
 use crate::gateway::rules::Backend;
 use crate::gateway::state::{State, StateError};
 

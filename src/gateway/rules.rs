@@ -761,7 +761,7 @@ fn check_rule_path(p: &str) -> Result<(), String> {
             "`{p}` must be a plain path (no query, fragment or spaces)"
         ));
     }
-    match crate::gateway::router::normalize_path(p) {
+    match crate::gateway::path::normalize_path(p) {
         Ok(n) if n == p => {}
         Ok(n) => {
             return Err(format!(
@@ -770,7 +770,7 @@ fn check_rule_path(p: &str) -> Result<(), String> {
         }
         Err(e) => return Err(format!("`{p}`: {e}")),
     }
-    if crate::gateway::router::is_admin_path(p) {
+    if crate::gateway::path::is_admin_path(p) {
         return Err(format!(
             "`{p}` is under `/admin/`, which is reserved for the gateway's admin API"
         ));

@@ -31,7 +31,8 @@ use crate::gateway::body::Body;
 use crate::gateway::front::{self, BodyOut};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
-use crate::gateway::router::{self, Target};
+use crate::gateway::path;
+use crate::gateway::router::Target;
 use crate::gateway::tunnel::spawn_tunnel;
 use crate::gateway::upstream::{self, Outgoing, Pool, UpstreamBody};
 
@@ -321,14 +322,14 @@ fn classify(e: &hyper::Error, limit: u64) -> ForwardError {
 }
 
 /// The request target for the backend as a URI (see
-/// [`router::backend_target`]); the client's URI is reused as is when it
+/// [`path::backend_target`]); the client's URI is reused as is when it
 /// already says exactly that, so nothing is parsed or allocated.
 fn origin_form(client: &Uri, path: &str) -> Option<Uri> {
     let raw = match (client.scheme(), client.authority()) {
         (None, None) => client.path_and_query().map_or("", |pq| pq.as_str()),
         _ => "",
     };
-    match router::backend_target(raw, path, client.query()) {
+    match path::backend_target(raw, path, client.query()) {
         Cow::Borrowed(t) if !raw.is_empty() && t == raw => Some(client.clone()),
         t => PathAndQuery::try_from(t.as_ref()).ok().map(Uri::from),
     }
