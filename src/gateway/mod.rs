@@ -93,10 +93,12 @@ use crate::gateway::auth::{Auth, AuthError, LimitConfig};
 use crate::gateway::body::Body;
 use crate::gateway::error::HttpError;
 use crate::gateway::path::normalize_path;
-use crate::gateway::proxy::{ForwardError, Tunnels, Upstream, UpstreamConfig};
+use crate::gateway::proxy::Upstream;
 use crate::gateway::router::{Decision, RequestHead, Router};
 use crate::gateway::rules::Backend;
 use crate::gateway::state::{State, StateError};
+use crate::gateway::tunnel::Tunnels;
+use crate::gateway::upstream::{ForwardError, UpstreamConfig};
 
 pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table};
 

@@ -16,7 +16,6 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -24,8 +23,6 @@ use http_body_util::Limited;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::gateway::body::Body;
 use crate::gateway::front::{self, BodyOut};
@@ -33,73 +30,8 @@ use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, Forwarded};
 use crate::gateway::path;
 use crate::gateway::router::Target;
-use crate::gateway::tunnel::spawn_tunnel;
-use crate::gateway::upstream::{self, Outgoing, Pool, UpstreamBody};
-
-/// How forwarding failed, before it is turned into a status (which also
-/// depends on the backend's service state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ForwardError {
-    /// Could not connect (refused, unreachable).
-    #[error("connection refused")]
-    Connect,
-    /// Connecting, waiting for the response head, or a backend that
-    /// stopped reading the request took too long.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    /// The connection broke (reset, closed early, bad response).
-    #[error("connection broken")]
-    Broken,
-    /// The client's request body was malformed (a bad chunk) or cut off.
-    #[error("malformed or cut request body")]
-    ClientBody,
-    /// The client sent nothing of its request body for this long.
-    #[error("the client's request body stalled for {0:?}")]
-    ClientStalled(Duration),
-    /// The request body passed `max_body`.
-    #[error("request body over {0} bytes")]
-    TooLarge(u64),
-    /// The backend had its cap of connections open for the whole queue
-    /// time (see [`super::fanout`]).
-    #[error("all {0} connections to the backend stayed busy")]
-    Busy(usize),
-}
-
-impl ForwardError {
-    /// Whether the client caused it (its body), not the backend.
-    pub fn is_client_fault(self) -> bool {
-        matches!(
-            self,
-            ForwardError::ClientBody | ForwardError::ClientStalled(_) | ForwardError::TooLarge(_)
-        )
-    }
-}
-
-/// Upstream timing and limits.
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamConfig {
-    /// Connect timeout.
-    pub connect: Duration,
-    /// Time until the response head once the request is sent; also the
-    /// longest pause allowed while the request body is being sent.
-    pub response: Duration,
-    /// Idle pooled connections are closed after this.
-    pub pool_idle: Duration,
-    /// Request body limit in bytes (0: none).
-    pub max_body: u64,
-}
-
-/// Where upgraded connections are tracked for shutdown.
-#[derive(Debug, Clone)]
-pub struct Tunnels {
-    /// Tasks the gateway waits for when draining.
-    pub tracker: TaskTracker,
-    /// Cancelled at shutdown: tunnels close.
-    pub stop: CancellationToken,
-    /// A tunnel that passes nothing either way for this long is closed
-    /// (`timeouts.send`; nginx closes one after `proxy_read_timeout`).
-    pub idle: Duration,
-}
+use crate::gateway::tunnel::{spawn_tunnel, Tunnels};
+use crate::gateway::upstream::{self, ForwardError, Outgoing, Pool, UpstreamBody, UpstreamConfig};
 
 /// The pooled HTTP/1.1 client to backends.
 #[derive(Debug, Clone)]
@@ -220,7 +152,7 @@ impl Upstream {
             spawn_tunnel(tunnels, client_side, backend_side, addr);
         }
         headers::prepare_response(resp.headers_mut(), switching);
-        Ok(resp.map(upstream::boxed_incoming))
+        Ok(resp.map(crate::gateway::body::boxed_incoming))
     }
 
     /// The same client with at most `cap.max` connections per backend,

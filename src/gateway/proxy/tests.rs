@@ -2,6 +2,9 @@ use super::*;
 use http_body_util::BodyExt;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::gateway::headers::Peer;
 use crate::gateway::rules::Backend;
