@@ -159,7 +159,7 @@ pub(crate) struct Shared {
     /// Restore has been seen finished (it never un-finishes).
     restored: AtomicBool,
     tunnels: Tunnels,
-    client_timeouts: conn::ClientTimeouts,
+    client_timeouts: clocks::ClientTimeouts,
     /// Backup, snapshots and restore for `/admin/persist…`; `None` when
     /// the manifest has no `persist:` section.
     pub(crate) recovery: Option<Arc<crate::recovery::Recovery>>,
@@ -291,7 +291,7 @@ impl Gateway {
             listen: RwLock::new(cfg.listen),
             service_ports: HashMap::new(),
             restored: AtomicBool::new(false),
-            client_timeouts: conn::ClientTimeouts {
+            client_timeouts: clocks::ClientTimeouts {
                 header_read: cfg.timeouts.header_read,
                 idle: cfg.timeouts.idle,
                 send: cfg.timeouts.send,
