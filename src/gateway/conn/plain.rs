@@ -299,7 +299,7 @@ impl Front {
             }
         };
         if let (Some(t), Some(m), Some(p), Ok(status)) = (started, log_method, log_path, &status) {
-            crate::gateway::log_request(client_ip, &m, &p, rule_id, *status, t);
+            crate::gateway::handle::log_request(client_ip, &m, &p, rule_id, *status, t);
         }
         status.map_err(|Gone| Served::Broken)?;
         Ok(!close)
