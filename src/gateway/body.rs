@@ -11,12 +11,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
-use hyper::body::{Frame, SizeHint};
+use hyper::body::{Frame, Incoming, SizeHint};
 
+pub use super::upstream::BoxError;
 use super::upstream::UpstreamBody;
-
-/// Errors carried by a body stream.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response or forwarded request body.
 pub enum Body {
@@ -76,4 +74,9 @@ pub fn empty() -> Body {
         .map_err(|never| match never {})
         .boxed_unsync()
         .into()
+}
+
+/// Box an upgrade response's body (hyper's client) like every other.
+pub fn boxed_incoming(body: Incoming) -> super::body::Body {
+    body.map_err(BoxError::from).boxed_unsync().into()
 }

@@ -20,8 +20,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::gateway::body::Body;
-use crate::gateway::conn::ClientTimeouts;
 use crate::gateway::deadline::Deadline;
+
+/// The timeouts of client connections.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClientTimeouts {
+    pub header_read: Duration,
+    pub idle: Duration,
+    pub send: Duration,
+}
 
 /// The send timeout (`timeouts.send`, nginx's `send_timeout`): a write to
 /// the client may wait for room this long, counted from when it first had

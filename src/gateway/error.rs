@@ -5,7 +5,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::gateway::body::{full, Body};
 use crate::gateway::limits::{self, Exceeded};
-use crate::gateway::router::PathError;
+use crate::gateway::path::PathError;
 
 /// A request-level failure, answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,9 +16,22 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::gateway::deadline;
-use crate::gateway::proxy::Tunnels;
+
+/// Where upgraded connections are tracked for shutdown.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    /// Tasks the gateway waits for when draining.
+    pub tracker: TaskTracker,
+    /// Cancelled at shutdown: tunnels close.
+    pub stop: CancellationToken,
+    /// A tunnel that passes nothing either way for this long is closed
+    /// (`timeouts.send`; nginx closes one after `proxy_read_timeout`).
+    pub idle: Duration,
+}
 
 /// Join the client's and the backend's upgraded connections once both
 /// upgrades complete, in a task on `tunnels`.

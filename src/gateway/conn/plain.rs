@@ -1,194 +1,53 @@
-//! One client connection. Plain requests (see [`super::front`]) are served
-//! by the front end's own loop; at the first request that is not plain,
-//! the connection, with every byte read so far, is handed to hyper, which
-//! serves it from then on.
-//!
-//! Timeouts on the front end's side: the first request head must arrive
-//! within `timeouts.header_read` of the connection's start; between
-//! requests a connection may sit idle for `timeouts.idle`, and once a
-//! later request has begun its head must be complete within
-//! `timeouts.header_read`. When they pass, the connection is closed
-//! without an answer (as nginx does). The same holds on hyper's side,
-//! timed by the connection's reads (see `clocks`): hyper's own
-//! header timer starts as soon as a response is written, which would make
-//! `header_read` the idle timeout. At shutdown, idle connections are
-//! closed at once and busy ones after their current response.
-//!
-//! Writes to the client, on both sides and in WebSocket tunnels, may each
-//! wait for room at most `timeouts.send` (nginx's `send_timeout`; see
-//! `clocks`): a client that takes nothing of its response is closed,
-//! and with it the backend connection relaying that response.
+//! The front end's own loop: plain HTTP/1.1 requests, answered without
+//! hyper, until the connection closes or a request needs hyper.
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response};
 use hyper::body::Body as _;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::WaitForCancellationFuture;
 
+use super::{Ctx, End, Stop, COALESCE, HEAD_SPACE, LINGER, READ_SPACE};
 use crate::gateway::body::Body;
-use crate::gateway::clocks::{Activity, InFlight, ReadClock, SendClock, Tracked};
+use crate::gateway::clocks::SendClock;
 use crate::gateway::deadline::Deadline;
 use crate::gateway::error::HttpError;
 use crate::gateway::front::{self, BodyOut, Parsed};
 use crate::gateway::h1::{self, RequestFraming};
 use crate::gateway::headers::{self, HeadersRef, Peer, RequestHeaders};
 use crate::gateway::limits;
-use crate::gateway::router::{self, normalize_path, Decision, RequestHead};
-use crate::gateway::Shared;
-use crate::shutdown::CancellationToken;
-
-/// How long a refused client's remaining bytes are read and dropped
-/// before its connection is closed (nginx's `lingering_timeout`).
-const LINGER: Duration = Duration::from_secs(5);
-/// Room kept free in the read buffer before each read.
-const READ_SPACE: usize = 4096;
-/// Room for a request or response head, reserved before writing one.
-const HEAD_SPACE: usize = 1024;
-/// Body frames up to this size are copied behind the head (or the chunk
-/// size line) into one write; larger ones are written from where they are.
-const COALESCE: usize = 16 * 1024;
-
-/// What every connection of one listener shares.
-pub(super) struct Ctx {
-    pub shared: Arc<Shared>,
-    pub builder: auto::Builder<TokioExecutor>,
-    pub stop: CancellationToken,
-    /// Set just before `stop` fires. `CancellationToken::is_cancelled`
-    /// takes a lock; connections ask after every request.
-    pub stopping: AtomicBool,
-}
-
-impl Ctx {
-    /// Begin the shutdown: connections finish their request and close.
-    pub fn begin_stop(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.stop.cancel();
-    }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-}
-
-/// Serve one accepted connection until it closes.
-pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
-    crate::fault::panic_once("conn");
-    let origin = Arc::new(Peer::new(peer.ip(), ctx.shared.listen().port()));
-    let timeouts = ctx.shared.client_timeouts;
-    let mut conn = Front {
-        io: stream,
-        buf: BytesMut::new(),
-        out: Vec::new(),
-        req_head: Vec::new(),
-        timer: Deadline::after(timeouts.header_read),
-        armed: false,
-        sending: SendClock::new(timeouts.send, peer),
-    };
-    let mut stop = Stop::new(&ctx);
-    if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
-        let activity = Arc::new(Activity::default());
-        // HTTP/2 has no heads between idle spells to time: only its
-        // writes are.
-        let h2 = conn.buf.starts_with(H2_PREFACE);
-        let reads = (!h2).then(|| ReadClock::new(conn.timer, timeouts, activity.clone()));
-        let io = Prefixed {
-            prefix: conn.buf.freeze(),
-            io: conn.io,
-            linger: None,
-            ctx: Some(ctx.clone()),
-            reads,
-            sending: conn.sending,
-        };
-        // Boxed: hyper's connection state is large, and this future is
-        // the task of every connection, idle ones included.
-        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop, activity)).await;
-    }
-}
-
-/// How an HTTP/2 connection begins (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
-
-/// The timeouts of client connections.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ClientTimeouts {
-    pub header_read: Duration,
-    pub idle: Duration,
-    pub send: Duration,
-}
-
-/// How the front end's loop ended.
-enum End {
-    /// The connection is done with (closed, broken, timed out, shut down).
-    Closed,
-    /// A request the front end does not serve is at the start of `buf`.
-    HandOver,
-}
-
-/// The gateway-wide stop signal, as one connection watches it. Polled
-/// once, the token keeps this task's waker (the same for the task's whole
-/// life) to wake it at shutdown; after that an atomic load says whether it
-/// fired, instead of a lock on the token at every wake-up.
-struct Stop<'a> {
-    ctx: &'a Ctx,
-    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
-    armed: bool,
-}
-
-impl<'a> Stop<'a> {
-    fn new(ctx: &'a Ctx) -> Self {
-        Stop {
-            ctx,
-            wait: Box::pin(ctx.stop.cancelled()),
-            armed: false,
-        }
-    }
-
-    fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.armed {
-            self.ctx.stopping()
-        } else {
-            self.armed = true;
-            self.wait.as_mut().poll(cx).is_ready()
-        }
-    }
-}
+use crate::gateway::path::{self, normalize_path};
+use crate::gateway::router::{Decision, RequestHead};
 
 /// The front end's side of a connection.
-struct Front {
-    io: TcpStream,
+pub(super) struct Front {
+    pub(super) io: TcpStream,
     /// Bytes from the client not yet used: the next request's head, or
     /// what has arrived of it.
-    buf: BytesMut,
+    pub(super) buf: BytesMut,
     /// The response head being written (reused from request to request).
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
     /// The backend's request head being written (reused too).
-    req_head: Vec<u8>,
+    pub(super) req_head: Vec<u8>,
     /// The header-read or idle deadline; armed only when a read has to
     /// wait, so a request that is already there costs no timer work.
-    timer: Deadline,
-    armed: bool,
+    pub(super) timer: Deadline,
+    pub(super) armed: bool,
     /// The send timeout of writes to the client.
-    sending: SendClock,
+    pub(super) sending: SendClock,
 }
 
 /// Why a wait for the client ended early.
 struct Gone;
 
 impl Front {
-    async fn run(&mut self, ctx: &Ctx, origin: &Peer, stop: &mut Stop<'_>) -> End {
+    pub(super) async fn run(&mut self, ctx: &Ctx, origin: &Peer, stop: &mut Stop<'_>) -> End {
         let timeouts = ctx.shared.client_timeouts;
         let mut first = true;
         loop {
@@ -384,7 +243,7 @@ impl Front {
             let fwd = headers::forwarded(headers, None, origin, &shared.trusted);
             let view =
                 RequestHeaders::new(headers, &fwd, target.forwarded_prefix, target.set_headers);
-            let upstream_target = router::backend_target(req.target, &target.path, req.query());
+            let upstream_target = path::backend_target(req.target, &target.path, req.query());
             h1::encode_request_head(
                 &mut self.req_head,
                 req.method,
@@ -440,7 +299,7 @@ impl Front {
             }
         };
         if let (Some(t), Some(m), Some(p), Ok(status)) = (started, log_method, log_path, &status) {
-            super::log_request(client_ip, &m, &p, rule_id, *status, t);
+            crate::gateway::handle::log_request(client_ip, &m, &p, rule_id, *status, t);
         }
         status.map_err(|Gone| Served::Broken)?;
         Ok(!close)
@@ -639,186 +498,4 @@ async fn send_all(
         Poll::Ready(Ok(()))
     })
     .await
-}
-
-/// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
-/// HTTP/2 when it starts with the preface.
-async fn hyper_serve(
-    ctx: &Arc<Ctx>,
-    io: Prefixed,
-    origin: Arc<Peer>,
-    peer: SocketAddr,
-    stop: &mut Stop<'_>,
-    activity: Arc<Activity>,
-) {
-    let shared = ctx.shared.clone();
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let origin = origin.clone();
-        // Counted from the call: the head is complete.
-        let open = InFlight::new(&activity);
-        async move {
-            let resp = shared.handle(req, &origin).await;
-            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                open.upgraded();
-            }
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, open)))
-        }
-    });
-    let conn = ctx
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    // At shutdown the connection is asked to finish its request and close.
-    let mut draining = false;
-    let ended = poll_fn(|cx| {
-        if !draining && stop.poll_fired(cx) {
-            draining = true;
-            conn.as_mut().graceful_shutdown();
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
-    }
-}
-
-/// A connection handed to hyper: the bytes the front end already read
-/// come first, then the socket. Closing it lingers (see `poll_shutdown`).
-struct Prefixed {
-    prefix: Bytes,
-    io: TcpStream,
-    /// Set once our side is shut down: until then, what the client still
-    /// sends is read and dropped.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// While the gateway stops, closing does not linger: a client that
-    /// keeps its end open must not hold up the shutdown.
-    ctx: Option<Arc<Ctx>>,
-    /// The idle and head timeouts (`None`: reads are not timed).
-    reads: Option<ReadClock>,
-    sending: SendClock,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.prefix.is_empty() {
-            let Some(clock) = this.reads.as_mut() else {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
-            };
-            clock.refresh();
-            let before = buf.filled().len();
-            match Pin::new(&mut this.io).poll_read(cx, buf) {
-                Poll::Ready(r) => {
-                    if buf.filled().len() > before {
-                        clock.got_bytes();
-                    }
-                    return Poll::Ready(r);
-                }
-                Poll::Pending if clock.poll_expired(cx) => {
-                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.sending.watch(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.sending.watch(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    /// A lingering close, as nginx's `lingering_close`: send our FIN, then
-    /// read and drop what the client still sends until it closes or
-    /// [`LINGER`] passes. Closing a socket with unread bytes resets the
-    /// connection, and a client still uploading (a 413 for an over-limit
-    /// body) would then see "connection reset" instead of the answer.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.linger.is_none() {
-            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
-            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
-        }
-        let mut sink = [0u8; 4096];
-        loop {
-            if this.ctx.as_ref().is_some_and(|c| c.stopping()) {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(t) = this.linger.as_mut() {
-                if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            let mut buf = ReadBuf::new(&mut sink);
-            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
-                // EOF or an error: the client is done.
-                Poll::Ready(_) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn bytes_read_before_the_hand_over_come_first() {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b" world").await.unwrap();
-        });
-        let (io, _) = listener.accept().await.unwrap();
-        let mut p = Prefixed {
-            linger: None,
-            ctx: None,
-            prefix: Bytes::from_static(b"hello"),
-            io,
-            reads: None,
-            sending: SendClock::new(Duration::from_secs(60), addr),
-        };
-        let mut got = String::new();
-        p.read_to_string(&mut got).await.unwrap();
-        assert_eq!(got, "hello world");
-        client.await.unwrap();
-    }
 }

@@ -13,12 +13,15 @@
 //! the original's shape (a `set_headers` list), so its page and scripts can
 //! read what we write.
 
-use std::collections::HashSet;
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod backend;
+mod error;
 
-use ipnet::IpNet;
+use std::collections::HashSet;
+
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub use backend::{loopback_nets, parse_backend, Backend, BackendPolicy};
+pub use error::RuleError;
 
 /// What a matching rule does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -248,212 +251,6 @@ fn set_headers_any<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SetHeader>, D:
             Any::Null(()) => Vec::new(),
         },
     )
-}
-
-// ---- backends ----------------------------------------------------------------
-
-/// Which backends an admin (or the manifest) may point a rule at, so the
-/// gateway cannot be turned into an open proxy into the network.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendPolicy {
-    /// Networks a backend address must be inside.
-    pub allow: Vec<IpNet>,
-    /// The gateway's own listen address: pointing a rule at it would loop.
-    pub own_listen: Option<SocketAddr>,
-}
-
-impl Default for BackendPolicy {
-    /// Loopback only (`127.0.0.0/8`, `::1`), the manifest's default.
-    fn default() -> Self {
-        BackendPolicy {
-            allow: loopback_nets(),
-            own_listen: None,
-        }
-    }
-}
-
-/// `127.0.0.0/8` and `::1/128`.
-pub fn loopback_nets() -> Vec<IpNet> {
-    vec![
-        IpNet::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8).unwrap_or_default(),
-        IpNet::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 128).unwrap_or_default(),
-    ]
-}
-
-impl BackendPolicy {
-    /// The policy for a gateway listening on `listen` with `allow_backends`
-    /// (loopback when empty).
-    pub fn new(allow: &[IpNet], listen: SocketAddr) -> Self {
-        BackendPolicy {
-            allow: if allow.is_empty() {
-                loopback_nets()
-            } else {
-                allow.to_vec()
-            },
-            own_listen: Some(listen),
-        }
-    }
-
-    /// Parse `url` and check it against the policy.
-    pub fn check(&self, url: &str) -> Result<Backend, String> {
-        let b = parse_backend(url)?;
-        let ip = b.addr.ip();
-        if ip.is_unspecified() {
-            return Err(format!(
-                "`{ip}` is not a backend address; use `127.0.0.1` for a local service"
-            ));
-        }
-        if is_link_local(ip) {
-            return Err(format!(
-                "`{ip}` is link-local (cloud metadata lives there) and is always refused"
-            ));
-        }
-        if !self.allow.iter().any(|n| n.contains(&ip)) {
-            let nets: Vec<String> = self.allow.iter().map(|n| n.to_string()).collect();
-            return Err(format!(
-                "`{ip}` is outside `allow_backends` ({}); add its network to `gateway.allow_backends` if it is really a backend",
-                nets.join(", ")
-            ));
-        }
-        if let Some(own) = self.own_listen {
-            let same_host = own.ip().is_unspecified()
-                || own.ip() == ip
-                || (ip.is_loopback() && own.ip().is_loopback());
-            if own.port() != 0 && b.addr.port() == own.port() && same_host {
-                return Err(format!(
-                    "`{}` is the gateway's own listen address; a rule pointing at it would loop",
-                    b.addr
-                ));
-            }
-        }
-        Ok(b)
-    }
-}
-
-fn is_link_local(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
-}
-
-/// A parsed backend: where to connect, and how to write it in a URI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Backend {
-    /// The address connected to (`localhost` is `127.0.0.1`: no DNS lookups,
-    /// and no surprise `::1` when the service listens on IPv4 only).
-    pub addr: SocketAddr,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.addr)
-    }
-}
-
-/// Parse `http://HOST[:PORT][/]` where HOST is an IP literal or `localhost`.
-pub fn parse_backend(url: &str) -> Result<Backend, String> {
-    let url = url.trim();
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
-            return Err(
-                "only `http://` backends are supported (the gateway talks plain HTTP to local services)"
-                    .into(),
-            )
-        }
-        _ => return Err(format!("`{url}` is not a URL; write it as `http://127.0.0.1:PORT`")),
-    };
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if !(path.is_empty() || path == "/") {
-        return Err(format!(
-            "a backend is `http://HOST:PORT` without a path (got path `{path}`); use `strip_prefix` or `set_headers` instead"
-        ));
-    }
-    if authority.contains('@') {
-        return Err("a backend URL may not contain a user name or password".into());
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{authority}`: unclosed `[` in IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("`{authority}`: expected `:PORT` after `]`"))?,
-            ),
-        };
-        (h, port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port: u16 = match port {
-        None => 80,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{p}` is not a port number (1-65535)"))?,
-    };
-    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse().map_err(|_| {
-            format!("`{host}` must be an IP address or `localhost` (host names are not resolved, so a rule cannot follow DNS elsewhere)")
-        })?
-    };
-    Ok(Backend {
-        addr: SocketAddr::new(ip, port),
-    })
-}
-
-// ---- errors ------------------------------------------------------------------
-
-/// A problem with a route table, naming where it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleError {
-    /// `default_backend` is invalid.
-    #[error("`default_backend`: {0}")]
-    DefaultBackend(String),
-    /// A rule is invalid.
-    #[error("rules[{index}]{}: `{field}`: {message}", id_part(.id))]
-    Rule {
-        /// Position in `rules` (0-based, as in the JSON array).
-        index: usize,
-        /// The rule's id, when it has one.
-        id: Option<String>,
-        /// The field at fault, dotted (`match.path_prefix`).
-        field: String,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-    /// The table as a whole is invalid (`rules` not a list, …).
-    #[error("{0}")]
-    Table(String),
-}
-
-fn id_part(id: &Option<String>) -> String {
-    match id {
-        Some(id) if !id.is_empty() => format!(" (`{id}`)"),
-        _ => String::new(),
-    }
-}
-
-impl RuleError {
-    /// The rule's index, when the error is about one rule.
-    pub fn rule_index(&self) -> Option<usize> {
-        match self {
-            RuleError::Rule { index, .. } => Some(*index),
-            _ => None,
-        }
-    }
 }
 
 // ---- validation --------------------------------------------------------------
@@ -761,7 +558,7 @@ fn check_rule_path(p: &str) -> Result<(), String> {
             "`{p}` must be a plain path (no query, fragment or spaces)"
         ));
     }
-    match crate::gateway::router::normalize_path(p) {
+    match crate::gateway::path::normalize_path(p) {
         Ok(n) if n == p => {}
         Ok(n) => {
             return Err(format!(
@@ -770,7 +567,7 @@ fn check_rule_path(p: &str) -> Result<(), String> {
         }
         Err(e) => return Err(format!("`{p}`: {e}")),
     }
-    if crate::gateway::router::is_admin_path(p) {
+    if crate::gateway::path::is_admin_path(p) {
         return Err(format!(
             "`{p}` is under `/admin/`, which is reserved for the gateway's admin API"
         ));
@@ -808,187 +605,4 @@ pub(crate) fn compile_regex(re: &str) -> Result<regex::Regex, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn policy() -> BackendPolicy {
-        BackendPolicy::new(&[], "0.0.0.0:7860".parse().unwrap())
-    }
-
-    fn one(rule: serde_json::Value) -> Result<Table, RuleError> {
-        validate_table("http://127.0.0.1:6185", &[rule], &policy())
-    }
-
-    fn err_text(rule: serde_json::Value) -> String {
-        one(rule).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn original_default_rules_are_accepted_and_round_trip_in_the_original_shape() {
-        let rules = json!([
-            {"match": {"path_prefix": "/api/ws/"}, "backend": "http://127.0.0.1:6099", "action": "proxy", "id": "proxy-api-ws", "priority": 200},
-            {"match": {"referer_substr": "gemini"}, "backend": "http://127.0.0.1:8000", "action": "proxy", "id": "proxy-referer-gemini", "priority": 195},
-            {"match": {"path_equal": "/webui"}, "redirect_to": "/webui/", "action": "redirect", "id": "redirect-webui-slash", "priority": 200},
-            {"match": {"path_prefix": "/webui/"}, "set_headers": [{"value": "/webui", "name": "X-Forwarded-Prefix"}],
-             "backend": "http://127.0.0.1:6099", "action": "proxy", "id": "proxy-webui", "priority": 180}
-        ]);
-        let t = validate_table(
-            "http://127.0.0.1:6185",
-            rules.as_array().unwrap(),
-            &policy(),
-        )
-        .unwrap();
-        assert_eq!(t.rules.len(), 4);
-        let back = serde_json::to_value(&t.rules[3]).unwrap();
-        assert_eq!(
-            back["set_headers"],
-            json!([{"name": "X-Forwarded-Prefix", "value": "/webui"}])
-        );
-        assert!(back.get("redirect_to").is_none());
-    }
-
-    #[test]
-    fn lenient_forms_are_normalised() {
-        let t = one(json!({"id": "", "priority": "7", "backend": "", "redirect_to": "",
-                           "set_headers": {"X-A": "1"}, "match": {"path_prefix": "/x/", "method": "get", "host": "Example.COM"}}))
-        .unwrap();
-        let r = &t.rules[0];
-        assert_eq!(r.id, "rule-1");
-        assert_eq!(r.priority, 7);
-        assert_eq!(r.backend, None);
-        assert_eq!(
-            r.set_headers,
-            vec![SetHeader {
-                name: "X-A".into(),
-                value: "1".into()
-            }]
-        );
-        assert_eq!(r.matcher.method.as_deref(), Some("GET"));
-        assert_eq!(r.matcher.host.as_deref(), Some("example.com"));
-    }
-
-    #[test]
-    fn assigned_ids_skip_explicit_ones() {
-        let rules = json!([{"match": {"path_prefix": "/a"}}, {"id": "rule-1", "match": {"path_prefix": "/b"}}]);
-        let t = validate_table("", rules.as_array().unwrap(), &policy()).unwrap();
-        assert_eq!(t.rules[0].id, "rule-2");
-        assert_eq!(t.rules[1].id, "rule-1");
-    }
-
-    #[test]
-    fn errors_name_the_rule_and_the_field() {
-        let cases: &[(serde_json::Value, &str)] = &[
-            (json!({"id": "g", "match": {"path_prefix": "gemini/"}}),
-             "rules[0] (`g`): `match.path_prefix`: `gemini/` must start with `/`"),
-            (json!({"id": "g", "priority": "high", "match": {"path_prefix": "/g/"}}),
-             "rules[0] (`g`): `priority`: expected an integer, got \"high\""),
-            (json!({"id": "g", "match": {"path_prefix": "/g/", "bogus": 1}}),
-             "rules[0] (`g`): `match.bogus`: unknown field `bogus`"),
-            (json!({"id": "g", "match": {}}),
-             "rules[0] (`g`): `match`: has no condition"),
-            (json!({"id": "g", "match": {"path_prefix": "/admin/"}}),
-             "rules[0] (`g`): `match.path_prefix`: `/admin/` is under `/admin/`, which is reserved"),
-            (json!({"id": "g", "match": {"path_equal": "/admin"}}),
-             "`match.path_equal`: `/admin` is under `/admin/`"),
-            (json!({"id": "g", "match": {"path_prefix": "/a/../b/"}}),
-             "`match.path_prefix`: `/a/../b/` is not in normal form; requests are matched after normalisation, write `/b/`"),
-            (json!({"id": "g", "match": {"referer_regex": "("}}),
-             "`match.referer_regex`: invalid regular expression"),
-            (json!({"id": "g", "match": {"headers": [{"name": "bad name"}]}}),
-             "`match.headers[0].name`: `bad name` is not a valid header name"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to": "/y", "redirect_code": 301}),
-             "`redirect_code`: 301 is cached by browsers"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect"}),
-             "`redirect_to`: a redirect rule needs"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to": "//evil.com"}),
-             "`redirect_to`: `//host` is a protocol-relative URL"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to": "/\\evil.com"}),
-             "`redirect_to`: `//host` is a protocol-relative URL"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "action": "redirect", "redirect_to_prefix": "/y/"}),
-             "`redirect_to_prefix`: needs `match.path_prefix`"),
-            (json!({"id": "g", "match": {"path_equal": "/x"}, "strip_prefix": true}),
-             "`strip_prefix`: needs `match.path_prefix`"),
-            (json!({"id": "g", "match": {"path_prefix": "/x"}, "set_headers": [{"name": "Connection", "value": "x"}]}),
-             "`set_headers[0].name`: `Connection` is managed by the gateway"),
-            (json!({"id": "g", "match": {"path_prefix": "/x"}, "action": "teleport"}),
-             "`action`: unknown variant `teleport`"),
-        ];
-        for (rule, want) in cases {
-            let got = err_text(rule.clone());
-            assert!(got.contains(want), "rule {rule}\n got: {got}\nwant: {want}");
-        }
-    }
-
-    #[test]
-    fn duplicate_ids_are_refused_at_the_second_rule() {
-        let rules = json!([{"id": "a", "match": {"path_prefix": "/a"}}, {"id": "a", "match": {"path_prefix": "/b"}}]);
-        let e = validate_table("", rules.as_array().unwrap(), &policy()).unwrap_err();
-        assert_eq!(e.rule_index(), Some(1));
-        assert!(
-            e.to_string().contains("`a` is used by an earlier rule"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn backend_policy_refusals() {
-        let p = BackendPolicy::new(&[], "0.0.0.0:7860".parse().unwrap());
-        let refused: &[(&str, &str)] = &[
-            ("https://127.0.0.1:1", "only `http://`"),
-            ("ftp://127.0.0.1:1", "is not a URL"),
-            ("127.0.0.1:80", "is not a URL"),
-            ("http://user:pw@127.0.0.1:1", "user name or password"),
-            (
-                "http://example.com:80",
-                "must be an IP address or `localhost`",
-            ),
-            ("http://10.0.0.5:80", "outside `allow_backends`"),
-            ("http://169.254.169.254:80", "link-local"),
-            ("http://[fe80::1]:80", "link-local"),
-            ("http://0.0.0.0:80", "is not a backend address"),
-            ("http://127.0.0.1:7860", "own listen address"),
-            ("http://localhost:7860", "own listen address"),
-            ("http://127.0.0.1:1/path", "without a path"),
-            ("http://127.0.0.1:99999", "not a port number"),
-            ("http://[::1", "unclosed"),
-        ];
-        for (url, want) in refused {
-            let e = p.check(url).unwrap_err();
-            assert!(e.contains(want), "{url}: {e}");
-        }
-        for ok in [
-            "http://127.0.0.1:6185",
-            "http://localhost:8000/",
-            "http://[::1]:9000",
-            "HTTP://127.0.0.2",
-        ] {
-            p.check(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        assert_eq!(
-            p.check("http://localhost:8000").unwrap().addr,
-            "127.0.0.1:8000".parse().unwrap()
-        );
-        let wide = BackendPolicy::new(
-            &["10.0.0.0/8".parse().unwrap()],
-            "127.0.0.1:7860".parse().unwrap(),
-        );
-        wide.check("http://10.0.0.5:80").unwrap();
-        wide.check("http://10.0.0.5:7860").unwrap();
-        assert!(wide.check("http://127.0.0.1:80").is_err());
-    }
-
-    #[test]
-    fn default_backend_is_checked() {
-        let e = validate_table("http://10.1.1.1:80", &[], &policy()).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("`default_backend`: `10.1.1.1` is outside"),
-            "{e}"
-        );
-        assert_eq!(
-            validate_table("", &[], &policy()).unwrap().default_backend,
-            ""
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,172 @@
+//! The rest of a connection, served by hyper once the front end hands it
+//! over, with the bytes the front end had already read put back in front.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Ctx, Stop, LINGER};
+use crate::gateway::clocks::{Activity, InFlight, ReadClock, SendClock, Tracked};
+use crate::gateway::headers::Peer;
+
+/// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
+/// HTTP/2 when it starts with the preface.
+pub(super) async fn hyper_serve(
+    ctx: &Arc<Ctx>,
+    io: Prefixed,
+    origin: Arc<Peer>,
+    peer: SocketAddr,
+    stop: &mut Stop<'_>,
+    activity: Arc<Activity>,
+) {
+    let shared = ctx.shared.clone();
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let origin = origin.clone();
+        // Counted from the call: the head is complete.
+        let open = InFlight::new(&activity);
+        async move {
+            let resp = shared.handle(req, &origin).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                open.upgraded();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, open)))
+        }
+    });
+    let conn = ctx
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // At shutdown the connection is asked to finish its request and close.
+    let mut draining = false;
+    let ended = poll_fn(|cx| {
+        if !draining && stop.poll_fired(cx) {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
+    }
+}
+
+/// A connection handed to hyper: the bytes the front end already read
+/// come first, then the socket. Closing it lingers (see `poll_shutdown`).
+pub(super) struct Prefixed {
+    pub(super) prefix: Bytes,
+    pub(super) io: TcpStream,
+    /// Set once our side is shut down: until then, what the client still
+    /// sends is read and dropped.
+    pub(super) linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// While the gateway stops, closing does not linger: a client that
+    /// keeps its end open must not hold up the shutdown.
+    pub(super) ctx: Option<Arc<Ctx>>,
+    /// The idle and head timeouts (`None`: reads are not timed).
+    pub(super) reads: Option<ReadClock>,
+    pub(super) sending: SendClock,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            let Some(clock) = this.reads.as_mut() else {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            };
+            clock.refresh();
+            let before = buf.filled().len();
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
+                Poll::Ready(r) => {
+                    if buf.filled().len() > before {
+                        clock.got_bytes();
+                    }
+                    return Poll::Ready(r);
+                }
+                Poll::Pending if clock.poll_expired(cx) => {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.sending.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sending.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    /// A lingering close, as nginx's `lingering_close`: send our FIN, then
+    /// read and drop what the client still sends until it closes or
+    /// [`LINGER`] passes. Closing a socket with unread bytes resets the
+    /// connection, and a client still uploading (a 413 for an over-limit
+    /// body) would then see "connection reset" instead of the answer.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            if this.ctx.as_ref().is_some_and(|c| c.stopping()) {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(t) = this.linger.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // EOF or an error: the client is done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
