@@ -1,24 +1,5 @@
-//! Snapshot: build a git tree straight from the live files (no mirror copy,
-//! no symlinks into the data) and commit it only when it changed.
-//!
-//! Regular files go into the object database as they are, reusing the stat
-//! cache so an unchanged file is not read again; SQLite databases are copied
-//! with SQLite's online backup API into a temp file first, so a database being
-//! written is never read raw (the original's defect 6). Empty directories keep
-//! a [`KEEP_MARKER`] file; modes, persisted paths and skipped large files are
-//! recorded under `.stackctl/`.
-//!
-//! With a blob store, a file at or above the threshold is committed as a Git
-//! LFS pointer (hashed streaming, the live file untouched) plus a root
-//! `.gitattributes` line; [`Built::large`] lists the blobs the caller must
-//! upload before it commits. A large SQLite database is copied with the
-//! backup API first, like a small one, and the copy is what gets hashed and
-//! uploaded.
-//!
-//! With [`TreeBuilder::with_offload_binary`], a binary file below the
-//! threshold (git's test: a NUL in the first 8000 bytes; every SQLite
-//! database) takes the same path as a large one, for remotes that refuse
-//! binary files outside LFS (Hugging Face).
+//! [`TreeBuilder`]: walks the live files of the persisted paths into the
+//! object database and builds the snapshot's tree.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -26,119 +7,20 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use git2::{Oid, Repository};
 
-use super::deadline::{self, Stop};
-use super::pointer::{self, Pointer};
-
-use super::blob;
-use super::plan::{
-    self, CacheEntry, Decision, FileType, PathRules, ScanClock, StatCache, StatKey, KEEP_MARKER,
-    META_DIR,
+use super::super::blob;
+use super::super::deadline;
+use super::super::plan::{
+    self, CacheEntry, Decision, FileType, PathRules, ScanClock, StatCache, KEEP_MARKER, META_DIR,
 };
-
-/// Errors while taking a snapshot.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// A file or directory could not be read.
-    #[error("cannot read `{path}` for the snapshot: {source}; check its permissions or exclude it in `persist.exclude`")]
-    Read {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// SQLite's backup API failed.
-    #[error("cannot copy SQLite database `{path}` with the backup API: {reason}; check that it is a valid database or exclude it")]
-    Sqlite {
-        /// The database.
-        path: PathBuf,
-        /// What SQLite said.
-        reason: String,
-    },
-    /// The object database refused a write.
-    #[error("cannot write the snapshot to the git repository in the workdir: {}; check free disk space and that `persist.workdir` is writable", crate::persist::remote::reason(.0))]
-    Git(#[from] git2::Error),
-    /// The operation's deadline passed or it was cancelled ([`deadline`]).
-    #[error("snapshot stopped: {0}")]
-    Stopped(Stop),
-    /// The temp directory for SQLite copies is not usable.
-    #[error("cannot use temp directory `{path}`: {source}")]
-    Temp {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-}
-
-/// What a tree build found.
-#[derive(Debug, Clone, Default)]
-pub struct Built {
-    /// The root tree.
-    pub tree: Option<Oid>,
-    /// Regular files and SQLite databases in the snapshot.
-    pub files: u64,
-    /// Their total size in bytes.
-    pub bytes: u64,
-    /// Files actually read (not served by the stat cache).
-    pub read: u64,
-    /// SQLite databases copied with the backup API.
-    pub sqlite: u64,
-    /// Files skipped because they reached `large_files.threshold` (absolute path, size).
-    pub too_large: Vec<(PathBuf, u64)>,
-    /// Non-fatal oddities (special files skipped, files that vanished mid-scan).
-    pub warnings: Vec<String>,
-    /// Files committed as LFS pointers: their bytes must be in the blob
-    /// store before the commit is pushed.
-    pub large: Vec<LargeFile>,
-    /// The newest modification time (seconds) of any entry that is not a
-    /// directory and not excluded; `None` when there is none.
-    pub newest_mtime: Option<i64>,
-    /// New entries created after the scan began, left to the next snapshot
-    /// ([`TreeBuilder::point_in_time`]).
-    pub deferred: u64,
-}
-
-/// A file committed as an LFS pointer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LargeFile {
-    /// The live file.
-    pub path: PathBuf,
-    /// Its tree path.
-    pub tree: String,
-    /// Its content's SHA-256 and size.
-    pub pointer: Pointer,
-    /// A SQLite database: its bytes must come from a backup-API copy, never
-    /// from the live file (which a writer may be changing).
-    pub sqlite: bool,
-    /// The backup-API copy the pointer was hashed from (in the workdir's
-    /// `tmp/`; [`remove_copies`] deletes it), when one was made.
-    pub copy: Option<PathBuf>,
-}
-
-/// Name prefix of the large SQLite copies in the workdir's `tmp/`.
-const LARGE_COPY_PREFIX: &str = "large-sqlite-";
-
-/// Delete the backup-API copies of large databases a build made.
-pub fn remove_copies(built: &Built) {
-    for f in &built.large {
-        if let Some(copy) = &f.copy {
-            remove_db_files(copy);
-        }
-    }
-}
-
-/// Remove a database file and any side files SQLite left beside it.
-fn remove_db_files(db: &Path) {
-    for suffix in ["", "-journal", "-wal", "-shm"] {
-        let mut p = db.as_os_str().to_os_string();
-        p.push(suffix);
-        let _ = fs::remove_file(PathBuf::from(p));
-    }
-}
+use super::super::pointer::{self, Pointer};
+use super::sqlite::{remove_db_files, sqlite_copy};
+use super::{
+    file_type, now_ns, stat_key, wal_key, Built, LargeFile, SnapshotError, LARGE_COPY_PREFIX,
+};
 
 /// A node of the tree under construction.
 enum Node {
@@ -152,7 +34,8 @@ pub struct TreeBuilder<'a> {
     threshold: u64,
     tmp_dir: &'a Path,
     cache: &'a mut StatCache,
-    scan_start_ns: i128,
+    /// Visible to the tests, which move the scan start past the racy window.
+    pub(super) scan_start_ns: i128,
     /// The filesystem clock at the start of the build (when it could be probed).
     clock: Option<ScanClock>,
     seen: HashSet<PathBuf>,
@@ -175,34 +58,6 @@ pub struct TreeBuilder<'a> {
 /// snapshot (none for the first one).
 struct PointInTime<'a> {
     tree: Option<git2::Tree<'a>>,
-}
-
-pub(crate) fn stat_key(m: &fs::Metadata) -> StatKey {
-    StatKey {
-        size: m.len(),
-        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-        ino: m.ino(),
-    }
-}
-
-/// The kind of entry `lstat` saw.
-pub(crate) fn file_type(m: &fs::Metadata) -> FileType {
-    let t = m.file_type();
-    if t.is_symlink() {
-        FileType::Symlink
-    } else if t.is_dir() {
-        FileType::Dir
-    } else if t.is_file() {
-        FileType::File
-    } else {
-        FileType::Other
-    }
-}
-
-pub(crate) fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 fn read_err(path: &Path) -> impl FnOnce(io::Error) -> SnapshotError + '_ {
@@ -808,15 +663,6 @@ fn next_tick(dir: &Path, first: Option<ScanClock>) -> Option<ScanClock> {
     }
 }
 
-/// Stat of `<db>-wal`, part of a database's cache key.
-pub(crate) fn wal_key(db: &Path) -> Option<StatKey> {
-    let mut p = db.as_os_str().to_os_string();
-    p.push("-wal");
-    fs::symlink_metadata(PathBuf::from(p))
-        .ok()
-        .map(|m| stat_key(&m))
-}
-
 fn read_header(path: &Path) -> io::Result<Vec<u8>> {
     read_head(path, plan::SQLITE_HEADER.len())
 }
@@ -828,73 +674,6 @@ fn read_head(path: &Path, len: usize) -> io::Result<Vec<u8>> {
         .take(len as u64)
         .read_to_end(&mut buf)?;
     Ok(buf)
-}
-
-/// Copy the database at `src` to `dst` with SQLite's online backup API, in
-/// one step (a consistent read transaction), retrying while a writer holds a
-/// lock, up to `busy` in total.
-pub fn sqlite_copy(src: &Path, dst: &Path, busy: Duration) -> Result<(), SnapshotError> {
-    use rusqlite::backup::{Backup, StepResult};
-    use rusqlite::{Connection, OpenFlags};
-    let err = |e: rusqlite::Error| SnapshotError::Sqlite {
-        path: src.to_path_buf(),
-        reason: e.to_string(),
-    };
-    let source = Connection::open_with_flags(
-        src,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(err)?;
-    source.busy_timeout(busy).map_err(err)?;
-    let mut dest = Connection::open(dst).map_err(err)?;
-    let deadline = Instant::now() + busy;
-    {
-        let backup = Backup::new(&source, &mut dest).map_err(err)?;
-        loop {
-            match backup.step(-1).map_err(err)? {
-                StepResult::Done => break,
-                StepResult::More => {}
-                StepResult::Busy | StepResult::Locked => {
-                    if Instant::now() >= deadline {
-                        return Err(SnapshotError::Sqlite {
-                            path: src.to_path_buf(),
-                            reason: format!("still locked by a writer after {}s", busy.as_secs()),
-                        });
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                // rusqlite's StepResult is non-exhaustive.
-                _ => {}
-            }
-        }
-    }
-    // A restored copy must open on its own: no WAL file travels with it.
-    dest.pragma_update(None, "journal_mode", "DELETE")
-        .map_err(err)?;
-    dest.close().map_err(|(_, e)| err(e))?;
-    normalise_header(dst).map_err(|e| SnapshotError::Read {
-        path: dst.to_path_buf(),
-        source: e,
-    })
-}
-
-/// Offsets of the header's "file change counter" and "version-valid-for"
-/// fields (big-endian u32 each).
-const CHANGE_COUNTER_AT: u64 = 24;
-const VERSION_VALID_FOR_AT: u64 = 92;
-
-/// Set the change counter and version-valid-for of a copy to 1. They count
-/// writes to the *file*, so two copies of the same content would otherwise
-/// differ (the backup's own write transaction bumps them) and every snapshot
-/// after a restore would commit an unchanged database. Setting both to the
-/// same value keeps the header's page count valid; the copy is a new file
-/// (restore renames it into place), so no reader has the old counter cached.
-fn normalise_header(db: &Path) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new().write(true).open(db)?;
-    f.write_all_at(&1u32.to_be_bytes(), CHANGE_COUNTER_AT)?;
-    f.write_all_at(&1u32.to_be_bytes(), VERSION_VALID_FOR_AT)?;
-    f.sync_all()
 }
 
 fn insert_at(root: &mut BTreeMap<Vec<u8>, Node>, tree_path: &str, node: Node) {
@@ -927,188 +706,4 @@ fn write_tree(repo: &Repository, map: &BTreeMap<Vec<u8>, Node>) -> Result<Oid, g
         tb.insert(std::ffi::OsStr::from_bytes(name), oid, mode)?;
     }
     tb.write()
-}
-
-/// Commit `tree` on `refname` unless it equals the tip's tree. Returns the
-/// new commit, or `None` when nothing changed.
-pub fn commit_if_changed(
-    repo: &Repository,
-    refname: &str,
-    tree: Oid,
-    message: &str,
-) -> Result<Option<Oid>, git2::Error> {
-    let parent = match repo.find_reference(refname) {
-        Ok(r) => Some(r.peel_to_commit()?),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    if parent.as_ref().is_some_and(|p| p.tree_id() == tree) {
-        return Ok(None);
-    }
-    let tree = repo.find_tree(tree)?;
-    let sig = signature()?;
-    let parents: Vec<&git2::Commit> = parent.iter().collect();
-    let oid = repo.commit(None, &sig, &sig, message, &tree, &parents)?;
-    // Compare-and-swap on the ref: a concurrent writer in this workdir fails here.
-    match &parent {
-        Some(p) => repo.reference_matching(refname, oid, true, p.id(), "stackctl snapshot")?,
-        None => repo.reference(refname, oid, false, "stackctl snapshot")?,
-    };
-    Ok(Some(oid))
-}
-
-/// The identity snapshots are committed with.
-pub fn signature() -> Result<git2::Signature<'static>, git2::Error> {
-    git2::Signature::now("stackctl", "stackctl@localhost")
-}
-
-/// `YYYY-mm-dd HH:MM:SS` (UTC) of a unix time, for commit messages.
-pub fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-from-civil inverse.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The message of a snapshot commit.
-pub fn message(now_secs: i64, built: &Built) -> String {
-    format!(
-        "snapshot {} UTC: {} files, {} bytes",
-        format_utc(now_secs),
-        built.files,
-        built.bytes
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn utc_formatting() {
-        for (secs, want) in [
-            (0, "1970-01-01 00:00:00"),
-            (951_782_400, "2000-02-29 00:00:00"),
-            (1_790_000_000, "2026-09-21 14:13:20"),
-            (-1, "1969-12-31 23:59:59"),
-        ] {
-            assert_eq!(format_utc(secs), want);
-        }
-    }
-
-    fn repo() -> (tempfile::TempDir, Repository) {
-        let d = tempfile::tempdir().unwrap();
-        let r = Repository::init_bare(d.path().join("repo.git")).unwrap();
-        (d, r)
-    }
-
-    #[test]
-    fn unchanged_tree_commits_nothing_and_cache_skips_reads() {
-        let (d, repo) = repo();
-        let data = d.path().join("data");
-        fs::create_dir_all(data.join("empty")).unwrap();
-        fs::write(data.join("a.txt"), "hello").unwrap();
-        let rules = vec![PathRules::new(&data, &[], &[], &[]).unwrap()];
-        let mut cache = StatCache::default();
-        let tmp = d.path().join("tmp");
-        let b1 = TreeBuilder::new(&repo, 0, &tmp, &mut cache)
-            .build(&rules)
-            .unwrap();
-        assert_eq!((b1.files, b1.read), (1, 1));
-        let c1 = commit_if_changed(&repo, "refs/heads/main", b1.tree.unwrap(), "one").unwrap();
-        assert!(c1.is_some());
-        // Pretend the scan happened long after the write: the cache may be trusted.
-        let mut cache = StatCache::default();
-        let mut tb = TreeBuilder::new(&repo, 0, &tmp, &mut cache);
-        tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
-        tb.build(&rules).unwrap();
-        let mut tb = TreeBuilder::new(&repo, 0, &tmp, &mut cache);
-        tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
-        let b2 = tb.build(&rules).unwrap();
-        assert_eq!((b2.files, b2.read), (1, 0), "second scan served from cache");
-        assert_eq!(b2.tree, b1.tree);
-        assert_eq!(
-            commit_if_changed(&repo, "refs/heads/main", b2.tree.unwrap(), "two").unwrap(),
-            None
-        );
-        // The empty dir is kept with a marker.
-        let tree = repo.find_tree(b1.tree.unwrap()).unwrap();
-        let rel = format!("{}/empty/{KEEP_MARKER}", plan::tree_path(&data).unwrap());
-        assert!(tree.get_path(Path::new(&rel)).is_ok(), "{rel}");
-        assert!(tree.get_path(Path::new(".stackctl/modes")).is_ok());
-    }
-
-    #[test]
-    fn small_binary_files_become_pointers_and_unchanged_ones_are_not_read_again() {
-        let (d, repo) = repo();
-        let data = d.path().join("data");
-        fs::create_dir_all(&data).unwrap();
-        fs::write(data.join("a.bin"), b"ab\0cd").unwrap();
-        fs::write(data.join("a.txt"), "hello").unwrap();
-        let rules = vec![PathRules::new(&data, &[], &[], &[]).unwrap()];
-        let tmp = d.path().join("tmp");
-        let mut cache = StatCache::default();
-        let build = |cache: &mut StatCache, rule: bool| {
-            let mut tb = TreeBuilder::new(&repo, 1 << 20, &tmp, cache)
-                .with_pointers(None)
-                .with_offload_binary(rule);
-            // As if the scan came long after the writes: the cache may be trusted.
-            tb.scan_start_ns += 10 * plan::RACY_WINDOW_NS;
-            tb.build(&rules).unwrap()
-        };
-        let b1 = build(&mut cache, true);
-        assert_eq!((b1.files, b1.read), (2, 2));
-        let large: Vec<_> = b1.large.iter().map(|l| l.path.clone()).collect();
-        assert_eq!(large, [data.join("a.bin")]);
-        let b2 = build(&mut cache, true);
-        assert_eq!((b2.files, b2.read), (2, 0), "served from the cache");
-        assert_eq!(b2.tree, b1.tree);
-        // Still listed: its blob must be in the store before a commit names it.
-        assert_eq!(b2.large, b1.large);
-        // Without the rule the cached pointer no longer fits: read again.
-        let b3 = build(&mut cache, false);
-        assert_eq!((b3.read, b3.large.len()), (1, 0));
-        assert_ne!(b3.tree, b1.tree);
-    }
-
-    #[test]
-    fn sqlite_copy_is_a_valid_database() {
-        let d = tempfile::tempdir().unwrap();
-        let src = d.path().join("src.db");
-        let c = rusqlite::Connection::open(&src).unwrap();
-        c.pragma_update(None, "journal_mode", "WAL").unwrap();
-        c.execute_batch("create table t(x); insert into t values (1),(2),(3);")
-            .unwrap();
-        let dst = d.path().join("dst.db");
-        sqlite_copy(&src, &dst, Duration::from_secs(2)).unwrap();
-        let copy = rusqlite::Connection::open(&dst).unwrap();
-        let n: i64 = copy
-            .query_row("select count(*) from t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 3);
-        let ok: String = copy
-            .query_row("pragma integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
-        drop(copy);
-        // A copy of the copy (what a snapshot after a restore takes) is byte-identical.
-        let again = d.path().join("again.db");
-        sqlite_copy(&dst, &again, Duration::from_secs(2)).unwrap();
-        assert_eq!(fs::read(&dst).unwrap(), fs::read(&again).unwrap());
-    }
 }
