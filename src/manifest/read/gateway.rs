@@ -47,10 +47,10 @@ impl Reader<'_> {
     ) -> Option<Gateway> {
         let f = self.fields(node, "gateway", GATEWAY_KEYS)?;
         let listen = self
-            .parsed(&f, "listen", parse_listen)
+            .parsed(f.field("listen").as_ref(), parse_listen)
             .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
         let default_backend = self
-            .opt_text(&f, "default_backend")
+            .opt_text(f.field("default_backend").as_ref())
             .filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
@@ -103,12 +103,15 @@ impl Reader<'_> {
                     }
                 }
                 password_file = self
-                    .opt_text(&af, "password_file")
+                    .opt_text(af.field("password_file").as_ref())
                     .filter(|p| !p.is_empty())
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+        let state_file = match self
+            .opt_text(f.field("state_file").as_ref())
+            .filter(|s| !s.is_empty())
+        {
             Some(s) => self.path(&self.dir.clone(), &s),
             None => match persist {
                 Some(p) => p.workdir.join("state/gateway.json"),
@@ -190,15 +193,17 @@ impl Reader<'_> {
                     "send",
                 ],
             ) {
-                timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
-                timeouts.response = self.duration(&tf, "response", timeouts.response);
-                timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
-                timeouts.header_read = self.duration(&tf, "header_read", timeouts.header_read);
-                timeouts.idle = self.duration(&tf, "idle", timeouts.idle);
+                timeouts.connect = self.duration(tf.field("connect").as_ref(), timeouts.connect);
+                timeouts.response = self.duration(tf.field("response").as_ref(), timeouts.response);
+                timeouts.pool_idle =
+                    self.duration(tf.field("pool_idle").as_ref(), timeouts.pool_idle);
+                timeouts.header_read =
+                    self.duration(tf.field("header_read").as_ref(), timeouts.header_read);
+                timeouts.idle = self.duration(tf.field("idle").as_ref(), timeouts.idle);
                 // Zero would close every response whose first write has to
                 // wait for the client.
                 timeouts.send = self
-                    .parsed(&tf, "send", |t| match parse_duration(t)? {
+                    .parsed(tf.field("send").as_ref(), |t| match parse_duration(t)? {
                         d if d.is_zero() => Err(format!(
                             "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
                         )),
@@ -207,10 +212,10 @@ impl Reader<'_> {
                     .unwrap_or(timeouts.send);
             }
         }
-        let max_body = self.size(&f, "max_body", 1 << 30);
+        let max_body = self.size(f.field("max_body").as_ref(), 1 << 30);
         let backend_connections = self.backend_connections(&f);
         let import_from = self
-            .opt_text(&f, "import_from")
+            .opt_text(f.field("import_from").as_ref())
             .filter(|p| !p.is_empty())
             .map(|p| self.path(&self.dir.clone(), &p));
         // The same validator as the admin API, so `check` rejects what a
@@ -262,10 +267,10 @@ impl Reader<'_> {
             return out;
         };
         if let Value::Scalar { .. } = n.value {
-            out.max = self.number(f, "backend_connections", out.max);
+            out.max = self.number(f.field("backend_connections").as_ref(), out.max);
         } else if let Some(bf) = self.fields(n, "gateway.backend_connections", &["max", "queue"]) {
-            out.max = self.number(&bf, "max", out.max);
-            out.queue = self.duration(&bf, "queue", out.queue);
+            out.max = self.number(bf.field("max").as_ref(), out.max);
+            out.queue = self.duration(bf.field("queue").as_ref(), out.queue);
         }
         out
     }
@@ -282,23 +287,26 @@ impl Reader<'_> {
             "redirect_to",
             "redirect_to_prefix",
         ] {
-            if let Some(t) = self.opt_text(&f, name) {
+            if let Some(t) = self.opt_text(f.field(name).as_ref()) {
                 rule.insert(name.into(), J::String(t));
             }
         }
         if f.get("priority").is_some() {
-            rule.insert("priority".into(), json!(self.number(&f, "priority", 0i64)));
+            rule.insert(
+                "priority".into(),
+                json!(self.number(f.field("priority").as_ref(), 0i64)),
+            );
         }
         if f.get("redirect_code").is_some() {
             rule.insert(
                 "redirect_code".into(),
-                json!(self.number(&f, "redirect_code", 302u16)),
+                json!(self.number(f.field("redirect_code").as_ref(), 302u16)),
             );
         }
         if f.get("strip_prefix").is_some() {
             rule.insert(
                 "strip_prefix".into(),
-                json!(self.flag(&f, "strip_prefix", false)),
+                json!(self.flag(f.field("strip_prefix").as_ref(), false)),
             );
         }
         if let Some(h) = f.get("set_headers") {
@@ -315,7 +323,7 @@ impl Reader<'_> {
         if let Some(m) = f.get("match") {
             if let Some(mf) = self.fields(m, &f.key("match"), MATCH_KEYS) {
                 for name in MATCH_KEYS.iter().filter(|k| **k != "headers") {
-                    if let Some(t) = self.opt_text(&mf, name) {
+                    if let Some(t) = self.opt_text(mf.field(name).as_ref()) {
                         matcher.insert(name.to_string(), J::String(t));
                     }
                 }
@@ -329,7 +337,7 @@ impl Reader<'_> {
                             {
                                 let mut o = Map::new();
                                 for n in ["name", "contains", "regex"] {
-                                    if let Some(t) = self.opt_text(&hf, n) {
+                                    if let Some(t) = self.opt_text(hf.field(n).as_ref()) {
                                         o.insert(n.into(), J::String(t));
                                     }
                                 }
@@ -348,7 +356,7 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(p) = self.opt_text(&f, "prefix") {
+        if let Some(p) = self.opt_text(f.field("prefix").as_ref()) {
             if matcher.contains_key("path_prefix") {
                 let pos = f.get("prefix").map(|n| n.pos).unwrap_or(f.pos);
                 self.problem(

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::manifest::de::Field;
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::interp::interpolate;
 use crate::manifest::model::*;
@@ -131,6 +132,14 @@ impl<'n> Fields<'n> {
             .map(|(_, v)| v)
     }
 
+    /// The entry `key` as a [`Field`].
+    fn field(&self, key: &str) -> Option<Field> {
+        self.get(key).map(|node| Field {
+            key: self.key(key),
+            node: node.clone(),
+        })
+    }
+
     fn key(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
@@ -237,36 +246,34 @@ impl Reader<'_> {
         self.text_used(node, key).map(|(v, _)| v)
     }
 
-    fn opt_text(&mut self, f: &Fields, name: &str) -> Option<String> {
-        let node = f.get(name)?;
-        self.text(node, &f.key(name))
+    fn opt_text(&mut self, f: Option<&Field>) -> Option<String> {
+        let f = f?;
+        self.text(&f.node, &f.key)
     }
 
     fn parsed<T>(
         &mut self,
-        f: &Fields,
-        name: &str,
+        f: Option<&Field>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let node = f.get(name)?;
-        let key = f.key(name);
-        let (text, used) = self.text_used(node, &key)?;
+        let Field { key, node } = f?;
+        let (text, used) = self.text_used(node, key)?;
         match parse(&text) {
             Ok(v) => Some(v),
             Err(e) => {
                 // A value made from a variable names it: the fix is in the
                 // container's environment, not in the YAML line.
-                self.problem(node.pos, &key, format!("{e}{}", from_vars(&used)), None);
+                self.problem(node.pos, key, format!("{e}{}", from_vars(&used)), None);
                 None
             }
         }
     }
 
-    /// A list of paths (relative to the manifest's directory) under `name`.
-    fn path_list(&mut self, f: &Fields, name: &str) -> Vec<PathBuf> {
-        match f.get(name) {
-            Some(n) => self
-                .text_list(n, &f.key(name))
+    /// A list of paths (relative to the manifest's directory).
+    fn path_list(&mut self, f: Option<&Field>) -> Vec<PathBuf> {
+        match f {
+            Some(f) => self
+                .text_list(&f.node, &f.key)
                 .iter()
                 .map(|t| self.path(&self.dir.clone(), t))
                 .collect(),
@@ -274,25 +281,35 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, f: &Fields, name: &str, default: Duration) -> Duration {
-        self.parsed(f, name, parse_duration).unwrap_or(default)
+    fn duration(&mut self, f: Option<&Field>, default: Duration) -> Duration {
+        self.parsed(f, parse_duration).unwrap_or(default)
     }
 
-    fn size(&mut self, f: &Fields, name: &str, default: u64) -> u64 {
-        self.parsed(f, name, parse_size).unwrap_or(default)
+    fn size(&mut self, f: Option<&Field>, default: u64) -> u64 {
+        self.parsed(f, parse_size).unwrap_or(default)
     }
 
-    fn flag(&mut self, f: &Fields, name: &str, default: bool) -> bool {
-        self.parsed(f, name, parse_bool).unwrap_or(default)
+    fn flag(&mut self, f: Option<&Field>, default: bool) -> bool {
+        self.parsed(f, parse_bool).unwrap_or(default)
     }
 
-    fn number<T: FromStr>(&mut self, f: &Fields, name: &str, default: T) -> T {
-        self.parsed(f, name, |t| {
+    fn number<T: FromStr>(&mut self, f: Option<&Field>, default: T) -> T {
+        self.parsed(f, |t| {
             t.trim()
                 .parse::<T>()
                 .map_err(|_| format!("expected a whole number, found `{t}`"))
         })
         .unwrap_or(default)
+    }
+
+    /// `node` (at dotted `path`) as the raw section type `T`; unknown keys
+    /// and a value that is not a mapping are recorded as problems.
+    fn section<T: for<'de> serde::Deserialize<'de>>(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<T> {
+        crate::manifest::de::from_node(node, path, &mut self.problems)
     }
 
     /// `text` as an absolute, normalised path (relative to `base`).
@@ -398,7 +415,7 @@ impl Reader<'_> {
         let version = match top.get("version") {
             None => 1,
             Some(n) => {
-                let v = self.number(&top, "version", 1u32);
+                let v = self.number(top.field("version").as_ref(), 1u32);
                 if v != 1 {
                     self.problem(
                         n.pos,
@@ -410,12 +427,14 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self.opt_text(&top, "name").unwrap_or_else(|| {
-            self.dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "stack".into())
-        });
+        let name = self
+            .opt_text(top.field("name").as_ref())
+            .unwrap_or_else(|| {
+                self.dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "stack".into())
+            });
         let env = match top.get("env") {
             Some(n) => self.env(n),
             None => Vec::new(),
@@ -424,7 +443,10 @@ impl Reader<'_> {
             Some(n) => self.services(n),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(&top, "shutdown_timeout", Duration::from_secs(9));
+        let shutdown_timeout = self.duration(
+            top.field("shutdown_timeout").as_ref(),
+            Duration::from_secs(9),
+        );
         let persist = top.get("persist").and_then(|n| self.persist(n));
         let gateway = top
             .get("gateway")

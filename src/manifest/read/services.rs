@@ -70,7 +70,7 @@ impl Reader<'_> {
                 None
             }
         };
-        let working_dir = match self.opt_text(&f, "working_dir") {
+        let working_dir = match self.opt_text(f.field("working_dir").as_ref()) {
             Some(t) => self.path(&self.dir.clone(), &t),
             None => self.dir.clone(),
         };
@@ -78,7 +78,7 @@ impl Reader<'_> {
             Some(n) => self.environment(n, &f.key("environment")),
             None => Vec::new(),
         };
-        let env_files = self.path_list(&f, "env_file");
+        let env_files = self.path_list(f.field("env_file").as_ref());
         let (depends_on, dep_pos) = match f.get("depends_on") {
             Some(n) => self.depends_on(n, &f.key("depends_on")),
             None => (Vec::new(), Vec::new()),
@@ -116,7 +116,7 @@ impl Reader<'_> {
             }
         }
         let restart = self
-            .parsed(&f, "restart", |t| match t {
+            .parsed(f.field("restart").as_ref(), |t| match t {
                 "always" | "unless-stopped" => Ok(RestartPolicy::Always),
                 "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
                 "no" | "never" | "false" => Ok(RestartPolicy::No),
@@ -134,8 +134,8 @@ impl Reader<'_> {
                     max: Duration::from_secs(60),
                 };
                 if let Some(b) = b {
-                    backoff.initial = self.duration(&b, "initial", backoff.initial);
-                    backoff.max = self.duration(&b, "max", backoff.max);
+                    backoff.initial = self.duration(b.field("initial").as_ref(), backoff.initial);
+                    backoff.max = self.duration(b.field("max").as_ref(), backoff.max);
                     if backoff.max < backoff.initial {
                         self.problem(n.pos, &key, "`max` is shorter than `initial`", None);
                     }
@@ -154,21 +154,22 @@ impl Reader<'_> {
         if let Some(n) = f.get("max_restarts") {
             let key = f.key("max_restarts");
             if let Value::Scalar { .. } = n.value {
-                max_restarts.count = self.number(&f, "max_restarts", 10);
+                max_restarts.count = self.number(f.field("max_restarts").as_ref(), 10);
             } else if let Some(m) = self.fields(n, &key, &["count", "within"]) {
-                max_restarts.count = self.number(&m, "count", 10);
-                max_restarts.within = self.duration(&m, "within", max_restarts.within);
+                max_restarts.count = self.number(m.field("count").as_ref(), 10);
+                max_restarts.within =
+                    self.duration(m.field("within").as_ref(), max_restarts.within);
             }
         }
         let stop_signal = self
-            .parsed(&f, "stop_signal", parse_signal)
+            .parsed(f.field("stop_signal").as_ref(), parse_signal)
             .unwrap_or(libc::SIGTERM);
-        let stop_timeout = self.duration(&f, "stop_timeout", Duration::from_secs(5));
+        let stop_timeout = self.duration(f.field("stop_timeout").as_ref(), Duration::from_secs(5));
         let enabled = match f.get("enabled") {
             Some(n) => self.text(n, &f.key("enabled")).is_some_and(|t| truthy(&t)),
             None => true,
         };
-        let optional = self.flag(&f, "optional", false);
+        let optional = self.flag(f.field("optional").as_ref(), false);
         if let Some(n) = f.get("requires_one_of") {
             let key = f.key("requires_one_of");
             let names = self.text_list(n, &key);
@@ -186,18 +187,18 @@ impl Reader<'_> {
                 );
             }
         }
-        let required_paths = self.path_list(&f, "required_paths");
+        let required_paths = self.path_list(f.field("required_paths").as_ref());
         let logs = f.get("logs").and_then(|n| {
             let key = f.key("logs");
             let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
-            let Some(file) = self.opt_text(&l, "file") else {
+            let Some(file) = self.opt_text(l.field("file").as_ref()) else {
                 self.problem(n.pos, &key, "`file` is missing", None);
                 return None;
             };
             Some(LogFile {
                 file: self.path(&self.dir.clone(), &file),
-                max_size: self.size(&l, "max_size", 10 << 20),
-                keep: self.number(&l, "keep", 3),
+                max_size: self.size(l.field("max_size").as_ref(), 10 << 20),
+                keep: self.number(l.field("keep").as_ref(), 3),
             })
         });
         Some((
