@@ -120,7 +120,6 @@ struct Reader<'e> {
 /// A mapping being read: its entries and its dotted path.
 struct Fields<'n> {
     path: String,
-    pos: Pos,
     entries: &'n [(Key, Node)],
 }
 
@@ -401,7 +400,6 @@ impl Reader<'_> {
         };
         Some(Fields {
             path: path.to_string(),
-            pos: node.pos,
             entries,
         })
     }
@@ -409,7 +407,6 @@ impl Reader<'_> {
     fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
         let top = self.fields(root, "", TOP_KEYS).unwrap_or(Fields {
             path: String::new(),
-            pos: root.pos,
             entries: EMPTY,
         });
         let version = match top.get("version") {
