@@ -343,10 +343,12 @@ impl Reader<'_> {
             );
         }
         if let Some(h) = &f.set_headers {
-            if let Some(hf) = self.fields_any(&h.node, &h.key) {
+            if let Some(entries) = self.mapping(&h.node, &h.key) {
                 let mut m = Map::new();
-                for (k, v) in hf.entries {
-                    let t = self.text(v, &hf.key(&k.name)).unwrap_or_default();
+                for (k, v) in entries {
+                    let t = self
+                        .text(v, &format!("{}.{}", h.key, k.name))
+                        .unwrap_or_default();
                     m.insert(k.name.clone(), J::String(t));
                 }
                 rule.insert("set_headers".into(), J::Object(m));

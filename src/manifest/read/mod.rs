@@ -37,15 +37,17 @@ pub(crate) use services::find_cycle;
 use values::*;
 pub use values::{parse_signal, truthy};
 
-const TOP_KEYS: &[&str] = &[
-    "version",
-    "name",
-    "env",
-    "services",
-    "gateway",
-    "persist",
-    "shutdown_timeout",
-];
+/// The manifest as written; the field order is the order of the key hints.
+#[derive(serde::Deserialize, Default)]
+struct RawTop {
+    version: Option<Field>,
+    name: Option<Field>,
+    env: Option<Field>,
+    services: Option<Field>,
+    gateway: Option<Field>,
+    persist: Option<Field>,
+    shutdown_timeout: Option<Field>,
+}
 
 /// Read and validate the manifest at `file`.
 pub fn load(file: &Path, container: &ContainerEnv) -> Result<Manifest, ManifestError> {
@@ -117,39 +119,6 @@ struct Reader<'e> {
     dir: PathBuf,
 }
 
-/// A mapping being read: its entries and its dotted path.
-struct Fields<'n> {
-    path: String,
-    entries: &'n [(Key, Node)],
-}
-
-impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == key)
-            .map(|(_, v)| v)
-    }
-
-    /// The entry `key` as a [`Field`].
-    fn field(&self, key: &str) -> Option<Field> {
-        self.get(key).map(|node| Field {
-            key: self.key(key),
-            node: node.clone(),
-        })
-    }
-
-    fn key(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-}
-
-static EMPTY: &[(Key, Node)] = &[];
-
 impl Reader<'_> {
     fn problem(&mut self, pos: Pos, key: &str, message: impl Into<String>, hint: Option<String>) {
         // A message may quote a value that came from a secret (`interval:
@@ -187,23 +156,6 @@ impl Reader<'_> {
                 Ok(serde_json::Value::Object(o)) => !o.is_empty(),
                 _ => !v.trim().is_empty(),
             })
-    }
-
-    /// A mapping with only `known` keys; null counts as an empty mapping.
-    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
-        let f = self.fields_any(node, path)?;
-        let entries = f.entries;
-        for (k, _) in entries {
-            if !known.contains(&k.name.as_str()) {
-                let hint = match nearest(&k.name, known) {
-                    Some(n) => format!("did you mean `{n}`?"),
-                    None => format!("valid keys: {}", known.join(", ")),
-                };
-                let key = f.key(&k.name);
-                self.problem(k.pos, &key, "unknown key", Some(hint));
-            }
-        }
-        Some(f)
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
@@ -384,10 +336,10 @@ impl Reader<'_> {
 
     /// A mapping whose keys are names chosen by the user; null counts as
     /// an empty mapping.
-    fn fields_any<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
-        let entries = match &node.value {
-            Value::Map(entries) => entries.as_slice(),
-            Value::Null => EMPTY,
+    fn mapping<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [(Key, Node)]> {
+        match &node.value {
+            Value::Map(entries) => Some(entries),
+            Value::Null => Some(&[]),
             _ => {
                 self.problem(
                     node.pos,
@@ -395,27 +347,20 @@ impl Reader<'_> {
                     format!("expected a mapping, found {}", node.kind()),
                     None,
                 );
-                return None;
+                None
             }
-        };
-        Some(Fields {
-            path: path.to_string(),
-            entries,
-        })
+        }
     }
 
     fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
-        let top = self.fields(root, "", TOP_KEYS).unwrap_or(Fields {
-            path: String::new(),
-            entries: EMPTY,
-        });
-        let version = match top.get("version") {
+        let top: RawTop = self.section(root, "").unwrap_or_default();
+        let version = match &top.version {
             None => 1,
             Some(n) => {
-                let v = self.number(top.field("version").as_ref(), 1u32);
+                let v = self.number(Some(n), 1u32);
                 if v != 1 {
                     self.problem(
-                        n.pos,
+                        n.node.pos,
                         "version",
                         format!("unsupported version `{v}`"),
                         Some("this stackctl reads `version: 1`".into()),
@@ -424,30 +369,26 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self
-            .opt_text(top.field("name").as_ref())
-            .unwrap_or_else(|| {
-                self.dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "stack".into())
-            });
-        let env = match top.get("env") {
-            Some(n) => self.env(n),
+        let name = self.opt_text(top.name.as_ref()).unwrap_or_else(|| {
+            self.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "stack".into())
+        });
+        let env = match &top.env {
+            Some(n) => self.env(&n.node),
             None => Vec::new(),
         };
-        let services = match top.get("services") {
-            Some(n) => self.services(n),
+        let services = match &top.services {
+            Some(n) => self.services(&n.node),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(
-            top.field("shutdown_timeout").as_ref(),
-            Duration::from_secs(9),
-        );
-        let persist = top.get("persist").and_then(|n| self.persist(n));
+        let shutdown_timeout = self.duration(top.shutdown_timeout.as_ref(), Duration::from_secs(9));
+        let persist = top.persist.as_ref().and_then(|n| self.persist(&n.node));
         let gateway = top
-            .get("gateway")
-            .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+            .gateway
+            .as_ref()
+            .and_then(|n| self.gateway(&n.node, &name, persist.as_ref()));
         self.check_required_paths(&services, persist.as_ref());
         let mut persist = persist;
         if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {

@@ -41,6 +41,12 @@ struct RawMaxRestarts {
     within: Option<Field>,
 }
 
+/// compose's long form of a dependency.
+#[derive(Deserialize)]
+struct RawCondition {
+    condition: Option<Field>,
+}
+
 #[derive(Deserialize)]
 struct RawLogs {
     file: Option<Field>,
@@ -50,12 +56,12 @@ struct RawLogs {
 
 impl Reader<'_> {
     pub(super) fn services(&mut self, node: &Node) -> Vec<Service> {
-        let Some(section) = self.fields_any(node, "services") else {
+        let Some(section) = self.mapping(node, "services") else {
             return Vec::new();
         };
         let mut out = Vec::new();
         let mut dep_pos: Vec<Vec<Pos>> = Vec::new();
-        for (k, v) in section.entries {
+        for (k, v) in section {
             let key = format!("services.{}", k.name);
             if !valid_service_name(&k.name) {
                 self.problem(
@@ -309,19 +315,22 @@ impl Reader<'_> {
                     // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
                     let cond_node = match &v.value {
                         Value::Map(_) => self
-                            .fields(v, &dkey, &["condition"])
-                            .and_then(|f| f.get("condition")),
-                        _ => Some(v),
+                            .section::<RawCondition>(v, &dkey)
+                            .and_then(|f| f.condition)
+                            .map(|c| c.node),
+                        _ => Some(v.clone()),
                     };
                     let condition = match cond_node {
                         None => Some(Condition::Started),
-                        Some(c) => self.text(c, &dkey).and_then(|t| match parse_condition(&t) {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                self.problem(c.pos, &dkey, e, None);
-                                None
-                            }
-                        }),
+                        Some(c) => self
+                            .text(&c, &dkey)
+                            .and_then(|t| match parse_condition(&t) {
+                                Ok(c) => Some(c),
+                                Err(e) => {
+                                    self.problem(c.pos, &dkey, e, None);
+                                    None
+                                }
+                            }),
                     };
                     if let Some(condition) = condition {
                         deps.push(Dependency {
