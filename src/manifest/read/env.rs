@@ -67,12 +67,12 @@ impl Reader<'_> {
                             }
                         }
                     }
-                    default = self.opt_text(f.default.as_ref());
-                    decl.secret = self.flag(f.secret.as_ref(), false);
-                    decl.required = self.flag(f.required.as_ref(), false);
-                    decl.description = self.opt_text(f.description.as_ref());
-                    deprecated = self.opt_text(f.deprecated.as_ref());
-                    format = self.parsed(f.format.as_ref(), |t| match t {
+                    default = self.opt_text(&f.default);
+                    decl.secret = self.flag(&f.secret, false);
+                    decl.required = self.flag(&f.required, false);
+                    decl.description = self.opt_text(&f.description);
+                    deprecated = self.opt_text(&f.deprecated);
+                    format = self.parsed(&f.format, |t| match t {
                         "json-list" => Ok(EnvFormat::JsonList),
                         other => Err(format!("unknown format `{other}` (use json-list)")),
                     });

@@ -86,11 +86,9 @@ impl Reader<'_> {
     ) -> Option<Gateway> {
         let f: RawGateway = self.section(node, "gateway")?;
         let listen = self
-            .parsed(f.listen.as_ref(), parse_listen)
+            .parsed(&f.listen, parse_listen)
             .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
-        let default_backend = self
-            .opt_text(f.default_backend.as_ref())
-            .filter(|b| !b.is_empty());
+        let default_backend = self.opt_text(&f.default_backend).filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
         match f.routes.as_ref().map(|r| &r.node) {
@@ -141,15 +139,12 @@ impl Reader<'_> {
                     }
                 }
                 password_file = self
-                    .opt_text(af.password_file.as_ref())
+                    .opt_text(&af.password_file)
                     .filter(|p| !p.is_empty())
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let state_file = match self
-            .opt_text(f.state_file.as_ref())
-            .filter(|s| !s.is_empty())
-        {
+        let state_file = match self.opt_text(&f.state_file).filter(|s| !s.is_empty()) {
             Some(s) => self.path(&self.dir.clone(), &s),
             None => match persist {
                 Some(p) => p.workdir.join("state/gateway.json"),
@@ -221,15 +216,15 @@ impl Reader<'_> {
         };
         if let Some(t) = &f.timeouts {
             if let Some(tf) = self.section::<RawTimeouts>(&t.node, &t.key) {
-                timeouts.connect = self.duration(tf.connect.as_ref(), timeouts.connect);
-                timeouts.response = self.duration(tf.response.as_ref(), timeouts.response);
-                timeouts.pool_idle = self.duration(tf.pool_idle.as_ref(), timeouts.pool_idle);
-                timeouts.header_read = self.duration(tf.header_read.as_ref(), timeouts.header_read);
-                timeouts.idle = self.duration(tf.idle.as_ref(), timeouts.idle);
+                timeouts.connect = self.duration(&tf.connect, timeouts.connect);
+                timeouts.response = self.duration(&tf.response, timeouts.response);
+                timeouts.pool_idle = self.duration(&tf.pool_idle, timeouts.pool_idle);
+                timeouts.header_read = self.duration(&tf.header_read, timeouts.header_read);
+                timeouts.idle = self.duration(&tf.idle, timeouts.idle);
                 // Zero would close every response whose first write has to
                 // wait for the client.
                 timeouts.send = self
-                    .parsed(tf.send.as_ref(), |t| match parse_duration(t)? {
+                    .parsed(&tf.send, |t| match parse_duration(t)? {
                         d if d.is_zero() => Err(format!(
                             "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
                         )),
@@ -238,10 +233,10 @@ impl Reader<'_> {
                     .unwrap_or(timeouts.send);
             }
         }
-        let max_body = self.size(f.max_body.as_ref(), 1 << 30);
+        let max_body = self.size(&f.max_body, 1 << 30);
         let backend_connections = self.backend_connections(f.backend_connections.as_ref());
         let import_from = self
-            .opt_text(f.import_from.as_ref())
+            .opt_text(&f.import_from)
             .filter(|p| !p.is_empty())
             .map(|p| self.path(&self.dir.clone(), &p));
         // The same validator as the admin API, so `check` rejects what a
@@ -293,10 +288,10 @@ impl Reader<'_> {
             return out;
         };
         if let Value::Scalar { .. } = n.node.value {
-            out.max = self.number(Some(n), out.max);
+            out.max = self.number(n, out.max);
         } else if let Some(bf) = self.section::<RawConnections>(&n.node, &n.key) {
-            out.max = self.number(bf.max.as_ref(), out.max);
-            out.queue = self.duration(bf.queue.as_ref(), out.queue);
+            out.max = self.number(&bf.max, out.max);
+            out.queue = self.duration(&bf.queue, out.queue);
         }
         out
     }
@@ -308,7 +303,7 @@ impl Reader<'_> {
         let mut rule = Map::new();
         let texts = |r: &mut Self, out: &mut Map<String, J>, fields: &[(&str, &Option<Field>)]| {
             for (name, field) in fields {
-                if let Some(t) = r.opt_text(field.as_ref()) {
+                if let Some(t) = r.opt_text(*field) {
                     out.insert(name.to_string(), J::String(t));
                 }
             }
@@ -325,21 +320,18 @@ impl Reader<'_> {
             ],
         );
         if f.priority.is_some() {
-            rule.insert(
-                "priority".into(),
-                json!(self.number(f.priority.as_ref(), 0i64)),
-            );
+            rule.insert("priority".into(), json!(self.number(&f.priority, 0i64)));
         }
         if f.redirect_code.is_some() {
             rule.insert(
                 "redirect_code".into(),
-                json!(self.number(f.redirect_code.as_ref(), 302u16)),
+                json!(self.number(&f.redirect_code, 302u16)),
             );
         }
         if f.strip_prefix.is_some() {
             rule.insert(
                 "strip_prefix".into(),
-                json!(self.flag(f.strip_prefix.as_ref(), false)),
+                json!(self.flag(&f.strip_prefix, false)),
             );
         }
         if let Some(h) = &f.set_headers {
@@ -404,7 +396,7 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(p) = self.opt_text(f.prefix.as_ref()) {
+        if let Some(p) = self.opt_text(&f.prefix) {
             if let (true, Some(prefix)) = (matcher.contains_key("path_prefix"), &f.prefix) {
                 self.problem(
                     prefix.node.pos,

@@ -1,9 +1,11 @@
 //! From the position-aware YAML tree to the validated [`Manifest`].
 //!
-//! The reader walks the tree once, collecting every problem (unknown key
-//! with the nearest valid one, wrong type, bad duration, unknown dependency,
-//! cycle…) with its line and column, so a user fixes a broken manifest in
-//! one round instead of one error at a time.
+//! Each section is first read into a raw `#[derive(Deserialize)]` struct
+//! of [`Field`]s through [`de`](crate::manifest::de) (which reports unknown
+//! keys with the nearest valid one), then validated into the model: wrong
+//! type, bad duration, unknown dependency, cycle… Every problem is collected
+//! with its line and column, so a user fixes a broken manifest in one round
+//! instead of one error at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -197,17 +199,17 @@ impl Reader<'_> {
         self.text_used(node, key).map(|(v, _)| v)
     }
 
-    fn opt_text(&mut self, f: Option<&Field>) -> Option<String> {
-        let f = f?;
+    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
+        let f = f.into()?;
         self.text(&f.node, &f.key)
     }
 
-    fn parsed<T>(
+    fn parsed<'f, T>(
         &mut self,
-        f: Option<&Field>,
+        f: impl Into<Option<&'f Field>>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let Field { key, node } = f?;
+        let Field { key, node } = f.into()?;
         let (text, used) = self.text_used(node, key)?;
         match parse(&text) {
             Ok(v) => Some(v),
@@ -221,8 +223,8 @@ impl Reader<'_> {
     }
 
     /// A list of paths (relative to the manifest's directory).
-    fn path_list(&mut self, f: Option<&Field>) -> Vec<PathBuf> {
-        match f {
+    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
+        match f.into() {
             Some(f) => self
                 .text_list(&f.node, &f.key)
                 .iter()
@@ -232,19 +234,19 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, f: Option<&Field>, default: Duration) -> Duration {
+    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
         self.parsed(f, parse_duration).unwrap_or(default)
     }
 
-    fn size(&mut self, f: Option<&Field>, default: u64) -> u64 {
+    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
         self.parsed(f, parse_size).unwrap_or(default)
     }
 
-    fn flag(&mut self, f: Option<&Field>, default: bool) -> bool {
+    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
         self.parsed(f, parse_bool).unwrap_or(default)
     }
 
-    fn number<T: FromStr>(&mut self, f: Option<&Field>, default: T) -> T {
+    fn number<'f, T: FromStr>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
         self.parsed(f, |t| {
             t.trim()
                 .parse::<T>()
@@ -357,7 +359,7 @@ impl Reader<'_> {
         let version = match &top.version {
             None => 1,
             Some(n) => {
-                let v = self.number(Some(n), 1u32);
+                let v = self.number(n, 1u32);
                 if v != 1 {
                     self.problem(
                         n.node.pos,
@@ -369,7 +371,7 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self.opt_text(top.name.as_ref()).unwrap_or_else(|| {
+        let name = self.opt_text(&top.name).unwrap_or_else(|| {
             self.dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -383,7 +385,7 @@ impl Reader<'_> {
             Some(n) => self.services(&n.node),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(top.shutdown_timeout.as_ref(), Duration::from_secs(9));
+        let shutdown_timeout = self.duration(&top.shutdown_timeout, Duration::from_secs(9));
         let persist = top.persist.as_ref().and_then(|n| self.persist(&n.node));
         let gateway = top
             .gateway

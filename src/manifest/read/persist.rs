@@ -68,12 +68,12 @@ impl Reader<'_> {
         } else {
             self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
         }
-        let token = self.opt_text(f.token.as_ref()).filter(|t| !t.is_empty());
+        let token = self.opt_text(&f.token).filter(|t| !t.is_empty());
         let branch = self
-            .opt_text(f.branch.as_ref())
+            .opt_text(&f.branch)
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "main".into());
-        let workdir = match self.opt_text(f.workdir.as_ref()).filter(|w| !w.is_empty()) {
+        let workdir = match self.opt_text(&f.workdir).filter(|w| !w.is_empty()) {
             Some(w) => self.path(&self.dir.clone(), &w),
             None => self.dir.join(".stackctl"),
         };
@@ -94,7 +94,7 @@ impl Reader<'_> {
                             let Some(pf) = self.section::<RawPath>(n, &pkey) else {
                                 continue;
                             };
-                            let Some(p) = self.opt_text(pf.path.as_ref()) else {
+                            let Some(p) = self.opt_text(&pf.path) else {
                                 self.problem(n.pos, &pkey, "`path` is missing", None);
                                 continue;
                             };
@@ -159,7 +159,7 @@ impl Reader<'_> {
             .unwrap_or_default();
         let keep = match &f.history {
             Some(h) => match self.section::<RawHistory>(&h.node, &h.key) {
-                Some(hf) => self.number(hf.keep.as_ref(), 50u32).max(1),
+                Some(hf) => self.number(&hf.keep, 50u32).max(1),
                 None => 50,
             },
             None => 50,
@@ -182,19 +182,19 @@ impl Reader<'_> {
             .as_ref()
             .and_then(|lf| self.section::<RawLargeFiles>(&lf.node, &lf.key));
         if let Some(l) = &raw_lf {
-            large_files.threshold = self.size(l.threshold.as_ref(), large_files.threshold);
+            large_files.threshold = self.size(&l.threshold, large_files.threshold);
             let dir = self.dir.clone();
-            if let Some(store) = self.parsed(l.store.as_ref(), |t| parse_store(t, &dir)) {
+            if let Some(store) = self.parsed(&l.store, |t| parse_store(t, &dir)) {
                 large_files.store = store;
             }
-            if let Some(tag) = self.opt_text(l.tag.as_ref()).filter(|t| !t.is_empty()) {
+            if let Some(tag) = self.opt_text(&l.tag).filter(|t| !t.is_empty()) {
                 large_files.tag = tag;
             }
-            large_files.url = self.opt_text(l.url.as_ref()).filter(|u| !u.is_empty());
+            large_files.url = self.opt_text(&l.url).filter(|u| !u.is_empty());
             if let (Some(url), Some(u)) = (large_files.url.clone(), &l.url) {
                 self.url_credentials(u.node.pos, "persist.large_files.url", &url, &[]);
             }
-            if let Some(o) = self.parsed(l.offload_binary.as_ref(), parse_offload_binary) {
+            if let Some(o) = self.parsed(&l.offload_binary, parse_offload_binary) {
                 large_files.offload_binary = o;
             }
             if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
@@ -240,11 +240,11 @@ impl Reader<'_> {
             );
         }
         let readiness_file = self
-            .opt_text(f.readiness_file.as_ref())
+            .opt_text(&f.readiness_file)
             .filter(|t| !t.is_empty())
             .map(|t| self.path(&self.dir.clone(), &t));
-        let interval = self.duration(f.interval.as_ref(), Duration::from_secs(180));
-        let debounce = self.duration(f.debounce.as_ref(), Duration::from_secs(10));
+        let interval = self.duration(&f.interval, Duration::from_secs(180));
+        let debounce = self.duration(&f.debounce, Duration::from_secs(10));
         if remote.is_empty() {
             // A Space without credentials still runs; it just keeps nothing.
             self.warn(

@@ -112,16 +112,16 @@ impl Reader<'_> {
                 ProbeCheck::Log(t)
             }
         };
-        let interval = self.duration(f.interval.as_ref(), interval);
+        let interval = self.duration(&f.interval, interval);
         if interval.is_zero() {
             self.problem(node.pos, key, "`interval` must be above zero", None);
         }
         Some(Probe {
             check,
             interval,
-            timeout: self.duration(f.timeout.as_ref(), Duration::from_secs(2)),
-            failures: self.number(f.failures.as_ref(), failures).max(1),
-            initial_delay: self.duration(f.initial_delay.as_ref(), Duration::ZERO),
+            timeout: self.duration(&f.timeout, Duration::from_secs(2)),
+            failures: self.number(&f.failures, failures).max(1),
+            initial_delay: self.duration(&f.initial_delay, Duration::ZERO),
         })
     }
 }

@@ -101,7 +101,7 @@ impl Reader<'_> {
                 None
             }
         };
-        let working_dir = match self.opt_text(f.working_dir.as_ref()) {
+        let working_dir = match self.opt_text(&f.working_dir) {
             Some(t) => self.path(&self.dir.clone(), &t),
             None => self.dir.clone(),
         };
@@ -109,7 +109,7 @@ impl Reader<'_> {
             Some(e) => self.environment(&e.node, &e.key),
             None => Vec::new(),
         };
-        let env_files = self.path_list(f.env_file.as_ref());
+        let env_files = self.path_list(&f.env_file);
         let (depends_on, dep_pos) = match &f.depends_on {
             Some(d) => self.depends_on(&d.node, &d.key),
             None => (Vec::new(), Vec::new()),
@@ -137,7 +137,7 @@ impl Reader<'_> {
             }
         }
         let restart = self
-            .parsed(f.restart.as_ref(), |t| match t {
+            .parsed(&f.restart, |t| match t {
                 "always" | "unless-stopped" => Ok(RestartPolicy::Always),
                 "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
                 "no" | "never" | "false" => Ok(RestartPolicy::No),
@@ -154,8 +154,8 @@ impl Reader<'_> {
                     max: Duration::from_secs(60),
                 };
                 if let Some(b) = b {
-                    backoff.initial = self.duration(b.initial.as_ref(), backoff.initial);
-                    backoff.max = self.duration(b.max.as_ref(), backoff.max);
+                    backoff.initial = self.duration(&b.initial, backoff.initial);
+                    backoff.max = self.duration(&b.max, backoff.max);
                     if backoff.max < backoff.initial {
                         self.problem(n.pos, key, "`max` is shorter than `initial`", None);
                     }
@@ -173,21 +173,21 @@ impl Reader<'_> {
         };
         if let Some(n) = &f.max_restarts {
             if let Value::Scalar { .. } = n.node.value {
-                max_restarts.count = self.number(Some(n), 10);
+                max_restarts.count = self.number(n, 10);
             } else if let Some(m) = self.section::<RawMaxRestarts>(&n.node, &n.key) {
-                max_restarts.count = self.number(m.count.as_ref(), 10);
-                max_restarts.within = self.duration(m.within.as_ref(), max_restarts.within);
+                max_restarts.count = self.number(&m.count, 10);
+                max_restarts.within = self.duration(&m.within, max_restarts.within);
             }
         }
         let stop_signal = self
-            .parsed(f.stop_signal.as_ref(), parse_signal)
+            .parsed(&f.stop_signal, parse_signal)
             .unwrap_or(libc::SIGTERM);
-        let stop_timeout = self.duration(f.stop_timeout.as_ref(), Duration::from_secs(5));
+        let stop_timeout = self.duration(&f.stop_timeout, Duration::from_secs(5));
         let enabled = match &f.enabled {
-            Some(n) => self.opt_text(Some(n)).is_some_and(|t| truthy(&t)),
+            Some(n) => self.opt_text(n).is_some_and(|t| truthy(&t)),
             None => true,
         };
-        let optional = self.flag(f.optional.as_ref(), false);
+        let optional = self.flag(&f.optional, false);
         if let Some(Field { key, node: n }) = &f.requires_one_of {
             let names = self.text_list(n, key);
             // Checked only for a service that runs: `enabled:` switches off
@@ -204,17 +204,17 @@ impl Reader<'_> {
                 );
             }
         }
-        let required_paths = self.path_list(f.required_paths.as_ref());
+        let required_paths = self.path_list(&f.required_paths);
         let logs = f.logs.as_ref().and_then(|Field { key, node: n }| {
             let l = self.section::<RawLogs>(n, key)?;
-            let Some(file) = self.opt_text(l.file.as_ref()) else {
+            let Some(file) = self.opt_text(&l.file) else {
                 self.problem(n.pos, key, "`file` is missing", None);
                 return None;
             };
             Some(LogFile {
                 file: self.path(&self.dir.clone(), &file),
-                max_size: self.size(l.max_size.as_ref(), 10 << 20),
-                keep: self.number(l.keep.as_ref(), 3),
+                max_size: self.size(&l.max_size, 10 << 20),
+                keep: self.number(&l.keep, 3),
             })
         });
         Some((
