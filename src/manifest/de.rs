@@ -333,6 +333,12 @@ mod tests {
         assert_eq!(problems[0].key, "list[1].gamma");
     }
 
+    #[test]
+    fn a_field_comes_only_from_a_manifest_node() {
+        assert!(serde_json::from_str::<Field>("null").is_err());
+        assert!(serde_json::from_str::<Field>("{}").is_err());
+    }
+
     proptest::proptest! {
         // Whatever YAML-ish text a user writes, reading it never panics.
         #[test]
@@ -343,6 +349,23 @@ mod tests {
                 let _ = from_node::<Field>(&root, "", &mut problems);
                 let _ = from_node::<Vec<String>>(&root, "", &mut problems);
             }
+        }
+
+        // The same for the whole reader, with the manifest's own key names
+        // in the mix so that sections are reached.
+        #[test]
+        fn the_reader_never_panics(
+            lines in proptest::collection::vec(
+                ("[ ]{0,4}", "(services|web|command|persist|paths|gateway|routes|env|match|readiness|http|logs|backoff|large_files|history|[a-z]{1,3})", "(:|: |:\\n  )", "[a-z0-9\\[\\]{}:,. /${}-]{0,12}"),
+                0..12,
+            )
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(indent, key, sep, value)| format!("{indent}{key}{sep}{value}\n"))
+                .collect();
+            let file = std::path::Path::new("/x/stack.yaml");
+            let _ = crate::manifest::load_str(&text, file, &Default::default());
         }
     }
 }
