@@ -1,24 +1,29 @@
 //! The `env:` section: declared variables, their sources, defaults and checks.
 
+use serde::Deserialize;
+
 use super::*;
 
-const ENV_KEYS: &[&str] = &[
-    "from",
-    "default",
-    "required",
-    "secret",
-    "description",
-    "deprecated",
-    "format",
-];
+/// An env entry written as a mapping; the field order is the order of
+/// the key hints.
+#[derive(Deserialize)]
+struct RawEnvVar {
+    from: Option<Field>,
+    default: Option<Field>,
+    required: Option<Field>,
+    secret: Option<Field>,
+    description: Option<Field>,
+    deprecated: Option<Field>,
+    format: Option<Field>,
+}
 
 impl Reader<'_> {
     pub(super) fn env(&mut self, node: &Node) -> Vec<EnvVar> {
-        let Some(section) = self.fields_any(node, "env") else {
+        let Some(section) = self.mapping(node, "env") else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (k, v) in section.entries {
+        for (k, v) in section {
             let key = format!("env.{}", k.name);
             if !valid_var_name(&k.name) {
                 self.problem(
@@ -46,28 +51,28 @@ impl Reader<'_> {
                 Value::Scalar { .. } => default = self.text(v, &key),
                 Value::Null => {}
                 _ => {
-                    let Some(f) = self.fields(v, &key, ENV_KEYS) else {
+                    let Some(f) = self.section::<RawEnvVar>(v, &key) else {
                         continue;
                     };
-                    if let Some(from) = f.get("from") {
-                        decl.candidates = self.text_list(from, &f.key("from"));
+                    if let Some(from) = &f.from {
+                        decl.candidates = self.text_list(&from.node, &from.key);
                         for c in &decl.candidates {
                             if !valid_var_name(c) {
                                 self.problem(
-                                    from.pos,
-                                    &f.key("from"),
+                                    from.node.pos,
+                                    &from.key,
                                     format!("`{c}` is not a valid variable name"),
                                     None,
                                 );
                             }
                         }
                     }
-                    default = self.opt_text(&f, "default");
-                    decl.secret = self.flag(&f, "secret", false);
-                    decl.required = self.flag(&f, "required", false);
-                    decl.description = self.opt_text(&f, "description");
-                    deprecated = self.opt_text(&f, "deprecated");
-                    format = self.parsed(&f, "format", |t| match t {
+                    default = self.opt_text(&f.default);
+                    decl.secret = self.flag(&f.secret, false);
+                    decl.required = self.flag(&f.required, false);
+                    decl.description = self.opt_text(&f.description);
+                    deprecated = self.opt_text(&f.deprecated);
+                    format = self.parsed(&f.format, |t| match t {
                         "json-list" => Ok(EnvFormat::JsonList),
                         other => Err(format!("unknown format `{other}` (use json-list)")),
                     });

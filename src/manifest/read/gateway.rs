@@ -1,42 +1,81 @@
 //! The `gateway:` section, its routes checked by the admin API's own validator.
 
+use serde::Deserialize;
+
 use super::*;
 
-const GATEWAY_KEYS: &[&str] = &[
-    "listen",
-    "default_backend",
-    "routes",
-    "admin",
-    "allow_backends",
-    "trusted_proxies",
-    "state_file",
-    "timeouts",
-    "max_body",
-    "import_from",
-    "backend_connections",
-];
-const ROUTE_KEYS: &[&str] = &[
-    "id",
-    "priority",
-    "action",
-    "backend",
-    "strip_prefix",
-    "set_headers",
-    "redirect_to",
-    "redirect_to_prefix",
-    "redirect_code",
-    "match",
-    "prefix",
-];
-const MATCH_KEYS: &[&str] = &[
-    "path_prefix",
-    "path_equal",
-    "host",
-    "method",
-    "referer_substr",
-    "referer_regex",
-    "headers",
-];
+/// `gateway:` as written; the field order is the order of the key hints.
+#[derive(Deserialize)]
+struct RawGateway {
+    listen: Option<Field>,
+    default_backend: Option<Field>,
+    routes: Option<Field>,
+    admin: Option<Field>,
+    allow_backends: Option<Field>,
+    trusted_proxies: Option<Field>,
+    state_file: Option<Field>,
+    timeouts: Option<Field>,
+    max_body: Option<Field>,
+    import_from: Option<Field>,
+    backend_connections: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawAdmin {
+    password: Option<Field>,
+    password_file: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawTimeouts {
+    connect: Option<Field>,
+    response: Option<Field>,
+    pool_idle: Option<Field>,
+    header_read: Option<Field>,
+    idle: Option<Field>,
+    send: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawConnections {
+    max: Option<Field>,
+    queue: Option<Field>,
+}
+
+/// A route in the manifest's form.
+#[derive(Deserialize)]
+struct RawRoute {
+    id: Option<Field>,
+    priority: Option<Field>,
+    action: Option<Field>,
+    backend: Option<Field>,
+    strip_prefix: Option<Field>,
+    set_headers: Option<Field>,
+    redirect_to: Option<Field>,
+    redirect_to_prefix: Option<Field>,
+    redirect_code: Option<Field>,
+    #[serde(rename = "match")]
+    matcher: Option<Field>,
+    prefix: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawMatch {
+    path_prefix: Option<Field>,
+    path_equal: Option<Field>,
+    host: Option<Field>,
+    method: Option<Field>,
+    referer_substr: Option<Field>,
+    referer_regex: Option<Field>,
+    headers: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    name: Option<Field>,
+    contains: Option<Field>,
+    regex: Option<Field>,
+}
 
 impl Reader<'_> {
     pub(super) fn gateway(
@@ -45,16 +84,14 @@ impl Reader<'_> {
         name: &str,
         persist: Option<&Persist>,
     ) -> Option<Gateway> {
-        let f = self.fields(node, "gateway", GATEWAY_KEYS)?;
+        let f: RawGateway = self.section(node, "gateway")?;
         let listen = self
-            .parsed(&f, "listen", parse_listen)
+            .parsed(&f.listen, parse_listen)
             .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
-        let default_backend = self
-            .opt_text(&f, "default_backend")
-            .filter(|b| !b.is_empty());
+        let default_backend = self.opt_text(&f.default_backend).filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
-        match f.get("routes") {
+        match f.routes.as_ref().map(|r| &r.node) {
             Some(Node {
                 value: Value::Seq(items),
                 ..
@@ -79,11 +116,10 @@ impl Reader<'_> {
         }
         let mut admin_password = None;
         let mut password_file = None;
-        if let Some(a) = f.get("admin") {
-            if let Some(af) = self.fields(a, "gateway.admin", &["password", "password_file"]) {
-                if let Some(n) = af.get("password") {
-                    let key = af.key("password");
-                    if let Some((pw, used)) = self.text_used(n, &key) {
+        if let Some(a) = &f.admin {
+            if let Some(af) = self.section::<RawAdmin>(&a.node, &a.key) {
+                if let Some(Field { key, node: n }) = &af.password {
+                    if let Some((pw, used)) = self.text_used(n, key) {
                         // The one password rule of the API, page and CLI,
                         // at `check` time rather than in a live Space.
                         let problem =
@@ -91,7 +127,7 @@ impl Reader<'_> {
                         if let Some(problem) = problem {
                             self.problem(
                                 n.pos,
-                                &key,
+                                key,
                                 format!("the admin password{} is {problem}", from_vars(&used)),
                                 Some(
                                     "or leave it empty to have one generated and printed once"
@@ -103,12 +139,12 @@ impl Reader<'_> {
                     }
                 }
                 password_file = self
-                    .opt_text(&af, "password_file")
+                    .opt_text(&af.password_file)
                     .filter(|p| !p.is_empty())
                     .map(|p| self.path(&self.dir.clone(), &p));
             }
         }
-        let state_file = match self.opt_text(&f, "state_file").filter(|s| !s.is_empty()) {
+        let state_file = match self.opt_text(&f.state_file).filter(|s| !s.is_empty()) {
             Some(s) => self.path(&self.dir.clone(), &s),
             None => match persist {
                 Some(p) => p.workdir.join("state/gateway.json"),
@@ -142,33 +178,34 @@ impl Reader<'_> {
                 .find(|pp| password_file.starts_with(&pp.path))
         }) {
             self.problem(
-                f.get("admin").map(|a| a.pos).unwrap_or(f.pos),
+                f.admin.as_ref().map_or(node.pos, |a| a.node.pos),
                 "gateway.admin.password_file",
                 format!("`{}` is inside the persisted path `{}`: the plaintext password would be pushed", password_file.display(), p.path.display()),
                 Some("put the password file outside every persisted path".into()),
             );
         }
-        let nets = |r: &mut Self, key: &str, default: Vec<IpNet>| -> Vec<IpNet> {
-            let Some(n) = f.get(key) else { return default };
-            let k = f.key(key);
+        let nets = |r: &mut Self, f: Option<&Field>, default: Vec<IpNet>| -> Vec<IpNet> {
+            let Some(Field { key, node }) = f else {
+                return default;
+            };
             let mut out = Vec::new();
-            for t in r.text_list(n, &k) {
+            for t in r.text_list(node, key) {
                 match parse_net(&t) {
                     Ok(net) => out.push(net),
-                    Err(e) => r.problem(n.pos, &k, e, None),
+                    Err(e) => r.problem(node.pos, key, e, None),
                 }
             }
             out
         };
         let allow_backends = nets(
             self,
-            "allow_backends",
+            f.allow_backends.as_ref(),
             vec![
                 "127.0.0.0/8".parse().expect("literal network"),
                 "::1/128".parse().expect("literal network"),
             ],
         );
-        let trusted_proxies = nets(self, "trusted_proxies", Vec::new());
+        let trusted_proxies = nets(self, f.trusted_proxies.as_ref(), Vec::new());
         let mut timeouts = GatewayTimeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(600),
@@ -177,28 +214,17 @@ impl Reader<'_> {
             idle: Duration::from_secs(75),
             send: Duration::from_secs(60),
         };
-        if let Some(t) = f.get("timeouts") {
-            if let Some(tf) = self.fields(
-                t,
-                "gateway.timeouts",
-                &[
-                    "connect",
-                    "response",
-                    "pool_idle",
-                    "header_read",
-                    "idle",
-                    "send",
-                ],
-            ) {
-                timeouts.connect = self.duration(&tf, "connect", timeouts.connect);
-                timeouts.response = self.duration(&tf, "response", timeouts.response);
-                timeouts.pool_idle = self.duration(&tf, "pool_idle", timeouts.pool_idle);
-                timeouts.header_read = self.duration(&tf, "header_read", timeouts.header_read);
-                timeouts.idle = self.duration(&tf, "idle", timeouts.idle);
+        if let Some(t) = &f.timeouts {
+            if let Some(tf) = self.section::<RawTimeouts>(&t.node, &t.key) {
+                timeouts.connect = self.duration(&tf.connect, timeouts.connect);
+                timeouts.response = self.duration(&tf.response, timeouts.response);
+                timeouts.pool_idle = self.duration(&tf.pool_idle, timeouts.pool_idle);
+                timeouts.header_read = self.duration(&tf.header_read, timeouts.header_read);
+                timeouts.idle = self.duration(&tf.idle, timeouts.idle);
                 // Zero would close every response whose first write has to
                 // wait for the client.
                 timeouts.send = self
-                    .parsed(&tf, "send", |t| match parse_duration(t)? {
+                    .parsed(&tf.send, |t| match parse_duration(t)? {
                         d if d.is_zero() => Err(format!(
                             "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
                         )),
@@ -207,10 +233,10 @@ impl Reader<'_> {
                     .unwrap_or(timeouts.send);
             }
         }
-        let max_body = self.size(&f, "max_body", 1 << 30);
-        let backend_connections = self.backend_connections(&f);
+        let max_body = self.size(&f.max_body, 1 << 30);
+        let backend_connections = self.backend_connections(f.backend_connections.as_ref());
         let import_from = self
-            .opt_text(&f, "import_from")
+            .opt_text(&f.import_from)
             .filter(|p| !p.is_empty())
             .map(|p| self.path(&self.dir.clone(), &p));
         // The same validator as the admin API, so `check` rejects what a
@@ -224,11 +250,11 @@ impl Reader<'_> {
         if let Err(e) = table {
             let (pos, key) = match e.rule_index() {
                 Some(i) => (
-                    route_pos.get(i).copied().unwrap_or(f.pos),
+                    route_pos.get(i).copied().unwrap_or(node.pos),
                     format!("gateway.routes[{i}]"),
                 ),
                 None => (
-                    f.get("default_backend").map(|n| n.pos).unwrap_or(f.pos),
+                    f.default_backend.as_ref().map_or(node.pos, |n| n.node.pos),
                     "gateway".to_string(),
                 ),
             };
@@ -256,90 +282,112 @@ impl Reader<'_> {
 
     /// `gateway.backend_connections`: a number (the cap), or
     /// `{ max, queue }`.
-    pub(super) fn backend_connections(&mut self, f: &Fields) -> BackendConnections {
+    fn backend_connections(&mut self, f: Option<&Field>) -> BackendConnections {
         let mut out = BackendConnections::default();
-        let Some(n) = f.get("backend_connections") else {
+        let Some(n) = f else {
             return out;
         };
-        if let Value::Scalar { .. } = n.value {
-            out.max = self.number(f, "backend_connections", out.max);
-        } else if let Some(bf) = self.fields(n, "gateway.backend_connections", &["max", "queue"]) {
-            out.max = self.number(&bf, "max", out.max);
-            out.queue = self.duration(&bf, "queue", out.queue);
+        if let Value::Scalar { .. } = n.node.value {
+            out.max = self.number(n, out.max);
+        } else if let Some(bf) = self.section::<RawConnections>(&n.node, &n.key) {
+            out.max = self.number(&bf.max, out.max);
+            out.queue = self.duration(&bf.queue, out.queue);
         }
         out
     }
 
     /// A route in the manifest's form → the admin API's JSON rule.
-    pub(super) fn route(&mut self, node: &Node, key: &str) -> Option<serde_json::Value> {
+    fn route(&mut self, node: &Node, key: &str) -> Option<serde_json::Value> {
         use serde_json::{json, Map, Value as J};
-        let f = self.fields(node, key, ROUTE_KEYS)?;
+        let f: RawRoute = self.section(node, key)?;
         let mut rule = Map::new();
-        for name in [
-            "id",
-            "action",
-            "backend",
-            "redirect_to",
-            "redirect_to_prefix",
-        ] {
-            if let Some(t) = self.opt_text(&f, name) {
-                rule.insert(name.into(), J::String(t));
+        let texts = |r: &mut Self, out: &mut Map<String, J>, fields: &[(&str, &Option<Field>)]| {
+            for (name, field) in fields {
+                if let Some(t) = r.opt_text(*field) {
+                    out.insert(name.to_string(), J::String(t));
+                }
             }
+        };
+        texts(
+            self,
+            &mut rule,
+            &[
+                ("id", &f.id),
+                ("action", &f.action),
+                ("backend", &f.backend),
+                ("redirect_to", &f.redirect_to),
+                ("redirect_to_prefix", &f.redirect_to_prefix),
+            ],
+        );
+        if f.priority.is_some() {
+            rule.insert("priority".into(), json!(self.number(&f.priority, 0i64)));
         }
-        if f.get("priority").is_some() {
-            rule.insert("priority".into(), json!(self.number(&f, "priority", 0i64)));
-        }
-        if f.get("redirect_code").is_some() {
+        if f.redirect_code.is_some() {
             rule.insert(
                 "redirect_code".into(),
-                json!(self.number(&f, "redirect_code", 302u16)),
+                json!(self.number(&f.redirect_code, 302u16)),
             );
         }
-        if f.get("strip_prefix").is_some() {
+        if f.strip_prefix.is_some() {
             rule.insert(
                 "strip_prefix".into(),
-                json!(self.flag(&f, "strip_prefix", false)),
+                json!(self.flag(&f.strip_prefix, false)),
             );
         }
-        if let Some(h) = f.get("set_headers") {
-            if let Some(hf) = self.fields_any(h, &f.key("set_headers")) {
+        if let Some(h) = &f.set_headers {
+            if let Some(entries) = self.mapping(&h.node, &h.key) {
                 let mut m = Map::new();
-                for (k, v) in hf.entries {
-                    let t = self.text(v, &hf.key(&k.name)).unwrap_or_default();
+                for (k, v) in entries {
+                    let t = self
+                        .text(v, &format!("{}.{}", h.key, k.name))
+                        .unwrap_or_default();
                     m.insert(k.name.clone(), J::String(t));
                 }
                 rule.insert("set_headers".into(), J::Object(m));
             }
         }
         let mut matcher = Map::new();
-        if let Some(m) = f.get("match") {
-            if let Some(mf) = self.fields(m, &f.key("match"), MATCH_KEYS) {
-                for name in MATCH_KEYS.iter().filter(|k| **k != "headers") {
-                    if let Some(t) = self.opt_text(&mf, name) {
-                        matcher.insert(name.to_string(), J::String(t));
-                    }
-                }
-                if let Some(hs) = mf.get("headers") {
-                    let hkey = mf.key("headers");
+        if let Some(m) = &f.matcher {
+            if let Some(mf) = self.section::<RawMatch>(&m.node, &m.key) {
+                texts(
+                    self,
+                    &mut matcher,
+                    &[
+                        ("path_prefix", &mf.path_prefix),
+                        ("path_equal", &mf.path_equal),
+                        ("host", &mf.host),
+                        ("method", &mf.method),
+                        ("referer_substr", &mf.referer_substr),
+                        ("referer_regex", &mf.referer_regex),
+                    ],
+                );
+                if let Some(Field {
+                    key: hkey,
+                    node: hs,
+                }) = &mf.headers
+                {
                     let mut list = Vec::new();
                     if let Value::Seq(items) = &hs.value {
                         for (i, h) in items.iter().enumerate() {
                             let ikey = format!("{hkey}[{i}]");
-                            if let Some(hf) = self.fields(h, &ikey, &["name", "contains", "regex"])
-                            {
+                            if let Some(hf) = self.section::<RawHeader>(h, &ikey) {
                                 let mut o = Map::new();
-                                for n in ["name", "contains", "regex"] {
-                                    if let Some(t) = self.opt_text(&hf, n) {
-                                        o.insert(n.into(), J::String(t));
-                                    }
-                                }
+                                texts(
+                                    self,
+                                    &mut o,
+                                    &[
+                                        ("name", &hf.name),
+                                        ("contains", &hf.contains),
+                                        ("regex", &hf.regex),
+                                    ],
+                                );
                                 list.push(J::Object(o));
                             }
                         }
                     } else {
                         self.problem(
                             hs.pos,
-                            &hkey,
+                            hkey,
                             format!("expected a list, found {}", hs.kind()),
                             None,
                         );
@@ -348,12 +396,11 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(p) = self.opt_text(&f, "prefix") {
-            if matcher.contains_key("path_prefix") {
-                let pos = f.get("prefix").map(|n| n.pos).unwrap_or(f.pos);
+        if let Some(p) = self.opt_text(&f.prefix) {
+            if let (true, Some(prefix)) = (matcher.contains_key("path_prefix"), &f.prefix) {
                 self.problem(
-                    pos,
-                    &f.key("prefix"),
+                    prefix.node.pos,
+                    &prefix.key,
                     "given twice (as `prefix` and `match.path_prefix`)",
                     Some("keep one".into()),
                 );

@@ -1,9 +1,11 @@
 //! From the position-aware YAML tree to the validated [`Manifest`].
 //!
-//! The reader walks the tree once, collecting every problem (unknown key
-//! with the nearest valid one, wrong type, bad duration, unknown dependency,
-//! cycle…) with its line and column, so a user fixes a broken manifest in
-//! one round instead of one error at a time.
+//! Each section is first read into a raw `#[derive(Deserialize)]` struct
+//! of [`Field`]s through [`de`](crate::manifest::de) (which reports unknown
+//! keys with the nearest valid one), then validated into the model: wrong
+//! type, bad duration, unknown dependency, cycle… Every problem is collected
+//! with its line and column, so a user fixes a broken manifest in one round
+//! instead of one error at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::manifest::de::Field;
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::interp::interpolate;
 use crate::manifest::model::*;
@@ -36,15 +39,17 @@ pub(crate) use services::find_cycle;
 use values::*;
 pub use values::{parse_signal, truthy};
 
-const TOP_KEYS: &[&str] = &[
-    "version",
-    "name",
-    "env",
-    "services",
-    "gateway",
-    "persist",
-    "shutdown_timeout",
-];
+/// The manifest as written; the field order is the order of the key hints.
+#[derive(serde::Deserialize, Default)]
+struct RawTop {
+    version: Option<Field>,
+    name: Option<Field>,
+    env: Option<Field>,
+    services: Option<Field>,
+    gateway: Option<Field>,
+    persist: Option<Field>,
+    shutdown_timeout: Option<Field>,
+}
 
 /// Read and validate the manifest at `file`.
 pub fn load(file: &Path, container: &ContainerEnv) -> Result<Manifest, ManifestError> {
@@ -116,32 +121,6 @@ struct Reader<'e> {
     dir: PathBuf,
 }
 
-/// A mapping being read: its entries and its dotted path.
-struct Fields<'n> {
-    path: String,
-    pos: Pos,
-    entries: &'n [(Key, Node)],
-}
-
-impl<'n> Fields<'n> {
-    fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k.name == key)
-            .map(|(_, v)| v)
-    }
-
-    fn key(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-}
-
-static EMPTY: &[(Key, Node)] = &[];
-
 impl Reader<'_> {
     fn problem(&mut self, pos: Pos, key: &str, message: impl Into<String>, hint: Option<String>) {
         // A message may quote a value that came from a secret (`interval:
@@ -179,23 +158,6 @@ impl Reader<'_> {
                 Ok(serde_json::Value::Object(o)) => !o.is_empty(),
                 _ => !v.trim().is_empty(),
             })
-    }
-
-    /// A mapping with only `known` keys; null counts as an empty mapping.
-    fn fields<'n>(&mut self, node: &'n Node, path: &str, known: &[&str]) -> Option<Fields<'n>> {
-        let f = self.fields_any(node, path)?;
-        let entries = f.entries;
-        for (k, _) in entries {
-            if !known.contains(&k.name.as_str()) {
-                let hint = match nearest(&k.name, known) {
-                    Some(n) => format!("did you mean `{n}`?"),
-                    None => format!("valid keys: {}", known.join(", ")),
-                };
-                let key = f.key(&k.name);
-                self.problem(k.pos, &key, "unknown key", Some(hint));
-            }
-        }
-        Some(f)
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
@@ -237,36 +199,34 @@ impl Reader<'_> {
         self.text_used(node, key).map(|(v, _)| v)
     }
 
-    fn opt_text(&mut self, f: &Fields, name: &str) -> Option<String> {
-        let node = f.get(name)?;
-        self.text(node, &f.key(name))
+    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
+        let f = f.into()?;
+        self.text(&f.node, &f.key)
     }
 
-    fn parsed<T>(
+    fn parsed<'f, T>(
         &mut self,
-        f: &Fields,
-        name: &str,
+        f: impl Into<Option<&'f Field>>,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let node = f.get(name)?;
-        let key = f.key(name);
-        let (text, used) = self.text_used(node, &key)?;
+        let Field { key, node } = f.into()?;
+        let (text, used) = self.text_used(node, key)?;
         match parse(&text) {
             Ok(v) => Some(v),
             Err(e) => {
                 // A value made from a variable names it: the fix is in the
                 // container's environment, not in the YAML line.
-                self.problem(node.pos, &key, format!("{e}{}", from_vars(&used)), None);
+                self.problem(node.pos, key, format!("{e}{}", from_vars(&used)), None);
                 None
             }
         }
     }
 
-    /// A list of paths (relative to the manifest's directory) under `name`.
-    fn path_list(&mut self, f: &Fields, name: &str) -> Vec<PathBuf> {
-        match f.get(name) {
-            Some(n) => self
-                .text_list(n, &f.key(name))
+    /// A list of paths (relative to the manifest's directory).
+    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
+        match f.into() {
+            Some(f) => self
+                .text_list(&f.node, &f.key)
                 .iter()
                 .map(|t| self.path(&self.dir.clone(), t))
                 .collect(),
@@ -274,25 +234,35 @@ impl Reader<'_> {
         }
     }
 
-    fn duration(&mut self, f: &Fields, name: &str, default: Duration) -> Duration {
-        self.parsed(f, name, parse_duration).unwrap_or(default)
+    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
+        self.parsed(f, parse_duration).unwrap_or(default)
     }
 
-    fn size(&mut self, f: &Fields, name: &str, default: u64) -> u64 {
-        self.parsed(f, name, parse_size).unwrap_or(default)
+    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
+        self.parsed(f, parse_size).unwrap_or(default)
     }
 
-    fn flag(&mut self, f: &Fields, name: &str, default: bool) -> bool {
-        self.parsed(f, name, parse_bool).unwrap_or(default)
+    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
+        self.parsed(f, parse_bool).unwrap_or(default)
     }
 
-    fn number<T: FromStr>(&mut self, f: &Fields, name: &str, default: T) -> T {
-        self.parsed(f, name, |t| {
+    fn number<'f, T: FromStr>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
+        self.parsed(f, |t| {
             t.trim()
                 .parse::<T>()
                 .map_err(|_| format!("expected a whole number, found `{t}`"))
         })
         .unwrap_or(default)
+    }
+
+    /// `node` (at dotted `path`) as the raw section type `T`; unknown keys
+    /// and a value that is not a mapping are recorded as problems.
+    fn section<T: for<'de> serde::Deserialize<'de>>(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<T> {
+        crate::manifest::de::from_node(node, path, &mut self.problems)
     }
 
     /// `text` as an absolute, normalised path (relative to `base`).
@@ -368,10 +338,10 @@ impl Reader<'_> {
 
     /// A mapping whose keys are names chosen by the user; null counts as
     /// an empty mapping.
-    fn fields_any<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
-        let entries = match &node.value {
-            Value::Map(entries) => entries.as_slice(),
-            Value::Null => EMPTY,
+    fn mapping<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [(Key, Node)]> {
+        match &node.value {
+            Value::Map(entries) => Some(entries),
+            Value::Null => Some(&[]),
             _ => {
                 self.problem(
                     node.pos,
@@ -379,29 +349,20 @@ impl Reader<'_> {
                     format!("expected a mapping, found {}", node.kind()),
                     None,
                 );
-                return None;
+                None
             }
-        };
-        Some(Fields {
-            path: path.to_string(),
-            pos: node.pos,
-            entries,
-        })
+        }
     }
 
     fn manifest(&mut self, root: &Node, file: &Path) -> Manifest {
-        let top = self.fields(root, "", TOP_KEYS).unwrap_or(Fields {
-            path: String::new(),
-            pos: root.pos,
-            entries: EMPTY,
-        });
-        let version = match top.get("version") {
+        let top: RawTop = self.section(root, "").unwrap_or_default();
+        let version = match &top.version {
             None => 1,
             Some(n) => {
-                let v = self.number(&top, "version", 1u32);
+                let v = self.number(n, 1u32);
                 if v != 1 {
                     self.problem(
-                        n.pos,
+                        n.node.pos,
                         "version",
                         format!("unsupported version `{v}`"),
                         Some("this stackctl reads `version: 1`".into()),
@@ -410,25 +371,26 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self.opt_text(&top, "name").unwrap_or_else(|| {
+        let name = self.opt_text(&top.name).unwrap_or_else(|| {
             self.dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "stack".into())
         });
-        let env = match top.get("env") {
-            Some(n) => self.env(n),
+        let env = match &top.env {
+            Some(n) => self.env(&n.node),
             None => Vec::new(),
         };
-        let services = match top.get("services") {
-            Some(n) => self.services(n),
+        let services = match &top.services {
+            Some(n) => self.services(&n.node),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(&top, "shutdown_timeout", Duration::from_secs(9));
-        let persist = top.get("persist").and_then(|n| self.persist(n));
+        let shutdown_timeout = self.duration(&top.shutdown_timeout, Duration::from_secs(9));
+        let persist = top.persist.as_ref().and_then(|n| self.persist(&n.node));
         let gateway = top
-            .get("gateway")
-            .and_then(|n| self.gateway(n, &name, persist.as_ref()));
+            .gateway
+            .as_ref()
+            .and_then(|n| self.gateway(&n.node, &name, persist.as_ref()));
         self.check_required_paths(&services, persist.as_ref());
         let mut persist = persist;
         if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {

@@ -1,33 +1,59 @@
 //! The `persist:` section: the remote, the persisted paths and the large-file store.
 
+use serde::Deserialize;
+
 use super::*;
 
-const PERSIST_KEYS: &[&str] = &[
-    "remote",
-    "token",
-    "branch",
-    "workdir",
-    "interval",
-    "debounce",
-    "paths",
-    "exclude",
-    "history",
-    "large_files",
-    "readiness_file",
-];
+/// `persist:` as written; the field order is the order of the key hints.
+#[derive(Deserialize)]
+struct RawPersist {
+    remote: Option<Field>,
+    token: Option<Field>,
+    branch: Option<Field>,
+    workdir: Option<Field>,
+    interval: Option<Field>,
+    debounce: Option<Field>,
+    paths: Option<Field>,
+    exclude: Option<Field>,
+    history: Option<Field>,
+    large_files: Option<Field>,
+    readiness_file: Option<Field>,
+}
+
+/// One `persist.paths` entry written as a mapping.
+#[derive(Deserialize)]
+struct RawPath {
+    path: Option<Field>,
+    exclude: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    keep: Option<Field>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawLargeFiles {
+    threshold: Option<Field>,
+    store: Option<Field>,
+    tag: Option<Field>,
+    url: Option<Field>,
+    offload_binary: Option<Field>,
+}
 
 impl Reader<'_> {
     pub(super) fn persist(&mut self, node: &Node) -> Option<Persist> {
-        let f = self.fields(node, "persist", PERSIST_KEYS)?;
-        let remote_node = f.get("remote");
-        let (mut remote, remote_vars) = remote_node
-            .and_then(|n| self.text_used(n, "persist.remote"))
+        let f: RawPersist = self.section(node, "persist")?;
+        let (mut remote, remote_vars) = f
+            .remote
+            .as_ref()
+            .and_then(|r| self.text_used(&r.node, &r.key))
             .unwrap_or_default();
         // A relative local path is relative to the manifest, like every path.
         if remote.starts_with("./") || remote.starts_with("../") {
             remote = self.path(&self.dir.clone(), &remote).display().to_string();
         }
-        let remote_pos = f.get("remote").map_or(f.pos, |n| n.pos);
+        let remote_pos = f.remote.as_ref().map_or(node.pos, |r| r.node.pos);
         if crate::persist::remote::is_ssh(&remote) {
             // Issue 17 item 8: it passed `check`, then failed at every start.
             self.problem(
@@ -42,35 +68,39 @@ impl Reader<'_> {
         } else {
             self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
         }
-        let token = self.opt_text(&f, "token").filter(|t| !t.is_empty());
+        let token = self.opt_text(&f.token).filter(|t| !t.is_empty());
         let branch = self
-            .opt_text(&f, "branch")
+            .opt_text(&f.branch)
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "main".into());
-        let workdir = match self.opt_text(&f, "workdir").filter(|w| !w.is_empty()) {
+        let workdir = match self.opt_text(&f.workdir).filter(|w| !w.is_empty()) {
             Some(w) => self.path(&self.dir.clone(), &w),
             None => self.dir.join(".stackctl"),
         };
         let mut paths = Vec::new();
-        match f.get("paths") {
-            Some(Node {
-                value: Value::Seq(items),
+        match &f.paths {
+            Some(Field {
+                node:
+                    Node {
+                        value: Value::Seq(items),
+                        ..
+                    },
                 ..
             }) => {
                 for (i, n) in items.iter().enumerate() {
                     let pkey = format!("persist.paths[{i}]");
                     let (p, exclude) = match &n.value {
                         Value::Map(_) => {
-                            let Some(pf) = self.fields(n, &pkey, &["path", "exclude"]) else {
+                            let Some(pf) = self.section::<RawPath>(n, &pkey) else {
                                 continue;
                             };
-                            let Some(p) = self.opt_text(&pf, "path") else {
+                            let Some(p) = self.opt_text(&pf.path) else {
                                 self.problem(n.pos, &pkey, "`path` is missing", None);
                                 continue;
                             };
                             let ex = pf
-                                .get("exclude")
-                                .map(|e| self.text_list(e, &pf.key("exclude")))
+                                .exclude
+                                .map(|e| self.text_list(&e.node, &e.key))
                                 .unwrap_or_default();
                             (p, ex)
                         }
@@ -106,29 +136,30 @@ impl Reader<'_> {
                     paths.push(PersistPath { path, exclude });
                 }
             }
-            Some(n) => self.problem(
-                n.pos,
+            Some(p) => self.problem(
+                p.node.pos,
                 "persist.paths",
-                format!("expected a list, found {}", n.kind()),
+                format!("expected a list, found {}", p.node.kind()),
                 None,
             ),
             None => {}
         }
         if paths.is_empty() {
             self.problem(
-                f.pos,
+                node.pos,
                 "persist.paths",
                 "no paths to persist",
                 Some("list the data directories, e.g. `paths: [/home/user/AstrBot/data]`".into()),
             );
         }
         let exclude = f
-            .get("exclude")
-            .map(|e| self.text_list(e, "persist.exclude"))
+            .exclude
+            .as_ref()
+            .map(|e| self.text_list(&e.node, &e.key))
             .unwrap_or_default();
-        let keep = match f.get("history") {
-            Some(h) => match self.fields(h, "persist.history", &["keep"]) {
-                Some(hf) => self.number(&hf, "keep", 50u32).max(1),
+        let keep = match &f.history {
+            Some(h) => match self.section::<RawHistory>(&h.node, &h.key) {
+                Some(hf) => self.number(&hf.keep, 50u32).max(1),
                 None => 50,
             },
             None => 50,
@@ -145,48 +176,57 @@ impl Reader<'_> {
             url: None,
             offload_binary: OffloadBinary::Auto,
         };
-        if let Some(lf) = f.get("large_files") {
-            if let Some(l) = self.fields(
-                lf,
-                "persist.large_files",
-                &["threshold", "store", "tag", "url", "offload_binary"],
-            ) {
-                large_files.threshold = self.size(&l, "threshold", large_files.threshold);
-                if let Some(store) = {
-                    let dir = self.dir.clone();
-                    self.parsed(&l, "store", |t| parse_store(t, &dir))
-                } {
-                    large_files.store = store;
-                }
-                if let Some(tag) = self.opt_text(&l, "tag").filter(|t| !t.is_empty()) {
-                    large_files.tag = tag;
-                }
-                large_files.url = self.opt_text(&l, "url").filter(|u| !u.is_empty());
-                if let Some(url) = large_files.url.clone() {
-                    let pos = l.get("url").map_or(l.pos, |n| n.pos);
-                    self.url_credentials(pos, "persist.large_files.url", &url, &[]);
-                }
-                if let Some(o) = self.parsed(&l, "offload_binary", parse_offload_binary) {
-                    large_files.offload_binary = o;
-                }
-                if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
-                    self.problem(
-                        lf.pos,
-                        "persist.large_files.store",
-                        "`github-release` needs a GitHub remote (owner/repo or a github.com URL)",
-                        Some("use `lfs`, `dir:PATH` or `none` with this remote".into()),
-                    );
-                }
+        let lf_pos = f.large_files.as_ref().map_or(node.pos, |l| l.node.pos);
+        let raw_lf = f
+            .large_files
+            .as_ref()
+            .and_then(|lf| self.section::<RawLargeFiles>(&lf.node, &lf.key));
+        if let Some(l) = &raw_lf {
+            large_files.threshold = self.size(&l.threshold, large_files.threshold);
+            let dir = self.dir.clone();
+            if let Some(store) = self.parsed(&l.store, |t| parse_store(t, &dir)) {
+                large_files.store = store;
+            }
+            if let Some(tag) = self.opt_text(&l.tag).filter(|t| !t.is_empty()) {
+                large_files.tag = tag;
+            }
+            large_files.url = self.opt_text(&l.url).filter(|u| !u.is_empty());
+            if let (Some(url), Some(u)) = (large_files.url.clone(), &l.url) {
+                self.url_credentials(u.node.pos, "persist.large_files.url", &url, &[]);
+            }
+            if let Some(o) = self.parsed(&l.offload_binary, parse_offload_binary) {
+                large_files.offload_binary = o;
+            }
+            if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
+                self.problem(
+                    lf_pos,
+                    "persist.large_files.store",
+                    "`github-release` needs a GitHub remote (owner/repo or a github.com URL)",
+                    Some("use `lfs`, `dir:PATH` or `none` with this remote".into()),
+                );
             }
         }
         if looks_like_hugging_face(&remote) {
-            self.hugging_face_warnings(&f, &large_files);
+            // Each warning points at its key, or at `large_files:` (or
+            // `persist:`) when the key is not written.
+            let at = |k: fn(&RawLargeFiles) -> &Option<Field>| {
+                raw_lf
+                    .as_ref()
+                    .and_then(|l| k(l).as_ref())
+                    .map_or(lf_pos, |v| v.node.pos)
+            };
+            let at = [
+                at(|l| &l.store),
+                at(|l| &l.threshold),
+                at(|l| &l.offload_binary),
+            ];
+            self.hugging_face_warnings(at, &large_files);
         }
         if let Some(inside) = paths
             .iter()
             .find(|pp| workdir.starts_with(&pp.path) || pp.path.starts_with(&workdir))
         {
-            let pos = f.get("workdir").map(|n| n.pos).unwrap_or(f.pos);
+            let pos = f.workdir.as_ref().map_or(node.pos, |w| w.node.pos);
             let msg = format!(
                 "`{}` overlaps the persisted path `{}`: the workdir holds git objects, not data",
                 workdir.display(),
@@ -200,15 +240,15 @@ impl Reader<'_> {
             );
         }
         let readiness_file = self
-            .opt_text(&f, "readiness_file")
+            .opt_text(&f.readiness_file)
             .filter(|t| !t.is_empty())
             .map(|t| self.path(&self.dir.clone(), &t));
-        let interval = self.duration(&f, "interval", Duration::from_secs(180));
-        let debounce = self.duration(&f, "debounce", Duration::from_secs(10));
+        let interval = self.duration(&f.interval, Duration::from_secs(180));
+        let debounce = self.duration(&f.debounce, Duration::from_secs(10));
         if remote.is_empty() {
             // A Space without credentials still runs; it just keeps nothing.
             self.warn(
-                f.pos,
+                node.pos,
                 "persist.remote",
                 "is empty: persistence is off and data is lost when the container stops (set the repository variable, e.g. `GITHUB_REPO`)",
             );
@@ -255,19 +295,11 @@ impl Reader<'_> {
     /// Hugging Face refuses a push holding a file of 10 MiB or more, or a
     /// binary file, outside LFS (see [`LargeFiles::offloads_binary`]): say
     /// which setting would make every push fail, and what to set instead.
-    pub(super) fn hugging_face_warnings(&mut self, f: &Fields, lf: &LargeFiles) {
-        let at = |k: &str| {
-            f.get("large_files")
-                .and_then(|n| match &n.value {
-                    Value::Map(e) => e.iter().find(|(key, _)| key.name == k).map(|(_, v)| v.pos),
-                    _ => None,
-                })
-                .or_else(|| f.get("large_files").map(|n| n.pos))
-                .unwrap_or(f.pos)
-        };
+    /// `at`: where `store`, `threshold` and `offload_binary` are written.
+    fn hugging_face_warnings(&mut self, at: [Pos; 3], lf: &LargeFiles) {
         if lf.store != BlobStore::Lfs {
             self.warn(
-                at("store"),
+                at[0],
                 "persist.large_files.store",
                 "Hugging Face refuses pushes with binary files or files of 10 MiB or more outside LFS: set `store: lfs` (and `threshold: 1MiB`)",
             );
@@ -275,14 +307,14 @@ impl Reader<'_> {
         }
         if lf.threshold == 0 || lf.threshold > HF_MAX_NON_LFS {
             self.warn(
-                at("threshold"),
+                at[1],
                 "persist.large_files.threshold",
                 "Hugging Face refuses pushes with files of 10 MiB or more outside LFS: set `threshold: 10MiB` or lower (`1MiB` is a good choice)",
             );
         }
         if lf.offload_binary == OffloadBinary::Never {
             self.warn(
-                at("offload_binary"),
+                at[2],
                 "persist.large_files.offload_binary",
                 "Hugging Face refuses pushes with binary files outside LFS: remove `offload_binary: never` (the default, `auto`, offloads them)",
             );

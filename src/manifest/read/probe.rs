@@ -1,19 +1,22 @@
 //! Readiness and liveness probes of a service.
 
+use serde::Deserialize;
+
 use super::*;
 
-const PROBE_KEYS: &[&str] = &[
-    "http",
-    "tcp",
-    "exec",
-    "file",
-    "log",
-    "interval",
-    "timeout",
-    "failures",
-    "initial_delay",
-];
-const PROBE_CHECKS: &[&str] = &["http", "tcp", "exec", "file", "log"];
+/// A probe as written; the field order is the order of the key hints.
+#[derive(Deserialize)]
+struct RawProbe {
+    http: Option<Field>,
+    tcp: Option<Field>,
+    exec: Option<Field>,
+    file: Option<Field>,
+    log: Option<Field>,
+    interval: Option<Field>,
+    timeout: Option<Field>,
+    failures: Option<Field>,
+    initial_delay: Option<Field>,
+}
 
 impl Reader<'_> {
     pub(super) fn probe(
@@ -24,17 +27,30 @@ impl Reader<'_> {
         interval: Duration,
         failures: u32,
     ) -> Option<Probe> {
-        let f = self.fields(node, key, PROBE_KEYS)?;
-        let present: Vec<&str> = PROBE_CHECKS
+        let f: RawProbe = self.section(node, key)?;
+        let checks = [
+            ("http", &f.http),
+            ("tcp", &f.tcp),
+            ("exec", &f.exec),
+            ("file", &f.file),
+            ("log", &f.log),
+        ];
+        let present: Vec<(&str, &Field)> = checks
             .iter()
-            .copied()
-            .filter(|c| f.get(c).is_some())
+            .filter_map(|(name, c)| c.as_ref().map(|c| (*name, c)))
             .collect();
         if present.len() != 1 {
             let message = if present.is_empty() {
                 "no check given".to_string()
             } else {
-                format!("several checks given ({})", present.join(", "))
+                format!(
+                    "several checks given ({})",
+                    present
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             self.problem(
                 node.pos,
@@ -44,17 +60,21 @@ impl Reader<'_> {
             );
             return None;
         }
-        let kind = present[0];
-        let cnode = f.get(kind)?;
-        let ckey = f.key(kind);
+        let (
+            kind,
+            Field {
+                key: ckey,
+                node: cnode,
+            },
+        ) = present[0];
         let check = match kind {
-            "exec" => ProbeCheck::Exec(self.command(cnode, &ckey)?),
+            "exec" => ProbeCheck::Exec(self.command(cnode, ckey)?),
             "http" => {
-                let url = self.text(cnode, &ckey)?;
+                let url = self.text(cnode, ckey)?;
                 if !url.starts_with("http://") {
                     self.problem(
                         cnode.pos,
-                        &ckey,
+                        ckey,
                         format!("`{url}` is not an http:// URL"),
                         Some("probes speak plain HTTP, e.g. `http://127.0.0.1:8000/health`".into()),
                     );
@@ -63,7 +83,7 @@ impl Reader<'_> {
                 ProbeCheck::Http(url)
             }
             "tcp" => {
-                let addr = self.text(cnode, &ckey)?;
+                let addr = self.text(cnode, ckey)?;
                 if addr
                     .rsplit_once(':')
                     .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -71,7 +91,7 @@ impl Reader<'_> {
                 {
                     self.problem(
                         cnode.pos,
-                        &ckey,
+                        ckey,
                         format!("`{addr}` is not HOST:PORT"),
                         Some("e.g. `127.0.0.1:6099`".into()),
                     );
@@ -80,28 +100,28 @@ impl Reader<'_> {
                 ProbeCheck::Tcp(addr)
             }
             "file" => {
-                let p = self.text(cnode, &ckey)?;
+                let p = self.text(cnode, ckey)?;
                 ProbeCheck::File(self.path(working_dir, &p))
             }
             _ => {
-                let t = self.text(cnode, &ckey)?;
+                let t = self.text(cnode, ckey)?;
                 if t.is_empty() {
-                    self.problem(cnode.pos, &ckey, "the text to wait for is empty", None);
+                    self.problem(cnode.pos, ckey, "the text to wait for is empty", None);
                     return None;
                 }
                 ProbeCheck::Log(t)
             }
         };
-        let interval = self.duration(&f, "interval", interval);
+        let interval = self.duration(&f.interval, interval);
         if interval.is_zero() {
-            self.problem(f.pos, key, "`interval` must be above zero", None);
+            self.problem(node.pos, key, "`interval` must be above zero", None);
         }
         Some(Probe {
             check,
             interval,
-            timeout: self.duration(&f, "timeout", Duration::from_secs(2)),
-            failures: self.number(&f, "failures", failures).max(1),
-            initial_delay: self.duration(&f, "initial_delay", Duration::ZERO),
+            timeout: self.duration(&f.timeout, Duration::from_secs(2)),
+            failures: self.number(&f.failures, failures).max(1),
+            initial_delay: self.duration(&f.initial_delay, Duration::ZERO),
         })
     }
 }

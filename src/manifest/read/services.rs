@@ -1,36 +1,67 @@
 //! The `services:` section: each service, its dependencies and the checks across services.
 
+use serde::Deserialize;
+
 use super::*;
 
-const SERVICE_KEYS: &[&str] = &[
-    "command",
-    "working_dir",
-    "environment",
-    "env_file",
-    "depends_on",
-    "readiness",
-    "liveness",
-    "restart",
-    "backoff",
-    "max_restarts",
-    "stop_signal",
-    "stop_timeout",
-    "enabled",
-    "optional",
-    "logs",
-    "required_paths",
-    "description",
-    "requires_one_of",
-];
+/// A service as written; the field order is the order of the key hints.
+#[derive(Deserialize)]
+struct RawService {
+    command: Option<Field>,
+    working_dir: Option<Field>,
+    environment: Option<Field>,
+    env_file: Option<Field>,
+    depends_on: Option<Field>,
+    readiness: Option<Field>,
+    liveness: Option<Field>,
+    restart: Option<Field>,
+    backoff: Option<Field>,
+    max_restarts: Option<Field>,
+    stop_signal: Option<Field>,
+    stop_timeout: Option<Field>,
+    enabled: Option<Field>,
+    optional: Option<Field>,
+    logs: Option<Field>,
+    required_paths: Option<Field>,
+    // Free text for people reading the manifest.
+    #[serde(rename = "description")]
+    _description: Option<Field>,
+    requires_one_of: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawBackoff {
+    initial: Option<Field>,
+    max: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawMaxRestarts {
+    count: Option<Field>,
+    within: Option<Field>,
+}
+
+/// compose's long form of a dependency.
+#[derive(Deserialize)]
+struct RawCondition {
+    condition: Option<Field>,
+}
+
+#[derive(Deserialize)]
+struct RawLogs {
+    file: Option<Field>,
+    max_size: Option<Field>,
+    keep: Option<Field>,
+}
 
 impl Reader<'_> {
     pub(super) fn services(&mut self, node: &Node) -> Vec<Service> {
-        let Some(section) = self.fields_any(node, "services") else {
+        let Some(section) = self.mapping(node, "services") else {
             return Vec::new();
         };
         let mut out = Vec::new();
         let mut dep_pos: Vec<Vec<Pos>> = Vec::new();
-        for (k, v) in section.entries {
+        for (k, v) in section {
             let key = format!("services.{}", k.name);
             if !valid_service_name(&k.name) {
                 self.problem(
@@ -57,9 +88,9 @@ impl Reader<'_> {
         node: &Node,
         key: &str,
     ) -> Option<(Service, Vec<Pos>)> {
-        let f = self.fields(node, key, SERVICE_KEYS)?;
-        let command = match f.get("command") {
-            Some(n) => self.command(n, &f.key("command")),
+        let f: RawService = self.section(node, key)?;
+        let command = match &f.command {
+            Some(c) => self.command(&c.node, &c.key),
             None => {
                 self.problem(
                     pos,
@@ -70,53 +101,43 @@ impl Reader<'_> {
                 None
             }
         };
-        let working_dir = match self.opt_text(&f, "working_dir") {
+        let working_dir = match self.opt_text(&f.working_dir) {
             Some(t) => self.path(&self.dir.clone(), &t),
             None => self.dir.clone(),
         };
-        let environment = match f.get("environment") {
-            Some(n) => self.environment(n, &f.key("environment")),
+        let environment = match &f.environment {
+            Some(e) => self.environment(&e.node, &e.key),
             None => Vec::new(),
         };
-        let env_files = self.path_list(&f, "env_file");
-        let (depends_on, dep_pos) = match f.get("depends_on") {
-            Some(n) => self.depends_on(n, &f.key("depends_on")),
+        let env_files = self.path_list(&f.env_file);
+        let (depends_on, dep_pos) = match &f.depends_on {
+            Some(d) => self.depends_on(&d.node, &d.key),
             None => (Vec::new(), Vec::new()),
         };
-        let readiness = f.get("readiness").and_then(|n| {
-            self.probe(
-                n,
-                &f.key("readiness"),
-                &working_dir,
-                Duration::from_secs(1),
-                1,
-            )
-        });
-        let liveness = f.get("liveness").and_then(|n| {
-            self.probe(
-                n,
-                &f.key("liveness"),
-                &working_dir,
-                Duration::from_secs(10),
-                3,
-            )
-        });
+        let readiness = f
+            .readiness
+            .as_ref()
+            .and_then(|n| self.probe(&n.node, &n.key, &working_dir, Duration::from_secs(1), 1));
+        let liveness = f
+            .liveness
+            .as_ref()
+            .and_then(|n| self.probe(&n.node, &n.key, &working_dir, Duration::from_secs(10), 3));
         if let Some(Probe {
             check: ProbeCheck::Log(_),
             ..
         }) = &liveness
         {
-            if let Some(n) = f.get("liveness") {
+            if let Some(n) = &f.liveness {
                 self.problem(
-                    n.pos,
-                    &f.key("liveness"),
+                    n.node.pos,
+                    &n.key,
                     "a `log` check can only be a readiness probe",
                     Some("use http, tcp, exec or file for liveness".into()),
                 );
             }
         }
         let restart = self
-            .parsed(&f, "restart", |t| match t {
+            .parsed(&f.restart, |t| match t {
                 "always" | "unless-stopped" => Ok(RestartPolicy::Always),
                 "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
                 "no" | "never" | "false" => Ok(RestartPolicy::No),
@@ -125,19 +146,18 @@ impl Reader<'_> {
                 )),
             })
             .unwrap_or(RestartPolicy::OnFailure);
-        let backoff = match f.get("backoff") {
-            Some(n) => {
-                let key = f.key("backoff");
-                let b = self.fields(n, &key, &["initial", "max"]);
+        let backoff = match &f.backoff {
+            Some(Field { key, node: n }) => {
+                let b = self.section::<RawBackoff>(n, key);
                 let mut backoff = Backoff {
                     initial: Duration::from_secs(1),
                     max: Duration::from_secs(60),
                 };
                 if let Some(b) = b {
-                    backoff.initial = self.duration(&b, "initial", backoff.initial);
-                    backoff.max = self.duration(&b, "max", backoff.max);
+                    backoff.initial = self.duration(&b.initial, backoff.initial);
+                    backoff.max = self.duration(&b.max, backoff.max);
                     if backoff.max < backoff.initial {
-                        self.problem(n.pos, &key, "`max` is shorter than `initial`", None);
+                        self.problem(n.pos, key, "`max` is shorter than `initial`", None);
                     }
                 }
                 backoff
@@ -151,34 +171,32 @@ impl Reader<'_> {
             count: 10,
             within: Duration::from_secs(300),
         };
-        if let Some(n) = f.get("max_restarts") {
-            let key = f.key("max_restarts");
-            if let Value::Scalar { .. } = n.value {
-                max_restarts.count = self.number(&f, "max_restarts", 10);
-            } else if let Some(m) = self.fields(n, &key, &["count", "within"]) {
-                max_restarts.count = self.number(&m, "count", 10);
-                max_restarts.within = self.duration(&m, "within", max_restarts.within);
+        if let Some(n) = &f.max_restarts {
+            if let Value::Scalar { .. } = n.node.value {
+                max_restarts.count = self.number(n, 10);
+            } else if let Some(m) = self.section::<RawMaxRestarts>(&n.node, &n.key) {
+                max_restarts.count = self.number(&m.count, 10);
+                max_restarts.within = self.duration(&m.within, max_restarts.within);
             }
         }
         let stop_signal = self
-            .parsed(&f, "stop_signal", parse_signal)
+            .parsed(&f.stop_signal, parse_signal)
             .unwrap_or(libc::SIGTERM);
-        let stop_timeout = self.duration(&f, "stop_timeout", Duration::from_secs(5));
-        let enabled = match f.get("enabled") {
-            Some(n) => self.text(n, &f.key("enabled")).is_some_and(|t| truthy(&t)),
+        let stop_timeout = self.duration(&f.stop_timeout, Duration::from_secs(5));
+        let enabled = match &f.enabled {
+            Some(n) => self.opt_text(n).is_some_and(|t| truthy(&t)),
             None => true,
         };
-        let optional = self.flag(&f, "optional", false);
-        if let Some(n) = f.get("requires_one_of") {
-            let key = f.key("requires_one_of");
-            let names = self.text_list(n, &key);
+        let optional = self.flag(&f.optional, false);
+        if let Some(Field { key, node: n }) = &f.requires_one_of {
+            let names = self.text_list(n, key);
             // Checked only for a service that runs: `enabled:` switches off
             // a service together with what it needs.
             if enabled && !names.is_empty() && !names.iter().any(|v| self.is_set(v)) {
                 let list = backticked(&names, ", ");
                 self.problem(
                     n.pos,
-                    &key,
+                    key,
                     format!("service `{name}` needs one of {list} set, and none is"),
                     Some(format!(
                         "set one of {list} in the container's environment (an empty JSON list `[]` counts as unset), or switch the service off"
@@ -186,18 +204,17 @@ impl Reader<'_> {
                 );
             }
         }
-        let required_paths = self.path_list(&f, "required_paths");
-        let logs = f.get("logs").and_then(|n| {
-            let key = f.key("logs");
-            let l = self.fields(n, &key, &["file", "max_size", "keep"])?;
-            let Some(file) = self.opt_text(&l, "file") else {
-                self.problem(n.pos, &key, "`file` is missing", None);
+        let required_paths = self.path_list(&f.required_paths);
+        let logs = f.logs.as_ref().and_then(|Field { key, node: n }| {
+            let l = self.section::<RawLogs>(n, key)?;
+            let Some(file) = self.opt_text(&l.file) else {
+                self.problem(n.pos, key, "`file` is missing", None);
                 return None;
             };
             Some(LogFile {
                 file: self.path(&self.dir.clone(), &file),
-                max_size: self.size(&l, "max_size", 10 << 20),
-                keep: self.number(&l, "keep", 3),
+                max_size: self.size(&l.max_size, 10 << 20),
+                keep: self.number(&l.keep, 3),
             })
         });
         Some((
@@ -298,19 +315,22 @@ impl Reader<'_> {
                     // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
                     let cond_node = match &v.value {
                         Value::Map(_) => self
-                            .fields(v, &dkey, &["condition"])
-                            .and_then(|f| f.get("condition")),
-                        _ => Some(v),
+                            .section::<RawCondition>(v, &dkey)
+                            .and_then(|f| f.condition)
+                            .map(|c| c.node),
+                        _ => Some(v.clone()),
                     };
                     let condition = match cond_node {
                         None => Some(Condition::Started),
-                        Some(c) => self.text(c, &dkey).and_then(|t| match parse_condition(&t) {
-                            Ok(c) => Some(c),
-                            Err(e) => {
-                                self.problem(c.pos, &dkey, e, None);
-                                None
-                            }
-                        }),
+                        Some(c) => self
+                            .text(&c, &dkey)
+                            .and_then(|t| match parse_condition(&t) {
+                                Ok(c) => Some(c),
+                                Err(e) => {
+                                    self.problem(c.pos, &dkey, e, None);
+                                    None
+                                }
+                            }),
                     };
                     if let Some(condition) = condition {
                         deps.push(Dependency {
