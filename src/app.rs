@@ -88,21 +88,19 @@ pub fn run(cli: Cli) -> u8 {
             with_admin(&cli, load(), &args.url, |m| crate::client::status(m, args))
         }
         Command::Backup(r) if r.url.is_some() => with_admin(&cli, load(), &r.url, |m| {
-            crate::recovery_client::backup(m, &r.admin())
+            crate::cmd::restore::backup(m, &r.admin())
         }),
-        Command::Backup(_) => with_manifest(load(), crate::persist::commands::backup),
+        Command::Backup(_) => with_manifest(load(), crate::cmd::progress::backup),
         Command::Restore(args) if args.remote.url.is_some() => {
             with_admin(&cli, load(), &args.remote.url, |m| {
-                crate::recovery_client::restore(m, args)
+                crate::cmd::restore::restore(m, args)
             })
         }
-        Command::Restore(args) => {
-            with_manifest(load(), |m| crate::persist::commands::restore(m, args))
-        }
+        Command::Restore(args) => with_manifest(load(), |m| crate::cmd::progress::restore(m, args)),
         Command::Snapshots(r) if r.url.is_some() => with_admin(&cli, load(), &r.url, |m| {
-            crate::recovery_client::snapshots(m, &r.admin())
+            crate::cmd::restore::snapshots(m, &r.admin())
         }),
-        Command::Snapshots(_) => with_manifest(load(), crate::persist::commands::snapshots),
+        Command::Snapshots(_) => with_manifest(load(), crate::cmd::progress::snapshots),
     }
 }
 

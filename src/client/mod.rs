@@ -7,7 +7,7 @@
 //! a `routes set`.
 //!
 //! - [`http`]: the transport: the base URL, one request, errors that say
-//!   what to check (also used by [`crate::recovery_client`]).
+//!   what to check (also used by [`crate::cmd::restore`]).
 //! - [`admin`]: the admin API with its password sources.
 //! - [`table`]: route table edits and the status table (pure).
 
@@ -124,7 +124,7 @@ pub fn status(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<()> {
         )
     })?;
     // The services are shown even when the backup state cannot be read.
-    let (persist, problem) = match crate::recovery_client::persist_state(&mut admin) {
+    let (persist, problem) = match crate::cmd::restore::persist_state(&mut admin) {
         Ok(p) => (p, None),
         Err(e) => (None, Some(e)),
     };
@@ -140,7 +140,7 @@ pub fn status(manifest: Option<&Manifest>, args: &AdminArgs) -> Result<()> {
     }
     text.push_str(&render_status(&value));
     if let Some(p) = &persist {
-        text.push_str(&crate::recovery_client::render_persist(p));
+        text.push_str(&crate::cmd::restore::render_persist(p));
     }
     if let Some(e) = problem {
         text.push_str(&format!("persistence: cannot read its state: {e:#}\n"));

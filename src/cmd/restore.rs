@@ -5,7 +5,7 @@
 //! control socket ([`restore_through_up`]).
 //!
 //! Output and exit codes are the local commands' (the printers are shared
-//! with [`crate::persist::commands`]); the server's `{"error"}` messages
+//! with [`crate::cmd::progress`]); the server's `{"error"}` messages
 //! already say what to do, so they are shown as sent, with the next step
 //! for the cases only this side knows (which command to run again).
 
@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use crate::cli::{AdminArgs, RestoreArgs};
 use crate::client::{Admin, Response};
+use crate::cmd::progress::{print_plan, print_report, print_restored, print_snapshot_table};
 use crate::manifest::Manifest;
-use crate::persist::commands::{print_plan, print_report, print_restored, print_snapshot_table};
 
 /// A backup answers when its snapshot is pushed, a restore when the
 /// services run again: minutes for a large tree on a slow link. Progress
@@ -715,7 +715,7 @@ pub(crate) fn render_persist(v: &Value) -> String {
 fn time(v: &Value) -> String {
     match v.as_str() {
         Some(t) => {
-            let shown = crate::persist::commands::rfc3339_shown(t);
+            let shown = crate::cmd::progress::rfc3339_shown(t);
             if shown == t {
                 shown
             } else {
@@ -733,5 +733,5 @@ fn count(v: &Value) -> String {
 }
 
 #[cfg(test)]
-#[path = "recovery_client_tests.rs"]
+#[path = "tests.rs"]
 mod tests;

@@ -299,7 +299,7 @@ pub fn restore(m: &Manifest, args: &RestoreArgs) -> Result<()> {
     {
         // The running `up` owns the workdir: it restores as the admin API
         // does (undo snapshot first, the services using the paths stopped).
-        return crate::recovery_client::restore_through_up(&p.workdir, args);
+        return crate::cmd::restore::restore_through_up(&p.workdir, args);
     }
     let view = ProgressView::new();
     let persister = open(p)?.with_progress_sink(view.clone());
