@@ -1,4 +1,4 @@
-//! Command-line definitions (clap). No logic lives here: [`crate::app`]
+//! Command-line definitions (clap). No logic lives here: [`crate::cmd`]
 //! turns these into actions.
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! Exit codes of the contract: what `docker` and scripts see.
 //!
-//! Its own module, below both [`crate::app`] (which maps errors to them)
+//! Its own module, below both [`crate::cmd`] (which maps errors to them)
 //! and [`crate::up`] (which returns them), so neither imports the other.
 
 /// Clean stop.

@@ -222,7 +222,7 @@ impl Admin {
     }
 
     /// The route table and its ETag.
-    pub(super) fn table(&mut self) -> Result<(Value, Option<String>)> {
+    pub(crate) fn table(&mut self) -> Result<(Value, Option<String>)> {
         let res = self.call("GET", "/admin/routes.json", None, None)?;
         let etag = res.header("etag").map(str::to_string);
         match res.json() {
@@ -236,7 +236,7 @@ impl Admin {
 
     /// Read the table, change it with `edit`, write it back with `If-Match`;
     /// start over when someone else changed it in between.
-    pub(super) fn modify(&mut self, mut edit: impl FnMut(&mut Value) -> Result<()>) -> Result<()> {
+    pub(crate) fn modify(&mut self, mut edit: impl FnMut(&mut Value) -> Result<()>) -> Result<()> {
         for _ in 0..STALE_ATTEMPTS {
             let (mut table, etag) = self.table()?;
             edit(&mut table)?;
@@ -254,7 +254,7 @@ impl Admin {
     }
 
     /// Change the password; returns a note for the user (which copy was updated).
-    pub(super) fn change_password(&mut self, new: &str) -> Result<String> {
+    pub(crate) fn change_password(&mut self, new: &str) -> Result<String> {
         self.call(
             "POST",
             "/admin/password",

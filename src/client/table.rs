@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 
 /// The table's `rules` list (created if absent).
-pub(super) fn rules_mut(table: &mut Value) -> Result<&mut Vec<Value>> {
+pub(crate) fn rules_mut(table: &mut Value) -> Result<&mut Vec<Value>> {
     let map = table.as_object_mut().ok_or_else(|| {
         anyhow!("unexpected answer from the gateway: the route table is not an object")
     })?;
@@ -39,7 +39,7 @@ pub(super) fn post_body(table: &Value) -> Value {
 }
 
 /// The id `routes set` gives a prefix: `/gemini/` → `gemini`, `/api/ws/` → `api-ws`, `/` → `root`.
-pub(super) fn id_from_prefix(prefix: &str) -> String {
+pub(crate) fn id_from_prefix(prefix: &str) -> String {
     let mut id = String::new();
     for c in prefix.chars().flat_map(char::to_lowercase) {
         if c.is_ascii_alphanumeric() {
@@ -58,7 +58,7 @@ pub(super) fn id_from_prefix(prefix: &str) -> String {
 
 /// The id of an existing plain prefix rule for `prefix` (only a `path_prefix`
 /// condition, proxying), so `routes set` replaces it rather than adding a twin.
-pub(super) fn simple_prefix_rule(rules: &[Value], prefix: &str) -> Option<String> {
+pub(crate) fn simple_prefix_rule(rules: &[Value], prefix: &str) -> Option<String> {
     rules.iter().find_map(|r| {
         let m = r.get("match")?.as_object()?;
         let proxy = r.get("action").and_then(Value::as_str).unwrap_or("proxy") == "proxy";
@@ -73,7 +73,7 @@ pub(super) fn simple_prefix_rule(rules: &[Value], prefix: &str) -> Option<String
 }
 
 /// A proxy rule for a path prefix, without empty fields.
-pub(super) fn prefix_rule(
+pub(crate) fn prefix_rule(
     id: &str,
     prefix: &str,
     backend: &str,
@@ -95,7 +95,7 @@ pub(super) fn prefix_rule(
 
 /// Put `rule` in place of the rule with its id (keeping its position), or
 /// append it; true when it replaced one.
-pub(super) fn upsert(rules: &mut Vec<Value>, rule: Value) -> bool {
+pub(crate) fn upsert(rules: &mut Vec<Value>, rule: Value) -> bool {
     let id = rule.get("id").cloned();
     match rules.iter_mut().find(|r| r.get("id") == id.as_ref()) {
         Some(slot) => {
@@ -111,7 +111,7 @@ pub(super) fn upsert(rules: &mut Vec<Value>, rule: Value) -> bool {
 
 /// Remove the rule with id `key`, or else the one rule whose path prefix is
 /// `key`; returns the removed rule's id.
-pub(super) fn remove(rules: &mut Vec<Value>, key: &str) -> Result<String> {
+pub(crate) fn remove(rules: &mut Vec<Value>, key: &str) -> Result<String> {
     let id_of = |r: &Value| {
         r.get("id")
             .and_then(Value::as_str)
@@ -160,7 +160,7 @@ pub(super) fn remove(rules: &mut Vec<Value>, key: &str) -> Result<String> {
 
 /// The human view of `GET /admin/status`: a service table, then the rest.
 /// Written defensively: unknown or missing fields are shown as they come.
-pub(super) fn render_status(status: &Value) -> String {
+pub(crate) fn render_status(status: &Value) -> String {
     let mut out = String::new();
     let mut rows = vec![["SERVICE", "PHASE", "PID", "RESTARTS", "LAST EXIT"].map(String::from)];
     let mut services: Vec<(String, &Value)> = match status.get("services") {

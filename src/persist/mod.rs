@@ -19,7 +19,6 @@
 //! - [`lifecycle`]: the async shell `up` drives (restore at start, snapshot loop, final backup).
 //! - [`live`]: what the running stack saw (last push, lease, large files, next snapshot) for `GET /admin/persist`.
 //! - [`retry`]: the one retry policy (backoff schedule, waits cut by the deadline).
-//! - [`commands`]: the `backup`, `restore` and `snapshots` commands.
 //! - [`error`]: [`PersistError`], and which errors are worth retrying.
 //! - [`config`]: [`Config`], what the layer needs from `persist:`, and the blob store it asks for.
 //! - [`report`]: what restores and snapshots did, and [`PersistStatus`] for `status`.
@@ -43,7 +42,6 @@
 //! per workdir).
 
 pub mod blob;
-pub mod commands;
 mod config;
 pub mod deadline;
 mod error;

@@ -1,7 +1,17 @@
-//! Unit tests of `recovery`: the pure renderers, and the calls against a
-//! fake gateway (canned answers in the contract's shapes).
+//! Unit tests of the `--url` paths of `backup`, `restore`, `snapshots`
+//! and `status`: the pure renderers, and the calls against a fake gateway
+//! (canned answers in the contract's shapes).
 
-use super::*;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::api::{failure, Place};
+use super::backup::backup_report;
+use super::restore::{plan_lists, restored_lines, totals};
+use super::snapshots::{list_snapshots, query};
+use super::status::render_persist;
+use crate::cli::{AdminArgs, RestoreArgs};
 use crate::client::tests::{admin, answer, fake_gateway};
 use crate::client::Source;
 
@@ -220,7 +230,7 @@ fn a_backup_checks_the_state_then_posts_json() {
         password: Some("secret-pass-1".into()),
         url: Some(url),
     };
-    backup(None, &args).unwrap();
+    super::backup::remote(None, &args).unwrap();
     assert!(seen
         .recv()
         .unwrap()
@@ -242,7 +252,7 @@ fn persistence_off_is_said_before_anything_is_sent() {
         password: Some("pw".into()),
         url: Some(url.clone()),
     };
-    let err = backup(None, &args).unwrap_err().to_string();
+    let err = super::backup::remote(None, &args).unwrap_err().to_string();
     assert_eq!(
         err,
         format!(
@@ -268,7 +278,7 @@ fn a_restore_without_force_off_a_terminal_only_previews() {
             password: Some("pw".into()),
         },
     };
-    let err = restore(None, &args).unwrap_err().to_string();
+    let err = super::restore::remote(None, &args).unwrap_err().to_string();
     assert!(err.contains("pass --force to do it"), "{err}");
     let _state = seen.recv().unwrap();
     let dry = seen.recv().unwrap();
@@ -296,7 +306,7 @@ fn a_forced_restore_sends_the_confirmation() {
             password: Some("pw".into()),
         },
     };
-    restore(None, &args).unwrap();
+    super::restore::remote(None, &args).unwrap();
     let _state = seen.recv().unwrap();
     let post = seen.recv().unwrap();
     assert!(
