@@ -19,9 +19,8 @@ use crate::persist::HttpGit;
 
 const T: Duration = Duration::from_secs(30);
 const TOKEN: &str = "tok-hanging-remote-42";
-/// The stack's `shutdown_timeout`. Every stop here waits it out (the
-/// remote never answers), so it is short.
-const BUDGET: Duration = Duration::from_secs(2);
+/// The stack's `shutdown_timeout`.
+const BUDGET: Duration = Duration::from_secs(3);
 /// Signal delivery, process exit and the test's own polling.
 const SLACK: Duration = Duration::from_millis(300);
 
