@@ -8,13 +8,19 @@
 //!   connection's reads: hyper's own header timer starts as soon as a
 //!   response is written, which made `header_read` the idle timeout.
 //!   hyper's side says where it is through [`Activity`].
+//!
+//! hyper does not read again after a response while its last read is
+//! pending: it waits for the socket to wake it. A read that waited while
+//! a request was served (untimed) would then sleep through the idle
+//! timeout until the client's next byte or some other wake-up, so the end
+//! of the last request in flight wakes that read (see [`Activity`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -95,6 +101,29 @@ impl SendClock {
 pub(super) struct Activity {
     open: AtomicUsize,
     upgraded: AtomicBool,
+    /// The read that waited, untimed, while a request was served: woken
+    /// when the last one ends, so that the idle timeout starts then.
+    parked: Mutex<Option<Waker>>,
+}
+
+impl Activity {
+    fn park(&self, waker: &Waker) {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *parked = Some(waker.clone());
+        }
+    }
+
+    fn unpark(&self) {
+        let parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = parked {
+            w.wake();
+        }
+    }
 }
 
 /// One request being served, from its head until its response is
@@ -115,7 +144,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.unpark();
+        }
     }
 }
 
@@ -242,6 +273,12 @@ impl ReadClock {
 
     /// A read has to wait: whether the phase's limit has passed.
     pub(super) fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.phase == Phase::Busy {
+            self.activity.park(cx.waker());
+            // The request may have ended since `refresh`, before the
+            // waker was parked: that wake-up would be lost.
+            self.refresh();
+        }
         let Some(limit) = self.phase.limit(&self.timeouts) else {
             return false;
         };

@@ -24,10 +24,34 @@ const MAX_SLACK: Duration = Duration::from_millis(500);
 
 /// Now, on the coarse monotonic clock (a few milliseconds of resolution,
 /// plenty for limits of seconds).
+#[cfg(not(test))]
 pub fn coarse_now() -> Duration {
+    kernel_coarse_now()
+}
+
+/// The kernel's coarse monotonic clock, since boot.
+fn kernel_coarse_now() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
         .map(Duration::from)
         .unwrap_or_default()
+}
+
+/// Under the crate's unit tests, tokio's clock instead, so that what
+/// reads the coarse clock (deadline slack, tunnel and pool idleness) runs
+/// on tokio's paused clock in tests whose subject is time. Only `cfg(test)`
+/// builds take this path: the binary and the integration tests keep the
+/// cheap kernel read, with no branch added.
+#[cfg(test)]
+pub fn coarse_now() -> Duration {
+    use std::sync::OnceLock;
+    // Roughly boot time, the kernel clock's origin: earlier than any
+    // instant a paused clock in this process can show.
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(kernel_coarse_now()).unwrap_or(now)
+    });
+    Instant::now().into_std().saturating_duration_since(*origin)
 }
 
 /// One timer, moved from wait to wait.
@@ -86,8 +110,8 @@ mod tests {
     }
 
     // tokio's clock is paused (it moves only when advanced), so where the
-    // timer ends is exact, while the coarse clock that decides whether to
-    // move it barely moves during the test.
+    // timer ends is exact, and the coarse clock that decides whether to
+    // move it follows it (see `coarse_now`).
     #[tokio::test(start_paused = true)]
     async fn a_deadline_moves_later_only_past_the_slack_and_earlier_always() {
         let start = Instant::now();

@@ -17,16 +17,21 @@
 //! connection going back to the pool wakes them (see [`Backend::returned`])
 //! and the pool hands it over, or closes it for one that needs a new
 //! connection (a WebSocket upgrade).
+//!
+//! A burst refused at the cap would log a warning per 503; each backend
+//! keeps a [`Throttle`] instead: one line per interval, with a count.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::gateway::throttle::Throttle;
 
 /// Default connections per backend: a generous figure for one container's
 /// services (uvicorn's default `limit_concurrency` is unlimited, but its
@@ -64,6 +69,8 @@ pub struct Backend {
     waiting: AtomicUsize,
     /// Woken when a connection to this backend goes back to the pool.
     returned: Notify,
+    /// Requests refused at the cap, as far as the log goes.
+    refusals: Mutex<Throttle>,
 }
 
 impl Backend {
@@ -87,6 +94,13 @@ impl Backend {
             _held: p,
             backend: self.clone(),
         }
+    }
+
+    /// A request was refused at the cap at `now`: `Some(n)` when it is
+    /// worth a log line, `n` refusals since the previous one.
+    pub fn refused(&self, now: Instant) -> Option<u64> {
+        let mut t = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        t.failed(now)
     }
 
     /// Permits free now (tests).
@@ -163,6 +177,7 @@ impl Limits {
             permits: Arc::new(Semaphore::new(self.cap.max)),
             waiting: AtomicUsize::new(0),
             returned: Notify::new(),
+            refusals: Mutex::default(),
         });
         list.push((addr, b.clone()));
         Some(b)
@@ -291,6 +306,28 @@ mod tests {
             max,
             queue: Duration::from_millis(50),
         })
+    }
+
+    /// A burst of 503s at the cap is one log line per interval and
+    /// backend, with the count of refusals since the previous line.
+    #[test]
+    fn refusals_are_logged_once_per_interval_and_backend() {
+        use crate::gateway::throttle::LOG_EVERY;
+        let t0 = std::time::Instant::now();
+        let l = limits(1);
+        let b = l.backend(addr()).unwrap();
+        let other = l.backend("127.0.0.1:10".parse().unwrap()).unwrap();
+        assert_eq!(b.refused(t0), Some(1));
+        for _ in 0..99 {
+            assert_eq!(b.refused(t0 + Duration::from_millis(10)), None);
+        }
+        // Another backend's first refusal is its own line.
+        assert_eq!(other.refused(t0 + Duration::from_millis(20)), Some(1));
+        assert_eq!(b.refused(t0 + LOG_EVERY), Some(100));
+        assert_eq!(b.refused(t0 + LOG_EVERY), None);
+        // The same backend, looked up again, shares the count.
+        let again = l.backend(addr()).unwrap();
+        assert_eq!(again.refused(t0 + 2 * LOG_EVERY), Some(2));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::gateway::path::normalize_path;
 use crate::gateway::router::{Decision, RequestHead};
 use crate::gateway::rules::Backend;
 use crate::gateway::upstream::ForwardError;
-use crate::gateway::{admin, body, error, headers, limits};
+use crate::gateway::{admin, body, error, headers, limits, throttle};
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with
 /// more than one, is a 400 — a proxy must not pick one (the backend may pick
@@ -154,12 +154,20 @@ impl Shared {
         html: bool,
     ) -> Response<Body> {
         let e = self.failure(f, backend);
+        let rule = rule_id.unwrap_or("default");
         if f.is_client_fault() {
             // A client's broken or stalled upload says nothing about the
             // backend: logged as the client's, below warning level.
-            tracing::info!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: the client's request failed");
+            tracing::info!(backend = %backend, rule, error = %e, "gateway: the client's request failed");
+        } else if let ForwardError::Busy(_) = f {
+            // A burst refused at the cap is one line per interval, not one
+            // per 503.
+            if let Some(refused) = self.upstream.refused(backend.addr) {
+                let every_s = throttle::LOG_EVERY.as_secs();
+                tracing::warn!(backend = %backend, rule, error = %e, refused, every_s, "gateway: requests refused at the backend's connection cap (backend_connections.max)");
+            }
         } else {
-            tracing::warn!(backend = %backend, rule = rule_id.unwrap_or("default"), error = %e, "gateway: forwarding failed");
+            tracing::warn!(backend = %backend, rule, error = %e, "gateway: forwarding failed");
         }
         e.response(&accept_only(html))
     }

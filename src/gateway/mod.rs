@@ -33,6 +33,8 @@
 //!   the cap on connections per backend both paths share, [`body`] the
 //!   one body type of requests and responses.
 //! - `accept`: what the accept loop does when `accept` fails (pure).
+//! - `throttle`: one log line per interval for a failure that repeats
+//!   (a failing `accept`, requests refused at a backend's cap) (pure).
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
@@ -82,6 +84,7 @@ pub mod router;
 pub mod rules;
 mod seed;
 pub mod state;
+mod throttle;
 mod tunnel;
 pub mod ui;
 pub mod upstream;
@@ -242,7 +245,7 @@ impl Gateway {
             stopping: AtomicBool::new(false),
         });
 
-        let mut failures = accept::Throttle::default();
+        let mut failures = throttle::Throttle::default();
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -258,7 +261,7 @@ impl Gateway {
                     }
                 },
             };
-            if let Some(failed) = failures.accepted() {
+            if let Some(failed) = failures.recovered() {
                 tracing::info!(failed, "gateway: accepting connections again");
             }
             let _ = stream.set_nodelay(true);
@@ -281,7 +284,7 @@ impl Gateway {
 }
 
 /// Log a failed `accept` (throttled) and say how long to pause accepting.
-fn accept_failed(e: &std::io::Error, failures: &mut accept::Throttle) -> Duration {
+fn accept_failed(e: &std::io::Error, failures: &mut throttle::Throttle) -> Duration {
     let failure = accept::classify(e);
     let pause = match failure {
         accept::Failure::Client => {
@@ -295,7 +298,7 @@ fn accept_failed(e: &std::io::Error, failures: &mut accept::Throttle) -> Duratio
         return pause;
     };
     let pause_ms = pause.as_millis() as u64;
-    let every_s = accept::LOG_EVERY.as_secs();
+    let every_s = throttle::LOG_EVERY.as_secs();
     if failure == accept::Failure::Exhausted {
         tracing::warn!(error = %e, failed, pause_ms, every_s, "gateway: out of file descriptors or memory: new connections wait, open ones are still served; raise the open-file limit (`ulimit -n`, docker's `--ulimit nofile=`)");
     } else {

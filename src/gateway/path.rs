@@ -149,3 +149,6 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
             || path.len() == prefix.len()
             || path.as_bytes().get(prefix.len()) == Some(&b'/'))
 }
+
+#[cfg(test)]
+mod tests;

@@ -157,28 +157,34 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
+    // On tokio's paused clock, which the coarse clock follows in unit
+    // tests (see `deadline::coarse_now`): the close comes at an exact time.
+    #[tokio::test(start_paused = true)]
     async fn bytes_either_way_put_off_the_idle_close() {
         let idle = Duration::from_millis(300);
         let last = Arc::new(AtomicU64::new(now_ms()));
         let (a, mut b) = tokio::io::duplex(64);
         let mut end = Traffic::new(a, &last);
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let talk = async {
             // A write, then (after a pause) a read: each is traffic.
             let opened = last.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(50)).await;
             end.write_all(b"x").await.unwrap();
             let stamped = last.load(Ordering::Relaxed);
-            assert!(stamped > opened, "a write is traffic");
+            assert_eq!(stamped, opened + 50, "a write is traffic");
             tokio::time::sleep(idle / 2).await;
             b.write_all(b"y").await.unwrap();
             let mut one = [0u8; 1];
             end.read_exact(&mut one).await.unwrap();
-            assert!(last.load(Ordering::Relaxed) > stamped, "a read is traffic");
+            assert_eq!(
+                last.load(Ordering::Relaxed),
+                stamped + 150,
+                "a read is traffic"
+            );
         };
-        // Quiet only once `idle` has passed since the read.
+        // Quiet only once `idle` has passed since the read, 200 ms in.
         tokio::join!(quiet_for(&last, idle), talk);
-        assert!(started.elapsed() >= idle + idle / 2 - Duration::from_millis(50));
+        assert_eq!(started.elapsed(), Duration::from_millis(200) + idle);
     }
 }

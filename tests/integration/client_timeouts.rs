@@ -24,6 +24,9 @@ const SEND: Duration = Duration::from_millis(500);
 /// slack (a sixteenth of the limit) and the coarse clock's ticks, with
 /// room to spare.
 const EARLY: Duration = Duration::from_millis(100);
+/// How much later than its limit a close may come: a timer's wake-up on
+/// a busy machine (nginx closes a keep-alive connection at its timeout).
+const LATE: Duration = Duration::from_millis(500);
 
 /// A request the front end relays itself, and one hyper's side takes (a
 /// chunked body).
@@ -249,13 +252,14 @@ async fn after_a_hyper_request_the_connection_idles_for_idle_not_header_read() {
     tokio::time::sleep(header_read * 2).await;
     c.send("GET /later HTTP/1.1\r\nHost: h\r\n\r\n").await;
     assert_eq!(c.response(false).await.json()["path"], "/later");
-    // Then closed once `idle` has passed.
+    // Then closed once `idle` has passed, and soon after it (the read
+    // that waited while the request was served used to sleep through it).
     let answered = Instant::now();
     assert!(c.closed().await, "an idle connection outlived `idle`");
+    let quiet = answered.elapsed();
     assert!(
-        answered.elapsed() >= idle - Duration::from_millis(300),
-        "closed after {:?}",
-        answered.elapsed()
+        quiet >= idle - Duration::from_millis(300) && quiet < idle + LATE,
+        "closed after {quiet:?}"
     );
 
     // A head begun after a hyper request has `header_read` to complete.

@@ -162,6 +162,12 @@ impl Upstream {
         self
     }
 
+    /// A request to `addr` was refused at the cap: `Some(n)` when that is
+    /// worth a log line, with `n` refusals since the previous one.
+    pub fn refused(&self, addr: std::net::SocketAddr) -> Option<u64> {
+        self.pool.refused(addr)
+    }
+
     /// Whether a request body of `len` bytes is within the body limit.
     pub fn body_allowed(&self, len: u64) -> bool {
         self.cfg.max_body == 0 || len <= self.cfg.max_body

@@ -174,13 +174,21 @@ async fn a_pooled_connection_the_backend_closed_is_not_a_failure() {
     assert_eq!(accepted.load(Ordering::SeqCst), 5);
 }
 
-#[tokio::test]
+// On tokio's paused clock, which the pool's idleness (the coarse clock)
+// follows in unit tests: everything here is one runtime's tasks on
+// loopback, so the clock only moves when all of them wait.
+#[tokio::test(start_paused = true)]
 async fn connections_idle_past_pool_idle_are_not_reused() {
+    let idle = Duration::from_secs(30);
     let (b, accepted) = backend(false).await;
-    let gw = front(upstream_idle(Duration::from_millis(50)), b).await;
+    let gw = front(upstream_idle(idle), b).await;
     assert_eq!(get_n(gw, 1).await, vec!["HTTP/1.1 200 OK ok"]);
-    // Outlive the idle limit (the crate has no paused test clock).
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Just under the idle limit: reused.
+    tokio::time::advance(idle - Duration::from_secs(1)).await;
+    assert_eq!(get_n(gw, 1).await, vec!["HTTP/1.1 200 OK ok"]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // Past it: a new connection.
+    tokio::time::advance(idle + Duration::from_secs(1)).await;
     assert_eq!(get_n(gw, 1).await, vec!["HTTP/1.1 200 OK ok"]);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

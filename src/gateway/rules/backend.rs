@@ -5,6 +5,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
+use url::{Host, Position};
+
+use crate::weburl::{Problem, WebUrl};
 
 /// Which backends an admin (or the manifest) may point a rule at, so the
 /// gateway cannot be turned into an open proxy into the network.
@@ -105,65 +108,93 @@ impl fmt::Display for Backend {
     }
 }
 
-/// Parse `http://HOST[:PORT][/]` where HOST is an IP literal or `localhost`.
+/// Parse `http://HOST[:PORT][/]` where HOST is an IP address or
+/// `localhost`, by the crate's one URL parser ([`WebUrl`], WHATWG rules as
+/// reqwest reads them): `127.1` is `127.0.0.1`, `http://h:` has the
+/// default port, `/a/..` is no path.
 pub fn parse_backend(url: &str) -> Result<Backend, String> {
     let url = url.trim();
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+    let not_a_url = || format!("`{url}` is not a URL; write it as `http://127.0.0.1:PORT`");
+    match url.split_once("://") {
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => {}
         Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => {
             return Err(
                 "only `http://` backends are supported (the gateway talks plain HTTP to local services)"
                     .into(),
             )
         }
-        _ => return Err(format!("`{url}` is not a URL; write it as `http://127.0.0.1:PORT`")),
+        _ => return Err(not_a_url()),
+    }
+    // The URL grammar drops tabs and line breaks anywhere in a URL: in a
+    // backend they are a typo or an injection, never meant.
+    if url.contains(|c: char| c.is_ascii_control()) {
+        return Err(not_a_url());
+    }
+    let authority = authority(url);
+    let parsed = match WebUrl::parse(url) {
+        Ok(u) => u.into_url(),
+        Err(Problem::Port(p)) => return Err(not_a_port(&p)),
+        Err(Problem::Scheme) => return Err(not_a_url()),
+        Err(Problem::Credentials) => return Err(CREDENTIALS.into()),
+        Err(Problem::Invalid) => return Err(bad_host(authority)),
     };
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if !(path.is_empty() || path == "/") {
+    let path = &parsed[Position::BeforePath..];
+    if path != "/" {
         return Err(format!(
             "a backend is `http://HOST:PORT` without a path (got path `{path}`); use `strip_prefix` or `set_headers` instead"
         ));
     }
-    if authority.contains('@') {
-        return Err("a backend URL may not contain a user name or password".into());
+    // `@` alone (an empty user name) is no credential to the parser.
+    if authority.contains('@') || !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(CREDENTIALS.into());
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("`{authority}`: unclosed `[` in IPv6 address"))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| format!("`{authority}`: expected `:PORT` after `]`"))?,
-            ),
-        };
-        (h, port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    let port: u16 = match port {
+    let port = match parsed.port() {
+        Some(0) => return Err(not_a_port("0")),
+        Some(p) => p,
         None => 80,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{p}` is not a port number (1-65535)"))?,
     };
-    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse().map_err(|_| {
-            format!("`{host}` must be an IP address or `localhost` (host names are not resolved, so a rule cannot follow DNS elsewhere)")
-        })?
+    let ip = match parsed.host() {
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+        // The parser lowercases host names.
+        Some(Host::Domain("localhost")) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(Host::Domain(host)) => return Err(not_an_ip(host)),
+        None => return Err(bad_host(authority)),
     };
     Ok(Backend {
         addr: SocketAddr::new(ip, port),
     })
+}
+
+const CREDENTIALS: &str = "a backend URL may not contain a user name or password";
+
+fn not_a_port(p: &str) -> String {
+    format!("`{p}` is not a port number (1-65535)")
+}
+
+fn not_an_ip(host: &str) -> String {
+    format!("`{host}` must be an IP address or `localhost` (host names are not resolved, so a rule cannot follow DNS elsewhere)")
+}
+
+/// The authority as written, for messages about it (the parser says
+/// only what kind of thing it refused, not where).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split(['/', '?', '#']).next().unwrap_or_default()
+}
+
+/// The message for a host the parser refused: a broken IPv6 bracket, or
+/// something that is no IP address (an empty host, `1.2.3.256`).
+fn bad_host(authority: &str) -> String {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return match v6.split_once(']') {
+            None => format!("`{authority}`: unclosed `[` in IPv6 address"),
+            Some((_, after)) if !after.is_empty() && !after.starts_with(':') => {
+                format!("`{authority}`: expected `:PORT` after `]`")
+            }
+            Some((host, _)) => not_an_ip(host),
+        };
+    }
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    not_an_ip(host)
 }

@@ -181,3 +181,40 @@ fn default_backend_is_checked() {
         ""
     );
 }
+
+/// Backend URLs are read by the crate's one URL parser (WHATWG rules, as
+/// reqwest reads them). What that accepts beyond the old hand parser:
+/// IPv4 shorthand, an empty port (the default), dot segments that leave
+/// no path. What stays refused: no `//`, control characters (the parser
+/// would drop them), an empty user name, and everything before.
+#[test]
+fn backend_urls_follow_the_url_grammar() {
+    let addr = |u: &str| parse_backend(u).map(|b| b.addr.to_string());
+    assert_eq!(addr("http://127.1:8000"), Ok("127.0.0.1:8000".into()));
+    assert_eq!(addr("http://127.0.0.1:"), Ok("127.0.0.1:80".into()));
+    assert_eq!(addr("http://[::1]:"), Ok("[::1]:80".into()));
+    assert_eq!(addr("http://127.0.0.1:9/a/.."), Ok("127.0.0.1:9".into()));
+    assert_eq!(addr("http://LocalHost:9"), Ok("127.0.0.1:9".into()));
+    assert_eq!(addr(" http://127.0.0.1:9/ "), Ok("127.0.0.1:9".into()));
+    let refused: &[(&str, &str)] = &[
+        ("http:127.0.0.1:80", "is not a URL"),
+        ("http:/127.0.0.1:80", "is not a URL"),
+        ("http://127.0.0.1:80\t80", "is not a URL"),
+        ("http://127.0.0.1:8\n0", "is not a URL"),
+        ("http://@127.0.0.1:80", "user name or password"),
+        ("http://[::1]x", "expected `:PORT` after `]`"),
+        ("http://[zz]:80", "`zz` must be an IP address"),
+        ("http://1.2.3.256:80", "`1.2.3.256` must be an IP address"),
+        ("http://Example.COM", "`example.com` must be an IP address"),
+        ("http://localhost.:80", "must be an IP address"),
+        ("http://", "`` must be an IP address"),
+        ("http://127.0.0.1:0", "`0` is not a port number"),
+        ("http://127.0.0.1:+80", "`+80` is not a port number"),
+        ("http://127.0.0.1:1?x", "without a path (got path `/?x`)"),
+        ("http://127.0.0.1:1#f", "without a path"),
+    ];
+    for (url, want) in refused {
+        let e = parse_backend(url).unwrap_err();
+        assert!(e.contains(want), "{url:?}: {e}");
+    }
+}

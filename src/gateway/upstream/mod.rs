@@ -206,6 +206,13 @@ impl Pool {
         }
     }
 
+    /// A request to `addr` was refused at the cap: `Some(n)` when that is
+    /// worth a log line (see [`fanout::Backend::refused`]).
+    pub fn refused(&self, addr: SocketAddr) -> Option<u64> {
+        let backend = self.limits.backend(addr)?;
+        backend.refused(std::time::Instant::now())
+    }
+
     fn busy(&self) -> ForwardError {
         ForwardError::Busy(self.limits.cap().max)
     }
