@@ -105,7 +105,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
     /// Reach a running stack through its admin API instead of this
-    /// machine's workdir, e.g. https://user-space.hf.space.
+    /// machine's workdir, e.g. `https://user-space.hf.space`.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// The admin password for --url (else $STACKCTL_ADMIN_PASSWORD, else the

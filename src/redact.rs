@@ -28,7 +28,7 @@ pub fn url(u: &str) -> String {
     format!("{scheme}://{authority}{path}{query}")
 }
 
-/// `text` with every `scheme://…` URL in it redacted as [`url`] does. For
+/// `text` with every `scheme://…` URL in it redacted as [`url()`] does. For
 /// free text that may quote a URL: a transport's error message, a server's
 /// answer.
 pub fn text(t: &str) -> String {

@@ -32,7 +32,7 @@ pub enum Command {
     },
 }
 
-/// The receiving end, given to [`super::run`].
+/// The receiving end, given to [`super::run()`].
 pub type Commands = mpsc::UnboundedReceiver<Command>;
 
 /// The handle others keep to stop and start services.

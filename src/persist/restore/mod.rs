@@ -7,7 +7,7 @@
 //! file an original `*.pointer` stands for): a hostile or damaged repository
 //! must not reach `/etc`. If anything is refused, nothing is written. Every
 //! removal and write then goes through one check (`guard`): the path is a
-//! persisted root or below one by plain names. [`apply`] then writes
+//! persisted root or below one by plain names. [`apply()`] then writes
 //! each file atomically (temp file + rename, so a symlink planted at the
 //! destination is replaced, never followed), never writes through a symlinked
 //! directory, and removes stale SQLite `-wal`/`-shm`/`-journal` files next to

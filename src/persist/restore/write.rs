@@ -1,4 +1,4 @@
-//! The filesystem steps of [`apply`](super::apply), each on a path the guard
+//! The filesystem steps of [`apply`](super::apply()), each on a path the guard
 //! has checked: atomic file writes, real directories, deletions.
 
 use std::fs;

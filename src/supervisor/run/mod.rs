@@ -124,7 +124,7 @@ struct Supervisor {
     deadline: Option<Instant>,
     forced: bool,
     outcome: Outcome,
-    /// Held by a [`Command::Stop`]: not started until released.
+    /// Held by a [`Command::Stop`](crate::supervisor::control::Command::Stop): not started until released.
     held: Vec<bool>,
     /// Stop commands not answered yet: the services, and the reply sent
     /// once none of them runs.
