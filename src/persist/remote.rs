@@ -765,19 +765,12 @@ fn head_text(h: RemoteHead) -> String {
     }
 }
 
-/// Run `op` up to `tries` times while it fails with a retryable error,
+/// Run `op` up to `policy.attempts` times while it fails with a retryable error,
 /// waiting by the persistence retry policy ([`super::retry`]) in between.
 pub fn with_retries<T>(
-    tries: u32,
-    initial: Duration,
-    max: Duration,
+    policy: super::retry::Policy,
     op: impl FnMut() -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
-    let policy = super::retry::Policy {
-        attempts: tries,
-        initial,
-        max,
-    };
     policy.run(
         RemoteError::is_retryable,
         |e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed"),
@@ -917,8 +910,13 @@ mod tests {
 
     #[test]
     fn retries_only_retryable_errors() {
+        let quick = crate::persist::retry::Policy {
+            attempts: 3,
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        };
         let mut n = 0;
-        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
+        let r: Result<(), _> = with_retries(quick, || {
             n += 1;
             Err(RemoteError::Network {
                 url: "u".into(),
@@ -928,7 +926,7 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(n, 3);
         let mut n = 0;
-        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
+        let r: Result<(), _> = with_retries(quick, || {
             n += 1;
             Err(RemoteError::Rejected {
                 refname: "r".into(),

@@ -273,7 +273,7 @@ fn a_cancelled_snapshot_stops_between_files_and_the_next_one_works() {
     for i in 0..20 {
         std::fs::write(d.data.join(format!("f{i}.txt")), format!("{i}")).unwrap();
     }
-    let p = Persister::with_config(d.config("work")).unwrap();
+    let p = Persister::with_config(d.config("work"), crate::common_persist::quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let limit = Limit::new();
     limit.cancel();
