@@ -215,6 +215,11 @@ pub async fn restore_at_start(
         match result {
             Ok(Ok(report)) => {
                 status.update(|s| s.restore_progress = None);
+                // Watch before announcing: a write right after the line is
+                // seen and snapshotted one debounce later, not at the next
+                // periodic scan. The snapshot loop takes the watch over.
+                let roots: Vec<PathBuf> = p.cfg.paths.iter().map(|x| x.path.clone()).collect();
+                *super::lock(&p.watch) = Some(Watch::start(&roots));
                 info!(
                     state = ?report.state,
                     files = report.applied.files,
@@ -275,15 +280,10 @@ pub async fn run_loop(
     stop: CancellationToken,
     mut requests: mpsc::Receiver<Request>,
 ) {
-    let (tx, mut changes) = mpsc::channel::<()>(1);
-    // Kept alive for the loop's life; dropping it stops the watches.
-    let _watcher = match watch(&paths, tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(error = %e, "cannot watch the persisted paths; snapshots follow the interval only");
-            None
-        }
-    };
+    // The watch the restore at start began, else one of our own. Kept for
+    // the loop's life; dropping it stops the watches.
+    let taken = super::lock(&p.watch).take();
+    let mut watch = taken.unwrap_or_else(|| Watch::start(&paths));
     let mut schedule = Schedule::new(
         debounce,
         DEFAULT_CEILING,
@@ -300,7 +300,7 @@ pub async fn run_loop(
             // Stopping wins over any other wake-up: no new work starts.
             biased;
             () = stop.cancelled() => break,
-            Some(()) = changes.recv() => schedule.changed(std::time::Instant::now()),
+            Some(()) = watch.changes.recv() => schedule.changed(std::time::Instant::now()),
             Some(req) = requests.recv() => match req {
                 Request::Backup(reply) => {
                     let started = std::time::Instant::now();
@@ -441,6 +441,31 @@ pub async fn final_backup(
         }
     }
     result.map(Some)
+}
+
+/// A watch on the persisted paths and the wake-ups it sends.
+pub(in crate::persist) struct Watch {
+    // Kept alive while watching; dropping it stops the watches.
+    _watcher: Option<notify::RecommendedWatcher>,
+    changes: mpsc::Receiver<()>,
+}
+
+impl Watch {
+    /// Watch `paths` (without a watcher, snapshots follow the interval).
+    fn start(paths: &[PathBuf]) -> Watch {
+        let (tx, changes) = mpsc::channel::<()>(1);
+        let watcher = match watch(paths, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the persisted paths; snapshots follow the interval only");
+                None
+            }
+        };
+        Watch {
+            _watcher: watcher,
+            changes,
+        }
+    }
 }
 
 /// Watch `paths` recursively; every event becomes one (coalesced) wake-up.

@@ -221,10 +221,9 @@ fn a_remote_that_stops_answering_mid_run_does_not_hold_up_a_stop() {
         proxy,
         _remote,
     } = Live::start();
-    // A change starts a periodic snapshot, which waits on the silent remote.
-    // `restore finished` is logged before the snapshot loop watches the
-    // data, so a first change may go unseen: change it again until a
-    // snapshot reaches the remote.
+    // A change starts a snapshot, which waits on the silent remote (written
+    // again until one reaches it: a write during a snapshot that just
+    // failed waits for the next wake-up).
     proxy.hang();
     let mut n = 0;
     proxy.wait_held(1, &up, || {

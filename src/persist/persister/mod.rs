@@ -68,6 +68,9 @@ pub struct Persister {
     /// Held for the persister's life: one process per workdir.
     pub(super) _workdir_lock: Flock<fs::File>,
     pub(in crate::persist) live: super::live::Live,
+    /// The watch on the paths, from the end of the restore at start until
+    /// the snapshot loop takes it over ([`super::lifecycle`]).
+    pub(in crate::persist) watch: Mutex<Option<super::lifecycle::Watch>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -244,6 +247,7 @@ impl Persister {
             sink: Arc::new(progress::Lines::log(progress::interval())),
             _workdir_lock: workdir_lock,
             live: super::live::Live::default(),
+            watch: Mutex::new(None),
         })
     }
 
