@@ -26,7 +26,7 @@ use crate::persist::{
     PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport, Stage,
     DEFAULT_LEASE_TTL,
 };
-use crate::shutdown::CancellationToken;
+use crate::shutdown::{CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 
 /// A request to the running snapshot loop.
@@ -140,15 +140,15 @@ impl ProgressSink for BoardSink {
 /// Restore the persisted paths before any service starts. A remote that
 /// cannot be reached is retried with backoff for as long as it takes (a
 /// Space must never start on empty data and then push it over a good
-/// backup); an error that retrying cannot fix is returned. When `stop`
-/// fires the restore is cancelled, and waited for within the
-/// `shutdown_timeout` counted from then.
+/// backup); an error that retrying cannot fix is returned. When the stop
+/// is asked the restore is cancelled, and waited for until the final
+/// backup's share of `shutdown`'s one budget, counted from the stop request.
 pub async fn restore_at_start(
     p: &Arc<Persister>,
     status: &StatusBoard,
-    stop: &CancellationToken,
-    shutdown_timeout: Duration,
+    shutdown: &Shutdown,
 ) -> Result<Restored, PersistError> {
+    let stop = shutdown.stop();
     // No end: a Space must not start on empty data (see above).
     let mut delays = super::retry::Policy {
         attempts: u32::MAX,
@@ -202,8 +202,7 @@ pub async fn restore_at_start(
                 // remote cannot be interrupted: leave it behind when the
                 // budget runs out (files are written atomically, nothing
                 // was pushed).
-                let budget = Budget::new(std::time::Instant::now(), shutdown_timeout);
-                let until = Instant::from_std(budget.final_backup());
+                let until = Instant::from_std(shutdown.budget().final_backup());
                 if tokio::time::timeout_at(until, task).await.is_err() {
                     warn!("the restore is still waiting for the remote; leaving it behind");
                 }
