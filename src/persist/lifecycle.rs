@@ -544,4 +544,57 @@ mod tests {
             ]
         );
     }
+
+    /// The restore at start returns right after it logs `restore finished`:
+    /// a file written then (before the snapshot loop even runs) must wake
+    /// the loop, which snapshots one debounce later; the periodic scan is
+    /// an hour away and the test gives up long before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_right_after_the_restore_at_start_is_snapshotted_by_the_debounce() {
+        use crate::persist::persister::tests::{config, tuning};
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let cfg = config(d.path(), 1 << 20);
+        let remote = d.path().join("remote.git");
+        let p = Arc::new(Persister::with_config(cfg, tuning()).unwrap());
+        let status = StatusBoard::new();
+        let shutdown = Shutdown::new(Duration::from_secs(5));
+        let restored = restore_at_start(&p, &status, &shutdown).await.unwrap();
+        assert!(matches!(restored, Restored::Done(_)), "{restored:?}");
+        std::fs::write(data.join("late.txt"), "written right after").unwrap();
+
+        let stop = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let looped = tokio::spawn(run_loop(
+            p.clone(),
+            vec![data.clone()],
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            status,
+            stop.clone(),
+            rx,
+        ));
+        let pushed = || {
+            let repo = git2::Repository::open_bare(&remote).ok()?;
+            let tree = repo
+                .find_reference("refs/heads/main")
+                .ok()?
+                .peel_to_tree()
+                .ok()?;
+            let rel = data.join("late.txt");
+            let rel = rel.strip_prefix("/").ok()?;
+            tree.get_path(rel).ok().map(|_| ())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pushed().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write right after the restore was not snapshotted within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        looped.await.unwrap();
+    }
 }

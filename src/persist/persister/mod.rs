@@ -11,7 +11,7 @@ mod backup;
 mod push;
 mod restoring;
 #[cfg(test)]
-mod tests;
+pub(in crate::persist) mod tests;
 
 pub use restoring::{at_arg, parse_date, read_date};
 

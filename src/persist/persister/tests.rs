@@ -10,7 +10,7 @@ use crate::persist::{snapshot, Progress, RestoreOptions, Stage};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 /// A `persist:` section for `data` with a local bare remote.
-fn config(root: &Path, threshold: u64) -> Persist {
+pub(in crate::persist) fn config(root: &Path, threshold: u64) -> Persist {
     let remote = root.join("remote.git");
     if !remote.exists() {
         Repository::init_bare(&remote).unwrap();
@@ -40,7 +40,7 @@ fn config(root: &Path, threshold: u64) -> Persist {
 }
 
 /// No lease, one quick attempt per remote operation.
-fn tuning() -> Tuning {
+pub(in crate::persist) fn tuning() -> Tuning {
     Tuning {
         instance: "test".into(),
         lease_ttl: Duration::ZERO,
