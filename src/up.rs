@@ -163,28 +163,17 @@ async fn run_stack(
         None => None,
     };
     let listener = match &persister {
-        Some(p) => {
-            match restore_first(
-                p,
-                listener,
-                &status,
-                shutdown,
-                &manifest.services,
-                manifest.shutdown_timeout,
-            )
-            .await
-            {
-                Ok(Some(l)) => l,
-                Ok(None) => {
-                    info!("stopped before the restore finished; nothing was started or pushed");
-                    return code::OK;
-                }
-                Err(msg) => {
-                    error!("{msg}");
-                    return code::FAILURE;
-                }
+        Some(p) => match restore_first(p, listener, &status, shutdown, &manifest.services).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                info!("stopped before the restore finished; nothing was started or pushed");
+                return code::OK;
             }
-        }
+            Err(msg) => {
+                error!("{msg}");
+                return code::FAILURE;
+            }
+        },
         None => listener,
     };
     status.update(|s| s.restored = true);
@@ -335,18 +324,12 @@ async fn restore_first(
     status: &StatusBoard,
     shutdown: &Shutdown,
     services: &[crate::manifest::Service],
-    shutdown_timeout: Duration,
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = shutdown.child();
     let placeholder =
         listener.map(|l| shutdown.spawn(restoring::serve(l, status.clone(), handover.clone())));
     let restored = shutdown
-        .bounded(lifecycle::restore_at_start(
-            p,
-            status,
-            shutdown.stop(),
-            shutdown_timeout,
-        ))
+        .bounded(lifecycle::restore_at_start(p, status, shutdown))
         .await;
     handover.cancel();
     let listener = match placeholder {

@@ -9,11 +9,12 @@ use git2::{Oid, Repository};
 use super::blob;
 use super::remote::{self, Remote, RemoteError, RemoteHead};
 use super::snapshot;
-use super::{Config, PersistError};
+use super::PersistError;
+use crate::manifest::Persist;
 
 /// Pushes a tiny orphan commit as `refs/tags/<tag>` to the backup remote,
 /// for a release to hang on (the GitHub store calls it before creating one).
-pub(super) fn tag_anchor(cfg: &Config) -> Result<blob::github::Anchor, PersistError> {
+pub(super) fn tag_anchor(cfg: &Persist) -> Result<blob::github::Anchor, PersistError> {
     let url = remote::resolve_url(&cfg.remote)?;
     let token = cfg.token.clone();
     let branch = cfg.branch.clone();

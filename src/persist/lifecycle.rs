@@ -26,7 +26,7 @@ use crate::persist::{
     PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport, Stage,
     DEFAULT_LEASE_TTL,
 };
-use crate::shutdown::CancellationToken;
+use crate::shutdown::{CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 
 /// A request to the running snapshot loop.
@@ -140,15 +140,15 @@ impl ProgressSink for BoardSink {
 /// Restore the persisted paths before any service starts. A remote that
 /// cannot be reached is retried with backoff for as long as it takes (a
 /// Space must never start on empty data and then push it over a good
-/// backup); an error that retrying cannot fix is returned. When `stop`
-/// fires the restore is cancelled, and waited for within the
-/// `shutdown_timeout` counted from then.
+/// backup); an error that retrying cannot fix is returned. When the stop
+/// is asked the restore is cancelled, and waited for until the final
+/// backup's share of `shutdown`'s one budget, counted from the stop request.
 pub async fn restore_at_start(
     p: &Arc<Persister>,
     status: &StatusBoard,
-    stop: &CancellationToken,
-    shutdown_timeout: Duration,
+    shutdown: &Shutdown,
 ) -> Result<Restored, PersistError> {
+    let stop = shutdown.stop();
     // No end: a Space must not start on empty data (see above).
     let mut delays = super::retry::Policy {
         attempts: u32::MAX,
@@ -202,8 +202,7 @@ pub async fn restore_at_start(
                 // remote cannot be interrupted: leave it behind when the
                 // budget runs out (files are written atomically, nothing
                 // was pushed).
-                let budget = Budget::new(std::time::Instant::now(), shutdown_timeout);
-                let until = Instant::from_std(budget.final_backup());
+                let until = Instant::from_std(shutdown.budget().final_backup());
                 if tokio::time::timeout_at(until, task).await.is_err() {
                     warn!("the restore is still waiting for the remote; leaving it behind");
                 }
@@ -215,6 +214,11 @@ pub async fn restore_at_start(
         match result {
             Ok(Ok(report)) => {
                 status.update(|s| s.restore_progress = None);
+                // Watch before announcing: a write right after the line is
+                // seen and snapshotted one debounce later, not at the next
+                // periodic scan. The snapshot loop takes the watch over.
+                let roots: Vec<PathBuf> = p.cfg.paths.iter().map(|x| x.path.clone()).collect();
+                *super::lock(&p.watch) = Some(Watch::start(&roots));
                 info!(
                     state = ?report.state,
                     files = report.applied.files,
@@ -275,15 +279,10 @@ pub async fn run_loop(
     stop: CancellationToken,
     mut requests: mpsc::Receiver<Request>,
 ) {
-    let (tx, mut changes) = mpsc::channel::<()>(1);
-    // Kept alive for the loop's life; dropping it stops the watches.
-    let _watcher = match watch(&paths, tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            warn!(error = %e, "cannot watch the persisted paths; snapshots follow the interval only");
-            None
-        }
-    };
+    // The watch the restore at start began, else one of our own. Kept for
+    // the loop's life; dropping it stops the watches.
+    let taken = super::lock(&p.watch).take();
+    let mut watch = taken.unwrap_or_else(|| Watch::start(&paths));
     let mut schedule = Schedule::new(
         debounce,
         DEFAULT_CEILING,
@@ -300,7 +299,7 @@ pub async fn run_loop(
             // Stopping wins over any other wake-up: no new work starts.
             biased;
             () = stop.cancelled() => break,
-            Some(()) = changes.recv() => schedule.changed(std::time::Instant::now()),
+            Some(()) = watch.changes.recv() => schedule.changed(std::time::Instant::now()),
             Some(req) = requests.recv() => match req {
                 Request::Backup(reply) => {
                     let started = std::time::Instant::now();
@@ -443,6 +442,31 @@ pub async fn final_backup(
     result.map(Some)
 }
 
+/// A watch on the persisted paths and the wake-ups it sends.
+pub(in crate::persist) struct Watch {
+    // Kept alive while watching; dropping it stops the watches.
+    _watcher: Option<notify::RecommendedWatcher>,
+    changes: mpsc::Receiver<()>,
+}
+
+impl Watch {
+    /// Watch `paths` (without a watcher, snapshots follow the interval).
+    fn start(paths: &[PathBuf]) -> Watch {
+        let (tx, changes) = mpsc::channel::<()>(1);
+        let watcher = match watch(paths, tx) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the persisted paths; snapshots follow the interval only");
+                None
+            }
+        };
+        Watch {
+            _watcher: watcher,
+            changes,
+        }
+    }
+}
+
 /// Watch `paths` recursively; every event becomes one (coalesced) wake-up.
 fn watch(paths: &[PathBuf], tx: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
@@ -519,5 +543,58 @@ mod tests {
                 "update backup 0"
             ]
         );
+    }
+
+    /// The restore at start returns right after it logs `restore finished`:
+    /// a file written then (before the snapshot loop even runs) must wake
+    /// the loop, which snapshots one debounce later; the periodic scan is
+    /// an hour away and the test gives up long before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_right_after_the_restore_at_start_is_snapshotted_by_the_debounce() {
+        use crate::persist::persister::tests::{config, tuning};
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let cfg = config(d.path(), 1 << 20);
+        let remote = d.path().join("remote.git");
+        let p = Arc::new(Persister::with_config(cfg, tuning()).unwrap());
+        let status = StatusBoard::new();
+        let shutdown = Shutdown::new(Duration::from_secs(5));
+        let restored = restore_at_start(&p, &status, &shutdown).await.unwrap();
+        assert!(matches!(restored, Restored::Done(_)), "{restored:?}");
+        std::fs::write(data.join("late.txt"), "written right after").unwrap();
+
+        let stop = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let looped = tokio::spawn(run_loop(
+            p.clone(),
+            vec![data.clone()],
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            status,
+            stop.clone(),
+            rx,
+        ));
+        let pushed = || {
+            let repo = git2::Repository::open_bare(&remote).ok()?;
+            let tree = repo
+                .find_reference("refs/heads/main")
+                .ok()?
+                .peel_to_tree()
+                .ok()?;
+            let rel = data.join("late.txt");
+            let rel = rel.strip_prefix("/").ok()?;
+            tree.get_path(rel).ok().map(|_| ())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pushed().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write right after the restore was not snapshotted within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        looped.await.unwrap();
     }
 }

@@ -198,8 +198,8 @@ impl Persister {
 
     /// Record the lease ref as read or written (`None`: absent).
     pub(super) fn saw_lease(&self, info: Option<&LeaseInfo>) {
-        if !self.cfg.lease_ttl.is_zero() {
-            self.live.lease(info, &self.instance, self.cfg.lease_ttl);
+        if !self.tuning.lease_ttl.is_zero() {
+            self.live.lease(info, &self.instance, self.tuning.lease_ttl);
         }
     }
 

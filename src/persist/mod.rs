@@ -20,7 +20,7 @@
 //! - [`live`]: what the running stack saw (last push, lease, large files, next snapshot) for `GET /admin/persist`.
 //! - [`retry`]: the one retry policy (backoff schedule, waits cut by the deadline).
 //! - [`error`]: [`PersistError`], and which errors are worth retrying.
-//! - [`config`]: [`Config`], what the layer needs from `persist:`, and the blob store it asks for.
+//! - [`tuning`]: [`Tuning`], the runtime knobs not in `persist:` (instance, lease TTL, retries), and the blob store `persist:` asks for.
 //! - [`report`]: what restores and snapshots did, and [`PersistStatus`] for `status`.
 //! - [`git`]: small helpers on the workdir repository (refs, ancestry, stale locks, the release anchor).
 //! - [`persister`]: [`Persister`], in steps: restoring, backup (snapshot and lease), push.
@@ -42,7 +42,6 @@
 //! per workdir).
 
 pub mod blob;
-mod config;
 pub mod deadline;
 mod error;
 pub mod gc;
@@ -64,14 +63,15 @@ pub mod restore;
 pub mod retry;
 pub mod schedule;
 pub mod snapshot;
+mod tuning;
 
-pub use config::{is_persisted, Config, PathConfig, DEFAULT_LEASE_TTL};
 pub use error::PersistError;
 pub use persister::{at_arg, parse_date, read_date, Persister};
 pub use report::{
     PersistStatus, Progress, RestoreOptions, RestoreReport, RestoreState, SnapshotInfo,
     SnapshotReport, Stage,
 };
+pub use tuning::{is_persisted, Tuning, DEFAULT_LEASE_TTL};
 
 // For the steps that extend `Persister` from beside it (merge, pending).
 use git::is_ancestor;

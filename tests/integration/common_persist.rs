@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use stackctl::persist::{Config, PathConfig};
+use stackctl::manifest::{BlobStore, LargeFiles, OffloadBinary, Persist, PersistPath};
+use stackctl::persist::retry::Policy;
+use stackctl::persist::Tuning;
 
 /// Run a command (tests only: stackctl itself never runs git), panicking
 /// with its output on failure; its stdout.
@@ -109,27 +111,52 @@ impl Dirs {
 
     /// Back up `data` to the remote over `file://` from `root/<workdir>`:
     /// files of 1 MiB or more are large, nothing excluded, the whole
-    /// history kept, no lease to wait for, quick retries.
-    pub fn config(&self, workdir: &str) -> Config {
-        Config {
-            remote: format!("file://{}", self.remote.display()),
-            token: None,
-            branch: "main".into(),
-            workdir: self.root.join(workdir),
-            paths: vec![PathConfig {
-                path: self.data.clone(),
-                exclude: vec![],
-            }],
+    /// history kept (with [`quick`]: no lease to wait for, quick retries).
+    pub fn config(&self, workdir: &str) -> Persist {
+        section(&self.remote, self.root.join(workdir), self.data.clone())
+    }
+}
+
+/// A `persist:` section backing up `data` to the bare repository `remote`
+/// over `file://` from `workdir`: files of 1 MiB or more are large, nothing
+/// excluded, the whole history kept.
+pub fn section(remote: &Path, workdir: PathBuf, data: PathBuf) -> Persist {
+    Persist {
+        remote: format!("file://{}", remote.display()),
+        token: None,
+        branch: "main".into(),
+        workdir,
+        interval: Duration::from_secs(60),
+        debounce: Duration::from_secs(10),
+        paths: vec![PersistPath {
+            path: data,
             exclude: vec![],
+        }],
+        exclude: vec![],
+        keep: 0,
+        large_files: LargeFiles {
             threshold: 1 << 20,
-            keep: 0,
-            instance: "test".into(),
-            lease_ttl: Duration::ZERO,
-            readiness_file: None,
-            retries: 2,
-            retry_initial: Duration::from_millis(10),
-            retry_max: Duration::from_millis(50),
-        }
+            // The tests hand the persister its store themselves.
+            store: BlobStore::None,
+            tag: "blobs".into(),
+            url: None,
+            offload_binary: OffloadBinary::Never,
+        },
+        readiness_file: None,
+    }
+}
+
+/// The runtime knobs of the persistence tests: instance `test`, no lease to
+/// wait for, two attempts with short delays.
+pub fn quick() -> Tuning {
+    Tuning {
+        instance: "test".into(),
+        lease_ttl: Duration::ZERO,
+        retry: Policy {
+            attempts: 2,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        },
     }
 }
 

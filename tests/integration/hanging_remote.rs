@@ -220,10 +220,9 @@ fn a_remote_that_stops_answering_mid_run_does_not_hold_up_a_stop() {
         proxy,
         _remote,
     } = Live::start();
-    // A change starts a periodic snapshot, which waits on the silent remote.
-    // `restore finished` is logged before the snapshot loop watches the
-    // data, so a first change may go unseen: change it again until a
-    // snapshot reaches the remote.
+    // A change starts a snapshot, which waits on the silent remote (written
+    // again until one reaches it: a write during a snapshot that just
+    // failed waits for the next wake-up).
     proxy.hang();
     let mut n = 0;
     proxy.wait_held(1, &up, || {
@@ -272,7 +271,7 @@ fn a_cancelled_snapshot_stops_between_files_and_the_next_one_works() {
     for i in 0..20 {
         std::fs::write(d.data.join(format!("f{i}.txt")), format!("{i}")).unwrap();
     }
-    let p = Persister::with_config(d.config("work")).unwrap();
+    let p = Persister::with_config(d.config("work"), crate::common_persist::quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let limit = Limit::new();
     limit.cancel();

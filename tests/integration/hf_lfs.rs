@@ -22,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use stackctl::manifest::Persist;
 use stackctl::persist::blob::lfs::LfsStore;
 use stackctl::persist::blob::{self, BlobError, BlobStore, Retry, StoreConfig};
-use stackctl::persist::{Config, PersistError, Persister, RestoreOptions};
+use stackctl::persist::{PersistError, Persister, RestoreOptions};
 
-use crate::common_persist::{git, noise, Dirs};
+use crate::common_persist::{git, noise, quick, Dirs};
 use crate::harness::Stack;
 
 const TOKEN: &str = "hf_FakeTokenForTests0123456789";
@@ -630,8 +631,8 @@ impl Setup {
         Self(dirs)
     }
 
-    fn config(&self, workdir: &str) -> Config {
-        Config {
+    fn config(&self, workdir: &str) -> Persist {
+        Persist {
             token: Some(TOKEN.into()),
             ..self.0.config(workdir)
         }
@@ -650,7 +651,7 @@ fn a_file_changed_during_a_multipart_upload_is_never_assembled_nor_committed() {
         url: fake.endpoint.clone(),
     };
     fs::write(s.data.join("small.txt"), "v1").unwrap();
-    let p = Persister::with_store(s.config("work"), &store).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &store).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     let good = s.remote_head();

@@ -12,13 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use stackctl::manifest::Persist;
 use stackctl::persist::blob::github::GithubStore;
 use stackctl::persist::blob::{self, BlobError, BlobStore, StoreConfig};
 use stackctl::persist::pointer::Pointer;
-use stackctl::persist::{Config, PersistError, Persister, RestoreOptions, RestoreState};
+use stackctl::persist::{PersistError, Persister, RestoreOptions, RestoreState};
 
 use super::common_persist::{
-    clone_without_lfs, git, noise, original_pointer_json, push_tree, run, Dirs,
+    clone_without_lfs, git, noise, original_pointer_json, push_tree, quick, run, Dirs,
 };
 
 fn has_git_lfs() -> bool {
@@ -98,7 +99,7 @@ fn large_files_become_pointers_identical_to_git_lfs_and_the_live_files_stay() {
     }
     let s = Setup::new();
     let files = s.populate();
-    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &dir_store(&s)).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let rep = p.snapshot_and_push().unwrap();
     assert!(rep.pushed.is_some());
@@ -171,14 +172,14 @@ fn large_files_become_pointers_identical_to_git_lfs_and_the_live_files_stay() {
 fn the_dir_store_round_trips_and_present_files_are_not_downloaded_again() {
     let s = Setup::new();
     let files = s.populate();
-    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &dir_store(&s)).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     drop(p);
 
     // A new container: data and workdir wiped.
     fs::remove_dir_all(&s.data).unwrap();
-    let p = Persister::with_store(s.config("work2"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work2"), quick(), &dir_store(&s)).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     for (name, bytes) in &files {
         assert_eq!(&fs::read(s.data.join(name)).unwrap(), bytes, "`{name}`");
@@ -197,7 +198,7 @@ fn the_dir_store_round_trips_and_present_files_are_not_downloaded_again() {
     drop(p);
 
     // Restoring over files that already hold the right bytes downloads nothing.
-    let p = Persister::with_store(s.config("work3"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work3"), quick(), &dir_store(&s)).unwrap();
     let r = p
         .restore(&RestoreOptions {
             force: true,
@@ -232,7 +233,7 @@ impl BlobStore for FailingStore {
 fn a_failed_upload_commits_and_pushes_nothing() {
     let s = Setup::new();
     fs::write(s.data.join("small.txt"), "v1").unwrap();
-    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &dir_store(&s)).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     let good = s.remote_head().unwrap();
@@ -240,7 +241,8 @@ fn a_failed_upload_commits_and_pushes_nothing() {
 
     fs::write(s.data.join("small.txt"), "v2").unwrap();
     fs::write(s.data.join("big.bin"), noise(2 << 20, 3)).unwrap();
-    let p = Persister::with_blob_store(s.config("work"), Some(Arc::new(FailingStore))).unwrap();
+    let p = Persister::with_blob_store(s.config("work"), quick(), Some(Arc::new(FailingStore)))
+        .unwrap();
     p.restore(&RestoreOptions {
         keep_newer_local: true,
         ..RestoreOptions::default()
@@ -266,7 +268,7 @@ fn a_failed_upload_commits_and_pushes_nothing() {
 fn a_corrupted_blob_is_refused_on_restore_and_reported_by_path() {
     let s = Setup::new();
     let files = s.populate();
-    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &dir_store(&s)).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     drop(p);
@@ -278,7 +280,7 @@ fn a_corrupted_blob_is_refused_on_restore_and_reported_by_path() {
     fs::write(&stored, bytes).unwrap();
 
     fs::remove_dir_all(&s.data).unwrap();
-    let p = Persister::with_store(s.config("work2"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work2"), quick(), &dir_store(&s)).unwrap();
     // One corrupt blob does not keep the stack down (issue 17): the restore
     // completes without that file, and says so by path, in status too.
     let r = p.restore(&RestoreOptions::default()).unwrap();
@@ -340,7 +342,7 @@ fn the_originals_pointer_files_are_hydrated() {
     git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
     git(&clone, &["push", "-q", s.remote.to_str().unwrap(), "main"]);
 
-    let p = Persister::with_store(s.config("work"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &dir_store(&s)).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(fs::read(s.data.join("model.bin")).unwrap(), content);
     assert_eq!(r.applied.downloaded, 1);
@@ -387,7 +389,7 @@ fn blobs_dropped_by_the_squash_are_collected_after_the_grace_period_and_kept_one
     };
 
     // Default grace (7 days): the squash leaves `b` unreferenced, it stays.
-    let p = Persister::with_store(cfg.clone(), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(cfg.clone(), quick(), &dir_store(&s)).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     assert!(store.has(&pa).unwrap() && store.has(&pb).unwrap());
@@ -401,7 +403,7 @@ fn blobs_dropped_by_the_squash_are_collected_after_the_grace_period_and_kept_one
     drop(p);
 
     // Zero grace: the next squash deletes exactly `b`, never `a`.
-    let p = Persister::with_store(cfg.clone(), &dir_store(&s))
+    let p = Persister::with_store(cfg.clone(), quick(), &dir_store(&s))
         .unwrap()
         .with_blob_gc_grace(Duration::ZERO);
     p.restore(&RestoreOptions {
@@ -429,7 +431,7 @@ fn blobs_dropped_by_the_squash_are_collected_after_the_grace_period_and_kept_one
 
     // Restore from scratch still works.
     fs::remove_dir_all(&s.data).unwrap();
-    let p = Persister::with_store(s.config("work3"), &dir_store(&s)).unwrap();
+    let p = Persister::with_store(s.config("work3"), quick(), &dir_store(&s)).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(fs::read(s.data.join("a.bin")).unwrap(), a);
     assert!(!s.data.join("b.bin").exists());
@@ -530,7 +532,7 @@ fn the_lfs_store_works_with_giftless_and_git_lfs_pull_gives_the_bytes_back() {
     let s = Setup::new();
     let files = s.populate();
     let store = StoreConfig::Lfs { url: server.url() };
-    let p = Persister::with_store(s.config("work"), &store).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &store).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let rep = p.snapshot_and_push().unwrap();
     assert_eq!(rep.uploaded, 2, "{rep:?}");
@@ -553,7 +555,7 @@ fn the_lfs_store_works_with_giftless_and_git_lfs_pull_gives_the_bytes_back() {
 
     // And stackctl restores from it into a wiped container.
     fs::remove_dir_all(&s.data).unwrap();
-    let p = Persister::with_store(s.config("work2"), &store).unwrap();
+    let p = Persister::with_store(s.config("work2"), quick(), &store).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(r.applied.downloaded, 2);
     for (name, bytes) in &files {
@@ -570,7 +572,7 @@ fn credentials_in_the_lfs_url_are_refused_and_never_written() {
     let store = StoreConfig::Lfs {
         url: "http://x-access-token:ghp_LfsUrlToken5@127.0.0.1:9/org/repo".into(),
     };
-    let e = match Persister::with_store(s.config("work"), &store) {
+    let e = match Persister::with_store(s.config("work"), quick(), &store) {
         Ok(p) => {
             let _ = p.restore(&RestoreOptions::default());
             let _ = p.snapshot_and_push();
@@ -603,7 +605,7 @@ fn an_lfs_server_that_is_down_fails_the_snapshot_without_pushing() {
     let store = StoreConfig::Lfs {
         url: format!("http://127.0.0.1:{port}/org/repo"),
     };
-    let p = Persister::with_store(s.config("work"), &store).unwrap();
+    let p = Persister::with_store(s.config("work"), quick(), &store).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     let good = s.remote_head().unwrap();
@@ -1052,7 +1054,7 @@ fn the_github_release_store_survives_githubs_quirks_against_a_fake() {
     };
     let mut cfg = s.config("work");
     cfg.token = Some("tok".into());
-    let p = Persister::with_store(cfg.clone(), &store).unwrap();
+    let p = Persister::with_store(cfg.clone(), quick(), &store).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let rep = p.snapshot_and_push().unwrap();
     assert_eq!(rep.uploaded, 2, "{rep:?}");
@@ -1084,7 +1086,7 @@ fn the_github_release_store_survives_githubs_quirks_against_a_fake() {
     // A new container: the asset list is paged (150 fillers come first).
     fs::remove_dir_all(&s.data).unwrap();
     cfg.workdir = s.root.join("work2");
-    let p = Persister::with_store(cfg, &store).unwrap();
+    let p = Persister::with_store(cfg, quick(), &store).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(r.applied.downloaded, 2);
     for (name, bytes) in &files {
@@ -1194,10 +1196,10 @@ fn limited_github_store(
     )
 }
 
-fn github_persister(cfg: Config, store: &Arc<GithubStore>) -> Persister {
+fn github_persister(cfg: Persist, store: &Arc<GithubStore>) -> Persister {
     let mut cfg = cfg;
     cfg.token = Some("tok".into());
-    Persister::with_blob_store(cfg, Some(store.clone() as Arc<dyn BlobStore>)).unwrap()
+    Persister::with_blob_store(cfg, quick(), Some(store.clone() as Arc<dyn BlobStore>)).unwrap()
 }
 
 /// The releases of the fake: (tag, assets in it).

@@ -12,14 +12,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stackctl::manifest::{Persist, PersistPath};
 use stackctl::persist::remote::RemoteError;
-use stackctl::persist::{
-    Config, PathConfig, PersistError, Persister, RestoreOptions, RestoreState,
-};
+use stackctl::persist::{PersistError, Persister, RestoreOptions, RestoreState, Tuning};
 
 use stackctl::persist::blob::StoreConfig;
 
-use super::common_persist::{git, hostile_pointer_files, push_tree, Dirs};
+use super::common_persist::{git, hostile_pointer_files, push_tree, quick, section, Dirs};
+
+/// The knobs of the kill -9 test's persisters: an instance id of their own
+/// (kept in the workdir), a lease of `lease_ttl`, one attempt per operation.
+fn killed(lease_ttl: Duration) -> Tuning {
+    Tuning {
+        instance: String::new(),
+        lease_ttl,
+        retry: stackctl::persist::retry::Policy {
+            attempts: 1,
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+        },
+    }
+}
 
 /// The shared temp root and remote, backing up with excludes and a
 /// readiness file.
@@ -37,9 +50,9 @@ impl Setup {
         Self(Dirs::new())
     }
 
-    fn config(&self, workdir: &str) -> Config {
-        Config {
-            paths: vec![PathConfig {
+    fn config(&self, workdir: &str) -> Persist {
+        Persist {
+            paths: vec![PersistPath {
                 path: self.data.clone(),
                 exclude: vec!["**/cache/**".into()],
             }],
@@ -142,7 +155,7 @@ fn snapshot_push_wipe_restore_gives_identical_bytes_and_modes() {
     populate(&s.data);
     let before = without_excluded(listing(&s.data));
 
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(r.state, RestoreState::ConfirmedEmpty);
     assert!(s.root.join("run/ready").exists(), "readiness file written");
@@ -180,7 +193,7 @@ fn snapshot_push_wipe_restore_gives_identical_bytes_and_modes() {
     fs::create_dir_all(&s.data).unwrap();
     fs::write(s.data.join("app.db-wal"), "stale").unwrap();
 
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     assert_eq!(p.restore_state(), RestoreState::Pending);
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(r.state, RestoreState::Restored(rep.commit.unwrap()));
@@ -213,7 +226,7 @@ fn snapshot_push_wipe_restore_gives_identical_bytes_and_modes() {
 fn nothing_is_snapshotted_or_pushed_before_restore() {
     let s = Setup::new();
     populate(&s.data);
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     assert!(matches!(
         p.snapshot_and_push(),
         Err(PersistError::NotRestored)
@@ -243,8 +256,8 @@ fn a_live_sqlite_database_snapshots_consistently() {
     // threshold however quick the machine is (large databases have their
     // own test with a blob store).
     let mut cfg = s.config("work");
-    cfg.threshold = 0;
-    let p = Persister::with_config(cfg).unwrap();
+    cfg.large_files.threshold = 0;
+    let p = Persister::with_config(cfg, quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -306,7 +319,7 @@ fn a_live_sqlite_database_snapshots_consistently() {
 fn a_remote_moved_by_someone_else_gets_the_snapshot_reparented() {
     let s = Setup::new();
     populate(&s.data);
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let first = p.snapshot_and_push().unwrap().pushed.unwrap();
 
@@ -417,7 +430,7 @@ fn a_rejected_push_is_reported_as_an_error() {
     let daemon = Daemon::start(&s.root);
     let mut cfg = s.config("work");
     cfg.remote = format!("git://127.0.0.1:{}/remote.git", daemon.port);
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     assert_eq!(
         p.restore(&RestoreOptions::default()).unwrap().state,
         RestoreState::ConfirmedEmpty
@@ -484,7 +497,7 @@ fn a_hostile_repository_writes_nothing_outside_the_paths() {
     repo.commit(Some("refs/heads/main"), &sig, &sig, "evil", &tree, &[])
         .unwrap();
 
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     let e = p.restore(&RestoreOptions::default()).unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -525,9 +538,9 @@ fn a_pointer_named_to_climb_out_removes_nothing_with_or_without_a_blob_store() {
         fs::write(s.data.join("sub/local.txt"), "mine").unwrap();
         let p = if with_store {
             let store = StoreConfig::Dir(s.root.join("blobs"));
-            Persister::with_store(s.config("work"), &store).unwrap()
+            Persister::with_store(s.config("work"), quick(), &store).unwrap()
         } else {
-            Persister::with_config(s.config("work")).unwrap()
+            Persister::with_config(s.config("work"), quick()).unwrap()
         };
         let e = p.restore(&RestoreOptions::default()).unwrap_err();
         let data = s.data.strip_prefix("/").unwrap().display().to_string();
@@ -557,7 +570,7 @@ fn the_token_never_lands_in_the_workdir() {
     let token = "ghp_DoNotLeakThisToken1234";
     let mut cfg = s.config("work");
     cfg.token = Some(token.into());
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     let config = fs::read_to_string(s.root.join("work/repo.git/config")).unwrap();
@@ -581,7 +594,7 @@ fn an_unreachable_remote_is_retried_then_reported() {
         .port();
     let mut cfg = s.config("work");
     cfg.remote = format!("git://127.0.0.1:{port}/remote.git");
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     let e = p.restore(&RestoreOptions::default()).unwrap_err();
     assert!(
         matches!(e, PersistError::Remote(RemoteError::Network { .. })),
@@ -589,7 +602,9 @@ fn an_unreachable_remote_is_retried_then_reported() {
     );
     assert_eq!(p.restore_state(), RestoreState::Pending);
     // A second process on the same workdir is refused while this one lives.
-    let e = Persister::with_config(s.config("work")).err().unwrap();
+    let e = Persister::with_config(s.config("work"), quick())
+        .err()
+        .unwrap();
     assert!(matches!(e, PersistError::WorkdirBusy(_)), "{e:?}");
     // Up again on the same port: the same persister restores.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -613,7 +628,7 @@ fn a_local_path_remote_is_created_when_absent() {
     let mut cfg = s.config("work");
     let fresh = s.root.join("new-backup.git");
     cfg.remote = fresh.to_str().unwrap().to_string();
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     assert_eq!(
         p.restore(&RestoreOptions::default()).unwrap().state,
         RestoreState::ConfirmedEmpty
@@ -829,7 +844,7 @@ fn a_redirect_to_another_host_gets_no_credentials_and_a_clear_error() {
         let mut cfg = s.config(&format!("work-{other_ip}"));
         cfg.remote = format!("http://127.0.0.1:{}/remote.git", redirector.port);
         cfg.token = Some(token.into());
-        let e = Persister::with_config(cfg)
+        let e = Persister::with_config(cfg, quick())
             .unwrap()
             .restore(&RestoreOptions::default())
             .unwrap_err();
@@ -876,14 +891,14 @@ fn a_token_in_the_remote_query_string_is_in_no_workdir_file() {
         server.port
     );
     cfg.token = Some(token.into());
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), quick()).unwrap();
     assert!(!p.remote_url().contains(secret), "{}", p.remote_url());
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     drop(p);
     // A wiped disk: the restore fetches.
     fs::remove_dir_all(s.root.join("work")).unwrap();
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     p.restore(&RestoreOptions {
         force: true,
         ..RestoreOptions::default()
@@ -909,7 +924,7 @@ fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
         let mut cfg = s.config(workdir);
         cfg.remote = remote;
         cfg.token = Some(token.into());
-        let e = Persister::with_config(cfg)
+        let e = Persister::with_config(cfg, quick())
             .unwrap()
             .restore(&RestoreOptions::default())
             .unwrap_err();
@@ -936,7 +951,7 @@ fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
     let mut cfg = s.config("work");
     cfg.remote = url.clone();
     cfg.token = Some(token.into());
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), quick()).unwrap();
     assert_eq!(
         p.restore(&RestoreOptions::default()).unwrap().state,
         RestoreState::ConfirmedEmpty
@@ -950,7 +965,7 @@ fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
     // Wiped disk: a shallow restore, then a push on top of it.
     fs::remove_dir_all(&s.data).unwrap();
     fs::remove_dir_all(s.root.join("work")).unwrap();
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     assert_eq!(
         p.restore(&RestoreOptions::default()).unwrap().state,
         RestoreState::Restored(second)
@@ -1015,7 +1030,7 @@ fn over_smart_http_the_token_goes_by_basic_auth_and_fetches_are_shallow() {
 fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
     let s = Setup::new();
     populate(&s.data);
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let first = p.snapshot_and_push().unwrap().pushed.unwrap();
     fs::write(s.data.join("config/app.json"), "second").unwrap();
@@ -1121,7 +1136,7 @@ fn restore_at_an_older_snapshot_a_subset_and_never_over_newer_local_data() {
 fn a_forced_restore_at_an_older_snapshot_deletes_what_it_does_not_hold() {
     let s = Setup::new();
     populate(&s.data);
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let first = p.snapshot_and_push().unwrap().pushed.unwrap();
     let before = without_excluded(listing(&s.data));
@@ -1174,7 +1189,7 @@ fn a_forced_restore_at_an_older_snapshot_deletes_what_it_does_not_hold() {
 fn wiped_data_with_a_surviving_workdir_restores_without_force() {
     let s = Setup::new();
     populate(&s.data);
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     fs::remove_dir_all(&s.data).unwrap();
@@ -1196,7 +1211,7 @@ fn snapshots_queue_while_the_remote_is_down_and_go_out_in_order() {
     let port = daemon.port;
     let mut cfg = s.config("work");
     cfg.remote = format!("git://127.0.0.1:{port}/remote.git");
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let first = p.snapshot_and_push().unwrap().pushed.unwrap();
     drop(daemon);
@@ -1258,7 +1273,7 @@ fn history_is_squashed_to_keep_snapshots_with_a_lease() {
     cfg.remote = format!("http://127.0.0.1:{}/remote.git", server.port);
     cfg.token = Some(token.into());
     cfg.keep = 4;
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let mut squashed = 0;
     for i in 0..7 {
@@ -1289,7 +1304,7 @@ fn history_is_squashed_to_keep_snapshots_with_a_lease() {
     drop(p);
     fs::remove_dir_all(&s.data).unwrap();
     fs::remove_dir_all(s.root.join("work")).unwrap();
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(fs::read(s.data.join("config/app.json")).unwrap(), b"v6");
     let mut squashed = 0;
@@ -1325,31 +1340,21 @@ fn kill9_worker() {
     };
     let root = PathBuf::from(root);
     let blobs = std::env::var_os("STACKCTL_PERSIST_WORKER_BLOBS").map(PathBuf::from);
-    let cfg = Config {
-        remote: format!("file://{}", root.join("remote.git").display()),
-        token: None,
-        branch: "main".into(),
-        workdir: root.join("work"),
-        paths: vec![PathConfig {
-            path: root.join("data"),
-            exclude: vec![],
-        }],
-        exclude: vec![],
-        // With a blob store (issue 5), files of 64 KiB and more are offloaded.
-        threshold: if blobs.is_some() { 64 << 10 } else { 0 },
+    let mut cfg = Persist {
         keep: 3,
-        instance: String::new(),
-        lease_ttl: Duration::from_secs(60),
-        readiness_file: None,
-        retries: 1,
-        retry_initial: Duration::ZERO,
-        retry_max: Duration::ZERO,
+        ..section(
+            &root.join("remote.git"),
+            root.join("work"),
+            root.join("data"),
+        )
     };
+    // With a blob store (issue 5), files of 64 KiB and more are offloaded.
+    cfg.large_files.threshold = if blobs.is_some() { 64 << 10 } else { 0 };
     let store = blobs.as_ref().map(|b| {
         Arc::new(stackctl::persist::blob::dir::DirStore::new(b.clone()))
             as Arc<dyn stackctl::persist::blob::BlobStore>
     });
-    let p = Persister::with_blob_store(cfg, store).unwrap();
+    let p = Persister::with_blob_store(cfg, killed(Duration::from_secs(60)), store).unwrap();
     p.restore(&RestoreOptions {
         force: true,
         ..RestoreOptions::default()
@@ -1473,27 +1478,10 @@ fn kill_9_trials(large: bool) {
         };
         heads.push(head.clone());
         let check = s.root.join(format!("check-{trial}"));
-        let cfg = Config {
-            remote: format!("file://{}", s.remote.display()),
-            token: None,
-            branch: "main".into(),
-            workdir: check.join("work"),
-            paths: vec![PathConfig {
-                path: s.root.join("data"),
-                exclude: vec![],
-            }],
-            exclude: vec![],
-            threshold: 0,
-            keep: 0,
-            instance: String::new(),
-            lease_ttl: Duration::ZERO,
-            readiness_file: None,
-            retries: 1,
-            retry_initial: Duration::ZERO,
-            retry_max: Duration::ZERO,
-        };
+        let mut cfg = section(&s.remote, check.join("work"), s.root.join("data"));
+        cfg.large_files.threshold = 0;
         // Restore the head's tree into a scratch copy, not over the worker's data.
-        let p = Persister::with_config(cfg).unwrap();
+        let p = Persister::with_config(cfg, killed(Duration::ZERO)).unwrap();
         let tree_path = s
             .root
             .join("data")
@@ -1538,26 +1526,12 @@ fn kill_9_trials(large: bool) {
     }
     // Whatever the kills left behind (lock files, half-written objects, a
     // lease), the same workdir and remote still take a snapshot.
-    let cfg = Config {
-        remote: format!("file://{}", s.remote.display()),
-        token: None,
-        branch: "main".into(),
-        workdir: s.root.join("work"),
-        paths: vec![PathConfig {
-            path: s.root.join("data"),
-            exclude: vec![],
-        }],
-        exclude: vec![],
-        threshold: 0,
+    let mut cfg = Persist {
         keep: 3,
-        instance: String::new(),
-        lease_ttl: Duration::from_secs(60),
-        readiness_file: None,
-        retries: 1,
-        retry_initial: Duration::ZERO,
-        retry_max: Duration::ZERO,
+        ..section(&s.remote, s.root.join("work"), s.root.join("data"))
     };
-    let p = Persister::with_config(cfg).unwrap();
+    cfg.large_files.threshold = 0;
+    let p = Persister::with_config(cfg, killed(Duration::from_secs(60))).unwrap();
     p.restore(&RestoreOptions {
         keep_newer_local: true,
         ..RestoreOptions::default()
@@ -1582,10 +1556,12 @@ fn two_instances_never_interleave_the_second_waits_or_takes_over() {
     let s = Setup::new();
     populate(&s.data);
     let instance = |name: &str, ttl: Duration| {
-        let mut cfg = s.config(&format!("work-{name}"));
-        cfg.instance = name.into();
-        cfg.lease_ttl = ttl;
-        Persister::with_config(cfg).unwrap()
+        let tuning = Tuning {
+            instance: name.into(),
+            lease_ttl: ttl,
+            ..quick()
+        };
+        Persister::with_config(s.config(&format!("work-{name}")), tuning).unwrap()
     };
     let old = instance("old", Duration::from_secs(600));
     old.restore(&RestoreOptions::default()).unwrap();
@@ -1662,7 +1638,7 @@ fn large_files_are_skipped_with_a_record_and_never_pushed() {
     let s = Setup::new();
     populate(&s.data);
     fs::write(s.data.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     let rep = p.snapshot_and_push().unwrap();
     assert_eq!(rep.too_large, vec![(s.data.join("big.bin"), 2 << 20)]);
@@ -1699,7 +1675,7 @@ fn a_backup_repository_of_the_original_restores_as_it_is() {
     git(&clone, &["commit", "-q", "-m", "auto: 2025-01-01 00:00:00"]);
     git(&clone, &["push", "-q", s.remote.to_str().unwrap(), "main"]);
 
-    let p = Persister::with_config(s.config("work")).unwrap();
+    let p = Persister::with_config(s.config("work"), quick()).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert!(matches!(r.state, RestoreState::Restored(_)));
     assert_eq!(
@@ -1738,11 +1714,11 @@ fn a_single_file_path_round_trips_and_dry_run_lists_only_changes() {
     fs::write(&single, r#"{"admin_password":"x"}"#).unwrap();
     set_mode(&single, 0o600);
     let mut cfg = s.config("work");
-    cfg.paths.push(PathConfig {
+    cfg.paths.push(PersistPath {
         path: single.clone(),
         exclude: vec![],
     });
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap();
     drop(p);
@@ -1750,7 +1726,7 @@ fn a_single_file_path_round_trips_and_dry_run_lists_only_changes() {
     fs::remove_dir_all(single.parent().unwrap()).unwrap();
     fs::write(s.data.join("config/app.json"), "edited").unwrap();
     fs::remove_dir_all(s.root.join("work")).unwrap();
-    let p = Persister::with_config(cfg).unwrap();
+    let p = Persister::with_config(cfg, quick()).unwrap();
     let dry = p
         .restore(&RestoreOptions {
             dry_run: true,

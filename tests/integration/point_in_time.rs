@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use stackctl::persist::{Persister, RestoreOptions};
 
-use crate::common_persist::{git, Dirs};
+use crate::common_persist::{git, quick, Dirs};
 
 /// Directories the writer spreads its files over: a walk reads them in an
 /// order that has nothing to do with the order the files appear in.
@@ -44,7 +44,7 @@ fn files_created_during_a_snapshot_leave_no_gap_among_those_included() {
     for i in 0..DIRS {
         std::fs::create_dir_all(d.data.join(format!("d{i}"))).unwrap();
     }
-    let p = Persister::with_config(d.config("work")).unwrap();
+    let p = Persister::with_config(d.config("work"), quick()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));

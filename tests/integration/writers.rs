@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stackctl::persist::{Persister, RestoreOptions, RestoreState};
 
-use super::common_persist::{git, Dirs};
+use super::common_persist::{git, quick, Dirs};
 use crate::harness::{free_port, Running, Stack};
 
 /// The disks of two containers, swapped in and out of `dirs.data`.
@@ -82,13 +82,13 @@ fn overlapping_containers_merge_per_file_and_keep_both_versions_on_conflict() {
     for (f, text) in [("note.txt", "v1"), ("both.txt", "base"), ("gone.txt", "x")] {
         fs::write(data.join(f), text).unwrap();
     }
-    let old = Persister::with_config(dirs.config("work-old")).unwrap();
+    let old = Persister::with_config(dirs.config("work-old"), quick()).unwrap();
     old.restore(&RestoreOptions::default()).unwrap();
     old.snapshot_and_push().unwrap().pushed.unwrap();
 
     // The new container starts on a new disk and restores.
     disks.mount("new");
-    let new = Persister::with_config(dirs.config("work-new")).unwrap();
+    let new = Persister::with_config(dirs.config("work-new"), quick()).unwrap();
     new.restore(&RestoreOptions::default()).unwrap();
 
     // The old one keeps writing, and pushes its final backup.
@@ -143,10 +143,12 @@ fn overlapping_containers_merge_per_file_and_keep_both_versions_on_conflict() {
 
 /// A persister for container `name` with a 10-minute write lease.
 fn leased(dirs: &Dirs, name: &str) -> Persister {
-    let mut cfg = dirs.config(&format!("work-{name}"));
-    cfg.instance = name.into();
-    cfg.lease_ttl = Duration::from_secs(600);
-    Persister::with_config(cfg).unwrap()
+    let tuning = stackctl::persist::Tuning {
+        instance: name.into(),
+        lease_ttl: Duration::from_secs(600),
+        ..quick()
+    };
+    Persister::with_config(dirs.config(&format!("work-{name}")), tuning).unwrap()
 }
 
 /// Container `old` on its disk with `both.txt` = "base", restored and

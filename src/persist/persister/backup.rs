@@ -52,7 +52,7 @@ impl Persister {
             );
         }
         for (path, size) in &built.too_large {
-            tracing::warn!(path = %path.display(), size, threshold = self.cfg.threshold,
+            tracing::warn!(path = %path.display(), size, threshold = self.cfg.large_files.threshold,
                 "file at or above `large_files.threshold` skipped: it is not backed up");
         }
         self.save_cache(&cache);
@@ -102,7 +102,7 @@ impl Persister {
         tmp: &'a Path,
         cache: &'a mut StatCache,
     ) -> snapshot::TreeBuilder<'a> {
-        let b = snapshot::TreeBuilder::new(repo, self.cfg.threshold, tmp, cache);
+        let b = snapshot::TreeBuilder::new(repo, self.cfg.large_files.threshold, tmp, cache);
         match &self.blobs {
             Some(store) => b
                 .with_pointers(store.lfs_url())
@@ -233,7 +233,7 @@ impl Persister {
     /// Hold the write lease before pushing: acquire, renew, or take over a
     /// stale one; refuse while another instance holds it.
     pub(super) fn ensure_lease(&self, repo: &Repository, force: bool) -> Result<(), PersistError> {
-        let ttl = self.cfg.lease_ttl;
+        let ttl = self.tuning.lease_ttl;
         if ttl.is_zero() {
             return Ok(());
         }

@@ -11,7 +11,7 @@ mod backup;
 mod push;
 mod restoring;
 #[cfg(test)]
-mod tests;
+pub(in crate::persist) mod tests;
 
 pub use restoring::{at_arg, parse_date, read_date};
 
@@ -25,20 +25,24 @@ use git2::{Oid, Repository};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::blob::{self, BlobStore, StoreConfig};
-use super::config::store_config;
 use super::git::{ahead, ref_oid, remove_stale_git_locks, tag_anchor};
 use super::plan::{self, PathRules, StatCache};
 use super::pointer::Pointer;
 use super::progress::{self, ProgressSink};
 use super::remote::{self, Depth, Remote, RemoteError};
 use super::report::parse_counts;
+use super::tuning::store_config;
 use super::{
-    gc, history, holder, restore, Config, PersistError, PersistStatus, RestoreState, SnapshotInfo,
+    gc, history, holder, restore, PersistError, PersistStatus, RestoreState, SnapshotInfo, Tuning,
 };
+use crate::manifest::Persist;
 
 /// The persistence engine for one `persist:` section.
 pub struct Persister {
-    pub(super) cfg: Config,
+    /// The manifest's `persist:` section, as read.
+    pub(super) cfg: Persist,
+    /// The knobs the manifest does not hold (lease TTL, retries).
+    pub(super) tuning: Tuning,
     pub(super) rules: Vec<PathRules>,
     pub(super) remote: Remote,
     // git2::Repository is Send but not Sync; one operation at a time anyway.
@@ -64,6 +68,9 @@ pub struct Persister {
     /// Held for the persister's life: one process per workdir.
     pub(super) _workdir_lock: Flock<fs::File>,
     pub(in crate::persist) live: super::live::Live,
+    /// The watch on the paths, from the end of the restore at start until
+    /// the snapshot loop takes it over ([`super::lifecycle`]).
+    pub(in crate::persist) watch: Mutex<Option<super::lifecycle::Watch>>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,15 +80,19 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Persister {
     /// Open from the manifest's `persist:` section.
-    pub fn open(p: &crate::manifest::Persist) -> Result<Self, PersistError> {
-        let cfg = Config::from(p);
-        let store = store_config(&cfg, &p.large_files)?;
+    pub fn open(p: &Persist) -> Result<Self, PersistError> {
+        let store = store_config(p)?;
         let offload_binary = p.large_files.offloads_binary(&p.remote);
-        Ok(Self::with_store(cfg, &store)?.with_offload_binary(offload_binary))
+        Ok(Self::with_store(p.clone(), Tuning::default(), &store)?
+            .with_offload_binary(offload_binary))
     }
 
     /// Open with a blob store for large files, described by `store`.
-    pub fn with_store(cfg: Config, store: &StoreConfig) -> Result<Self, PersistError> {
+    pub fn with_store(
+        cfg: Persist,
+        tuning: Tuning,
+        store: &StoreConfig,
+    ) -> Result<Self, PersistError> {
         let blobs: Option<Arc<dyn BlobStore>> = match store {
             StoreConfig::GithubRelease { .. } => {
                 // A release tag pins a commit's whole tree forever: anchor it
@@ -93,15 +104,16 @@ impl Persister {
             }
             other => blob::open(other, cfg.token.clone()).map_err(PersistError::BlobStore)?,
         };
-        Self::with_blob_store(cfg, blobs)
+        Self::with_blob_store(cfg, tuning, blobs)
     }
 
     /// Open with this blob store (or none: large files are skipped).
     pub fn with_blob_store(
-        cfg: Config,
+        cfg: Persist,
+        tuning: Tuning,
         blobs: Option<Arc<dyn BlobStore>>,
     ) -> Result<Self, PersistError> {
-        let mut p = Self::with_config(cfg)?;
+        let mut p = Self::with_config(cfg, tuning)?;
         p.blobs = blobs;
         Ok(p)
     }
@@ -127,9 +139,11 @@ impl Persister {
         self
     }
 
-    /// Open with an explicit configuration: validates paths and globs,
-    /// creates the workdir repository (and a local bare remote if absent).
-    pub fn with_config(cfg: Config) -> Result<Self, PersistError> {
+    /// Open with a `persist:` section and these knobs, without a blob store
+    /// (`large_files.store` is not read: large files are skipped): validates
+    /// paths and globs, creates the workdir repository (and a local bare
+    /// remote if absent).
+    pub fn with_config(cfg: Persist, tuning: Tuning) -> Result<Self, PersistError> {
         let roots: Vec<PathBuf> = cfg.paths.iter().map(|p| p.path.clone()).collect();
         plan::check_disjoint(&roots)?;
         let mut internal = vec![cfg.workdir.clone()];
@@ -186,7 +200,7 @@ impl Persister {
             Ok(r) => r,
             Err(_) => Repository::init_bare(&git_dir).map_err(|e| wd(&e.message()))?,
         };
-        let instance = if cfg.instance.is_empty() {
+        let instance = if tuning.instance.is_empty() {
             // Kept in the workdir: a process restarted on the same workdir is
             // the same writer and need not wait for its own lease to expire.
             let path = cfg.workdir.join("instance-id");
@@ -199,7 +213,7 @@ impl Persister {
                 }
             }
         } else {
-            cfg.instance.clone()
+            tuning.instance.clone()
         };
         // A workdir of an earlier version has no restore marker; a branch
         // ref there was set by a completed restore (or a snapshot after one).
@@ -215,6 +229,7 @@ impl Persister {
             .unwrap_or_default();
         Ok(Self {
             cfg,
+            tuning,
             rules,
             remote,
             repo: Mutex::new(repo),
@@ -232,6 +247,7 @@ impl Persister {
             sink: Arc::new(progress::Lines::log(progress::interval())),
             _workdir_lock: workdir_lock,
             live: super::live::Live::default(),
+            watch: Mutex::new(None),
         })
     }
 
@@ -249,19 +265,14 @@ impl Persister {
         &self,
         op: impl FnMut() -> Result<T, RemoteError>,
     ) -> Result<T, RemoteError> {
-        remote::with_retries(
-            self.cfg.retries,
-            self.cfg.retry_initial,
-            self.cfg.retry_max,
-            op,
-        )
+        remote::with_retries(self.tuning.retry, op)
     }
 
     pub(super) fn blob_retry(&self) -> blob::Retry {
         blob::Retry {
-            attempts: self.cfg.retries.max(1),
-            initial: self.cfg.retry_initial,
-            max: self.cfg.retry_max,
+            attempts: self.tuning.retry.attempts.max(1),
+            initial: self.tuning.retry.initial,
+            max: self.tuning.retry.max,
         }
     }
 

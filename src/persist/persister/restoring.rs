@@ -169,8 +169,11 @@ impl Persister {
             )?;
             *lock(&self.state) = RestoreState::Restored(target);
             self.write_readiness()?;
+            // Not "restore finished": under `up` that line means the
+            // snapshot loop watches the paths (see `lifecycle`), which it
+            // does not yet here.
             tracing::info!(commit = %target, files = applied.files, bytes = applied.bytes,
-                unchanged = applied.unchanged, "persist restore finished");
+                unchanged = applied.unchanged, "persisted paths restored");
         }
         let deletions = if opts.dry_run {
             plan.prune

@@ -3,34 +3,52 @@ use super::*;
 use std::path::Path;
 use std::time::SystemTime;
 
-use crate::persist::{snapshot, PathConfig, Progress, RestoreOptions, Stage};
+use crate::manifest::{BlobStore as NoStore, LargeFiles, OffloadBinary, PersistPath};
+use crate::persist::retry::Policy;
+use crate::persist::{snapshot, Progress, RestoreOptions, Stage};
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-/// A persister on `data` with a local bare remote, no lease.
-fn config(root: &Path, threshold: u64) -> Config {
+/// A `persist:` section for `data` with a local bare remote.
+pub(in crate::persist) fn config(root: &Path, threshold: u64) -> Persist {
     let remote = root.join("remote.git");
     if !remote.exists() {
         Repository::init_bare(&remote).unwrap();
     }
-    Config {
+    Persist {
         remote: format!("file://{}", remote.display()),
         token: None,
         branch: "main".into(),
         workdir: root.join("work"),
-        paths: vec![PathConfig {
+        interval: Duration::from_secs(60),
+        debounce: Duration::from_secs(10),
+        paths: vec![PersistPath {
             path: root.join("data"),
             exclude: vec![],
         }],
         exclude: vec![],
-        threshold,
         keep: 0,
+        large_files: LargeFiles {
+            threshold,
+            store: NoStore::None,
+            tag: "blobs".into(),
+            url: None,
+            offload_binary: OffloadBinary::Never,
+        },
+        readiness_file: None,
+    }
+}
+
+/// No lease, one quick attempt per remote operation.
+pub(in crate::persist) fn tuning() -> Tuning {
+    Tuning {
         instance: "test".into(),
         lease_ttl: Duration::ZERO,
-        readiness_file: None,
-        retries: 1,
-        retry_initial: Duration::from_millis(10),
-        retry_max: Duration::from_millis(10),
+        retry: Policy {
+            attempts: 1,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        },
     }
 }
 
@@ -104,7 +122,7 @@ fn a_restore_over_identical_files_writes_nothing_and_the_next_snapshot_reads_not
     drop(db);
     backdate(&data);
     let cfg = config(&root, 1 << 20);
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), tuning()).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
     p.snapshot_and_push().unwrap().commit.unwrap();
     // The live database differs from its snapshot copy byte for byte:
@@ -122,7 +140,7 @@ fn a_restore_over_identical_files_writes_nothing_and_the_next_snapshot_reads_not
             fs::remove_dir_all(&cfg.workdir).unwrap();
         }
         let before = stamps(&data);
-        let p = Persister::with_config(cfg.clone()).unwrap();
+        let p = Persister::with_config(cfg.clone(), tuning()).unwrap();
         let r = p.restore(&RestoreOptions::default()).unwrap();
         assert!(matches!(r.state, RestoreState::Restored(_)), "{r:?}");
         assert!(r.changes.is_empty(), "{:?}", r.changes);
@@ -140,7 +158,7 @@ fn a_restore_over_identical_files_writes_nothing_and_the_next_snapshot_reads_not
     // Into a wiped data directory: every file written, and the snapshot
     // right after the restore trusts their stat (reads nothing).
     fs::remove_dir_all(&data).unwrap();
-    let p = Persister::with_config(cfg.clone()).unwrap();
+    let p = Persister::with_config(cfg.clone(), tuning()).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!((r.applied.files, r.applied.symlinks), (files, 1));
     let s = p.snapshot_and_push().unwrap();
@@ -186,7 +204,7 @@ fn a_large_sqlite_database_written_during_snapshots_restores_consistent() {
     }
     let cfg = config(&root, 64 * 1024);
     let store = StoreConfig::Dir(root.join("blobs"));
-    let p = Persister::with_store(cfg.clone(), &store).unwrap();
+    let p = Persister::with_store(cfg.clone(), tuning(), &store).unwrap();
     p.restore(&RestoreOptions::default()).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,7 +248,7 @@ fn a_large_sqlite_database_written_during_snapshots_restores_consistent() {
 
     fs::remove_dir_all(&data).unwrap();
     fs::remove_dir_all(&cfg.workdir).unwrap();
-    let p = Persister::with_store(cfg, &store).unwrap();
+    let p = Persister::with_store(cfg, tuning(), &store).unwrap();
     let r = p.restore(&RestoreOptions::default()).unwrap();
     assert_eq!(r.applied.large_files, 1, "{:?}", r.applied);
     let c = rusqlite::Connection::open(&path).unwrap();

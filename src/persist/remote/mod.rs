@@ -12,7 +12,6 @@
 //! libgit2 decided about the redirect.
 
 use std::cell::{Cell, RefCell};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use git2::{
@@ -22,103 +21,15 @@ use git2::{
 
 use super::deadline::{self, Stop};
 
+mod error;
+mod url;
+
+pub use error::{is_storage_problem, reason, RemoteError};
+pub use url::{is_ssh, resolve_url, RemoteUrl};
+
 /// Marks the credentials callback's refusal of another host, so
 /// [`Remote::classify`] can tell it from a network error.
 const OFFSITE: &str = "refusing to send credentials to another host";
-
-/// Errors talking to the remote.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    /// `persist.remote` is not something we can reach.
-    #[error("`persist.remote` `{0}` is not `owner/repo`, a git URL, or an absolute path: fix it in stack.yaml")]
-    BadRemote(String),
-    /// Authentication failed.
-    #[error("authentication to `{url}` failed: {message}; check `persist.token` (it needs read/write access to contents)")]
-    Auth {
-        /// The remote URL (never with credentials).
-        url: String,
-        /// What the transport said.
-        message: String,
-    },
-    /// The server answered that the repository does not exist (HTTP 404).
-    /// Not retried: a misspelled repository would otherwise keep a Space
-    /// "restoring" forever. GitHub also says 404 for a private repository
-    /// the token cannot see.
-    #[error("the backup repository `{url}` was not found: {message}; check `persist.remote` (GITHUB_REPO / github_project) and that the token can read it, and create the repository first if it is new")]
-    NotFound {
-        /// The remote URL (never with credentials).
-        url: String,
-        /// What the transport said.
-        message: String,
-    },
-    /// The remote could not be reached or the transfer failed: retryable.
-    #[error("cannot reach `{url}`: {message}; will retry, check the network or the URL")]
-    Network {
-        /// The remote URL.
-        url: String,
-        /// What the transport said.
-        message: String,
-    },
-    /// The URL's protocol is not built in (SSH: libgit2 here has none).
-    #[error("`persist.remote` `{url}`: {message}; this stackctl speaks https, http, git:// and local paths, not SSH: use the repository's https URL (or `owner/repo` for GitHub) with the token in `persist.token`")]
-    Unsupported {
-        /// The remote URL (never with credentials).
-        url: String,
-        /// What is not supported.
-        message: String,
-    },
-    /// The disk is full or a directory is not writable (the workdir, or a
-    /// local-path remote): not a network problem, so not retried.
-    #[error("cannot write while talking to `{url}`: {message}; free disk space or fix the permissions of `persist.workdir` (and of a local-path remote), then try again")]
-    Storage {
-        /// The remote URL (never with credentials).
-        url: String,
-        /// What the system said.
-        message: String,
-    },
-    /// The server redirected to another host: not followed, never retried.
-    #[error("the backup repository `{url}` redirected to another host ({message}); credentials are only sent to the remote's own host: set `persist.remote` to the repository's real URL")]
-    Redirect {
-        /// The remote URL (never with credentials).
-        url: String,
-        /// What the transport said.
-        message: String,
-    },
-    /// The remote refused the update of a ref.
-    #[error("the remote rejected the update of `{refname}`: {message}; it may have moved (another writer) or protect the branch")]
-    Rejected {
-        /// The ref.
-        refname: String,
-        /// The remote's reason.
-        message: String,
-    },
-    /// A local git operation failed.
-    #[error("git error in the workdir: {0}")]
-    Local(String),
-    /// Creating the local bare repository for a path remote failed.
-    #[error("cannot create a bare repository at `{path}`: {message}; check that the directory is writable")]
-    CreateLocal {
-        /// The path.
-        path: PathBuf,
-        /// What git said.
-        message: String,
-    },
-    /// The operation's deadline passed or it was cancelled ([`deadline`]).
-    #[error("gave up on `{url}`: {stop}")]
-    Stopped {
-        /// The remote URL.
-        url: String,
-        /// Why.
-        stop: Stop,
-    },
-}
-
-impl RemoteError {
-    /// Is a retry likely to help?
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, RemoteError::Network { .. })
-    }
-}
 
 /// Age past which a ref lock in a local-path remote is taken as left by a
 /// dead process.
@@ -145,125 +56,6 @@ fn set_git_timeouts(connect: Duration, read: Duration) {
         let _ = git2::opts::set_server_connect_timeout_in_milliseconds(ms(connect));
         let _ = git2::opts::set_server_timeout_in_milliseconds(ms(read));
     }
-}
-
-/// Where the repository lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteUrl {
-    /// The URL handed to libgit2 (never holds credentials).
-    pub url: String,
-    /// A local path (plain path or `file://`): created as a bare repository if absent.
-    pub local: Option<PathBuf>,
-    /// Does the transport support shallow fetches? (libgit2's local transport does not.)
-    pub shallow_ok: bool,
-}
-
-/// Resolve `persist.remote`: `owner/repo` → GitHub over HTTPS; URLs as they
-/// are (credentials in them are refused, use `persist.token`); an absolute
-/// path or `file://` URL → a local repository.
-pub fn resolve_url(remote: &str) -> Result<RemoteUrl, RemoteError> {
-    let r = remote.trim();
-    let bad = || RemoteError::BadRemote(crate::redact::url(r));
-    if r.is_empty() {
-        return Err(bad());
-    }
-    if let Some(path) = r.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(bad());
-        }
-        return Ok(RemoteUrl {
-            url: r.to_string(),
-            local: Some(PathBuf::from(path)),
-            shallow_ok: false,
-        });
-    }
-    if r.starts_with('/') {
-        return Ok(RemoteUrl {
-            url: r.to_string(),
-            local: Some(PathBuf::from(r)),
-            shallow_ok: false,
-        });
-    }
-    if r.contains("://") {
-        if is_ssh(r) {
-            return Err(RemoteError::Unsupported {
-                url: crate::redact::url(r),
-                message: "SSH remotes are not supported".into(),
-            });
-        }
-        // A token in the URL would end up in logs and errors: refused, as
-        // are other schemes, no host and a bad port.
-        if crate::weburl::check_remote(r).is_err() {
-            return Err(bad());
-        }
-        return Ok(RemoteUrl {
-            url: r.to_string(),
-            local: None,
-            shallow_ok: true,
-        });
-    }
-    let ok_part = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    match r.split_once('/') {
-        Some((owner, repo)) if ok_part(owner) && ok_part(repo) => {
-            let repo = repo.strip_suffix(".git").unwrap_or(repo);
-            Ok(RemoteUrl {
-                url: format!("https://github.com/{owner}/{repo}.git"),
-                local: None,
-                shallow_ok: true,
-            })
-        }
-        _ => Err(bad()),
-    }
-}
-
-/// Is `remote` an SSH URL (`ssh://`, `git+ssh://`, or scp-like
-/// `user@host:path`)? libgit2 is built here without SSH.
-pub fn is_ssh(remote: &str) -> bool {
-    let r = remote.trim();
-    match r.split_once("://") {
-        Some((scheme, _)) => {
-            let scheme = scheme.to_ascii_lowercase();
-            scheme == "ssh" || scheme == "git+ssh" || scheme == "ssh+git"
-        }
-        None => {
-            // scp-like: `user@host:path` (a colon before any slash).
-            let head = r.split('/').next().unwrap_or_default();
-            !r.starts_with('/') && head.contains('@') && head.contains(':')
-        }
-    }
-}
-
-/// What libgit2 said, or, when it set no message (it answers "no error"
-/// after some failed writes, e.g. on a full disk), what usually causes that.
-pub fn reason(e: &git2::Error) -> String {
-    let m = e.message().trim();
-    if m.is_empty() || m == "no error" || m == "an unknown git error occurred" {
-        "git gave no reason (usually a full disk or a directory it cannot write)".into()
-    } else {
-        m.to_string()
-    }
-}
-
-/// Does `message` (any case) say the local disk is full or not writable?
-/// Those are not network errors: retrying does not help.
-pub fn is_storage_problem(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    [
-        "no space left on device",
-        "disk quota exceeded",
-        "read-only file system",
-        "permission denied",
-        "operation not permitted",
-        "git gave no reason",
-    ]
-    .iter()
-    .any(|p| m.contains(p))
 }
 
 /// How much history a fetch brings.
@@ -765,19 +557,12 @@ fn head_text(h: RemoteHead) -> String {
     }
 }
 
-/// Run `op` up to `tries` times while it fails with a retryable error,
+/// Run `op` up to `policy.attempts` times while it fails with a retryable error,
 /// waiting by the persistence retry policy ([`super::retry`]) in between.
 pub fn with_retries<T>(
-    tries: u32,
-    initial: Duration,
-    max: Duration,
+    policy: super::retry::Policy,
     op: impl FnMut() -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
-    let policy = super::retry::Policy {
-        attempts: tries,
-        initial,
-        max,
-    };
     policy.run(
         RemoteError::is_retryable,
         |e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "persist remote operation failed"),
@@ -786,156 +571,4 @@ pub fn with_retries<T>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remotes_resolve() {
-        let gh = |s: &str| Some(s.to_string());
-        let table: &[(&str, Option<String>, bool)] = &[
-            ("owner/repo", gh("https://github.com/owner/repo.git"), false),
-            (
-                "MoYang-king/astr_bot.backup",
-                gh("https://github.com/MoYang-king/astr_bot.backup.git"),
-                false,
-            ),
-            (
-                "owner/repo.git",
-                gh("https://github.com/owner/repo.git"),
-                false,
-            ),
-            (
-                "https://example.org/x/y.git",
-                gh("https://example.org/x/y.git"),
-                false,
-            ),
-            ("ssh://git@example.org/x/y.git", None, false),
-            ("git@github.com:o/r.git", None, false),
-            ("/srv/backup.git", gh("/srv/backup.git"), true),
-            ("file:///srv/backup.git", gh("file:///srv/backup.git"), true),
-            (
-                "https://x-access-token:ghp_secret@github.com/o/r.git",
-                None,
-                false,
-            ),
-            ("ftp://x/y", None, false),
-            ("owner/repo/extra", None, false),
-            ("../x", None, false),
-            ("", None, false),
-            ("file://relative", None, false),
-        ];
-        for (input, want, local) in table {
-            let got = resolve_url(input);
-            assert_eq!(got.as_ref().ok().map(|u| u.url.clone()), *want, "{input}");
-            if let Ok(u) = got {
-                assert_eq!(u.local.is_some(), *local, "{input}");
-                assert_eq!(u.shallow_ok, !local, "{input}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_refused_url_does_not_echo_its_token() {
-        let e = resolve_url("https://x-access-token:ghp_secret@github.com/o/r.git").unwrap_err();
-        assert!(!e.to_string().contains("ghp_secret"), "{e}");
-    }
-
-    /// Issue 12 item 5: a query-string token or an ssh password is in no
-    /// message about the remote.
-    #[test]
-    fn messages_about_the_remote_hide_credentials_in_its_url() {
-        for (url, secret) in [
-            ("https://h/o/r.git?access_token=ghp_query", "ghp_query"),
-            ("ssh://git:hunter2pw@h/o/r.git", "hunter2pw"),
-        ] {
-            // (SSH is refused by resolve_url now; the message still hides it.)
-            let remote = RemoteUrl {
-                url: url.into(),
-                local: None,
-                shallow_ok: true,
-            };
-            let r = Remote::new(remote, None, "main");
-            assert!(!r.url().contains(secret), "{}", r.url());
-            let e = git2::Error::new(
-                git2::ErrorCode::GenericError,
-                git2::ErrorClass::Net,
-                format!("failed to connect to '{url}': refused"),
-            );
-            let shown = r.classify(&e, &Cell::new(0)).to_string();
-            assert!(!shown.contains(secret), "{shown}");
-            assert!(shown.contains("h/o/r.git"), "{shown}");
-        }
-    }
-
-    /// Issue 17 item 8: SSH is refused up front; a full disk, a permission
-    /// problem or an unknown protocol is not a network error.
-    #[test]
-    fn errors_are_classified_by_what_they_are() {
-        let e = resolve_url("ssh://git:pw@example.org/x/y.git").unwrap_err();
-        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
-        assert!(e.to_string().contains("not SSH") && !e.to_string().contains("pw@"));
-        assert!(is_ssh("git@github.com:o/r.git"));
-        assert!(!is_ssh("https://github.com/o/r.git") && !is_ssh("/srv/a:b@c"));
-        let r = Remote::new(resolve_url("/srv/backup.git").unwrap(), None, "main");
-        let class = |class, msg: &str| {
-            let e = git2::Error::new(git2::ErrorCode::GenericError, class, msg);
-            r.classify(&e, &Cell::new(0))
-        };
-        use git2::ErrorClass as C;
-        for (c, msg) in [
-            (
-                C::Os,
-                "failed to write '/w/objects/ab': No space left on device",
-            ),
-            (C::Os, "could not open '/w/x.lock': Permission denied"),
-            (C::Odb, "no error"),
-            (
-                C::Filesystem,
-                "failed to make directory: Read-only file system",
-            ),
-        ] {
-            let e = class(c, msg);
-            assert!(matches!(e, RemoteError::Storage { .. }), "{msg}: {e:?}");
-            assert!(!e.is_retryable());
-            assert!(!e.to_string().contains(": no error"), "{e}");
-        }
-        let e = class(C::Net, "unsupported URL protocol");
-        assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
-        let e = class(C::Os, "failed to connect to 127.0.0.1: Connection refused");
-        assert!(e.is_retryable(), "{e:?}");
-    }
-
-    #[test]
-    fn scrub_hides_the_token() {
-        let r = Remote::new(
-            resolve_url("owner/repo").unwrap(),
-            Some("tok-123456".into()),
-            "main",
-        );
-        assert_eq!(r.scrub("failed for tok-123456 at x"), "failed for *** at x");
-    }
-
-    #[test]
-    fn retries_only_retryable_errors() {
-        let mut n = 0;
-        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
-            n += 1;
-            Err(RemoteError::Network {
-                url: "u".into(),
-                message: "down".into(),
-            })
-        });
-        assert!(r.is_err());
-        assert_eq!(n, 3);
-        let mut n = 0;
-        let r: Result<(), _> = with_retries(3, Duration::ZERO, Duration::ZERO, || {
-            n += 1;
-            Err(RemoteError::Rejected {
-                refname: "r".into(),
-                message: "m".into(),
-            })
-        });
-        assert!(r.is_err());
-        assert_eq!(n, 1);
-    }
-}
+mod tests;
