@@ -48,7 +48,7 @@ thread_local! {
 /// Run `f` with `counter` counting the bytes of every upload
 /// ([`open_verified`]) and download ([`download_to`]) opened on this thread
 /// meanwhile. A thread-local rather than a parameter because
-/// [`BlobStore::put`] only takes a path: each store opens the file itself
+/// [`BlobStore::put`](super::BlobStore::put) only takes a path: each store opens the file itself
 /// through [`open_verified`], which picks the counter up here. The reader
 /// keeps its own handle, so it counts even when an HTTP client reads the
 /// body on another thread.

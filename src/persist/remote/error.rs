@@ -81,7 +81,7 @@ pub enum RemoteError {
         /// What git said.
         message: String,
     },
-    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    /// The operation's deadline passed or it was cancelled ([`deadline`](crate::persist::deadline)).
     #[error("gave up on `{url}`: {stop}")]
     Stopped {
         /// The remote URL.

@@ -5,7 +5,7 @@
 //! cache so an unchanged file is not read again; SQLite databases are copied
 //! with SQLite's online backup API into a temp file first, so a database being
 //! written is never read raw (the original's defect 6). Empty directories keep
-//! a [`KEEP_MARKER`] file; modes, persisted paths and skipped large files are
+//! a [`KEEP_MARKER`](crate::persist::plan::KEEP_MARKER) file; modes, persisted paths and skipped large files are
 //! recorded under `.stackctl/`.
 //!
 //! With a blob store, a file at or above the threshold is committed as a Git
@@ -69,7 +69,7 @@ pub enum SnapshotError {
     /// The object database refused a write.
     #[error("cannot write the snapshot to the git repository in the workdir: {}; check free disk space and that `persist.workdir` is writable", crate::persist::remote::reason(.0))]
     Git(#[from] git2::Error),
-    /// The operation's deadline passed or it was cancelled ([`deadline`]).
+    /// The operation's deadline passed or it was cancelled ([`deadline`](crate::persist::deadline)).
     #[error("snapshot stopped: {0}")]
     Stopped(Stop),
     /// The temp directory for SQLite copies is not usable.
