@@ -199,6 +199,13 @@ pub fn snapshots_json(list: &[crate::persist::SnapshotInfo]) -> Value {
     )
 }
 
+/// How long a backup or restore may take to answer, through the control
+/// socket or the admin API alike: it answers when its snapshot is pushed, a
+/// restore when the services run again — minutes for a large tree on a slow
+/// link. Giving up earlier would report a failure while the operation
+/// goes on (it is not cancelled by the client leaving).
+pub const LONG_CALL: Duration = Duration::from_secs(3 * 3600);
+
 /// Ask the running `up`. `Ok(None)`: nobody serves the socket.
 pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
     let path = socket_path(workdir);
@@ -214,8 +221,7 @@ pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
         }
         Err(e) => return Err(e),
     };
-    // A backup of a large tree over a slow link can take minutes.
-    stream.set_read_timeout(Some(Duration::from_secs(30 * 60)))?;
+    stream.set_read_timeout(Some(LONG_CALL))?;
     stream.write_all(format!("{cmd}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;

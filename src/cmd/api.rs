@@ -15,11 +15,7 @@ use serde_json::Value;
 
 use super::print::running_line;
 use crate::client::{Admin, Response};
-
-/// A backup answers when its snapshot is pushed, a restore when the
-/// services run again: minutes for a large tree on a slow link. Progress
-/// is shown meanwhile (see [`Watch`]), so a long wait is visible.
-const LONG_CALL: Duration = Duration::from_secs(3 * 3600);
+use crate::control::LONG_CALL;
 
 /// Where the stack a command talks to is, for messages and the commands
 /// they suggest.
