@@ -391,7 +391,9 @@ async fn nginx_proxy() -> Option<Proxy> {
         .arg(dir.path())
         .arg("-c")
         .arg(&conf)
-        .args(["-g", "daemon off;"])
+        // One process: the child itself serves. With a master, the kill on
+        // drop (SIGKILL) left its worker running, one per test run.
+        .args(["-g", "daemon off; master_process off;"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
