@@ -56,7 +56,9 @@ impl Front {
             let mut idle = !first && self.buf.is_empty();
             while !h1::head_complete(&self.buf) {
                 if let Some(over) = limits::partial(&self.buf) {
-                    self.refuse(over).await;
+                    // Boxed: its drain buffer (4 KiB) would otherwise be
+                    // part of every connection's task, idle ones included.
+                    Box::pin(self.refuse(over)).await;
                     return End::Closed;
                 }
                 let limit = if idle {
