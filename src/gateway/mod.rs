@@ -56,6 +56,15 @@
 //!   manifest wins and replaces the live table (logged), because an edited
 //!   file is the newer intent.
 //!
+//! The fingerprint is taken of the manifest's *validated* table (`v2:` and
+//! a hash of its JSON), so it changes with what the routes mean, not with
+//! how they are written: spelling out the default `priority: 0` or moving
+//! `prefix` under `match:` keeps the live table. A fingerprint of the form
+//! earlier versions wrote (a hash of the routes as written, no `v2:`)
+//! cannot be compared, so it counts as unchanged: the first start after
+//! the upgrade keeps the live table, logs how to apply routes changed in
+//! the same deploy, and rewrites the fingerprint in the new form.
+//!
 //! The admin password follows the same rule: a configured
 //! `admin.password` seeds the hash; a password changed through the API
 //! stays until the configured one changes. With no password configured and

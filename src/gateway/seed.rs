@@ -16,19 +16,22 @@ use super::{Gateway, GatewayError, Shared};
 use crate::gateway::auth::{Auth, LimitConfig};
 use crate::gateway::proxy::Upstream;
 use crate::gateway::router::Router;
-use crate::gateway::rules::{validate_table, BackendPolicy, Table};
+use crate::gateway::rules::{BackendPolicy, Table};
 use crate::gateway::state::State;
 use crate::gateway::tunnel::Tunnels;
 use crate::gateway::upstream::UpstreamConfig;
 use crate::gateway::{auth, clocks, fanout, migrate, router, rules, state};
 
-/// Fingerprint of the manifest's routes and default backend.
-fn manifest_fingerprint(cfg: &crate::manifest::Gateway) -> String {
-    let v = serde_json::json!({
-        "default_backend": cfg.default_backend,
-        "routes": cfg.routes,
-    });
-    format!("{:016x}", router::fnv1a(v.to_string().as_bytes()))
+/// What starts a fingerprint of today's form. Earlier versions hashed
+/// the manifest's routes as written (16 hex digits, no prefix).
+const FINGERPRINT_V2: &str = "v2:";
+
+/// Fingerprint of the manifest's validated table: of what the routes mean,
+/// not of how they are written, so a cosmetic edit (the default
+/// `priority: 0` written out, keys reordered) keeps the live table.
+fn manifest_fingerprint(table: &Table) -> String {
+    let json = serde_json::to_vec(table).unwrap_or_default();
+    format!("{FINGERPRINT_V2}{:016x}", router::fnv1a(&json))
 }
 
 /// Backend port → service name, from each service's readiness (or
@@ -66,9 +69,9 @@ impl Gateway {
         status: StatusBoard,
     ) -> Result<Gateway, GatewayError> {
         let policy = BackendPolicy::new(&cfg.allow_backends, cfg.listen);
-        let manifest_table = validate_table(
+        let manifest_table = rules::validate(
             cfg.default_backend.as_deref().unwrap_or(""),
-            &cfg.routes,
+            cfg.routes.iter().cloned().map(Ok),
             &policy,
         )
         .map_err(|source| GatewayError::Routes {
@@ -77,7 +80,7 @@ impl Gateway {
                 .and_then(|i| cfg.route_pos.get(i).copied()),
             source,
         })?;
-        let fingerprint = manifest_fingerprint(cfg);
+        let fingerprint = manifest_fingerprint(&manifest_table);
         let loaded = state::load(&cfg.state_file)?;
         let mut st = loaded.clone().unwrap_or(State {
             version: 1,
@@ -86,8 +89,15 @@ impl Gateway {
         let imported = import_original(cfg, &policy, &mut st, &fingerprint, &manifest_table)?;
 
         let table = match (&st.table, &st.manifest_routes) {
-            (Some(live), Some(fp)) if *fp == fingerprint => {
-                match rules::validate_typed(live, &policy) {
+            // A fingerprint of the older form cannot be compared: taking it
+            // as a change would drop every Space's live edits at the first
+            // start after the upgrade, so it counts as unchanged once.
+            (Some(live), Some(fp)) if *fp == fingerprint || !fp.starts_with(FINGERPRINT_V2) => {
+                if *fp != fingerprint {
+                    tracing::info!(file = %cfg.state_file.display(), "gateway: the state file's fingerprint of the manifest's routes is from an older stackctl, so the live route table is kept; if this deploy also changed `gateway.routes`, apply them with `stackctl routes set` or the admin page (or change them in the manifest again: the next start then replaces the live table)");
+                }
+                let rules = live.rules.iter().cloned().map(Ok);
+                match rules::validate(&live.default_backend, rules, &policy) {
                     Ok(t) => {
                         tracing::info!(file = %cfg.state_file.display(), rules = t.rules.len(), "gateway: live route table restored from the state file");
                         t
@@ -282,4 +292,77 @@ fn settle_password(cfg: &crate::manifest::Gateway, st: &mut State) -> Result<Str
     );
     tracing::info!(file = %cfg.admin.password_file.display(), "gateway: generated an admin password");
     Ok(phc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gateway of a manifest whose `routes:` are `routes`, its state
+    /// file in `dir`.
+    fn config(dir: &std::path::Path, routes: &str) -> crate::manifest::Gateway {
+        let text = format!(
+            "gateway:\n  state_file: {}/gateway.json\n  admin: {{ password: a-long-test-password }}\n  routes:\n{routes}",
+            dir.display()
+        );
+        let file = dir.join("stack.yaml");
+        let m = crate::manifest::load_str(&text, &file, &crate::manifest::ContainerEnv::new());
+        m.unwrap().gateway.expect("a gateway")
+    }
+
+    /// Start a gateway on `cfg`; the table and fingerprint it saved.
+    fn start(cfg: &crate::manifest::Gateway) -> (Table, String) {
+        Gateway::new(cfg, StatusBoard::new()).expect("the gateway starts");
+        let st = state::load(&cfg.state_file).unwrap().expect("a state file");
+        (st.table.unwrap(), st.manifest_routes.unwrap())
+    }
+
+    const ROUTE: &str = "    - { id: a, prefix: /a/, backend: http://127.0.0.1:9000 }\n";
+
+    /// The first start after the upgrade keeps the live (admin-edited)
+    /// table although the saved fingerprint is of the older form, and
+    /// rewrites the fingerprint; a real manifest change then replaces the
+    /// live table, a cosmetic one does not.
+    #[test]
+    fn an_older_fingerprint_keeps_the_live_table_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), ROUTE);
+        let live: Table = serde_json::from_value(serde_json::json!({
+            "default_backend": "",
+            "rules": [{"id": "live", "match": {"path_prefix": "/live/"}}],
+        }))
+        .unwrap();
+        let old = State {
+            version: 1,
+            table: Some(live.clone()),
+            // The form every earlier version wrote: 16 hex digits.
+            manifest_routes: Some("3f1c9a7be0d24c15".into()),
+            ..State::default()
+        };
+        state::save(&cfg.state_file, &old).unwrap();
+
+        let (table, fp) = start(&cfg);
+        assert_eq!(table, live, "the live table is kept");
+        assert!(fp.starts_with(FINGERPRINT_V2), "{fp}");
+        assert_eq!(start(&cfg).0, live, "and on the next start");
+
+        // Written differently, the same routes: `priority: 0` spelled out,
+        // the prefix under `match:`, keys in another order.
+        let cosmetic = "    - { backend: http://127.0.0.1:9000, match: { path_prefix: /a/ }, id: a, priority: 0 }\n";
+        let (table, same) = start(&config(dir.path(), cosmetic));
+        assert_eq!((table, same), (live, fp.clone()));
+
+        let changed = ROUTE.replace("9000", "9001");
+        let (table, new_fp) = start(&config(dir.path(), &changed));
+        assert_eq!(table.rules.len(), 1);
+        assert_eq!(table.rules[0].id, "a");
+        assert_eq!(
+            table.rules[0].backend.as_deref(),
+            Some("http://127.0.0.1:9001")
+        );
+        assert!(
+            new_fp.starts_with(FINGERPRINT_V2) && new_fp != fp,
+            "{new_fp}"
+        );
+    }
 }

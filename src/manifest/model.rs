@@ -254,8 +254,8 @@ pub struct Gateway {
     pub listen: SocketAddr,
     /// `default_backend:` when no rule matches.
     pub default_backend: Option<String>,
-    /// `routes:` as wire-format rules (same JSON model as the admin API).
-    pub routes: Vec<serde_json::Value>,
+    /// `routes:` as the admin API's rules, validated (ids assigned).
+    pub routes: Vec<crate::gateway::rules::Rule>,
     /// Where each route was written, for error messages.
     pub route_pos: Vec<Pos>,
     /// `admin:` settings.

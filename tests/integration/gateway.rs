@@ -272,7 +272,8 @@ pub(crate) fn config(
     default_backend: Option<String>,
     routes: Value,
 ) -> stackctl::manifest::Gateway {
-    let routes = routes.as_array().cloned().unwrap_or_default();
+    let routes: Vec<stackctl::gateway::rules::Rule> =
+        serde_json::from_value(routes).expect("the test's routes read as rules");
     stackctl::manifest::Gateway {
         listen: "127.0.0.1:0".parse().unwrap(),
         default_backend,
@@ -1539,7 +1540,8 @@ async fn password_change_and_state_file_survive_a_restart() {
 
     // Edited manifest (routes and password): the manifest wins.
     let mut edited = cfg.clone();
-    edited.routes = vec![json!({"id": "edited", "match": {"path_prefix": "/e/"}})];
+    edited.routes =
+        serde_json::from_value(json!([{"id": "edited", "match": {"path_prefix": "/e/"}}])).unwrap();
     edited.route_pos = vec![Pos::default()];
     edited.admin.password = Some("a-new-configured-pw".into());
     let gw = start_with(edited, dir, restored(), |g| g).await;

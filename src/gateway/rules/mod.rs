@@ -2,10 +2,12 @@
 //! compatible with the original OpenResty gateway's `admin_config.json`,
 //! and its validation (pure: no I/O).
 //!
-//! Validation turns untrusted JSON (the manifest's `routes:`, an admin POST,
-//! the state file) into a normalised [`Table`], or a [`RuleError`] that names
-//! the rule (index and id) and the field, so both `stackctl check` and the
-//! admin API can tell the user exactly what to fix.
+//! Validation ([`validate`]) turns untrusted rules (the manifest's `routes:`,
+//! read straight into [`Rule`]s; an admin POST's or the original's JSON,
+//! through [`validate_table`]; the state file) into a normalised [`Table`],
+//! or a [`RuleError`] that names the rule (index and id) and the field, so
+//! both `stackctl check` and the admin API can tell the user exactly what
+//! to fix.
 //!
 //! Leniency kept for the original's files: empty strings mean "absent",
 //! `priority` may be a numeric string, and `set_headers` may be the
@@ -22,7 +24,7 @@ pub use backend::{loopback_nets, parse_backend, Backend, BackendPolicy};
 pub use error::RuleError;
 pub use model::{Action, HeaderMatch, Match, Rule, SetHeader, Table};
 pub(crate) use validate::compile_regex;
-pub use validate::{validate_table, validate_typed};
+pub use validate::{validate, validate_table};
 
 #[cfg(test)]
 mod tests;

@@ -218,3 +218,80 @@ fn backend_urls_follow_the_url_grammar() {
         assert!(e.contains(want), "{url:?}: {e}");
     }
 }
+
+/// The manifest's `routes:` as `stackctl check` reads them.
+fn manifest_routes(routes: &str) -> Result<crate::manifest::Gateway, String> {
+    let text = format!("gateway:\n  default_backend: http://127.0.0.1:6185\n  routes:\n{routes}");
+    crate::manifest::load_str(
+        &text,
+        std::path::Path::new("/x/stack.yaml"),
+        &crate::manifest::ContainerEnv::new(),
+    )
+    .map(|m| m.gateway.expect("a gateway"))
+    .map_err(|e| e.to_string())
+}
+
+/// The manifest's routes are refused with the admin API's own words, at
+/// the route's line, and only the first refusal (as the API answers one).
+#[test]
+fn manifest_route_errors_read_as_the_admin_apis() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "    - { id: t, prefix: /x/, action: teleport }\n",
+            "4:7: `gateway.routes[0]`: rules[0] (`t`): `action`: unknown variant `teleport`, expected `proxy` or `redirect`",
+        ),
+        (
+            "    - { id: h, match: { headers: [{ contains: x }] } }\n",
+            "4:7: `gateway.routes[0]`: rules[0] (`h`): `match.headers[0]`: missing field `name`",
+        ),
+        (
+            "    - { id: p, prefix: /x/, priority: high }\n",
+            "`gateway.routes[0].priority`: expected a whole number, found `high`",
+        ),
+        (
+            "    - { id: c, match: { path_equal: /x }, action: redirect, redirect_to: /y, redirect_code: 70000 }\n",
+            "`gateway.routes[0].redirect_code`: expected a whole number, found `70000`",
+        ),
+        (
+            "    - { id: c, match: { path_equal: /x }, action: redirect, redirect_to: /y, redirect_code: 301 }\n",
+            "4:7: `gateway.routes[0]`: rules[0] (`c`): `redirect_code`: 301 is cached by browsers",
+        ),
+        // A rule that cannot be read is named before an earlier rule that
+        // reads but is wrong, as the API's validator orders them.
+        (
+            "    - { id: a, prefix: /a/, backend: http://10.1.2.3:80 }\n    - { id: b, prefix: /b/, action: jump }\n",
+            "5:7: `gateway.routes[1]`: rules[1] (`b`): `action`: unknown variant `jump`",
+        ),
+        (
+            "    - { prefix: /a/, strip_prefix: maybe }\n",
+            "`gateway.routes[0].strip_prefix`",
+        ),
+    ];
+    for (routes, want) in cases {
+        let got = manifest_routes(routes).expect_err(routes);
+        assert!(got.contains(want), "{routes}\n got: {got}\nwant: {want}");
+        assert_eq!(got.matches("gateway.routes").count(), 1, "{got}");
+    }
+}
+
+/// A route read from the manifest is the rule the admin API reads from the
+/// same JSON: blank texts absent, a `set_headers` map in name order.
+#[test]
+fn manifest_routes_are_the_rules_their_json_is() {
+    let g = manifest_routes(
+        "    - id: w\n      priority: \"7\"\n      prefix: /w/\n      backend: \" \"\n      strip_prefix: yes\n      set_headers: { X-B: \"2\", X-A: \"\" }\n      match: { method: get, host: \" \", headers: [{ name: X-K, contains: \"\", regex: \"^a\" }] }\n    - { match: { path_equal: /r }, action: redirect, redirect_to: /s, redirect_code: 308 }\n",
+    )
+    .unwrap();
+    let json = json!([
+        {"id": "w", "priority": 7, "backend": " ", "strip_prefix": true,
+         "set_headers": {"X-B": "2", "X-A": ""},
+         "match": {"path_prefix": "/w/", "method": "get", "host": " ",
+                   "headers": [{"name": "X-K", "contains": "", "regex": "^a"}]}},
+        {"match": {"path_equal": "/r"}, "action": "redirect", "redirect_to": "/s", "redirect_code": 308}
+    ]);
+    let t = validate_table("http://127.0.0.1:6185", json.as_array().unwrap(), &policy()).unwrap();
+    assert_eq!(g.routes, t.rules);
+    assert_eq!(g.routes[0].set_headers[0].name, "X-A");
+    assert_eq!(g.routes[0].backend, None);
+    assert_eq!(g.routes[1].id, "rule-2");
+}

@@ -10,14 +10,15 @@ const MAX_ID_LEN: usize = 64;
 /// Regexes are compiled with this size limit so a rule cannot eat memory.
 pub(crate) const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
-/// Validate a whole table given as wire JSON rules; returns it normalised
-/// (ids assigned, methods upper-cased, hosts lower-cased).
-///
-/// This is the one validator: the manifest (`stackctl check`), the admin
-/// API and the state file all go through it.
-pub fn validate_table(
+/// Validate a whole table: the one validator. The manifest (`stackctl
+/// check` and the start), the admin API and the state file all go through
+/// it. Each rule comes as read, or as the error of reading it: the first
+/// such error is the table's, after `default_backend` and before any rule
+/// is checked, so every reader names the same problem first. Returns the
+/// table normalised (ids assigned, methods upper-cased, hosts lower-cased).
+pub fn validate(
     default_backend: &str,
-    rules: &[serde_json::Value],
+    rules: impl IntoIterator<Item = Result<Rule, RuleError>>,
     policy: &BackendPolicy,
 ) -> Result<Table, RuleError> {
     let default_backend = default_backend.trim();
@@ -26,10 +27,7 @@ pub fn validate_table(
             .check(default_backend)
             .map_err(RuleError::DefaultBackend)?;
     }
-    let mut parsed = Vec::with_capacity(rules.len());
-    for (index, value) in rules.iter().enumerate() {
-        parsed.push(parse_rule(index, value)?);
-    }
+    let mut parsed: Vec<Rule> = rules.into_iter().collect::<Result<_, _>>()?;
     // Explicit ids first, so an assigned `rule-N` never collides with one.
     let mut seen: HashSet<String> = HashSet::new();
     for (index, rule) in parsed.iter().enumerate() {
@@ -65,14 +63,15 @@ pub fn validate_table(
     })
 }
 
-/// Validate an already typed table (e.g. read from the state file).
-pub fn validate_typed(table: &Table, policy: &BackendPolicy) -> Result<Table, RuleError> {
-    let values: Vec<serde_json::Value> = table
-        .rules
-        .iter()
-        .map(|r| serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
-        .collect();
-    validate_table(&table.default_backend, &values, policy)
+/// [`validate`] for rules given as wire JSON (an admin POST, an original
+/// `admin_config.json`), read by the model's lenient deserializers.
+pub fn validate_table(
+    default_backend: &str,
+    rules: &[serde_json::Value],
+    policy: &BackendPolicy,
+) -> Result<Table, RuleError> {
+    let parsed = rules.iter().enumerate().map(|(i, v)| parse_rule(i, v));
+    validate(default_backend, parsed, policy)
 }
 
 fn parse_rule(index: usize, value: &serde_json::Value) -> Result<Rule, RuleError> {

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::*;
+use crate::gateway::rules::{Action, HeaderMatch, Rule, RuleError, SetHeader};
 
 /// `gateway:` as written; the field order is the order of the key hints.
 #[derive(Deserialize)]
@@ -97,8 +98,8 @@ impl Reader<'_> {
                 ..
             }) => {
                 for (i, n) in items.iter().enumerate() {
-                    if let Some(v) = self.route(n, &format!("gateway.routes[{i}]")) {
-                        routes.push(v);
+                    if let Some(r) = self.route(n, &format!("gateway.routes[{i}]"), routes.len()) {
+                        routes.push(r);
                         route_pos.push(n.pos);
                     }
                 }
@@ -242,24 +243,28 @@ impl Reader<'_> {
         // The same validator as the admin API, so `check` rejects what a
         // live edit would.
         let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);
-        let table = crate::gateway::rules::validate_table(
+        let table = crate::gateway::rules::validate(
             default_backend.as_deref().unwrap_or(""),
-            &routes,
+            routes,
             &policy,
         );
-        if let Err(e) = table {
-            let (pos, key) = match e.rule_index() {
-                Some(i) => (
-                    route_pos.get(i).copied().unwrap_or(node.pos),
-                    format!("gateway.routes[{i}]"),
-                ),
-                None => (
-                    f.default_backend.as_ref().map_or(node.pos, |n| n.node.pos),
-                    "gateway".to_string(),
-                ),
-            };
-            self.problem(pos, &key, e.to_string(), None);
-        }
+        let routes = match table {
+            Ok(t) => t.rules,
+            Err(e) => {
+                let (pos, key) = match e.rule_index() {
+                    Some(i) => (
+                        route_pos.get(i).copied().unwrap_or(node.pos),
+                        format!("gateway.routes[{i}]"),
+                    ),
+                    None => (
+                        f.default_backend.as_ref().map_or(node.pos, |n| n.node.pos),
+                        "gateway".to_string(),
+                    ),
+                };
+                self.problem(pos, &key, e.to_string(), None);
+                Vec::new()
+            }
+        };
         Some(Gateway {
             listen,
             default_backend,
@@ -296,92 +301,85 @@ impl Reader<'_> {
         out
     }
 
-    /// A route in the manifest's form → the admin API's JSON rule.
-    fn route(&mut self, node: &Node, key: &str) -> Option<serde_json::Value> {
-        use serde_json::{json, Map, Value as J};
+    /// A route in the manifest's form, read straight into the admin API's
+    /// rule as its JSON reader would read it: blank texts are absent,
+    /// `set_headers` is a map (so in name order), and what that reader
+    /// refuses (an unknown `action`, a header condition without `name`) is
+    /// the same [`RuleError`], for the route at `index` in the table.
+    fn route(&mut self, node: &Node, key: &str, index: usize) -> Option<Result<Rule, RuleError>> {
+        use serde::de::{value, Error as _, IntoDeserializer};
         let f: RawRoute = self.section(node, key)?;
-        let mut rule = Map::new();
-        let texts = |r: &mut Self, out: &mut Map<String, J>, fields: &[(&str, &Option<Field>)]| {
-            for (name, field) in fields {
-                if let Some(t) = r.opt_text(*field) {
-                    out.insert(name.to_string(), J::String(t));
-                }
-            }
+        let nonblank = |t: Option<String>| t.filter(|t| !t.trim().is_empty());
+        // The first thing the JSON reader would refuse, in its key order
+        // (`action` before `match`).
+        let mut unreadable: Option<(String, value::Error)> = None;
+        let id = self.opt_text(&f.id);
+        let action = match self.opt_text(&f.action) {
+            None => Action::default(),
+            Some(t) => Action::deserialize(t.into_deserializer()).unwrap_or_else(|e| {
+                unreadable.get_or_insert(("action".into(), e));
+                Action::default()
+            }),
         };
-        texts(
-            self,
-            &mut rule,
-            &[
-                ("id", &f.id),
-                ("action", &f.action),
-                ("backend", &f.backend),
-                ("redirect_to", &f.redirect_to),
-                ("redirect_to_prefix", &f.redirect_to_prefix),
-            ],
-        );
-        if f.priority.is_some() {
-            rule.insert("priority".into(), json!(self.number(&f.priority, 0i64)));
-        }
-        if f.redirect_code.is_some() {
-            rule.insert(
-                "redirect_code".into(),
-                json!(self.number(&f.redirect_code, 302u16)),
-            );
-        }
-        if f.strip_prefix.is_some() {
-            rule.insert(
-                "strip_prefix".into(),
-                json!(self.flag(&f.strip_prefix, false)),
-            );
-        }
+        let mut rule = Rule {
+            action,
+            backend: nonblank(self.opt_text(&f.backend)),
+            redirect_to: nonblank(self.opt_text(&f.redirect_to)),
+            redirect_to_prefix: nonblank(self.opt_text(&f.redirect_to_prefix)),
+            priority: self.number(&f.priority, 0),
+            redirect_code: f.redirect_code.as_ref().map(|c| self.number(c, 302)),
+            strip_prefix: self.flag(&f.strip_prefix, false),
+            ..Rule::default()
+        };
         if let Some(h) = &f.set_headers {
             if let Some(entries) = self.mapping(&h.node, &h.key) {
-                let mut m = Map::new();
+                let mut m = std::collections::BTreeMap::new();
                 for (k, v) in entries {
-                    let t = self
-                        .text(v, &format!("{}.{}", h.key, k.name))
-                        .unwrap_or_default();
-                    m.insert(k.name.clone(), J::String(t));
+                    let t = self.text(v, &format!("{}.{}", h.key, k.name));
+                    m.insert(k.name.clone(), t.unwrap_or_default());
                 }
-                rule.insert("set_headers".into(), J::Object(m));
+                rule.set_headers = m
+                    .into_iter()
+                    .map(|(name, value)| SetHeader { name, value })
+                    .collect();
             }
         }
-        let mut matcher = Map::new();
+        let mut path_prefix = None;
         if let Some(m) = &f.matcher {
             if let Some(mf) = self.section::<RawMatch>(&m.node, &m.key) {
-                texts(
-                    self,
-                    &mut matcher,
-                    &[
-                        ("path_prefix", &mf.path_prefix),
-                        ("path_equal", &mf.path_equal),
-                        ("host", &mf.host),
-                        ("method", &mf.method),
-                        ("referer_substr", &mf.referer_substr),
-                        ("referer_regex", &mf.referer_regex),
-                    ],
-                );
+                let matcher = &mut rule.matcher;
+                path_prefix = self.opt_text(&mf.path_prefix);
+                matcher.path_equal = nonblank(self.opt_text(&mf.path_equal));
+                matcher.host = nonblank(self.opt_text(&mf.host));
+                matcher.method = nonblank(self.opt_text(&mf.method));
+                matcher.referer_substr = nonblank(self.opt_text(&mf.referer_substr));
+                matcher.referer_regex = nonblank(self.opt_text(&mf.referer_regex));
                 if let Some(Field {
                     key: hkey,
                     node: hs,
                 }) = &mf.headers
                 {
-                    let mut list = Vec::new();
                     if let Value::Seq(items) = &hs.value {
                         for (i, h) in items.iter().enumerate() {
                             let ikey = format!("{hkey}[{i}]");
-                            if let Some(hf) = self.section::<RawHeader>(h, &ikey) {
-                                let mut o = Map::new();
-                                texts(
-                                    self,
-                                    &mut o,
-                                    &[
-                                        ("name", &hf.name),
-                                        ("contains", &hf.contains),
-                                        ("regex", &hf.regex),
-                                    ],
-                                );
-                                list.push(J::Object(o));
+                            let Some(hf) = self.section::<RawHeader>(h, &ikey) else {
+                                continue;
+                            };
+                            let (contains, regex) = (
+                                nonblank(self.opt_text(&hf.contains)),
+                                nonblank(self.opt_text(&hf.regex)),
+                            );
+                            match self.opt_text(&hf.name) {
+                                Some(name) => matcher.headers.push(HeaderMatch {
+                                    name,
+                                    contains,
+                                    regex,
+                                }),
+                                None => {
+                                    let at = format!("match.headers[{}]", matcher.headers.len());
+                                    unreadable
+                                        .get_or_insert((at, value::Error::missing_field("name")));
+                                }
                             }
                         }
                     } else {
@@ -392,12 +390,11 @@ impl Reader<'_> {
                             None,
                         );
                     }
-                    matcher.insert("headers".into(), J::Array(list));
                 }
             }
         }
         if let Some(p) = self.opt_text(&f.prefix) {
-            if let (true, Some(prefix)) = (matcher.contains_key("path_prefix"), &f.prefix) {
+            if let (true, Some(prefix)) = (path_prefix.is_some(), &f.prefix) {
                 self.problem(
                     prefix.node.pos,
                     &prefix.key,
@@ -405,10 +402,19 @@ impl Reader<'_> {
                     Some("keep one".into()),
                 );
             }
-            matcher.insert("path_prefix".into(), J::String(p));
+            path_prefix = Some(p);
         }
-        rule.insert("match".into(), J::Object(matcher));
-        Some(J::Object(rule))
+        rule.matcher.path_prefix = nonblank(path_prefix);
+        if let Some((field, e)) = unreadable {
+            return Some(Err(RuleError::Rule {
+                index,
+                id: id.filter(|i| !i.is_empty()),
+                field,
+                message: e.to_string(),
+            }));
+        }
+        rule.id = id.unwrap_or_default();
+        Some(Ok(rule))
     }
 }
 
