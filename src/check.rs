@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use crate::gateway::rules::{Action, Rule};
 use crate::manifest::units::{format_duration, format_size};
 use crate::manifest::{BlobStore, Condition, EnvSource, Manifest, ProbeCheck, RestartPolicy};
 
@@ -131,9 +132,25 @@ pub fn render(m: &Manifest) -> String {
                     .as_deref()
                     .unwrap_or("(none: unmatched requests get 404)")
             );
-            let _ = writeln!(o, "  routes          {} in the manifest", g.routes.len());
+            let _ = writeln!(
+                o,
+                "  routes          {} in the manifest{}",
+                g.routes.len(),
+                if g.routes.is_empty() {
+                    ""
+                } else {
+                    " (id, priority, what it matches → where it goes; the highest priority that matches wins)"
+                }
+            );
+            let width = g.routes.iter().map(|r| r.id.len()).max().unwrap_or(0);
             for r in &g.routes {
-                let _ = writeln!(o, "    {}", serde_json::to_string(r).unwrap_or_default());
+                let _ = writeln!(
+                    o,
+                    "    {:width$}  {:>4}  {}",
+                    r.id,
+                    r.priority,
+                    describe_rule(r)
+                );
             }
             let _ = writeln!(
                 o,
@@ -232,6 +249,71 @@ fn describe_check(c: &ProbeCheck) -> String {
         ProbeCheck::File(p) => format!("{} exists", p.display()),
         ProbeCheck::Log(t) => format!("the log says {t:?}"),
     }
+}
+
+/// One rule in a line: what it matches → where it goes (what it changes).
+fn describe_rule(r: &Rule) -> String {
+    let m = &r.matcher;
+    let labelled = [
+        ("method", &m.method),
+        ("host", &m.host),
+        ("prefix", &m.path_prefix),
+        ("path", &m.path_equal),
+    ];
+    let mut when: Vec<String> = labelled
+        .iter()
+        .filter_map(|(label, v)| v.as_ref().map(|v| format!("{label} {v}")))
+        .collect();
+    when.extend(
+        m.referer_substr
+            .iter()
+            .map(|s| format!("referer contains {s:?}")),
+    );
+    when.extend(
+        m.referer_regex
+            .iter()
+            .map(|s| format!("referer matches `{s}`")),
+    );
+    for h in &m.headers {
+        let mut c = format!("header {}", h.name);
+        if let Some(s) = &h.contains {
+            let _ = write!(c, " contains {s:?}");
+        }
+        if let Some(s) = &h.regex {
+            let _ = write!(c, " matches `{s}`");
+        }
+        if h.contains.is_none() && h.regex.is_none() {
+            c.push_str(" present");
+        }
+        when.push(c);
+    }
+    let code = r.redirect_code.unwrap_or(302);
+    let to = match (r.action, &r.redirect_to_prefix) {
+        (Action::Proxy, _) => r
+            .backend
+            .clone()
+            .unwrap_or_else(|| "the default backend".into()),
+        (Action::Redirect, Some(p)) => format!("redirect {code} to {p} + the rest of the path"),
+        (Action::Redirect, None) => format!(
+            "redirect {code} to {}",
+            r.redirect_to.as_deref().unwrap_or_default()
+        ),
+    };
+    let mut notes: Vec<String> = Vec::new();
+    if r.strip_prefix {
+        notes.push("strip prefix".into());
+    }
+    notes.extend(
+        r.set_headers
+            .iter()
+            .map(|h| format!("sets {}: {}", h.name, h.value)),
+    );
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join(", "))
+    };
+    format!("{} → {to}{notes}", when.join(" and "))
 }
 
 #[cfg(test)]

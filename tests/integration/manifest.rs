@@ -213,6 +213,39 @@ persist:
     );
 }
 
+/// Each manifest route is one line: id, priority, what it matches → where
+/// it goes (what it changes), in the manifest's order, ids as the admin
+/// API assigns them, a secret in a header value masked.
+#[test]
+fn check_prints_each_route_on_one_line() {
+    let s = Stack::new(
+        r#"
+env:
+  TOKEN: { secret: true }
+gateway:
+  default_backend: http://127.0.0.1:9100
+  routes:
+    - { id: api, priority: 10, prefix: /api/, backend: http://127.0.0.1:9000, strip_prefix: true }
+    - { match: { path_equal: /old }, action: redirect, redirect_to: /new/, redirect_code: 308 }
+    - { id: docs, prefix: /docs/, action: redirect, redirect_to_prefix: "https://example.com/docs/" }
+    - id: bot
+      priority: -5
+      match: { method: post, host: Example.com, referer_substr: chat, headers: [{ name: X-Key, regex: "^k" }, { name: X-Trace }] }
+      set_headers: { X-B: "2", Authorization: "Bearer ${TOKEN}" }
+"#,
+    )
+    .env("TOKEN", "tok-very-secret-42");
+    let out = s.run(&["check", "--manifest-only"]);
+    let want = "  routes          4 in the manifest (id, priority, what it matches → where it goes; the highest priority that matches wins)
+    api       10  prefix /api/ → http://127.0.0.1:9000 (strip prefix)
+    rule-2     0  path /old → redirect 308 to /new/
+    docs       0  prefix /docs/ → redirect 302 to https://example.com/docs/ + the rest of the path
+    bot       -5  method POST and host example.com and referer contains \"chat\" and header X-Key matches `^k` and header X-Trace present → the default backend (sets Authorization: Bearer ********, sets X-B: 2)
+";
+    out.code(0).stdout_has(want);
+    assert!(!out.stdout.contains("tok-very-secret-42"), "{out}");
+}
+
 #[test]
 fn a_secret_never_appears_in_an_error() {
     let s = Stack::new("env:\n  KEY: { secret: true }\nservices:\n  web: { command: x, stop_timeout: \"${KEY}\" }\n")
