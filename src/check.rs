@@ -254,64 +254,52 @@ fn describe_check(c: &ProbeCheck) -> String {
 /// One rule in a line: what it matches → where it goes (what it changes).
 fn describe_rule(r: &Rule) -> String {
     let m = &r.matcher;
-    let labelled = [
-        ("method", &m.method),
-        ("host", &m.host),
-        ("prefix", &m.path_prefix),
-        ("path", &m.path_equal),
-    ];
-    let mut when: Vec<String> = labelled
-        .iter()
-        .filter_map(|(label, v)| v.as_ref().map(|v| format!("{label} {v}")))
-        .collect();
-    when.extend(
+    let conditions = [
+        m.method.as_ref().map(|v| format!("method {v}")),
+        m.host.as_ref().map(|v| format!("host {v}")),
+        m.path_prefix.as_ref().map(|v| format!("prefix {v}")),
+        m.path_equal.as_ref().map(|v| format!("path {v}")),
         m.referer_substr
-            .iter()
-            .map(|s| format!("referer contains {s:?}")),
-    );
-    when.extend(
+            .as_ref()
+            .map(|v| format!("referer contains {v:?}")),
         m.referer_regex
-            .iter()
-            .map(|s| format!("referer matches `{s}`")),
-    );
-    for h in &m.headers {
-        let mut c = format!("header {}", h.name);
-        if let Some(s) = &h.contains {
-            let _ = write!(c, " contains {s:?}");
-        }
-        if let Some(s) = &h.regex {
-            let _ = write!(c, " matches `{s}`");
-        }
-        if h.contains.is_none() && h.regex.is_none() {
-            c.push_str(" present");
-        }
-        when.push(c);
-    }
+            .as_ref()
+            .map(|v| format!("referer matches `{v}`")),
+    ];
+    let headers = m.headers.iter().map(|h| match (&h.contains, &h.regex) {
+        (None, None) => format!("header {} present", h.name),
+        (c, re) => format!(
+            "header {}{}{}",
+            h.name,
+            c.as_ref()
+                .map_or(String::new(), |c| format!(" contains {c:?}")),
+            re.as_ref()
+                .map_or(String::new(), |re| format!(" matches `{re}`"))
+        ),
+    });
+    let when: Vec<String> = conditions.into_iter().flatten().chain(headers).collect();
     let code = r.redirect_code.unwrap_or(302);
     let to = match (r.action, &r.redirect_to_prefix) {
-        (Action::Proxy, _) => r
-            .backend
-            .clone()
-            .unwrap_or_else(|| "the default backend".into()),
+        (Action::Proxy, _) => r.backend.as_deref().unwrap_or("the default backend").into(),
         (Action::Redirect, Some(p)) => format!("redirect {code} to {p} + the rest of the path"),
         (Action::Redirect, None) => format!(
             "redirect {code} to {}",
             r.redirect_to.as_deref().unwrap_or_default()
         ),
     };
-    let mut notes: Vec<String> = Vec::new();
-    if r.strip_prefix {
-        notes.push("strip prefix".into());
-    }
-    notes.extend(
+    let notes: Vec<String> = (r
+        .strip_prefix
+        .then(|| "strip prefix".to_string())
+        .into_iter())
+    .chain(
         r.set_headers
             .iter()
             .map(|h| format!("sets {}: {}", h.name, h.value)),
-    );
-    let notes = if notes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", notes.join(", "))
+    )
+    .collect();
+    let notes = match notes.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", notes.join(", ")),
     };
     format!("{} → {to}{notes}", when.join(" and "))
 }

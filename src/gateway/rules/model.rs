@@ -115,7 +115,7 @@ pub struct SetHeader {
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Identifier, unique in a table (`rule-N` is assigned when empty).
-    #[serde(default, deserialize_with = "string_or_null")]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub id: String,
     /// Higher wins.
     #[serde(default, deserialize_with = "lenient_i64")]
@@ -160,7 +160,7 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_code: Option<u16>,
     /// Conditions.
-    #[serde(default, rename = "match", deserialize_with = "match_or_null")]
+    #[serde(default, rename = "match", deserialize_with = "null_as_default")]
     pub matcher: Match,
 }
 
@@ -182,14 +182,11 @@ fn opt_nonempty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Er
     Ok(v.filter(|s| !s.trim().is_empty()))
 }
 
-fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let v: Option<String> = Option::deserialize(d)?;
-    Ok(v.unwrap_or_default())
-}
-
-fn match_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Match, D::Error> {
-    let v: Option<Match> = Option::deserialize(d)?;
-    Ok(v.unwrap_or_default())
+/// `null` reads as the default, as a missing key does.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 fn lenient_i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

@@ -365,11 +365,10 @@ impl Reader<'_> {
                             let Some(hf) = self.section::<RawHeader>(h, &ikey) else {
                                 continue;
                             };
-                            let (contains, regex) = (
-                                nonblank(self.opt_text(&hf.contains)),
-                                nonblank(self.opt_text(&hf.regex)),
-                            );
-                            match self.opt_text(&hf.name) {
+                            let name = self.opt_text(&hf.name);
+                            let contains = nonblank(self.opt_text(&hf.contains));
+                            let regex = nonblank(self.opt_text(&hf.regex));
+                            match name {
                                 Some(name) => matcher.headers.push(HeaderMatch {
                                     name,
                                     contains,
