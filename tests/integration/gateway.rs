@@ -1732,3 +1732,49 @@ async fn shutdown_drains_and_closes_tunnels() {
         "no longer listening"
     );
 }
+
+/// Upgrading over a state file whose manifest fingerprint is of the older
+/// form (a hash of the routes as written): `up` keeps the live table, says
+/// so once with how to apply routes changed in the same deploy, and
+/// rewrites the fingerprint in the new form.
+#[test]
+fn up_keeps_the_live_table_over_an_older_fingerprint_and_says_so() {
+    use crate::harness::{free_port, http_request, poll, Stack};
+    let t = Duration::from_secs(30);
+    let port = free_port();
+    let s = Stack::new(&format!(
+        "gateway:\n  listen: 127.0.0.1:{port}\n  state_file: ./state/gateway.json\n  admin: {{ password: {PASSWORD} }}\n  routes:\n    - {{ id: manifest, prefix: /m/, backend: http://127.0.0.1:9 }}\n"
+    ));
+    s.write(
+        "state/gateway.json",
+        &json!({
+            "version": 1,
+            "table": {"default_backend": "", "rules": [{"id": "live", "match": {"path_prefix": "/live/"}}]},
+            "manifest_routes": "3f1c9a7be0d24c15",
+        })
+        .to_string(),
+    );
+    let mut up = s.up();
+    up.wait_for("is from an older stackctl, so the live route table is kept; if this deploy also changed `gateway.routes`, apply them with `stackctl routes set` or the admin page", t);
+    let (code, _, body) = poll(t, "the admin API", || {
+        http_request(
+            "GET",
+            &format!("http://127.0.0.1:{port}/admin/routes.json"),
+            &[("X-Admin-Password", PASSWORD)],
+            "",
+        )
+        .filter(|(c, _, _)| *c != 503)
+    });
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\"live\"") && !body.contains("\"manifest\""),
+        "{body}"
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(t).code(), Some(0), "{}", up.log());
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("state/gateway.json")).unwrap())
+            .unwrap();
+    let fp = state["manifest_routes"].as_str().unwrap_or_default();
+    assert!(fp.starts_with("v2:"), "{state}");
+}
