@@ -34,7 +34,8 @@
 //!   one body type of requests and responses.
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - `throttle`: one log line per interval for a failure that repeats
-//!   (a failing `accept`, requests refused at a backend's cap) (pure).
+//!   (a failing `accept`, requests refused at a backend's cap); what an
+//!   interval left out is logged when it ends.
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
@@ -245,14 +246,21 @@ impl Gateway {
             stopping: AtomicBool::new(false),
         });
 
-        let mut failures = throttle::Throttle::default();
+        let failures = throttle::Throttled::new(|failed| {
+            let every_s = throttle::LOG_EVERY.as_secs();
+            tracing::warn!(
+                failed,
+                every_s,
+                "gateway: accept went on failing since the last line"
+            );
+        });
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(pair) => pair,
                     Err(e) => {
-                        let pause = accept_failed(&e, &mut failures);
+                        let pause = accept_failed(&e, &failures);
                         // Open connections go on being served meanwhile.
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -284,7 +292,7 @@ impl Gateway {
 }
 
 /// Log a failed `accept` (throttled) and say how long to pause accepting.
-fn accept_failed(e: &std::io::Error, failures: &mut throttle::Throttle) -> Duration {
+fn accept_failed(e: &std::io::Error, failures: &throttle::Throttled) -> Duration {
     let failure = accept::classify(e);
     let pause = match failure {
         accept::Failure::Client => {
