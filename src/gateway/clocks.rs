@@ -107,6 +107,17 @@ pub(super) struct Activity {
 }
 
 impl Activity {
+    /// Whether a request (an HTTP/2 stream) is being served; if so, the
+    /// task is woken when the last one ends.
+    pub(super) fn poll_busy(&self, cx: &mut Context<'_>) -> bool {
+        if self.open.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.park(cx.waker());
+        // The last one may have ended before the waker was parked.
+        self.open.load(Ordering::Acquire) > 0
+    }
+
     fn park(&self, waker: &Waker) {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {

@@ -234,6 +234,13 @@ impl Gateway {
             // client connection can fan out to (nginx's default, 128, is
             // of this order; hyper's own default is 200).
             .max_concurrent_streams(MAX_STREAMS_PER_CONN)
+            // A dead peer under a long stream (an SSE that sends rarely)
+            // would otherwise hold its connection until TCP gives up: a
+            // ping after `idle` with nothing received, answered within
+            // `send`. An idle connection is closed by `conn` (no stream
+            // open for `idle`); pings do not keep it open.
+            .keep_alive_interval(shared.client_timeouts.idle)
+            .keep_alive_timeout(shared.client_timeouts.send)
             // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
             .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
         let tracker = shared.tunnels.tracker.clone();
