@@ -299,3 +299,39 @@ fn an_idle_http2_connection_is_closed_and_one_with_a_stream_open_is_not() {
         drop(tx);
     });
 }
+
+/// A client that opens an HTTP/2 connection and then reads nothing (so
+/// it never answers the gateway's pings, nor lets a graceful close
+/// finish) is closed too, within `idle` and `send` of its start.
+#[test]
+fn an_http2_client_that_never_reads_is_closed() {
+    let (idle, send) = (Duration::from_secs(1), Duration::from_secs(1));
+    let late = Duration::from_secs(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(sse_backend(idle));
+    let gateway = gateway_only(backend, "{ idle: 1s, send: 1s }");
+    let closed = rt.block_on(async {
+        let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // An empty SETTINGS frame, and then nothing: no ACK, no read.
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        tokio::time::sleep(idle + send + late).await;
+        // By now the gateway has closed it: what it sent is read to the
+        // end without waiting.
+        let mut sink = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+    if !closed {
+        gateway
+            .up
+            .fail("an HTTP/2 client that never reads is still connected");
+    }
+}
