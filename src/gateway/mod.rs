@@ -213,6 +213,7 @@ impl Gateway {
         if let Ok(addr) = listener.local_addr() {
             shared.set_listen(addr);
         }
+        let idle = shared.client_timeouts.idle;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -238,8 +239,9 @@ impl Gateway {
             // would otherwise hold its connection until TCP gives up: a
             // ping after `idle` with nothing received, answered within
             // `send`. An idle connection is closed by `conn` (no stream
-            // open for `idle`); pings do not keep it open.
-            .keep_alive_interval(shared.client_timeouts.idle)
+            // open for `idle`); pings do not keep it open. `idle: 0` (no
+            // keep-alive) would ping back to back: no pings then.
+            .keep_alive_interval(Some(idle).filter(|d| !d.is_zero()))
             .keep_alive_timeout(shared.client_timeouts.send)
             // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
             .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
