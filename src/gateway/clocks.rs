@@ -2,7 +2,8 @@
 //! for a head (see `conn`):
 //!
 //! - [`SendClock`]: `timeouts.send`, nginx's `send_timeout`, on every
-//!   write to the client, on both paths and under a WebSocket tunnel.
+//!   write to the client, on both paths and under a WebSocket tunnel, and
+//!   on a tunnel's writes to the backend.
 //! - [`ReadClock`]: on a connection hyper took over, `idle` between
 //!   requests and `header_read` from a head's first byte, timed by the
 //!   connection's reads: hyper's own header timer starts as soon as a
@@ -43,6 +44,8 @@ pub(super) struct ClientTimeouts {
 pub(super) struct SendClock {
     limit: Duration,
     peer: SocketAddr,
+    /// The writes go to a backend (a tunnel's), not to a client.
+    backend: bool,
     /// Made at the first wait: most connections never wait to write.
     timer: Option<Deadline>,
     waiting: bool,
@@ -55,14 +58,25 @@ impl SendClock {
         SendClock {
             limit,
             peer,
+            backend: false,
             timer: None,
             waiting: false,
             expired: false,
         }
     }
 
+    /// The same rule on a WebSocket tunnel's writes to `backend`: one
+    /// that stopped reading while the client goes on sending.
+    pub(super) fn to_backend(limit: Duration, backend: SocketAddr) -> Self {
+        SendClock {
+            backend: true,
+            ..SendClock::new(limit, backend)
+        }
+    }
+
     /// Pass on the outcome of a write, turned into an error once the
-    /// writes have waited past the limit (logged: the client's fault).
+    /// writes have waited past the limit (logged as the fault of the side
+    /// that read nothing).
     pub(super) fn watch(
         &mut self,
         cx: &mut Context<'_>,
@@ -84,11 +98,20 @@ impl SendClock {
         if !timer.poll_passed(cx) {
             return Poll::Pending;
         }
-        tracing::info!(
-            client = %self.peer,
-            send_s = limit.as_secs_f32(),
-            "gateway: the client took nothing of its response for timeouts.send; closed its connection and the backend's"
-        );
+        let send_s = limit.as_secs_f32();
+        if self.backend {
+            tracing::warn!(
+                backend = %self.peer,
+                send_s,
+                "gateway: the backend took nothing of what the client sent through a WebSocket tunnel for timeouts.send; closed the tunnel"
+            );
+        } else {
+            tracing::info!(
+                client = %self.peer,
+                send_s,
+                "gateway: the client took nothing of its response for timeouts.send; closed its connection and the backend's"
+            );
+        }
         self.expired = true;
         self.timer = None;
         Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
@@ -107,6 +130,17 @@ pub(super) struct Activity {
 }
 
 impl Activity {
+    /// Whether a request (an HTTP/2 stream) is being served; if so, the
+    /// task is woken when the last one ends.
+    pub(super) fn poll_busy(&self, cx: &mut Context<'_>) -> bool {
+        if self.open.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        self.park(cx.waker());
+        // The last one may have ended before the waker was parked.
+        self.open.load(Ordering::Acquire) > 0
+    }
+
     fn park(&self, waker: &Waker) {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {

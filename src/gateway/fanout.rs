@@ -19,7 +19,7 @@
 //! connection (a WebSocket upgrade).
 //!
 //! A burst refused at the cap would log a warning per 503; each backend
-//! keeps a [`Throttle`] instead: one line per interval, with a count.
+//! keeps a [`Throttled`] instead: one line per interval, with a count.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::gateway::throttle::Throttle;
+use crate::gateway::throttle::{self, Throttled};
 
 /// Default connections per backend: a generous figure for one container's
 /// services (uvicorn's default `limit_concurrency` is unlimited, but its
@@ -70,7 +70,7 @@ pub struct Backend {
     /// Woken when a connection to this backend goes back to the pool.
     returned: Notify,
     /// Requests refused at the cap, as far as the log goes.
-    refusals: Mutex<Throttle>,
+    refusals: Throttled,
 }
 
 impl Backend {
@@ -99,8 +99,7 @@ impl Backend {
     /// A request was refused at the cap at `now`: `Some(n)` when it is
     /// worth a log line, `n` refusals since the previous one.
     pub fn refused(&self, now: Instant) -> Option<u64> {
-        let mut t = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
-        t.failed(now)
+        self.refusals.failed(now)
     }
 
     /// Permits free now (tests).
@@ -177,7 +176,12 @@ impl Limits {
             permits: Arc::new(Semaphore::new(self.cap.max)),
             waiting: AtomicUsize::new(0),
             returned: Notify::new(),
-            refusals: Mutex::default(),
+            // The refusals left out of the log reach it when their
+            // interval ends (the rule and the error are in the first line).
+            refusals: Throttled::new(move |refused| {
+                let every_s = throttle::LOG_EVERY.as_secs();
+                tracing::warn!(backend = %format_args!("http://{addr}"), refused, every_s, "gateway: more requests refused at the backend's connection cap (backend_connections.max) since the last line");
+            }),
         });
         list.push((addr, b.clone()));
         Some(b)

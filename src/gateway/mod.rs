@@ -34,7 +34,8 @@
 //!   one body type of requests and responses.
 //! - `accept`: what the accept loop does when `accept` fails (pure).
 //! - `throttle`: one log line per interval for a failure that repeats
-//!   (a failing `accept`, requests refused at a backend's cap) (pure).
+//!   (a failing `accept`, requests refused at a backend's cap); what an
+//!   interval left out is logged when it ends.
 //! - [`admin`]: the `/admin/` endpoints.
 //! - [`auth`]: Argon2id password checks and the failure rate limit.
 //! - [`state`]: the state file (route table + password hash), atomic writes.
@@ -221,6 +222,7 @@ impl Gateway {
         if let Ok(addr) = listener.local_addr() {
             shared.set_listen(addr);
         }
+        let idle = shared.client_timeouts.idle;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -242,6 +244,14 @@ impl Gateway {
             // client connection can fan out to (nginx's default, 128, is
             // of this order; hyper's own default is 200).
             .max_concurrent_streams(MAX_STREAMS_PER_CONN)
+            // A dead peer under a long stream (an SSE that sends rarely)
+            // would otherwise hold its connection until TCP gives up: a
+            // ping after `idle` with nothing received, answered within
+            // `send`. An idle connection is closed by `conn` (no stream
+            // open for `idle`); pings do not keep it open. `idle: 0` (no
+            // keep-alive) would ping back to back: no pings then.
+            .keep_alive_interval(Some(idle).filter(|d| !d.is_zero()))
+            .keep_alive_timeout(shared.client_timeouts.send)
             // HTTP/2 counts 32 bytes more per field than HTTP/1.1 spells.
             .max_header_list_size((limits::MAX_HEAD + 32 * limits::MAX_HEADERS) as u32);
         let tracker = shared.tunnels.tracker.clone();
@@ -254,14 +264,21 @@ impl Gateway {
             stopping: AtomicBool::new(false),
         });
 
-        let mut failures = throttle::Throttle::default();
+        let failures = throttle::Throttled::new(|failed| {
+            let every_s = throttle::LOG_EVERY.as_secs();
+            tracing::warn!(
+                failed,
+                every_s,
+                "gateway: accept went on failing since the last line"
+            );
+        });
         loop {
             let (stream, peer) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(pair) => pair,
                     Err(e) => {
-                        let pause = accept_failed(&e, &mut failures);
+                        let pause = accept_failed(&e, &failures);
                         // Open connections go on being served meanwhile.
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -293,7 +310,7 @@ impl Gateway {
 }
 
 /// Log a failed `accept` (throttled) and say how long to pause accepting.
-fn accept_failed(e: &std::io::Error, failures: &mut throttle::Throttle) -> Duration {
+fn accept_failed(e: &std::io::Error, failures: &throttle::Throttled) -> Duration {
     let failure = accept::classify(e);
     let pause = match failure {
         accept::Failure::Client => {

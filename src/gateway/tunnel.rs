@@ -6,7 +6,10 @@
 //! as nginx closes one after `proxy_read_timeout` (60 s by default): a
 //! WebSocket whose peers ping stays open. A client that takes nothing of
 //! what waits for it is closed by the same timeout on its writes (see
-//! `conn`'s send clock, under the upgraded connection).
+//! `conn`'s send clock, under the upgraded connection), and so is a
+//! backend: a write to it that cannot make progress for `timeouts.send`
+//! closes the tunnel (logged), even while the backend goes on sending,
+//! which the idle rule alone would take for a live tunnel.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::gateway::clocks::SendClock;
 use crate::gateway::deadline;
 
 /// Where upgraded connections are tracked for shutdown.
@@ -52,8 +56,9 @@ pub(super) fn spawn_tunnel(
             }
         };
         let last = Arc::new(AtomicU64::new(now_ms()));
-        let mut client_io = Traffic::new(TokioIo::new(client_io), &last);
-        let mut backend_io = Traffic::new(TokioIo::new(backend_io), &last);
+        let mut client_io = Traffic::new(TokioIo::new(client_io), &last, None);
+        let sending = SendClock::to_backend(idle, backend);
+        let mut backend_io = Traffic::new(TokioIo::new(backend_io), &last, Some(sending));
         // Dropping both ends (any way out of the select) closes both
         // connections.
         tokio::select! {
@@ -94,13 +99,17 @@ async fn quiet_for(last: &AtomicU64, idle: Duration) {
 struct Traffic<T> {
     io: T,
     last: Arc<AtomicU64>,
+    /// The send timeout of writes to this end, where no layer below has
+    /// one (the backend's).
+    sending: Option<SendClock>,
 }
 
 impl<T> Traffic<T> {
-    fn new(io: T, last: &Arc<AtomicU64>) -> Self {
+    fn new(io: T, last: &Arc<AtomicU64>, sending: Option<SendClock>) -> Self {
         Traffic {
             io,
             last: last.clone(),
+            sending,
         }
     }
 
@@ -139,7 +148,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Traffic<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        let mut r = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Some(clock) = this.sending.as_mut() {
+            r = clock.watch(cx, r);
+        }
         this.moved(r, |n| *n)
     }
 
@@ -164,7 +176,7 @@ mod tests {
         let idle = Duration::from_millis(300);
         let last = Arc::new(AtomicU64::new(now_ms()));
         let (a, mut b) = tokio::io::duplex(64);
-        let mut end = Traffic::new(a, &last);
+        let mut end = Traffic::new(a, &last, None);
         let started = tokio::time::Instant::now();
         let talk = async {
             // A write, then (after a pause) a read: each is traffic.

@@ -2,15 +2,22 @@
 //! that speaks h2c must never see `Upgrade: h2c` (nor `HTTP2-Settings`),
 //! or a client could switch the connection to HTTP/2 and send it requests
 //! past routing and the forwarding headers. Raw sockets on both sides.
+//! HTTP/2 prior knowledge: the streams a connection may open, and its
+//! idle timeout (the real binary, with hyper's HTTP/2 client).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::gateway::{start, DEADLINE};
+use super::harness::{free_port, Running, Stack};
 use super::pool::{raw_backend, read_request, whole_answer};
 
 /// A backend that would switch to h2c if asked (101), and otherwise
@@ -125,4 +132,206 @@ async fn an_http2_client_may_open_at_most_100_streams_at_once() {
     let gw = start(Some(format!("http://{backend}")), json!([])).await;
     let max = announced_max_streams(gw.addr).await;
     assert!(matches!(max, Some(n) if n <= 100), "announced {max:?}");
+}
+
+/// How long the gateway waits for the real binary to listen.
+const START: Duration = Duration::from_secs(30);
+
+/// `stackctl up` with only a gateway, on a free port.
+pub(crate) struct GatewayOnly {
+    /// Dropped first: the process stops before its directory goes.
+    pub(crate) up: Running,
+    pub(crate) addr: SocketAddr,
+    _stack: Stack,
+}
+
+/// [`GatewayOnly`], forwarding to `backend`, with `timeouts` (a YAML
+/// flow mapping).
+pub(crate) fn gateway_only(backend: SocketAddr, timeouts: &str) -> GatewayOnly {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "version: 1\n\
+         name: peers\n\
+         gateway:\n  \
+           listen: 127.0.0.1:{port}\n  \
+           default_backend: http://{backend}\n  \
+           timeouts: {timeouts}\n  \
+           admin: {{ password: peers-test-password-1 }}\n"
+    ));
+    let mut up = stack.up();
+    up.wait_for("gateway: listening", START);
+    GatewayOnly {
+        up,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        _stack: stack,
+    }
+}
+
+/// A backend that answers `/sse` with an event stream, one event every
+/// `every` until the gateway closes it, and anything else with `ok`.
+async fn sse_backend(every: Duration) -> SocketAddr {
+    raw_backend(move |mut s| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = read_request(&mut s, &mut buf).await {
+            if !head.starts_with("get /sse ") {
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if s.write_all(ok).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            loop {
+                if s.write_all(b"9\r\ndata: x\n\n\r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        }
+    })
+    .await
+}
+
+/// An HTTP/2 prior-knowledge connection with hyper's client; the task
+/// driving it ends when the connection closes, and says when.
+async fn h2_client(
+    gw: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<Instant>,
+) {
+    let s = TcpStream::connect(gw).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .expect("an HTTP/2 handshake");
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    (tx, closed)
+}
+
+/// A GET of `path` on an HTTP/2 connection; the response, its body
+/// still to read.
+async fn h2_get(
+    tx: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    gw: SocketAddr,
+    path: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = hyper::Request::get(format!("http://{gw}{path}"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, tx.send_request(req))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// Issue 16 leftovers: an HTTP/2 connection with no stream open is closed
+/// (GOAWAY) once it has been so for `timeouts.idle`, as a kept-alive
+/// HTTP/1.1 one is; before, it stayed open for good. One with a long
+/// stream open (SSE) stays open, pings and all, for as long as the stream
+/// lasts, and idles from its end.
+#[test]
+fn an_idle_http2_connection_is_closed_and_one_with_a_stream_open_is_not() {
+    let idle = Duration::from_secs(1);
+    // How much earlier than `idle` a close may come (the deadline's own
+    // slack is a sixteenth of it), and how much later on a busy machine.
+    let early = Duration::from_millis(150);
+    let late = Duration::from_secs(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(sse_backend(idle / 4));
+    let gateway = gateway_only(backend, "{ idle: 1s, send: 1s }");
+    let gw = gateway.addr;
+    rt.block_on(async {
+        // A request, then nothing: closed `idle` after its answer.
+        let (mut tx, closed) = h2_client(gw).await;
+        let body = h2_get(&mut tx, gw, "/x").await.collect().await.unwrap();
+        assert_eq!(body.to_bytes(), "ok");
+        let answered = Instant::now();
+        let at = tokio::time::timeout(idle + late, closed)
+            .await
+            .unwrap_or_else(|_| {
+                gateway
+                    .up
+                    .fail("an idle HTTP/2 connection outlived timeouts.idle")
+            })
+            .unwrap();
+        let quiet = at - answered;
+        assert!(quiet >= idle - early, "closed after {quiet:?}");
+
+        // An event stream: open for three times `idle`, every event in.
+        let (mut tx, mut closed) = h2_client(gw).await;
+        let mut events = h2_get(&mut tx, gw, "/sse").await.into_body();
+        let until = Instant::now() + 3 * idle;
+        let mut got = 0usize;
+        while Instant::now() < until {
+            let frame = tokio::time::timeout(DEADLINE, events.frame())
+                .await
+                .expect("an event in time")
+                .expect("an open stream")
+                .expect("a frame");
+            got += frame.into_data().map_or(0, |d| d.len());
+        }
+        assert!(got > 0);
+        if closed.is_finished() {
+            gateway.up.fail("closed with a stream open");
+        }
+        // The stream ends (the client resets it): idle from then on.
+        drop(events);
+        let ended = Instant::now();
+        let at = tokio::time::timeout(idle + late, &mut closed)
+            .await
+            .unwrap_or_else(|_| {
+                gateway
+                    .up
+                    .fail("the connection outlived timeouts.idle after its stream")
+            })
+            .unwrap();
+        let quiet = at - ended;
+        assert!(quiet >= idle - early, "closed after {quiet:?}");
+        drop(tx);
+    });
+}
+
+/// A client that opens an HTTP/2 connection and then reads nothing (so
+/// it never answers the gateway's pings, nor lets a graceful close
+/// finish) is closed too, within `idle` and `send` of its start.
+#[test]
+fn an_http2_client_that_never_reads_is_closed() {
+    let (idle, send) = (Duration::from_secs(1), Duration::from_secs(1));
+    let late = Duration::from_secs(2);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let backend = rt.block_on(sse_backend(idle));
+    let gateway = gateway_only(backend, "{ idle: 1s, send: 1s }");
+    let closed = rt.block_on(async {
+        let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        // An empty SETTINGS frame, and then nothing: no ACK, no read.
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        tokio::time::sleep(idle + send + late).await;
+        // By now the gateway has closed it: what it sent is read to the
+        // end without waiting.
+        let mut sink = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), s.read(&mut sink)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+    if !closed {
+        gateway
+            .up
+            .fail("an HTTP/2 client that never reads is still connected");
+    }
 }

@@ -30,4 +30,5 @@ mod recovery_cli;
 mod resources;
 mod supervisor;
 mod tls;
+mod tunnels;
 mod writers;

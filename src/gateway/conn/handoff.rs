@@ -1,5 +1,17 @@
 //! The rest of a connection, served by hyper once the front end hands it
 //! over, with the bytes the front end had already read put back in front.
+//!
+//! An HTTP/2 connection is idle while it has no stream open (see
+//! [`StreamsIdle`]): once it has been so for `timeouts.idle` it is closed
+//! gracefully, with a GOAWAY (a client opens its next stream on a new
+//! connection, as after nginx's `keepalive_timeout`), and dropped if it
+//! has not closed `timeouts.send` later (a client that never reads the
+//! GOAWAY). Its streams are counted by the same guard as HTTP/1's
+//! requests ([`InFlight`]), which lives from the request's head until
+//! hyper drops the response body; the last one to end wakes the
+//! connection's task, so the idle timer starts then. A dead peer under a
+//! long stream is noticed by hyper's HTTP/2 keep-alive pings (set up with
+//! the builder, in `super::super`).
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -15,11 +27,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Ctx, Stop, LINGER};
-use crate::gateway::clocks::{Activity, InFlight, ReadClock, SendClock, Tracked};
+use crate::gateway::clocks::{Activity, ClientTimeouts, InFlight, ReadClock, SendClock, Tracked};
+use crate::gateway::deadline::Deadline;
 use crate::gateway::headers::Peer;
 
 /// Serve the rest of a connection with hyper: HTTP/1 with upgrades, or
-/// HTTP/2 when it starts with the preface.
+/// HTTP/2 when it starts with the preface (`streams` is then its idle
+/// rule).
 pub(super) async fn hyper_serve(
     ctx: &Arc<Ctx>,
     io: Prefixed,
@@ -27,6 +41,7 @@ pub(super) async fn hyper_serve(
     peer: SocketAddr,
     stop: &mut Stop<'_>,
     activity: Arc<Activity>,
+    mut streams: Option<StreamsIdle>,
 ) {
     let shared = ctx.shared.clone();
     let svc = service_fn(move |req| {
@@ -48,16 +63,85 @@ pub(super) async fn hyper_serve(
     tokio::pin!(conn);
     // At shutdown the connection is asked to finish its request and close.
     let mut draining = false;
-    let ended = poll_fn(|cx| {
+    let ended = poll_fn(|cx| loop {
         if !draining && stop.poll_fired(cx) {
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
-        conn.as_mut().poll(cx)
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        let Some(idle) = streams.as_mut() else {
+            return Poll::Pending;
+        };
+        if !idle.poll_passed(cx) {
+            return Poll::Pending;
+        }
+        if idle.closing {
+            tracing::debug!(%peer, "gateway: dropped an idle HTTP/2 connection that had not closed timeouts.send after its GOAWAY");
+            return Poll::Ready(None);
+        }
+        tracing::debug!(%peer, "gateway: closing an HTTP/2 connection that had no stream open for timeouts.idle");
+        idle.close();
+        if !draining {
+            draining = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        // Polled again at once: the GOAWAY goes out.
     })
     .await;
-    if let Err(e) = ended {
+    if let Some(Err(e)) = ended {
         tracing::debug!(%peer, error = %e, draining, "gateway: connection ended with an error");
+    }
+}
+
+/// The idle rule of an HTTP/2 connection (see the module docs): the
+/// time with no stream open, `timeouts.idle` until the GOAWAY and
+/// `timeouts.send` after it.
+pub(super) struct StreamsIdle {
+    activity: Arc<Activity>,
+    timeouts: ClientTimeouts,
+    timer: Deadline,
+    /// Whether `timer` is set for the current spell with no stream open.
+    armed: bool,
+    /// The GOAWAY has been sent: the connection is closing.
+    closing: bool,
+}
+
+impl StreamsIdle {
+    pub(super) fn new(timer: Deadline, timeouts: ClientTimeouts, activity: Arc<Activity>) -> Self {
+        StreamsIdle {
+            activity,
+            timeouts,
+            timer,
+            armed: false,
+            closing: false,
+        }
+    }
+
+    /// Whether the connection has had no stream open for the current
+    /// limit. While one is open, the task is woken when the last ends.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.activity.poll_busy(cx) {
+            self.armed = false;
+            return false;
+        }
+        if !self.armed {
+            self.armed = true;
+            let limit = if self.closing {
+                self.timeouts.send
+            } else {
+                self.timeouts.idle
+            };
+            self.timer.reset(limit);
+        }
+        self.timer.poll_passed(cx)
+    }
+
+    /// The GOAWAY is out: from now on the close is timed.
+    fn close(&mut self) {
+        self.closing = true;
+        self.armed = false;
     }
 }
 

@@ -11,8 +11,10 @@
 //! without an answer (as nginx does). The same holds on hyper's side,
 //! timed by the connection's reads (see `clocks`): hyper's own
 //! header timer starts as soon as a response is written, which would make
-//! `header_read` the idle timeout. At shutdown, idle connections are
-//! closed at once and busy ones after their current response.
+//! `header_read` the idle timeout. An HTTP/2 connection is idle while no
+//! stream is open, and is then closed with a GOAWAY (see `handoff`). At
+//! shutdown, idle connections are closed at once and busy ones after
+//! their current response.
 //!
 //! Writes to the client, on both sides and in WebSocket tunnels, may each
 //! wait for room at most `timeouts.send` (nginx's `send_timeout`; see
@@ -39,7 +41,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
 
-use handoff::{hyper_serve, Prefixed};
+use handoff::{hyper_serve, Prefixed, StreamsIdle};
 use plain::Front;
 
 use crate::gateway::clocks::{Activity, ReadClock, SendClock};
@@ -98,10 +100,16 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
     let mut stop = Stop::new(&ctx);
     if let End::HandOver = conn.run(&ctx, &origin, &mut stop).await {
         let activity = Arc::new(Activity::default());
-        // HTTP/2 has no heads between idle spells to time: only its
-        // writes are.
+        // HTTP/2 has no heads between idle spells to time: its writes are,
+        // and its idleness is counted in open streams (`StreamsIdle`).
         let h2 = conn.buf.starts_with(H2_PREFACE);
-        let reads = (!h2).then(|| ReadClock::new(conn.timer, timeouts, activity.clone()));
+        let (reads, streams) = if h2 {
+            let idle = StreamsIdle::new(conn.timer, timeouts, activity.clone());
+            (None, Some(idle))
+        } else {
+            let reads = ReadClock::new(conn.timer, timeouts, activity.clone());
+            (Some(reads), None)
+        };
         let io = Prefixed {
             prefix: conn.buf.freeze(),
             io: conn.io,
@@ -112,7 +120,8 @@ pub(super) async fn serve(ctx: Arc<Ctx>, stream: TcpStream, peer: SocketAddr) {
         };
         // Boxed: hyper's connection state is large, and this future is
         // the task of every connection, idle ones included.
-        Box::pin(hyper_serve(&ctx, io, origin, peer, &mut stop, activity)).await;
+        let serving = hyper_serve(&ctx, io, origin, peer, &mut stop, activity, streams);
+        Box::pin(serving).await;
     }
 }
 

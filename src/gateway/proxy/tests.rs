@@ -251,6 +251,15 @@ async fn scripted(
     mode: Mode,
     answer: fn(&Seen) -> (Vec<u8>, bool),
 ) -> (SocketAddr, Arc<AtomicUsize>) {
+    scripted_telling(mode, answer, Arc::new(tokio::sync::Notify::new())).await
+}
+
+/// [`scripted`], notifying `answered` each time an answer is written.
+async fn scripted_telling(
+    mode: Mode,
+    answer: fn(&Seen) -> (Vec<u8>, bool),
+    answered: Arc<tokio::sync::Notify>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -259,6 +268,7 @@ async fn scripted(
         loop {
             let (mut s, _) = l.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -284,6 +294,7 @@ async fn scripted(
                     if s.write_all(&bytes).await.is_err() || close {
                         return;
                     }
+                    answered.notify_one();
                     match mode {
                         Mode::AfterBody => {}
                         // Keep the connection open without reading on.
@@ -435,28 +446,79 @@ async fn an_early_answer_is_relayed_and_its_connection_not_reused() {
     );
 }
 
+/// A request body whose frames the test sends, when it chooses, through
+/// the returned channel; it ends when the sender is dropped.
+fn body_fed_by_hand() -> (tokio::sync::mpsc::Sender<bytes::Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok::<_, BoxErr>(hyper::body::Frame::data(data)), rx))
+    });
+    let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+    (tx, body.into())
+}
+
 #[tokio::test]
 async fn an_early_success_keeps_the_upload_going() {
-    let (b, accepted) = scripted(Mode::EarlyThenDiscard, |_| {
-        (
-            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
-            false,
-        )
-    })
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let (b, accepted) = scripted_telling(
+        Mode::EarlyThenDiscard,
+        |_| {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+                false,
+            )
+        },
+        answered.clone(),
+    )
     .await;
     let gw = front(upstream(), b).await;
-    // With a length this time.
-    let body = mebibytes(64);
+    // The second half of the body goes out only once the backend has
+    // answered: the answer comes while the upload is under way, whatever
+    // the socket buffers hold. (A 64 MiB body stood for that before, and
+    // pushing it through a debug build took past the 5 s below on a busy
+    // machine.)
+    const HALF: usize = 256 * 1024;
+    let (feed, body) = body_fed_by_hand();
     let upload = Request::builder()
         .method("POST")
         .uri("/upload")
         .header(header::HOST, "t")
-        .header(header::CONTENT_LENGTH, (64u64 << 20).to_string())
+        .header(header::CONTENT_LENGTH, (2 * HALF).to_string())
         .body(body)
         .unwrap();
-    let got = send_all(gw, vec![upload, req("GET", crate::gateway::body::empty())]).await;
-    assert_eq!(got[0], (200, "3".to_string(), "ok\n".to_string()));
-    assert_eq!(got[1].0, 200, "the client connection survived the upload");
+    let s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let in_time = Duration::from_secs(5);
+    let response = tokio::spawn(tx.send_request(upload));
+    feed.send(bytes::Bytes::from(vec![b'x'; HALF]))
+        .await
+        .unwrap();
+    tokio::time::timeout(in_time, answered.notified())
+        .await
+        .expect("the backend answered after the head");
+    // The rest of the body, after the answer: the gateway still relays it.
+    feed.send(bytes::Bytes::from(vec![b'y'; HALF]))
+        .await
+        .unwrap();
+    drop(feed);
+    let resp = tokio::time::timeout(in_time, response)
+        .await
+        .expect("the answer once the upload is done")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&answer[..], b"ok\n");
+    let next = req("GET", crate::gateway::body::empty());
+    let next = tokio::time::timeout(in_time, tx.send_request(next))
+        .await
+        .expect("an answer in time")
+        .expect("the client connection survived the upload");
+    assert_eq!(next.status(), 200);
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,
