@@ -25,6 +25,10 @@
 //! - a [`TaskTracker`] for every task `up` spawns ([`Shutdown::spawn`]), so
 //!   `up` knows they all ended before it returns.
 //!
+//! [`Budget`] is the pure arithmetic of how the budget is spent. The
+//! persistence shell reads it (and the tokens) from here; this module knows
+//! nothing of persistence.
+//!
 //! When the deadline passes, the root is cancelled: the supervisor kills
 //! every group, the gateway closes its connections, and every wait of `up`
 //! bounded by [`Shutdown::bounded`] returns `None` at once. [`Shutdown::finish`]
@@ -38,8 +42,6 @@ use std::time::{Duration, Instant};
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
-
-use crate::persist::deadline::Budget;
 
 /// The shutdown of one `up` (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -197,6 +199,51 @@ fn now() -> Instant {
     }
 }
 
+/// How `up` spends `shutdown_timeout`, counted from the stop request: the
+/// services get two thirds (the supervisor's share), the final backup runs
+/// until [`Budget::final_backup`], its network steps until
+/// [`Budget::network`] (a little earlier, so their own error, naming the
+/// remote, arrives before the backup is abandoned), and what is left goes
+/// to the gateway drain and the runtime's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    began: Instant,
+    total: Duration,
+}
+
+impl Budget {
+    /// `total` from `began`.
+    pub fn new(began: Instant, total: Duration) -> Self {
+        Budget { began, total }
+    }
+
+    /// When the process must be gone: 150 ms before the budget's end, the
+    /// runtime's 100 ms shutdown timeout (`up.rs`) plus 50 ms for the exit
+    /// itself.
+    pub fn end(&self) -> Instant {
+        self.began + self.total.saturating_sub(Duration::from_millis(150))
+    }
+
+    /// When the final backup is abandoned: a tenth of the budget (at most
+    /// half a second) before the end, for the gateway to close.
+    pub fn final_backup(&self) -> Instant {
+        let reserve = (self.total / 10).min(Duration::from_millis(500));
+        self.end()
+            .checked_sub(reserve)
+            .unwrap_or(self.began)
+            .max(self.began)
+    }
+
+    /// When the final backup's network steps give up.
+    pub fn network(&self) -> Instant {
+        let margin = (self.total / 20).min(Duration::from_millis(250));
+        self.final_backup()
+            .checked_sub(margin)
+            .unwrap_or(self.began)
+            .max(self.began)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +310,22 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         assert!(s.finish().await);
         assert_eq!(t0.elapsed(), Duration::ZERO, "finish waited on a timer");
+    }
+
+    #[test]
+    fn the_budget_leaves_the_final_backup_before_the_end() {
+        let t0 = Instant::now();
+        let table = [
+            // (total, end, final backup, network) after t0
+            (ms(9_000), ms(8_850), ms(8_350), ms(8_100)),
+            (ms(3_000), ms(2_850), ms(2_550), ms(2_400)),
+            (ms(100), ms(0), ms(0), ms(0)),
+        ];
+        for (total, end, fin, net) in table {
+            let b = Budget::new(t0, total);
+            assert_eq!(b.end(), t0 + end, "{total:?}");
+            assert_eq!(b.final_backup(), t0 + fin, "{total:?}");
+            assert_eq!(b.network(), t0 + net, "{total:?}");
+        }
     }
 }

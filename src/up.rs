@@ -17,10 +17,9 @@ use crate::cli::LogFormat;
 use crate::exit_code as code;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
-use crate::persist::deadline::Budget;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Budget, Shutdown};
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
 

@@ -19,14 +19,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::persist::deadline::{Budget, Limit};
+use crate::persist::deadline::Limit;
 use crate::persist::progress::{self, ProgressSink, Reading};
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
     PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport, Stage,
     DEFAULT_LEASE_TTL,
 };
-use crate::shutdown::{CancellationToken, Shutdown};
+use crate::shutdown::{Budget, CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 
 /// A request to the running snapshot loop.
