@@ -4,10 +4,13 @@
 //! [`panic_once`] is empty and the variable is ignored.
 //!
 //! Points: `conn` (the first gateway connection task), `supervisor` (the
-//! supervisor task, at its start), `up` (`stackctl up` itself, once the
-//! services have stopped, before the final snapshot).
+//! supervisor's event loop, once every service runs and is ready), `up`
+//! (`stackctl up` itself, once the services have stopped, before the final
+//! snapshot).
 
 /// Panic if `STACKCTL_TEST_PANIC` names `point` and it has not fired yet.
+/// The panic is located at the caller: that is the place it stands for.
+#[track_caller]
 pub fn panic_once(point: &'static str) {
     #[cfg(debug_assertions)]
     {

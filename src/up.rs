@@ -25,6 +25,8 @@ use crate::supervisor::{self, Outcome, Reaper};
 
 /// Run the stack until a signal stops it or a service gives up.
 pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
+    // Every panic's log line names where it happened.
+    crate::shutdown::record_panic_sites();
     // Before any thread or descriptor exists: a gateway under load needs
     // more than the usual soft limit of 1024 (issue 11).
     if let Some((from, to)) = supervisor::nofile::raise() {
@@ -68,8 +70,9 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
     }));
     let exit = match ran {
         Ok(exit) => exit,
-        Err(_) => {
-            error!("stackctl up panicked (a bug, please report it with the lines above); taking the final snapshot before exiting");
+        Err(payload) => {
+            let at = crate::shutdown::describe_panic(payload.as_ref());
+            error!("stackctl up panicked at {at} (a bug, please report it with the lines above); taking the final snapshot before exiting");
             if let Some((p, status)) = rescue.get() {
                 // The services may still run: a third of the budget, as
                 // after a normal stop.
@@ -93,7 +96,13 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
     let shutdown = Shutdown::new(manifest.shutdown_timeout);
     shutdown.watch_deadline();
     spawn_signal_watch(shutdown.clone());
-    let exit = run_stack(manifest, log_format, rescue, &shutdown).await;
+    let mut exit = run_stack(manifest, log_format, rescue, &shutdown).await;
+    // A task that panicked asked for the stop, which went as after SIGTERM;
+    // but the stack did not stop cleanly, whatever path `run_stack` took.
+    if let Some(panic) = shutdown.panicked() {
+        error!("stopped because {panic}");
+        exit = code::FAILURE;
+    }
     // Every task spawned here ends, or the deadline passes.
     shutdown.finish().await;
     exit
@@ -217,6 +226,7 @@ async fn run_stack(
             // answer 503 "starting" instead of 502 while it comes up.
             Ok(g) => Some(
                 shutdown.spawn(
+                    "the gateway",
                     g.with_services(&manifest.services)
                         .with_recovery(recovery.clone())
                         .serve(listener, shutdown.gateway().clone()),
@@ -243,19 +253,22 @@ async fn run_stack(
 
     let budget = shutdown.services_budget(persister.is_some());
     let opts = supervisor::Options { log_format, budget };
-    // Its own task: a panic in the supervisor (a bug) is a failure of the
-    // stack, but the final snapshot below is still taken. Unbounded until
-    // the stop is asked; from then on, bounded by the deadline.
+    // Its own task. A panic in its event loop (a bug) is caught there: it
+    // still holds the services and stops them in order; any panic asks for
+    // the stop, and the final snapshot below is still taken. Unbounded
+    // until the stop is asked; from then on, bounded by the deadline.
     let outcome = shutdown
-        .bounded(shutdown.spawn(supervisor::run(
-            manifest.clone(),
-            reaper,
-            status.clone(),
-            opts,
-            shutdown.stop().clone(),
-            shutdown.force().clone(),
-            commands,
-        )))
+        .bounded(shutdown.spawn(
+            "the supervisor",
+            supervisor::run(
+                manifest.clone(),
+                reaper,
+                status.clone(),
+                opts,
+                shutdown.clone(),
+                commands,
+            ),
+        ))
         .await;
 
     let mut exit = match &outcome {
@@ -309,7 +322,8 @@ async fn run_stack(
             }
         }
     }
-    if exit == code::OK {
+    // After a panic the stop went as usual, but it was not clean: see `run_async`.
+    if exit == code::OK && shutdown.panicked().is_none() {
         info!("stopped cleanly");
     }
     exit
@@ -325,8 +339,10 @@ async fn restore_first(
     services: &[crate::manifest::Service],
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = shutdown.child();
-    let placeholder =
-        listener.map(|l| shutdown.spawn(restoring::serve(l, status.clone(), handover.clone())));
+    let placeholder = listener.map(|l| {
+        let page = restoring::serve(l, status.clone(), handover.clone());
+        shutdown.spawn("the restoring page", page)
+    });
     let restored = shutdown
         .bounded(lifecycle::restore_at_start(p, status, shutdown))
         .await;
@@ -370,18 +386,21 @@ fn start_backups(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
     let stop = shutdown.backups();
-    let looped = shutdown.spawn(lifecycle::run_loop(
-        p.clone(),
-        paths,
-        cfg.debounce,
-        cfg.interval,
-        status.clone(),
-        stop.clone(),
-        rx,
-    ));
+    let looped = shutdown.spawn(
+        "the snapshot loop",
+        lifecycle::run_loop(
+            p.clone(),
+            paths,
+            cfg.debounce,
+            cfg.interval,
+            status.clone(),
+            stop.clone(),
+            rx,
+        ),
+    );
     let socket = crate::control::socket_path(&cfg.workdir);
     let (p, stop) = (p.clone(), stop.clone());
-    let control = shutdown.spawn(async move {
+    let control = shutdown.spawn("the control socket", async move {
         if let Err(e) = crate::control::serve(socket.clone(), p, tx, recovery, stop).await {
             warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
         }
