@@ -136,13 +136,15 @@ async fn run_stack(
             }
         });
     }
+    // The progress of backups and restores, for the control socket.
+    let feed = lifecycle::feed();
     let persister = match &manifest.persist {
         Some(p) => match Persister::open(p) {
             Ok(p) => {
                 // Log lines as usual, plus the restore's bytes on the
-                // status board for the 503 page.
+                // status board for the 503 page, and everything on the feed.
                 let log = Arc::new(progress::Lines::log(progress::interval()));
-                let sink = Arc::new(BoardSink::new(status.clone(), log));
+                let sink = Arc::new(BoardSink::new(status.clone(), log, feed.clone()));
                 let p = Arc::new(p.with_progress_sink(sink));
                 let _ = rescue.set((p.clone(), status.clone()));
                 Some(p)
@@ -215,6 +217,7 @@ async fn run_stack(
             control.clone(),
             &manifest,
             status.clone(),
+            feed.clone(),
         ))
     });
 
@@ -248,7 +251,7 @@ async fn run_stack(
         .zip(manifest.persist.as_ref())
         .map(|(p, cfg)| {
             let channel = (backup_tx, backup_rx);
-            start_backups(p, cfg, &status, shutdown, channel, recovery)
+            start_backups(p, cfg, &status, &feed, shutdown, channel, recovery)
         });
 
     let budget = shutdown.services_budget(persister.is_some());
@@ -377,6 +380,7 @@ fn start_backups(
     p: &Arc<Persister>,
     cfg: &crate::manifest::Persist,
     status: &StatusBoard,
+    feed: &lifecycle::Feed,
     shutdown: &Shutdown,
     (tx, rx): (
         tokio::sync::mpsc::Sender<lifecycle::Request>,
@@ -384,13 +388,12 @@ fn start_backups(
     ),
     recovery: Option<Arc<crate::recovery::Recovery>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
     let stop = shutdown.backups();
     let looped = shutdown.spawn(
         "the snapshot loop",
         lifecycle::run_loop(
             p.clone(),
-            paths,
+            feed.clone(),
             cfg.debounce,
             cfg.interval,
             status.clone(),
@@ -399,9 +402,10 @@ fn start_backups(
         ),
     );
     let socket = crate::control::socket_path(&cfg.workdir);
-    let (p, stop) = (p.clone(), stop.clone());
+    let (p, stop, feed) = (p.clone(), stop.clone(), feed.clone());
     let control = shutdown.spawn("the control socket", async move {
-        if let Err(e) = crate::control::serve(socket.clone(), p, tx, recovery, stop).await {
+        let served = crate::control::serve(socket.clone(), p, tx, feed, recovery, stop);
+        if let Err(e) = served.await {
             warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
         }
     });
