@@ -4,7 +4,8 @@
 //! [`panic_once`] is empty and the variable is ignored.
 //!
 //! Points: `conn` (the first gateway connection task), `supervisor` (the
-//! supervisor's event loop, once every service runs and is ready), `up`
+//! supervisor's event loop, once every service runs and is ready),
+//! `up-running` (`stackctl up` itself, once every service is ready), `up`
 //! (`stackctl up` itself, once the services have stopped, before the final
 //! snapshot).
 
@@ -16,7 +17,7 @@ pub fn panic_once(point: &'static str) {
     {
         use std::sync::Mutex;
         static FIRED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-        if std::env::var("STACKCTL_TEST_PANIC").ok().as_deref() != Some(point) {
+        if !armed(point) {
             return;
         }
         let first = match FIRED.lock() {
@@ -32,4 +33,16 @@ pub fn panic_once(point: &'static str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = point;
+}
+
+/// Whether `STACKCTL_TEST_PANIC` names `point` (never in a release build),
+/// for a point that has to wait for its moment first.
+pub fn armed(point: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return std::env::var("STACKCTL_TEST_PANIC").ok().as_deref() == Some(point);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = point;
+        false
+    }
 }

@@ -9,7 +9,7 @@
 //! deadline.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -19,7 +19,7 @@ use crate::gateway::restoring;
 use crate::manifest::Manifest;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
-use crate::shutdown::{Budget, Shutdown};
+use crate::shutdown::{CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
 
@@ -60,23 +60,29 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
             return code::FAILURE;
         }
     };
-    let shutdown_timeout = manifest.shutdown_timeout;
-    let rescue = Rescue::default();
+    let shutdown = Shutdown::new(manifest.shutdown_timeout);
+    let rescue = Arc::new(Rescue::default());
     // A panic in `up` itself (a bug) must not lose the data since the last
-    // snapshot (issue 12 item 8): catch it, and take the final snapshot on
-    // the way out. Tasks' panics stay inside their tasks (see `run_async`).
+    // snapshot (issue 12 item 8) nor leave the services running: catch it,
+    // stop them and take the final snapshot on the way out. Tasks' panics
+    // are caught in their tasks (see `Shutdown::spawn`).
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run_async(manifest, log_format, rescue.clone()))
+        let stack = run_async(manifest, log_format, rescue.clone(), shutdown.clone());
+        runtime.block_on(stack)
     }));
     let exit = match ran {
         Ok(exit) => exit,
         Err(payload) => {
             let at = crate::shutdown::describe_panic(payload.as_ref());
-            error!("stackctl up panicked at {at} (a bug, please report it with the lines above); taking the final snapshot before exiting");
-            if let Some((p, status)) = rescue.get() {
-                // The services may still run: a third of the budget, as
-                // after a normal stop.
-                let budget = Budget::new(Instant::now(), shutdown_timeout / 3);
+            error!("stackctl up panicked at {at} (a bug, please report it with the lines above); stopping the services and taking the final snapshot before exiting");
+            // The supervisor is a task of the runtime: it still holds the
+            // services and stops them in order once asked, as on SIGTERM.
+            shutdown.request_stop();
+            if let Some(done) = rescue.supervisor.get() {
+                runtime.block_on(shutdown.bounded(done.cancelled()));
+            }
+            if let Some((p, status)) = rescue.persist.get() {
+                let budget = shutdown.budget();
                 let _ = runtime.block_on(lifecycle::final_backup(p, status, budget));
             }
             code::FAILURE
@@ -88,12 +94,22 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
     exit
 }
 
-/// What a panicking `up` needs to take the final snapshot: set once the
-/// persister is open.
-type Rescue = Arc<OnceLock<(Arc<Persister>, StatusBoard)>>;
+/// What a panicking `up` needs to stop the services and take the final
+/// snapshot.
+#[derive(Default)]
+struct Rescue {
+    /// Set once the persister is open.
+    persist: OnceLock<(Arc<Persister>, StatusBoard)>,
+    /// Set once the supervisor runs; cancelled when it ended.
+    supervisor: OnceLock<CancellationToken>,
+}
 
-async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) -> u8 {
-    let shutdown = Shutdown::new(manifest.shutdown_timeout);
+async fn run_async(
+    manifest: Manifest,
+    log_format: LogFormat,
+    rescue: Arc<Rescue>,
+    shutdown: Shutdown,
+) -> u8 {
     shutdown.watch_deadline();
     spawn_signal_watch(shutdown.clone());
     let mut exit = run_stack(manifest, log_format, rescue, &shutdown).await;
@@ -111,7 +127,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
 async fn run_stack(
     manifest: Manifest,
     log_format: LogFormat,
-    rescue: Rescue,
+    rescue: Arc<Rescue>,
     shutdown: &Shutdown,
 ) -> u8 {
     let reaper = match Reaper::start() {
@@ -146,7 +162,7 @@ async fn run_stack(
                 let log = Arc::new(progress::Lines::log(progress::interval()));
                 let sink = Arc::new(BoardSink::new(status.clone(), log, feed.clone()));
                 let p = Arc::new(p.with_progress_sink(sink));
-                let _ = rescue.set((p.clone(), status.clone()));
+                let _ = rescue.persist.set((p.clone(), status.clone()));
                 Some(p)
             }
             Err(e) => {
@@ -260,19 +276,26 @@ async fn run_stack(
     // still holds the services and stops them in order; any panic asks for
     // the stop, and the final snapshot below is still taken. Unbounded
     // until the stop is asked; from then on, bounded by the deadline.
-    let outcome = shutdown
-        .bounded(shutdown.spawn(
-            "the supervisor",
-            supervisor::run(
-                manifest.clone(),
-                reaper,
-                status.clone(),
-                opts,
-                shutdown.clone(),
-                commands,
-            ),
-        ))
-        .await;
+    let done = rescue
+        .supervisor
+        .get_or_init(CancellationToken::new)
+        .clone();
+    let supervise = supervisor::run(
+        manifest.clone(),
+        reaper,
+        status.clone(),
+        opts,
+        shutdown.clone(),
+        commands,
+    );
+    let supervised = shutdown.spawn("the supervisor", async move {
+        // However the task ends: a panicking `up` waits for this.
+        let _ended = done.drop_guard();
+        supervise.await
+    });
+    #[cfg(debug_assertions)]
+    panic_once_ready(&status, shutdown).await;
+    let outcome = shutdown.bounded(supervised).await;
 
     let mut exit = match &outcome {
         Some(Ok(Outcome::Clean)) => code::OK,
@@ -330,6 +353,24 @@ async fn run_stack(
         info!("stopped cleanly");
     }
     exit
+}
+
+/// The test hook `STACKCTL_TEST_PANIC=up-running` (debug builds only, see
+/// [`crate::fault`]): `up` itself panics once every service is ready.
+#[cfg(debug_assertions)]
+async fn panic_once_ready(status: &StatusBoard, shutdown: &Shutdown) {
+    use crate::status::Phase;
+    if !crate::fault::armed("up-running") {
+        return;
+    }
+    while !shutdown.stop().is_cancelled() {
+        let board = status.snapshot();
+        let ready = |p: Phase| matches!(p, Phase::Ready | Phase::Disabled);
+        if board.services.values().all(|s| ready(s.phase)) {
+            crate::fault::panic_once("up-running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Restore before anything starts, answering "restoring" on the public
