@@ -13,6 +13,16 @@
 //! restore here is the admin API's (dry run, or confirmed: undo snapshot,
 //! services stopped and started again); its answer is under `"result"`,
 //! and a refusal carries the HTTP `"status"` the API would have given.
+//!
+//! That is protocol 1. Protocol 2 is the same with the request line
+//! prefixed by `v2 `: then, before its answer line, a restore sends its
+//! progress as lines of their own, each with an `"event"` key (an
+//! [`Event`]: the step it is at, a stage of the restore, the bytes of large
+//! files; [`event_json`]). The other requests answer as in protocol 1.
+//! The answer is the first line without `"event"`. A request without the
+//! prefix is protocol 1 and gets one line, so an older client still works;
+//! an older `up` refuses a `v2 ` request as unknown, and the client then
+//! asks again in protocol 1 ([`request_with_progress`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,11 +32,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::persist::lifecycle::Request;
-use crate::persist::{Persister, SnapshotReport};
+use crate::persist::lifecycle::{Event, Feed, Request};
+use crate::persist::progress::Reading;
+use crate::persist::{Persister, Progress, SnapshotReport, Stage};
 use crate::recovery::Recovery;
 use crate::shutdown::CancellationToken;
 
@@ -73,11 +85,16 @@ fn own_socket_dir(socket: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve the control socket until `stop`.
+/// The prefix of a protocol 2 request (see the module docs).
+const V2: &str = "v2 ";
+
+/// Serve the control socket until `stop`; a restore in protocol 2 streams
+/// what `feed` carries meanwhile.
 pub async fn serve(
     path: PathBuf,
     p: Arc<Persister>,
     backups: mpsc::Sender<Request>,
+    feed: Feed,
     recovery: Option<Arc<Recovery>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -100,6 +117,7 @@ pub async fn serve(
             },
         };
         let (p, backups, recovery) = (p.clone(), backups.clone(), recovery.clone());
+        let feed = feed.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -107,9 +125,18 @@ pub async fn serve(
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
-            let answer = match line.trim().strip_prefix("restore ") {
+            let line = line.trim();
+            let (v2, line) = match line.strip_prefix(V2) {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let answer = match line.strip_prefix("restore ") {
+                Some(body) if v2 => {
+                    let work = restore(body, recovery.as_ref());
+                    streaming(work, recovery.as_ref(), &feed, &mut write).await
+                }
                 Some(body) => restore(body, recovery.as_ref()).await,
-                None => handle(line.trim(), &p, &backups).await,
+                None => handle(line, &p, &backups).await,
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
         });
@@ -172,6 +199,130 @@ async fn restore(body: &str, recovery: Option<&Arc<Recovery>>) -> Value {
     }
 }
 
+/// Run `work` (a restore), sending what the feed carries meanwhile to
+/// `out` as [`Event`] lines; its answer. A client that left is not written
+/// to any more, and the work goes on (it is not cancelled by the client
+/// leaving).
+async fn streaming(
+    work: impl std::future::Future<Output = Value>,
+    recovery: Option<&Arc<Recovery>>,
+    feed: &Feed,
+    out: &mut OwnedWriteHalf,
+) -> Value {
+    // Subscribed before the work starts: none of its steps is missed.
+    let mut events = feed.subscribe();
+    tokio::pin!(work);
+    let mut step: Option<String> = None;
+    let mut listening = true;
+    loop {
+        let event = tokio::select! {
+            answer = &mut work => return answer,
+            e = events.recv() => match e {
+                Ok(e) => e,
+                // Readings were dropped (a slow reader): the next one says
+                // where the bytes are, but a step may have been lost too.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    match recovery.and_then(|r| r.step()) {
+                        Some(now) if step.as_ref() != Some(&now) => Event::Step(now),
+                        _ => continue,
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return work.await,
+            },
+        };
+        if let Event::Step(text) = &event {
+            step = Some(text.clone());
+        }
+        if listening {
+            let line = format!("{}\n", event_json(&event));
+            listening = out.write_all(line.as_bytes()).await.is_ok();
+        }
+    }
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Fetching => "fetching",
+        Stage::Waiting => "waiting",
+        Stage::Restoring => "restoring",
+        Stage::Uploading => "uploading",
+    }
+}
+
+/// An [`Event`] as its progress line's JSON (protocol 2).
+pub fn event_json(e: &Event) -> Value {
+    let bytes = |event: &str, r: &Reading| {
+        json!({
+            "event": event,
+            "label": r.label,
+            "done": r.done,
+            "total": r.total,
+            "file": r.file,
+            "file_done": r.file_done,
+            "file_size": r.file_size,
+            "index": r.index,
+            "count": r.count,
+            "elapsed_ms": u64::try_from(r.elapsed.as_millis()).unwrap_or(u64::MAX),
+        })
+    };
+    match e {
+        Event::Step(text) => json!({"event": "step", "text": text}),
+        Event::Stage(p) => json!({
+            "event": "stage",
+            "stage": stage_name(p.stage),
+            "done": p.done,
+            "total": p.total,
+        }),
+        Event::Bytes(r) => bytes("bytes", r),
+        Event::BytesEnd(r) => bytes("bytes_end", r),
+    }
+}
+
+/// The [`Event`] a progress line carries; `None` for one this side does
+/// not know (a newer `up` may send more), or one that does not add up.
+pub fn event_from_json(v: &Value) -> Option<Event> {
+    let n = |k: &str| v[k].as_u64();
+    let reading = || {
+        // The label is shown; only the known ones are taken.
+        let label = match v["label"].as_str()? {
+            "restore" => "restore",
+            "backup" => "backup",
+            _ => return None,
+        };
+        Some(Reading {
+            label,
+            done: n("done")?,
+            total: n("total")?,
+            file: v["file"].as_str().map(PathBuf::from),
+            file_done: n("file_done")?,
+            file_size: n("file_size")?,
+            index: usize::try_from(n("index")?).ok()?,
+            count: usize::try_from(n("count")?).ok()?,
+            elapsed: Duration::from_millis(n("elapsed_ms")?),
+        })
+    };
+    Some(match v["event"].as_str()? {
+        "step" => Event::Step(v["text"].as_str()?.to_string()),
+        "stage" => {
+            let stage = match v["stage"].as_str()? {
+                "fetching" => Stage::Fetching,
+                "waiting" => Stage::Waiting,
+                "restoring" => Stage::Restoring,
+                "uploading" => Stage::Uploading,
+                _ => return None,
+            };
+            Event::Stage(Progress {
+                stage,
+                done: n("done")?,
+                total: n("total")?,
+            })
+        }
+        "bytes" => Event::Bytes(reading()?),
+        "bytes_end" => Event::BytesEnd(reading()?),
+        _ => return None,
+    })
+}
+
 /// A snapshot report as JSON (the control protocol's and `backup`'s view).
 pub fn report_json(r: &SnapshotReport) -> Value {
     json!({
@@ -208,6 +359,37 @@ pub const LONG_CALL: Duration = Duration::from_secs(3 * 3600);
 
 /// Ask the running `up`. `Ok(None)`: nobody serves the socket.
 pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
+    exchange(workdir, cmd, None)
+}
+
+/// [`request`] in protocol 2: the progress the running `up` sends before
+/// its answer goes to `on`. An `up` of an older stackctl refuses the
+/// request as unknown; it is then asked again in protocol 1 (no progress,
+/// the same answer; nothing ran on the refusal).
+pub fn request_with_progress(
+    workdir: &Path,
+    cmd: &str,
+    on: &mut dyn FnMut(Event),
+) -> std::io::Result<Option<Value>> {
+    let answer = exchange(workdir, &format!("{V2}{cmd}"), Some(on))?;
+    let unknown = format!("unknown request `{V2}");
+    let refused_as_unknown = answer.as_ref().is_some_and(|v| {
+        v["ok"] == Value::Bool(false)
+            && v["error"].as_str().is_some_and(|e| e.starts_with(&unknown))
+    });
+    if refused_as_unknown {
+        return exchange(workdir, cmd, None);
+    }
+    Ok(answer)
+}
+
+/// Send `line`, pass the progress lines to `on` (dropped without it), and
+/// return the answer line.
+fn exchange(
+    workdir: &Path,
+    line: &str,
+    mut on: Option<&mut dyn FnMut(Event)>,
+) -> std::io::Result<Option<Value>> {
     let path = socket_path(workdir);
     let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(s) => s,
@@ -222,17 +404,137 @@ pub fn request(workdir: &Path, cmd: &str) -> std::io::Result<Option<Value>> {
         Err(e) => return Err(e),
     };
     stream.set_read_timeout(Some(LONG_CALL))?;
-    stream.write_all(format!("{cmd}\n").as_bytes())?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if v.get("event").is_none() {
+            return Ok(Some(v));
+        }
+        if let (Some(on), Some(update)) = (on.as_mut(), event_from_json(&v)) {
+            on(update);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines_read_back_as_they_were_sent() {
+        let reading = Reading {
+            label: "restore",
+            done: 3 << 20,
+            total: 8 << 20,
+            file: Some(PathBuf::from("/data/big.db")),
+            file_done: 1 << 20,
+            file_size: 4 << 20,
+            index: 2,
+            count: 2,
+            elapsed: Duration::from_millis(1500),
+        };
+        let events = [
+            Event::Step("stopping web".into()),
+            Event::Stage(Progress::restoring(3, 10)),
+            Event::Stage(Progress {
+                stage: Stage::Fetching,
+                done: 0,
+                total: 0,
+            }),
+            Event::Bytes(reading.clone()),
+            Event::BytesEnd(Reading {
+                file: None,
+                ..reading
+            }),
+        ];
+        for u in events {
+            let line = event_json(&u).to_string();
+            assert!(!line.contains('\n'), "one line: {line}");
+            let back: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(event_from_json(&back), Some(u), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_progress_line_this_side_does_not_know_is_skipped_not_fatal() {
+        for line in [
+            r#"{"event":"sparkles"}"#,
+            r#"{"event":"stage","stage":"dancing","done":1,"total":2}"#,
+            r#"{"event":"stage","stage":"restoring","done":-1,"total":2}"#,
+            r#"{"event":"bytes","label":"rm -rf","done":1,"total":2,"file_done":0,"file_size":0,"index":0,"count":0,"elapsed_ms":0}"#,
+            r#"{"event":"bytes","label":"restore","done":"1"}"#,
+            r#"{"event":"step","text":7}"#,
+            r#"{"event":7}"#,
+        ] {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(event_from_json(&v), None, "{line}");
+        }
+    }
+
+    /// A socket in `dir` answering each connection in turn with the lines
+    /// of `script` (after reading its request line); the requests read.
+    fn fake_up(dir: &Path, script: Vec<Vec<String>>) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir)).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for lines in script {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                seen.push(request.trim_end().to_string());
+                let mut out = stream;
+                for l in lines {
+                    out.write_all(format!("{l}\n").as_bytes()).unwrap();
+                }
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn progress_comes_before_the_answer_and_unknown_events_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let step = event_json(&Event::Step("restoring".into())).to_string();
+        let server = fake_up(
+            d.path(),
+            vec![vec![
+                step,
+                r#"{"event":"from-the-future"}"#.into(),
+                r#"{"ok":true,"result":{"at":"abc"}}"#.into(),
+            ]],
+        );
+        let mut got = Vec::new();
+        let answer = request_with_progress(d.path(), "restore {}", &mut |e| got.push(e))
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer["result"]["at"], "abc");
+        assert_eq!(got, [Event::Step("restoring".into())]);
+        assert_eq!(server.join().unwrap(), ["v2 restore {}"]);
+    }
+
+    #[test]
+    fn an_up_that_speaks_only_protocol_1_is_asked_again_in_it() {
+        let d = tempfile::tempdir().unwrap();
+        // What an older `up` says to a request it does not know.
+        let unknown = json!({"ok": false, "error": "unknown request `v2 restore {}`"});
+        let server = fake_up(
+            d.path(),
+            vec![
+                vec![unknown.to_string()],
+                vec![r#"{"ok":true,"result":1}"#.into()],
+            ],
+        );
+        let answer = request_with_progress(d.path(), "restore {}", &mut |_| {})
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer["result"], 1);
+        assert_eq!(server.join().unwrap(), ["v2 restore {}", "restore {}"]);
+    }
 
     #[test]
     fn a_workdir_too_long_for_a_socket_gets_a_short_private_path() {

@@ -4,16 +4,20 @@
 //! [`panic_once`] is empty and the variable is ignored.
 //!
 //! Points: `conn` (the first gateway connection task), `supervisor` (the
-//! supervisor task, at its start), `up` (`stackctl up` itself, once the
-//! services have stopped, before the final snapshot).
+//! supervisor's event loop, once every service runs and is ready),
+//! `up-running` (`stackctl up` itself, once every service is ready), `up`
+//! (`stackctl up` itself, once the services have stopped, before the final
+//! snapshot).
 
 /// Panic if `STACKCTL_TEST_PANIC` names `point` and it has not fired yet.
+/// The panic is located at the caller: that is the place it stands for.
+#[track_caller]
 pub fn panic_once(point: &'static str) {
     #[cfg(debug_assertions)]
     {
         use std::sync::Mutex;
         static FIRED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
-        if std::env::var("STACKCTL_TEST_PANIC").ok().as_deref() != Some(point) {
+        if !armed(point) {
             return;
         }
         let first = match FIRED.lock() {
@@ -29,4 +33,16 @@ pub fn panic_once(point: &'static str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = point;
+}
+
+/// Whether `STACKCTL_TEST_PANIC` names `point` (never in a release build),
+/// for a point that has to wait for its moment first.
+pub fn armed(point: &str) -> bool {
+    #[cfg(debug_assertions)]
+    return std::env::var("STACKCTL_TEST_PANIC").ok().as_deref() == Some(point);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = point;
+        false
+    }
 }

@@ -25,6 +25,18 @@
 //! - a [`TaskTracker`] for every task `up` spawns ([`Shutdown::spawn`]), so
 //!   `up` knows they all ended before it returns.
 //!
+//! A panic in a task `up` spawns (a bug) is a stop request like SIGTERM:
+//! [`Shutdown::spawn`] catches it, logs where it happened, asks for the
+//! stop and records it ([`Shutdown::panicked`]), so `up` stops the services
+//! in order, takes the final backup and exits non-zero. The panic then goes
+//! on to the task's `JoinHandle` as before. Where a panic happened is only
+//! known to the panic hook: [`record_panic_sites`] installs one that keeps
+//! it for the thread that catches the panic.
+//!
+//! [`Budget`] is the pure arithmetic of how the budget is spent. The
+//! persistence shell reads it (and the tokens) from here; this module knows
+//! nothing of persistence.
+//!
 //! When the deadline passes, the root is cancelled: the supervisor kills
 //! every group, the gateway closes its connections, and every wait of `up`
 //! bounded by [`Shutdown::bounded`] returns `None` at once. [`Shutdown::finish`]
@@ -32,14 +44,16 @@
 //! running then is left to the runtime's exit (the exit code already says a
 //! part did not finish). Nothing in `up` waits past the deadline.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 pub use tokio_util::sync::CancellationToken;
 pub use tokio_util::task::TaskTracker;
-
-use crate::persist::deadline::Budget;
 
 /// The shutdown of one `up` (see the module docs). Cheap to clone.
 #[derive(Debug, Clone)]
@@ -53,6 +67,8 @@ pub struct Shutdown {
     total: Duration,
     /// When the stop was first asked: the deadline counts from here.
     began: Arc<OnceLock<Instant>>,
+    /// The first panic caught in a task: what panicked, where.
+    panic: Arc<OnceLock<String>>,
 }
 
 impl Shutdown {
@@ -69,6 +85,7 @@ impl Shutdown {
             tasks: TaskTracker::new(),
             total,
             began: Arc::new(OnceLock::new()),
+            panic: Arc::new(OnceLock::new()),
         }
     }
 
@@ -154,13 +171,40 @@ impl Shutdown {
         }
     }
 
-    /// Spawn a task `up` waits for in [`Shutdown::finish`].
-    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    /// Spawn a task `up` waits for in [`Shutdown::finish`]. If it panics
+    /// (`what` names it in the log), the stop is asked as by SIGTERM
+    /// ([`Shutdown::caught_panic`]); its `JoinHandle` still sees the panic.
+    pub fn spawn<F>(&self, what: &'static str, fut: F) -> tokio::task::JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tasks.spawn(fut)
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            match catch_panic(fut).await {
+                Ok(out) => out,
+                Err(payload) => {
+                    me.caught_panic(what, payload.as_ref());
+                    std::panic::resume_unwind(payload)
+                }
+            }
+        })
+    }
+
+    /// A panic in `what` was caught (a bug): log where it happened, record
+    /// it for the exit code, and ask for the stop, as SIGTERM does.
+    pub fn caught_panic(&self, what: &str, payload: &(dyn Any + Send)) {
+        let panic = format!("{what} panicked at {}", describe_panic(payload));
+        tracing::error!(
+            "{panic} (a bug, please report it); stopping as on SIGTERM: the services in reverse dependency order, then the final backup"
+        );
+        let _ = self.panic.set(panic);
+        self.request_stop();
+    }
+
+    /// The first panic caught ([`Shutdown::caught_panic`]): what and where.
+    pub fn panicked(&self) -> Option<&str> {
+        self.panic.get().map(String::as_str)
     }
 
     /// Cancel the root once the deadline passes, so every phase ends even
@@ -189,11 +233,106 @@ impl Shutdown {
     }
 }
 
+/// `fut`'s output, or the payload of a panic while it was polled. Unwind
+/// safety is asserted: what a caller shares with `fut` (the supervisor's
+/// state) is what it must still act on after the panic, as well as it can.
+pub async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, Box<dyn Any + Send>> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    })
+    .await
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (see [`record_panic_sites`]).
+    static PANIC_SITE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Install (once) a panic hook that keeps where each panic happened for
+/// [`describe_panic`], then does what the previous hook did (the
+/// `thread '…' panicked at …` line on stderr). A caught panic's payload
+/// carries only the message: the location is known to the hook alone. The
+/// catch runs on the panicking thread, so a thread-local pairs them even
+/// when two threads panic at once.
+pub fn record_panic_sites() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let site = info.location().map(|l| l.to_string());
+            PANIC_SITE.with(|s| *s.borrow_mut() = site);
+            previous(info);
+        }));
+    });
+}
+
+/// `FILE:LINE:COL: message` of a panic just caught on this thread.
+pub fn describe_panic(payload: &(dyn Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let site = PANIC_SITE.with(|s| s.borrow_mut().take());
+    let site = site.as_deref().unwrap_or("an unknown location");
+    format!("{site}: {message}")
+}
+
 /// `now` from tokio's clock when a runtime runs (tests may pause it).
 fn now() -> Instant {
     match tokio::runtime::Handle::try_current() {
         Ok(_) => tokio::time::Instant::now().into_std(),
         Err(_) => Instant::now(),
+    }
+}
+
+/// How `up` spends `shutdown_timeout`, counted from the stop request: the
+/// services get two thirds (the supervisor's share), the final backup runs
+/// until [`Budget::final_backup`], its network steps until
+/// [`Budget::network`] (a little earlier, so their own error, naming the
+/// remote, arrives before the backup is abandoned), and what is left goes
+/// to the gateway drain and the runtime's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    began: Instant,
+    total: Duration,
+}
+
+impl Budget {
+    /// `total` from `began`.
+    pub fn new(began: Instant, total: Duration) -> Self {
+        Budget { began, total }
+    }
+
+    /// When the process must be gone: 150 ms before the budget's end, the
+    /// runtime's 100 ms shutdown timeout (`up.rs`) plus 50 ms for the exit
+    /// itself.
+    pub fn end(&self) -> Instant {
+        self.began + self.total.saturating_sub(Duration::from_millis(150))
+    }
+
+    /// When the final backup is abandoned: a tenth of the budget (at most
+    /// half a second) before the end, for the gateway to close.
+    pub fn final_backup(&self) -> Instant {
+        let reserve = (self.total / 10).min(Duration::from_millis(500));
+        self.end()
+            .checked_sub(reserve)
+            .unwrap_or(self.began)
+            .max(self.began)
+    }
+
+    /// When the final backup's network steps give up.
+    pub fn network(&self) -> Instant {
+        let margin = (self.total / 20).min(Duration::from_millis(250));
+        self.final_backup()
+            .checked_sub(margin)
+            .unwrap_or(self.began)
+            .max(self.began)
     }
 }
 
@@ -234,9 +373,9 @@ mod tests {
         s.watch_deadline();
         // A task that never ends by itself, and one that ends when its
         // phase token fires.
-        s.spawn(std::future::pending::<()>());
+        s.spawn("stuck", std::future::pending::<()>());
         let gw = s.gateway().clone();
-        s.spawn(async move { gw.cancelled().await });
+        s.spawn("gateway", async move { gw.cancelled().await });
         let t0 = tokio::time::Instant::now();
         s.request_stop();
         let stuck = s.bounded(std::future::pending::<()>()).await;
@@ -257,11 +396,53 @@ mod tests {
         let s = Shutdown::new(ms(5_000));
         s.watch_deadline();
         let gw = s.gateway().clone();
-        s.spawn(async move { gw.cancelled().await });
+        s.spawn("gateway", async move { gw.cancelled().await });
         s.request_stop();
         s.gateway().cancel();
         let t0 = tokio::time::Instant::now();
         assert!(s.finish().await);
         assert_eq!(t0.elapsed(), Duration::ZERO, "finish waited on a timer");
+    }
+
+    #[test]
+    fn the_budget_leaves_the_final_backup_before_the_end() {
+        let t0 = Instant::now();
+        let table = [
+            // (total, end, final backup, network) after t0
+            (ms(9_000), ms(8_850), ms(8_350), ms(8_100)),
+            (ms(3_000), ms(2_850), ms(2_550), ms(2_400)),
+            (ms(100), ms(0), ms(0), ms(0)),
+        ];
+        for (total, end, fin, net) in table {
+            let b = Budget::new(t0, total);
+            assert_eq!(b.end(), t0 + end, "{total:?}");
+            assert_eq!(b.final_backup(), t0 + fin, "{total:?}");
+            assert_eq!(b.network(), t0 + net, "{total:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_asks_for_the_stop_and_says_where() {
+        record_panic_sites();
+        let s = Shutdown::new(ms(1_000));
+        let boom = s.spawn("the test task", async {
+            if s_is_doomed() {
+                panic!("boom");
+            }
+        });
+        let err = boom.await.expect_err("the panic reaches the JoinHandle");
+        assert!(err.is_panic());
+        // Asked as SIGTERM asks: the deadline clock runs.
+        assert!(s.stop().is_cancelled() && s.deadline().is_some());
+        let p = s.panicked().unwrap_or_default();
+        assert!(
+            p.starts_with("the test task panicked at src/shutdown.rs:") && p.ends_with(": boom"),
+            "{p}"
+        );
+    }
+
+    /// Opaque to the compiler, so the panic above is not dead code to it.
+    fn s_is_doomed() -> bool {
+        std::hint::black_box(true)
     }
 }

@@ -9,7 +9,7 @@
 //! deadline.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{error, info, warn};
 
@@ -17,15 +17,16 @@ use crate::cli::LogFormat;
 use crate::exit_code as code;
 use crate::gateway::restoring;
 use crate::manifest::Manifest;
-use crate::persist::deadline::Budget;
 use crate::persist::lifecycle::{self, BoardSink};
 use crate::persist::{progress, Persister};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 use crate::supervisor::{self, Outcome, Reaper};
 
 /// Run the stack until a signal stops it or a service gives up.
 pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
+    // Every panic's log line names where it happened.
+    crate::shutdown::record_panic_sites();
     // Before any thread or descriptor exists: a gateway under load needs
     // more than the usual soft limit of 1024 (issue 11).
     if let Some((from, to)) = supervisor::nofile::raise() {
@@ -59,22 +60,29 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
             return code::FAILURE;
         }
     };
-    let shutdown_timeout = manifest.shutdown_timeout;
-    let rescue = Rescue::default();
+    let shutdown = Shutdown::new(manifest.shutdown_timeout);
+    let rescue = Arc::new(Rescue::default());
     // A panic in `up` itself (a bug) must not lose the data since the last
-    // snapshot (issue 12 item 8): catch it, and take the final snapshot on
-    // the way out. Tasks' panics stay inside their tasks (see `run_async`).
+    // snapshot (issue 12 item 8) nor leave the services running: catch it,
+    // stop them and take the final snapshot on the way out. Tasks' panics
+    // are caught in their tasks (see `Shutdown::spawn`).
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        runtime.block_on(run_async(manifest, log_format, rescue.clone()))
+        let stack = run_async(manifest, log_format, rescue.clone(), shutdown.clone());
+        runtime.block_on(stack)
     }));
     let exit = match ran {
         Ok(exit) => exit,
-        Err(_) => {
-            error!("stackctl up panicked (a bug, please report it with the lines above); taking the final snapshot before exiting");
-            if let Some((p, status)) = rescue.get() {
-                // The services may still run: a third of the budget, as
-                // after a normal stop.
-                let budget = Budget::new(Instant::now(), shutdown_timeout / 3);
+        Err(payload) => {
+            let at = crate::shutdown::describe_panic(payload.as_ref());
+            error!("stackctl up panicked at {at} (a bug, please report it with the lines above); stopping the services and taking the final snapshot before exiting");
+            // The supervisor is a task of the runtime: it still holds the
+            // services and stops them in order once asked, as on SIGTERM.
+            shutdown.request_stop();
+            if let Some(done) = rescue.supervisor.get() {
+                runtime.block_on(shutdown.bounded(done.cancelled()));
+            }
+            if let Some((p, status)) = rescue.persist.get() {
+                let budget = shutdown.budget();
                 let _ = runtime.block_on(lifecycle::final_backup(p, status, budget));
             }
             code::FAILURE
@@ -86,15 +94,31 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
     exit
 }
 
-/// What a panicking `up` needs to take the final snapshot: set once the
-/// persister is open.
-type Rescue = Arc<OnceLock<(Arc<Persister>, StatusBoard)>>;
+/// What a panicking `up` needs to stop the services and take the final
+/// snapshot.
+#[derive(Default)]
+struct Rescue {
+    /// Set once the persister is open.
+    persist: OnceLock<(Arc<Persister>, StatusBoard)>,
+    /// Set once the supervisor runs; cancelled when it ended.
+    supervisor: OnceLock<CancellationToken>,
+}
 
-async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) -> u8 {
-    let shutdown = Shutdown::new(manifest.shutdown_timeout);
+async fn run_async(
+    manifest: Manifest,
+    log_format: LogFormat,
+    rescue: Arc<Rescue>,
+    shutdown: Shutdown,
+) -> u8 {
     shutdown.watch_deadline();
     spawn_signal_watch(shutdown.clone());
-    let exit = run_stack(manifest, log_format, rescue, &shutdown).await;
+    let mut exit = run_stack(manifest, log_format, rescue, &shutdown).await;
+    // A task that panicked asked for the stop, which went as after SIGTERM;
+    // but the stack did not stop cleanly, whatever path `run_stack` took.
+    if let Some(panic) = shutdown.panicked() {
+        error!("stopped because {panic}");
+        exit = code::FAILURE;
+    }
     // Every task spawned here ends, or the deadline passes.
     shutdown.finish().await;
     exit
@@ -103,7 +127,7 @@ async fn run_async(manifest: Manifest, log_format: LogFormat, rescue: Rescue) ->
 async fn run_stack(
     manifest: Manifest,
     log_format: LogFormat,
-    rescue: Rescue,
+    rescue: Arc<Rescue>,
     shutdown: &Shutdown,
 ) -> u8 {
     let reaper = match Reaper::start() {
@@ -128,15 +152,17 @@ async fn run_stack(
             }
         });
     }
+    // The progress of backups and restores, for the control socket.
+    let feed = lifecycle::feed();
     let persister = match &manifest.persist {
         Some(p) => match Persister::open(p) {
             Ok(p) => {
                 // Log lines as usual, plus the restore's bytes on the
-                // status board for the 503 page.
+                // status board for the 503 page, and everything on the feed.
                 let log = Arc::new(progress::Lines::log(progress::interval()));
-                let sink = Arc::new(BoardSink::new(status.clone(), log));
+                let sink = Arc::new(BoardSink::new(status.clone(), log, feed.clone()));
                 let p = Arc::new(p.with_progress_sink(sink));
-                let _ = rescue.set((p.clone(), status.clone()));
+                let _ = rescue.persist.set((p.clone(), status.clone()));
                 Some(p)
             }
             Err(e) => {
@@ -207,6 +233,7 @@ async fn run_stack(
             control.clone(),
             &manifest,
             status.clone(),
+            feed.clone(),
         ))
     });
 
@@ -218,6 +245,7 @@ async fn run_stack(
             // answer 503 "starting" instead of 502 while it comes up.
             Ok(g) => Some(
                 shutdown.spawn(
+                    "the gateway",
                     g.with_services(&manifest.services)
                         .with_recovery(recovery.clone())
                         .serve(listener, shutdown.gateway().clone()),
@@ -239,25 +267,35 @@ async fn run_stack(
         .zip(manifest.persist.as_ref())
         .map(|(p, cfg)| {
             let channel = (backup_tx, backup_rx);
-            start_backups(p, cfg, &status, shutdown, channel, recovery)
+            start_backups(p, cfg, &status, &feed, shutdown, channel, recovery)
         });
 
     let budget = shutdown.services_budget(persister.is_some());
     let opts = supervisor::Options { log_format, budget };
-    // Its own task: a panic in the supervisor (a bug) is a failure of the
-    // stack, but the final snapshot below is still taken. Unbounded until
-    // the stop is asked; from then on, bounded by the deadline.
-    let outcome = shutdown
-        .bounded(shutdown.spawn(supervisor::run(
-            manifest.clone(),
-            reaper,
-            status.clone(),
-            opts,
-            shutdown.stop().clone(),
-            shutdown.force().clone(),
-            commands,
-        )))
-        .await;
+    // Its own task. A panic in its event loop (a bug) is caught there: it
+    // still holds the services and stops them in order; any panic asks for
+    // the stop, and the final snapshot below is still taken. Unbounded
+    // until the stop is asked; from then on, bounded by the deadline.
+    let done = rescue
+        .supervisor
+        .get_or_init(CancellationToken::new)
+        .clone();
+    let supervise = supervisor::run(
+        manifest.clone(),
+        reaper,
+        status.clone(),
+        opts,
+        shutdown.clone(),
+        commands,
+    );
+    let supervised = shutdown.spawn("the supervisor", async move {
+        // However the task ends: a panicking `up` waits for this.
+        let _ended = done.drop_guard();
+        supervise.await
+    });
+    #[cfg(debug_assertions)]
+    panic_once_ready(&status, shutdown).await;
+    let outcome = shutdown.bounded(supervised).await;
 
     let mut exit = match &outcome {
         Some(Ok(Outcome::Clean)) => code::OK,
@@ -310,10 +348,29 @@ async fn run_stack(
             }
         }
     }
-    if exit == code::OK {
+    // After a panic the stop went as usual, but it was not clean: see `run_async`.
+    if exit == code::OK && shutdown.panicked().is_none() {
         info!("stopped cleanly");
     }
     exit
+}
+
+/// The test hook `STACKCTL_TEST_PANIC=up-running` (debug builds only, see
+/// [`crate::fault`]): `up` itself panics once every service is ready.
+#[cfg(debug_assertions)]
+async fn panic_once_ready(status: &StatusBoard, shutdown: &Shutdown) {
+    use crate::status::Phase;
+    if !crate::fault::armed("up-running") {
+        return;
+    }
+    while !shutdown.stop().is_cancelled() {
+        let board = status.snapshot();
+        let ready = |p: Phase| matches!(p, Phase::Ready | Phase::Disabled);
+        if board.services.values().all(|s| ready(s.phase)) {
+            crate::fault::panic_once("up-running");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Restore before anything starts, answering "restoring" on the public
@@ -326,8 +383,10 @@ async fn restore_first(
     services: &[crate::manifest::Service],
 ) -> Result<Option<Option<tokio::net::TcpListener>>, String> {
     let handover = shutdown.child();
-    let placeholder =
-        listener.map(|l| shutdown.spawn(restoring::serve(l, status.clone(), handover.clone())));
+    let placeholder = listener.map(|l| {
+        let page = restoring::serve(l, status.clone(), handover.clone());
+        shutdown.spawn("the restoring page", page)
+    });
     let restored = shutdown
         .bounded(lifecycle::restore_at_start(p, status, shutdown))
         .await;
@@ -362,6 +421,7 @@ fn start_backups(
     p: &Arc<Persister>,
     cfg: &crate::manifest::Persist,
     status: &StatusBoard,
+    feed: &lifecycle::Feed,
     shutdown: &Shutdown,
     (tx, rx): (
         tokio::sync::mpsc::Sender<lifecycle::Request>,
@@ -369,21 +429,24 @@ fn start_backups(
     ),
     recovery: Option<Arc<crate::recovery::Recovery>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let paths = cfg.paths.iter().map(|pp| pp.path.clone()).collect();
     let stop = shutdown.backups();
-    let looped = shutdown.spawn(lifecycle::run_loop(
-        p.clone(),
-        paths,
-        cfg.debounce,
-        cfg.interval,
-        status.clone(),
-        stop.clone(),
-        rx,
-    ));
+    let looped = shutdown.spawn(
+        "the snapshot loop",
+        lifecycle::run_loop(
+            p.clone(),
+            feed.clone(),
+            cfg.debounce,
+            cfg.interval,
+            status.clone(),
+            stop.clone(),
+            rx,
+        ),
+    );
     let socket = crate::control::socket_path(&cfg.workdir);
-    let (p, stop) = (p.clone(), stop.clone());
-    let control = shutdown.spawn(async move {
-        if let Err(e) = crate::control::serve(socket.clone(), p, tx, recovery, stop).await {
+    let (p, stop, feed) = (p.clone(), stop.clone(), feed.clone());
+    let control = shutdown.spawn("the control socket", async move {
+        let served = crate::control::serve(socket.clone(), p, tx, feed, recovery, stop);
+        if let Err(e) = served.await {
             warn!(socket = %socket.display(), error = %e, "no control socket: `stackctl backup` cannot reach this stack");
         }
     });

@@ -45,12 +45,20 @@ pub(super) fn restored_here(p: &Persist) -> bool {
 
 /// One request to the `up` on `workdir` that must be running (a restore
 /// through it): its answer, or the HTTP status the API would have given
-/// and the error. Unlike [`ask`], an `up` that is gone is an error.
+/// and the error. Unlike [`ask`], an `up` that is gone is an error. With
+/// `on`, the progress it sends meanwhile goes there.
 pub(super) fn ask_up(
     workdir: &Path,
     cmd: &str,
+    on: Option<&mut dyn FnMut(crate::persist::lifecycle::Event)>,
 ) -> Result<std::result::Result<Value, (u16, String)>> {
-    let Some(v) = request(workdir, cmd)? else {
+    let answer = match on {
+        Some(on) => {
+            control::request_with_progress(workdir, cmd, on).with_context(|| talk(workdir))?
+        }
+        None => request(workdir, cmd)?,
+    };
+    let Some(v) = answer else {
         bail!("`stackctl up` stopped meanwhile: run the restore again (without it, it restores on its own)");
     };
     if v["ok"] == Value::Bool(true) {
@@ -67,10 +75,13 @@ pub(super) fn ask_up(
 /// One request through the control socket of `workdir` (`None`: no `up`
 /// listens there).
 fn request(workdir: &Path, cmd: &str) -> Result<Option<Value>> {
-    control::request(workdir, cmd).with_context(|| {
-        format!(
-            "cannot talk to the running `stackctl up` through `{}`",
-            control::socket_path(workdir).display()
-        )
-    })
+    control::request(workdir, cmd).with_context(|| talk(workdir))
+}
+
+/// The context of a failed request through the control socket.
+fn talk(workdir: &Path) -> String {
+    format!(
+        "cannot talk to the running `stackctl up` through `{}`",
+        control::socket_path(workdir).display()
+    )
 }

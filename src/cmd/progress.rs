@@ -1,5 +1,7 @@
 //! The progress a local `backup` or `restore` shows while the persister
-//! works: bars on a terminal, plain lines in a log.
+//! works: bars on a terminal, plain lines in a log. The same view shows a
+//! restore that the running `up` does for `stackctl restore`, from the
+//! progress it streams over the control socket ([`ProgressView::apply`]).
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::persist::lifecycle::Event;
 use crate::persist::progress::{self, Lines, ProgressSink, Reading};
 use crate::persist::Progress;
 
@@ -84,6 +87,32 @@ impl ProgressView {
                     eprintln!("{p}");
                 }
             }
+        }
+    }
+}
+
+impl ProgressView {
+    /// The work moved on to another step (`stopping web`): a line of its
+    /// own as `op: step`, at once (steps are few, and each may last long),
+    /// or the stage bar's text.
+    pub(super) fn step(&self, op: &str, step: &str) {
+        match &self.mode {
+            Mode::Bars { stage, .. } => {
+                stage.set_length(0);
+                stage.set_position(0);
+                stage.set_message(format!("{op}: {step}"));
+            }
+            Mode::Plain(_) => eprintln!("{op}: {step}"),
+        }
+    }
+
+    /// Show what the running `up` reported of `op` (see [`crate::control`]).
+    pub(super) fn apply(&self, op: &str, e: Event) {
+        match e {
+            Event::Step(text) => self.step(op, &text),
+            Event::Stage(p) => self.show(p),
+            Event::Bytes(r) => self.update(&r),
+            Event::BytesEnd(r) => self.finish(&r),
         }
     }
 }

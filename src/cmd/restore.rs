@@ -151,7 +151,7 @@ impl Via {
     fn newest(&mut self) -> Result<Option<String>> {
         let list = match self {
             Via::Api(admin) => list_snapshots(admin, 1)?,
-            Via::Up(workdir) => match ask_up(workdir, "snapshots")? {
+            Via::Up(workdir) => match ask_up(workdir, "snapshots", None)? {
                 Ok(v) => v["snapshots"].as_array().cloned().unwrap_or_default(),
                 Err((status, said)) => {
                     return Err(refusal(&Place::Local, status, &said, "restore"))
@@ -164,14 +164,25 @@ impl Via {
     }
 
     /// `POST /admin/persist/restore` with `body` (or the socket's
-    /// `restore <body>`); `long`: a real restore, which may take minutes.
+    /// `restore <body>`); `long`: a real restore, which may take minutes,
+    /// so its progress is shown meanwhile.
     fn restore(&mut self, body: &Value, long: bool) -> Result<Value> {
         match self {
             Via::Api(admin) => post(admin, "/admin/persist/restore", body, "restore", long),
-            Via::Up(workdir) => match ask_up(workdir, &format!("restore {body}"))? {
-                Ok(v) => Ok(v["result"].clone()),
-                Err((status, said)) => Err(refusal(&Place::Local, status, &said, "restore")),
-            },
+            Via::Up(workdir) => {
+                let cmd = format!("restore {body}");
+                let answer = if long {
+                    // Dropped before the result is printed: the bars go.
+                    let view = ProgressView::new();
+                    ask_up(workdir, &cmd, Some(&mut |u| view.apply("restore", u)))?
+                } else {
+                    ask_up(workdir, &cmd, None)?
+                };
+                match answer {
+                    Ok(v) => Ok(v["result"].clone()),
+                    Err((status, said)) => Err(refusal(&Place::Local, status, &said, "restore")),
+                }
+            }
         }
     }
 }

@@ -17,8 +17,6 @@
 //! What cannot be interrupted (a read already waiting on a silent socket
 //! with the timeout it opened with) is bounded by that timeout, and the
 //! async shell stops waiting at its own deadline anyway.
-//!
-//! [`Budget`] is the pure arithmetic of how `up` spends its shutdown budget.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,51 +147,6 @@ pub fn sleep(d: Duration) -> Result<(), Stop> {
     }
 }
 
-/// How `up` spends `shutdown_timeout`, counted from the stop request: the
-/// services get two thirds (the supervisor's share), the final backup runs
-/// until [`Budget::final_backup`], its network steps until
-/// [`Budget::network`] (a little earlier, so their own error, naming the
-/// remote, arrives before the backup is abandoned), and what is left goes
-/// to the gateway drain and the runtime's exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budget {
-    began: Instant,
-    total: Duration,
-}
-
-impl Budget {
-    /// `total` from `began`.
-    pub fn new(began: Instant, total: Duration) -> Self {
-        Budget { began, total }
-    }
-
-    /// When the process must be gone: 150 ms before the budget's end, the
-    /// runtime's 100 ms shutdown timeout (`up.rs`) plus 50 ms for the exit
-    /// itself.
-    pub fn end(&self) -> Instant {
-        self.began + self.total.saturating_sub(Duration::from_millis(150))
-    }
-
-    /// When the final backup is abandoned: a tenth of the budget (at most
-    /// half a second) before the end, for the gateway to close.
-    pub fn final_backup(&self) -> Instant {
-        let reserve = (self.total / 10).min(Duration::from_millis(500));
-        self.end()
-            .checked_sub(reserve)
-            .unwrap_or(self.began)
-            .max(self.began)
-    }
-
-    /// When the final backup's network steps give up.
-    pub fn network(&self) -> Instant {
-        let margin = (self.total / 20).min(Duration::from_millis(250));
-        self.final_backup()
-            .checked_sub(margin)
-            .unwrap_or(self.began)
-            .max(self.began)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,22 +227,5 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         canceller.join().unwrap();
-    }
-
-    #[test]
-    fn the_budget_leaves_the_final_backup_before_the_end() {
-        let t0 = Instant::now();
-        let table = [
-            // (total, end, final backup, network) after t0
-            (ms(9_000), ms(8_850), ms(8_350), ms(8_100)),
-            (ms(3_000), ms(2_850), ms(2_550), ms(2_400)),
-            (ms(100), ms(0), ms(0), ms(0)),
-        ];
-        for (total, end, fin, net) in table {
-            let b = Budget::new(t0, total);
-            assert_eq!(b.end(), t0 + end, "{total:?}");
-            assert_eq!(b.final_backup(), t0 + fin, "{total:?}");
-            assert_eq!(b.network(), t0 + net, "{total:?}");
-        }
     }
 }

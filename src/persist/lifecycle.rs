@@ -3,6 +3,12 @@
 //! requests from `stackctl backup` and the admin API's backups and
 //! restores), and the final backup at shutdown.
 //!
+//! While the stack runs, the progress of its persistence work (the steps of
+//! a recovery, the stages of a restore, the bytes of large files) also goes
+//! out on a [`Feed`], for
+//! whoever watches: the control socket streams it to a local
+//! `stackctl restore`.
+//!
 //! The [`Persister`] blocks (libgit2, file I/O), so every call runs on
 //! tokio's blocking pool; this module is the thin async shell around it.
 //! A blocking call cannot be interrupted from here, so each one carries a
@@ -19,14 +25,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::persist::deadline::{Budget, Limit};
+use crate::persist::deadline::Limit;
 use crate::persist::progress::{self, ProgressSink, Reading};
 use crate::persist::schedule::{Schedule, DEFAULT_CEILING};
 use crate::persist::{
     PersistError, Persister, Progress, RestoreOptions, RestoreReport, SnapshotReport, Stage,
     DEFAULT_LEASE_TTL,
 };
-use crate::shutdown::{CancellationToken, Shutdown};
+use crate::shutdown::{Budget, CancellationToken, Shutdown};
 use crate::status::StatusBoard;
 
 /// A request to the running snapshot loop.
@@ -48,6 +54,30 @@ pub enum Request {
 
 /// Snapshot sizes of planned files, by absolute path.
 pub type Sizes = std::collections::HashMap<PathBuf, u64>;
+
+/// What the persistence work of the running stack reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// What a backup or restore of the admin API (or the control socket)
+    /// does now: `stopping web`, `restoring` (see [`crate::recovery`]).
+    Step(String),
+    /// A stage of a restore (objects fetched, files written).
+    Stage(Progress),
+    /// Large files moving (a restore's downloads, a backup's uploads).
+    Bytes(Reading),
+    /// That transfer ended.
+    BytesEnd(Reading),
+}
+
+/// Where [`Event`]s go: anyone may subscribe; with no subscriber they are
+/// dropped, and a subscriber that falls behind skips the oldest.
+pub type Feed = tokio::sync::broadcast::Sender<Event>;
+
+/// A new [`Feed`]. Room for a few seconds of readings at the fastest tick:
+/// a watcher that lags loses old readings, never the newest.
+pub fn feed() -> Feed {
+    tokio::sync::broadcast::channel(256).0
+}
 
 /// How the start-up restore ended.
 #[derive(Debug)]
@@ -101,18 +131,19 @@ pub fn publish(p: &Persister, status: &StatusBoard) {
 }
 
 /// A progress sink for `stackctl up`: every reading goes on to `inner`
-/// (the log lines), and while a restore moves large files their bytes
-/// also go to the status board, for the 503 "restoring" page and
-/// `/admin/status`.
+/// (the log lines) and to the [`Feed`], and while a restore moves large
+/// files their bytes also go to the status board, for the 503 "restoring"
+/// page and `/admin/status`.
 pub struct BoardSink {
     board: StatusBoard,
     inner: Arc<dyn ProgressSink>,
+    feed: Feed,
 }
 
 impl BoardSink {
-    /// Feed `board`, and pass every reading on to `inner`.
-    pub fn new(board: StatusBoard, inner: Arc<dyn ProgressSink>) -> Self {
-        BoardSink { board, inner }
+    /// Feed `board` and `feed`, and pass every reading on to `inner`.
+    pub fn new(board: StatusBoard, inner: Arc<dyn ProgressSink>, feed: Feed) -> Self {
+        BoardSink { board, inner, feed }
     }
 }
 
@@ -122,6 +153,8 @@ impl ProgressSink for BoardSink {
             let line = progress::public_line(r);
             self.board.update(|s| s.restore_large_files = Some(line));
         }
+        // No subscriber: nobody to tell.
+        let _ = self.feed.send(Event::Bytes(r.clone()));
         self.inner.update(r);
     }
 
@@ -129,6 +162,7 @@ impl ProgressSink for BoardSink {
         if r.label == "restore" {
             self.board.update(|s| s.restore_large_files = None);
         }
+        let _ = self.feed.send(Event::BytesEnd(r.clone()));
         self.inner.finish(r);
     }
 
@@ -270,9 +304,10 @@ pub fn required_but_unrestored(
 
 /// The snapshot loop: after a change (debounced, never starved past the
 /// ceiling), at least every `interval`, and on request. Runs until `stop`.
+/// The stages of the restores it runs go to `feed`.
 pub async fn run_loop(
     p: Arc<Persister>,
-    paths: Vec<PathBuf>,
+    feed: Feed,
     debounce: Duration,
     interval: Duration,
     status: StatusBoard,
@@ -282,7 +317,10 @@ pub async fn run_loop(
     // The watch the restore at start began, else one of our own. Kept for
     // the loop's life; dropping it stops the watches.
     let taken = super::lock(&p.watch).take();
-    let mut watch = taken.unwrap_or_else(|| Watch::start(&paths));
+    let mut watch = taken.unwrap_or_else(|| {
+        let paths: Vec<PathBuf> = p.cfg.paths.iter().map(|x| x.path.clone()).collect();
+        Watch::start(&paths)
+    });
     let mut schedule = Schedule::new(
         debounce,
         DEFAULT_CEILING,
@@ -308,7 +346,7 @@ pub async fn run_loop(
                     let _ = reply.send(r);
                 }
                 Request::Restore(opts, reply) => {
-                    let r = restore_now(&p, &stop, opts).await;
+                    let r = restore_now(&p, &stop, &feed, opts).await;
                     publish(&p, &status);
                     let _ = reply.send(r);
                 }
@@ -331,17 +369,22 @@ pub async fn run_loop(
     p.live().scheduled(None);
 }
 
-/// A restore requested while the stack runs, cancelled by `stop`.
+/// A restore requested while the stack runs, cancelled by `stop`; its
+/// stages go to `feed`.
 async fn restore_now(
     p: &Arc<Persister>,
     stop: &CancellationToken,
+    feed: &Feed,
     opts: RestoreOptions,
 ) -> Result<(RestoreReport, Sizes), PersistError> {
     let limit = Limit::new();
-    let (pc, inside) = (p.clone(), limit.clone());
+    let (pc, inside, feed) = (p.clone(), limit.clone(), feed.clone());
     let work = tokio::task::spawn_blocking(move || {
         inside.enter(|| {
-            let report = pc.restore(&opts)?;
+            let stage = |pr: Progress| {
+                let _ = feed.send(Event::Stage(pr));
+            };
+            let report = pc.restore_with_progress(&opts, &stage)?;
             let sizes = pc.planned_sizes(&report.ops);
             Ok((report, sizes))
         })
@@ -517,10 +560,12 @@ mod tests {
     }
 
     #[test]
-    fn the_board_sink_shows_restore_bytes_and_passes_everything_on() {
+    fn the_board_sink_shows_restore_bytes_and_passes_everything_on_and_to_the_feed() {
         let board = StatusBoard::new();
         let record = Arc::new(Record::default());
-        let sink = BoardSink::new(board.clone(), record.clone());
+        let feed = feed();
+        let mut watched = feed.subscribe();
+        let sink = BoardSink::new(board.clone(), record.clone(), feed);
         let restore = progress::Transfer::new("restore", 4 << 20, 1);
         restore.begin_file(std::path::Path::new("data/big.db"), 4 << 20);
         restore.counter().add(1 << 20);
@@ -542,6 +587,16 @@ mod tests {
                 "finish restore 1048576",
                 "update backup 0"
             ]
+        );
+        // The feed got every reading, the restore's end included.
+        let mut fed = Vec::new();
+        while let Ok(e) = watched.try_recv() {
+            fed.push(e);
+        }
+        assert!(
+            matches!(&fed[..], [Event::Bytes(a), Event::BytesEnd(b), Event::Bytes(c)]
+                if a.label == "restore" && b.done == 1 << 20 && c.label == "backup"),
+            "{fed:?}"
         );
     }
 
@@ -568,7 +623,7 @@ mod tests {
         let (_tx, rx) = mpsc::channel(1);
         let looped = tokio::spawn(run_loop(
             p.clone(),
-            vec![data.clone()],
+            feed(),
             Duration::from_millis(100),
             Duration::from_secs(3600),
             status,

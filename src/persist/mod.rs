@@ -71,7 +71,7 @@ pub use report::{
     PersistStatus, Progress, RestoreOptions, RestoreReport, RestoreState, SnapshotInfo,
     SnapshotReport, Stage,
 };
-pub use tuning::{is_persisted, Tuning, DEFAULT_LEASE_TTL};
+pub use tuning::{Tuning, DEFAULT_LEASE_TTL};
 
 // For the steps that extend `Persister` from beside it (merge, pending).
 use git::is_ancestor;

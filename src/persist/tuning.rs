@@ -2,7 +2,6 @@
 //! `persist:` section does not hold, and the blob store
 //! `persist.large_files` asks for.
 
-use std::path::Path;
 use std::time::Duration;
 
 use super::blob::{self, BlobError, StoreConfig};
@@ -77,10 +76,4 @@ pub(super) fn store_config(cfg: &Persist) -> Result<StoreConfig, PersistError> {
             api: blob::github::API.to_string(),
         },
     })
-}
-
-/// Is `path` one of the persisted roots or below one? (For callers deciding
-/// whether a change event matters.)
-pub fn is_persisted(cfg: &Persist, path: &Path) -> bool {
-    cfg.paths.iter().any(|p| path.starts_with(&p.path))
 }

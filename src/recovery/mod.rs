@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::manifest::Service;
-use crate::persist::lifecycle::{Request, Sizes};
+use crate::persist::lifecycle::{Event, Feed, Request, Sizes};
 use crate::persist::snapshot::format_utc;
 use crate::persist::{
     PersistError, Persister, RestoreOptions, RestoreReport, RestoreState, SnapshotReport,
@@ -71,14 +71,17 @@ struct Running {
 
 type Slot = Arc<Mutex<Option<Running>>>;
 
-/// The one backup or restore running; cleared when dropped.
-struct Busy(Slot);
+/// The one backup or restore running; cleared when dropped. Its steps
+/// also go to the feed (the control socket streams them).
+struct Busy(Slot, Feed);
 
 impl Busy {
     fn progress(&self, line: &str) {
         if let Some(r) = lock(&self.0).as_mut() {
             r.progress = Some(line.to_string());
         }
+        // No subscriber: nobody to tell.
+        let _ = self.1.send(Event::Step(line.to_string()));
     }
 }
 
@@ -103,6 +106,7 @@ pub struct Recovery {
     branch: String,
     status: StatusBoard,
     running: Slot,
+    feed: Feed,
 }
 
 impl std::fmt::Debug for Recovery {
@@ -127,13 +131,14 @@ fn unix(t: SystemTime) -> i64 {
 
 impl Recovery {
     /// Recovery for the stack whose snapshot loop listens on `requests`
-    /// and whose supervisor obeys `control`.
+    /// and whose supervisor obeys `control`; the steps go to `feed` too.
     pub fn new(
         persister: Arc<Persister>,
         requests: mpsc::Sender<Request>,
         control: Control,
         manifest: &crate::manifest::Manifest,
         status: StatusBoard,
+        feed: Feed,
     ) -> Self {
         let (roots, branch) = match &manifest.persist {
             Some(p) => (
@@ -151,6 +156,7 @@ impl Recovery {
             branch,
             status,
             running: Arc::new(Mutex::new(None)),
+            feed,
         }
     }
 
@@ -169,7 +175,15 @@ impl Recovery {
             started: SystemTime::now(),
             progress: None,
         });
-        Ok(Busy(self.running.clone()))
+        Ok(Busy(self.running.clone(), self.feed.clone()))
+    }
+
+    /// What the running backup or restore does now (the `running.progress`
+    /// of [`Recovery::state`]), for the control socket to stream.
+    pub fn step(&self) -> Option<String> {
+        lock(&self.running)
+            .as_ref()
+            .and_then(|r| r.progress.clone())
     }
 
     /// `GET /admin/persist`.

@@ -750,10 +750,12 @@ fn a_panicking_connection_task_does_not_stop_the_stack() {
 }
 
 /// Issue 12 item 8: when the supervisor or `up` itself panics (a bug), the
-/// final snapshot is still taken, and the exit code says it failed (1).
+/// service is stopped as on SIGTERM, the final snapshot is still taken, and
+/// the exit code says it failed (1). `supervisor` and `up-running` panic
+/// while the service runs, `up` after the SIGTERM stopped it.
 #[test]
 fn a_panic_in_the_supervisor_or_up_still_takes_the_final_snapshot() {
-    for point in ["supervisor", "up"] {
+    for point in ["supervisor", "up-running", "up"] {
         let port = free_port();
         let s = stack(port, "./remote.git").env("STACKCTL_TEST_PANIC", point);
         bare_repo(&s);
@@ -767,6 +769,11 @@ fn a_panic_in_the_supervisor_or_up_still_takes_the_final_snapshot() {
         assert!(
             up.has_line(&format!("injected panic at `{point}`")),
             "{}",
+            up.log()
+        );
+        assert!(
+            up.has_line("stopping service=app signal=SIGTERM"),
+            "{point}: {}",
             up.log()
         );
         assert!(up.has_line("taking the final snapshot"), "{}", up.log());

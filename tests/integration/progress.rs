@@ -34,7 +34,7 @@ persist:
 }
 
 /// `SIZE_MIB` MiB whose every MiB differs (no run of identical blocks).
-fn big_file() -> Vec<u8> {
+pub(crate) fn big_file() -> Vec<u8> {
     let mut v = Vec::with_capacity((SIZE_MIB << 20) as usize);
     for i in 0..(SIZE_MIB << 20) / 8 {
         v.extend_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
@@ -62,7 +62,7 @@ fn parse_size(text: &str) -> u64 {
 
 /// (done, total) of every `LABEL: DONE of TOTAL (P%) PATH` line in
 /// `output` that names `file`.
-fn byte_lines(output: &str, label: &str, file: &str) -> Vec<(u64, u64)> {
+pub(crate) fn byte_lines(output: &str, label: &str, file: &str) -> Vec<(u64, u64)> {
     let prefix = format!("{label}: ");
     output
         .lines()
@@ -83,7 +83,7 @@ fn byte_lines(output: &str, label: &str, file: &str) -> Vec<(u64, u64)> {
 /// Several lines strictly inside the transfer, counts never going back,
 /// and a last line at the whole size.
 #[track_caller]
-fn assert_moving(lines: &[(u64, u64)], all: &str) {
+pub(crate) fn assert_moving(lines: &[(u64, u64)], all: &str) {
     let total = SIZE_MIB << 20;
     assert!(
         lines.iter().all(|&(_, t)| t == total),

@@ -201,6 +201,47 @@ fn a_local_restore_while_up_runs_goes_through_the_running_stack() {
     assert_eq!(up.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
 
+/// A local restore through the running stack shows its progress as it
+/// goes, as the restore without `up` does (stderr is not a terminal here:
+/// plain lines): the step it is at, and the bytes of a large file coming
+/// back from the blob store, several times within the file.
+#[test]
+fn a_local_restore_while_up_runs_shows_its_progress() {
+    let (stack, url) = stack();
+    // Large files go to a `dir:` store; lines at most every millisecond.
+    let yaml = std::fs::read_to_string(stack.file()).expect("read stack.yaml");
+    let large = "  large_files: { threshold: 1MiB, store: \"dir:./blobs\" }\n";
+    std::fs::write(stack.file(), format!("{yaml}{large}")).expect("write stack.yaml");
+    let stack = stack.env("STACKCTL_PROGRESS_INTERVAL", "1ms");
+    let mut up = stack.up();
+    wait_healthy(&mut up, &url);
+    std::fs::write(stack.path("data/big.bin"), crate::progress::big_file()).unwrap();
+    let out = stack.run(&["backup"]);
+    out.code(0).stdout_has(", pushed");
+    let snap = id_after(&out, "snapshot ");
+    std::fs::remove_file(stack.path("data/big.bin")).unwrap();
+
+    let out = stack.run(&["restore", "--at", &snap, "--force"]);
+    out.code(0).stdout_has(&format!("restored snapshot {snap}"));
+    let steps: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| !l.starts_with("restore: ") || !l.contains(" of "))
+        .collect();
+    for step in [
+        "restore: planning the restore",
+        "restore: stopping web",
+        "restore: starting the services again",
+    ] {
+        assert!(steps.contains(&step), "no line {step:?} in\n{out}");
+    }
+    let lines = crate::progress::byte_lines(&out.stderr, "restore", "data/big.bin");
+    crate::progress::assert_moving(&lines, &out.to_string());
+    assert!(stack.path("data/big.bin").exists(), "{out}");
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
 /// After a snapshot `snap` of `a.txt` = "kept": change the data, then
 /// through `run` a dry run (nothing changes), a restore refused without
 /// --force off a terminal, the restore (its undo line names `flag`), and

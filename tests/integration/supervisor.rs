@@ -317,24 +317,33 @@ services:
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 
-#[test]
-fn shutdown_stops_services_in_reverse_dependency_order() {
+/// Services `a` ← `b` ← `c` (`c` depends on `b`, `b` on `a`), declared out
+/// of order, each printing `X up` and, on SIGTERM, `X stopping` after
+/// `on_stop` (shell commands, `NAME` replaced by the service's name);
+/// `extra` is appended to the manifest.
+fn chain_of_three(name: &str, on_stop: &str, extra: &str) -> Stack {
     let svc = |name: &str, dep: Option<&str>| {
         let deps = dep
             .map(|d| format!("\n    depends_on: {{ {d}: healthy }}"))
             .unwrap_or_default();
+        let on_stop = on_stop.replace("NAME", name);
         format!(
-            "  {name}:\n    command: [\"sh\", \"-c\", \"trap 'echo {name} stopping; sleep 0.1; exit 0' TERM; echo {name} up; while :; do sleep 0.05; done\"]\n    readiness: {{ log: {name} up }}{deps}\n"
+            "  {name}:\n    command: [\"sh\", \"-c\", \"trap 'echo {name} stopping; {on_stop} sleep 0.1; exit 0' TERM; echo {name} up; while :; do sleep 0.05; done\"]\n    readiness: {{ log: {name} up }}{deps}\n"
         )
     };
     // Declared out of order on purpose: the order comes from depends_on.
     let yaml = format!(
-        "version: 1\nname: stoporder\nservices:\n{}{}{}",
+        "version: 1\nname: {name}\nservices:\n{}{}{}{extra}",
         svc("c", Some("b")),
         svc("a", None),
         svc("b", Some("a"))
     );
-    let stack = Stack::new(&yaml);
+    Stack::new(&yaml)
+}
+
+#[test]
+fn shutdown_stops_services_in_reverse_dependency_order() {
+    let stack = chain_of_three("stoporder", "", "");
     let mut run = stack.up();
     run.wait_for("c | c up", T);
     assert_order(&run, &["a | a up", "b | b up", "c | c up"]);
@@ -344,6 +353,46 @@ fn shutdown_stops_services_in_reverse_dependency_order() {
         &run,
         &["c | c stopping", "b | b stopping", "a | a stopping"],
     );
+    assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
+}
+
+/// A panic in the supervisor (a bug; injected by the debug-only
+/// `STACKCTL_TEST_PANIC=supervisor` once every service is ready) stops the
+/// stack as SIGTERM does: the services get SIGTERM in reverse dependency
+/// order, the final backup is pushed after they stopped (it holds what
+/// their stop wrote), and `up` exits 1 with a line naming where it panicked.
+#[test]
+fn a_panic_in_the_supervisor_stops_the_services_in_order_and_takes_the_final_backup() {
+    let persist = "persist:\n  remote: ./remote.git\n  workdir: ./work\n  paths: [./data]\n";
+    let stack = chain_of_three("panicking", "echo NAME >> data/stopped.txt;", persist)
+        .env("STACKCTL_TEST_PANIC", "supervisor");
+    std::fs::create_dir_all(stack.path("data")).unwrap();
+    crate::common_persist::init_bare(&stack.path("remote.git"));
+    let mut run = stack.up();
+    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
+    assert!(
+        run.has_line("the supervisor panicked at src/supervisor/run/mod.rs:"),
+        "{}",
+        run.log()
+    );
+    assert!(
+        run.has_line("injected panic at `supervisor`"),
+        "{}",
+        run.log()
+    );
+    assert_order(&run, &["a | a up", "b | b up", "c | c up"]);
+    assert_order(
+        &run,
+        &["c | c stopping", "b | b stopping", "a | a stopping"],
+    );
+    assert!(run.has_line("final backup pushed"), "{}", run.log());
+    let data = stack.path("data/stopped.txt");
+    let tree = data.display().to_string();
+    let pushed = crate::common_persist::git(
+        &stack.path("remote.git"),
+        &["show", &format!("main:{}", tree.trim_start_matches('/'))],
+    );
+    assert_eq!(pushed, "c\nb\na", "{}", run.log());
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 

@@ -40,26 +40,30 @@ use super::reaper::Reaper;
 use super::state::{Effect, Input, State, StopReason, Tracker};
 use super::{Options, Outcome};
 use crate::manifest::{Manifest, Service};
-use crate::shutdown::{CancellationToken, TaskTracker};
+use crate::shutdown::{catch_panic, CancellationToken, Shutdown, TaskTracker};
 use crate::status::StatusBoard;
 
 /// How long to wait, once every group is empty, for the last log lines.
 const LOG_GRACE: Duration = Duration::from_millis(500);
 
-/// Run every enabled service of `manifest` until `shutdown` (or a
-/// non-optional service gives up), then stop them all; `force` kills at once.
-/// `commands` stop and start named services meanwhile (see
-/// [`super::control`]).
+/// Run every enabled service of `manifest` until `shutdown` asks for the
+/// stop (or a non-optional service gives up), then stop them all; its
+/// `force` kills at once. `commands` stop and start named services
+/// meanwhile (see [`super::control`]).
+///
+/// A panic in the event loop (a bug) must not leave the services running
+/// with no one to stop them: it is caught here, reported to `shutdown`
+/// (which asks for the stop, as SIGTERM does), and the loop runs again to
+/// stop them in reverse dependency order. If that panics too, every group
+/// is killed.
 pub async fn run(
     manifest: Arc<Manifest>,
     reaper: Reaper,
     status: StatusBoard,
     opts: Options,
-    shutdown: CancellationToken,
-    force: CancellationToken,
-    commands: Commands,
+    shutdown: Shutdown,
+    mut commands: Commands,
 ) -> Outcome {
-    crate::fault::panic_once("supervisor");
     let mut sup = match Supervisor::new(manifest, reaper, status, opts) {
         Ok(s) => s,
         Err(e) => {
@@ -68,7 +72,21 @@ pub async fn run(
             return Outcome::GaveUp("stackctl".to_string());
         }
     };
-    sup.event_loop(shutdown, force, commands).await;
+    let (stop, force) = (shutdown.stop(), shutdown.force());
+    let mut attempt = 0;
+    loop {
+        let ran = catch_panic(sup.event_loop(stop, force, &mut commands)).await;
+        let Err(payload) = ran else { break };
+        shutdown.caught_panic("the supervisor", payload.as_ref());
+        attempt += 1;
+        if attempt == 1 {
+            sup.begin_shutdown("the supervisor panicked");
+        } else {
+            // The same bug again, perhaps in the stopping itself.
+            sup.kill_all("the supervisor panicked again while stopping");
+            break;
+        }
+    }
     sup.finish().await
 }
 
@@ -208,13 +226,18 @@ impl Supervisor {
 
     async fn event_loop(
         &mut self,
-        shutdown: CancellationToken,
-        force: CancellationToken,
-        mut commands: Commands,
+        shutdown: &CancellationToken,
+        force: &CancellationToken,
+        commands: &mut Commands,
     ) {
         loop {
             self.schedule();
             self.answer_holds();
+            #[cfg(debug_assertions)]
+            if self.deadline.is_none() && self.all_ready() {
+                // The test hook: a panic while every service runs.
+                crate::fault::panic_once("supervisor");
+            }
             if self.deadline.is_some() && self.all_stopped() {
                 return;
             }
@@ -255,6 +278,17 @@ impl Supervisor {
         let _ = tokio::time::timeout(LOG_GRACE, tasks.wait()).await;
         logs.close(LOG_GRACE).await;
         outcome
+    }
+
+    /// Every enabled service runs and is ready.
+    #[cfg(debug_assertions)]
+    fn all_ready(&self) -> bool {
+        let ready = |t: &Tracker| matches!(t.state, State::Running { ready: true, .. });
+        self.m
+            .services
+            .iter()
+            .zip(&self.trackers)
+            .all(|(s, t)| !s.enabled || ready(t))
     }
 
     fn all_stopped(&self) -> bool {
