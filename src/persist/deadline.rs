@@ -109,6 +109,17 @@ pub fn check() -> Result<(), Stop> {
     }
 }
 
+/// [`check`], counting a deadline due within `slack` as passed. A timeout
+/// [`clamp`]ed to the deadline is handed to libgit2 in whole milliseconds
+/// (rounded down) and run by its own clock, so it can fire a moment before
+/// the deadline: the failure it causes is still the deadline's.
+pub fn check_with_slack(slack: Duration) -> Result<(), Stop> {
+    match current().and_then(|l| l.stopped(Instant::now() + slack)) {
+        Some(stop) => Err(stop),
+        None => Ok(()),
+    }
+}
+
 /// `timeout`, shortened to what is left of the current deadline.
 pub fn clamp(timeout: Duration) -> Duration {
     let deadline = current().and_then(|l| l.0.deadline);
@@ -183,6 +194,18 @@ mod tests {
         assert_eq!(l.stopped(t0 + ms(1_000_000)), None);
         l.clone().cancel();
         assert_eq!(l.stopped(t0), Some(Stop::Cancelled));
+    }
+
+    #[test]
+    fn a_deadline_due_within_the_slack_counts_as_passed() {
+        let l = Limit::until(Instant::now() + Duration::from_secs(2));
+        assert_eq!(l.enter(|| check_with_slack(ms(50))), Ok(()));
+        assert_eq!(
+            l.enter(|| check_with_slack(Duration::from_secs(3))),
+            Err(Stop::OutOfTime)
+        );
+        // No limit: never stopped, whatever the slack.
+        assert_eq!(check_with_slack(Duration::from_secs(3600)), Ok(()));
     }
 
     #[test]

@@ -224,8 +224,9 @@ impl Remote {
 
     fn classify(&self, e: &git2::Error, tries: &Cell<u32>) -> RemoteError {
         // Whatever libgit2 made of it (a timeout, an aborted callback), an
-        // operation whose limit is spent stopped because of it.
-        if let Err(stop) = deadline::check() {
+        // operation whose limit is spent stopped because of it; its timeout
+        // may fire a few milliseconds early ([`deadline::check_with_slack`]).
+        if let Err(stop) = deadline::check_with_slack(Duration::from_millis(50)) {
             return self.stopped(stop);
         }
         let message = self.scrub(&reason(e));
