@@ -1,11 +1,14 @@
 //! A `serde::Deserializer` over the position tree of [`yaml`](super::yaml),
 //! so that a section's keys are a `#[derive(Deserialize)]` struct.
 //!
-//! The raw section types hold [`Field`]s: a value of any shape with its
-//! dotted key and its place. Typing (numbers, durations, flags) is left to
-//! the reader's validation stage, for two reasons: serde stops at its first
-//! error, and the reader reports every problem at once; and a scalar keeps
-//! its exact text (`1.0`, `012`, `yes` stay what was written — passwords and
+//! The raw section types hold typed [`Leaf`]s and [`Many`]s where a key is a
+//! scalar (or a list of them), and [`Field`]s (a value of any shape with its
+//! dotted key and place) where the section's validation reads the shape
+//! itself. A leaf is interpolated (`${VAR}`), then typed by [`FromText`],
+//! here, while the section is read: a leaf that fails records its problem
+//! and reads as unset, so serde never stops at the first error and the
+//! reader still reports every problem at once. Typing starts from the exact
+//! text written (`1.0`, `012`, `yes` stay what was written — passwords and
 //! defaults depend on it).
 //!
 //! Unknown keys are found here, not with `serde_ignored`: a struct's
@@ -15,12 +18,15 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::manifest::error::{nearest, Problem};
-use crate::manifest::yaml::{Node, Value};
+use crate::manifest::interp::interpolate;
+use crate::manifest::yaml::{Node, Pos, Value};
 
 /// A value of any shape, where it was written, and its dotted key
 /// (`services.web.restart`, `persist.paths[0]`).
@@ -40,14 +46,202 @@ pub fn from_node<T: for<'de> Deserialize<'de>>(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
+    let scope = Scope {
+        lookup: &|_| None,
+        secrets: &[],
+    };
+    from_node_in(node, path, scope, problems)
+}
+
+/// [`from_node`], with the variables `${NAME}` reads in leaves and the
+/// secret values their messages must not show.
+pub fn from_node_in<T: for<'de> Deserialize<'de>>(
+    node: &Node,
+    path: &str,
+    scope: Scope<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let sink = RefCell::new(std::mem::take(problems));
     let out = T::deserialize(NodeDe {
         node,
         path: path.to_string(),
         sink: &sink,
+        scope,
     });
     *problems = sink.into_inner();
     out.ok()
+}
+
+/// What leaves are read with.
+#[derive(Clone, Copy)]
+pub struct Scope<'a> {
+    /// A variable's value, for `${NAME}`.
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+    /// Values no message may show (`interval: ${API_KEYS}` fails to parse).
+    pub secrets: &'a [String],
+}
+
+/// A scalar, interpolated and typed, with its dotted key and place. `value`
+/// is `None` when it was written empty or failed (its problem is recorded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf<T> {
+    /// The dotted key, for messages.
+    pub key: String,
+    /// Where the value is.
+    pub pos: Pos,
+    /// The variables the value was made of.
+    pub used: Vec<String>,
+    /// The typed value.
+    pub value: Option<T>,
+}
+
+/// A scalar or a list of them (`env_file: a.env` or `[a.env, b.env]`); a
+/// single scalar keeps the key without an index.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Many<T>(pub Vec<Leaf<T>>);
+
+impl<T: Clone> Many<T> {
+    /// The values that were written and valid.
+    pub fn values(&self) -> Vec<T> {
+        self.0.iter().filter_map(|l| l.value.clone()).collect()
+    }
+}
+
+/// A leaf's type: made from the leaf's text, or a message saying what to
+/// write instead (the reader adds where, and the variables it came from).
+pub trait FromText: Sized {
+    /// Parse `text` (already interpolated).
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+impl FromText for String {
+    fn from_text(text: &str) -> Result<String, String> {
+        Ok(text.to_string())
+    }
+}
+
+impl FromText for Duration {
+    fn from_text(text: &str) -> Result<Duration, String> {
+        crate::manifest::units::parse_duration(text)
+    }
+}
+
+impl FromText for bool {
+    fn from_text(t: &str) -> Result<bool, String> {
+        match t.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(format!("expected true or false, found `{t}`")),
+        }
+    }
+}
+
+macro_rules! whole_numbers {
+    ($($t:ty)*) => {$(
+        impl FromText for $t {
+            fn from_text(t: &str) -> Result<$t, String> {
+                t.trim()
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, found `{t}`"))
+            }
+        }
+    )*};
+}
+whole_numbers!(u16 u32 i64 usize);
+
+/// Enums read from a fixed set of words: `(words, value)` rows, and the
+/// message for anything else (`{}` is the text).
+pub fn one_of<T: Copy>(t: &str, table: &[(&[&str], T)], other: &str) -> Result<T, String> {
+    table
+        .iter()
+        .find(|(words, _)| words.contains(&t))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| other.replace("{}", t))
+}
+
+/// The value of a leaf that may be absent.
+pub trait LeafExt<T> {
+    /// The value, when written and valid.
+    fn value(&self) -> Option<T>;
+    /// The value, or `default` when absent, empty or invalid.
+    fn value_or(&self, default: T) -> T {
+        self.value().unwrap_or(default)
+    }
+    /// Where it is written, or `or` when it is not.
+    fn pos_or(&self, or: Pos) -> Pos;
+}
+
+impl<T: Clone> LeafExt<T> for Option<Leaf<T>> {
+    fn value(&self) -> Option<T> {
+        self.as_ref().and_then(|l| l.value.clone())
+    }
+    fn pos_or(&self, or: Pos) -> Pos {
+        self.as_ref().map_or(or, |l| l.pos)
+    }
+}
+
+// A leaf travels through serde's data model as a sequence of its parts:
+// key, line, column, the variables used and, when there is text, the value,
+// typed by the leaf's own `Parse` seed; its error comes back here, where
+// the place is known.
+const LEAF: &str = "$stackctl::manifest::Leaf";
+const MANY: &str = "$stackctl::manifest::Many";
+
+impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Leaf<T>, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: FromText> Visitor<'de> for V<T> {
+            type Value = Leaf<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a manifest scalar")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Leaf<T>, A::Error> {
+                let gone = || de::Error::custom("a Leaf reads only from a manifest node");
+                let key = s.next_element()?.ok_or_else(gone)?;
+                let line = s.next_element()?.ok_or_else(gone)?;
+                let col = s.next_element()?.ok_or_else(gone)?;
+                let used = s.next_element()?.ok_or_else(gone)?;
+                // A value that does not parse is already a problem.
+                let value = s.next_element_seed(Parse(PhantomData)).ok().flatten();
+                Ok(Leaf {
+                    key,
+                    pos: Pos { line, col },
+                    used,
+                    value,
+                })
+            }
+        }
+        d.deserialize_newtype_struct(LEAF, V(PhantomData))
+    }
+}
+
+struct Parse<T>(PhantomData<T>);
+
+impl<'de, T: FromText> DeserializeSeed<'de> for Parse<T> {
+    type Value = T;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+        T::from_text(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl<'de, T: FromText> Deserialize<'de> for Many<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Many<T>, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: FromText> Visitor<'de> for V<T> {
+            type Value = Many<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a manifest scalar or list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Many<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(l) = s.next_element()? {
+                    out.push(l);
+                }
+                Ok(Many(out))
+            }
+        }
+        d.deserialize_newtype_struct(MANY, V(PhantomData))
+    }
 }
 
 // `Field` cannot travel through serde's data model (it is a whole subtree
@@ -99,6 +293,7 @@ struct NodeDe<'a> {
     node: &'a Node,
     path: String,
     sink: &'a RefCell<Vec<Problem>>,
+    scope: Scope<'a>,
 }
 
 impl<'a> NodeDe<'a> {
@@ -107,22 +302,103 @@ impl<'a> NodeDe<'a> {
             node,
             path,
             sink: self.sink,
+            scope: self.scope,
         }
     }
 
-    fn problem(
-        &self,
-        pos: crate::manifest::yaml::Pos,
-        key: String,
-        message: String,
-        hint: Option<String>,
-    ) {
+    fn problem(&self, pos: Pos, key: String, message: String, hint: Option<String>) {
         self.sink.borrow_mut().push(Problem {
             pos,
             key,
             message,
             hint,
         });
+    }
+
+    /// A leaf's problem: the message may quote a value made from a secret.
+    fn leaf_problem(&self, message: String) {
+        let message = crate::check::mask(&message, self.scope.secrets);
+        self.problem(self.node.pos, self.path.clone(), message, None);
+    }
+
+    /// The scalar's text, interpolated, and the variables used. `None`
+    /// for null, and for a problem (recorded).
+    fn text(&self) -> Option<(String, Vec<String>)> {
+        match &self.node.value {
+            Value::Null => None,
+            Value::Scalar { text, .. } => {
+                let mut used = Vec::new();
+                match interpolate(text, self.scope.lookup, &mut used) {
+                    Ok(v) => Some((v, used)),
+                    Err(e) => {
+                        self.leaf_problem(e);
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.leaf_problem(format!("expected a string, found {}", self.node.kind()));
+                None
+            }
+        }
+    }
+}
+
+/// The parts of a leaf, in the order `Leaf`'s visitor reads them.
+struct LeafParts<'b, 'a> {
+    de: &'b NodeDe<'a>,
+    text: Option<(String, Vec<String>)>,
+    step: usize,
+}
+
+impl<'de> SeqAccess<'de> for LeafParts<'_, '_> {
+    type Error = Stop;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Stop> {
+        use de::value::{SeqDeserializer, StrDeserializer, UsizeDeserializer};
+        self.step += 1;
+        let pos = self.de.node.pos;
+        let used = self
+            .text
+            .as_ref()
+            .map(|(_, u)| u.clone())
+            .unwrap_or_default();
+        match self.step {
+            1 => seed
+                .deserialize(StrDeserializer::new(&self.de.path))
+                .map(Some),
+            2 => seed.deserialize(UsizeDeserializer::new(pos.line)).map(Some),
+            3 => seed.deserialize(UsizeDeserializer::new(pos.col)).map(Some),
+            4 => seed
+                .deserialize(SeqDeserializer::new(used.into_iter()))
+                .map(Some),
+            5 => match &self.text {
+                Some((text, used)) => match seed.deserialize(StrDeserializer::new(text)) {
+                    Ok(v) => Ok(Some(v)),
+                    Err(Stop(e)) => {
+                        // A value made from a variable names it: the fix is
+                        // in the container's environment, not in the YAML.
+                        self.de.leaf_problem(format!("{e}{}", from_vars(used)));
+                        Err(Stop(e))
+                    }
+                },
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+}
+
+/// " (from `A`)" for the variables a value was made of, or nothing.
+pub fn from_vars(used: &[String]) -> String {
+    if used.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = used.iter().map(|n| format!("`{n}`")).collect();
+        format!(" (from {})", names.join(", "))
     }
 }
 
@@ -143,7 +419,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             Value::Scalar { text, .. } => v.visit_str(text),
             Value::Seq(items) => v.visit_seq(Items {
                 de: &self,
-                items: items.iter().enumerate(),
+                items: (items.iter().enumerate()).map(|(i, n)| (format!("{}[{i}]", self.path), n)),
             }),
             Value::Map(entries) => v.visit_map(Entries {
                 de: &self,
@@ -201,13 +477,39 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         }
     }
 
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Stop> {
+        match (name, &self.node.value) {
+            (LEAF, _) => v.visit_seq(LeafParts {
+                de: &self,
+                text: self.text(),
+                step: 0,
+            }),
+            (MANY, Value::Seq(_)) => self.deserialize_any(v),
+            (MANY, Value::Null) => v.visit_seq(Items {
+                de: &self,
+                items: std::iter::empty(),
+            }),
+            // One scalar (or a wrong shape, which its leaf reports) under
+            // the key itself, not `key[0]`.
+            (MANY, _) => v.visit_seq(Items {
+                de: &self,
+                items: std::iter::once((self.path.clone(), self.node)),
+            }),
+            _ => v.visit_newtype_struct(self),
+        }
+    }
+
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
         v.visit_unit()
     }
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        bytes byte_buf unit unit_struct seq tuple
         tuple_struct map enum identifier
     }
 }
@@ -217,7 +519,7 @@ struct Items<'b, 'a, I> {
     items: I,
 }
 
-impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for Items<'_, 'a, I> {
+impl<'de, 'a, I: Iterator<Item = (String, &'a Node)>> SeqAccess<'de> for Items<'_, 'a, I> {
     type Error = Stop;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
@@ -225,10 +527,7 @@ impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for Items<'_
         seed: T,
     ) -> Result<Option<T::Value>, Stop> {
         match self.items.next() {
-            Some((i, n)) => {
-                let path = format!("{}[{i}]", self.de.path);
-                seed.deserialize(self.de.child(n, path)).map(Some)
-            }
+            Some((path, n)) => seed.deserialize(self.de.child(n, path)).map(Some),
             None => Ok(None),
         }
     }

@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::manifest::de::Field;
+use crate::manifest::de::{from_vars, Field, FromText, Leaf, Many, Scope};
 use crate::manifest::error::{nearest, ManifestError, Problem};
-use crate::manifest::interp::interpolate;
 use crate::manifest::model::*;
 use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
 use crate::manifest::units::{parse_duration, parse_size};
@@ -167,102 +166,50 @@ impl Reader<'_> {
             .cloned()
     }
 
-    /// A scalar's text, interpolated. `None` for null (and for errors,
-    /// which are recorded).
-    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
-        match &node.value {
-            Value::Null => None,
-            Value::Scalar { text, .. } => {
-                let mut used = Vec::new();
-                let result = interpolate(text, &|n| self.lookup(n), &mut used);
-                match result {
-                    Ok(v) => Some((v, used)),
-                    Err(e) => {
-                        self.problem(node.pos, key, e, None);
-                        None
-                    }
-                }
-            }
-            _ => {
-                self.problem(
-                    node.pos,
-                    key,
-                    format!("expected a string, found {}", node.kind()),
-                    None,
-                );
-                None
-            }
-        }
-    }
-
-    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
-        self.text_used(node, key).map(|(v, _)| v)
-    }
-
-    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
-        let f = f.into()?;
-        self.text(&f.node, &f.key)
-    }
-
-    fn parsed<'f, T>(
-        &mut self,
-        f: impl Into<Option<&'f Field>>,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        let Field { key, node } = f.into()?;
-        let (text, used) = self.text_used(node, key)?;
-        match parse(&text) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                // A value made from a variable names it: the fix is in the
-                // container's environment, not in the YAML line.
-                self.problem(node.pos, key, format!("{e}{}", from_vars(&used)), None);
-                None
-            }
-        }
-    }
-
-    /// A list of paths (relative to the manifest's directory).
-    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
-        match f.into() {
-            Some(f) => self
-                .text_list(&f.node, &f.key)
-                .iter()
-                .map(|t| self.path(&self.dir.clone(), t))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
-        self.parsed(f, parse_duration).unwrap_or(default)
-    }
-
-    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
-        self.parsed(f, parse_size).unwrap_or(default)
-    }
-
-    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
-        self.parsed(f, parse_bool).unwrap_or(default)
-    }
-
-    fn number<'f, T: FromStr>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
-        self.parsed(f, |t| {
-            t.trim()
-                .parse::<T>()
-                .map_err(|_| format!("expected a whole number, found `{t}`"))
-        })
-        .unwrap_or(default)
-    }
-
-    /// `node` (at dotted `path`) as the raw section type `T`; unknown keys
-    /// and a value that is not a mapping are recorded as problems.
+    /// `node` (at dotted `path`) as the raw section type `T`: unknown keys,
+    /// a value that is not a mapping and every leaf that fails to read are
+    /// recorded as problems.
     fn section<T: for<'de> serde::Deserialize<'de>>(
         &mut self,
         node: &Node,
         path: &str,
     ) -> Option<T> {
-        crate::manifest::de::from_node(node, path, &mut self.problems)
+        let secrets = self.secret_values();
+        let mut problems = std::mem::take(&mut self.problems);
+        let lookup = |n: &str| self.lookup(n);
+        let scope = Scope {
+            lookup: &lookup,
+            secrets: &secrets,
+        };
+        let out = crate::manifest::de::from_node_in(node, path, scope, &mut problems);
+        self.problems = problems;
+        out
+    }
+
+    /// One scalar read as a leaf (for a key whose shape varies).
+    fn leaf<T: FromText>(&mut self, node: &Node, key: &str) -> Option<Leaf<T>> {
+        self.section(node, key)
+    }
+
+    fn typed<'f, T: FromText>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<T> {
+        let f = f.into()?;
+        self.leaf(&f.node, &f.key)?.value
+    }
+
+    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
+        self.leaf(node, key)?.value
+    }
+
+    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
+        self.typed(f)
+    }
+
+    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
+        self.typed(f).unwrap_or(default)
+    }
+
+    fn number<'f, T: FromText>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
+        self.typed(f).unwrap_or(default)
     }
 
     /// `text` as an absolute, normalised path (relative to `base`).
@@ -277,15 +224,50 @@ impl Reader<'_> {
 
     /// A string or a list of strings.
     fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
-        match &node.value {
-            Value::Seq(items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| self.text(n, &format!("{key}[{i}]")))
-                .collect(),
-            Value::Null => Vec::new(),
-            _ => self.text(node, key).into_iter().collect(),
+        self.section::<Many<String>>(node, key)
+            .map(|m| m.values())
+            .unwrap_or_default()
+    }
+
+    /// A scalar's text, interpolated, and the variables it was made of.
+    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
+        let l = self.leaf(node, key)?;
+        Some((l.value?, l.used))
+    }
+
+    fn parsed<'f, T>(
+        &mut self,
+        f: impl Into<Option<&'f Field>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let f = f.into()?;
+        let (text, used) = self.text_used(&f.node, &f.key)?;
+        match parse(&text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.problem(f.node.pos, &f.key, format!("{e}{}", from_vars(&used)), None);
+                None
+            }
         }
+    }
+
+    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
+        match f.into() {
+            Some(f) => self
+                .text_list(&f.node, &f.key)
+                .iter()
+                .map(|t| self.path(&self.dir.clone(), t))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
+        self.typed(f).unwrap_or(default)
+    }
+
+    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
+        self.parsed(f, parse_size).unwrap_or(default)
     }
 
     /// A command: a string split like a shell (without one), or a list.

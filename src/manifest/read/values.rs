@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// " (from `A`)" for the variables a value was made of, or nothing.
-pub(super) fn from_vars(used: &[String]) -> String {
-    if used.is_empty() {
-        String::new()
-    } else {
-        format!(" (from {})", backticked(used, ", "))
-    }
-}
-
 /// `a`, `b` → "`a`, `b`".
 pub(super) fn backticked(names: &[String], sep: &str) -> String {
     names
@@ -30,14 +21,6 @@ pub(super) fn valid_service_name(n: &str) -> bool {
     !n.is_empty()
         && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-pub(super) fn parse_bool(t: &str) -> Result<bool, String> {
-    match t.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("expected true or false, found `{t}`")),
-    }
 }
 
 pub(super) fn parse_condition(t: &str) -> Result<Condition, String> {
