@@ -4,12 +4,13 @@
 //! The raw section types hold typed [`Leaf`]s and [`Many`]s where a key is a
 //! scalar (or a list of them), and [`Field`]s (a value of any shape with its
 //! dotted key and place) where the section's validation reads the shape
-//! itself. A leaf is interpolated (`${VAR}`), then typed by [`FromText`],
-//! here, while the section is read: a leaf that fails records its problem
-//! and reads as unset, so serde never stops at the first error and the
-//! reader still reports every problem at once. Typing starts from the exact
-//! text written (`1.0`, `012`, `yes` stay what was written — passwords and
-//! defaults depend on it).
+//! itself. A leaf is interpolated (`${VAR}`) and typed by [`FromText`] here,
+//! while the section is read; one that fails keeps its problem, which the
+//! reader reports when it takes the value. So serde never stops at a bad
+//! value, and each problem is reported where the validation reaches it (a
+//! probe with two checks says so, not what is wrong inside each). Typing
+//! starts from the exact text written (`1.0`, `012`, `yes` stay what was
+//! written — passwords and defaults depend on it).
 //!
 //! Unknown keys are found here, not with `serde_ignored`: a struct's
 //! `deserialize_struct` call names its fields, and this deserializer holds
@@ -46,15 +47,10 @@ pub fn from_node<T: for<'de> Deserialize<'de>>(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    let scope = Scope {
-        lookup: &|_| None,
-        secrets: &[],
-    };
-    from_node_in(node, path, scope, problems)
+    from_node_in(node, path, Scope { lookup: &|_| None }, problems)
 }
 
-/// [`from_node`], with the variables `${NAME}` reads in leaves and the
-/// secret values their messages must not show.
+/// [`from_node`], with the variables `${NAME}` reads in leaves.
 pub fn from_node_in<T: for<'de> Deserialize<'de>>(
     node: &Node,
     path: &str,
@@ -77,12 +73,10 @@ pub fn from_node_in<T: for<'de> Deserialize<'de>>(
 pub struct Scope<'a> {
     /// A variable's value, for `${NAME}`.
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
-    /// Values no message may show (`interval: ${API_KEYS}` fails to parse).
-    pub secrets: &'a [String],
 }
 
 /// A scalar, interpolated and typed, with its dotted key and place. `value`
-/// is `None` when it was written empty or failed (its problem is recorded).
+/// is `None` when it was written empty or failed (then `problem` says why).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leaf<T> {
     /// The dotted key, for messages.
@@ -93,19 +87,14 @@ pub struct Leaf<T> {
     pub used: Vec<String>,
     /// The typed value.
     pub value: Option<T>,
+    /// Why there is no value, ending with the variables it came from.
+    pub problem: Option<String>,
 }
 
 /// A scalar or a list of them (`env_file: a.env` or `[a.env, b.env]`); a
 /// single scalar keeps the key without an index.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Many<T>(pub Vec<Leaf<T>>);
-
-impl<T: Clone> Many<T> {
-    /// The values that were written and valid.
-    pub fn values(&self) -> Vec<T> {
-        self.0.iter().filter_map(|l| l.value.clone()).collect()
-    }
-}
 
 /// A leaf's type: made from the leaf's text, or a message saying what to
 /// write instead (the reader adds where, and the variables it came from).
@@ -159,31 +148,15 @@ pub fn one_of<T: Copy>(t: &str, table: &[(&[&str], T)], other: &str) -> Result<T
         .ok_or_else(|| other.replace("{}", t))
 }
 
-/// The value of a leaf that may be absent.
-pub trait LeafExt<T> {
-    /// The value, when written and valid.
-    fn value(&self) -> Option<T>;
-    /// The value, or `default` when absent, empty or invalid.
-    fn value_or(&self, default: T) -> T {
-        self.value().unwrap_or(default)
-    }
-    /// Where it is written, or `or` when it is not.
-    fn pos_or(&self, or: Pos) -> Pos;
-}
-
-impl<T: Clone> LeafExt<T> for Option<Leaf<T>> {
-    fn value(&self) -> Option<T> {
-        self.as_ref().and_then(|l| l.value.clone())
-    }
-    fn pos_or(&self, or: Pos) -> Pos {
-        self.as_ref().map_or(or, |l| l.pos)
-    }
+/// Where a key that may be absent is written, or `or`.
+pub fn pos_or<T>(l: &Option<Leaf<T>>, or: Pos) -> Pos {
+    l.as_ref().map_or(or, |l| l.pos)
 }
 
 // A leaf travels through serde's data model as a sequence of its parts:
-// key, line, column, the variables used and, when there is text, the value,
-// typed by the leaf's own `Parse` seed; its error comes back here, where
-// the place is known.
+// key, line, column, the variables used, the problem with its text (empty
+// when fine) and, when there is text, the value, typed by the leaf's own
+// `Parse` seed.
 const LEAF: &str = "$stackctl::manifest::Leaf";
 const MANY: &str = "$stackctl::manifest::Many";
 
@@ -200,14 +173,24 @@ impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
                 let key = s.next_element()?.ok_or_else(gone)?;
                 let line = s.next_element()?.ok_or_else(gone)?;
                 let col = s.next_element()?.ok_or_else(gone)?;
-                let used = s.next_element()?.ok_or_else(gone)?;
-                // A value that does not parse is already a problem.
-                let value = s.next_element_seed(Parse(PhantomData)).ok().flatten();
+                let used: Vec<String> = s.next_element()?.ok_or_else(gone)?;
+                let problem: String = s.next_element()?.ok_or_else(gone)?;
+                let mut problem = Some(problem).filter(|p| !p.is_empty());
+                let value = match s.next_element_seed(Parse(PhantomData)) {
+                    Ok(v) => v.flatten(),
+                    // A value made from a variable names it: the fix is in
+                    // the container's environment, not in the YAML line.
+                    Err(e) => {
+                        problem = Some(format!("{e}{}", from_vars(&used)));
+                        None
+                    }
+                };
                 Ok(Leaf {
                     key,
                     pos: Pos { line, col },
                     used,
                     value,
+                    problem,
                 })
             }
         }
@@ -218,9 +201,11 @@ impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
 struct Parse<T>(PhantomData<T>);
 
 impl<'de, T: FromText> DeserializeSeed<'de> for Parse<T> {
-    type Value = T;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
-        T::from_text(&String::deserialize(d)?).map_err(de::Error::custom)
+    type Value = Option<T>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        T::from_text(&String::deserialize(d)?)
+            .map(Some)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -315,31 +300,17 @@ impl<'a> NodeDe<'a> {
         });
     }
 
-    /// A leaf's problem: the message may quote a value made from a secret.
-    fn leaf_problem(&self, message: String) {
-        let message = crate::check::mask(&message, self.scope.secrets);
-        self.problem(self.node.pos, self.path.clone(), message, None);
-    }
-
-    /// The scalar's text, interpolated, and the variables used. `None`
-    /// for null, and for a problem (recorded).
-    fn text(&self) -> Option<(String, Vec<String>)> {
+    /// The scalar's text, interpolated, and the variables used: `Ok(None)`
+    /// for null.
+    fn text(&self) -> Result<Option<(String, Vec<String>)>, String> {
         match &self.node.value {
-            Value::Null => None,
+            Value::Null => Ok(None),
             Value::Scalar { text, .. } => {
                 let mut used = Vec::new();
-                match interpolate(text, self.scope.lookup, &mut used) {
-                    Ok(v) => Some((v, used)),
-                    Err(e) => {
-                        self.leaf_problem(e);
-                        None
-                    }
-                }
+                let v = interpolate(text, self.scope.lookup, &mut used)?;
+                Ok(Some((v, used)))
             }
-            _ => {
-                self.leaf_problem(format!("expected a string, found {}", self.node.kind()));
-                None
-            }
+            _ => Err(format!("expected a string, found {}", self.node.kind())),
         }
     }
 }
@@ -347,7 +318,7 @@ impl<'a> NodeDe<'a> {
 /// The parts of a leaf, in the order `Leaf`'s visitor reads them.
 struct LeafParts<'b, 'a> {
     de: &'b NodeDe<'a>,
-    text: Option<(String, Vec<String>)>,
+    text: Result<Option<(String, Vec<String>)>, String>,
     step: usize,
 }
 
@@ -361,32 +332,23 @@ impl<'de> SeqAccess<'de> for LeafParts<'_, '_> {
         use de::value::{SeqDeserializer, StrDeserializer, UsizeDeserializer};
         self.step += 1;
         let pos = self.de.node.pos;
-        let used = self
-            .text
-            .as_ref()
-            .map(|(_, u)| u.clone())
-            .unwrap_or_default();
-        match self.step {
-            1 => seed
-                .deserialize(StrDeserializer::new(&self.de.path))
-                .map(Some),
-            2 => seed.deserialize(UsizeDeserializer::new(pos.line)).map(Some),
-            3 => seed.deserialize(UsizeDeserializer::new(pos.col)).map(Some),
-            4 => seed
+        let (text, problem) = match &self.text {
+            Ok(t) => (t.as_ref(), ""),
+            Err(e) => (None, e.as_str()),
+        };
+        let used = text.map(|(_, u)| u.clone()).unwrap_or_default();
+        fn part(s: &str) -> StrDeserializer<'_, Stop> {
+            StrDeserializer::new(s)
+        }
+        match (self.step, text) {
+            (1, _) => seed.deserialize(part(&self.de.path)).map(Some),
+            (2, _) => seed.deserialize(UsizeDeserializer::new(pos.line)).map(Some),
+            (3, _) => seed.deserialize(UsizeDeserializer::new(pos.col)).map(Some),
+            (4, _) => seed
                 .deserialize(SeqDeserializer::new(used.into_iter()))
                 .map(Some),
-            5 => match &self.text {
-                Some((text, used)) => match seed.deserialize(StrDeserializer::new(text)) {
-                    Ok(v) => Ok(Some(v)),
-                    Err(Stop(e)) => {
-                        // A value made from a variable names it: the fix is
-                        // in the container's environment, not in the YAML.
-                        self.de.leaf_problem(format!("{e}{}", from_vars(used)));
-                        Err(Stop(e))
-                    }
-                },
-                None => Ok(None),
-            },
+            (5, _) => seed.deserialize(part(problem)).map(Some),
+            (6, Some((text, _))) => seed.deserialize(part(text)).map(Some),
             _ => Ok(None),
         }
     }

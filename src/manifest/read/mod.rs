@@ -166,21 +166,16 @@ impl Reader<'_> {
             .cloned()
     }
 
-    /// `node` (at dotted `path`) as the raw section type `T`: unknown keys,
-    /// a value that is not a mapping and every leaf that fails to read are
-    /// recorded as problems.
+    /// `node` (at dotted `path`) as the raw section type `T`; unknown keys
+    /// and a value that is not a mapping are recorded as problems.
     fn section<T: for<'de> serde::Deserialize<'de>>(
         &mut self,
         node: &Node,
         path: &str,
     ) -> Option<T> {
-        let secrets = self.secret_values();
         let mut problems = std::mem::take(&mut self.problems);
         let lookup = |n: &str| self.lookup(n);
-        let scope = Scope {
-            lookup: &lookup,
-            secrets: &secrets,
-        };
+        let scope = Scope { lookup: &lookup };
         let out = crate::manifest::de::from_node_in(node, path, scope, &mut problems);
         self.problems = problems;
         out
@@ -191,13 +186,24 @@ impl Reader<'_> {
         self.section(node, key)
     }
 
-    fn typed<'f, T: FromText>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<T> {
+    /// A leaf's value; one that failed reports its problem now.
+    fn val<'l, T: Clone + 'l>(&mut self, l: impl Into<Option<&'l Leaf<T>>>) -> Option<T> {
+        let l = l.into()?;
+        if let Some(p) = &l.problem {
+            self.problem(l.pos, &l.key, p.clone(), None);
+        }
+        l.value.clone()
+    }
+
+    fn typed<'f, T: FromText + Clone>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<T> {
         let f = f.into()?;
-        self.leaf(&f.node, &f.key)?.value
+        let l = self.leaf(&f.node, &f.key)?;
+        self.val(&l)
     }
 
     fn text(&mut self, node: &Node, key: &str) -> Option<String> {
-        self.leaf(node, key)?.value
+        let l = self.leaf(node, key)?;
+        self.val(&l)
     }
 
     fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
@@ -208,7 +214,11 @@ impl Reader<'_> {
         self.typed(f).unwrap_or(default)
     }
 
-    fn number<'f, T: FromText>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
+    fn number<'f, T: FromText + Clone>(
+        &mut self,
+        f: impl Into<Option<&'f Field>>,
+        default: T,
+    ) -> T {
         self.typed(f).unwrap_or(default)
     }
 
@@ -224,15 +234,14 @@ impl Reader<'_> {
 
     /// A string or a list of strings.
     fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
-        self.section::<Many<String>>(node, key)
-            .map(|m| m.values())
-            .unwrap_or_default()
+        let many = self.section::<Many<String>>(node, key).unwrap_or_default();
+        many.0.iter().filter_map(|l| self.val(l)).collect()
     }
 
     /// A scalar's text, interpolated, and the variables it was made of.
     fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
         let l = self.leaf(node, key)?;
-        Some((l.value?, l.used))
+        Some((self.val(&l)?, l.used))
     }
 
     fn parsed<'f, T>(
