@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::manifest::de::{from_vars, Field, FromText, Leaf, Many, Scope};
+use crate::manifest::de::{from_vars, one_of, Field, FromText, Leaf, Many, Scope};
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::model::*;
 use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
@@ -235,7 +235,22 @@ impl Reader<'_> {
     /// A string or a list of strings.
     fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
         let many = self.section::<Many<String>>(node, key).unwrap_or_default();
+        self.texts(&many)
+    }
+
+    fn texts(&mut self, many: &Many<String>) -> Vec<String> {
         many.0.iter().filter_map(|l| self.val(l)).collect()
+    }
+
+    /// Paths relative to the manifest's directory.
+    fn paths(&mut self, many: &Option<Many<String>>) -> Vec<PathBuf> {
+        let texts: Vec<String> = many.iter().flat_map(|m| self.texts(m)).collect();
+        texts.iter().map(|t| self.at_dir(t)).collect()
+    }
+
+    /// `text` as an absolute, normalised path relative to the manifest.
+    fn at_dir(&self, text: &str) -> PathBuf {
+        self.path(&self.dir, text)
     }
 
     /// A scalar's text, interpolated, and the variables it was made of.
@@ -257,17 +272,6 @@ impl Reader<'_> {
                 self.problem(f.node.pos, &f.key, format!("{e}{}", from_vars(&used)), None);
                 None
             }
-        }
-    }
-
-    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
-        match f.into() {
-            Some(f) => self
-                .text_list(&f.node, &f.key)
-                .iter()
-                .map(|t| self.path(&self.dir.clone(), t))
-                .collect(),
-            None => Vec::new(),
         }
     }
 

@@ -23,16 +23,23 @@ pub(super) fn valid_service_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-pub(super) fn parse_condition(t: &str) -> Result<Condition, String> {
-    match t {
-        "started" | "service_started" => Ok(Condition::Started),
-        "healthy" | "service_healthy" => Ok(Condition::Healthy),
-        "completed_successfully" | "service_completed_successfully" => {
-            Ok(Condition::CompletedSuccessfully)
-        }
-        other => Err(format!(
-            "unknown condition `{other}` (use started, healthy or completed_successfully)"
-        )),
+/// A size in bytes (`50MiB`, `52428800`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Size(pub u64);
+
+impl FromText for Size {
+    fn from_text(t: &str) -> Result<Size, String> {
+        parse_size(t).map(Size)
+    }
+}
+
+/// A signal's number (`TERM`, `SIGTERM` or `15`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Signal(pub i32);
+
+impl FromText for Signal {
+    fn from_text(t: &str) -> Result<Signal, String> {
+        parse_signal(t).map(Signal)
     }
 }
 
