@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::manifest::de::{from_vars, one_of, Field, FromText, Leaf, Many, Scope};
+use crate::manifest::de::{from_vars, one_of, pos_or, Field, FromText, Leaf, Many, Scope};
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::model::*;
 use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
