@@ -41,13 +41,13 @@ pub use values::{parse_signal, truthy};
 /// The manifest as written; the field order is the order of the key hints.
 #[derive(serde::Deserialize, Default)]
 struct RawTop {
-    version: Option<Field>,
-    name: Option<Field>,
+    version: Option<Leaf<u32>>,
+    name: Option<Leaf<String>>,
     env: Option<Field>,
     services: Option<Field>,
     gateway: Option<Field>,
     persist: Option<Field>,
-    shutdown_timeout: Option<Field>,
+    shutdown_timeout: Option<Leaf<Duration>>,
 }
 
 /// Read and validate the manifest at `file`.
@@ -259,30 +259,6 @@ impl Reader<'_> {
         Some((self.val(&l)?, l.used))
     }
 
-    fn parsed<'f, T>(
-        &mut self,
-        f: impl Into<Option<&'f Field>>,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        let f = f.into()?;
-        let (text, used) = self.text_used(&f.node, &f.key)?;
-        match parse(&text) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.problem(f.node.pos, &f.key, format!("{e}{}", from_vars(&used)), None);
-                None
-            }
-        }
-    }
-
-    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
-        self.typed(f).unwrap_or(default)
-    }
-
-    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
-        self.parsed(f, parse_size).unwrap_or(default)
-    }
-
     /// A command: a string split like a shell (without one), or a list.
     fn command(&mut self, node: &Node, key: &str) -> Option<Vec<String>> {
         let (argv, used) = match &node.value {
@@ -353,11 +329,11 @@ impl Reader<'_> {
         let top: RawTop = self.section(root, "").unwrap_or_default();
         let version = match &top.version {
             None => 1,
-            Some(n) => {
-                let v = self.number(n, 1u32);
+            Some(l) => {
+                let v = self.val(l).unwrap_or(1);
                 if v != 1 {
                     self.problem(
-                        n.node.pos,
+                        l.pos,
                         "version",
                         format!("unsupported version `{v}`"),
                         Some("this stackctl reads `version: 1`".into()),
@@ -366,7 +342,7 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self.opt_text(&top.name).unwrap_or_else(|| {
+        let name = self.val(&top.name).unwrap_or_else(|| {
             self.dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -380,7 +356,9 @@ impl Reader<'_> {
             Some(n) => self.services(&n.node),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(&top.shutdown_timeout, Duration::from_secs(9));
+        let shutdown_timeout = self
+            .val(&top.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(9));
         let persist = top.persist.as_ref().and_then(|n| self.persist(&n.node));
         let gateway = top
             .gateway
