@@ -153,61 +153,36 @@ pub fn pos_or<T>(l: &Option<Leaf<T>>, or: Pos) -> Pos {
     l.as_ref().map_or(or, |l| l.pos)
 }
 
-// A leaf travels through serde's data model as a sequence of its parts:
-// key, line, column, the variables used, the problem with its text (empty
-// when fine) and, when there is text, the value, typed by the leaf's own
-// `Parse` seed.
-const LEAF: &str = "$stackctl::manifest::Leaf";
-const MANY: &str = "$stackctl::manifest::Many";
-
 impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Leaf<T>, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: FromText> Visitor<'de> for V<T> {
-            type Value = Leaf<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a manifest scalar")
+        let (Field { key, node }, text) = handoff(d)?;
+        let (used, parsed) = match text {
+            // A value made from a variable names it: the fix is in the
+            // container's environment, not in the YAML line.
+            Ok(Some((t, used))) => {
+                let parsed = T::from_text(&t).map_err(|e| format!("{e}{}", from_vars(&used)));
+                (used, parsed.map(Some))
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Leaf<T>, A::Error> {
-                let gone = || de::Error::custom("a Leaf reads only from a manifest node");
-                let key = s.next_element()?.ok_or_else(gone)?;
-                let line = s.next_element()?.ok_or_else(gone)?;
-                let col = s.next_element()?.ok_or_else(gone)?;
-                let used: Vec<String> = s.next_element()?.ok_or_else(gone)?;
-                let problem: String = s.next_element()?.ok_or_else(gone)?;
-                let mut problem = Some(problem).filter(|p| !p.is_empty());
-                let value = match s.next_element_seed(Parse(PhantomData)) {
-                    Ok(v) => v.flatten(),
-                    // A value made from a variable names it: the fix is in
-                    // the container's environment, not in the YAML line.
-                    Err(e) => {
-                        problem = Some(format!("{e}{}", from_vars(&used)));
-                        None
-                    }
-                };
-                Ok(Leaf {
-                    key,
-                    pos: Pos { line, col },
-                    used,
-                    value,
-                    problem,
-                })
-            }
-        }
-        d.deserialize_newtype_struct(LEAF, V(PhantomData))
+            Ok(None) => (Vec::new(), Ok(None)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        let (value, problem) = match parsed {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e)),
+        };
+        Ok(Leaf {
+            key,
+            pos: node.pos,
+            used,
+            value,
+            problem,
+        })
     }
 }
 
-struct Parse<T>(PhantomData<T>);
-
-impl<'de, T: FromText> DeserializeSeed<'de> for Parse<T> {
-    type Value = Option<T>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
-        T::from_text(&String::deserialize(d)?)
-            .map(Some)
-            .map_err(de::Error::custom)
-    }
-}
+// A list of leaves, or one: asked for a newtype of this name, the
+// deserializer visits a sequence either way.
+const MANY: &str = "$stackctl::manifest::Many";
 
 impl<'de, T: FromText> Deserialize<'de> for Many<T> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Many<T>, D::Error> {
@@ -231,28 +206,37 @@ impl<'de, T: FromText> Deserialize<'de> for Many<T> {
 
 // `Field` cannot travel through serde's data model (it is a whole subtree
 // with positions), so the deserializer hands it over beside it: it is
-// asked for a struct of this name, leaves the field here and visits a unit.
+// asked for a struct of this name, leaves the field here with its text
+// interpolated (for a `Leaf`) and visits a unit.
 const FIELD: &str = "$stackctl::manifest::Field";
 
+/// A scalar's text, interpolated, with the variables used; `Ok(None)` for
+/// null; `Err` says why there is none.
+type Text = Result<Option<(String, Vec<String>)>, String>;
+
 thread_local! {
-    static HANDOFF: RefCell<Option<Field>> = const { RefCell::new(None) };
+    static HANDOFF: RefCell<Option<(Field, Text)>> = const { RefCell::new(None) };
+}
+
+fn handoff<'de, D: de::Deserializer<'de>>(d: D) -> Result<(Field, Text), D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = (Field, Text);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a manifest node")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(Field, Text), E> {
+            HANDOFF
+                .with(|h| h.borrow_mut().take())
+                .ok_or_else(|| E::custom("a Field reads only from a manifest node"))
+        }
+    }
+    d.deserialize_struct(FIELD, &[], V)
 }
 
 impl<'de> Deserialize<'de> for Field {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a manifest node")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
-                HANDOFF
-                    .with(|h| h.borrow_mut().take())
-                    .ok_or_else(|| E::custom("a Field reads only from a manifest node"))
-            }
-        }
-        d.deserialize_struct(FIELD, &[], V)
+        handoff(d).map(|(f, _)| f)
     }
 }
 
@@ -300,9 +284,7 @@ impl<'a> NodeDe<'a> {
         });
     }
 
-    /// The scalar's text, interpolated, and the variables used: `Ok(None)`
-    /// for null.
-    fn text(&self) -> Result<Option<(String, Vec<String>)>, String> {
+    fn text(&self) -> Text {
         match &self.node.value {
             Value::Null => Ok(None),
             Value::Scalar { text, .. } => {
@@ -311,45 +293,6 @@ impl<'a> NodeDe<'a> {
                 Ok(Some((v, used)))
             }
             _ => Err(format!("expected a string, found {}", self.node.kind())),
-        }
-    }
-}
-
-/// The parts of a leaf, in the order `Leaf`'s visitor reads them.
-struct LeafParts<'b, 'a> {
-    de: &'b NodeDe<'a>,
-    text: Result<Option<(String, Vec<String>)>, String>,
-    step: usize,
-}
-
-impl<'de> SeqAccess<'de> for LeafParts<'_, '_> {
-    type Error = Stop;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Stop> {
-        use de::value::{SeqDeserializer, StrDeserializer, UsizeDeserializer};
-        self.step += 1;
-        let pos = self.de.node.pos;
-        let (text, problem) = match &self.text {
-            Ok(t) => (t.as_ref(), ""),
-            Err(e) => (None, e.as_str()),
-        };
-        let used = text.map(|(_, u)| u.clone()).unwrap_or_default();
-        fn part(s: &str) -> StrDeserializer<'_, Stop> {
-            StrDeserializer::new(s)
-        }
-        match (self.step, text) {
-            (1, _) => seed.deserialize(part(&self.de.path)).map(Some),
-            (2, _) => seed.deserialize(UsizeDeserializer::new(pos.line)).map(Some),
-            (3, _) => seed.deserialize(UsizeDeserializer::new(pos.col)).map(Some),
-            (4, _) => seed
-                .deserialize(SeqDeserializer::new(used.into_iter()))
-                .map(Some),
-            (5, _) => seed.deserialize(part(problem)).map(Some),
-            (6, Some((text, _))) => seed.deserialize(part(text)).map(Some),
-            _ => Ok(None),
         }
     }
 }
@@ -408,7 +351,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
                 key: self.path.clone(),
                 node: self.node.clone(),
             };
-            HANDOFF.with(|h| *h.borrow_mut() = Some(field));
+            HANDOFF.with(|h| *h.borrow_mut() = Some((field, self.text())));
             return v.visit_unit();
         }
         match &self.node.value {
@@ -445,11 +388,6 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         v: V,
     ) -> Result<V::Value, Stop> {
         match (name, &self.node.value) {
-            (LEAF, _) => v.visit_seq(LeafParts {
-                de: &self,
-                text: self.text(),
-                step: 0,
-            }),
             (MANY, Value::Seq(_)) => self.deserialize_any(v),
             (MANY, Value::Null) => v.visit_seq(Items {
                 de: &self,
