@@ -47,14 +47,14 @@ pub fn from_node<T: for<'de> Deserialize<'de>>(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
-    from_node_in(node, path, Scope { lookup: &|_| None }, problems)
+    from_node_in(node, path, &|_| None, problems)
 }
 
 /// [`from_node`], with the variables `${NAME}` reads in leaves.
 pub fn from_node_in<T: for<'de> Deserialize<'de>>(
     node: &Node,
     path: &str,
-    scope: Scope<'_>,
+    lookup: Lookup<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
     let sink = RefCell::new(std::mem::take(problems));
@@ -62,18 +62,14 @@ pub fn from_node_in<T: for<'de> Deserialize<'de>>(
         node,
         path: path.to_string(),
         sink: &sink,
-        scope,
+        lookup,
     });
     *problems = sink.into_inner();
     out.ok()
 }
 
-/// What leaves are read with.
-#[derive(Clone, Copy)]
-pub struct Scope<'a> {
-    /// A variable's value, for `${NAME}`.
-    pub lookup: &'a dyn Fn(&str) -> Option<String>,
-}
+/// A variable's value, for `${NAME}` in leaves.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// A scalar, interpolated and typed, with its dotted key and place. `value`
 /// is `None` when it was written empty or failed (then `problem` says why).
@@ -262,7 +258,7 @@ struct NodeDe<'a> {
     node: &'a Node,
     path: String,
     sink: &'a RefCell<Vec<Problem>>,
-    scope: Scope<'a>,
+    lookup: Lookup<'a>,
 }
 
 impl<'a> NodeDe<'a> {
@@ -271,7 +267,7 @@ impl<'a> NodeDe<'a> {
             node,
             path,
             sink: self.sink,
-            scope: self.scope,
+            lookup: self.lookup,
         }
     }
 
@@ -289,7 +285,7 @@ impl<'a> NodeDe<'a> {
             Value::Null => Ok(None),
             Value::Scalar { text, .. } => {
                 let mut used = Vec::new();
-                let v = interpolate(text, self.scope.lookup, &mut used)?;
+                let v = interpolate(text, self.lookup, &mut used)?;
                 Ok(Some((v, used)))
             }
             _ => Err(format!("expected a string, found {}", self.node.kind())),

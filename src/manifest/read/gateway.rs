@@ -138,19 +138,15 @@ impl Reader<'_> {
                         admin_password = Some(pw).filter(|p| !p.is_empty());
                     }
                 }
-                password_file = self
-                    .val(&af.password_file)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| self.at_dir(&p));
+                password_file = self.opt_path(&af.password_file);
             }
         }
-        let state_file = match self.val(&f.state_file).filter(|s| !s.is_empty()) {
-            Some(s) => self.at_dir(&s),
-            None => match persist {
+        let state_file = self
+            .opt_path(&f.state_file)
+            .unwrap_or_else(|| match persist {
                 Some(p) => p.workdir.join("state/gateway.json"),
                 None => self.dir.join(".stackctl/gateway.json"),
-            },
-        };
+            });
         // The default file is keyed by the state file's location too: two
         // stacks of the same name elsewhere (issue 12 item 6) each keep
         // their own. The name-only file of earlier versions is read once,
@@ -233,10 +229,7 @@ impl Reader<'_> {
         }
         let max_body = self.val(&f.max_body).map_or(1 << 30, |s| s.0);
         let backend_connections = self.backend_connections(f.backend_connections.as_ref());
-        let import_from = self
-            .val(&f.import_from)
-            .filter(|p| !p.is_empty())
-            .map(|p| self.at_dir(&p));
+        let import_from = self.opt_path(&f.import_from);
         // The same validator as the admin API, so `check` rejects what a
         // live edit would.
         let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);

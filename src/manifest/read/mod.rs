@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::manifest::de::{from_vars, one_of, pos_or, Field, FromText, Leaf, Many, Scope};
+use crate::manifest::de::{from_vars, one_of, pos_or, Field, FromText, Leaf, Many};
 use crate::manifest::error::{nearest, ManifestError, Problem};
 use crate::manifest::model::*;
 use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
@@ -35,8 +35,8 @@ mod tests;
 mod values;
 
 pub(crate) use services::find_cycle;
+pub use values::truthy;
 use values::*;
-pub use values::{parse_signal, truthy};
 
 /// The manifest as written; the field order is the order of the key hints.
 #[derive(serde::Deserialize, Default)]
@@ -175,8 +175,7 @@ impl Reader<'_> {
     ) -> Option<T> {
         let mut problems = std::mem::take(&mut self.problems);
         let lookup = |n: &str| self.lookup(n);
-        let scope = Scope { lookup: &lookup };
-        let out = crate::manifest::de::from_node_in(node, path, scope, &mut problems);
+        let out = crate::manifest::de::from_node_in(node, path, &lookup, &mut problems);
         self.problems = problems;
         out
     }
@@ -253,10 +252,10 @@ impl Reader<'_> {
         self.path(&self.dir, text)
     }
 
-    /// A scalar's text, interpolated, and the variables it was made of.
-    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
-        let l = self.leaf(node, key)?;
-        Some((self.val(&l)?, l.used))
+    /// A path relative to the manifest, unless absent or written empty.
+    fn opt_path(&mut self, l: &Option<Leaf<String>>) -> Option<PathBuf> {
+        let text = self.val(l).filter(|t| !t.is_empty())?;
+        Some(self.at_dir(&text))
     }
 
     /// A command: a string split like a shell (without one), or a list.
@@ -266,16 +265,16 @@ impl Reader<'_> {
                 let mut argv = Vec::new();
                 let mut used = Vec::new();
                 for (i, n) in items.iter().enumerate() {
-                    let (v, u) = self.text_used(n, &format!("{key}[{i}]"))?;
-                    argv.push(v);
-                    used.extend(u);
+                    let l = self.leaf(n, &format!("{key}[{i}]"))?;
+                    argv.push(self.val(&l)?);
+                    used.extend(l.used);
                 }
                 (argv, used)
             }
             _ => {
-                let (line, used) = self.text_used(node, key)?;
-                match shell_words::split(&line) {
-                    Ok(argv) => (argv, used),
+                let l = self.leaf::<String>(node, key)?;
+                match shell_words::split(&self.val(&l)?) {
+                    Ok(argv) => (argv, l.used),
                     Err(e) => {
                         self.problem(
                             node.pos,

@@ -74,10 +74,7 @@ impl Reader<'_> {
             .val(&f.branch)
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "main".into());
-        let workdir = match self.val(&f.workdir).filter(|w| !w.is_empty()) {
-            Some(w) => self.at_dir(&w),
-            None => self.dir.join(".stackctl"),
-        };
+        let workdir = (self.opt_path(&f.workdir)).unwrap_or_else(|| self.dir.join(".stackctl"));
         let mut paths = Vec::new();
         match &f.paths {
             Some(Field {
@@ -234,10 +231,7 @@ impl Reader<'_> {
                 Some("put the workdir outside every persisted path".into()),
             );
         }
-        let readiness_file = self
-            .val(&f.readiness_file)
-            .filter(|t| !t.is_empty())
-            .map(|t| self.at_dir(&t));
+        let readiness_file = self.opt_path(&f.readiness_file);
         let interval = self.val(&f.interval).unwrap_or(Duration::from_secs(180));
         let debounce = self.val(&f.debounce).unwrap_or(Duration::from_secs(10));
         if remote.is_empty() {

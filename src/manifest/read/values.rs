@@ -39,7 +39,21 @@ pub(super) struct Signal(pub i32);
 
 impl FromText for Signal {
     fn from_text(t: &str) -> Result<Signal, String> {
-        parse_signal(t).map(Signal)
+        let t = t.trim();
+        if let Ok(n) = t.parse::<i32>() {
+            return nix::sys::signal::Signal::try_from(n)
+                .map(|s| Signal(s as i32))
+                .map_err(|_| format!("`{t}` is not a signal number"));
+        }
+        let upper = t.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        nix::sys::signal::Signal::from_str(&name)
+            .map(|s| Signal(s as i32))
+            .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
     }
 }
 
@@ -64,23 +78,4 @@ pub fn truthy(t: &str) -> bool {
         t.trim().to_ascii_lowercase().as_str(),
         "" | "false" | "0" | "no" | "off"
     )
-}
-
-/// `TERM`, `SIGTERM` or `15`.
-pub fn parse_signal(t: &str) -> Result<i32, String> {
-    let t = t.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|s| s as i32)
-            .map_err(|_| format!("`{t}` is not a signal number"));
-    }
-    let upper = t.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    nix::sys::signal::Signal::from_str(&name)
-        .map(|s| s as i32)
-        .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
 }
