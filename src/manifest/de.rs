@@ -534,6 +534,49 @@ mod tests {
         assert!(serde_json::from_str::<Field>("{}").is_err());
     }
 
+    #[test]
+    fn leaves_are_typed_and_keep_their_problem_for_later() {
+        #[derive(Deserialize)]
+        struct Typed {
+            wait: Option<Leaf<Duration>>,
+            on: Option<Leaf<bool>>,
+            list: Option<Leaf<String>>,
+            files: Many<String>,
+            one: Many<String>,
+        }
+        let root =
+            parse("wait: ${W}\non:\nlist: [1]\nfiles: [a, \"${Z:?set Z}\"]\none: b\n").unwrap();
+        let lookup = |n: &str| (n == "W").then(|| "5 parsecs".to_string());
+        let mut problems = Vec::new();
+        let t: Typed = from_node_in(&root, "sec", &lookup, &mut problems).unwrap();
+        // Nothing is reported while reading: the reader reports a leaf's
+        // problem when it takes the value.
+        assert!(problems.is_empty());
+        let wait = t.wait.unwrap();
+        assert_eq!(
+            (wait.key.as_str(), wait.pos),
+            ("sec.wait", Pos { line: 1, col: 7 })
+        );
+        assert_eq!(wait.value, None);
+        assert_eq!(
+            wait.problem.as_deref(),
+            Some("`5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d) (from `W`)")
+        );
+        // Written empty: present, no value, no problem.
+        let on = t.on.unwrap();
+        assert_eq!((on.value, on.problem), (None, None));
+        assert_eq!(
+            t.list.unwrap().problem.as_deref(),
+            Some("expected a string, found a list")
+        );
+        assert_eq!(t.files.0[0].key, "sec.files[0]");
+        assert_eq!(t.files.0[0].value.as_deref(), Some("a"));
+        assert!(t.files.0[1].problem.as_deref().unwrap().contains("set Z"));
+        // One scalar keeps the key itself.
+        assert_eq!(t.one.0.len(), 1);
+        assert_eq!(t.one.0[0].key, "sec.one");
+    }
+
     proptest::proptest! {
         // Whatever YAML-ish text a user writes, reading it never panics.
         #[test]
