@@ -1,9 +1,11 @@
 //! From the position-aware YAML tree to the validated [`Manifest`].
 //!
 //! Each section is first read into a raw `#[derive(Deserialize)]` struct
-//! of [`Field`]s through [`de`](crate::manifest::de) (which reports unknown
-//! keys with the nearest valid one), then validated into the model: wrong
-//! type, bad duration, unknown dependency, cycle… Every problem is collected
+//! through [`de`](crate::manifest::de), which reports unknown keys with the
+//! nearest valid one and types scalars into [`Leaf`]s (interpolated, parsed
+//! by [`FromText`]); then validated into the model, taking each leaf's value
+//! with `Reader::val` (which reports a bad one: wrong type, bad duration…)
+//! and checking across keys (unknown dependency, cycle…). Every problem is collected
 //! with its line and column, so a user fixes a broken manifest in one round
 //! instead of one error at a time.
 

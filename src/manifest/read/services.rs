@@ -272,10 +272,10 @@ impl Reader<'_> {
                     out.push((k.name.clone(), value));
                 }
             }
-            Value::Seq(items) => {
-                for (i, n) in items.iter().enumerate() {
-                    let ekey = format!("{key}[{i}]");
-                    let Some(item) = self.text(n, &ekey) else {
+            Value::Seq(_) => {
+                let items: Many<String> = self.section(node, key).unwrap_or_default();
+                for l in &items.0 {
+                    let Some(item) = self.val(l) else {
                         continue;
                     };
                     let (name, value) = match item.split_once('=') {
@@ -284,8 +284,8 @@ impl Reader<'_> {
                     };
                     if !valid_var_name(&name) {
                         self.problem(
-                            n.pos,
-                            &ekey,
+                            l.pos,
+                            &l.key,
                             format!("`{name}` is not a valid variable name"),
                             Some("write `NAME=value` or `NAME`".into()),
                         );
@@ -309,64 +309,48 @@ impl Reader<'_> {
 
     pub(super) fn depends_on(&mut self, node: &Node, key: &str) -> (Vec<Dependency>, Vec<Pos>) {
         let mut deps = Vec::new();
-        let mut pos = Vec::new();
-        match &node.value {
-            Value::Seq(items) => {
-                for (i, n) in items.iter().enumerate() {
-                    if let Some(name) = self.text(n, &format!("{key}[{i}]")) {
-                        deps.push(Dependency {
-                            service: name,
-                            condition: Condition::Started,
-                        });
-                        pos.push(n.pos);
-                    }
+        let started = |service| Dependency {
+            service,
+            condition: Condition::Started,
+        };
+        let Value::Map(entries) = &node.value else {
+            // A name or a list of names.
+            let names: Many<String> = self.section(node, key).unwrap_or_default();
+            for l in &names.0 {
+                if let Some(name) = self.val(l) {
+                    deps.push((started(name), l.pos));
                 }
             }
-            Value::Map(entries) => {
-                for (k, v) in entries {
-                    let dkey = format!("{key}.{}", k.name);
-                    // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
-                    let cond_node = match &v.value {
-                        Value::Map(_) => self
-                            .section::<RawCondition>(v, &dkey)
-                            .and_then(|f| f.condition)
-                            .map(|c| c.node),
-                        _ => Some(v.clone()),
-                    };
-                    let condition = match cond_node {
-                        None => Some(Condition::Started),
-                        Some(c) => {
-                            self.text(&c, &dkey)
-                                .and_then(|t| match Condition::from_text(&t) {
-                                    Ok(c) => Some(c),
-                                    Err(e) => {
-                                        self.problem(c.pos, &dkey, e, None);
-                                        None
-                                    }
-                                })
+            return deps.into_iter().unzip();
+        };
+        for (k, v) in entries {
+            let dkey = format!("{key}.{}", k.name);
+            // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
+            let cond_node = match &v.value {
+                Value::Map(_) => self
+                    .section::<RawCondition>(v, &dkey)
+                    .and_then(|f| f.condition)
+                    .map(|c| c.node),
+                _ => Some(v.clone()),
+            };
+            let condition = match cond_node {
+                None => Some(Condition::Started),
+                Some(c) => self
+                    .text(&c, &dkey)
+                    .and_then(|t| match Condition::from_text(&t) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            self.problem(c.pos, &dkey, e, None);
+                            None
                         }
-                    };
-                    if let Some(condition) = condition {
-                        deps.push(Dependency {
-                            service: k.name.clone(),
-                            condition,
-                        });
-                        pos.push(k.pos);
-                    }
-                }
-            }
-            Value::Null => {}
-            Value::Scalar { .. } => {
-                if let Some(name) = self.text(node, key) {
-                    deps.push(Dependency {
-                        service: name,
-                        condition: Condition::Started,
-                    });
-                    pos.push(node.pos);
-                }
+                    }),
+            };
+            if let Some(condition) = condition {
+                let service = k.name.clone();
+                deps.push((Dependency { service, condition }, k.pos));
             }
         }
-        (deps, pos)
+        deps.into_iter().unzip()
     }
 
     pub(super) fn check_dependencies(&mut self, services: &[Service], dep_pos: &[Vec<Pos>]) {
