@@ -1,12 +1,16 @@
 //! A `serde::Deserializer` over the position tree of [`yaml`](super::yaml),
 //! so that a section's keys are a `#[derive(Deserialize)]` struct.
 //!
-//! The raw section types hold [`Field`]s: a value of any shape with its
-//! dotted key and its place. Typing (numbers, durations, flags) is left to
-//! the reader's validation stage, for two reasons: serde stops at its first
-//! error, and the reader reports every problem at once; and a scalar keeps
-//! its exact text (`1.0`, `012`, `yes` stay what was written — passwords and
-//! defaults depend on it).
+//! The raw section types hold typed [`Leaf`]s and [`Many`]s where a key is a
+//! scalar (or a list of them), and [`Field`]s (a value of any shape with its
+//! dotted key and place) where the section's validation reads the shape
+//! itself. A leaf is interpolated (`${VAR}`) and typed by [`FromText`] here,
+//! while the section is read; one that fails keeps its problem, which the
+//! reader reports when it takes the value. So serde never stops at a bad
+//! value, and each problem is reported where the validation reaches it (a
+//! probe with two checks says so, not what is wrong inside each). Typing
+//! starts from the exact text written (`1.0`, `012`, `yes` stay what was
+//! written — passwords and defaults depend on it).
 //!
 //! Unknown keys are found here, not with `serde_ignored`: a struct's
 //! `deserialize_struct` call names its fields, and this deserializer holds
@@ -15,12 +19,15 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::manifest::error::{nearest, Problem};
-use crate::manifest::yaml::{Node, Value};
+use crate::manifest::interp::interpolate;
+use crate::manifest::yaml::{Node, Pos, Value};
 
 /// A value of any shape, where it was written, and its dotted key
 /// (`services.web.restart`, `persist.paths[0]`).
@@ -40,40 +47,192 @@ pub fn from_node<T: for<'de> Deserialize<'de>>(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
+    from_node_in(node, path, &|_| None, problems)
+}
+
+/// [`from_node`], with the variables `${NAME}` reads in leaves.
+pub fn from_node_in<T: for<'de> Deserialize<'de>>(
+    node: &Node,
+    path: &str,
+    lookup: Lookup<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let sink = RefCell::new(std::mem::take(problems));
     let out = T::deserialize(NodeDe {
         node,
         path: path.to_string(),
         sink: &sink,
+        lookup,
     });
     *problems = sink.into_inner();
     out.ok()
 }
 
+/// A variable's value, for `${NAME}` in leaves.
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// A scalar, interpolated and typed, with its dotted key and place. `value`
+/// is `None` when it was written empty or failed (then `problem` says why).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf<T> {
+    /// The dotted key, for messages.
+    pub key: String,
+    /// Where the value is.
+    pub pos: Pos,
+    /// The variables the value was made of.
+    pub used: Vec<String>,
+    /// The typed value.
+    pub value: Option<T>,
+    /// Why there is no value, ending with the variables it came from.
+    pub problem: Option<String>,
+}
+
+/// A scalar or a list of them (`env_file: a.env` or `[a.env, b.env]`); a
+/// single scalar keeps the key without an index.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Many<T>(pub Vec<Leaf<T>>);
+
+/// A leaf's type: made from the leaf's text, or a message saying what to
+/// write instead (the reader adds where, and the variables it came from).
+pub trait FromText: Sized {
+    /// Parse `text` (already interpolated).
+    fn from_text(text: &str) -> Result<Self, String>;
+}
+
+impl FromText for String {
+    fn from_text(text: &str) -> Result<String, String> {
+        Ok(text.to_string())
+    }
+}
+
+impl FromText for Duration {
+    fn from_text(text: &str) -> Result<Duration, String> {
+        crate::manifest::units::parse_duration(text)
+    }
+}
+
+impl FromText for bool {
+    fn from_text(t: &str) -> Result<bool, String> {
+        match t.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(format!("expected true or false, found `{t}`")),
+        }
+    }
+}
+
+macro_rules! whole_numbers {
+    ($($t:ty)*) => {$(
+        impl FromText for $t {
+            fn from_text(t: &str) -> Result<$t, String> {
+                t.trim()
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, found `{t}`"))
+            }
+        }
+    )*};
+}
+whole_numbers!(u16 u32 i64 usize);
+
+/// Enums read from a fixed set of words: `(words, value)` rows, and the
+/// message for anything else (`{}` is the text).
+pub fn one_of<T: Copy>(t: &str, table: &[(&[&str], T)], other: &str) -> Result<T, String> {
+    table
+        .iter()
+        .find(|(words, _)| words.contains(&t))
+        .map(|(_, v)| *v)
+        .ok_or_else(|| other.replace("{}", t))
+}
+
+/// Where a key that may be absent is written, or `or`.
+pub fn pos_or<T>(l: &Option<Leaf<T>>, or: Pos) -> Pos {
+    l.as_ref().map_or(or, |l| l.pos)
+}
+
+impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Leaf<T>, D::Error> {
+        let (Field { key, node }, text) = handoff(d)?;
+        let (used, parsed) = match text {
+            // A value made from a variable names it: the fix is in the
+            // container's environment, not in the YAML line.
+            Ok(Some((t, used))) => {
+                let parsed = T::from_text(&t).map_err(|e| format!("{e}{}", from_vars(&used)));
+                (used, parsed.map(Some))
+            }
+            Ok(None) => (Vec::new(), Ok(None)),
+            Err(e) => (Vec::new(), Err(e)),
+        };
+        let (value, problem) = match parsed {
+            Ok(v) => (v, None),
+            Err(e) => (None, Some(e)),
+        };
+        Ok(Leaf {
+            key,
+            pos: node.pos,
+            used,
+            value,
+            problem,
+        })
+    }
+}
+
+// A list of leaves, or one: asked for a newtype of this name, the
+// deserializer visits a sequence either way.
+const MANY: &str = "$stackctl::manifest::Many";
+
+impl<'de, T: FromText> Deserialize<'de> for Many<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Many<T>, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: FromText> Visitor<'de> for V<T> {
+            type Value = Many<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a manifest scalar or list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Many<T>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(l) = s.next_element()? {
+                    out.push(l);
+                }
+                Ok(Many(out))
+            }
+        }
+        d.deserialize_newtype_struct(MANY, V(PhantomData))
+    }
+}
+
 // `Field` cannot travel through serde's data model (it is a whole subtree
 // with positions), so the deserializer hands it over beside it: it is
-// asked for a struct of this name, leaves the field here and visits a unit.
+// asked for a struct of this name, leaves the field here with its text
+// interpolated (for a `Leaf`) and visits a unit.
 const FIELD: &str = "$stackctl::manifest::Field";
 
+/// A scalar's text, interpolated, with the variables used; `Ok(None)` for
+/// null; `Err` says why there is none.
+type Text = Result<Option<(String, Vec<String>)>, String>;
+
 thread_local! {
-    static HANDOFF: RefCell<Option<Field>> = const { RefCell::new(None) };
+    static HANDOFF: RefCell<Option<(Field, Text)>> = const { RefCell::new(None) };
+}
+
+fn handoff<'de, D: de::Deserializer<'de>>(d: D) -> Result<(Field, Text), D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = (Field, Text);
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a manifest node")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<(Field, Text), E> {
+            HANDOFF
+                .with(|h| h.borrow_mut().take())
+                .ok_or_else(|| E::custom("a Field reads only from a manifest node"))
+        }
+    }
+    d.deserialize_struct(FIELD, &[], V)
 }
 
 impl<'de> Deserialize<'de> for Field {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Field;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a manifest node")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
-                HANDOFF
-                    .with(|h| h.borrow_mut().take())
-                    .ok_or_else(|| E::custom("a Field reads only from a manifest node"))
-            }
-        }
-        d.deserialize_struct(FIELD, &[], V)
+        handoff(d).map(|(f, _)| f)
     }
 }
 
@@ -99,6 +258,7 @@ struct NodeDe<'a> {
     node: &'a Node,
     path: String,
     sink: &'a RefCell<Vec<Problem>>,
+    lookup: Lookup<'a>,
 }
 
 impl<'a> NodeDe<'a> {
@@ -107,22 +267,39 @@ impl<'a> NodeDe<'a> {
             node,
             path,
             sink: self.sink,
+            lookup: self.lookup,
         }
     }
 
-    fn problem(
-        &self,
-        pos: crate::manifest::yaml::Pos,
-        key: String,
-        message: String,
-        hint: Option<String>,
-    ) {
+    fn problem(&self, pos: Pos, key: String, message: String, hint: Option<String>) {
         self.sink.borrow_mut().push(Problem {
             pos,
             key,
             message,
             hint,
         });
+    }
+
+    fn text(&self) -> Text {
+        match &self.node.value {
+            Value::Null => Ok(None),
+            Value::Scalar { text, .. } => {
+                let mut used = Vec::new();
+                let v = interpolate(text, self.lookup, &mut used)?;
+                Ok(Some((v, used)))
+            }
+            _ => Err(format!("expected a string, found {}", self.node.kind())),
+        }
+    }
+}
+
+/// " (from `A`)" for the variables a value was made of, or nothing.
+pub fn from_vars(used: &[String]) -> String {
+    if used.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = used.iter().map(|n| format!("`{n}`")).collect();
+        format!(" (from {})", names.join(", "))
     }
 }
 
@@ -143,7 +320,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
             Value::Scalar { text, .. } => v.visit_str(text),
             Value::Seq(items) => v.visit_seq(Items {
                 de: &self,
-                items: items.iter().enumerate(),
+                items: (items.iter().enumerate()).map(|(i, n)| (format!("{}[{i}]", self.path), n)),
             }),
             Value::Map(entries) => v.visit_map(Entries {
                 de: &self,
@@ -170,7 +347,7 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
                 key: self.path.clone(),
                 node: self.node.clone(),
             };
-            HANDOFF.with(|h| *h.borrow_mut() = Some(field));
+            HANDOFF.with(|h| *h.borrow_mut() = Some((field, self.text())));
             return v.visit_unit();
         }
         match &self.node.value {
@@ -201,13 +378,34 @@ impl<'de, 'a> de::Deserializer<'de> for NodeDe<'a> {
         }
     }
 
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Stop> {
+        match (name, &self.node.value) {
+            (MANY, Value::Seq(_)) => self.deserialize_any(v),
+            (MANY, Value::Null) => v.visit_seq(Items {
+                de: &self,
+                items: std::iter::empty(),
+            }),
+            // One scalar (or a wrong shape, which its leaf reports) under
+            // the key itself, not `key[0]`.
+            (MANY, _) => v.visit_seq(Items {
+                de: &self,
+                items: std::iter::once((self.path.clone(), self.node)),
+            }),
+            _ => v.visit_newtype_struct(self),
+        }
+    }
+
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, Stop> {
         v.visit_unit()
     }
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        bytes byte_buf unit unit_struct seq tuple
         tuple_struct map enum identifier
     }
 }
@@ -217,7 +415,7 @@ struct Items<'b, 'a, I> {
     items: I,
 }
 
-impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for Items<'_, 'a, I> {
+impl<'de, 'a, I: Iterator<Item = (String, &'a Node)>> SeqAccess<'de> for Items<'_, 'a, I> {
     type Error = Stop;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
@@ -225,10 +423,7 @@ impl<'de, 'a, I: Iterator<Item = (usize, &'a Node)>> SeqAccess<'de> for Items<'_
         seed: T,
     ) -> Result<Option<T::Value>, Stop> {
         match self.items.next() {
-            Some((i, n)) => {
-                let path = format!("{}[{i}]", self.de.path);
-                seed.deserialize(self.de.child(n, path)).map(Some)
-            }
+            Some((path, n)) => seed.deserialize(self.de.child(n, path)).map(Some),
             None => Ok(None),
         }
     }
@@ -337,6 +532,49 @@ mod tests {
     fn a_field_comes_only_from_a_manifest_node() {
         assert!(serde_json::from_str::<Field>("null").is_err());
         assert!(serde_json::from_str::<Field>("{}").is_err());
+    }
+
+    #[test]
+    fn leaves_are_typed_and_keep_their_problem_for_later() {
+        #[derive(Deserialize)]
+        struct Typed {
+            wait: Option<Leaf<Duration>>,
+            on: Option<Leaf<bool>>,
+            list: Option<Leaf<String>>,
+            files: Many<String>,
+            one: Many<String>,
+        }
+        let root =
+            parse("wait: ${W}\non:\nlist: [1]\nfiles: [a, \"${Z:?set Z}\"]\none: b\n").unwrap();
+        let lookup = |n: &str| (n == "W").then(|| "5 parsecs".to_string());
+        let mut problems = Vec::new();
+        let t: Typed = from_node_in(&root, "sec", &lookup, &mut problems).unwrap();
+        // Nothing is reported while reading: the reader reports a leaf's
+        // problem when it takes the value.
+        assert!(problems.is_empty());
+        let wait = t.wait.unwrap();
+        assert_eq!(
+            (wait.key.as_str(), wait.pos),
+            ("sec.wait", Pos { line: 1, col: 7 })
+        );
+        assert_eq!(wait.value, None);
+        assert_eq!(
+            wait.problem.as_deref(),
+            Some("`5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d) (from `W`)")
+        );
+        // Written empty: present, no value, no problem.
+        let on = t.on.unwrap();
+        assert_eq!((on.value, on.problem), (None, None));
+        assert_eq!(
+            t.list.unwrap().problem.as_deref(),
+            Some("expected a string, found a list")
+        );
+        assert_eq!(t.files.0[0].key, "sec.files[0]");
+        assert_eq!(t.files.0[0].value.as_deref(), Some("a"));
+        assert!(t.files.0[1].problem.as_deref().unwrap().contains("set Z"));
+        // One scalar keeps the key itself.
+        assert_eq!(t.one.0.len(), 1);
+        assert_eq!(t.one.0[0].key, "sec.one");
     }
 
     proptest::proptest! {

@@ -9,12 +9,12 @@ use super::*;
 #[derive(Deserialize)]
 struct RawEnvVar {
     from: Option<Field>,
-    default: Option<Field>,
-    required: Option<Field>,
-    secret: Option<Field>,
-    description: Option<Field>,
-    deprecated: Option<Field>,
-    format: Option<Field>,
+    default: Option<Leaf<String>>,
+    required: Option<Leaf<bool>>,
+    secret: Option<Leaf<bool>>,
+    description: Option<Leaf<String>>,
+    deprecated: Option<Leaf<String>>,
+    format: Option<Leaf<EnvFormat>>,
 }
 
 impl Reader<'_> {
@@ -67,15 +67,12 @@ impl Reader<'_> {
                             }
                         }
                     }
-                    default = self.opt_text(&f.default);
-                    decl.secret = self.flag(&f.secret, false);
-                    decl.required = self.flag(&f.required, false);
-                    decl.description = self.opt_text(&f.description);
-                    deprecated = self.opt_text(&f.deprecated);
-                    format = self.parsed(&f.format, |t| match t {
-                        "json-list" => Ok(EnvFormat::JsonList),
-                        other => Err(format!("unknown format `{other}` (use json-list)")),
-                    });
+                    default = self.val(&f.default);
+                    decl.secret = self.val(&f.secret).unwrap_or(false);
+                    decl.required = self.val(&f.required).unwrap_or(false);
+                    decl.description = self.val(&f.description);
+                    deprecated = self.val(&f.deprecated);
+                    format = self.val(&f.format);
                 }
             }
             // The entry's own name is always a candidate, after the listed
@@ -147,6 +144,13 @@ impl Reader<'_> {
 pub(super) enum EnvFormat {
     /// A JSON list of strings, as Gemini Balance reads `API_KEYS`.
     JsonList,
+}
+
+impl FromText for EnvFormat {
+    fn from_text(t: &str) -> Result<EnvFormat, String> {
+        let words: &[(&[&str], _)] = &[(&["json-list"], EnvFormat::JsonList)];
+        one_of(t, words, "unknown format `{}` (use json-list)")
+    }
 }
 
 pub(super) fn is_json_string_list(v: &str) -> bool {

@@ -8,39 +8,39 @@ use crate::gateway::rules::{Action, HeaderMatch, Rule, RuleError, SetHeader};
 /// `gateway:` as written; the field order is the order of the key hints.
 #[derive(Deserialize)]
 struct RawGateway {
-    listen: Option<Field>,
+    listen: Option<Leaf<Listen>>,
     default_backend: Option<Field>,
     routes: Option<Field>,
     admin: Option<Field>,
     allow_backends: Option<Field>,
     trusted_proxies: Option<Field>,
-    state_file: Option<Field>,
+    state_file: Option<Leaf<String>>,
     timeouts: Option<Field>,
-    max_body: Option<Field>,
-    import_from: Option<Field>,
+    max_body: Option<Leaf<Size>>,
+    import_from: Option<Leaf<String>>,
     backend_connections: Option<Field>,
 }
 
 #[derive(Deserialize)]
 struct RawAdmin {
-    password: Option<Field>,
-    password_file: Option<Field>,
+    password: Option<Leaf<String>>,
+    password_file: Option<Leaf<String>>,
 }
 
 #[derive(Deserialize)]
 struct RawTimeouts {
-    connect: Option<Field>,
-    response: Option<Field>,
-    pool_idle: Option<Field>,
-    header_read: Option<Field>,
-    idle: Option<Field>,
-    send: Option<Field>,
+    connect: Option<Leaf<Duration>>,
+    response: Option<Leaf<Duration>>,
+    pool_idle: Option<Leaf<Duration>>,
+    header_read: Option<Leaf<Duration>>,
+    idle: Option<Leaf<Duration>>,
+    send: Option<Leaf<SendTimeout>>,
 }
 
 #[derive(Deserialize)]
 struct RawConnections {
-    max: Option<Field>,
-    queue: Option<Field>,
+    max: Option<Leaf<usize>>,
+    queue: Option<Leaf<Duration>>,
 }
 
 /// A route in the manifest's form.
@@ -87,8 +87,8 @@ impl Reader<'_> {
     ) -> Option<Gateway> {
         let f: RawGateway = self.section(node, "gateway")?;
         let listen = self
-            .parsed(&f.listen, parse_listen)
-            .unwrap_or_else(|| ([0, 0, 0, 0], 7860).into());
+            .val(&f.listen)
+            .map_or_else(|| ([0, 0, 0, 0], 7860).into(), |l| l.0);
         let default_backend = self.opt_text(&f.default_backend).filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
@@ -119,17 +119,17 @@ impl Reader<'_> {
         let mut password_file = None;
         if let Some(a) = &f.admin {
             if let Some(af) = self.section::<RawAdmin>(&a.node, &a.key) {
-                if let Some(Field { key, node: n }) = &af.password {
-                    if let Some((pw, used)) = self.text_used(n, key) {
+                if let Some(l) = &af.password {
+                    if let Some(pw) = self.val(l) {
                         // The one password rule of the API, page and CLI,
                         // at `check` time rather than in a live Space.
                         let problem =
                             crate::gateway::auth::password_problem(&pw).filter(|_| !pw.is_empty());
                         if let Some(problem) = problem {
                             self.problem(
-                                n.pos,
-                                key,
-                                format!("the admin password{} is {problem}", from_vars(&used)),
+                                l.pos,
+                                &l.key,
+                                format!("the admin password{} is {problem}", from_vars(&l.used)),
                                 Some(
                                     "or leave it empty to have one generated and printed once"
                                         .into(),
@@ -139,19 +139,15 @@ impl Reader<'_> {
                         admin_password = Some(pw).filter(|p| !p.is_empty());
                     }
                 }
-                password_file = self
-                    .opt_text(&af.password_file)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| self.path(&self.dir.clone(), &p));
+                password_file = self.opt_path(&af.password_file);
             }
         }
-        let state_file = match self.opt_text(&f.state_file).filter(|s| !s.is_empty()) {
-            Some(s) => self.path(&self.dir.clone(), &s),
-            None => match persist {
+        let state_file = self
+            .opt_path(&f.state_file)
+            .unwrap_or_else(|| match persist {
                 Some(p) => p.workdir.join("state/gateway.json"),
                 None => self.dir.join(".stackctl/gateway.json"),
-            },
-        };
+            });
         // The default file is keyed by the state file's location too: two
         // stacks of the same name elsewhere (issue 12 item 6) each keep
         // their own. The name-only file of earlier versions is read once,
@@ -217,29 +213,24 @@ impl Reader<'_> {
         };
         if let Some(t) = &f.timeouts {
             if let Some(tf) = self.section::<RawTimeouts>(&t.node, &t.key) {
-                timeouts.connect = self.duration(&tf.connect, timeouts.connect);
-                timeouts.response = self.duration(&tf.response, timeouts.response);
-                timeouts.pool_idle = self.duration(&tf.pool_idle, timeouts.pool_idle);
-                timeouts.header_read = self.duration(&tf.header_read, timeouts.header_read);
-                timeouts.idle = self.duration(&tf.idle, timeouts.idle);
-                // Zero would close every response whose first write has to
-                // wait for the client.
-                timeouts.send = self
-                    .parsed(&tf.send, |t| match parse_duration(t)? {
-                        d if d.is_zero() => Err(format!(
-                            "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
-                        )),
-                        d => Ok(d),
-                    })
-                    .unwrap_or(timeouts.send);
+                let t = &mut timeouts;
+                for (to, leaf) in [
+                    (&mut t.connect, &tf.connect),
+                    (&mut t.response, &tf.response),
+                    (&mut t.pool_idle, &tf.pool_idle),
+                    (&mut t.header_read, &tf.header_read),
+                    (&mut t.idle, &tf.idle),
+                ] {
+                    *to = self.val(leaf).unwrap_or(*to);
+                }
+                if let Some(SendTimeout(d)) = self.val(&tf.send) {
+                    t.send = d;
+                }
             }
         }
-        let max_body = self.size(&f.max_body, 1 << 30);
+        let max_body = self.val(&f.max_body).map_or(1 << 30, |s| s.0);
         let backend_connections = self.backend_connections(f.backend_connections.as_ref());
-        let import_from = self
-            .opt_text(&f.import_from)
-            .filter(|p| !p.is_empty())
-            .map(|p| self.path(&self.dir.clone(), &p));
+        let import_from = self.opt_path(&f.import_from);
         // The same validator as the admin API, so `check` rejects what a
         // live edit would.
         let policy = crate::gateway::rules::BackendPolicy::new(&allow_backends, listen);
@@ -295,8 +286,8 @@ impl Reader<'_> {
         if let Value::Scalar { .. } = n.node.value {
             out.max = self.number(n, out.max);
         } else if let Some(bf) = self.section::<RawConnections>(&n.node, &n.key) {
-            out.max = self.number(&bf.max, out.max);
-            out.queue = self.duration(&bf.queue, out.queue);
+            out.max = self.val(&bf.max).unwrap_or(out.max);
+            out.queue = self.val(&bf.queue).unwrap_or(out.queue);
         }
         out
     }
@@ -417,16 +408,37 @@ impl Reader<'_> {
     }
 }
 
-/// `0.0.0.0:7860`, `[::]:7860`, `:7860` or `7860`.
-pub(super) fn parse_listen(t: &str) -> Result<std::net::SocketAddr, String> {
-    let t = t.trim();
-    if let Ok(a) = t.parse() {
-        return Ok(a);
+/// `listen:`: `0.0.0.0:7860`, `[::]:7860`, `:7860` or `7860`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Listen(std::net::SocketAddr);
+
+impl FromText for Listen {
+    fn from_text(t: &str) -> Result<Listen, String> {
+        let t = t.trim();
+        if let Ok(a) = t.parse() {
+            return Ok(Listen(a));
+        }
+        let port = t.strip_prefix(':').unwrap_or(t);
+        port.parse::<u16>()
+            .map(|p| Listen(([0, 0, 0, 0], p).into()))
+            .map_err(|_| format!("`{t}` is not an address like `0.0.0.0:7860` or a port"))
     }
-    let port = t.strip_prefix(':').unwrap_or(t);
-    port.parse::<u16>()
-        .map(|p| ([0, 0, 0, 0], p).into())
-        .map_err(|_| format!("`{t}` is not an address like `0.0.0.0:7860` or a port"))
+}
+
+/// `timeouts.send`: zero would close every response whose first write has
+/// to wait for the client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SendTimeout(Duration);
+
+impl FromText for SendTimeout {
+    fn from_text(t: &str) -> Result<SendTimeout, String> {
+        match parse_duration(t)? {
+            d if d.is_zero() => Err(format!(
+                "`{t}`: the send timeout must be more than zero (nginx's default is 60s)"
+            )),
+            d => Ok(SendTimeout(d)),
+        }
+    }
 }
 
 pub(super) fn parse_net(t: &str) -> Result<IpNet, String> {

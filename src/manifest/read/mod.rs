@@ -1,9 +1,11 @@
 //! From the position-aware YAML tree to the validated [`Manifest`].
 //!
 //! Each section is first read into a raw `#[derive(Deserialize)]` struct
-//! of [`Field`]s through [`de`](crate::manifest::de) (which reports unknown
-//! keys with the nearest valid one), then validated into the model: wrong
-//! type, bad duration, unknown dependency, cycle… Every problem is collected
+//! through [`de`](crate::manifest::de), which reports unknown keys with the
+//! nearest valid one and types scalars into [`Leaf`]s (interpolated, parsed
+//! by [`FromText`]); then validated into the model, taking each leaf's value
+//! with `Reader::val` (which reports a bad one: wrong type, bad duration…)
+//! and checking across keys (unknown dependency, cycle…). Every problem is collected
 //! with its line and column, so a user fixes a broken manifest in one round
 //! instead of one error at a time.
 
@@ -14,9 +16,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::manifest::de::Field;
+use crate::manifest::de::{from_vars, one_of, pos_or, Field, FromText, Leaf, Many};
 use crate::manifest::error::{nearest, ManifestError, Problem};
-use crate::manifest::interp::interpolate;
 use crate::manifest::model::*;
 use crate::manifest::remotes::{looks_like_github, looks_like_hugging_face};
 use crate::manifest::units::{parse_duration, parse_size};
@@ -36,19 +37,19 @@ mod tests;
 mod values;
 
 pub(crate) use services::find_cycle;
+pub use values::truthy;
 use values::*;
-pub use values::{parse_signal, truthy};
 
 /// The manifest as written; the field order is the order of the key hints.
 #[derive(serde::Deserialize, Default)]
 struct RawTop {
-    version: Option<Field>,
-    name: Option<Field>,
+    version: Option<Leaf<u32>>,
+    name: Option<Leaf<String>>,
     env: Option<Field>,
     services: Option<Field>,
     gateway: Option<Field>,
     persist: Option<Field>,
-    shutdown_timeout: Option<Field>,
+    shutdown_timeout: Option<Leaf<Duration>>,
 }
 
 /// Read and validate the manifest at `file`.
@@ -167,94 +168,6 @@ impl Reader<'_> {
             .cloned()
     }
 
-    /// A scalar's text, interpolated. `None` for null (and for errors,
-    /// which are recorded).
-    fn text_used(&mut self, node: &Node, key: &str) -> Option<(String, Vec<String>)> {
-        match &node.value {
-            Value::Null => None,
-            Value::Scalar { text, .. } => {
-                let mut used = Vec::new();
-                let result = interpolate(text, &|n| self.lookup(n), &mut used);
-                match result {
-                    Ok(v) => Some((v, used)),
-                    Err(e) => {
-                        self.problem(node.pos, key, e, None);
-                        None
-                    }
-                }
-            }
-            _ => {
-                self.problem(
-                    node.pos,
-                    key,
-                    format!("expected a string, found {}", node.kind()),
-                    None,
-                );
-                None
-            }
-        }
-    }
-
-    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
-        self.text_used(node, key).map(|(v, _)| v)
-    }
-
-    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
-        let f = f.into()?;
-        self.text(&f.node, &f.key)
-    }
-
-    fn parsed<'f, T>(
-        &mut self,
-        f: impl Into<Option<&'f Field>>,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        let Field { key, node } = f.into()?;
-        let (text, used) = self.text_used(node, key)?;
-        match parse(&text) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                // A value made from a variable names it: the fix is in the
-                // container's environment, not in the YAML line.
-                self.problem(node.pos, key, format!("{e}{}", from_vars(&used)), None);
-                None
-            }
-        }
-    }
-
-    /// A list of paths (relative to the manifest's directory).
-    fn path_list<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Vec<PathBuf> {
-        match f.into() {
-            Some(f) => self
-                .text_list(&f.node, &f.key)
-                .iter()
-                .map(|t| self.path(&self.dir.clone(), t))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-
-    fn duration<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: Duration) -> Duration {
-        self.parsed(f, parse_duration).unwrap_or(default)
-    }
-
-    fn size<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: u64) -> u64 {
-        self.parsed(f, parse_size).unwrap_or(default)
-    }
-
-    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
-        self.parsed(f, parse_bool).unwrap_or(default)
-    }
-
-    fn number<'f, T: FromStr>(&mut self, f: impl Into<Option<&'f Field>>, default: T) -> T {
-        self.parsed(f, |t| {
-            t.trim()
-                .parse::<T>()
-                .map_err(|_| format!("expected a whole number, found `{t}`"))
-        })
-        .unwrap_or(default)
-    }
-
     /// `node` (at dotted `path`) as the raw section type `T`; unknown keys
     /// and a value that is not a mapping are recorded as problems.
     fn section<T: for<'de> serde::Deserialize<'de>>(
@@ -262,7 +175,52 @@ impl Reader<'_> {
         node: &Node,
         path: &str,
     ) -> Option<T> {
-        crate::manifest::de::from_node(node, path, &mut self.problems)
+        let mut problems = std::mem::take(&mut self.problems);
+        let lookup = |n: &str| self.lookup(n);
+        let out = crate::manifest::de::from_node_in(node, path, &lookup, &mut problems);
+        self.problems = problems;
+        out
+    }
+
+    /// One scalar read as a leaf (for a key whose shape varies).
+    fn leaf<T: FromText>(&mut self, node: &Node, key: &str) -> Option<Leaf<T>> {
+        self.section(node, key)
+    }
+
+    /// A leaf's value; one that failed reports its problem now.
+    fn val<'l, T: Clone + 'l>(&mut self, l: impl Into<Option<&'l Leaf<T>>>) -> Option<T> {
+        let l = l.into()?;
+        if let Some(p) = &l.problem {
+            self.problem(l.pos, &l.key, p.clone(), None);
+        }
+        l.value.clone()
+    }
+
+    fn typed<'f, T: FromText + Clone>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<T> {
+        let f = f.into()?;
+        let l = self.leaf(&f.node, &f.key)?;
+        self.val(&l)
+    }
+
+    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
+        let l = self.leaf(node, key)?;
+        self.val(&l)
+    }
+
+    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
+        self.typed(f)
+    }
+
+    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
+        self.typed(f).unwrap_or(default)
+    }
+
+    fn number<'f, T: FromText + Clone>(
+        &mut self,
+        f: impl Into<Option<&'f Field>>,
+        default: T,
+    ) -> T {
+        self.typed(f).unwrap_or(default)
     }
 
     /// `text` as an absolute, normalised path (relative to `base`).
@@ -277,15 +235,29 @@ impl Reader<'_> {
 
     /// A string or a list of strings.
     fn text_list(&mut self, node: &Node, key: &str) -> Vec<String> {
-        match &node.value {
-            Value::Seq(items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| self.text(n, &format!("{key}[{i}]")))
-                .collect(),
-            Value::Null => Vec::new(),
-            _ => self.text(node, key).into_iter().collect(),
-        }
+        let many = self.section::<Many<String>>(node, key).unwrap_or_default();
+        self.texts(&many)
+    }
+
+    fn texts(&mut self, many: &Many<String>) -> Vec<String> {
+        many.0.iter().filter_map(|l| self.val(l)).collect()
+    }
+
+    /// Paths relative to the manifest's directory.
+    fn paths(&mut self, many: &Option<Many<String>>) -> Vec<PathBuf> {
+        let texts: Vec<String> = many.iter().flat_map(|m| self.texts(m)).collect();
+        texts.iter().map(|t| self.at_dir(t)).collect()
+    }
+
+    /// `text` as an absolute, normalised path relative to the manifest.
+    fn at_dir(&self, text: &str) -> PathBuf {
+        self.path(&self.dir, text)
+    }
+
+    /// A path relative to the manifest, unless absent or written empty.
+    fn opt_path(&mut self, l: &Option<Leaf<String>>) -> Option<PathBuf> {
+        let text = self.val(l).filter(|t| !t.is_empty())?;
+        Some(self.at_dir(&text))
     }
 
     /// A command: a string split like a shell (without one), or a list.
@@ -295,16 +267,16 @@ impl Reader<'_> {
                 let mut argv = Vec::new();
                 let mut used = Vec::new();
                 for (i, n) in items.iter().enumerate() {
-                    let (v, u) = self.text_used(n, &format!("{key}[{i}]"))?;
-                    argv.push(v);
-                    used.extend(u);
+                    let l = self.leaf(n, &format!("{key}[{i}]"))?;
+                    argv.push(self.val(&l)?);
+                    used.extend(l.used);
                 }
                 (argv, used)
             }
             _ => {
-                let (line, used) = self.text_used(node, key)?;
-                match shell_words::split(&line) {
-                    Ok(argv) => (argv, used),
+                let l = self.leaf::<String>(node, key)?;
+                match shell_words::split(&self.val(&l)?) {
+                    Ok(argv) => (argv, l.used),
                     Err(e) => {
                         self.problem(
                             node.pos,
@@ -358,11 +330,11 @@ impl Reader<'_> {
         let top: RawTop = self.section(root, "").unwrap_or_default();
         let version = match &top.version {
             None => 1,
-            Some(n) => {
-                let v = self.number(n, 1u32);
+            Some(l) => {
+                let v = self.val(l).unwrap_or(1);
                 if v != 1 {
                     self.problem(
-                        n.node.pos,
+                        l.pos,
                         "version",
                         format!("unsupported version `{v}`"),
                         Some("this stackctl reads `version: 1`".into()),
@@ -371,7 +343,7 @@ impl Reader<'_> {
                 v
             }
         };
-        let name = self.opt_text(&top.name).unwrap_or_else(|| {
+        let name = self.val(&top.name).unwrap_or_else(|| {
             self.dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -385,7 +357,9 @@ impl Reader<'_> {
             Some(n) => self.services(&n.node),
             None => Vec::new(),
         };
-        let shutdown_timeout = self.duration(&top.shutdown_timeout, Duration::from_secs(9));
+        let shutdown_timeout = self
+            .val(&top.shutdown_timeout)
+            .unwrap_or(Duration::from_secs(9));
         let persist = top.persist.as_ref().and_then(|n| self.persist(&n.node));
         let gateway = top
             .gateway

@@ -7,53 +7,54 @@ use super::*;
 /// `persist:` as written; the field order is the order of the key hints.
 #[derive(Deserialize)]
 struct RawPersist {
-    remote: Option<Field>,
-    token: Option<Field>,
-    branch: Option<Field>,
-    workdir: Option<Field>,
-    interval: Option<Field>,
-    debounce: Option<Field>,
+    remote: Option<Leaf<String>>,
+    token: Option<Leaf<String>>,
+    branch: Option<Leaf<String>>,
+    workdir: Option<Leaf<String>>,
+    interval: Option<Leaf<Duration>>,
+    debounce: Option<Leaf<Duration>>,
     paths: Option<Field>,
-    exclude: Option<Field>,
+    exclude: Option<Many<String>>,
     history: Option<Field>,
     large_files: Option<Field>,
-    readiness_file: Option<Field>,
+    readiness_file: Option<Leaf<String>>,
 }
 
 /// One `persist.paths` entry written as a mapping.
 #[derive(Deserialize)]
 struct RawPath {
-    path: Option<Field>,
-    exclude: Option<Field>,
+    path: Option<Leaf<String>>,
+    exclude: Option<Many<String>>,
 }
 
 #[derive(Deserialize)]
 struct RawHistory {
-    keep: Option<Field>,
+    keep: Option<Leaf<u32>>,
 }
 
 #[derive(Deserialize)]
-pub(super) struct RawLargeFiles {
-    threshold: Option<Field>,
-    store: Option<Field>,
-    tag: Option<Field>,
-    url: Option<Field>,
-    offload_binary: Option<Field>,
+struct RawLargeFiles {
+    threshold: Option<Leaf<Size>>,
+    store: Option<Leaf<BlobStore>>,
+    tag: Option<Leaf<String>>,
+    url: Option<Leaf<String>>,
+    offload_binary: Option<Leaf<OffloadBinary>>,
 }
 
 impl Reader<'_> {
     pub(super) fn persist(&mut self, node: &Node) -> Option<Persist> {
         let f: RawPersist = self.section(node, "persist")?;
-        let (mut remote, remote_vars) = f
+        let mut remote = self.val(&f.remote).unwrap_or_default();
+        let remote_vars = f
             .remote
             .as_ref()
-            .and_then(|r| self.text_used(&r.node, &r.key))
+            .map(|r| r.used.clone())
             .unwrap_or_default();
         // A relative local path is relative to the manifest, like every path.
         if remote.starts_with("./") || remote.starts_with("../") {
-            remote = self.path(&self.dir.clone(), &remote).display().to_string();
+            remote = self.at_dir(&remote).display().to_string();
         }
-        let remote_pos = f.remote.as_ref().map_or(node.pos, |r| r.node.pos);
+        let remote_pos = pos_or(&f.remote, node.pos);
         if crate::persist::remote::is_ssh(&remote) {
             // Issue 17 item 8: it passed `check`, then failed at every start.
             self.problem(
@@ -68,15 +69,12 @@ impl Reader<'_> {
         } else {
             self.url_credentials(remote_pos, "persist.remote", &remote, &remote_vars);
         }
-        let token = self.opt_text(&f.token).filter(|t| !t.is_empty());
+        let token = self.val(&f.token).filter(|t| !t.is_empty());
         let branch = self
-            .opt_text(&f.branch)
+            .val(&f.branch)
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "main".into());
-        let workdir = match self.opt_text(&f.workdir).filter(|w| !w.is_empty()) {
-            Some(w) => self.path(&self.dir.clone(), &w),
-            None => self.dir.join(".stackctl"),
-        };
+        let workdir = (self.opt_path(&f.workdir)).unwrap_or_else(|| self.dir.join(".stackctl"));
         let mut paths = Vec::new();
         match &f.paths {
             Some(Field {
@@ -94,22 +92,18 @@ impl Reader<'_> {
                             let Some(pf) = self.section::<RawPath>(n, &pkey) else {
                                 continue;
                             };
-                            let Some(p) = self.opt_text(&pf.path) else {
+                            let Some(p) = self.val(&pf.path) else {
                                 self.problem(n.pos, &pkey, "`path` is missing", None);
                                 continue;
                             };
-                            let ex = pf
-                                .exclude
-                                .map(|e| self.text_list(&e.node, &e.key))
-                                .unwrap_or_default();
-                            (p, ex)
+                            (p, pf.exclude.map(|e| self.texts(&e)).unwrap_or_default())
                         }
                         _ => match self.text(n, &pkey) {
                             Some(p) => (p, Vec::new()),
                             None => continue,
                         },
                     };
-                    let path = self.path(&self.dir.clone(), &p);
+                    let path = self.at_dir(&p);
                     if path == Path::new("/") {
                         self.problem(
                             n.pos,
@@ -152,14 +146,10 @@ impl Reader<'_> {
                 Some("list the data directories, e.g. `paths: [/home/user/AstrBot/data]`".into()),
             );
         }
-        let exclude = f
-            .exclude
-            .as_ref()
-            .map(|e| self.text_list(&e.node, &e.key))
-            .unwrap_or_default();
+        let exclude = f.exclude.map(|e| self.texts(&e)).unwrap_or_default();
         let keep = match &f.history {
             Some(h) => match self.section::<RawHistory>(&h.node, &h.key) {
-                Some(hf) => self.number(&hf.keep, 50u32).max(1),
+                Some(hf) => self.val(&hf.keep).unwrap_or(50).max(1),
                 None => 50,
             },
             None => 50,
@@ -182,19 +172,24 @@ impl Reader<'_> {
             .as_ref()
             .and_then(|lf| self.section::<RawLargeFiles>(&lf.node, &lf.key));
         if let Some(l) = &raw_lf {
-            large_files.threshold = self.size(&l.threshold, large_files.threshold);
-            let dir = self.dir.clone();
-            if let Some(store) = self.parsed(&l.store, |t| parse_store(t, &dir)) {
-                large_files.store = store;
+            if let Some(Size(t)) = self.val(&l.threshold) {
+                large_files.threshold = t;
             }
-            if let Some(tag) = self.opt_text(&l.tag).filter(|t| !t.is_empty()) {
+            if let Some(store) = self.val(&l.store) {
+                large_files.store = match store {
+                    // `dir:PATH` is relative to the manifest (not normalised).
+                    BlobStore::Dir(p) => BlobStore::Dir(self.dir.join(p)),
+                    store => store,
+                };
+            }
+            if let Some(tag) = self.val(&l.tag).filter(|t| !t.is_empty()) {
                 large_files.tag = tag;
             }
-            large_files.url = self.opt_text(&l.url).filter(|u| !u.is_empty());
+            large_files.url = self.val(&l.url).filter(|u| !u.is_empty());
             if let (Some(url), Some(u)) = (large_files.url.clone(), &l.url) {
-                self.url_credentials(u.node.pos, "persist.large_files.url", &url, &[]);
+                self.url_credentials(u.pos, "persist.large_files.url", &url, &[]);
             }
-            if let Some(o) = self.parsed(&l.offload_binary, parse_offload_binary) {
+            if let Some(o) = self.val(&l.offload_binary) {
                 large_files.offload_binary = o;
             }
             if large_files.store == BlobStore::GithubRelease && !github && !remote.is_empty() {
@@ -209,24 +204,21 @@ impl Reader<'_> {
         if looks_like_hugging_face(&remote) {
             // Each warning points at its key, or at `large_files:` (or
             // `persist:`) when the key is not written.
-            let at = |k: fn(&RawLargeFiles) -> &Option<Field>| {
-                raw_lf
-                    .as_ref()
-                    .and_then(|l| k(l).as_ref())
-                    .map_or(lf_pos, |v| v.node.pos)
+            let at = match &raw_lf {
+                Some(l) => [
+                    pos_or(&l.store, lf_pos),
+                    pos_or(&l.threshold, lf_pos),
+                    pos_or(&l.offload_binary, lf_pos),
+                ],
+                None => [lf_pos; 3],
             };
-            let at = [
-                at(|l| &l.store),
-                at(|l| &l.threshold),
-                at(|l| &l.offload_binary),
-            ];
             self.hugging_face_warnings(at, &large_files);
         }
         if let Some(inside) = paths
             .iter()
             .find(|pp| workdir.starts_with(&pp.path) || pp.path.starts_with(&workdir))
         {
-            let pos = f.workdir.as_ref().map_or(node.pos, |w| w.node.pos);
+            let pos = pos_or(&f.workdir, node.pos);
             let msg = format!(
                 "`{}` overlaps the persisted path `{}`: the workdir holds git objects, not data",
                 workdir.display(),
@@ -239,12 +231,9 @@ impl Reader<'_> {
                 Some("put the workdir outside every persisted path".into()),
             );
         }
-        let readiness_file = self
-            .opt_text(&f.readiness_file)
-            .filter(|t| !t.is_empty())
-            .map(|t| self.path(&self.dir.clone(), &t));
-        let interval = self.duration(&f.interval, Duration::from_secs(180));
-        let debounce = self.duration(&f.debounce, Duration::from_secs(10));
+        let readiness_file = self.opt_path(&f.readiness_file);
+        let interval = self.val(&f.interval).unwrap_or(Duration::from_secs(180));
+        let debounce = self.val(&f.debounce).unwrap_or(Duration::from_secs(10));
         if remote.is_empty() {
             // A Space without credentials still runs; it just keeps nothing.
             self.warn(
@@ -322,34 +311,33 @@ impl Reader<'_> {
     }
 }
 
-pub(super) fn parse_store(t: &str, dir: &Path) -> Result<BlobStore, String> {
-    match t {
-        "github-release" => Ok(BlobStore::GithubRelease),
-        "lfs" => Ok(BlobStore::Lfs),
-        "none" | "" => Ok(BlobStore::None),
-        _ => match t.strip_prefix("dir:") {
-            Some(p) if !p.is_empty() => {
-                let p = Path::new(p);
-                Ok(BlobStore::Dir(if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    dir.join(p)
-                }))
-            }
-            _ => Err(format!(
-                "unknown store `{t}` (use github-release, lfs, dir:PATH or none)"
-            )),
-        },
+impl FromText for BlobStore {
+    fn from_text(t: &str) -> Result<BlobStore, String> {
+        match t {
+            "github-release" => Ok(BlobStore::GithubRelease),
+            "lfs" => Ok(BlobStore::Lfs),
+            "none" | "" => Ok(BlobStore::None),
+            _ => match t.strip_prefix("dir:") {
+                Some(p) if !p.is_empty() => Ok(BlobStore::Dir(p.into())),
+                _ => Err(format!(
+                    "unknown store `{t}` (use github-release, lfs, dir:PATH or none)"
+                )),
+            },
+        }
     }
 }
 
-pub(super) fn parse_offload_binary(t: &str) -> Result<OffloadBinary, String> {
-    match t {
-        "auto" | "" => Ok(OffloadBinary::Auto),
-        "always" => Ok(OffloadBinary::Always),
-        "never" => Ok(OffloadBinary::Never),
-        _ => Err(format!("unknown value `{t}` (use auto, always or never)")),
+impl FromText for OffloadBinary {
+    fn from_text(t: &str) -> Result<OffloadBinary, String> {
+        use OffloadBinary::*;
+        let words: &[(&[&str], _)] = &[
+            (&["auto", ""], Auto),
+            (&["always"], Always),
+            (&["never"], Never),
+        ];
+        one_of(t, words, "unknown value `{}` (use auto, always or never)")
     }
 }
+
 /// Largest file Hugging Face takes outside LFS (it refuses 10 MiB or more).
 const HF_MAX_NON_LFS: u64 = 10 << 20;

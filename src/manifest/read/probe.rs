@@ -7,15 +7,15 @@ use super::*;
 /// A probe as written; the field order is the order of the key hints.
 #[derive(Deserialize)]
 struct RawProbe {
-    http: Option<Field>,
-    tcp: Option<Field>,
+    http: Option<Leaf<String>>,
+    tcp: Option<Leaf<String>>,
     exec: Option<Field>,
-    file: Option<Field>,
-    log: Option<Field>,
-    interval: Option<Field>,
-    timeout: Option<Field>,
-    failures: Option<Field>,
-    initial_delay: Option<Field>,
+    file: Option<Leaf<String>>,
+    log: Option<Leaf<String>>,
+    interval: Option<Leaf<Duration>>,
+    timeout: Option<Leaf<Duration>>,
+    failures: Option<Leaf<u32>>,
+    initial_delay: Option<Leaf<Duration>>,
 }
 
 impl Reader<'_> {
@@ -28,29 +28,21 @@ impl Reader<'_> {
         failures: u32,
     ) -> Option<Probe> {
         let f: RawProbe = self.section(node, key)?;
-        let checks = [
-            ("http", &f.http),
-            ("tcp", &f.tcp),
-            ("exec", &f.exec),
-            ("file", &f.file),
-            ("log", &f.log),
-        ];
-        let present: Vec<(&str, &Field)> = checks
-            .iter()
-            .filter_map(|(name, c)| c.as_ref().map(|c| (*name, c)))
-            .collect();
+        let present: Vec<&str> = [
+            ("http", f.http.is_some()),
+            ("tcp", f.tcp.is_some()),
+            ("exec", f.exec.is_some()),
+            ("file", f.file.is_some()),
+            ("log", f.log.is_some()),
+        ]
+        .iter()
+        .filter_map(|(name, given)| given.then_some(*name))
+        .collect();
         if present.len() != 1 {
             let message = if present.is_empty() {
                 "no check given".to_string()
             } else {
-                format!(
-                    "several checks given ({})",
-                    present
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("several checks given ({})", present.join(", "))
             };
             self.problem(
                 node.pos,
@@ -60,68 +52,58 @@ impl Reader<'_> {
             );
             return None;
         }
-        let (
-            kind,
-            Field {
-                key: ckey,
-                node: cnode,
-            },
-        ) = present[0];
-        let check = match kind {
-            "exec" => ProbeCheck::Exec(self.command(cnode, ckey)?),
-            "http" => {
-                let url = self.text(cnode, ckey)?;
-                if !url.starts_with("http://") {
-                    self.problem(
-                        cnode.pos,
-                        ckey,
-                        format!("`{url}` is not an http:// URL"),
-                        Some("probes speak plain HTTP, e.g. `http://127.0.0.1:8000/health`".into()),
-                    );
-                    return None;
-                }
-                ProbeCheck::Http(url)
+        let check = if let Some(c) = &f.exec {
+            ProbeCheck::Exec(self.command(&c.node, &c.key)?)
+        } else if let Some(l) = &f.http {
+            let url = self.val(l)?;
+            if !url.starts_with("http://") {
+                self.problem(
+                    l.pos,
+                    &l.key,
+                    format!("`{url}` is not an http:// URL"),
+                    Some("probes speak plain HTTP, e.g. `http://127.0.0.1:8000/health`".into()),
+                );
+                return None;
             }
-            "tcp" => {
-                let addr = self.text(cnode, ckey)?;
-                if addr
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_none()
-                {
-                    self.problem(
-                        cnode.pos,
-                        ckey,
-                        format!("`{addr}` is not HOST:PORT"),
-                        Some("e.g. `127.0.0.1:6099`".into()),
-                    );
-                    return None;
-                }
-                ProbeCheck::Tcp(addr)
+            ProbeCheck::Http(url)
+        } else if let Some(l) = &f.tcp {
+            let addr = self.val(l)?;
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                self.problem(
+                    l.pos,
+                    &l.key,
+                    format!("`{addr}` is not HOST:PORT"),
+                    Some("e.g. `127.0.0.1:6099`".into()),
+                );
+                return None;
             }
-            "file" => {
-                let p = self.text(cnode, ckey)?;
-                ProbeCheck::File(self.path(working_dir, &p))
+            ProbeCheck::Tcp(addr)
+        } else if let Some(l) = &f.file {
+            let p = self.val(l)?;
+            ProbeCheck::File(self.path(working_dir, &p))
+        } else {
+            let l = f.log.as_ref()?;
+            let t = self.val(l)?;
+            if t.is_empty() {
+                self.problem(l.pos, &l.key, "the text to wait for is empty", None);
+                return None;
             }
-            _ => {
-                let t = self.text(cnode, ckey)?;
-                if t.is_empty() {
-                    self.problem(cnode.pos, ckey, "the text to wait for is empty", None);
-                    return None;
-                }
-                ProbeCheck::Log(t)
-            }
+            ProbeCheck::Log(t)
         };
-        let interval = self.duration(&f.interval, interval);
+        let interval = self.val(&f.interval).unwrap_or(interval);
         if interval.is_zero() {
             self.problem(node.pos, key, "`interval` must be above zero", None);
         }
         Some(Probe {
             check,
             interval,
-            timeout: self.duration(&f.timeout, Duration::from_secs(2)),
-            failures: self.number(&f.failures, failures).max(1),
-            initial_delay: self.duration(&f.initial_delay, Duration::ZERO),
+            timeout: self.val(&f.timeout).unwrap_or(Duration::from_secs(2)),
+            failures: self.val(&f.failures).unwrap_or(failures).max(1),
+            initial_delay: self.val(&f.initial_delay).unwrap_or_default(),
         })
     }
 }

@@ -8,21 +8,21 @@ use super::*;
 #[derive(Deserialize)]
 struct RawService {
     command: Option<Field>,
-    working_dir: Option<Field>,
+    working_dir: Option<Leaf<String>>,
     environment: Option<Field>,
-    env_file: Option<Field>,
+    env_file: Option<Many<String>>,
     depends_on: Option<Field>,
     readiness: Option<Field>,
     liveness: Option<Field>,
-    restart: Option<Field>,
+    restart: Option<Leaf<RestartPolicy>>,
     backoff: Option<Field>,
     max_restarts: Option<Field>,
-    stop_signal: Option<Field>,
-    stop_timeout: Option<Field>,
-    enabled: Option<Field>,
-    optional: Option<Field>,
+    stop_signal: Option<Leaf<Signal>>,
+    stop_timeout: Option<Leaf<Duration>>,
+    enabled: Option<Leaf<String>>,
+    optional: Option<Leaf<bool>>,
     logs: Option<Field>,
-    required_paths: Option<Field>,
+    required_paths: Option<Many<String>>,
     // Free text for people reading the manifest.
     #[serde(rename = "description")]
     _description: Option<Field>,
@@ -31,14 +31,14 @@ struct RawService {
 
 #[derive(Deserialize)]
 struct RawBackoff {
-    initial: Option<Field>,
-    max: Option<Field>,
+    initial: Option<Leaf<Duration>>,
+    max: Option<Leaf<Duration>>,
 }
 
 #[derive(Deserialize)]
 struct RawMaxRestarts {
-    count: Option<Field>,
-    within: Option<Field>,
+    count: Option<Leaf<u32>>,
+    within: Option<Leaf<Duration>>,
 }
 
 /// compose's long form of a dependency.
@@ -49,9 +49,41 @@ struct RawCondition {
 
 #[derive(Deserialize)]
 struct RawLogs {
-    file: Option<Field>,
-    max_size: Option<Field>,
-    keep: Option<Field>,
+    file: Option<Leaf<String>>,
+    max_size: Option<Leaf<Size>>,
+    keep: Option<Leaf<u32>>,
+}
+
+impl FromText for RestartPolicy {
+    fn from_text(t: &str) -> Result<Self, String> {
+        use RestartPolicy::*;
+        let words: &[(&[&str], _)] = &[
+            (&["always", "unless-stopped"], Always),
+            (&["on-failure", "on_failure"], OnFailure),
+            (&["no", "never", "false"], No),
+        ];
+        one_of(
+            t,
+            words,
+            "unknown restart policy `{}` (use always, on-failure or no)",
+        )
+    }
+}
+
+impl FromText for Condition {
+    fn from_text(t: &str) -> Result<Self, String> {
+        use Condition::*;
+        let words: &[(&[&str], _)] = &[
+            (&["started", "service_started"], Started),
+            (&["healthy", "service_healthy"], Healthy),
+            (
+                &["completed_successfully", "service_completed_successfully"],
+                CompletedSuccessfully,
+            ),
+        ];
+        let hint = "unknown condition `{}` (use started, healthy or completed_successfully)";
+        one_of(t, words, hint)
+    }
 }
 
 impl Reader<'_> {
@@ -101,15 +133,15 @@ impl Reader<'_> {
                 None
             }
         };
-        let working_dir = match self.opt_text(&f.working_dir) {
-            Some(t) => self.path(&self.dir.clone(), &t),
+        let working_dir = match self.val(&f.working_dir) {
+            Some(t) => self.at_dir(&t),
             None => self.dir.clone(),
         };
         let environment = match &f.environment {
             Some(e) => self.environment(&e.node, &e.key),
             None => Vec::new(),
         };
-        let env_files = self.path_list(&f.env_file);
+        let env_files = self.paths(&f.env_file);
         let (depends_on, dep_pos) = match &f.depends_on {
             Some(d) => self.depends_on(&d.node, &d.key),
             None => (Vec::new(), Vec::new()),
@@ -136,37 +168,20 @@ impl Reader<'_> {
                 );
             }
         }
-        let restart = self
-            .parsed(&f.restart, |t| match t {
-                "always" | "unless-stopped" => Ok(RestartPolicy::Always),
-                "on-failure" | "on_failure" => Ok(RestartPolicy::OnFailure),
-                "no" | "never" | "false" => Ok(RestartPolicy::No),
-                other => Err(format!(
-                    "unknown restart policy `{other}` (use always, on-failure or no)"
-                )),
-            })
-            .unwrap_or(RestartPolicy::OnFailure);
-        let backoff = match &f.backoff {
-            Some(Field { key, node: n }) => {
-                let b = self.section::<RawBackoff>(n, key);
-                let mut backoff = Backoff {
-                    initial: Duration::from_secs(1),
-                    max: Duration::from_secs(60),
-                };
-                if let Some(b) = b {
-                    backoff.initial = self.duration(&b.initial, backoff.initial);
-                    backoff.max = self.duration(&b.max, backoff.max);
-                    if backoff.max < backoff.initial {
-                        self.problem(n.pos, key, "`max` is shorter than `initial`", None);
-                    }
-                }
-                backoff
-            }
-            None => Backoff {
-                initial: Duration::from_secs(1),
-                max: Duration::from_secs(60),
-            },
+        let restart = self.val(&f.restart).unwrap_or(RestartPolicy::OnFailure);
+        let mut backoff = Backoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
         };
+        if let Some(Field { key, node: n }) = &f.backoff {
+            if let Some(b) = self.section::<RawBackoff>(n, key) {
+                backoff.initial = self.val(&b.initial).unwrap_or(backoff.initial);
+                backoff.max = self.val(&b.max).unwrap_or(backoff.max);
+                if backoff.max < backoff.initial {
+                    self.problem(n.pos, key, "`max` is shorter than `initial`", None);
+                }
+            }
+        }
         let mut max_restarts = MaxRestarts {
             count: 10,
             within: Duration::from_secs(300),
@@ -175,19 +190,17 @@ impl Reader<'_> {
             if let Value::Scalar { .. } = n.node.value {
                 max_restarts.count = self.number(n, 10);
             } else if let Some(m) = self.section::<RawMaxRestarts>(&n.node, &n.key) {
-                max_restarts.count = self.number(&m.count, 10);
-                max_restarts.within = self.duration(&m.within, max_restarts.within);
+                max_restarts.count = self.val(&m.count).unwrap_or(10);
+                max_restarts.within = self.val(&m.within).unwrap_or(max_restarts.within);
             }
         }
-        let stop_signal = self
-            .parsed(&f.stop_signal, parse_signal)
-            .unwrap_or(libc::SIGTERM);
-        let stop_timeout = self.duration(&f.stop_timeout, Duration::from_secs(5));
+        let stop_signal = self.val(&f.stop_signal).map_or(libc::SIGTERM, |s| s.0);
+        let stop_timeout = self.val(&f.stop_timeout).unwrap_or(Duration::from_secs(5));
         let enabled = match &f.enabled {
-            Some(n) => self.opt_text(n).is_some_and(|t| truthy(&t)),
+            Some(l) => self.val(l).is_some_and(|t| truthy(&t)),
             None => true,
         };
-        let optional = self.flag(&f.optional, false);
+        let optional = self.val(&f.optional).unwrap_or(false);
         if let Some(Field { key, node: n }) = &f.requires_one_of {
             let names = self.text_list(n, key);
             // Checked only for a service that runs: `enabled:` switches off
@@ -204,17 +217,17 @@ impl Reader<'_> {
                 );
             }
         }
-        let required_paths = self.path_list(&f.required_paths);
+        let required_paths = self.paths(&f.required_paths);
         let logs = f.logs.as_ref().and_then(|Field { key, node: n }| {
             let l = self.section::<RawLogs>(n, key)?;
-            let Some(file) = self.opt_text(&l.file) else {
+            let Some(file) = self.val(&l.file) else {
                 self.problem(n.pos, key, "`file` is missing", None);
                 return None;
             };
             Some(LogFile {
-                file: self.path(&self.dir.clone(), &file),
-                max_size: self.size(&l.max_size, 10 << 20),
-                keep: self.number(&l.keep, 3),
+                file: self.at_dir(&file),
+                max_size: self.val(&l.max_size).map_or(10 << 20, |s| s.0),
+                keep: self.val(&l.keep).unwrap_or(3),
             })
         });
         Some((
@@ -259,10 +272,10 @@ impl Reader<'_> {
                     out.push((k.name.clone(), value));
                 }
             }
-            Value::Seq(items) => {
-                for (i, n) in items.iter().enumerate() {
-                    let ekey = format!("{key}[{i}]");
-                    let Some(item) = self.text(n, &ekey) else {
+            Value::Seq(_) => {
+                let items: Many<String> = self.section(node, key).unwrap_or_default();
+                for l in &items.0 {
+                    let Some(item) = self.val(l) else {
                         continue;
                     };
                     let (name, value) = match item.split_once('=') {
@@ -271,8 +284,8 @@ impl Reader<'_> {
                     };
                     if !valid_var_name(&name) {
                         self.problem(
-                            n.pos,
-                            &ekey,
+                            l.pos,
+                            &l.key,
                             format!("`{name}` is not a valid variable name"),
                             Some("write `NAME=value` or `NAME`".into()),
                         );
@@ -296,63 +309,48 @@ impl Reader<'_> {
 
     pub(super) fn depends_on(&mut self, node: &Node, key: &str) -> (Vec<Dependency>, Vec<Pos>) {
         let mut deps = Vec::new();
-        let mut pos = Vec::new();
-        match &node.value {
-            Value::Seq(items) => {
-                for (i, n) in items.iter().enumerate() {
-                    if let Some(name) = self.text(n, &format!("{key}[{i}]")) {
-                        deps.push(Dependency {
-                            service: name,
-                            condition: Condition::Started,
-                        });
-                        pos.push(n.pos);
-                    }
+        let started = |service| Dependency {
+            service,
+            condition: Condition::Started,
+        };
+        let Value::Map(entries) = &node.value else {
+            // A name or a list of names.
+            let names: Many<String> = self.section(node, key).unwrap_or_default();
+            for l in &names.0 {
+                if let Some(name) = self.val(l) {
+                    deps.push((started(name), l.pos));
                 }
             }
-            Value::Map(entries) => {
-                for (k, v) in entries {
-                    let dkey = format!("{key}.{}", k.name);
-                    // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
-                    let cond_node = match &v.value {
-                        Value::Map(_) => self
-                            .section::<RawCondition>(v, &dkey)
-                            .and_then(|f| f.condition)
-                            .map(|c| c.node),
-                        _ => Some(v.clone()),
-                    };
-                    let condition = match cond_node {
-                        None => Some(Condition::Started),
-                        Some(c) => self
-                            .text(&c, &dkey)
-                            .and_then(|t| match parse_condition(&t) {
-                                Ok(c) => Some(c),
-                                Err(e) => {
-                                    self.problem(c.pos, &dkey, e, None);
-                                    None
-                                }
-                            }),
-                    };
-                    if let Some(condition) = condition {
-                        deps.push(Dependency {
-                            service: k.name.clone(),
-                            condition,
-                        });
-                        pos.push(k.pos);
-                    }
-                }
-            }
-            Value::Null => {}
-            Value::Scalar { .. } => {
-                if let Some(name) = self.text(node, key) {
-                    deps.push(Dependency {
-                        service: name,
-                        condition: Condition::Started,
-                    });
-                    pos.push(node.pos);
-                }
+            return deps.into_iter().unzip();
+        };
+        for (k, v) in entries {
+            let dkey = format!("{key}.{}", k.name);
+            // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
+            let cond_node = match &v.value {
+                Value::Map(_) => self
+                    .section::<RawCondition>(v, &dkey)
+                    .and_then(|f| f.condition)
+                    .map(|c| c.node),
+                _ => Some(v.clone()),
+            };
+            let condition = match cond_node {
+                None => Some(Condition::Started),
+                Some(c) => self
+                    .text(&c, &dkey)
+                    .and_then(|t| match Condition::from_text(&t) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            self.problem(c.pos, &dkey, e, None);
+                            None
+                        }
+                    }),
+            };
+            if let Some(condition) = condition {
+                let service = k.name.clone();
+                deps.push((Dependency { service, condition }, k.pos));
             }
         }
-        (deps, pos)
+        deps.into_iter().unzip()
     }
 
     pub(super) fn check_dependencies(&mut self, services: &[Service], dep_pos: &[Vec<Pos>]) {

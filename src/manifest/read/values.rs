@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// " (from `A`)" for the variables a value was made of, or nothing.
-pub(super) fn from_vars(used: &[String]) -> String {
-    if used.is_empty() {
-        String::new()
-    } else {
-        format!(" (from {})", backticked(used, ", "))
-    }
-}
-
 /// `a`, `b` → "`a`, `b`".
 pub(super) fn backticked(names: &[String], sep: &str) -> String {
     names
@@ -32,24 +23,37 @@ pub(super) fn valid_service_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-pub(super) fn parse_bool(t: &str) -> Result<bool, String> {
-    match t.trim().to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("expected true or false, found `{t}`")),
+/// A size in bytes (`50MiB`, `52428800`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Size(pub u64);
+
+impl FromText for Size {
+    fn from_text(t: &str) -> Result<Size, String> {
+        parse_size(t).map(Size)
     }
 }
 
-pub(super) fn parse_condition(t: &str) -> Result<Condition, String> {
-    match t {
-        "started" | "service_started" => Ok(Condition::Started),
-        "healthy" | "service_healthy" => Ok(Condition::Healthy),
-        "completed_successfully" | "service_completed_successfully" => {
-            Ok(Condition::CompletedSuccessfully)
+/// A signal's number (`TERM`, `SIGTERM` or `15`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Signal(pub i32);
+
+impl FromText for Signal {
+    fn from_text(t: &str) -> Result<Signal, String> {
+        let t = t.trim();
+        if let Ok(n) = t.parse::<i32>() {
+            return nix::sys::signal::Signal::try_from(n)
+                .map(|s| Signal(s as i32))
+                .map_err(|_| format!("`{t}` is not a signal number"));
         }
-        other => Err(format!(
-            "unknown condition `{other}` (use started, healthy or completed_successfully)"
-        )),
+        let upper = t.to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
+        nix::sys::signal::Signal::from_str(&name)
+            .map(|s| Signal(s as i32))
+            .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
     }
 }
 
@@ -74,23 +78,4 @@ pub fn truthy(t: &str) -> bool {
         t.trim().to_ascii_lowercase().as_str(),
         "" | "false" | "0" | "no" | "off"
     )
-}
-
-/// `TERM`, `SIGTERM` or `15`.
-pub fn parse_signal(t: &str) -> Result<i32, String> {
-    let t = t.trim();
-    if let Ok(n) = t.parse::<i32>() {
-        return nix::sys::signal::Signal::try_from(n)
-            .map(|s| s as i32)
-            .map_err(|_| format!("`{t}` is not a signal number"));
-    }
-    let upper = t.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    nix::sys::signal::Signal::from_str(&name)
-        .map(|s| s as i32)
-        .map_err(|_| format!("unknown signal `{t}` (e.g. TERM, INT, QUIT, HUP)"))
 }
