@@ -23,7 +23,7 @@ mod validate;
 pub use backend::{loopback_nets, parse_backend, Backend, BackendPolicy};
 pub use error::RuleError;
 pub use model::{Action, HeaderMatch, Match, Rule, SetHeader, Table};
-pub(crate) use validate::compile_regex;
+pub(crate) use validate::{compile_regex, parse_rule};
 pub use validate::{validate, validate_table};
 
 #[cfg(test)]
