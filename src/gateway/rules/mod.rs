@@ -2,7 +2,7 @@
 //! compatible with the original OpenResty gateway's `admin_config.json`,
 //! and its validation (pure: no I/O).
 //!
-//! Validation ([`validate`]) turns untrusted rules (the manifest's `routes:`,
+//! Validation ([`validate()`]) turns untrusted rules (the manifest's `routes:`,
 //! read straight into [`Rule`]s; an admin POST's or the original's JSON,
 //! through [`validate_table`]; the state file) into a normalised [`Table`],
 //! or a [`RuleError`] that names the rule (index and id) and the field, so
