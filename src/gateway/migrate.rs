@@ -58,8 +58,8 @@ enum Given {
 }
 
 impl Given {
-    /// The id the duplicate check goes by: the original compared only ids
-    /// written as strings (`""` included), so a missing or `null` one is none.
+    /// The id the duplicate check goes by: only an id written as a string
+    /// counts (`""` too), so a missing or `null` one never collides.
     fn id(&self) -> Option<&str> {
         match self {
             Given::Wire(v) => v["id"].as_str(),
