@@ -3,8 +3,9 @@
 //! and its validation (pure: no I/O).
 //!
 //! Validation ([`validate()`]) turns untrusted rules (the manifest's `routes:`,
-//! read straight into [`Rule`]s; an admin POST's or the original's JSON,
-//! through [`validate_table`]; the state file) into a normalised [`Table`],
+//! read straight into [`Rule`]s; an admin POST's JSON, through
+//! [`validate_table`]; the original's, rule by rule through `parse_rule`;
+//! the state file) into a normalised [`Table`],
 //! or a [`RuleError`] that names the rule (index and id) and the field, so
 //! both `stackctl check` and the admin API can tell the user exactly what
 //! to fix.

@@ -63,8 +63,8 @@ pub fn validate(
     })
 }
 
-/// [`validate`] for rules given as wire JSON (an admin POST, an original
-/// `admin_config.json`), read by the model's lenient deserializers.
+/// [`validate`] for rules given as wire JSON (an admin POST), read by the
+/// model's lenient deserializers.
 pub fn validate_table(
     default_backend: &str,
     rules: &[serde_json::Value],
