@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use crate::gateway::rules::{validate_table, BackendPolicy, Table};
+use crate::gateway::rules::{parse_rule, validate, BackendPolicy, Rule, RuleError, Table};
 
 /// What an old `admin_config.json` holds, made valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,55 @@ fn is_stock(rule: &Value) -> bool {
             .any(|(k, v)| m.get(*k).and_then(Value::as_str) == Some(*v))
 }
 
+/// A rule to import: as the file wrote it, or one of the manifest's,
+/// already read (and valid, so it goes to the validator as it is).
+enum Given {
+    Wire(Value),
+    Read(Box<Rule>),
+}
+
+impl Given {
+    /// The id the duplicate check goes by: only an id written as a string
+    /// counts (`""` too), so a missing or `null` one never collides.
+    fn id(&self) -> Option<&str> {
+        match self {
+            Given::Wire(v) => v["id"].as_str(),
+            Given::Read(r) => Some(&r.id),
+        }
+    }
+
+    /// Only called when [`Given::id`] found one, so a wire rule is an object.
+    fn rename(&mut self, id: String) {
+        match self {
+            Given::Wire(v) => {
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("id".into(), Value::String(id));
+                }
+            }
+            Given::Read(r) => r.id = id,
+        }
+    }
+
+    /// The rule read for a table of its own (errors name it `rules[0]`).
+    fn read(self) -> Result<Rule, RuleError> {
+        match self {
+            Given::Wire(v) => parse_rule(0, &v),
+            Given::Read(r) => Ok(*r),
+        }
+    }
+}
+
+/// The file's JSON and the rules taken out of it (none unless `rules` is
+/// a list). A file that is not an object has no fields, as `null` has.
+fn parse(text: &str) -> Result<(Value, Vec<Value>), String> {
+    let mut v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    let rules = match v.get_mut("rules").map(Value::take) {
+        Some(Value::Array(rules)) => rules,
+        _ => Vec::new(),
+    };
+    Ok((v, rules))
+}
+
 /// Parse an original `admin_config.json` and merge it into the manifest's
 /// table: the manifest's rules first, then the user's own rules (stock
 /// ones dropped), ids kept unique.
@@ -58,19 +107,20 @@ pub fn import_merged(
     manifest: &Table,
     policy: &BackendPolicy,
 ) -> Result<Imported, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
-    let mut own = v.clone();
-    let all = v["rules"].as_array().cloned().unwrap_or_default();
-    let kept: Vec<Value> = all.iter().filter(|r| !is_stock(r)).cloned().collect();
-    let dropped = all.len() - kept.len();
-    let mut rules: Vec<Value> = manifest
+    let (file, all) = parse(text)?;
+    let count = all.len();
+    let kept: Vec<Given> = all
+        .into_iter()
+        .filter(|r| !is_stock(r))
+        .map(Given::Wire)
+        .collect();
+    let dropped = count - kept.len();
+    let rules = manifest
         .rules
         .iter()
-        .filter_map(|r| serde_json::to_value(r).ok())
-        .collect();
-    rules.extend(kept);
-    own["rules"] = Value::Array(rules);
-    let mut imp = import(&own.to_string(), policy)?;
+        .map(|r| Given::Read(Box::new(r.clone())))
+        .chain(kept);
+    let mut imp = import_rules(&file, rules, policy)?;
     if dropped > 0 {
         imp.warnings.push(format!(
             "{dropped} stock rule(s) of the original replaced by the manifest's routes"
@@ -81,10 +131,20 @@ pub fn import_merged(
 
 /// Parse and validate an original `admin_config.json`.
 pub fn import(text: &str, policy: &BackendPolicy) -> Result<Imported, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON ({e})"))?;
-    let default_backend = v["default_backend"].as_str().unwrap_or("").to_string();
+    let (file, rules) = parse(text)?;
+    import_rules(&file, rules.into_iter().map(Given::Wire), policy)
+}
+
+/// Validate the `rules` of the original's `file` (its other fields read
+/// from it) one by one, leaving out or renaming what stackctl refuses.
+fn import_rules(
+    file: &Value,
+    rules: impl IntoIterator<Item = Given>,
+    policy: &BackendPolicy,
+) -> Result<Imported, String> {
+    let default_backend = file["default_backend"].as_str().unwrap_or("").to_string();
     let mut warnings = Vec::new();
-    let default_ok = validate_table(&default_backend, &[], policy).is_ok();
+    let default_ok = validate(&default_backend, [], policy).is_ok();
     let default_backend = if default_ok {
         default_backend
     } else {
@@ -93,18 +153,11 @@ pub fn import(text: &str, policy: &BackendPolicy) -> Result<Imported, String> {
         ));
         String::new()
     };
-    let mut rules: Vec<Value> = Vec::new();
+    let mut kept: Vec<Rule> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
-    for (i, rule) in v["rules"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        let mut rule = rule;
+    for (i, mut rule) in rules.into_iter().enumerate() {
         // Duplicate ids were accepted by the original: keep both, renamed.
-        if let Some(id) = rule["id"].as_str().map(str::to_string) {
+        if let Some(id) = rule.id().map(str::to_string) {
             if ids.contains(&id) {
                 let mut n = 2;
                 while ids.contains(&format!("{id}-{n}")) {
@@ -114,21 +167,25 @@ pub fn import(text: &str, policy: &BackendPolicy) -> Result<Imported, String> {
                 warnings.push(format!(
                     "rule {i}: id `{id}` is used twice; renamed to `{new}`"
                 ));
-                rule["id"] = Value::String(new);
+                rule.rename(new);
             }
         }
-        match validate_table(&default_backend, std::slice::from_ref(&rule), policy) {
-            Ok(_) => {
-                if let Some(id) = rule["id"].as_str() {
-                    ids.push(id.to_string());
-                }
-                rules.push(rule);
+        let id = rule.id().map(str::to_string);
+        // Alone, so that one refused rule does not sink the others; the
+        // rule kept is the one read, not normalised, so ids are assigned
+        // by its place in the whole table below.
+        let alone = |r: Rule| validate(&default_backend, [Ok(r.clone())], policy).map(|_| r);
+        match rule.read().and_then(alone) {
+            Ok(r) => {
+                ids.extend(id);
+                kept.push(r);
             }
             Err(e) => warnings.push(format!("rule {i} left out: {e}")),
         }
     }
-    let table = validate_table(&default_backend, &rules, policy).map_err(|e| e.to_string())?;
-    let password = v["admin_password"]
+    let table =
+        validate(&default_backend, kept.into_iter().map(Ok), policy).map_err(|e| e.to_string())?;
+    let password = file["admin_password"]
         .as_str()
         .filter(|p| !p.is_empty() && *p != "admin")
         .map(str::to_string);
@@ -216,6 +273,56 @@ mod tests {
             "{:?}",
             imp.warnings
         );
+    }
+
+    /// The manifest's rules enter the merge as they are (already valid):
+    /// first, unchanged (assigned ids, normalised host and method,
+    /// `set_headers` in their order); the file's rules are renamed,
+    /// numbered and refused around them as before.
+    #[test]
+    fn the_manifests_rules_are_merged_unchanged() {
+        let manifest = import(
+            r#"{"rules":[
+            {"match":{"path_prefix":"/a/","host":"A.Example","method":"get"},"set_headers":[{"name":"X-B","value":"2"},{"name":"X-A","value":"1"}]},
+            {"id":"r","action":"redirect","redirect_to_prefix":"/s/","redirect_code":308,"match":{"path_prefix":"/r/"}}]}"#,
+            &policy(),
+        )
+        .unwrap()
+        .table;
+        assert_eq!(manifest.rules[0].id, "rule-1");
+        let text = r#"{"default_backend":"http://127.0.0.1:6185","rules":[
+            {"id":"rule-1","match":{"path_prefix":"/mine/"}},
+            {"match":{"path_equal":"/x"},"backend":"http://127.0.0.1:9000"},
+            {"id":"r","action":"jump","match":{"path_prefix":"/j/"}},
+            {"id":"r","match":{"path_prefix":"/r2/"}}]}"#;
+        let imp = import_merged(text, &manifest, &policy()).unwrap();
+        assert_eq!(imp.table.default_backend, "http://127.0.0.1:6185");
+        assert_eq!(imp.table.rules[..2], manifest.rules[..]);
+        let ids: Vec<&str> = imp.table.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["rule-1", "r", "rule-1-2", "rule-4", "r-2"]);
+        assert_eq!(
+            imp.warnings,
+            [
+                "rule 2: id `rule-1` is used twice; renamed to `rule-1-2`",
+                "rule 4: id `r` is used twice; renamed to `r-2`",
+                "rule 4 left out: rules[0] (`r-2`): `action`: unknown variant `jump`, expected `proxy` or `redirect`",
+                "rule 5: id `r` is used twice; renamed to `r-2`",
+            ]
+        );
+    }
+
+    /// A file that is JSON but not an object has no fields to import (as
+    /// `null` had): the manifest's rules stand. Merging it used to panic.
+    #[test]
+    fn a_file_that_is_not_an_object_imports_nothing() {
+        let manifest = import(r#"{"rules":[{"match":{"path_prefix":"/a/"}}]}"#, &policy())
+            .unwrap()
+            .table;
+        for text in ["[]", "[{\"id\":\"x\"}]", "5", "\"rules\"", "true", "null"] {
+            let imp = import_merged(text, &manifest, &policy()).unwrap();
+            assert_eq!(imp.table, manifest, "{text}");
+            assert_eq!((imp.password, imp.warnings.len()), (None, 0), "{text}");
+        }
     }
 
     #[test]

@@ -55,7 +55,13 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<Table>,
     /// Fingerprint of the manifest routes the table was seeded from; when
-    /// the manifest's routes change, they replace the live table.
+    /// the manifest's routes change, they replace the live table. It is
+    /// `v2:` and the FNV-1a hash (16 hex digits) of the manifest's
+    /// validated table as JSON, so it follows what the routes mean, not how
+    /// they are written. The form earlier versions wrote (16 hex digits
+    /// alone, a hash of the routes as written) cannot be compared: it
+    /// counts as unchanged once, and the start rewrites it in the `v2:`
+    /// form (see `manifest_fingerprint` in [`crate::gateway::seed`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_routes: Option<String>,
     /// Argon2id PHC hash of the admin password.

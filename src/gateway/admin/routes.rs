@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::gateway::auth::{hash_password, password_problem};
 use crate::gateway::body::Body;
 use crate::gateway::error::HttpError;
 use crate::gateway::router::Router;
-use crate::gateway::rules::validate_table;
+use crate::gateway::rules::{validate, validate_table, BackendPolicy, Table};
 use crate::gateway::{state, Shared};
 
 use super::reply::{if_match_holds, json_response, read_json, with_etag};
@@ -55,33 +55,7 @@ pub(super) async fn post_routes(
     if !if_match_holds(&if_match, current.etag()) {
         return Err(HttpError::PreconditionFailed);
     }
-    let default_backend = match obj.get("default_backend") {
-        None | Some(Value::Null) => current.table().default_backend.clone(),
-        Some(Value::String(s)) if s.trim().is_empty() => current.table().default_backend.clone(),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Err(HttpError::BadRequest(
-                "`default_backend`: expected a string".into(),
-            ))
-        }
-    };
-    let rules: Vec<Value> = match obj.get("rules") {
-        None | Some(Value::Null) => current
-            .table()
-            .rules
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
-            .collect(),
-        Some(Value::Array(a)) => a.clone(),
-        Some(_) => {
-            return Err(HttpError::BadRequest(
-                "`rules`: expected a list of rules".into(),
-            ))
-        }
-    };
-    let policy = gw.policy();
-    let table = validate_table(&default_backend, &rules, &policy)
-        .map_err(|e| HttpError::BadRequest(e.to_string()))?;
+    let table = next_table(current.table(), &obj, &gw.policy())?;
     let router = Router::new(table.clone()).map_err(|e| HttpError::BadRequest(e.to_string()))?;
     let mut next = st.clone();
     next.table = Some(table);
@@ -98,6 +72,41 @@ pub(super) async fn post_routes(
         json_response(StatusCode::OK, &json!({"ok": true}), false),
         &router,
     ))
+}
+
+/// The table a POST's fields make of the current one: a field left out
+/// or `null` (or a blank `default_backend`) keeps the current value. The
+/// kept rules are validated again as they are (the default backend or the
+/// allowed backends may have changed), not re-read from their JSON.
+pub(super) fn next_table(
+    current: &Table,
+    post: &Map<String, Value>,
+    policy: &BackendPolicy,
+) -> Result<Table, HttpError> {
+    let default_backend = match post.get("default_backend") {
+        None | Some(Value::Null) => current.default_backend.clone(),
+        Some(Value::String(s)) if s.trim().is_empty() => current.default_backend.clone(),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => {
+            return Err(HttpError::BadRequest(
+                "`default_backend`: expected a string".into(),
+            ))
+        }
+    };
+    let table = match post.get("rules") {
+        None | Some(Value::Null) => validate(
+            &default_backend,
+            current.rules.iter().cloned().map(Ok),
+            policy,
+        ),
+        Some(Value::Array(rules)) => validate_table(&default_backend, rules, policy),
+        Some(_) => {
+            return Err(HttpError::BadRequest(
+                "`rules`: expected a list of rules".into(),
+            ))
+        }
+    };
+    table.map_err(|e| HttpError::BadRequest(e.to_string()))
 }
 
 pub(super) async fn save_state(gw: &Arc<Shared>, next: &state::State) -> Result<(), HttpError> {

@@ -2,9 +2,10 @@
 //! compatible with the original OpenResty gateway's `admin_config.json`,
 //! and its validation (pure: no I/O).
 //!
-//! Validation ([`validate`]) turns untrusted rules (the manifest's `routes:`,
-//! read straight into [`Rule`]s; an admin POST's or the original's JSON,
-//! through [`validate_table`]; the state file) into a normalised [`Table`],
+//! Validation ([`validate()`]) turns untrusted rules (the manifest's `routes:`,
+//! read straight into [`Rule`]s; an admin POST's JSON, through
+//! [`validate_table`]; the original's, rule by rule through `parse_rule`;
+//! the state file) into a normalised [`Table`],
 //! or a [`RuleError`] that names the rule (index and id) and the field, so
 //! both `stackctl check` and the admin API can tell the user exactly what
 //! to fix.
@@ -23,7 +24,7 @@ mod validate;
 pub use backend::{loopback_nets, parse_backend, Backend, BackendPolicy};
 pub use error::RuleError;
 pub use model::{Action, HeaderMatch, Match, Rule, SetHeader, Table};
-pub(crate) use validate::compile_regex;
+pub(crate) use validate::{compile_regex, parse_rule};
 pub use validate::{validate, validate_table};
 
 #[cfg(test)]

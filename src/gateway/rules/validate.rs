@@ -63,8 +63,8 @@ pub fn validate(
     })
 }
 
-/// [`validate`] for rules given as wire JSON (an admin POST, an original
-/// `admin_config.json`), read by the model's lenient deserializers.
+/// [`validate`] for rules given as wire JSON (an admin POST), read by the
+/// model's lenient deserializers.
 pub fn validate_table(
     default_backend: &str,
     rules: &[serde_json::Value],
@@ -74,7 +74,9 @@ pub fn validate_table(
     validate(default_backend, parsed, policy)
 }
 
-fn parse_rule(index: usize, value: &serde_json::Value) -> Result<Rule, RuleError> {
+/// One wire JSON rule, read as the rule at `index` of its table (not yet
+/// validated: pass it to [`validate`]).
+pub(crate) fn parse_rule(index: usize, value: &serde_json::Value) -> Result<Rule, RuleError> {
     let id = value
         .get("id")
         .and_then(|v| v.as_str())
