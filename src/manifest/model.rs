@@ -4,7 +4,7 @@
 //! are already made absolute against the manifest's directory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -371,6 +371,26 @@ pub struct PersistPath {
     pub path: PathBuf,
     /// Excludes for this path only.
     pub exclude: Vec<String>,
+}
+
+impl PersistPath {
+    /// `path` is this persisted path or inside it (whole components, as
+    /// [`Path::starts_with`] compares).
+    pub fn covers(&self, path: &Path) -> bool {
+        path.starts_with(&self.path)
+    }
+
+    /// One of `path` and this persisted path is inside the other.
+    pub fn overlaps(&self, path: &Path) -> bool {
+        self.covers(path) || self.path.starts_with(path)
+    }
+}
+
+impl Persist {
+    /// The persisted path that `path` is in, if any.
+    pub fn covering(&self, path: &Path) -> Option<&PersistPath> {
+        self.paths.iter().find(|pp| pp.covers(path))
+    }
 }
 
 /// `persist.large_files`.

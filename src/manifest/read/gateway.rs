@@ -169,11 +169,7 @@ impl Reader<'_> {
                 )
             }
         };
-        if let Some(p) = persist.and_then(|p| {
-            p.paths
-                .iter()
-                .find(|pp| password_file.starts_with(&pp.path))
-        }) {
+        if let Some(p) = persist.and_then(|p| p.covering(&password_file)) {
             self.problem(
                 f.admin.as_ref().map_or(node.pos, |a| a.node.pos),
                 "gateway.admin.password_file",

@@ -370,7 +370,7 @@ impl Reader<'_> {
         if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {
             // Live route edits and the password hash must survive a wiped
             // disk: their directory is persisted with the data.
-            if !p.paths.iter().any(|pp| g.state_file.starts_with(&pp.path)) {
+            if p.covering(&g.state_file).is_none() {
                 if let Some(dir) = g.state_file.parent() {
                     p.paths.push(PersistPath {
                         path: dir.to_path_buf(),

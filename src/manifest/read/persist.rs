@@ -75,7 +75,7 @@ impl Reader<'_> {
             .filter(|b| !b.is_empty())
             .unwrap_or_else(|| "main".into());
         let workdir = (self.opt_path(&f.workdir)).unwrap_or_else(|| self.dir.join(".stackctl"));
-        let mut paths = Vec::new();
+        let mut paths: Vec<PersistPath> = Vec::new();
         match &f.paths {
             Some(Field {
                 node:
@@ -113,9 +113,7 @@ impl Reader<'_> {
                         );
                         continue;
                     }
-                    if let Some(other) = paths.iter().find(|o: &&PersistPath| {
-                        path.starts_with(&o.path) || o.path.starts_with(&path)
-                    }) {
+                    if let Some(other) = paths.iter().find(|o| o.overlaps(&path)) {
                         let msg = format!("overlaps `{}`", other.path.display());
                         self.problem(
                             n.pos,
@@ -214,10 +212,7 @@ impl Reader<'_> {
             };
             self.hugging_face_warnings(at, &large_files);
         }
-        if let Some(inside) = paths
-            .iter()
-            .find(|pp| workdir.starts_with(&pp.path) || pp.path.starts_with(&workdir))
-        {
+        if let Some(inside) = paths.iter().find(|pp| pp.overlaps(&workdir)) {
             let pos = pos_or(&f.workdir, node.pos);
             let msg = format!(
                 "`{}` overlaps the persisted path `{}`: the workdir holds git objects, not data",

@@ -407,8 +407,7 @@ impl Reader<'_> {
         for s in services {
             for (i, p) in s.required_paths.iter().enumerate() {
                 let key = format!("services.{}.required_paths[{i}]", s.name);
-                let inside =
-                    persist.is_some_and(|pc| pc.paths.iter().any(|pp| p.starts_with(&pp.path)));
+                let inside = persist.is_some_and(|pc| pc.covering(p).is_some());
                 if !inside {
                     self.problem(
                         s.pos,
