@@ -122,7 +122,7 @@ use crate::gateway::router::Router;
 use crate::gateway::state::{State, StateError};
 use crate::gateway::tunnel::Tunnels;
 
-pub use crate::gateway::rules::{validate_table, BackendPolicy, RuleError, Table};
+pub use crate::gateway::rules::{BackendPolicy, RuleError, Table};
 pub use crate::gateway::seed::service_ports;
 
 /// How long `serve` waits for open requests after shutdown begins.

@@ -121,7 +121,7 @@ pub struct Router {
 }
 
 impl Router {
-    /// Compile a table that [`crate::gateway::rules::validate_table`] accepted.
+    /// Compile a table that [`crate::gateway::rules::validate()`] accepted.
     pub fn new(table: Table) -> Result<Router, RuleError> {
         let mut order: Vec<usize> = (0..table.rules.len()).collect();
         let key = |r: &Rule| {
