@@ -64,7 +64,7 @@ pub struct GroupCfg {
 /// caller still holds them and can watch the group again, and the
 /// supervisor sends its order again (the one being carried out may be
 /// lost with the panic), so the ordered stop still reaches the group
-/// ([`crate::supervisor::run`]).
+/// ([`crate::supervisor::run()`]).
 pub async fn supervise(
     cfg: GroupCfg,
     leader: &mut oneshot::Receiver<Exit>,
