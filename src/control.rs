@@ -15,10 +15,12 @@
 //! and a refusal carries the HTTP `"status"` the API would have given.
 //!
 //! That is protocol 1. Protocol 2 is the same with the request line
-//! prefixed by `v2 `: then, before its answer line, a restore sends its
-//! progress as lines of their own, each with an `"event"` key (an
-//! [`Event`]: the step it is at, a stage of the restore, the bytes of large
-//! files; [`event_json`]). The other requests answer as in protocol 1.
+//! prefixed by `v2 `: then, before its answer line, a restore or a backup
+//! sends its progress as lines of their own, each with an `"event"` key
+//! (an [`Event`]: the step it is at, a stage of the restore or backup, the
+//! bytes of large files; [`event_json`]). `snapshots` answers as in
+//! protocol 1. A backup waits for a snapshot the loop is taking already,
+//! whose progress then shows as well: it is the same work.
 //! The answer is the first line without `"event"`. A request without the
 //! prefix is protocol 1 and gets one line, so an older client still works;
 //! an older `up` refuses a `v2 ` request as unknown, and the client then
@@ -136,6 +138,10 @@ pub async fn serve(
                     streaming(work, recovery.as_ref(), &feed, &mut write).await
                 }
                 Some(body) => restore(body, recovery.as_ref()).await,
+                None if v2 && line == "backup" => {
+                    let work = handle(line, &p, &backups);
+                    streaming(work, None, &feed, &mut write).await
+                }
                 None => handle(line, &p, &backups).await,
             };
             let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
@@ -199,7 +205,7 @@ async fn restore(body: &str, recovery: Option<&Arc<Recovery>>) -> Value {
     }
 }
 
-/// Run `work` (a restore), sending what the feed carries meanwhile to
+/// Run `work` (a restore or a backup), sending what the feed carries meanwhile to
 /// `out` as [`Event`] lines; its answer. A client that left is not written
 /// to any more, and the work goes on (it is not cancelled by the client
 /// leaving).

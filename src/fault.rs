@@ -5,7 +5,8 @@
 //!
 //! Points: `conn` (the first gateway connection task), `supervisor` (the
 //! supervisor's event loop, once every service runs and is ready),
-//! `up-running` (`stackctl up` itself, once every service is ready), `up`
+//! `up-running` (`stackctl up` itself, once every service is ready),
+//! `group` (a process-group watcher, on the first stop order one gets), `up`
 //! (`stackctl up` itself, once the services have stopped, before the final
 //! snapshot).
 

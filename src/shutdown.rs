@@ -21,7 +21,9 @@
 //! - [`Shutdown::force`]: the second signal, or the deadline (it is a
 //!   child of the root): every process group is SIGKILLed;
 //! - ONE deadline: `shutdown_timeout` counted from the moment the stop was
-//!   asked ([`Shutdown::request_stop`]);
+//!   asked ([`Shutdown::request_stop`]), and why it was first asked
+//!   ([`Shutdown::stop_reason`]: the signal's name, the panic, the service
+//!   that gave up), which the supervisor logs as it begins the stop;
 //! - a [`TaskTracker`] for every task `up` spawns ([`Shutdown::spawn`]), so
 //!   `up` knows they all ended before it returns.
 //!
@@ -69,6 +71,8 @@ pub struct Shutdown {
     began: Arc<OnceLock<Instant>>,
     /// The first panic caught in a task: what panicked, where.
     panic: Arc<OnceLock<String>>,
+    /// Why the stop was first asked ([`Shutdown::request_stop_for`]).
+    reason: Arc<OnceLock<String>>,
 }
 
 impl Shutdown {
@@ -86,18 +90,35 @@ impl Shutdown {
             total,
             began: Arc::new(OnceLock::new()),
             panic: Arc::new(OnceLock::new()),
+            reason: Arc::new(OnceLock::new()),
         }
     }
 
-    /// Ask for the stop (idempotent): the deadline clock starts now.
+    /// Ask for the stop (idempotent): the deadline clock starts now. For a
+    /// stop whose cause the log should name, [`Shutdown::request_stop_for`].
     pub fn request_stop(&self) {
         let _ = self.began.set(now());
         self.stop.cancel();
     }
 
+    /// Ask for the stop because of `why` (`SIGTERM`, a panic, a service
+    /// that gave up). Only the first request's reason is kept: a later one
+    /// does not start the stop, so it does not explain it either.
+    pub fn request_stop_for(&self, why: &str) {
+        if !self.stop.is_cancelled() {
+            let _ = self.reason.set(why.to_string());
+        }
+        self.request_stop();
+    }
+
+    /// Why the stop was asked, when its first request said so.
+    pub fn stop_reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
+
     /// Kill every service now (second signal).
     pub fn force_now(&self) {
-        self.request_stop();
+        self.request_stop_for("second signal");
         self.force.cancel();
     }
 
@@ -194,12 +215,18 @@ impl Shutdown {
     /// A panic in `what` was caught (a bug): log where it happened, record
     /// it for the exit code, and ask for the stop, as SIGTERM does.
     pub fn caught_panic(&self, what: &str, payload: &(dyn Any + Send)) {
-        let panic = format!("{what} panicked at {}", describe_panic(payload));
+        self.panicked_at(format!("{what} panicked at {}", describe_panic(payload)));
+    }
+
+    /// [`Shutdown::caught_panic`] for a panic already described (`<what>
+    /// panicked at FILE:LINE:COL: message`), e.g. by the thread it
+    /// happened on, which alone knows where ([`describe_panic`]).
+    pub fn panicked_at(&self, panic: String) {
         tracing::error!(
             "{panic} (a bug, please report it); stopping as on SIGTERM: the services in reverse dependency order, then the final backup"
         );
+        self.request_stop_for(&format!("panic: {panic}"));
         let _ = self.panic.set(panic);
-        self.request_stop();
     }
 
     /// The first panic caught ([`Shutdown::caught_panic`]): what and where.
@@ -439,6 +466,23 @@ mod tests {
             p.starts_with("the test task panicked at src/shutdown.rs:") && p.ends_with(": boom"),
             "{p}"
         );
+        assert_eq!(s.stop_reason(), Some(format!("panic: {p}").as_str()));
+    }
+
+    #[test]
+    fn the_first_stop_request_names_the_reason() {
+        let s = Shutdown::new(ms(1_000));
+        assert_eq!(s.stop_reason(), None);
+        s.request_stop_for("SIGTERM");
+        s.request_stop_for("service `web` gave up");
+        s.force_now();
+        assert_eq!(s.stop_reason(), Some("SIGTERM"));
+        // A request without a reason does not make up one, nor does a
+        // reason given after it take its place.
+        let s = Shutdown::new(ms(1_000));
+        s.request_stop();
+        s.request_stop_for("SIGINT");
+        assert_eq!(s.stop_reason(), None);
     }
 
     /// Opaque to the compiler, so the panic above is not dead code to it.

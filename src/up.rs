@@ -77,7 +77,7 @@ pub fn run(manifest: Manifest, log_format: LogFormat) -> u8 {
             error!("stackctl up panicked at {at} (a bug, please report it with the lines above); stopping the services and taking the final snapshot before exiting");
             // The supervisor is a task of the runtime: it still holds the
             // services and stops them in order once asked, as on SIGTERM.
-            shutdown.request_stop();
+            shutdown.request_stop_for(&format!("panic: stackctl up panicked at {at}"));
             if let Some(done) = rescue.supervisor.get() {
                 runtime.block_on(shutdown.bounded(done.cancelled()));
             }
@@ -476,7 +476,7 @@ fn spawn_signal_watch(shutdown: Shutdown) {
             count += 1;
             if count == 1 {
                 info!(signal = name, "stopping (send it again to stop at once)");
-                shutdown.request_stop();
+                shutdown.request_stop_for(name);
             } else {
                 warn!(signal = name, "second signal: killing every service now");
                 shutdown.force_now();

@@ -26,7 +26,12 @@ pub fn run(cli: &Cli, m: Result<Manifest, ManifestError>, args: &RemoteArgs) -> 
 /// `stackctl backup` on this machine.
 pub fn local(m: &Manifest) -> Result<()> {
     let p = persist(m)?;
-    if let Some(v) = ask(p, "backup")? {
+    // Through the running `up`, its progress shows as a backup without it
+    // does; the view goes (its bars cleared) before the report is printed.
+    let view = ProgressView::new();
+    let answer = ask(p, "backup", Some(&mut |e| view.apply("backup", e)))?;
+    drop(view);
+    if let Some(v) = answer {
         print_report(&v["report"]);
         return Ok(());
     }

@@ -18,9 +18,10 @@ pub(super) fn persist(m: &Manifest) -> Result<&Persist> {
     })
 }
 
-/// Ask the running `up`, if any.
-pub(super) fn ask(p: &Persist, cmd: &str) -> Result<Option<Value>> {
-    match request(&p.workdir, cmd)? {
+/// Ask the running `up`, if any; with `on`, the progress it sends
+/// meanwhile goes there (see [`ask_up`]).
+pub(super) fn ask(p: &Persist, cmd: &str, on: Option<Progress<'_>>) -> Result<Option<Value>> {
+    match request(&p.workdir, cmd, on)? {
         None => Ok(None),
         Some(v) if v["ok"] == Value::Bool(true) => Ok(Some(v)),
         Some(v) => bail!(
@@ -50,15 +51,9 @@ pub(super) fn restored_here(p: &Persist) -> bool {
 pub(super) fn ask_up(
     workdir: &Path,
     cmd: &str,
-    on: Option<&mut dyn FnMut(crate::persist::lifecycle::Event)>,
+    on: Option<Progress<'_>>,
 ) -> Result<std::result::Result<Value, (u16, String)>> {
-    let answer = match on {
-        Some(on) => {
-            control::request_with_progress(workdir, cmd, on).with_context(|| talk(workdir))?
-        }
-        None => request(workdir, cmd)?,
-    };
-    let Some(v) = answer else {
+    let Some(v) = request(workdir, cmd, on)? else {
         bail!("`stackctl up` stopped meanwhile: run the restore again (without it, it restores on its own)");
     };
     if v["ok"] == Value::Bool(true) {
@@ -72,10 +67,17 @@ pub(super) fn ask_up(
     Ok(Err((status, said)))
 }
 
+/// Where the progress the running `up` streams goes ([`control::request_with_progress`]).
+pub(super) type Progress<'a> = &'a mut dyn FnMut(crate::persist::lifecycle::Event);
+
 /// One request through the control socket of `workdir` (`None`: no `up`
-/// listens there).
-fn request(workdir: &Path, cmd: &str) -> Result<Option<Value>> {
-    control::request(workdir, cmd).with_context(|| talk(workdir))
+/// listens there), in protocol 2 when there is `on` for its progress.
+fn request(workdir: &Path, cmd: &str, on: Option<Progress<'_>>) -> Result<Option<Value>> {
+    match on {
+        Some(on) => control::request_with_progress(workdir, cmd, on),
+        None => control::request(workdir, cmd),
+    }
+    .with_context(|| talk(workdir))
 }
 
 /// The context of a failed request through the control socket.

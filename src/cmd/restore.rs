@@ -164,19 +164,18 @@ impl Via {
     }
 
     /// `POST /admin/persist/restore` with `body` (or the socket's
-    /// `restore <body>`); `long`: a real restore, which may take minutes,
-    /// so its progress is shown meanwhile.
+    /// `restore <body>`); `long`: a real restore, which may take minutes.
+    /// Through the socket, the progress of a dry run (fetching the
+    /// snapshot may take long too) and of a restore is shown meanwhile.
     fn restore(&mut self, body: &Value, long: bool) -> Result<Value> {
         match self {
             Via::Api(admin) => post(admin, "/admin/persist/restore", body, "restore", long),
             Via::Up(workdir) => {
                 let cmd = format!("restore {body}");
-                let answer = if long {
+                let answer = {
                     // Dropped before the result is printed: the bars go.
                     let view = ProgressView::new();
                     ask_up(workdir, &cmd, Some(&mut |u| view.apply("restore", u)))?
-                } else {
-                    ask_up(workdir, &cmd, None)?
                 };
                 match answer {
                     Ok(v) => Ok(v["result"].clone()),

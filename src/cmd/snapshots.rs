@@ -32,7 +32,7 @@ const PAGE: usize = 500;
 pub fn local(m: &Manifest) -> Result<()> {
     let p = persist(m)?;
     let mut pending = Vec::new();
-    let list = match ask(p, "snapshots")? {
+    let list = match ask(p, "snapshots", None)? {
         Some(v) => v["snapshots"].clone(),
         None => {
             let persister = open(p)?;

@@ -304,7 +304,7 @@ pub fn required_but_unrestored(
 
 /// The snapshot loop: after a change (debounced, never starved past the
 /// ceiling), at least every `interval`, and on request. Runs until `stop`.
-/// The stages of the restores it runs go to `feed`.
+/// The stages of the snapshots and restores it runs go to `feed`.
 pub async fn run_loop(
     p: Arc<Persister>,
     feed: Feed,
@@ -341,7 +341,7 @@ pub async fn run_loop(
             Some(req) = requests.recv() => match req {
                 Request::Backup(reply) => {
                     let started = std::time::Instant::now();
-                    let r = snapshot(&p, &status, &stop).await;
+                    let r = snapshot(&p, &status, &stop, &feed).await;
                     schedule.snapshot_taken(started, std::time::Instant::now());
                     let _ = reply.send(r);
                 }
@@ -354,7 +354,7 @@ pub async fn run_loop(
             () = tokio::time::sleep_until(wake) => {
                 if schedule.due(std::time::Instant::now()) {
                     let started = std::time::Instant::now();
-                    let _ = snapshot(&p, &status, &stop).await;
+                    let _ = snapshot(&p, &status, &stop, &feed).await;
                     schedule.snapshot_taken(started, std::time::Instant::now());
                 }
             }
@@ -400,14 +400,22 @@ async fn restore_now(
     joined.unwrap_or_else(|e| Err(PersistError::Git(format!("the restore task failed: {e}"))))
 }
 
-/// One snapshot + push, logged and published; cancelled by `stop` (the
-/// final backup takes over).
+/// One snapshot + push, logged and published, its stages sent to `feed`
+/// (a `stackctl backup` through the control socket shows them); cancelled
+/// by `stop` (the final backup takes over).
 async fn snapshot(
     p: &Arc<Persister>,
     status: &StatusBoard,
     stop: &CancellationToken,
+    feed: &Feed,
 ) -> Result<SnapshotReport, String> {
-    let r = cancellable(p, stop, |p| p.snapshot_and_push()).await;
+    let feed = feed.clone();
+    let r = cancellable(p, stop, move |p| {
+        p.snapshot_and_push_with_progress(&|pr| {
+            let _ = feed.send(Event::Stage(pr));
+        })
+    })
+    .await;
     publish(p, status);
     if r.is_err() && stop.is_cancelled() {
         info!("snapshot cancelled: stopping, the final backup takes over");

@@ -59,10 +59,16 @@ pub struct GroupCfg {
 }
 
 /// Watch the group until it is empty; returns how the leader ended.
+///
+/// The channels are borrowed, not taken: if this panics (a bug), the
+/// caller still holds them and can watch the group again, and the
+/// supervisor sends its order again (the one being carried out may be
+/// lost with the panic), so the ordered stop still reaches the group
+/// ([`crate::supervisor::run()`]).
 pub async fn supervise(
     cfg: GroupCfg,
-    mut leader: oneshot::Receiver<Exit>,
-    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    leader: &mut oneshot::Receiver<Exit>,
+    ctl: &mut mpsc::UnboundedReceiver<Ctl>,
 ) -> Exit {
     let GroupCfg { name, pgid, .. } = &cfg;
     let mut exit: Option<Exit> = None;
@@ -88,7 +94,7 @@ pub async fn supervise(
             }
         }
         tokio::select! {
-            r = &mut leader, if exit.is_none() => {
+            r = &mut *leader, if exit.is_none() => {
                 exit = Some(r.unwrap_or_else(|_| {
                     // Only if the reaper dropped our entry, which it does
                     // not; assume the worst rather than wait forever.
@@ -99,6 +105,8 @@ pub async fn supervise(
             }
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::Stop { signal, timeout }) if killed_at.is_none() => {
+                    // The test hook: a watcher that panics on its stop order.
+                    crate::fault::panic_once("group");
                     signal_group(&cfg, signal);
                     let at = Instant::now() + timeout;
                     kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
@@ -131,7 +139,8 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-fn signal_group(cfg: &GroupCfg, sig: i32) {
+/// Send `sig` to the group (`ESRCH`, an empty group, is no error).
+pub fn signal_group(cfg: &GroupCfg, sig: i32) {
     let signal = match Signal::try_from(sig) {
         Ok(s) => s,
         Err(_) => {

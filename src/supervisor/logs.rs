@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::LogFormat;
 use crate::manifest::LogFile;
-use crate::shutdown::TaskTracker;
 
 /// Longest line kept whole; longer output is emitted in pieces of this size.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -155,17 +154,17 @@ impl LogHub {
         Ok(LogHub { tx, done })
     }
 
-    /// Read `fd` (a pipe from service `service`) until end of stream.
-    pub fn attach(
+    /// The task that reads `fd` (a pipe from service `service`) until end
+    /// of stream; the caller spawns it (and catches its panic).
+    pub fn reader(
         &self,
-        tasks: &TaskTracker,
         service: usize,
         stream: Stream,
         fd: OwnedFd,
         watches: Vec<LogWatch>,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let tx = self.tx.clone();
-        tasks.spawn(async move {
+        async move {
             let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
                 Ok(p) => p,
                 Err(e) => {
@@ -193,7 +192,7 @@ impl LogHub {
             if let Some(line) = split.finish() {
                 send(&tx, &watches, service, stream, line).await;
             }
-        });
+        }
     }
 
     /// Stop accepting lines and wait (at most `grace`) until every line

@@ -18,10 +18,11 @@ use std::io;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::oneshot;
 
 use super::exit::Exit;
+use crate::shutdown::{catch_panic, describe_panic};
 
 /// Most statuses collected per lock hold, so a fork bomb of orphans cannot
 /// keep the lock (and a runtime worker) forever; the loop yields and goes on.
@@ -31,6 +32,9 @@ const REAP_BATCH: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Reaper {
     table: Arc<Mutex<Table>>,
+    /// The first panic of the reaping task, described where it happened
+    /// (see [`Reaper::panicked`]).
+    panic: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Pids stackctl started and who waits for each.
@@ -70,21 +74,53 @@ impl Reaper {
         let mut sigchld = signal(SignalKind::child())?;
         let reaper = Reaper {
             table: Arc::new(Mutex::new(Table::default())),
+            panic: Arc::new(tokio::sync::watch::Sender::new(None)),
         };
         let r = reaper.clone();
         tokio::spawn(async move {
-            loop {
-                // Statuses that arrived before the handler existed, and any
-                // batch left over, are collected here too.
-                while r.reap_batch() {
-                    tokio::task::yield_now().await;
-                }
-                if sigchld.recv().await.is_none() {
-                    break;
-                }
+            // A panic (a bug) is recorded for the supervisor, which stops
+            // the stack; reaping goes on meanwhile, or no group of a
+            // stopping service would ever be empty (its zombies stay).
+            while let Err(payload) = catch_panic(r.reap_on(&mut sigchld)).await {
+                let at = describe_panic(payload.as_ref());
+                r.panic.send_if_modified(|first| {
+                    let new = first.is_none();
+                    first.get_or_insert_with(|| format!("the reaper panicked at {at}"));
+                    new
+                });
             }
         });
         Ok(reaper)
+    }
+
+    /// Reap on every SIGCHLD until the signal stream ends.
+    async fn reap_on(&self, sigchld: &mut Signal) {
+        loop {
+            // Statuses that arrived before the handler existed, and any
+            // batch left over, are collected here too.
+            while self.reap_batch() {
+                tokio::task::yield_now().await;
+            }
+            if sigchld.recv().await.is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Resolves with the first panic of the reaping task (`the reaper
+    /// panicked at FILE:LINE:COL: message`); never if there is none.
+    pub async fn panicked(&self) -> String {
+        let mut seen = self.panic.subscribe();
+        let first = seen
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|p| p.clone());
+        match first {
+            Some(panic) => panic,
+            // The sender lives as long as this handle: not reached.
+            None => std::future::pending().await,
+        }
     }
 
     /// Spawn `cmd` with its pid registered before anyone can reap it.

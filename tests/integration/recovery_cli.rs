@@ -207,20 +207,7 @@ fn a_local_restore_while_up_runs_goes_through_the_running_stack() {
 /// back from the blob store, several times within the file.
 #[test]
 fn a_local_restore_while_up_runs_shows_its_progress() {
-    let (stack, url) = stack();
-    // Large files go to a `dir:` store; lines at most every millisecond.
-    let yaml = std::fs::read_to_string(stack.file()).expect("read stack.yaml");
-    let large = "  large_files: { threshold: 1MiB, store: \"dir:./blobs\" }\n";
-    std::fs::write(stack.file(), format!("{yaml}{large}")).expect("write stack.yaml");
-    let stack = stack.env("STACKCTL_PROGRESS_INTERVAL", "1ms");
-    let mut up = stack.up();
-    wait_healthy(&mut up, &url);
-    std::fs::write(stack.path("data/big.bin"), crate::progress::big_file()).unwrap();
-    let out = stack.run(&["backup"]);
-    out.code(0).stdout_has(", pushed");
-    let snap = id_after(&out, "snapshot ");
-    std::fs::remove_file(stack.path("data/big.bin")).unwrap();
-
+    let (stack, mut up, _, snap) = big_file_backed_up_through_up();
     let out = stack.run(&["restore", "--at", &snap, "--force"]);
     out.code(0).stdout_has(&format!("restored snapshot {snap}"));
     let steps: Vec<&str> = out
@@ -240,6 +227,54 @@ fn a_local_restore_while_up_runs_shows_its_progress() {
     assert!(stack.path("data/big.bin").exists(), "{out}");
     up.signal(libc::SIGTERM);
     assert_eq!(up.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+/// A local backup through the running stack, and a dry run of a restore
+/// through it, show their progress as the restore does (plain lines, as
+/// stderr is not a terminal here): the backup the bytes of its large file
+/// going to the blob store, the dry run the step it is at.
+#[test]
+fn a_local_backup_and_dry_run_while_up_runs_show_their_progress() {
+    let (stack, mut up, out, snap) = big_file_backed_up_through_up();
+    let lines = crate::progress::byte_lines(&out.stderr, "backup", "data/big.bin");
+    crate::progress::assert_moving(&lines, &out.to_string());
+
+    let out = stack.run(&["restore", "--at", &snap, "--dry-run"]);
+    out.code(0)
+        .stdout_has("would restore ")
+        .stdout_has("big.bin");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l == "restore: planning the restore"),
+        "{out}"
+    );
+    assert!(
+        !stack.path("data/big.bin").exists(),
+        "a dry run restored: {out}"
+    );
+    up.signal(libc::SIGTERM);
+    assert_eq!(up.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+/// A running stack whose large files go to a `dir:` store, with progress
+/// lines at most every millisecond and no snapshot of its own meanwhile:
+/// a large file is backed up by a local `backup` through it (its output),
+/// and removed. The snapshot's id comes last.
+fn big_file_backed_up_through_up() -> (Stack, Running, Output, String) {
+    let (stack, url) = stack();
+    let yaml = std::fs::read_to_string(stack.file()).expect("read stack.yaml");
+    let more = "  large_files: { threshold: 1MiB, store: \"dir:./blobs\" }\n  debounce: 1h\n";
+    std::fs::write(stack.file(), format!("{yaml}{more}")).expect("write stack.yaml");
+    let stack = stack.env("STACKCTL_PROGRESS_INTERVAL", "1ms");
+    let mut up = stack.up();
+    wait_healthy(&mut up, &url);
+    std::fs::write(stack.path("data/big.bin"), crate::progress::big_file()).unwrap();
+    let out = stack.run(&["backup"]);
+    out.code(0).stdout_has(", pushed");
+    let snap = id_after(&out, "snapshot ");
+    std::fs::remove_file(stack.path("data/big.bin")).unwrap();
+    (stack, up, out, snap)
 }
 
 /// After a snapshot `snap` of `a.txt` = "kept": change the data, then

@@ -222,6 +222,11 @@ services:
     let status = run.wait_exit(T);
     assert_eq!(status.code(), Some(1), "{}", run.log());
     assert!(run.has_line("gave up on service"), "{}", run.log());
+    assert!(
+        run.has_line("stopping services reason=\"service `flaky` gave up\""),
+        "{}",
+        run.log()
+    );
     let booms = run
         .lines()
         .iter()
@@ -353,6 +358,44 @@ fn shutdown_stops_services_in_reverse_dependency_order() {
         &run,
         &["c | c stopping", "b | b stopping", "a | a stopping"],
     );
+    // The stop's log line says what asked for it.
+    assert!(
+        run.has_line("stopping services reason=\"SIGTERM\""),
+        "{}",
+        run.log()
+    );
+    assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
+}
+
+/// A panic in a task the supervisor starts (a bug; injected by the
+/// debug-only `STACKCTL_TEST_PANIC=group`: the process-group watcher of the
+/// first service given its stop order panics on it) is reported with where
+/// it happened, and the stop goes on in order: the order lost with the
+/// watcher is given again, so the stop does not wait out the budget (60 s
+/// here) to kill what no one watched.
+#[test]
+fn a_panicking_group_watcher_does_not_hold_the_stop_until_the_budget_is_spent() {
+    let stack = chain_of_three("watcher", "", "shutdown_timeout: 60s\n")
+        .env("STACKCTL_TEST_PANIC", "group");
+    let mut run = stack.up();
+    run.wait_for("c | c up", T);
+    let sent = Instant::now();
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
+    assert!(sent.elapsed() < T, "{}", run.log());
+    assert!(
+        run.has_line(
+            "the process-group watcher of service `c` panicked at src/supervisor/group.rs:"
+        ),
+        "{}",
+        run.log()
+    );
+    assert!(run.has_line("injected panic at `group`"), "{}", run.log());
+    assert_order(
+        &run,
+        &["c | c stopping", "b | b stopping", "a | a stopping"],
+    );
+    assert!(!run.has_line("killing process group"), "{}", run.log());
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 
@@ -372,6 +415,12 @@ fn a_panic_in_the_supervisor_stops_the_services_in_order_and_takes_the_final_bac
     assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
     assert!(
         run.has_line("the supervisor panicked at src/supervisor/run/mod.rs:"),
+        "{}",
+        run.log()
+    );
+    // The stop's log line names the panic, not a signal.
+    assert!(
+        run.has_line("stopping services reason=\"panic: the supervisor panicked at src/supervisor/run/mod.rs:"),
         "{}",
         run.log()
     );

@@ -55,7 +55,10 @@ const LOG_GRACE: Duration = Duration::from_millis(500);
 /// with no one to stop them: it is caught here, reported to `shutdown`
 /// (which asks for the stop, as SIGTERM does), and the loop runs again to
 /// stop them in reverse dependency order. If that panics too, every group
-/// is killed.
+/// is killed. A panic in a task the supervisor starts (a group watcher, a
+/// probe, a log reader) or in the reaper is reported the same way, and the
+/// same ordered stop follows (a panicked group watcher is replaced: see
+/// `start`).
 pub async fn run(
     manifest: Arc<Manifest>,
     reaper: Reaper,
@@ -64,30 +67,39 @@ pub async fn run(
     shutdown: Shutdown,
     mut commands: Commands,
 ) -> Outcome {
-    let mut sup = match Supervisor::new(manifest, reaper, status, opts) {
+    let reaped = watch_reaper(&reaper, &shutdown);
+    let mut sup = match Supervisor::new(manifest, reaper, status, opts, shutdown.clone()) {
         Ok(s) => s,
         Err(e) => {
             // Without the log writer nothing of the services could be seen.
             tracing::error!(error = %e, "cannot start the log writer");
+            reaped.abort();
             return Outcome::GaveUp("stackctl".to_string());
         }
     };
-    let (stop, force) = (shutdown.stop(), shutdown.force());
     let mut attempt = 0;
     loop {
-        let ran = catch_panic(sup.event_loop(stop, force, &mut commands)).await;
+        let ran = catch_panic(sup.event_loop(&shutdown, &mut commands)).await;
         let Err(payload) = ran else { break };
         shutdown.caught_panic("the supervisor", payload.as_ref());
         attempt += 1;
         if attempt == 1 {
-            sup.begin_shutdown("the supervisor panicked");
+            sup.begin_shutdown(shutdown.stop_reason().unwrap_or("the supervisor panicked"));
         } else {
             // The same bug again, perhaps in the stopping itself.
             sup.kill_all("the supervisor panicked again while stopping");
             break;
         }
     }
+    reaped.abort();
     sup.finish().await
+}
+
+/// Report a panic of the reaper's task (it goes on reaping) to `shutdown`,
+/// as one of the supervisor's own tasks would be; the task ends with `run`.
+fn watch_reaper(reaper: &Reaper, shutdown: &Shutdown) -> tokio::task::JoinHandle<()> {
+    let (reaper, shutdown) = (reaper.clone(), shutdown.clone());
+    tokio::spawn(async move { shutdown.panicked_at(reaper.panicked().await) })
 }
 
 /// What the helper tasks report.
@@ -101,6 +113,9 @@ enum Event {
     },
     /// Run `gen` of service `svc` is over: leader reaped, group empty.
     Ended { svc: usize, gen: u64, exit: Exit },
+    /// The group watcher of run `gen` of service `svc` panicked and was
+    /// replaced; a stop order it was carrying out may be lost.
+    Rewatched { svc: usize, gen: u64 },
 }
 
 /// The I/O side of a live run.
@@ -147,6 +162,8 @@ struct Supervisor {
     /// Stop commands not answered yet: the services, and the reply sent
     /// once none of them runs.
     holds: Vec<(Vec<usize>, tokio::sync::oneshot::Sender<Vec<String>>)>,
+    /// Where the panics of the tasks it starts go, and a service's give-up.
+    shutdown: Shutdown,
 }
 
 /// `now` from tokio's clock, so tests with a paused clock stay exact.
@@ -167,6 +184,7 @@ impl Supervisor {
         reaper: Reaper,
         status: StatusBoard,
         opts: Options,
+        shutdown: Shutdown,
     ) -> std::io::Result<Self> {
         let names: Vec<String> = m.services.iter().map(|s| s.name.clone()).collect();
         let width = m
@@ -217,6 +235,7 @@ impl Supervisor {
             outcome: Outcome::Clean,
             held: vec![false; m_len],
             holds: Vec::new(),
+            shutdown,
         };
         for i in 0..sup.slots.len() {
             sup.publish(i);
@@ -224,12 +243,8 @@ impl Supervisor {
         Ok(sup)
     }
 
-    async fn event_loop(
-        &mut self,
-        shutdown: &CancellationToken,
-        force: &CancellationToken,
-        commands: &mut Commands,
-    ) {
+    async fn event_loop(&mut self, shutdown: &Shutdown, commands: &mut Commands) {
+        let (stop, force) = (shutdown.stop(), shutdown.force());
         loop {
             self.schedule();
             self.answer_holds();
@@ -248,8 +263,8 @@ impl Supervisor {
                     self.begin_shutdown("second signal");
                     self.kill_all("forced stop");
                 }
-                _ = shutdown.cancelled(), if self.deadline.is_none() => {
-                    self.begin_shutdown("signal");
+                _ = stop.cancelled(), if self.deadline.is_none() => {
+                    self.begin_shutdown(shutdown.stop_reason().unwrap_or("stop requested"));
                 }
                 _ = sleep_until(self.deadline), if self.deadline.is_some() && !self.forced => {
                     tracing::warn!(budget_ms = self.budget.as_millis() as u64, "shutdown budget spent");
@@ -260,6 +275,21 @@ impl Supervisor {
                 _ = sleep_until(wake), if wake.is_some() => self.fire_wakes(),
             }
         }
+    }
+
+    /// Spawn `fut`, a task of the supervisor's (`what` names it in the
+    /// log). Its panic (a bug) is reported to `shutdown`, so the stop
+    /// follows as for the event loop's own, not a silent hang.
+    fn spawn_task<F>(&self, what: String, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            if let Err(payload) = catch_panic(fut).await {
+                shutdown.caught_panic(&what, payload.as_ref());
+            }
+        });
     }
 
     async fn finish(self) -> Outcome {
@@ -407,6 +437,12 @@ impl Supervisor {
                     Report::Unready => self.step(svc, Input::Unready),
                     Report::Hung => self.step(svc, Input::LivenessFailed),
                 }
+            }
+            Event::Rewatched { svc, gen } => {
+                if self.slots[svc].run.as_ref().map(|r| r.gen) != Some(gen) {
+                    return;
+                }
+                self.resend_stop(svc);
             }
             Event::Ended { svc, gen, exit } => {
                 let slot = &mut self.slots[svc];

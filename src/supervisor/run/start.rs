@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{unix_now, Event, Run, Supervisor};
 use crate::manifest::ProbeCheck;
-use crate::shutdown::CancellationToken;
-use crate::supervisor::group::{self, GroupCfg};
+use crate::shutdown::{catch_panic, CancellationToken, Shutdown};
+use crate::supervisor::exit::Exit;
+use crate::supervisor::group::{self, Ctl, GroupCfg};
 use crate::supervisor::logs::{LogWatch, Stream};
 use crate::supervisor::probe::{self, Report};
 use crate::supervisor::spawn::{self, Output};
@@ -60,12 +62,14 @@ impl Supervisor {
             })
             .collect();
         if let Some(out) = spawned.child.stdout.take() {
-            self.logs
-                .attach(&self.tasks, i, Stream::Stdout, out.into(), watches.clone());
+            let reader = self
+                .logs
+                .reader(i, Stream::Stdout, out.into(), watches.clone());
+            self.spawn_task(format!("the stdout reader of service `{name}`"), reader);
         }
         if let Some(err) = spawned.child.stderr.take() {
-            self.logs
-                .attach(&self.tasks, i, Stream::Stderr, err.into(), watches);
+            let reader = self.logs.reader(i, Stream::Stderr, err.into(), watches);
+            self.spawn_task(format!("the stderr reader of service `{name}`"), reader);
         }
 
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
@@ -75,9 +79,12 @@ impl Supervisor {
             stop_signal: svc.stop_signal,
             stop_timeout: svc.stop_timeout,
         };
-        let tx = self.tx.clone();
+        let (tx, shutdown) = (self.tx.clone(), self.shutdown.clone());
         self.tasks.spawn(async move {
-            let exit = group::supervise(cfg, spawned.exit, ctl_rx).await;
+            let rewatch = || {
+                let _ = tx.send(Event::Rewatched { svc: i, gen });
+            };
+            let exit = watch_group(cfg, spawned.exit, ctl_rx, &shutdown, rewatch).await;
             let _ = tx.send(Event::Ended { svc: i, gen, exit });
         });
 
@@ -146,8 +153,55 @@ impl Supervisor {
         });
         let fut = probe(report);
         let token = token.clone();
-        self.tasks.spawn(async move {
+        let what = format!("a probe of service `{}`", self.m.services[i].name);
+        self.spawn_task(what, async move {
             token.run_until_cancelled(fut).await;
         });
+    }
+}
+
+/// [`group::supervise`], watched again if it panics (a bug): the panic is
+/// reported to `shutdown` (logged where it happened, the stop asked), a
+/// new watcher takes over the same channels, and `rewatched` tells the
+/// event loop, which gives the order it may have lost again; so the ordered
+/// stop still reaches the group and the run ends when the group is empty,
+/// not when the budget is spent. If that one panics too, the group is
+/// killed.
+async fn watch_group(
+    cfg: GroupCfg,
+    mut leader: oneshot::Receiver<Exit>,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    shutdown: &Shutdown,
+    rewatched: impl FnOnce(),
+) -> Exit {
+    let what = format!("the process-group watcher of service `{}`", cfg.name);
+    let watched = catch_panic(group::supervise(cfg.clone(), &mut leader, &mut ctl)).await;
+    let payload = match watched {
+        Ok(exit) => return exit,
+        Err(payload) => payload,
+    };
+    shutdown.caught_panic(&what, payload.as_ref());
+    // The leader's status may have gone to the watcher that panicked.
+    let mut leader = match leader.try_recv() {
+        Err(TryRecvError::Empty) => leader,
+        known => {
+            let exit = known.unwrap_or_else(|_| {
+                tracing::warn!(service = %cfg.name, "exit status lost with the watcher that panicked");
+                Exit::Signaled(libc::SIGKILL)
+            });
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(exit);
+            rx
+        }
+    };
+    rewatched();
+    match catch_panic(group::supervise(cfg.clone(), &mut leader, &mut ctl)).await {
+        Ok(exit) => exit,
+        Err(payload) => {
+            shutdown.caught_panic(&what, payload.as_ref());
+            tracing::error!(service = %cfg.name, pgid = cfg.pgid, "no one can watch this process group: killing it");
+            group::signal_group(&cfg, libc::SIGKILL);
+            Exit::Signaled(libc::SIGKILL)
+        }
     }
 }

@@ -5,6 +5,7 @@
 use super::{now, Supervisor};
 use crate::supervisor::exit::signal_name;
 use crate::supervisor::group::Ctl;
+use crate::supervisor::state::State;
 use crate::supervisor::Outcome;
 
 impl Supervisor {
@@ -50,6 +51,17 @@ impl Supervisor {
         });
     }
 
+    /// Give service `i`'s group the stop order again, if it is stopping
+    /// (its watcher was replaced and may have lost the first one).
+    pub(super) fn resend_stop(&mut self, i: usize) {
+        if let State::Running {
+            stopping: Some(_), ..
+        } = self.trackers[i].state
+        {
+            self.send_stop(i);
+        }
+    }
+
     pub(super) fn give_up(&mut self, i: usize, reason: &str) {
         let svc = self.svc(i);
         let name = svc.name.clone();
@@ -59,8 +71,12 @@ impl Supervisor {
         }
         tracing::error!(service = %name, reason, "gave up on service; stopping the stack");
         if self.outcome == Outcome::Clean {
-            self.outcome = Outcome::GaveUp(name);
+            self.outcome = Outcome::GaveUp(name.clone());
         }
-        self.begin_shutdown("a service gave up");
+        // Through `up`'s stop request, as a signal's: the periodic backups
+        // end too, and the stop's log line names the service.
+        let why = format!("service `{name}` gave up");
+        self.shutdown.request_stop_for(&why);
+        self.begin_shutdown(&why);
     }
 }
