@@ -9,6 +9,9 @@
 //!   connection's reads: hyper's own header timer starts as soon as a
 //!   response is written, which made `header_read` the idle timeout.
 //!   hyper's side says where it is through [`Activity`].
+//! - On HTTP/2, `timeouts.send` per response stream (flow control can hold
+//!   one while the socket stays writable): `conn::stalled`, told by
+//!   [`Tracked`] when a frame waits.
 //!
 //! hyper does not read again after a response while its last read is
 //! pending: it waits for the socket to wake it. A read that waited while
