@@ -9,6 +9,9 @@
 //!   connection's reads: hyper's own header timer starts as soon as a
 //!   response is written, which made `header_read` the idle timeout.
 //!   hyper's side says where it is through [`Activity`].
+//! - On HTTP/2, `timeouts.send` per response stream (flow control can hold
+//!   one while the socket stays writable): `conn::stalled`, told by
+//!   [`Tracked`] when a frame waits.
 //!
 //! hyper does not read again after a response while its last read is
 //! pending: it waits for the socket to wake it. A read that waited while
@@ -27,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::gateway::body::Body;
+use crate::gateway::conn::stalled;
 use crate::gateway::deadline::Deadline;
 
 /// The timeouts of client connections.
@@ -184,15 +188,23 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that marks its request done when hyper drops it.
+/// A response body that marks its request done when hyper drops it; on
+/// an HTTP/2 stream it also says when a frame waits to be taken, for the
+/// stream's send timeout (see `conn::stalled`).
 pub(super) struct Tracked {
     body: Body,
     _open: InFlight,
+    /// It is an HTTP/2 stream's body, polled inside its `Watched`.
+    stream: bool,
 }
 
 impl Tracked {
     pub(super) fn new(body: Body, open: InFlight) -> Self {
-        Tracked { body, _open: open }
+        Tracked {
+            body,
+            _open: open,
+            stream: stalled::in_stream(),
+        }
     }
 }
 
@@ -204,7 +216,12 @@ impl hyper::body::Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if this.stream {
+            stalled::handed(matches!(&polled, Poll::Ready(Some(Ok(f))) if f.is_data()));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -107,7 +107,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
@@ -223,7 +223,7 @@ impl Gateway {
             shared.set_listen(addr);
         }
         let idle = shared.client_timeouts.idle;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(conn::stalled::StreamExec);
         builder
             .http1()
             .timer(TokioTimer::new())

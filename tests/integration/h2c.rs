@@ -2,8 +2,9 @@
 //! that speaks h2c must never see `Upgrade: h2c` (nor `HTTP2-Settings`),
 //! or a client could switch the connection to HTTP/2 and send it requests
 //! past routing and the forwarding headers. Raw sockets on both sides.
-//! HTTP/2 prior knowledge: the streams a connection may open, and its
-//! idle timeout (the real binary, with hyper's HTTP/2 client).
+//! HTTP/2 prior knowledge: the streams a connection may open, its idle
+//! timeout, and the send timeout of a stream granted no window (the real
+//! binary, with hyper's HTTP/2 client).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -167,18 +168,26 @@ pub(crate) fn gateway_only(backend: SocketAddr, timeouts: &str) -> GatewayOnly {
     }
 }
 
+/// Answer `ok` to a request (its lower-cased `head`) unless it is a GET
+/// of `path`: whether it is (`None`: the connection broke).
+async fn ok_unless(s: &mut TcpStream, head: &str, path: &str) -> Option<bool> {
+    if head.starts_with(&format!("get {path} ")) {
+        return Some(true);
+    }
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    s.write_all(ok).await.ok().map(|()| false)
+}
+
 /// A backend that answers `/sse` with an event stream, one event every
 /// `every` until the gateway closes it, and anything else with `ok`.
 async fn sse_backend(every: Duration) -> SocketAddr {
     raw_backend(move |mut s| async move {
         let mut buf = Vec::new();
         while let Some(head) = read_request(&mut s, &mut buf).await {
-            if !head.starts_with("get /sse ") {
-                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if s.write_all(ok).await.is_err() {
-                    return;
-                }
-                continue;
+            match ok_unless(&mut s, &head, "/sse").await {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
             }
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
                         Transfer-Encoding: chunked\r\n\r\n";
@@ -334,4 +343,104 @@ fn an_http2_client_that_never_reads_is_closed() {
             .up
             .fail("an HTTP/2 client that never reads is still connected");
     }
+}
+
+/// The length of the body a [`big_backend`] sends for `/big`: far more
+/// than the socket buffers between it and the client hold.
+const BIG: usize = 64 << 20;
+
+/// A backend that answers `/big` with [`BIG`] bytes, written as fast as
+/// the gateway takes them, and anything else with `ok`. The returned
+/// channel says when a `/big` connection was closed under it.
+async fn big_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Instant>) {
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    let addr = raw_backend(move |mut s| {
+        let closed = closed.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(head) = read_request(&mut s, &mut buf).await {
+                match ok_unless(&mut s, &head, "/big").await {
+                    None => return,
+                    Some(false) => continue,
+                    Some(true) => {}
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'x'; 64 << 10];
+                for _ in 0..BIG / piece.len() {
+                    if s.write_all(&piece).await.is_err() {
+                        let _ = closed.send(Instant::now());
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    (addr, closes)
+}
+
+/// An HTTP/2 client that answers pings (hyper's client does) but grants a
+/// download's stream no window (a 1 KiB stream window it never releases:
+/// the body is not read) holds that stream, and the backend connection
+/// relaying it, for no longer than `timeouts.send`: the stream is reset,
+/// the gateway says why, the backend connection is closed, and the other
+/// streams of the connection are served before and after.
+#[test]
+fn an_http2_stream_granted_no_window_is_reset_after_the_send_timeout() {
+    let send = Duration::from_secs(1);
+    let late = Duration::from_secs(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (backend, mut closes) = rt.block_on(big_backend());
+    let mut gateway = gateway_only(backend, "{ send: 1s }");
+    let gw = gateway.addr;
+    let (mut tx, stuck, asked) = rt.block_on(async {
+        let s = TcpStream::connect(gw).await.unwrap();
+        let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(1024)
+            .handshake(TokioIo::new(s))
+            .await
+            .expect("an HTTP/2 handshake");
+        tokio::spawn(conn);
+        let mut tx: hyper::client::conn::http2::SendRequest<Empty<Bytes>> = tx;
+        let asked = Instant::now();
+        let stuck = h2_get(&mut tx, gw, "/big").await;
+        // Another stream while that one is stuck.
+        let ok = h2_get(&mut tx, gw, "/x").await.collect().await.unwrap();
+        assert_eq!(ok.to_bytes(), "ok");
+        (tx, stuck, asked)
+    });
+    let warned = "granted a response stream no flow-control window for timeouts.send";
+    gateway.up.wait_for(warned, send + late);
+    let after = asked.elapsed();
+    // A sixteenth of the limit is the deadline's slack.
+    assert!(after >= send - send / 16, "reset after {after:?}");
+    rt.block_on(async {
+        let closed = tokio::time::timeout(late, closes.recv())
+            .await
+            .expect("the backend connection closed in time")
+            .expect("a close");
+        assert!(closed - asked >= send - send / 16);
+        // What the window let through, then the reset: never the whole.
+        let mut body = stuck.into_body();
+        let mut got = 0usize;
+        let end = loop {
+            match tokio::time::timeout(DEADLINE, body.frame()).await {
+                Err(_) => panic!("the stream was neither reset nor ended"),
+                Ok(None) => break Ok(()),
+                Ok(Some(Err(e))) => break Err(e),
+                Ok(Some(Ok(f))) => got += f.into_data().map_or(0, |d| d.len()),
+            }
+        };
+        assert!(
+            end.is_err(),
+            "the stuck stream ended cleanly after {got} bytes"
+        );
+        assert!(got < BIG, "{got} bytes");
+        // The connection still serves new streams.
+        let ok = h2_get(&mut tx, gw, "/x").await.collect().await.unwrap();
+        assert_eq!(ok.to_bytes(), "ok");
+    });
 }

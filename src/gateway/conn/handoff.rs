@@ -11,7 +11,8 @@
 //! hyper drops the response body; the last one to end wakes the
 //! connection's task, so the idle timer starts then. A dead peer under a
 //! long stream is noticed by hyper's HTTP/2 keep-alive pings (set up with
-//! the builder, in `super::super`).
+//! the builder, in `super::super`); a stream the client grants no window
+//! is reset after `timeouts.send` (see `stalled`).
 
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
@@ -26,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Ctx, Stop, LINGER};
+use super::{stalled, Ctx, Stop, LINGER};
 use crate::gateway::clocks::{Activity, ClientTimeouts, InFlight, ReadClock, SendClock, Tracked};
 use crate::gateway::deadline::Deadline;
 use crate::gateway::headers::Peer;
@@ -63,12 +64,19 @@ pub(super) async fn hyper_serve(
     tokio::pin!(conn);
     // At shutdown the connection is asked to finish its request and close.
     let mut draining = false;
+    let send = ctx.shared.client_timeouts.send;
     let ended = poll_fn(|cx| loop {
         if !draining && stop.poll_fired(cx) {
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
-        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+        let polled = if streams.is_some() {
+            // The streams it starts are timed by `send` (see `stalled`).
+            stalled::serving(peer, send, || conn.as_mut().poll(cx))
+        } else {
+            conn.as_mut().poll(cx)
+        };
+        if let Poll::Ready(r) = polled {
             return Poll::Ready(Some(r));
         }
         let Some(idle) = streams.as_mut() else {

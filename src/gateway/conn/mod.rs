@@ -19,13 +19,16 @@
 //! Writes to the client, on both sides and in WebSocket tunnels, may each
 //! wait for room at most `timeouts.send` (nginx's `send_timeout`; see
 //! `clocks`): a client that takes nothing of its response is closed,
-//! and with it the backend connection relaying that response.
+//! and with it the backend connection relaying that response. On HTTP/2,
+//! where flow control can hold one stream while the socket stays
+//! writable, each response stream is held to the same limit (`stalled`).
 //!
 //! The front end's loop is in `plain`, hyper's part of a connection in
-//! `handoff`.
+//! `handoff`, the HTTP/2 streams' send timeout in `stalled`.
 
 mod handoff;
 mod plain;
+pub(super) mod stalled;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,7 +39,6 @@ use std::task::Context;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::WaitForCancellationFuture;
@@ -64,7 +66,7 @@ const COALESCE: usize = 16 * 1024;
 /// What every connection of one listener shares.
 pub(super) struct Ctx {
     pub shared: Arc<Shared>,
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builder: auto::Builder<stalled::StreamExec>,
     pub stop: CancellationToken,
     /// Set just before `stop` fires. `CancellationToken::is_cancelled`
     /// takes a lock; connections ask after every request.

@@ -526,6 +526,73 @@ async fn an_early_success_keeps_the_upload_going() {
     );
 }
 
+/// Send `upload` to a backend that answers 200 right after the head and
+/// then, as `mode` says, stalls or reads on; the gateway gives up on a
+/// stalled upload after `response`. Returns the answer's status and body,
+/// how long it took from the request, and how many backend connections
+/// there were once a next request was answered too.
+async fn early_success_then(
+    mode: Mode,
+    upload: Request<Body>,
+    response: Duration,
+) -> (u16, String, Duration, usize) {
+    let (b, accepted) = scripted(mode, |_| {
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n".to_vec(),
+            false,
+        )
+    })
+    .await;
+    let up = Upstream::new(UpstreamConfig {
+        connect: Duration::from_secs(5),
+        response,
+        pool_idle: Duration::from_secs(4),
+        max_body: 0,
+    });
+    let gw = front(up, b).await;
+    let asked = std::time::Instant::now();
+    let got = send_all(gw, vec![upload]).await;
+    let took = asked.elapsed();
+    let next = send_all(gw, vec![req("GET", crate::gateway::body::empty())]).await;
+    assert_eq!(next[0].0, 200, "{next:?}");
+    let (status, _, answer) = got.into_iter().next().unwrap();
+    (status, answer, took, accepted.load(Ordering::SeqCst))
+}
+
+/// An early success waits for the rest of the upload (see
+/// `an_early_success_keeps_the_upload_going`); when the upload stops
+/// instead, because the client sends no more or the backend reads no
+/// more, the client still gets that success (not a 408 or 504) once the
+/// gateway gives up on the upload, and the connection is not reused.
+#[tokio::test]
+async fn an_early_success_is_relayed_when_the_upload_stops() {
+    let response = Duration::from_secs(1);
+    // The client sends half of its body, then nothing (the feed stays
+    // open: no end either).
+    let (feed, body) = body_fed_by_hand();
+    feed.send(bytes::Bytes::from(vec![b'x'; 256 * 1024]))
+        .await
+        .unwrap();
+    let mut upload = req("POST", body);
+    upload
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(512 * 1024));
+    let got = early_success_then(Mode::EarlyThenDiscard, upload, response).await;
+    drop(feed);
+    // The backend reads nothing after its answer, and the body is far
+    // more than the socket buffers hold.
+    let upload = req("POST", mebibytes(64));
+    let stalled = early_success_then(Mode::EarlyThenStall, upload, response).await;
+    for (status, answer, took, accepted) in [got, stalled] {
+        assert_eq!((status, answer.as_str()), (200, "ok\n"));
+        assert!(
+            took >= response,
+            "relayed after {took:?}, while the upload could go on"
+        );
+        assert_eq!(accepted, 2, "the connection of the cut upload was reused");
+    }
+}
+
 #[tokio::test]
 async fn bytes_past_the_body_or_no_length_mean_no_reuse() {
     let (b, accepted) = scripted(Mode::AfterBody, |r| {

@@ -115,6 +115,12 @@ pub async fn exchange<T>(
 /// whole at the start of `conn.buf`. `Ok(complete)` says the whole request
 /// went out (an early error answer cuts it short, and such a connection
 /// is not reused).
+///
+/// Once the backend has answered, its answer is what the client gets,
+/// whatever stops the rest of the request afterwards (the backend no
+/// longer reading it, the client no longer sending it): on a connection
+/// then not reused, instead of a 504 or 408 for a request the backend
+/// already answered.
 async fn send(
     conn: &mut Conn,
     head: &[u8],
@@ -123,12 +129,19 @@ async fn send(
     cfg: &UpstreamConfig,
 ) -> Result<bool, Failed> {
     let mut early = false;
-    let mut complete = write_watching(conn, head, cfg, &mut early).await?;
-    if complete {
-        if let Some(body) = body {
-            complete = send_body(conn, framing, body, cfg, &mut early).await?;
+    let sent = async {
+        let complete = write_watching(conn, head, cfg, &mut early).await?;
+        match body {
+            Some(body) if complete => send_body(conn, framing, body, cfg, &mut early).await,
+            _ => Ok(complete),
         }
     }
+    .await;
+    let complete = match sent {
+        Ok(complete) => complete,
+        Err(_) if early => false,
+        Err(f) => return Err(f),
+    };
     if !early {
         read_head_within(conn, cfg.response).await?;
     }
