@@ -343,3 +343,29 @@ fn a_variable_that_is_declared_set_or_given_a_meaning_is_not_warned_about() {
     let e = errors_of("services:\n  web: { command: \"run ${X:?set X}\" }\n", &[]);
     assert!(e.contains("`X` must be set: set X"), "{e}");
 }
+
+/// A dependency's condition is a value like any other: a bad one from a
+/// variable names the variable, and the long form's is reported under
+/// its own key, as `backoff.initial` is.
+#[test]
+fn a_bad_dependency_condition_names_its_key_and_variable() {
+    let yaml = "services:\n  db: { command: x }\n  a: { command: x, depends_on: { db: \"${COND}\" } }\n  b: { command: x, depends_on: { db: { condition: \"${COND}\" } } }\n  c: { command: x, depends_on: { db: { condition: ready } } }\n";
+    let e = errors_of(yaml, &[("COND", "ready")]);
+    let unknown = "unknown condition `ready` (use started, healthy or completed_successfully)";
+    for want in [
+        format!("/x/stack.yaml:3:38: `services.a.depends_on.db`: {unknown} (from `COND`)\n"),
+        format!(
+            "/x/stack.yaml:4:51: `services.b.depends_on.db.condition`: {unknown} (from `COND`)\n"
+        ),
+        format!("/x/stack.yaml:5:51: `services.c.depends_on.db.condition`: {unknown}"),
+    ] {
+        assert!(e.contains(&want), "{want}\n{e}");
+    }
+    // A good value through a variable is taken, in either form.
+    let env: ContainerEnv = [("COND".to_string(), "service_healthy".to_string())].into();
+    let ok = yaml.replace("ready", "healthy");
+    let m = load_str(&ok, Path::new("/x/stack.yaml"), &env).unwrap();
+    for s in &m.services[1..] {
+        assert_eq!(s.depends_on[0].condition, Condition::Healthy, "{}", s.name);
+    }
+}
