@@ -81,6 +81,9 @@ pub struct Leaf<T> {
     pub pos: Pos,
     /// The variables the value was made of.
     pub used: Vec<String>,
+    /// The variables written bare (`${NAME}`) that were unset, so blank;
+    /// the reader warns about them when it takes the value.
+    pub unset: Vec<String>,
     /// The typed value.
     pub value: Option<T>,
     /// Why there is no value, ending with the variables it came from.
@@ -152,15 +155,16 @@ pub fn pos_or<T>(l: &Option<Leaf<T>>, or: Pos) -> Pos {
 impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Leaf<T>, D::Error> {
         let (Field { key, node }, text) = handoff(d)?;
-        let (used, parsed) = match text {
+        let (Interpolated { used, unset, .. }, parsed) = match text {
             // A value made from a variable names it: the fix is in the
             // container's environment, not in the YAML line.
-            Ok(Some((t, used))) => {
-                let parsed = T::from_text(&t).map_err(|e| format!("{e}{}", from_vars(&used)));
-                (used, parsed.map(Some))
+            Ok(Some(i)) => {
+                let parsed =
+                    T::from_text(&i.text).map_err(|e| format!("{e}{}", from_vars(&i.used)));
+                (i, parsed.map(Some))
             }
-            Ok(None) => (Vec::new(), Ok(None)),
-            Err(e) => (Vec::new(), Err(e)),
+            Ok(None) => (Interpolated::default(), Ok(None)),
+            Err(e) => (Interpolated::default(), Err(e)),
         };
         let (value, problem) = match parsed {
             Ok(v) => (v, None),
@@ -170,6 +174,7 @@ impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
             key,
             pos: node.pos,
             used,
+            unset,
             value,
             problem,
         })
@@ -206,9 +211,19 @@ impl<'de, T: FromText> Deserialize<'de> for Many<T> {
 // interpolated (for a `Leaf`) and visits a unit.
 const FIELD: &str = "$stackctl::manifest::Field";
 
-/// A scalar's text, interpolated, with the variables used; `Ok(None)` for
-/// null; `Err` says why there is none.
-type Text = Result<Option<(String, Vec<String>)>, String>;
+/// A scalar's text, interpolated; `Ok(None)` for null; `Err` says why
+/// there is none.
+type Text = Result<Option<Interpolated>, String>;
+
+/// What [`interpolate`] made of a scalar.
+#[derive(Default)]
+struct Interpolated {
+    text: String,
+    /// Every variable read.
+    used: Vec<String>,
+    /// The bare `${NAME}`s that were unset.
+    unset: Vec<String>,
+}
 
 thread_local! {
     static HANDOFF: RefCell<Option<(Field, Text)>> = const { RefCell::new(None) };
@@ -284,9 +299,9 @@ impl<'a> NodeDe<'a> {
         match &self.node.value {
             Value::Null => Ok(None),
             Value::Scalar { text, .. } => {
-                let mut used = Vec::new();
-                let v = interpolate(text, self.lookup, &mut used)?;
-                Ok(Some((v, used)))
+                let (mut used, mut unset) = (Vec::new(), Vec::new());
+                let text = interpolate(text, self.lookup, &mut used, &mut unset)?;
+                Ok(Some(Interpolated { text, used, unset }))
             }
             _ => Err(format!("expected a string, found {}", self.node.kind())),
         }

@@ -5,14 +5,20 @@
 //! `${NAME?message}` (an error when unset/empty), and `$$` for a literal
 //! `$`. A `$` not followed by `{` or `$` is kept as it is, so commands like
 //! `sh -c 'echo $HOME'` work without escaping. Defaults may themselves
-//! contain `${...}`.
+//! contain `${...}`. A bare `${NAME}` that is unset reads as blank, as in
+//! compose, and is reported to the caller, which warns about it.
 
 /// Interpolate `text`, looking names up with `lookup`. Also reports which
-/// names were used, so callers can tell a value that came from a secret.
+/// names were used, so callers can tell a value that came from a secret,
+/// and which bare `${NAME}`s were unset and so came out blank (`unset`):
+/// nothing the manifest wrote says blank is meant there, so the reader
+/// warns, as docker-compose does. An operator (`:-`, `-`, `:?`, `?`)
+/// says what an unset name means, so those never land in `unset`.
 pub fn interpolate(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     used: &mut Vec<String>,
+    unset: &mut Vec<String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -26,7 +32,7 @@ pub fn interpolate(
             let end =
                 matching_brace(body_start).ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
             let body = &body_start[..end];
-            out.push_str(&expand(body, lookup, used)?);
+            out.push_str(&expand(body, lookup, used, unset)?);
             rest = &body_start[end + 1..];
         } else {
             out.push('$');
@@ -61,6 +67,7 @@ fn expand(
     body: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     used: &mut Vec<String>,
+    unset: &mut Vec<String>,
 ) -> Result<String, String> {
     let name_len = body
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -89,10 +96,13 @@ fn expand(
         ));
     };
     match kind {
-        "" => Ok(value.unwrap_or_default()),
+        "" if !set => {
+            unset.push(name.to_string());
+            Ok(String::new())
+        }
         ":-" if non_empty => Ok(value.unwrap_or_default()),
         "-" if set => Ok(value.unwrap_or_default()),
-        ":-" | "-" => interpolate(arg, lookup, used),
+        ":-" | "-" => interpolate(arg, lookup, used, unset),
         ":?" if !non_empty => Err(required_message(name, arg)),
         "?" if !set => Err(required_message(name, arg)),
         _ => Ok(value.unwrap_or_default()),
@@ -117,7 +127,7 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         };
-        interpolate(text, &lookup, &mut Vec::new())
+        interpolate(text, &lookup, &mut Vec::new(), &mut Vec::new())
     }
 
     #[test]
@@ -158,7 +168,41 @@ mod tests {
     #[test]
     fn reports_used_names() {
         let mut used = Vec::new();
-        interpolate("${A:-${B}}", &|_| None, &mut used).unwrap();
+        interpolate("${A:-${B}}", &|_| None, &mut used, &mut Vec::new()).unwrap();
         assert_eq!(used, ["A", "B"]);
+    }
+
+    /// Only a bare `${NAME}` that is unset counts: set-but-empty is what
+    /// someone set, and every operator says what unset means.
+    #[test]
+    fn reports_bare_names_that_were_unset() {
+        let lookup = |n: &str| match n {
+            "SET" => Some("value".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let unset_in = |text: &str| {
+            let mut unset = Vec::new();
+            let _ = interpolate(text, &lookup, &mut Vec::new(), &mut unset);
+            unset
+        };
+        assert_eq!(unset_in("${A}/${SET}/${EMPTY}/${B}"), ["A", "B"]);
+        for quiet in [
+            "${A:-}",
+            "${A-x}",
+            "${A:-x}",
+            "${A:?msg}",
+            "${A?}",
+            "$${A}",
+            "$A",
+            "${SET:-${A}}",
+            "${SET-${A}}",
+        ] {
+            assert_eq!(unset_in(quiet), Vec::<String>::new(), "{quiet}");
+        }
+        // A default is expanded only when it is taken, and then its own
+        // bare names count.
+        assert_eq!(unset_in("${A:-${B}}"), ["B"]);
+        assert_eq!(unset_in("${EMPTY:-${B}}"), ["B"]);
     }
 }

@@ -139,6 +139,22 @@ fn interpolation_error_is_placed() {
     );
 }
 
+/// A mistyped `${NAME}` reads as blank, as in docker-compose; `check`
+/// says so (the manifest stays valid), once, where it is first written.
+#[test]
+fn an_unset_variable_is_a_warning_naming_the_nearest() {
+    let s = Stack::new(
+        "env:\n  GITHUB_REPO: {}\nservices:\n  web:\n    command: \"true\"\n    environment: { A: \"${GITHUB_REOP}\", B: \"${GITHUB_REOP}\", C: \"${GITHUB_REOP:-}\" }\n",
+    )
+    .env_remove("GITHUB_REOP");
+    let out = s.run(&["check"]);
+    let file = s.file().display().to_string();
+    out.code(0).stdout_has(&format!(
+        "{file}:6:23: `services.web.environment.A`: variable `GITHUB_REOP` is not set, so it reads as blank (did you mean `GITHUB_REPO`? write `${{GITHUB_REOP:-}}` if blank is meant)\n"
+    ));
+    assert_eq!(out.stdout.matches("GITHUB_REOP").count(), 2, "{out}");
+}
+
 #[test]
 fn unsupported_version_is_rejected() {
     rejects("version: 2\n", "1:10: `version`: unsupported version `2`");
@@ -285,6 +301,14 @@ fn the_quickstart_and_the_real_stack_are_valid() {
     for (f, args) in [
         ("examples/quickstart/stack.yaml", &["check"][..]),
         ("stack.yaml", &["check", "--manifest-only"][..]),
+        (
+            "examples/space/stack.yaml",
+            &["check", "--manifest-only"][..],
+        ),
+        (
+            "examples/astrbot/stack.yaml",
+            &["check", "--manifest-only"][..],
+        ),
     ] {
         let s = Stack::new("");
         let out = std::process::Command::new(crate::harness::bin())
@@ -300,6 +324,9 @@ fn the_quickstart_and_the_real_stack_are_valid() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // What they leave unset is declared: blank on purpose.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("reads as blank"), "{f}: {stdout}");
     }
 }
 

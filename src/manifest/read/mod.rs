@@ -87,6 +87,7 @@ pub fn load_str(
         container,
         declared: BTreeMap::new(),
         secrets: Vec::new(),
+        blank: BTreeMap::new(),
         dir,
     };
     let manifest = r.manifest(&root, file);
@@ -119,6 +120,10 @@ struct Reader<'e> {
     declared: BTreeMap<String, String>,
     /// Names of secret entries and their aliases.
     secrets: Vec<String>,
+    /// Each variable a bare `${NAME}` read while it was unset, at its
+    /// first place (position, key); warned about once the whole `env:`
+    /// is known, since a declared entry is blank on purpose.
+    blank: BTreeMap<String, (Pos, String)>,
     dir: PathBuf,
 }
 
@@ -136,13 +141,48 @@ impl Reader<'_> {
     }
 
     fn warn(&mut self, pos: Pos, key: &str, message: impl Into<String>) {
+        self.warn_hinted(pos, key, message, None);
+    }
+
+    fn warn_hinted(
+        &mut self,
+        pos: Pos,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         let message = crate::check::mask(&message.into(), &self.secret_values());
         self.warnings.push(Problem {
             pos,
             key: key.to_string(),
             message,
-            hint: None,
+            hint,
         });
+    }
+
+    /// One warning per variable that a bare `${NAME}` read as blank
+    /// although neither `env:` declares it nor the container sets it: a
+    /// mistyped name would otherwise pass unnoticed (docker-compose warns
+    /// the same way). In file order, each at its first place.
+    fn warn_unset(&mut self, env: &[EnvVar]) {
+        let container = self.container;
+        let mut blank: Vec<_> = std::mem::take(&mut self.blank)
+            .into_iter()
+            .filter(|(name, _)| !env.iter().any(|e| &e.name == name))
+            .collect();
+        blank.sort_by_key(|(_, (pos, _))| (pos.line, pos.col));
+        let known: Vec<&str> = (env.iter().map(|e| e.name.as_str()))
+            .chain(container.keys().map(String::as_str))
+            .collect();
+        for (name, (pos, key)) in blank {
+            let silence = format!("write `${{{name}:-}}` if blank is meant");
+            let hint = match nearest(&name, &known) {
+                Some(n) => format!("did you mean `{n}`? {silence}"),
+                None => format!("declare it in `env:`, or {silence}"),
+            };
+            let msg = format!("variable `{name}` is not set, so it reads as blank");
+            self.warn_hinted(pos, &key, msg, Some(hint));
+        }
     }
 
     fn secret_values(&self) -> Vec<String> {
@@ -190,6 +230,16 @@ impl Reader<'_> {
     /// A leaf's value; one that failed reports its problem now.
     fn val<'l, T: Clone + 'l>(&mut self, l: impl Into<Option<&'l Leaf<T>>>) -> Option<T> {
         let l = l.into()?;
+        // Sections are read in the reader's order, not the file's: keep the
+        // use that is written first.
+        for name in &l.unset {
+            match self.blank.get(name) {
+                Some((p, _)) if (p.line, p.col) <= (l.pos.line, l.pos.col) => {}
+                _ => {
+                    self.blank.insert(name.clone(), (l.pos, l.key.clone()));
+                }
+            }
+        }
         if let Some(p) = &l.problem {
             self.problem(l.pos, &l.key, p.clone(), None);
         }
@@ -366,6 +416,7 @@ impl Reader<'_> {
             .as_ref()
             .and_then(|n| self.gateway(&n.node, &name, persist.as_ref()));
         self.check_required_paths(&services, persist.as_ref());
+        self.warn_unset(&env);
         let mut persist = persist;
         if let (Some(p), Some(g)) = (persist.as_mut(), gateway.as_ref()) {
             // Live route edits and the password hash must survive a wiped

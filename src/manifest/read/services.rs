@@ -44,7 +44,7 @@ struct RawMaxRestarts {
 /// compose's long form of a dependency.
 #[derive(Deserialize)]
 struct RawCondition {
-    condition: Option<Field>,
+    condition: Option<Leaf<Condition>>,
 }
 
 #[derive(Deserialize)]
@@ -325,25 +325,18 @@ impl Reader<'_> {
         };
         for (k, v) in entries {
             let dkey = format!("{key}.{}", k.name);
-            // `db: healthy` or compose's long form `db: {condition: service_healthy}`.
-            let cond_node = match &v.value {
+            // `db: healthy` or compose's long form `db: {condition: service_healthy}`;
+            // either is a leaf like every other value, so a bad one is
+            // reported under its own key and names the variable it came from.
+            let leaf = match &v.value {
                 Value::Map(_) => self
                     .section::<RawCondition>(v, &dkey)
-                    .and_then(|f| f.condition)
-                    .map(|c| c.node),
-                _ => Some(v.clone()),
+                    .and_then(|f| f.condition),
+                _ => self.leaf::<Condition>(v, &dkey),
             };
-            let condition = match cond_node {
+            let condition = match &leaf {
                 None => Some(Condition::Started),
-                Some(c) => self
-                    .text(&c, &dkey)
-                    .and_then(|t| match Condition::from_text(&t) {
-                        Ok(c) => Some(c),
-                        Err(e) => {
-                            self.problem(c.pos, &dkey, e, None);
-                            None
-                        }
-                    }),
+                Some(l) => self.val(l),
             };
             if let Some(condition) = condition {
                 let service = k.name.clone();

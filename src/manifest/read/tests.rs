@@ -291,3 +291,81 @@ fn backend_connections_is_a_number_or_max_and_queue() {
     let e = read("{ max: 10, wait: 1s }").unwrap_err();
     assert!(e.contains("wait"), "{e}");
 }
+
+/// The warnings of `yaml` read with `env` (it must be valid).
+fn warnings_of(yaml: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let env: ContainerEnv = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let m = load_str(yaml, Path::new("/x/stack.yaml"), &env).unwrap();
+    let at = |w: &Problem| format!("{}:{}: {w}", w.pos.line, w.pos.col);
+    m.warnings.iter().map(at).collect()
+}
+
+/// A mistyped `${NAME}` was silently blank; now it is a warning, once per
+/// name, where it is first written, naming the declared variable it is
+/// closest to.
+#[test]
+fn an_unset_variable_is_warned_about_once_where_first_written() {
+    // `persist` is read after `services`, but comes first in the file.
+    let yaml = "env:\n  GITHUB_REPO: {}\npersist:\n  remote: me/data\n  branch: \"${GITHUB_REOP}\"\n  paths: [/data]\nservices:\n  web:\n    command: run ${GITHUB_REOP} ${GITHUB_REOP}\n    environment: { A: \"${ZZQ}\" }\n";
+    assert_eq!(
+        warnings_of(yaml, &[]),
+        [
+            "5:11: `persist.branch`: variable `GITHUB_REOP` is not set, so it reads as blank (did you mean `GITHUB_REPO`? write `${GITHUB_REOP:-}` if blank is meant)",
+            "10:23: `services.web.environment.A`: variable `ZZQ` is not set, so it reads as blank (declare it in `env:`, or write `${ZZQ:-}` if blank is meant)",
+        ]
+    );
+    // A container variable is a known name too.
+    let yaml = "services:\n  web: { command: \"run ${HOSTNAM}\" }\n";
+    let w = warnings_of(yaml, &[("HOSTNAME", "h")]);
+    assert!(w[0].contains("did you mean `HOSTNAME`?"), "{w:?}");
+}
+
+#[test]
+fn a_variable_that_is_declared_set_or_given_a_meaning_is_not_warned_about() {
+    let quiet = [
+        // Declared (blank on purpose: the docs' way to say so).
+        "env:\n  TOKEN: {}\nservices:\n  web: { command: \"run ${TOKEN}\" }\n",
+        // A default, or blank written out.
+        "services:\n  web: { command: \"run ${X:-} ${X-x} ${X:-x} ${Y-}\" }\n",
+        // Escaped, or without braces (the shell's business).
+        "services:\n  web: { command: \"sh -c 'echo $${X} $X'\" }\n",
+        // Set in the container, even to nothing.
+        "services:\n  web: { command: \"run ${SET} ${EMPTY}\" }\n",
+    ];
+    for yaml in quiet {
+        let env = [("SET", "1"), ("EMPTY", "")];
+        assert_eq!(warnings_of(yaml, &env), Vec::<String>::new(), "{yaml}");
+    }
+    // `${X:?msg}` stays an error.
+    let e = errors_of("services:\n  web: { command: \"run ${X:?set X}\" }\n", &[]);
+    assert!(e.contains("`X` must be set: set X"), "{e}");
+}
+
+/// A dependency's condition is a value like any other: a bad one from a
+/// variable names the variable, and the long form's is reported under
+/// its own key, as `backoff.initial` is.
+#[test]
+fn a_bad_dependency_condition_names_its_key_and_variable() {
+    let yaml = "services:\n  db: { command: x }\n  a: { command: x, depends_on: { db: \"${COND}\" } }\n  b: { command: x, depends_on: { db: { condition: \"${COND}\" } } }\n  c: { command: x, depends_on: { db: { condition: ready } } }\n";
+    let e = errors_of(yaml, &[("COND", "ready")]);
+    let unknown = "unknown condition `ready` (use started, healthy or completed_successfully)";
+    for want in [
+        format!("/x/stack.yaml:3:38: `services.a.depends_on.db`: {unknown} (from `COND`)\n"),
+        format!(
+            "/x/stack.yaml:4:51: `services.b.depends_on.db.condition`: {unknown} (from `COND`)\n"
+        ),
+        format!("/x/stack.yaml:5:51: `services.c.depends_on.db.condition`: {unknown}"),
+    ] {
+        assert!(e.contains(&want), "{want}\n{e}");
+    }
+    // A good value through a variable is taken, in either form.
+    let env: ContainerEnv = [("COND".to_string(), "service_healthy".to_string())].into();
+    let ok = yaml.replace("ready", "healthy");
+    let m = load_str(&ok, Path::new("/x/stack.yaml"), &env).unwrap();
+    for s in &m.services[1..] {
+        assert_eq!(s.depends_on[0].condition, Condition::Healthy, "{}", s.name);
+    }
+}
