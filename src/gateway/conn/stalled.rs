@@ -155,7 +155,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
         if !timer.poll_passed(cx) {
             return Poll::Pending;
         }
-        tracing::warn!(
+        tracing::info!(
             client = %this.client,
             send_s = this.limit.as_secs_f32(),
             "gateway: an HTTP/2 client granted a response stream no flow-control window for timeouts.send; reset the stream and closed the backend connection relaying it"
