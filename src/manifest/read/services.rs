@@ -335,7 +335,11 @@ impl Reader<'_> {
                 _ => self.leaf::<Condition>(v, &dkey),
             };
             let condition = match &leaf {
+                // `db:` or `condition:` with nothing after it still names
+                // the dependency: compose's default condition, not no
+                // dependency at all.
                 None => Some(Condition::Started),
+                Some(l) if l.value.is_none() && l.problem.is_none() => Some(Condition::Started),
                 Some(l) => self.val(l),
             };
             if let Some(condition) = condition {

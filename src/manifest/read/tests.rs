@@ -369,3 +369,16 @@ fn a_bad_dependency_condition_names_its_key_and_variable() {
         assert_eq!(s.depends_on[0].condition, Condition::Healthy, "{}", s.name);
     }
 }
+
+/// A dependency written with nothing after it (`db:` or `condition:`) is
+/// still a dependency, on compose's default condition, not none at all.
+#[test]
+fn an_empty_dependency_condition_means_started() {
+    let yaml = "services:\n  db: { command: x }\n  a:\n    command: x\n    depends_on:\n      db:\n  b:\n    command: x\n    depends_on:\n      db: { condition: }\n  c:\n    command: x\n    depends_on:\n      db: {}\n";
+    let m = load_str(yaml, Path::new("/x/stack.yaml"), &ContainerEnv::default()).unwrap();
+    for s in &m.services[1..] {
+        assert_eq!(s.depends_on.len(), 1, "{}", s.name);
+        assert_eq!(s.depends_on[0].service, "db", "{}", s.name);
+        assert_eq!(s.depends_on[0].condition, Condition::Started, "{}", s.name);
+    }
+}
