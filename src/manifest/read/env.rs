@@ -48,7 +48,7 @@ impl Reader<'_> {
             let mut format = None;
             match &v.value {
                 // `NAME: value` is shorthand for `NAME: { default: value }`.
-                Value::Scalar { .. } => default = self.text(v, &key),
+                Value::Scalar { .. } => default = self.scalar(v, &key),
                 Value::Null => {}
                 _ => {
                     let Some(f) = self.section::<RawEnvVar>(v, &key) else {

@@ -9,7 +9,7 @@ use crate::gateway::rules::{Action, HeaderMatch, Rule, RuleError, SetHeader};
 #[derive(Deserialize)]
 struct RawGateway {
     listen: Option<Leaf<Listen>>,
-    default_backend: Option<Field>,
+    default_backend: Option<Leaf<String>>,
     routes: Option<Field>,
     admin: Option<Field>,
     allow_backends: Option<Field>,
@@ -46,36 +46,36 @@ struct RawConnections {
 /// A route in the manifest's form.
 #[derive(Deserialize)]
 struct RawRoute {
-    id: Option<Field>,
-    priority: Option<Field>,
-    action: Option<Field>,
-    backend: Option<Field>,
-    strip_prefix: Option<Field>,
+    id: Option<Leaf<String>>,
+    priority: Option<Leaf<i64>>,
+    action: Option<Leaf<String>>,
+    backend: Option<Leaf<String>>,
+    strip_prefix: Option<Leaf<bool>>,
     set_headers: Option<Field>,
-    redirect_to: Option<Field>,
-    redirect_to_prefix: Option<Field>,
-    redirect_code: Option<Field>,
+    redirect_to: Option<Leaf<String>>,
+    redirect_to_prefix: Option<Leaf<String>>,
+    redirect_code: Option<Leaf<u16>>,
     #[serde(rename = "match")]
     matcher: Option<Field>,
-    prefix: Option<Field>,
+    prefix: Option<Leaf<String>>,
 }
 
 #[derive(Deserialize)]
 struct RawMatch {
-    path_prefix: Option<Field>,
-    path_equal: Option<Field>,
-    host: Option<Field>,
-    method: Option<Field>,
-    referer_substr: Option<Field>,
-    referer_regex: Option<Field>,
+    path_prefix: Option<Leaf<String>>,
+    path_equal: Option<Leaf<String>>,
+    host: Option<Leaf<String>>,
+    method: Option<Leaf<String>>,
+    referer_substr: Option<Leaf<String>>,
+    referer_regex: Option<Leaf<String>>,
     headers: Option<Field>,
 }
 
 #[derive(Deserialize)]
 struct RawHeader {
-    name: Option<Field>,
-    contains: Option<Field>,
-    regex: Option<Field>,
+    name: Option<Leaf<String>>,
+    contains: Option<Leaf<String>>,
+    regex: Option<Leaf<String>>,
 }
 
 impl Reader<'_> {
@@ -89,7 +89,7 @@ impl Reader<'_> {
         let listen = self
             .val(&f.listen)
             .map_or_else(|| ([0, 0, 0, 0], 7860).into(), |l| l.0);
-        let default_backend = self.opt_text(&f.default_backend).filter(|b| !b.is_empty());
+        let default_backend = self.val(&f.default_backend).filter(|b| !b.is_empty());
         let mut routes = Vec::new();
         let mut route_pos = Vec::new();
         match f.routes.as_ref().map(|r| &r.node) {
@@ -244,7 +244,7 @@ impl Reader<'_> {
                         format!("gateway.routes[{i}]"),
                     ),
                     None => (
-                        f.default_backend.as_ref().map_or(node.pos, |n| n.node.pos),
+                        f.default_backend.as_ref().map_or(node.pos, |n| n.pos),
                         "gateway".to_string(),
                     ),
                 };
@@ -280,7 +280,7 @@ impl Reader<'_> {
             return out;
         };
         if let Value::Scalar { .. } = n.node.value {
-            out.max = self.number(n, out.max);
+            out.max = self.scalar(&n.node, &n.key).unwrap_or(out.max);
         } else if let Some(bf) = self.section::<RawConnections>(&n.node, &n.key) {
             out.max = self.val(&bf.max).unwrap_or(out.max);
             out.queue = self.val(&bf.queue).unwrap_or(out.queue);
@@ -300,8 +300,8 @@ impl Reader<'_> {
         // The first thing the JSON reader would refuse, in its key order
         // (`action` before `match`).
         let mut unreadable: Option<(String, value::Error)> = None;
-        let id = self.opt_text(&f.id);
-        let action = match self.opt_text(&f.action) {
+        let id = self.val(&f.id);
+        let action = match self.val(&f.action) {
             None => Action::default(),
             Some(t) => Action::deserialize(t.into_deserializer()).unwrap_or_else(|e| {
                 unreadable.get_or_insert(("action".into(), e));
@@ -310,19 +310,19 @@ impl Reader<'_> {
         };
         let mut rule = Rule {
             action,
-            backend: nonblank(self.opt_text(&f.backend)),
-            redirect_to: nonblank(self.opt_text(&f.redirect_to)),
-            redirect_to_prefix: nonblank(self.opt_text(&f.redirect_to_prefix)),
-            priority: self.number(&f.priority, 0),
-            redirect_code: f.redirect_code.as_ref().map(|c| self.number(c, 302)),
-            strip_prefix: self.flag(&f.strip_prefix, false),
+            backend: nonblank(self.val(&f.backend)),
+            redirect_to: nonblank(self.val(&f.redirect_to)),
+            redirect_to_prefix: nonblank(self.val(&f.redirect_to_prefix)),
+            priority: self.val(&f.priority).unwrap_or(0),
+            redirect_code: f.redirect_code.as_ref().map(|c| self.val(c).unwrap_or(302)),
+            strip_prefix: self.val(&f.strip_prefix).unwrap_or(false),
             ..Rule::default()
         };
         if let Some(h) = &f.set_headers {
             if let Some(entries) = self.mapping(&h.node, &h.key) {
                 let mut m = std::collections::BTreeMap::new();
                 for (k, v) in entries {
-                    let t = self.text(v, &format!("{}.{}", h.key, k.name));
+                    let t = self.scalar(v, &format!("{}.{}", h.key, k.name));
                     m.insert(k.name.clone(), t.unwrap_or_default());
                 }
                 rule.set_headers = m
@@ -335,12 +335,12 @@ impl Reader<'_> {
         if let Some(m) = &f.matcher {
             if let Some(mf) = self.section::<RawMatch>(&m.node, &m.key) {
                 let matcher = &mut rule.matcher;
-                path_prefix = self.opt_text(&mf.path_prefix);
-                matcher.path_equal = nonblank(self.opt_text(&mf.path_equal));
-                matcher.host = nonblank(self.opt_text(&mf.host));
-                matcher.method = nonblank(self.opt_text(&mf.method));
-                matcher.referer_substr = nonblank(self.opt_text(&mf.referer_substr));
-                matcher.referer_regex = nonblank(self.opt_text(&mf.referer_regex));
+                path_prefix = self.val(&mf.path_prefix);
+                matcher.path_equal = nonblank(self.val(&mf.path_equal));
+                matcher.host = nonblank(self.val(&mf.host));
+                matcher.method = nonblank(self.val(&mf.method));
+                matcher.referer_substr = nonblank(self.val(&mf.referer_substr));
+                matcher.referer_regex = nonblank(self.val(&mf.referer_regex));
                 if let Some(Field {
                     key: hkey,
                     node: hs,
@@ -352,9 +352,9 @@ impl Reader<'_> {
                             let Some(hf) = self.section::<RawHeader>(h, &ikey) else {
                                 continue;
                             };
-                            let name = self.opt_text(&hf.name);
-                            let contains = nonblank(self.opt_text(&hf.contains));
-                            let regex = nonblank(self.opt_text(&hf.regex));
+                            let name = self.val(&hf.name);
+                            let contains = nonblank(self.val(&hf.contains));
+                            let regex = nonblank(self.val(&hf.regex));
                             match name {
                                 Some(name) => matcher.headers.push(HeaderMatch {
                                     name,
@@ -379,10 +379,10 @@ impl Reader<'_> {
                 }
             }
         }
-        if let Some(p) = self.opt_text(&f.prefix) {
+        if let Some(p) = self.val(&f.prefix) {
             if let (true, Some(prefix)) = (path_prefix.is_some(), &f.prefix) {
                 self.problem(
-                    prefix.node.pos,
+                    prefix.pos,
                     &prefix.key,
                     "given twice (as `prefix` and `match.path_prefix`)",
                     Some("keep one".into()),

@@ -246,31 +246,10 @@ impl Reader<'_> {
         l.value.clone()
     }
 
-    fn typed<'f, T: FromText + Clone>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<T> {
-        let f = f.into()?;
-        let l = self.leaf(&f.node, &f.key)?;
-        self.val(&l)
-    }
-
-    fn text(&mut self, node: &Node, key: &str) -> Option<String> {
+    /// One scalar's value (a leaf read and taken at once).
+    fn scalar<T: FromText + Clone>(&mut self, node: &Node, key: &str) -> Option<T> {
         let l = self.leaf(node, key)?;
         self.val(&l)
-    }
-
-    fn opt_text<'f>(&mut self, f: impl Into<Option<&'f Field>>) -> Option<String> {
-        self.typed(f)
-    }
-
-    fn flag<'f>(&mut self, f: impl Into<Option<&'f Field>>, default: bool) -> bool {
-        self.typed(f).unwrap_or(default)
-    }
-
-    fn number<'f, T: FromText + Clone>(
-        &mut self,
-        f: impl Into<Option<&'f Field>>,
-        default: T,
-    ) -> T {
-        self.typed(f).unwrap_or(default)
     }
 
     /// `text` as an absolute, normalised path (relative to `base`).

@@ -98,7 +98,7 @@ impl Reader<'_> {
                             };
                             (p, pf.exclude.map(|e| self.texts(&e)).unwrap_or_default())
                         }
-                        _ => match self.text(n, &pkey) {
+                        _ => match self.scalar(n, &pkey) {
                             Some(p) => (p, Vec::new()),
                             None => continue,
                         },

@@ -188,7 +188,7 @@ impl Reader<'_> {
         };
         if let Some(n) = &f.max_restarts {
             if let Value::Scalar { .. } = n.node.value {
-                max_restarts.count = self.number(n, 10);
+                max_restarts.count = self.scalar(&n.node, &n.key).unwrap_or(10);
             } else if let Some(m) = self.section::<RawMaxRestarts>(&n.node, &n.key) {
                 max_restarts.count = self.val(&m.count).unwrap_or(10);
                 max_restarts.within = self.val(&m.within).unwrap_or(max_restarts.within);
@@ -267,7 +267,7 @@ impl Reader<'_> {
                     }
                     let value = match &v.value {
                         Value::Null => None,
-                        _ => Some(self.text(v, &ekey).unwrap_or_default()),
+                        _ => Some(self.scalar(v, &ekey).unwrap_or_default()),
                     };
                     out.push((k.name.clone(), value));
                 }
