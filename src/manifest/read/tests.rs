@@ -323,6 +323,23 @@ fn an_unset_variable_is_warned_about_once_where_first_written() {
     assert!(w[0].contains("did you mean `HOSTNAME`?"), "{w:?}");
 }
 
+/// `env:` is read from top to bottom: an entry whose default reads one
+/// declared further down got blank without a word. Now that is a warning
+/// naming the order as the cause; declared blank on purpose stays quiet.
+#[test]
+fn a_variable_declared_below_its_use_is_warned_about() {
+    let yaml = "env:\n  URL: \"https://${HOST}/x\"\n  HOST: example.org\n  EMPTY: \"${NOTHING}\"\n  NOTHING: \"\"\nservices:\n  web: { command: \"run ${URL} ${HOST}\" }\n";
+    assert_eq!(
+        warnings_of(yaml, &[]),
+        ["2:8: `env.URL`: variable `HOST` is declared below in `env:`, so it reads as blank here (move `HOST` above its first use: `env:` is read from top to bottom)"]
+    );
+    // Set in the container, the later entry's value is read from there.
+    assert_eq!(warnings_of(yaml, &[("HOST", "h")]), Vec::<String>::new());
+    // Used after its declaration, it has its value and no warning.
+    let m = load_str(yaml, Path::new("/x/stack.yaml"), &ContainerEnv::default()).unwrap();
+    assert_eq!(m.services[0].command[2], "example.org");
+}
+
 #[test]
 fn a_variable_that_is_declared_set_or_given_a_meaning_is_not_warned_about() {
     let quiet = [
