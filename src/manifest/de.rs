@@ -98,6 +98,10 @@ pub struct Many<T>(pub Vec<Leaf<T>>);
 /// A leaf's type: made from the leaf's text, or a message saying what to
 /// write instead (the reader adds where, and the variables it came from).
 pub trait FromText: Sized {
+    /// What to write, for a list or mapping where a scalar of this type
+    /// belongs ("expected a whole number, found a list").
+    const WHAT: &'static str = "a string";
+
     /// Parse `text` (already interpolated).
     fn from_text(text: &str) -> Result<Self, String>;
 }
@@ -109,12 +113,16 @@ impl FromText for String {
 }
 
 impl FromText for Duration {
+    const WHAT: &'static str = "a duration like `10s`";
+
     fn from_text(text: &str) -> Result<Duration, String> {
         crate::manifest::units::parse_duration(text)
     }
 }
 
 impl FromText for bool {
+    const WHAT: &'static str = "true or false";
+
     fn from_text(t: &str) -> Result<bool, String> {
         match t.trim().to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
@@ -127,6 +135,8 @@ impl FromText for bool {
 macro_rules! whole_numbers {
     ($($t:ty)*) => {$(
         impl FromText for $t {
+            const WHAT: &'static str = "a whole number";
+
             fn from_text(t: &str) -> Result<$t, String> {
                 t.trim()
                     .parse()
@@ -155,6 +165,14 @@ pub fn pos_or<T>(l: &Option<Leaf<T>>, or: Pos) -> Pos {
 impl<'de, T: FromText> Deserialize<'de> for Leaf<T> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Leaf<T>, D::Error> {
         let (Field { key, node }, text) = handoff(d)?;
+        // A list or mapping is named against what the key takes, not as a
+        // string: `priority: [1]` wants a number.
+        let text = match &node.value {
+            Value::Seq(_) | Value::Map(_) => {
+                Err(format!("expected {}, found {}", T::WHAT, node.kind()))
+            }
+            _ => text,
+        };
         let (Interpolated { used, unset, .. }, parsed) = match text {
             // A value made from a variable names it: the fix is in the
             // container's environment, not in the YAML line.
@@ -590,6 +608,24 @@ mod tests {
         // One scalar keeps the key itself.
         assert_eq!(t.one.0.len(), 1);
         assert_eq!(t.one.0[0].key, "sec.one");
+    }
+
+    #[test]
+    fn a_list_or_mapping_is_named_against_the_type_the_key_takes() {
+        #[derive(Deserialize)]
+        struct Typed {
+            wait: Leaf<Duration>,
+            count: Leaf<u32>,
+            on: Leaf<bool>,
+            name: Leaf<String>,
+        }
+        let root = parse("wait: [1s]\ncount: {a: 1}\non: [yes]\nname: [x]\n").unwrap();
+        let t: Typed = from_node(&root, "sec", &mut Vec::new()).unwrap();
+        let p = |l: Option<String>| l.unwrap_or_default();
+        assert_eq!(p(t.wait.problem), "expected a duration like `10s`, found a list");
+        assert_eq!(p(t.count.problem), "expected a whole number, found a mapping");
+        assert_eq!(p(t.on.problem), "expected true or false, found a list");
+        assert_eq!(p(t.name.problem), "expected a string, found a list");
     }
 
     proptest::proptest! {

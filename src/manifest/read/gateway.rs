@@ -409,6 +409,8 @@ impl Reader<'_> {
 struct Listen(std::net::SocketAddr);
 
 impl FromText for Listen {
+    const WHAT: &'static str = "an address like `0.0.0.0:7860` or a port";
+
     fn from_text(t: &str) -> Result<Listen, String> {
         let t = t.trim();
         if let Ok(a) = t.parse() {
@@ -427,6 +429,8 @@ impl FromText for Listen {
 struct SendTimeout(Duration);
 
 impl FromText for SendTimeout {
+    const WHAT: &'static str = "a duration like `60s`";
+
     fn from_text(t: &str) -> Result<SendTimeout, String> {
         match parse_duration(t)? {
             d if d.is_zero() => Err(format!(

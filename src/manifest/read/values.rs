@@ -28,6 +28,8 @@ pub(super) fn valid_service_name(n: &str) -> bool {
 pub(super) struct Size(pub u64);
 
 impl FromText for Size {
+    const WHAT: &'static str = "a size like `50MiB`";
+
     fn from_text(t: &str) -> Result<Size, String> {
         parse_size(t).map(Size)
     }
@@ -38,6 +40,8 @@ impl FromText for Size {
 pub(super) struct Signal(pub i32);
 
 impl FromText for Signal {
+    const WHAT: &'static str = "a signal like `SIGTERM`";
+
     fn from_text(t: &str) -> Result<Signal, String> {
         let t = t.trim();
         if let Ok(n) = t.parse::<i32>() {
