@@ -8,7 +8,8 @@
 //! `up-running` (`stackctl up` itself, once every service is ready),
 //! `group` (a process-group watcher, on the first stop order one gets), `up`
 //! (`stackctl up` itself, once the services have stopped, before the final
-//! snapshot).
+//! snapshot), `reaper` (the reaping task, right after it hands the first
+//! exit status of a child it spawned to its waiter, with the table locked).
 
 /// Panic if `STACKCTL_TEST_PANIC` names `point` and it has not fired yet.
 /// The panic is located at the caller: that is the place it stands for.

@@ -622,8 +622,14 @@ mod tests {
         let root = parse("wait: [1s]\ncount: {a: 1}\non: [yes]\nname: [x]\n").unwrap();
         let t: Typed = from_node(&root, "sec", &mut Vec::new()).unwrap();
         let p = |l: Option<String>| l.unwrap_or_default();
-        assert_eq!(p(t.wait.problem), "expected a duration like `10s`, found a list");
-        assert_eq!(p(t.count.problem), "expected a whole number, found a mapping");
+        assert_eq!(
+            p(t.wait.problem),
+            "expected a duration like `10s`, found a list"
+        );
+        assert_eq!(
+            p(t.count.problem),
+            "expected a whole number, found a mapping"
+        );
         assert_eq!(p(t.on.problem), "expected true or false, found a list");
         assert_eq!(p(t.name.problem), "expected a string, found a list");
     }

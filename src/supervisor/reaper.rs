@@ -174,6 +174,9 @@ impl Reaper {
                 // The receiver may be gone (a probe that timed out); fine.
                 Some(tx) => {
                     let _ = tx.send(exit);
+                    // The test hook: a reaper that panics (holding the
+                    // table's lock) right after it handed a status over.
+                    crate::fault::panic_once("reaper");
                 }
                 None => tracing::debug!(pid, exit = %exit, "reaped adopted orphan"),
             }

@@ -399,6 +399,51 @@ fn a_panicking_group_watcher_does_not_hold_the_stop_until_the_budget_is_spent() 
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 
+/// A panic in the reaping task (a bug; injected by the debug-only
+/// `STACKCTL_TEST_PANIC=reaper` right after it handed the first exit status
+/// over, with its table locked) loses no status and stops no reaping: the
+/// service that exited is reported with its own code, the stack stops in
+/// reverse dependency order without waiting out the budget (the stopped
+/// services are reaped, so their groups empty), and `up` exits 1 naming
+/// where the reaper panicked.
+#[test]
+fn a_panicking_reaper_loses_no_exit_status_and_the_stack_stops_in_order() {
+    let brief = "  d:\n    command: [\"sh\", \"-c\", \"echo d ran; exit 3\"]\n    restart: no\n    depends_on: { c: healthy }\n";
+    let stack = chain_of_three(
+        "reaperpanic",
+        "",
+        &format!("{brief}shutdown_timeout: 60s\n"),
+    )
+    .env("STACKCTL_TEST_PANIC", "reaper");
+    let mut run = stack.up();
+    let started = Instant::now();
+    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
+    assert!(started.elapsed() < T, "{}", run.log());
+    assert!(
+        run.has_line("the reaper panicked at src/supervisor/reaper.rs:"),
+        "{}",
+        run.log()
+    );
+    assert!(run.has_line("injected panic at `reaper`"), "{}", run.log());
+    // The status handed over just before the panic reached the supervisor.
+    assert!(
+        run.has_line("exited service=d exit=exited 3"),
+        "{}",
+        run.log()
+    );
+    assert_order(
+        &run,
+        &[
+            "d | d ran",
+            "c | c stopping",
+            "b | b stopping",
+            "a | a stopping",
+        ],
+    );
+    assert!(!run.has_line("killing process group"), "{}", run.log());
+    assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
+}
+
 /// A panic in the supervisor (a bug; injected by the debug-only
 /// `STACKCTL_TEST_PANIC=supervisor` once every service is ready) stops the
 /// stack as SIGTERM does: the services get SIGTERM in reverse dependency
