@@ -105,8 +105,10 @@ pub async fn supervise(
             }
             c = ctl.recv(), if ctl_open => match c {
                 Some(Ctl::Stop { signal, timeout }) if killed_at.is_none() => {
-                    // The test hook: a watcher that panics on its stop order.
+                    // The test hooks: a watcher that panics on its stop
+                    // order, once or every time.
                     crate::fault::panic_once("group");
+                    crate::fault::panic_always("group-always");
                     signal_group(&cfg, signal);
                     let at = Instant::now() + timeout;
                     kill_at = Some(kill_at.map_or(at, |k| k.min(at)));

@@ -367,6 +367,20 @@ fn shutdown_stops_services_in_reverse_dependency_order() {
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 
+/// The chain of three, up with the panic hook `point` and a 60 s budget,
+/// then stopped by SIGTERM: it must exit 1 well before the budget is spent.
+fn stopped_with_panic_hook(name: &str, point: &str) -> (Stack, Running) {
+    let stack =
+        chain_of_three(name, "", "shutdown_timeout: 60s\n").env("STACKCTL_TEST_PANIC", point);
+    let mut run = stack.up();
+    run.wait_for("c | c up", T);
+    let sent = Instant::now();
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
+    assert!(sent.elapsed() < T, "{}", run.log());
+    (stack, run)
+}
+
 /// A panic in a task the supervisor starts (a bug; injected by the
 /// debug-only `STACKCTL_TEST_PANIC=group`: the process-group watcher of the
 /// first service given its stop order panics on it) is reported with where
@@ -375,14 +389,7 @@ fn shutdown_stops_services_in_reverse_dependency_order() {
 /// here) to kill what no one watched.
 #[test]
 fn a_panicking_group_watcher_does_not_hold_the_stop_until_the_budget_is_spent() {
-    let stack = chain_of_three("watcher", "", "shutdown_timeout: 60s\n")
-        .env("STACKCTL_TEST_PANIC", "group");
-    let mut run = stack.up();
-    run.wait_for("c | c up", T);
-    let sent = Instant::now();
-    run.signal(libc::SIGTERM);
-    assert_eq!(run.wait_exit(T).code(), Some(1), "{}", run.log());
-    assert!(sent.elapsed() < T, "{}", run.log());
+    let (_stack, run) = stopped_with_panic_hook("watcher", "group");
     assert!(
         run.has_line(
             "the process-group watcher of service `c` panicked at src/supervisor/group.rs:"
@@ -396,6 +403,34 @@ fn a_panicking_group_watcher_does_not_hold_the_stop_until_the_budget_is_spent() 
         &["c | c stopping", "b | b stopping", "a | a stopping"],
     );
     assert!(!run.has_line("killing process group"), "{}", run.log());
+    assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
+}
+
+/// A group watcher that panics again once replaced (debug-only
+/// `STACKCTL_TEST_PANIC=group-always`: it panics on every stop order) has
+/// no one left to watch its group: the group is killed at once, rather
+/// than left running or waited for until the budget (60 s) is spent, and
+/// the other services still stop in order.
+#[test]
+fn a_group_watcher_that_panics_twice_has_its_group_killed_at_once() {
+    let (_stack, run) = stopped_with_panic_hook("watcher2", "group-always");
+    assert!(
+        run.has_line("no one can watch this process group: killing it"),
+        "{}",
+        run.log()
+    );
+    // Every watcher panics on its order, so every group is killed, in
+    // the stop's order, and nothing is left behind.
+    let killed: Vec<usize> = ["c", "b", "a"]
+        .iter()
+        .map(|s| {
+            let text = format!("exited service={s} exit=killed by SIGKILL");
+            (run.lines().iter().position(|l| l.text.contains(&text)))
+                .unwrap_or_else(|| run.fail(&format!("no line contains {text:?}")))
+        })
+        .collect();
+    assert!(killed.is_sorted(), "{killed:?}\n{}", run.log());
+    assert!(!run.has_line("a | a stopping"), "{}", run.log());
     assert_eq!(run.marked_pids(), Vec::<i32>::new(), "{}", run.log());
 }
 
