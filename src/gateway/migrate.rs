@@ -58,13 +58,15 @@ enum Given {
 }
 
 impl Given {
-    /// The id the duplicate check goes by: only an id written as a string
-    /// counts (`""` too), so a missing or `null` one never collides.
+    /// The id the duplicate check goes by: only a non-empty string counts.
+    /// A missing, `null` or `""` one never collides: the table assigns
+    /// such a rule `rule-N`, as the admin API does.
     fn id(&self) -> Option<&str> {
-        match self {
+        let id = match self {
             Given::Wire(v) => v["id"].as_str(),
-            Given::Read(r) => Some(&r.id),
-        }
+            Given::Read(r) => Some(r.id.as_str()),
+        };
+        id.filter(|id| !id.is_empty())
     }
 
     /// Only called when [`Given::id`] found one, so a wire rule is an object.
@@ -309,6 +311,20 @@ mod tests {
                 "rule 5: id `r` is used twice; renamed to `r-2`",
             ]
         );
+    }
+
+    /// `"id": ""` is no id, as for the admin API: two such rules are not
+    /// duplicates (the original's editor left them so), each is assigned
+    /// `rule-N` by its place, with no warning.
+    #[test]
+    fn empty_ids_are_assigned_not_renamed() {
+        let text = r#"{"rules":[
+            {"id":"","match":{"path_prefix":"/a/"},"backend":"http://127.0.0.1:9000"},
+            {"id":"","match":{"path_prefix":"/b/"},"backend":"http://127.0.0.1:9000"}]}"#;
+        let imp = import(text, &policy()).unwrap();
+        let ids: Vec<&str> = imp.table.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["rule-1", "rule-2"]);
+        assert_eq!(imp.warnings, Vec::<String>::new());
     }
 
     /// A file that is JSON but not an object has no fields to import (as
