@@ -93,7 +93,10 @@ pub fn load_str(
     let manifest = r.manifest(&root, file);
     if r.problems.is_empty() {
         let mut m = manifest;
+        // In file order, as problems are (sections are read in the
+        // reader's order, and unset variables only once `env:` is known).
         m.warnings = r.warnings;
+        m.warnings.sort_by_key(|w| (w.pos.line, w.pos.col));
         Ok(m)
     } else {
         let mut problems = r.problems;

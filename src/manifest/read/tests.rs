@@ -340,6 +340,18 @@ fn a_variable_declared_below_its_use_is_warned_about() {
     assert_eq!(m.services[0].command[2], "example.org");
 }
 
+/// Warnings come in file order, as problems do, whichever check found
+/// them (unset variables are only known once `env:` is read).
+#[test]
+fn warnings_are_in_file_order() {
+    let yaml = "env:\n  TOKEN: { secret: true, default: x }\npersist:\n  remote: me/data\n  branch: \"${GITHUB_REOP}\"\n  paths: [/data]\nservices:\n  web: { command: \"run ${TOKEN}\" }\n";
+    let lines: Vec<String> = warnings_of(yaml, &[])
+        .iter()
+        .map(|w| w.split(':').next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(lines, ["5", "8"]);
+}
+
 #[test]
 fn a_variable_that_is_declared_set_or_given_a_meaning_is_not_warned_about() {
     let quiet = [
