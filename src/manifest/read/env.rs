@@ -23,6 +23,9 @@ impl Reader<'_> {
             return Vec::new();
         };
         let mut out = Vec::new();
+        // Variables a default read before any entry declared them (the
+        // first place each), to tell apart once every entry is known.
+        let mut early: Vec<(String, Pos, String)> = Vec::new();
         for (k, v) in section {
             let key = format!("env.{}", k.name);
             if !valid_var_name(&k.name) {
@@ -48,7 +51,11 @@ impl Reader<'_> {
             let mut format = None;
             match &v.value {
                 // `NAME: value` is shorthand for `NAME: { default: value }`.
-                Value::Scalar { .. } => default = self.scalar(v, &key),
+                Value::Scalar { .. } => {
+                    let l = self.leaf(v, &key);
+                    self.note_early(l.as_ref(), &k.name, &mut early);
+                    default = self.val(&l);
+                }
                 Value::Null => {}
                 _ => {
                     let Some(f) = self.section::<RawEnvVar>(v, &key) else {
@@ -67,6 +74,7 @@ impl Reader<'_> {
                             }
                         }
                     }
+                    self.note_early(f.default.as_ref(), &k.name, &mut early);
                     default = self.val(&f.default);
                     decl.secret = self.val(&f.secret).unwrap_or(false);
                     decl.required = self.val(&f.required).unwrap_or(false);
@@ -135,7 +143,39 @@ impl Reader<'_> {
             }
             out.push(decl);
         }
+        // `env:` is read from top to bottom: a default that read an entry
+        // declared further down got that entry's blank (or its own
+        // fallback), never its value.
+        for (name, pos, key) in early {
+            let below = out.iter().find(|e| e.name == name);
+            if below.is_some_and(|e| e.value.as_deref().is_some_and(|v| !v.is_empty())) {
+                let msg = format!(
+                    "reads `{name}` before `env:` declares it (further down), so not its value"
+                );
+                let hint =
+                    format!("move `{name}` above this entry: `env:` is read from top to bottom");
+                self.warn_hinted(pos, &key, msg, Some(hint));
+            }
+        }
         out
+    }
+
+    /// Note each variable the default `l` of entry `entry` read that
+    /// neither an entry above nor the container has.
+    fn note_early(
+        &self,
+        l: Option<&Leaf<String>>,
+        entry: &str,
+        early: &mut Vec<(String, Pos, String)>,
+    ) {
+        for name in l.iter().flat_map(|l| &l.used) {
+            let known = self.declared.contains_key(name) || self.container.contains_key(name);
+            if !known && name != entry && !early.iter().any(|(n, ..)| n == name) {
+                if let Some(l) = l {
+                    early.push((name.clone(), l.pos, l.key.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -166,38 +166,23 @@ impl Reader<'_> {
     /// One warning per variable that a bare `${NAME}` read as blank
     /// although neither `env:` declares it nor the container sets it: a
     /// mistyped name would otherwise pass unnoticed (docker-compose warns
-    /// the same way). A name that `env:` declares with a value was blank
-    /// only because it is declared further down (`env:` is read from top
-    /// to bottom), which is worth a warning too; one declared blank is
-    /// blank on purpose. In file order, each at its first place.
+    /// the same way). A declared one is blank on purpose, or read before
+    /// its declaration (`env` warns about that). Each at its first place.
     fn warn_unset(&mut self, env: &[EnvVar]) {
         let container = self.container;
-        let mut blank: Vec<_> = std::mem::take(&mut self.blank).into_iter().collect();
-        blank.sort_by_key(|(_, (pos, _))| (pos.line, pos.col));
+        let blank = std::mem::take(&mut self.blank)
+            .into_iter()
+            .filter(|(name, _)| !env.iter().any(|e| &e.name == name));
         let known: Vec<&str> = (env.iter().map(|e| e.name.as_str()))
             .chain(container.keys().map(String::as_str))
             .collect();
         for (name, (pos, key)) in blank {
-            let (msg, hint) = match env.iter().find(|e| e.name == name) {
-                Some(e) if e.value.as_deref().is_some_and(|v| !v.is_empty()) => (
-                    format!(
-                        "variable `{name}` is declared below in `env:`, so it reads as blank here"
-                    ),
-                    format!("move `{name}` above its first use: `env:` is read from top to bottom"),
-                ),
-                Some(_) => continue,
-                None => {
-                    let silence = format!("write `${{{name}:-}}` if blank is meant");
-                    let hint = match nearest(&name, &known) {
-                        Some(n) => format!("did you mean `{n}`? {silence}"),
-                        None => format!("declare it in `env:`, or {silence}"),
-                    };
-                    (
-                        format!("variable `{name}` is not set, so it reads as blank"),
-                        hint,
-                    )
-                }
+            let silence = format!("write `${{{name}:-}}` if blank is meant");
+            let hint = match nearest(&name, &known) {
+                Some(n) => format!("did you mean `{n}`? {silence}"),
+                None => format!("declare it in `env:`, or {silence}"),
             };
+            let msg = format!("variable `{name}` is not set, so it reads as blank");
             self.warn_hinted(pos, &key, msg, Some(hint));
         }
     }

@@ -324,18 +324,28 @@ fn an_unset_variable_is_warned_about_once_where_first_written() {
 }
 
 /// `env:` is read from top to bottom: an entry whose default reads one
-/// declared further down got blank without a word. Now that is a warning
-/// naming the order as the cause; declared blank on purpose stays quiet.
+/// declared further down got blank (or its fallback) without a word. Now
+/// that is a warning naming the order as the cause; an entry declared
+/// blank on purpose, or set in the container, stays quiet.
 #[test]
 fn a_variable_declared_below_its_use_is_warned_about() {
-    let yaml = "env:\n  URL: \"https://${HOST}/x\"\n  HOST: example.org\n  EMPTY: \"${NOTHING}\"\n  NOTHING: \"\"\nservices:\n  web: { command: \"run ${URL} ${HOST}\" }\n";
+    let yaml = "env:\n  URL: \"https://${HOST}/x\"\n  PORT: { default: \"${P:-80}\" }\n  HOST: example.org\n  P: \"8080\"\n  EMPTY: \"${NOTHING}\"\n  NOTHING: \"\"\n  SELF: \"${SELF:-s}\"\nservices:\n  web: { command: \"run ${URL} ${HOST}\" }\n";
+    let below = |name: &str, at: &str, key: &str| {
+        format!("{at}: `env.{key}`: reads `{name}` before `env:` declares it (further down), so not its value (move `{name}` above this entry: `env:` is read from top to bottom)")
+    };
     assert_eq!(
         warnings_of(yaml, &[]),
-        ["2:8: `env.URL`: variable `HOST` is declared below in `env:`, so it reads as blank here (move `HOST` above its first use: `env:` is read from top to bottom)"]
+        [
+            below("HOST", "2:8", "URL"),
+            below("P", "3:20", "PORT.default")
+        ]
     );
     // Set in the container, the later entry's value is read from there.
-    assert_eq!(warnings_of(yaml, &[("HOST", "h")]), Vec::<String>::new());
-    // Used after its declaration, it has its value and no warning.
+    assert_eq!(
+        warnings_of(yaml, &[("HOST", "h"), ("P", "1")]),
+        Vec::<String>::new()
+    );
+    // Used after its declaration, it has its value.
     let m = load_str(yaml, Path::new("/x/stack.yaml"), &ContainerEnv::default()).unwrap();
     assert_eq!(m.services[0].command[2], "example.org");
 }
