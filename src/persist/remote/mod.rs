@@ -208,6 +208,28 @@ impl Remote {
         }
     }
 
+    /// Options for one push: our callbacks, no redirect followed, and the
+    /// first ref the server refuses (name, reason) kept in `rejected`.
+    fn push_options<'a>(
+        &'a self,
+        tries: &'a Cell<u32>,
+        rejected: &'a RefCell<Option<(String, String)>>,
+    ) -> PushOptions<'a> {
+        let mut cb = self.callbacks(tries);
+        cb.push_update_reference(|refname, status| {
+            if let Some(msg) = status {
+                rejected
+                    .borrow_mut()
+                    .get_or_insert_with(|| (refname.to_string(), msg.to_string()));
+            }
+            Ok(())
+        });
+        let mut po = PushOptions::new();
+        po.remote_callbacks(cb);
+        po.follow_redirects(RemoteRedirect::None);
+        po
+    }
+
     /// An anonymous remote for our URL (nothing saved in `.git/config`).
     /// Connections opened with `connect_auth` take their redirect policy
     /// from the repository's configuration, not from options: say there,
@@ -414,16 +436,7 @@ impl Remote {
         let mut remote = self
             .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
-        let mut cb = self.callbacks(&tries);
-        cb.push_update_reference(|refname, status| {
-            if let Some(msg) = status {
-                *rejected.borrow_mut() = Some((refname.to_string(), msg.to_string()));
-            }
-            Ok(())
-        });
-        let mut po = PushOptions::new();
-        po.remote_callbacks(cb);
-        po.follow_redirects(RemoteRedirect::None);
+        let mut po = self.push_options(&tries, &rejected);
         let res = match lease {
             None => {
                 let spec = format!("{src}:{dst}");
@@ -510,7 +523,7 @@ impl Remote {
         self.clear_stale_local_lock(dst);
         self.begin_network()?;
         let tries = Cell::new(0);
-        let rejected: RefCell<Option<String>> = RefCell::new(None);
+        let rejected: RefCell<Option<(String, String)>> = RefCell::new(None);
         let mut remote = self
             .anonymous(repo)
             .map_err(|e| self.classify(&e, &tries))?;
@@ -528,22 +541,14 @@ impl Remote {
             return Ok(());
         }
         let push_tries = Cell::new(0);
-        let mut cb = self.callbacks(&push_tries);
-        cb.push_update_reference(|_, status| {
-            if let Some(msg) = status {
-                *rejected.borrow_mut() = Some(msg.to_string());
-            }
-            Ok(())
-        });
-        let mut po = PushOptions::new();
-        po.remote_callbacks(cb);
+        let mut po = self.push_options(&push_tries, &rejected);
         let res = conn
             .remote()
             .push(&[format!(":{dst}").as_str()], Some(&mut po));
         drop(po);
-        if let Some(message) = rejected.into_inner() {
+        if let Some((refname, message)) = rejected.into_inner() {
             return Err(RemoteError::Rejected {
-                refname: dst.to_string(),
+                refname,
                 message: self.scrub(&message),
             });
         }
