@@ -438,6 +438,70 @@ fn blobs_dropped_by_the_squash_are_collected_after_the_grace_period_and_kept_one
     assert_eq!(r.applied.downloaded, 1);
 }
 
+/// A blob this instance remembers as stored may have been collected by the
+/// instance that held the write lease meanwhile: a snapshot taken without
+/// the lease asks the store instead of its memory, and uploads again what
+/// is gone, so a parked snapshot never points at a deleted blob.
+#[test]
+fn a_snapshot_taken_without_the_lease_uploads_again_what_the_holder_collected() {
+    let s = Setup::new();
+    let x = noise((1 << 20) + 3, 31);
+    let px = blob::hash_reader(&x[..]).unwrap();
+    let store = blob::dir::DirStore::new(s.root.join("blobs"));
+    let persister = |name: &str| {
+        let mut cfg = s.config(&format!("work-{name}"));
+        cfg.keep = 1;
+        let tuning = stackctl::persist::Tuning {
+            instance: name.into(),
+            lease_ttl: Duration::from_secs(600),
+            ..quick()
+        };
+        Persister::with_store(cfg, tuning, &dir_store(&s)).unwrap()
+    };
+    // `p` stores `x` (and remembers it), then gives the lease up.
+    fs::write(s.data.join("x.bin"), &x).unwrap();
+    let p = persister("p");
+    p.restore(&RestoreOptions::default()).unwrap();
+    assert!(p.snapshot_and_push().unwrap().pushed.is_some());
+    fs::write(s.data.join("small.txt"), "p").unwrap();
+    assert!(p.snapshot_and_push().unwrap().pushed.is_some());
+    assert!(store.has(&px).unwrap());
+    p.release_lease().unwrap();
+    // `h` takes the lease, deletes `x`, squashes it out of the history and
+    // collects its blob.
+    let h = persister("h").with_blob_gc_grace(Duration::ZERO);
+    h.restore(&RestoreOptions {
+        force: true,
+        ..RestoreOptions::default()
+    })
+    .unwrap();
+    fs::remove_file(s.data.join("x.bin")).unwrap();
+    let mut n = 0;
+    while store.has(&px).unwrap() {
+        n += 1;
+        assert!(n < 20, "`h` never collected `x`");
+        fs::write(s.data.join("small.txt"), format!("h{n}")).unwrap();
+        assert!(h.snapshot_and_push().unwrap().pushed.is_some());
+    }
+    // `p` writes `x`'s bytes again, under a new name: its next snapshot is
+    // parked for `h`, and the blob it points at is in the store again.
+    fs::write(s.data.join("y.bin"), &x).unwrap();
+    fs::write(s.data.join("small.txt"), "p again").unwrap();
+    let r = p.snapshot_and_push().unwrap();
+    assert!(r.parked.is_some(), "{r:?}");
+    assert!(
+        store.has(&px).unwrap(),
+        "the parked snapshot points at a deleted blob"
+    );
+    // And `h` folds it in: restored anywhere, the file is whole.
+    fs::write(s.data.join("small.txt"), "h last").unwrap();
+    h.snapshot_and_push().unwrap();
+    fs::remove_dir_all(&s.data).unwrap();
+    let fresh = persister("fresh");
+    fresh.restore(&RestoreOptions::default()).unwrap();
+    assert_eq!(fs::read(s.data.join("y.bin")).unwrap(), x);
+}
+
 /// A giftless LFS server on loopback (see `.ci/run` for its venv).
 struct Giftless {
     child: Child,

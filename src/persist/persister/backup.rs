@@ -121,9 +121,13 @@ impl Persister {
         let Some(store) = &self.blobs else {
             return Ok(0);
         };
+        // What we remember as stored holds only while we hold the write
+        // lease: whoever holds it may collect blobs (after a squash), and a
+        // snapshot parked with a pointer to one of them would lose the file.
+        let remembered = self.holds_lease();
         let mut missing = Vec::new();
         for f in large {
-            if lock(&self.stored).contains(&f.pointer) {
+            if remembered && lock(&self.stored).contains(&f.pointer) {
                 continue;
             }
             let err = |source| PersistError::Blob {
@@ -228,6 +232,14 @@ impl Persister {
             .and_then(|()| store.put(&f.pointer, &copy));
         let _ = fs::remove_file(&copy);
         result
+    }
+
+    /// Whether no other instance can hold the write lease now: there is
+    /// none (`lease_ttl: 0`), or ours was renewed less than a TTL ago (a
+    /// takeover waits for it to expire).
+    fn holds_lease(&self) -> bool {
+        let ttl = self.tuning.lease_ttl;
+        ttl.is_zero() || lock(&self.lease).is_some_and(|(_, at)| at.elapsed() < ttl)
     }
 
     /// Hold the write lease before pushing: acquire, renew, or take over a
