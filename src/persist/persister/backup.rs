@@ -235,11 +235,12 @@ impl Persister {
     }
 
     /// Whether no other instance can hold the write lease now: there is
-    /// none (`lease_ttl: 0`), or ours was renewed less than a TTL ago (a
-    /// takeover waits for it to expire).
+    /// none (`lease_ttl: 0`), or ours was renewed less than half a TTL ago
+    /// (a takeover waits for it to expire; the half is a margin for the
+    /// other host's clock, by which it judges our heartbeat's age).
     fn holds_lease(&self) -> bool {
         let ttl = self.tuning.lease_ttl;
-        ttl.is_zero() || lock(&self.lease).is_some_and(|(_, at)| at.elapsed() < ttl)
+        ttl.is_zero() || lock(&self.lease).is_some_and(|(_, at)| at.elapsed() < ttl / 2)
     }
 
     /// Hold the write lease before pushing: acquire, renew, or take over a
