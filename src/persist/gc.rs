@@ -11,6 +11,8 @@
 //!   `*.pointer` files in their trees. It takes every blob that parses as a
 //!   pointer, tracked by a `.gitattributes` line or not: a superset of what
 //!   restore hydrates, so nothing restore could need is ever left out.
+//!   The snapshots parked for the lease holder since its fold
+//!   ([`add_snapshot`]) count too: the next fold takes them in.
 //! - [`decide`] (pure) picks the blobs to delete: unreferenced **and** at
 //!   least the grace period old. The grace period covers blobs uploaded for
 //!   a snapshot that is not in the branch yet (another writer's upload in
@@ -75,6 +77,26 @@ pub fn referenced(repo: &Repository, head: Oid) -> Result<Option<HashSet<[u8; 32
         }
     }
     Ok(None)
+}
+
+/// Add to `out` the SHA-256 of every blob the tree of `snapshot` refers
+/// to: for a snapshot parked for the lease holder (not in the branch yet),
+/// whose own tree is what the fold takes in.
+pub fn add_snapshot(
+    repo: &Repository,
+    snapshot: Oid,
+    out: &mut HashSet<[u8; 32]>,
+) -> Result<(), git2::Error> {
+    let tree = repo.find_commit(snapshot)?.tree_id();
+    let (mut seen_trees, mut seen_blobs) = (HashSet::new(), HashSet::new());
+    walk_tree(
+        repo,
+        &repo.odb()?,
+        tree,
+        &mut seen_trees,
+        &mut seen_blobs,
+        out,
+    )
 }
 
 fn walk_tree(
@@ -225,5 +247,10 @@ mod tests {
         assert_eq!(got, want);
         let only_root = referenced(&repo, c1).unwrap().unwrap();
         assert_eq!(only_root, [[1; 32], [9; 32]].into_iter().collect());
+        // A parked snapshot adds its own tree's pointers, not its parents'.
+        let parked = commit(&repo, &[("new.bin", p(5).render().as_bytes())], Some(c1));
+        let mut with_parked = HashSet::new();
+        add_snapshot(&repo, parked, &mut with_parked).unwrap();
+        assert_eq!(with_parked, [[5; 32]].into_iter().collect());
     }
 }

@@ -143,7 +143,10 @@ impl Persister {
     }
 
     /// Fetch every pending snapshot: (ref, commit, commit time).
-    fn fetch_pending(&self, repo: &Repository) -> Result<Vec<(String, Oid, i64)>, PersistError> {
+    pub(super) fn fetch_pending(
+        &self,
+        repo: &Repository,
+    ) -> Result<Vec<(String, Oid, i64)>, PersistError> {
         let mut out = Vec::new();
         for (name, oid) in self.retry(|| self.remote.list_refs(repo, PREFIX))? {
             let local = format!("refs/stackctl/fold/{}", instance_of(&name));

@@ -194,8 +194,8 @@ impl Persister {
     }
 
     /// Delete the blobs no snapshot in the branch from `head` (just
-    /// squashed: it ends at a root) refers to, once older than the grace
-    /// period. Returns how many were deleted. A store that cannot list
+    /// squashed: it ends at a root) nor a parked one refers to, once older
+    /// than the grace period. Returns how many were deleted. A store that cannot list
     /// blobs (`lfs`) is left alone.
     fn collect_blobs(&self, repo: &Repository, head: Oid) -> Result<usize, PersistError> {
         let Some(store) = &self.blobs else {
@@ -206,10 +206,15 @@ impl Persister {
             tracing::debug!(store = %store.describe(), "blob store cannot list blobs: no garbage collection");
             return Ok(0);
         };
-        let Some(referenced) = gc::referenced(repo, head)? else {
+        let Some(mut referenced) = gc::referenced(repo, head)? else {
             tracing::warn!("history does not reach its root here: blob garbage collection skipped");
             return Ok(0);
         };
+        // Snapshots parked since our fold are not in the branch yet; the
+        // next fold takes them in with the blobs they point at.
+        for (_, parked, _) in self.fetch_pending(repo)? {
+            gc::add_snapshot(repo, parked, &mut referenced)?;
+        }
         let doomed = gc::decide(&referenced, &stored, self.gc_grace);
         let mut deleted = 0;
         let mut first_err = None;
