@@ -1,7 +1,8 @@
 //! Test-only fault injection: `STACKCTL_TEST_PANIC=<point>` makes the named
-//! point panic once per process (or every time, for `group-always`), so tests can prove that a panicking task
-//! fails alone (issue 12 item 8). Debug builds only: in a release build
-//! [`panic_once`] is empty and the variable is ignored.
+//! point panic once per process (or every time, for `group-always`), so
+//! tests can prove that a panicking task fails alone (issue 12 item 8).
+//! Debug builds only: in a release build [`panic_once`] is empty and the
+//! variable is ignored.
 //!
 //! Points: `conn` (the first gateway connection task), `supervisor` (the
 //! supervisor's event loop, once every service runs and is ready),
@@ -9,8 +10,9 @@
 //! `group` (a process-group watcher, on the first stop order one gets), `up`
 //! (`stackctl up` itself, once the services have stopped, before the final
 //! snapshot), `group-always` (a process-group watcher, on every stop order:
-//! its replacement panics too, so the group is killed), `reaper` (the reaping task, right after it hands the first
-//! exit status of a child it spawned to its waiter, with the table locked).
+//! its replacement panics too, so the group is killed), `reaper` (the
+//! reaping task, right after it hands the first exit status of a child it
+//! spawned to its waiter, with the table locked).
 
 /// Panic if `STACKCTL_TEST_PANIC` names `point` and it has not fired yet.
 /// The panic is located at the caller: that is the place it stands for.

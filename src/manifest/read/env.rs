@@ -168,12 +168,13 @@ impl Reader<'_> {
         entry: &str,
         early: &mut Vec<(String, Pos, String)>,
     ) {
-        for name in l.iter().flat_map(|l| &l.used) {
+        let Some(l) = l else {
+            return;
+        };
+        for name in &l.used {
             let known = self.declared.contains_key(name) || self.container.contains_key(name);
             if !known && name != entry && !early.iter().any(|(n, ..)| n == name) {
-                if let Some(l) = l {
-                    early.push((name.clone(), l.pos, l.key.clone()));
-                }
+                early.push((name.clone(), l.pos, l.key.clone()));
             }
         }
     }

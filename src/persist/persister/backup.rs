@@ -277,7 +277,8 @@ impl Persister {
             // While we did not hold the lease another instance may have
             // garbage-collected blobs we remember as stored: forget them, so
             // the next snapshot checks the store again instead of committing
-            // a pointer to a deleted blob.
+            // a pointer to a deleted blob. (While we do not hold it,
+            // `store_blobs` asks the store anyway: see `holds_lease`.)
             lock(&self.stored).clear();
         }
         match decision {

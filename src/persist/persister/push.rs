@@ -195,8 +195,8 @@ impl Persister {
 
     /// Delete the blobs no snapshot in the branch from `head` (just
     /// squashed: it ends at a root) nor a parked one refers to, once older
-    /// than the grace period. Returns how many were deleted. A store that cannot list
-    /// blobs (`lfs`) is left alone.
+    /// than the grace period. Returns how many were deleted. A store that
+    /// cannot list blobs (`lfs`) is left alone.
     fn collect_blobs(&self, repo: &Repository, head: Oid) -> Result<usize, PersistError> {
         let Some(store) = &self.blobs else {
             return Ok(0);
